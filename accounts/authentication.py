@@ -1,0 +1,107 @@
+"""``Authorization: Bearer <key>`` authentication and the tenant each request acts for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.request import Request
+
+from accounts.models import ApiKey
+from accounts.services import hash_api_key
+from accounts.tenancy import user_id_problem
+
+USER_ID_HEADER = "X-User-Id"
+
+
+class MissingTenant(exceptions.APIException):
+    status_code = 400
+    default_code = "missing_user_id"
+    default_detail = (
+        f"A service key must name the tenant it acts for in the {USER_ID_HEADER} header."
+    )
+
+
+class InvalidTenant(exceptions.APIException):
+    status_code = 400
+    default_code = "invalid_user_id"
+
+
+class TenantMismatch(exceptions.APIException):
+    status_code = 403
+    default_code = "tenant_mismatch"
+    default_detail = (
+        f"A tenant key acts only as its own user; drop the {USER_ID_HEADER} header or use a "
+        "service key."
+    )
+
+
+@dataclass(frozen=True)
+class ApiPrincipal:
+    """The caller of an API request: which key, and which tenant it acts for."""
+
+    user_id: str
+    key_name: str
+    is_service: bool
+    api_key_id: int
+
+    is_authenticated = True
+    is_anonymous = False
+
+
+class BearerKeyAuthentication(BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request: Request) -> tuple[ApiPrincipal, ApiKey] | None:
+        header = get_authorization_header(request).split()
+        if not header:
+            return None
+        if header[0].lower() != self.keyword.lower().encode():
+            raise exceptions.AuthenticationFailed(
+                "Unsupported authorization scheme; send 'Authorization: Bearer <key>'."
+            )
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed(
+                "Malformed authorization header; send 'Authorization: Bearer <key>'."
+            )
+        try:
+            raw_key = header[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed("Invalid API key.") from None
+
+        api_key = ApiKey.objects.filter(
+            key_hash=hash_api_key(raw_key), revoked_at__isnull=True
+        ).first()
+        if api_key is None:
+            raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
+        principal = ApiPrincipal(
+            user_id=self._tenant_for(request, api_key),
+            key_name=api_key.name,
+            is_service=api_key.is_service,
+            api_key_id=api_key.pk,
+        )
+        return principal, api_key
+
+    def _tenant_for(self, request: Request, api_key: ApiKey) -> str:
+        requested = request.headers.get(USER_ID_HEADER)
+        if not api_key.is_service:
+            if requested is not None and requested != api_key.user_id:
+                raise TenantMismatch()
+            return api_key.user_id
+        if requested is None or requested == "":
+            raise MissingTenant()
+        problem = user_id_problem(requested)
+        if problem:
+            raise InvalidTenant(f"{USER_ID_HEADER} {problem}.")
+        return requested
+
+    def authenticate_header(self, request: Request) -> str:
+        return f'{self.keyword} realm="api"'
+
+
+def request_user_id(request: Any) -> str:
+    """The tenant an authenticated API request acts for."""
+    principal: ApiPrincipal = request.user
+    return principal.user_id

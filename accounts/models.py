@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class ApiKey(models.Model):
+    """A bearer key for the REST API. Only the SHA-256 of the key is stored.
+
+    A tenant key acts as its ``user_id``; a service key (engines, bridges) has none and names the
+    tenant of each request in the ``X-User-Id`` header.
+    """
+
+    name = models.CharField(max_length=100)
+    user_id = models.CharField(max_length=255, blank=True, db_index=True)
+    is_service = models.BooleanField(default=False)
+    # The first characters of the key, shown in the admin so an operator can tell keys apart.
+    prefix = models.CharField(max_length=16, editable=False)
+    # Keys are 256-bit random tokens, so one SHA-256 round is enough (no stretching needed) and
+    # lets authentication look the key up through this unique index.
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+        constraints = [
+            models.CheckConstraint(
+                name="apikey_tenant_key_has_user_id",
+                condition=Q(is_service=True) | ~Q(user_id=""),
+            ),
+            models.CheckConstraint(
+                name="apikey_service_key_has_no_user_id",
+                condition=Q(is_service=False) | Q(user_id=""),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = "service" if self.is_service else self.user_id
+        return f"{self.name} ({owner}, {self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

@@ -1,0 +1,20 @@
+"""Validation of tenant identifiers (``user_id``), shared by keys, headers and services."""
+
+from __future__ import annotations
+
+import unicodedata
+
+MAX_USER_ID_LENGTH = 255
+
+
+def user_id_problem(value: str) -> str | None:
+    """Why ``value`` is not a usable user_id, or None when it is."""
+    if not value or not value.strip():
+        return "must not be empty"
+    if value != value.strip():
+        return "must not start or end with whitespace"
+    if len(value) > MAX_USER_ID_LENGTH:
+        return f"must be at most {MAX_USER_ID_LENGTH} characters"
+    if any(unicodedata.category(char) in {"Cc", "Cf"} for char in value):
+        return "must not contain control characters"
+    return None

@@ -1,0 +1,74 @@
+"""One exception handler for the whole API: every error is ``{"error": {code, message, details}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_default_handler
+
+from ironclaw_site.errors import ApplicationError, ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = "1"
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def database_unavailable_response() -> JsonResponse:
+    error = ServiceUnavailable()
+    response = JsonResponse(error_body(error.code, error.message), status=error.status_code)
+    response["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
+
+
+def _drf_message_and_details(exc: drf_exceptions.APIException) -> tuple[str, Any]:
+    detail = exc.detail
+    if isinstance(exc, drf_exceptions.ValidationError):
+        # Field errors keep DRF's {field: [messages]} shape so clients can show them per field.
+        if isinstance(detail, dict):
+            fields = ", ".join(str(name) for name in detail)
+            return f"Invalid input: {fields}.", detail
+        return "Invalid input.", {"non_field_errors": detail}
+    return str(detail), {}
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, ApplicationError):
+        response = Response(
+            error_body(exc.code, exc.message, exc.details), status=exc.status_code
+        )
+        if isinstance(exc, ServiceUnavailable):
+            response["Retry-After"] = RETRY_AFTER_SECONDS
+        return response
+
+    if isinstance(exc, OperationalError | InterfaceError):
+        # Pool exhausted (PoolTimeout), server down or restarting: the client should retry.
+        logger.warning("database unavailable: %s", exc)
+        response = Response(
+            error_body(ServiceUnavailable.code, ServiceUnavailable.default_message), status=503
+        )
+        response["Retry-After"] = RETRY_AFTER_SECONDS
+        return response
+
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
+
+    response = drf_default_handler(exc, context)
+    if response is None or not isinstance(exc, drf_exceptions.APIException):
+        return response
+    codes = exc.get_codes()
+    code = codes if isinstance(codes, str) else exc.default_code
+    message, details = _drf_message_and_details(exc)
+    response.data = error_body(str(code), message, details)
+    return response

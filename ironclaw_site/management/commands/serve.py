@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve the app with gunicorn and run the Procrastinate worker, in the foreground. "
+        "Ctrl-C (or SIGTERM) stops both; if either exits, the other is stopped too."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=settings.HOST, help="address to bind (HOST)")
+        parser.add_argument("--port", type=int, default=settings.PORT, help="port to bind (PORT)")
+        parser.add_argument("--no-worker", action="store_true", help="serve HTTP only")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        port: int = options["port"]
+        if not 0 < port < 65536:
+            raise CommandError(f"--port must be between 1 and 65535, got {port}.")
+        commands = {
+            "web": [
+                sys.executable, "-m", "gunicorn", "ironclaw_site.wsgi:application",
+                "--bind", f"{options['host']}:{port}",
+                "--workers", str(settings.WEB_CONCURRENCY),
+                "--threads", str(settings.WEB_THREADS),
+                "--worker-class", "gthread",
+                "--access-logfile", "-",
+                "--graceful-timeout", "10",
+            ],
+        }
+        if not options["no_worker"]:
+            commands["worker"] = [sys.executable, "manage.py", "procrastinate", "worker"]
+
+        children = {name: subprocess.Popen(argv, cwd=settings.BASE_DIR) for name, argv in commands.items()}
+        self.stdout.write(
+            f"Serving on http://{options['host']}:{port}/ with {', '.join(children)}; Ctrl-C stops."
+        )
+
+        stopping = False
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+
+        exit_code = 0
+        while not stopping:
+            exited = {name: child.poll() for name, child in children.items()}
+            failed = {name: code for name, code in exited.items() if code is not None}
+            if failed:
+                for name, code in failed.items():
+                    self.stderr.write(f"{name} exited with status {code}; stopping the rest.")
+                exit_code = 1
+                break
+            time.sleep(0.2)
+
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for name, child in children.items():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.stderr.write(f"{name} did not stop in time; killing it.")
+                child.kill()
+                child.wait()
+        if exit_code:
+            raise CommandError("A child process exited unexpectedly.", returncode=exit_code)
+        self.stdout.write("Stopped.")

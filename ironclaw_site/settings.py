@@ -1,0 +1,227 @@
+"""Settings for ironclaw_site: one file, driven by environment variables.
+
+Every variable is documented in ``.env.example`` and the README. Bad values raise
+``ImproperlyConfigured`` naming the variable (see ``ironclaw_site.config``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from ironclaw_site.config import env_bool, env_int, env_list, env_optional_str, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("IRONCLAW_VAR_DIR", str(BASE_DIR / "var")))
+
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+
+def _secret_key() -> str:
+    configured = env_optional_str("SECRET_KEY")
+    if configured:
+        return configured
+    # No key configured: keep a random one in var/ so sessions and signed values survive restarts
+    # without anyone ever running on a key that is published in the repository.
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "pgtrigger",
+    "procrastinate.contrib.django",
+    "ironclaw_site",
+    "accounts",
+    "conversations",
+    "workspace",
+    "engine",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "ironclaw_site.middleware.DatabaseUnavailableMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "ironclaw_site.urls"
+WSGI_APPLICATION = "ironclaw_site.wsgi.application"
+ASGI_APPLICATION = "ironclaw_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------------------------
+
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 30, minimum=1, maximum=1000)
+DATABASE_POOL_TIMEOUT = env_int("DATABASE_POOL_TIMEOUT", 10, minimum=1, maximum=300)
+DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 5, minimum=1, maximum=300)
+EMBEDDED_DATABASE_DIR = Path(env_str("EMBEDDED_DATABASE_DIR", str(VAR_DIR / "pgdata")))
+EMBEDDED_DATABASE_NAME = env_str("EMBEDDED_DATABASE_NAME", "ironclaw")
+
+
+def _database_settings() -> dict[str, Any]:
+    url = env_optional_str("DATABASE_URL")
+    if url:
+        try:
+            config: dict[str, Any] = environ.Env.db_url_config(url)
+        except Exception as error:  # django-environ raises assorted errors for garbage
+            raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {error}") from None
+        if config.get("ENGINE") != "django.db.backends.postgresql":
+            raise ImproperlyConfigured(
+                "DATABASE_URL must point at PostgreSQL (postgres:// or postgresql://)."
+            )
+        options = config.setdefault("OPTIONS", {})
+        if not config.get("HOST") and "host" in options:
+            # postgresql://user@/db?host=/run/postgresql&port=5432: a Unix socket directory.
+            config["HOST"] = options.pop("host")
+            config["PORT"] = options.pop("port", config.get("PORT", ""))
+    else:
+        from ironclaw_site.embedded_db import start_embedded_database
+
+        embedded = start_embedded_database(EMBEDDED_DATABASE_DIR, EMBEDDED_DATABASE_NAME)
+        config = {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": embedded.name,
+            "USER": embedded.user,
+            "PASSWORD": "",
+            "HOST": embedded.socket_dir,
+            "PORT": embedded.port,
+            "OPTIONS": {},
+        }
+    config["OPTIONS"].setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT)
+    config["OPTIONS"]["pool"] = {
+        "min_size": min(2, DATABASE_POOL_SIZE),
+        "max_size": DATABASE_POOL_SIZE,
+        # Waiting longer than this for a free connection raises PoolTimeout -> HTTP 503.
+        "timeout": DATABASE_POOL_TIMEOUT,
+        # Give up a reconnection attempt quickly; the next request starts a fresh one, so the
+        # service recovers within seconds of the database coming back.
+        "reconnect_timeout": DATABASE_POOL_TIMEOUT,
+    }
+    # The pool owns connection reuse: Django requires CONN_MAX_AGE=0 with it.
+    config["CONN_MAX_AGE"] = 0
+    # With a pool, Django turns this into psycopg_pool's check on checkout: a restarted server
+    # costs one reconnect, not one failed request per stale pooled connection.
+    config["CONN_HEALTH_CHECKS"] = True
+    config["TEST"] = {"NAME": f"test_{config['NAME']}"}
+    return config
+
+
+DATABASES = {"default": _database_settings()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Internationalisation, static files -------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve straight from the apps' static folders when collectstatic has not run (tests, `manage.py`
+# in a fresh clone); `make run` collects them so the production path reads from STATIC_ROOT.
+WHITENOISE_USE_FINDERS = True
+
+# --- REST API ---------------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.BearerKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": env_int("API_PAGE_SIZE", 50, minimum=1, maximum=1000),
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "ironclaw_site.api.exceptions.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ironclaw_site API",
+    "DESCRIPTION": "State service for a multi-tenant AI agent platform: conversations, threads "
+    "and per-tenant workspaces.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Background work --------------------------------------------------------------------------
+
+PROCRASTINATE_AUTODISCOVER_MODULE_NAME = "tasks"
+
+# --- Logging ----------------------------------------------------------------------------------
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(
+        f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL; got {LOG_LEVEL!r}."
+    )
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "pgserver": {"level": "WARNING"},
+        "procrastinate.blueprints": {"level": "WARNING"},
+    },
+}
+
+# --- Web server (read by `manage.py serve`) ---------------------------------------------------
+
+HOST = env_str("HOST", "127.0.0.1")
+PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 2, minimum=1, maximum=64)
+WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1, maximum=256)

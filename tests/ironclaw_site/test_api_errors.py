@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from django.test import Client
+from rest_framework.test import APIClient
+
+pytestmark = pytest.mark.django_db
+
+
+def test_unknown_api_route_is_a_json_404(tenant_client: Callable[[str], APIClient]) -> None:
+    response = tenant_client("alice").get("/api/v1/no-such-thing")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    assert "/api/v1/no-such-thing" in response.json()["error"]["message"]
+
+
+def test_unknown_api_route_is_a_json_404_without_a_key(api_client: APIClient) -> None:
+    response = api_client.post("/api/nothing/here", {"a": 1}, format="json")
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert set(response.json()["error"]) == {"code", "message", "details"}
+
+
+def test_wrong_method_is_a_json_405(tenant_client: Callable[[str], APIClient]) -> None:
+    response = tenant_client("alice").delete("/api/v1/me")
+
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_healthz_answers_without_the_database(client: Client) -> None:
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_is_ready_when_migrated(client: Client) -> None:
+    response = client.get("/readyz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+
+
+def test_openapi_schema_documents_the_api(client: Client) -> None:
+    response = client.get("/api/schema/", HTTP_ACCEPT="application/json")
+
+    assert response.status_code == 200
+    schema = response.json()
+    assert "/api/v1/me" in schema["paths"]
+    assert not any(path.startswith("/api/{") for path in schema["paths"])
+
+
+def test_docs_ui_loads_its_assets_from_this_server(client: Client) -> None:
+    response = client.get("/api/docs/")
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "swagger-ui-bundle.js" in html
+    assert "cdn." not in html and "unpkg" not in html
+    asset = html.split('src="')[1].split('"')[0]
+    assert asset.startswith("/static/")
+    assert client.get(asset).status_code == 200

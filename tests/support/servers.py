@@ -1,0 +1,202 @@
+"""Real processes and sockets for tests: the app under gunicorn, and a TCP proxy to the database.
+
+The app server runs in its own OS process with its own settings (pool size, timeouts) and talks
+to the test database over a real connection, so pool and outage behaviour is the production one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from django.conf import settings
+
+BASE_DIR = Path(settings.BASE_DIR)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def database_url(settings_dict: Mapping[str, Any], *, host: str | None = None, port: int | None = None) -> str:
+    """A DATABASE_URL for the database Django is connected to (the test database in tests)."""
+    user = quote(settings_dict["USER"] or "", safe="")
+    password = quote(settings_dict["PASSWORD"] or "", safe="")
+    credentials = f"{user}:{password}@" if password else f"{user}@"
+    name = quote(settings_dict["NAME"], safe="")
+    host = host or settings_dict["HOST"] or "localhost"
+    port = port or int(settings_dict["PORT"] or 5432)
+    if host.startswith("/"):
+        return f"postgresql://{credentials}/{name}?host={quote(host, safe='/')}&port={port}"
+    return f"postgresql://{credentials}{host}:{port}/{name}"
+
+
+@dataclass
+class HttpResult:
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+    elapsed: float
+
+
+def http_request(
+    url: str, *, method: str = "GET", headers: Mapping[str, str] | None = None, timeout: float = 30
+) -> HttpResult:
+    request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw, response_headers = response.status, response.read(), response.headers
+    except urllib.error.HTTPError as error:
+        status, raw, response_headers = error.code, error.read(), error.headers
+    elapsed = time.monotonic() - started
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        body = raw.decode(errors="replace")
+    return HttpResult(status, body, dict(response_headers), elapsed)
+
+
+@contextmanager
+def app_server(env: Mapping[str, str], *, threads: int = 4) -> Iterator[str]:
+    """Run the app under gunicorn (one worker) with ``env`` on a free port; yield its base URL."""
+    port = free_port()
+    full_env = {**os.environ, "LOG_LEVEL": "WARNING", **env}
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "gunicorn", "ironclaw_site.wsgi:application",
+            "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", str(threads),
+            "--worker-class", "gthread", "--timeout", "120",
+        ],
+        cwd=BASE_DIR,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                output = process.stdout.read() if process.stdout else ""
+                raise RuntimeError(f"app server exited with {process.returncode}:\n{output}")
+            try:
+                if http_request(f"{base_url}/healthz", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("app server did not answer /healthz within 30 s")
+            time.sleep(0.1)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of the database; ``stop()`` is an outage, ``start()`` a recovery."""
+
+    def __init__(self, upstream: str | tuple[str, int]):
+        self.upstream = upstream
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._running = threading.Event()
+
+    def _connect_upstream(self) -> socket.socket:
+        if isinstance(self.upstream, str):
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        upstream.connect(self.upstream)
+        return upstream
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.1)
+        self._listener = listener
+        self._running.set()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._running.clear()
+        if self._thread:
+            self._thread.join()
+        if self._listener:
+            self._listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._sockets.clear()
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while self._running.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = self._connect_upstream()
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets.update((client, upstream))
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+
+    def _pipe(self, client: socket.socket, upstream: socket.socket) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(client, selectors.EVENT_READ, upstream)
+        selector.register(upstream, selectors.EVENT_READ, client)
+        try:
+            while self._running.is_set():
+                for key, _ in selector.select(timeout=0.2):
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        except OSError:
+            return
+        finally:
+            selector.close()
+            with self._lock:
+                for sock in (client, upstream):
+                    self._sockets.discard(sock)
+                    sock.close()
