@@ -23,7 +23,9 @@ class CreatedApiKey:
     raw_key: str
 
 
-def api_key_create(*, name: str, user_id: str | None = None, is_service: bool = False) -> CreatedApiKey:
+def api_key_create(
+    *, name: str, user_id: str | None = None, is_service: bool = False
+) -> CreatedApiKey:
     """Create a key and return it with its only plain-text copy (the database keeps the hash)."""
     name = name.strip()
     if not name:

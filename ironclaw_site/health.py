@@ -21,7 +21,10 @@ _migrations_applied = False
 def pending_migrations() -> list[str]:
     executor = MigrationExecutor(connection)
     targets = executor.loader.graph.leaf_nodes()
-    return [f"{migration.app_label}.{migration.name}" for migration, _ in executor.migration_plan(targets)]
+    return [
+        f"{migration.app_label}.{migration.name}"
+        for migration, _ in executor.migration_plan(targets)
+    ]
 
 
 @require_GET

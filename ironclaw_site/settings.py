@@ -105,7 +105,9 @@ def _database_settings() -> dict[str, Any]:
         try:
             config: dict[str, Any] = environ.Env.db_url_config(url)
         except Exception as error:  # django-environ raises assorted errors for garbage
-            raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {error}") from None
+            raise ImproperlyConfigured(
+                f"DATABASE_URL is not a valid database URL: {error}"
+            ) from None
         if config.get("ENGINE") != "django.db.backends.postgresql":
             raise ImproperlyConfigured(
                 "DATABASE_URL must point at PostgreSQL (postgres:// or postgresql://)."

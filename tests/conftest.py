@@ -10,7 +10,9 @@ from accounts.services import CreatedApiKey, api_key_create
 
 @pytest.fixture
 def make_api_key(db: None) -> Callable[..., CreatedApiKey]:
-    def make(user_id: str | None = "alice", *, service: bool = False, name: str = "test") -> CreatedApiKey:
+    def make(
+        user_id: str | None = "alice", *, service: bool = False, name: str = "test"
+    ) -> CreatedApiKey:
         return api_key_create(name=name, user_id=None if service else user_id, is_service=service)
 
     return make

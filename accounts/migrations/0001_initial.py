@@ -4,28 +4,44 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('user_id', models.CharField(blank=True, db_index=True, max_length=255)),
-                ('is_service', models.BooleanField(default=False)),
-                ('prefix', models.CharField(editable=False, max_length=16)),
-                ('key_hash', models.CharField(editable=False, max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("user_id", models.CharField(blank=True, db_index=True, max_length=255)),
+                ("is_service", models.BooleanField(default=False)),
+                ("prefix", models.CharField(editable=False, max_length=16)),
+                ("key_hash", models.CharField(editable=False, max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'verbose_name': 'API key',
-                'constraints': [models.CheckConstraint(condition=models.Q(('is_service', True), models.Q(('user_id', ''), _negated=True), _connector='OR'), name='apikey_tenant_key_has_user_id'), models.CheckConstraint(condition=models.Q(('is_service', False), ('user_id', ''), _connector='OR'), name='apikey_service_key_has_no_user_id')],
+                "verbose_name": "API key",
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("is_service", True),
+                            models.Q(("user_id", ""), _negated=True),
+                            _connector="OR",
+                        ),
+                        name="apikey_tenant_key_has_user_id",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("is_service", False), ("user_id", ""), _connector="OR"),
+                        name="apikey_service_key_has_no_user_id",
+                    ),
+                ],
             },
         ),
     ]

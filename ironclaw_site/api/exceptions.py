@@ -1,4 +1,4 @@
-"""One exception handler for the whole API: every error is ``{"error": {code, message, details}}``."""
+"""One exception handler for the API: every error is ``{"error": {code, message, details}}``."""
 
 from __future__ import annotations
 
@@ -43,9 +43,7 @@ def _drf_message_and_details(exc: drf_exceptions.APIException) -> tuple[str, Any
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
-        response = Response(
-            error_body(exc.code, exc.message, exc.details), status=exc.status_code
-        )
+        response = Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
         if isinstance(exc, ServiceUnavailable):
             response["Retry-After"] = RETRY_AFTER_SECONDS
         return response
@@ -53,11 +51,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, OperationalError | InterfaceError):
         # Pool exhausted (PoolTimeout), server down or restarting: the client should retry.
         logger.warning("database unavailable: %s", exc)
-        response = Response(
+        unavailable = Response(
             error_body(ServiceUnavailable.code, ServiceUnavailable.default_message), status=503
         )
-        response["Retry-After"] = RETRY_AFTER_SECONDS
-        return response
+        unavailable["Retry-After"] = RETRY_AFTER_SECONDS
+        return unavailable
 
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()

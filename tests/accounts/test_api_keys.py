@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -65,14 +66,15 @@ def test_service_key_acts_for_the_tenant_in_x_user_id(api_client: APIClient) -> 
     assert response.json() == {"user_id": "bob", "key_name": "bridge", "service": True}
 
 
-def _assert_error(response: object, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status  # type: ignore[attr-defined]
-    body = response.json()  # type: ignore[attr-defined]
+def _assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status
+    body = response.json()
     assert set(body) == {"error"}
     assert set(body["error"]) == {"code", "message", "details"}
     assert body["error"]["code"] == code
     assert body["error"]["message"]
-    return body["error"]  # type: ignore[no-any-return]
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 def test_missing_key_is_401_json(api_client: APIClient) -> None:
@@ -82,7 +84,9 @@ def test_missing_key_is_401_json(api_client: APIClient) -> None:
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_wrong_key_is_401_json(api_client: APIClient, make_api_key: Callable[..., CreatedApiKey]) -> None:
+def test_wrong_key_is_401_json(
+    api_client: APIClient, make_api_key: Callable[..., CreatedApiKey]
+) -> None:
     make_api_key("alice")
     api_client.credentials(HTTP_AUTHORIZATION="Bearer ick_not-a-real-key")
 
@@ -101,7 +105,9 @@ def test_revoked_key_is_401_json(api_client: APIClient) -> None:
     _assert_error(response, 401, "authentication_failed")
 
 
-@pytest.mark.parametrize("header", ["Basic YWxpY2U6eA==", "Bearer", "Bearer two parts", "Token abc"])
+@pytest.mark.parametrize(
+    "header", ["Basic YWxpY2U6eA==", "Bearer", "Bearer two parts", "Token abc"]
+)
 def test_malformed_authorization_header_is_401_json(api_client: APIClient, header: str) -> None:
     api_client.credentials(HTTP_AUTHORIZATION=header)
 
@@ -154,7 +160,9 @@ def test_create_api_key_command_prints_a_working_key_once(api_client: APIClient)
 def test_create_api_key_command_makes_service_keys() -> None:
     stdout = StringIO()
 
-    call_command("create_api_key", "--service", "--name", "bridge", stdout=stdout, stderr=StringIO())
+    call_command(
+        "create_api_key", "--service", "--name", "bridge", stdout=stdout, stderr=StringIO()
+    )
 
     key = ApiKey.objects.get()
     assert key.is_service

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def database_url(settings_dict: Mapping[str, Any], *, host: str | None = None, port: int | None = None) -> str:
+def database_url(
+    settings_dict: Mapping[str, Any], *, host: str | None = None, port: int | None = None
+) -> str:
     """A DATABASE_URL for the database Django is connected to (the test database in tests)."""
     user = quote(settings_dict["USER"] or "", safe="")
     password = quote(settings_dict["PASSWORD"] or "", safe="")
@@ -80,9 +82,20 @@ def app_server(env: Mapping[str, str], *, threads: int = 4) -> Iterator[str]:
     full_env = {**os.environ, "LOG_LEVEL": "WARNING", **env}
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "gunicorn", "ironclaw_site.wsgi:application",
-            "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", str(threads),
-            "--worker-class", "gthread", "--timeout", "120",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "ironclaw_site.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--threads",
+            str(threads),
+            "--worker-class",
+            "gthread",
+            "--timeout",
+            "120",
         ],
         cwd=BASE_DIR,
         env=full_env,
@@ -118,7 +131,7 @@ def app_server(env: Mapping[str, str], *, threads: int = 4) -> Iterator[str]:
 
 
 class TcpProxy:
-    """A loopback TCP proxy in front of the database; ``stop()`` is an outage, ``start()`` a recovery."""
+    """A loopback TCP proxy to the database: ``stop()`` is an outage, ``start()`` a recovery."""
 
     def __init__(self, upstream: str | tuple[str, int]):
         self.upstream = upstream
@@ -156,10 +169,8 @@ class TcpProxy:
             self._listener.close()
         with self._lock:
             for sock in self._sockets:
-                try:
+                with suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
             self._sockets.clear()
 

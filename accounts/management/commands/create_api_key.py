@@ -34,7 +34,11 @@ class Command(BaseCommand):
             )
         if not is_service and not user_id:
             raise CommandError("user_id is required for a tenant key (or pass --service).")
-        name = options["name"] if options["name"] is not None else ("service" if is_service else "default")
+        name = (
+            options["name"]
+            if options["name"] is not None
+            else ("service" if is_service else "default")
+        )
         try:
             created = api_key_create(name=name, user_id=user_id, is_service=is_service)
         except InvalidInput as error:

@@ -28,19 +28,30 @@ class Command(BaseCommand):
             raise CommandError(f"--port must be between 1 and 65535, got {port}.")
         commands = {
             "web": [
-                sys.executable, "-m", "gunicorn", "ironclaw_site.wsgi:application",
-                "--bind", f"{options['host']}:{port}",
-                "--workers", str(settings.WEB_CONCURRENCY),
-                "--threads", str(settings.WEB_THREADS),
-                "--worker-class", "gthread",
-                "--access-logfile", "-",
-                "--graceful-timeout", "10",
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "ironclaw_site.wsgi:application",
+                "--bind",
+                f"{options['host']}:{port}",
+                "--workers",
+                str(settings.WEB_CONCURRENCY),
+                "--threads",
+                str(settings.WEB_THREADS),
+                "--worker-class",
+                "gthread",
+                "--access-logfile",
+                "-",
+                "--graceful-timeout",
+                "10",
             ],
         }
         if not options["no_worker"]:
             commands["worker"] = [sys.executable, "manage.py", "procrastinate", "worker"]
 
-        children = {name: subprocess.Popen(argv, cwd=settings.BASE_DIR) for name, argv in commands.items()}
+        children = {
+            name: subprocess.Popen(argv, cwd=settings.BASE_DIR) for name, argv in commands.items()
+        }
         self.stdout.write(
             f"Serving on http://{options['host']}:{port}/ with {', '.join(children)}; Ctrl-C stops."
         )
