@@ -43,10 +43,12 @@ def _drf_message_and_details(exc: drf_exceptions.APIException) -> tuple[str, Any
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
-        response = Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+        application = Response(
+            error_body(exc.code, exc.message, exc.details), status=exc.status_code
+        )
         if isinstance(exc, ServiceUnavailable):
-            response["Retry-After"] = RETRY_AFTER_SECONDS
-        return response
+            application["Retry-After"] = RETRY_AFTER_SECONDS
+        return application
 
     if isinstance(exc, OperationalError | InterfaceError):
         # Pool exhausted (PoolTimeout), server down or restarting: the client should retry.
@@ -62,7 +64,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     elif isinstance(exc, PermissionDenied):
         exc = drf_exceptions.PermissionDenied()
 
-    response = drf_default_handler(exc, context)
+    response: Response | None = drf_default_handler(exc, context)
     if response is None or not isinstance(exc, drf_exceptions.APIException):
         return response
     codes = exc.get_codes()
