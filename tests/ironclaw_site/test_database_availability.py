@@ -1,0 +1,139 @@
+"""Pool exhaustion and database outages, against a real gunicorn process and real connections."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connection
+
+from accounts.services import CreatedApiKey
+from tests.support.servers import HttpResult, TcpProxy, app_server, database_url, http_request
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _psycopg_params() -> dict[str, Any]:
+    settings_dict = connection.settings_dict
+    return {
+        "host": settings_dict["HOST"] or None,
+        "port": settings_dict["PORT"] or None,
+        "user": settings_dict["USER"],
+        "password": settings_dict["PASSWORD"] or None,
+        "dbname": settings_dict["NAME"],
+        "autocommit": True,
+    }
+
+
+def _wait_for_lock_waiter(monitor: psycopg.Connection, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = monitor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ).fetchone()
+        if waiting and waiting[0] > 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the first request never started waiting on the table lock")
+
+
+def test_exhausted_pool_answers_503_within_the_pool_timeout(
+    make_api_key: Callable[..., CreatedApiKey],
+) -> None:
+    first_key, second_key = make_api_key("alice"), make_api_key("bob")
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "DATABASE_POOL_SIZE": "1",
+        "DATABASE_POOL_TIMEOUT": "1",
+    }
+    results: dict[str, HttpResult] = {}
+
+    with app_server(env, threads=2) as base_url:
+        # Warm the single pooled connection so the first request below does not pay to open it.
+        assert http_request(f"{base_url}/readyz").status == 200
+        with (
+            psycopg.connect(**_psycopg_params()) as holder,
+            psycopg.connect(**_psycopg_params()) as monitor,
+        ):
+            # The first request takes the only pooled connection and blocks on this lock, so the
+            # pool is exhausted for as long as we hold it.
+            holder.autocommit = False
+            holder.execute("LOCK TABLE accounts_apikey IN ACCESS EXCLUSIVE MODE")
+
+            def call_me(name: str, key: CreatedApiKey) -> None:
+                results[name] = http_request(
+                    f"{base_url}/api/v1/me", headers={"Authorization": f"Bearer {key.raw_key}"}
+                )
+
+            blocked = threading.Thread(target=call_me, args=("blocked", first_key))
+            blocked.start()
+            _wait_for_lock_waiter(monitor)
+
+            call_me("starved", second_key)
+            holder.rollback()
+        blocked.join(timeout=30)
+
+    starved = results["starved"]
+    assert starved.status == 503
+    assert starved.body["error"]["code"] == "database_unavailable"
+    assert starved.headers["Retry-After"] == "1"
+    assert 0.9 <= starved.elapsed < 5
+    assert results["blocked"].status == 200
+    assert results["blocked"].body["user_id"] == "alice"
+
+
+def _upstream() -> str | tuple[str, int]:
+    settings_dict = connection.settings_dict
+    host, port = settings_dict["HOST"] or "localhost", int(settings_dict["PORT"] or 5432)
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+
+
+def _poll(url: str, headers: dict[str, str], want: int, timeout: float) -> HttpResult:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = http_request(url, headers=headers)
+        if result.status == want or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
+
+
+def test_database_outage_answers_503_json_and_recovers_by_itself(
+    make_api_key: Callable[..., CreatedApiKey],
+) -> None:
+    key = make_api_key("alice")
+    auth = {"Authorization": f"Bearer {key.raw_key}"}
+    proxy = TcpProxy(_upstream())
+    proxy.start()
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict, host="127.0.0.1", port=proxy.port),
+        "DATABASE_POOL_TIMEOUT": "2",
+        "DATABASE_CONNECT_TIMEOUT": "2",
+    }
+    try:
+        with app_server(env) as base_url:
+            assert http_request(f"{base_url}/readyz").status == 200
+            assert http_request(f"{base_url}/api/v1/me", headers=auth).status == 200
+
+            proxy.stop()
+            ready_down = http_request(f"{base_url}/readyz")
+            api_down = http_request(f"{base_url}/api/v1/me", headers=auth)
+
+            proxy.start()
+            ready_again = _poll(f"{base_url}/readyz", {}, 200, timeout=30)
+            api_again = http_request(f"{base_url}/api/v1/me", headers=auth)
+    finally:
+        proxy.stop()
+
+    assert ready_down.status == 503
+    assert ready_down.body["error"]["code"] == "database_unavailable"
+    assert api_down.status == 503
+    assert api_down.body["error"]["code"] == "database_unavailable"
+    assert api_down.elapsed < 10
+    assert ready_again.status == 200
+    assert api_again.status == 200
+    assert api_again.body["user_id"] == "alice"
