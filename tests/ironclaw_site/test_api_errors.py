@@ -52,6 +52,8 @@ def test_openapi_schema_documents_the_api(client: Client) -> None:
     assert response.status_code == 200
     schema = response.json()
     assert "/api/v1/me" in schema["paths"]
+    assert schema["components"]["securitySchemes"]["bearerKey"]["scheme"] == "bearer"
+    assert schema["paths"]["/api/v1/me"]["get"]["security"] == [{"bearerKey": []}]
     assert not any(path.startswith("/api/{") for path in schema["paths"])
 
 
