@@ -229,7 +229,8 @@ THREAD_MAX_LEASE_SECONDS = env_int("THREAD_MAX_LEASE_SECONDS", 3600, minimum=1, 
 THREAD_RUNNER = env_str("THREAD_RUNNER", "conversations.runners.wait_for_external_engine")
 if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", THREAD_RUNNER):
     raise ImproperlyConfigured(
-        f"THREAD_RUNNER must be a dotted path such as package.module.function, got {THREAD_RUNNER!r}."
+        "THREAD_RUNNER must be a dotted path such as package.module.function, "
+        f"got {THREAD_RUNNER!r}."
     )
 if THREAD_DEFAULT_LEASE_SECONDS > THREAD_MAX_LEASE_SECONDS:
     raise ImproperlyConfigured(

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
-from django.db import IntegrityError, DatabaseError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
-from conversations.models import ConversationEntry, EntrySender, Thread, ThreadState
+from conversations.models import Conversation, ConversationEntry, EntrySender, Thread, ThreadState
 from tests.conversations.factories import ConversationFactory, EntryFactory, ThreadFactory
 
 pytestmark = pytest.mark.django_db
@@ -34,7 +34,7 @@ FORBIDDEN = [
 
 def _untracked_thread(state: str) -> Thread:
     lease = {"lease_owner": "w", "lease_expires_at": timezone.now()} if state == "running" else {}
-    return ThreadFactory(state=state, tracked=False, **lease)
+    return ThreadFactory.create(state=state, tracked=False, **lease)
 
 
 def _move(thread: Thread, state: str) -> None:
@@ -68,25 +68,25 @@ def test_thread_state_machine_refuses_other_transitions(old: str, new: str) -> N
 
 
 def test_database_refuses_a_second_tracked_foreground_thread() -> None:
-    first = ThreadFactory()
+    first = ThreadFactory.create()
 
     with pytest.raises(IntegrityError, match="thread_one_tracked_foreground"), transaction.atomic():
-        ThreadFactory(conversation=first.conversation)
+        ThreadFactory.create(conversation=first.conversation)
 
     assert Thread.objects.filter(conversation=first.conversation).count() == 1
 
 
 def test_untracked_and_background_threads_do_not_count_as_tracked_foreground() -> None:
-    first = ThreadFactory()
+    first = ThreadFactory.create()
 
-    ThreadFactory(conversation=first.conversation, tracked=False)
-    ThreadFactory(conversation=first.conversation, kind="research")
+    ThreadFactory.create(conversation=first.conversation, tracked=False)
+    ThreadFactory.create(conversation=first.conversation, kind="research")
 
     assert Thread.objects.filter(conversation=first.conversation).count() == 3
 
 
 def test_database_refuses_a_tracked_terminal_thread() -> None:
-    thread = ThreadFactory(state="running", lease_owner="w", lease_expires_at=timezone.now())
+    thread = ThreadFactory.create(state="running", lease_owner="w", lease_expires_at=timezone.now())
 
     with pytest.raises(IntegrityError, match="thread_tracked_is_live"), transaction.atomic():
         Thread.objects.filter(pk=thread.pk).update(
@@ -95,12 +95,12 @@ def test_database_refuses_a_tracked_terminal_thread() -> None:
 
 
 def test_entry_seq_is_unique_per_conversation() -> None:
-    entry = EntryFactory(seq=1)
+    entry = EntryFactory.create(seq=1)
 
     with pytest.raises(IntegrityError, match="entry_unique_seq"), transaction.atomic():
-        EntryFactory(conversation=entry.conversation, seq=1)
+        EntryFactory.create(conversation=entry.conversation, seq=1)
 
-    EntryFactory(seq=1)
+    EntryFactory.create(seq=1)
     assert ConversationEntry.objects.filter(seq=1).count() == 2
 
 
@@ -109,7 +109,7 @@ def test_entry_seq_is_unique_per_conversation() -> None:
     [("seq", 99), ("sender", EntrySender.AGENT), ("content", "rewritten"), ("user_id", "mallory")],
 )
 def test_entries_are_read_only(field: str, value: object) -> None:
-    entry = EntryFactory(content="original")
+    entry = EntryFactory.create(content="original")
 
     with pytest.raises(DatabaseError, match="Cannot update"), transaction.atomic():
         ConversationEntry.objects.filter(pk=entry.pk).update(**{field: value})
@@ -119,8 +119,8 @@ def test_entries_are_read_only(field: str, value: object) -> None:
 
 
 def test_entry_thread_is_read_only() -> None:
-    entry = EntryFactory()
-    thread = ThreadFactory(conversation=entry.conversation)
+    entry = EntryFactory.create()
+    thread = ThreadFactory.create(conversation=entry.conversation)
 
     with pytest.raises(DatabaseError, match="Cannot update"), transaction.atomic():
         ConversationEntry.objects.filter(pk=entry.pk).update(thread=thread)
@@ -130,7 +130,7 @@ def test_entry_thread_is_read_only() -> None:
 
 
 def test_entry_delivered_at_is_set_once() -> None:
-    entry = EntryFactory()
+    entry = EntryFactory.create()
     first = timezone.now()
 
     ConversationEntry.objects.filter(pk=entry.pk).update(delivered_at=first)
@@ -144,7 +144,7 @@ def test_entry_delivered_at_is_set_once() -> None:
 
 
 def test_busy_policy_is_checked_by_the_database() -> None:
-    conversation = ConversationFactory()
+    conversation = ConversationFactory.create()
 
     with pytest.raises(IntegrityError, match="busy_policy_valid"), transaction.atomic():
-        type(conversation).objects.filter(pk=conversation.pk).update(busy_policy="shout")
+        Conversation.objects.filter(pk=conversation.pk).update(busy_policy="shout")
