@@ -1,4 +1,4 @@
-"""A separate OS process that sends one user message: ``python -m tests.conversations.message_sender``.
+"""A separate OS process that sends one user message (`python -m` this module).
 
 It sets Django up, opens its connection, prints ``ready`` and waits for ``go`` on stdin, so a test
 can release many processes together; then it prints the result as JSON.

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -54,7 +55,7 @@ def test_concurrent_first_messages_from_threads_spawn_exactly_one_thread() -> No
 
 
 def _hold_row_lock(
-    conversation_id: object, seconds: float, locked: threading.Event, released: list[float]
+    conversation_id: uuid.UUID, seconds: float, locked: threading.Event, released: list[float]
 ) -> threading.Thread:
     def hold() -> None:
         try:
@@ -75,7 +76,7 @@ def _hold_row_lock(
 def test_a_locked_conversation_does_not_delay_another_conversation() -> None:
     a = message_handle(user_id="alice", channel="web", content="to A")
     message_handle(user_id="bob", channel="web", content="to B")
-    locked, released = threading.Event(), []
+    locked, released = threading.Event(), list[float]()
     holder = _hold_row_lock(a.conversation_id, 3.0, locked, released)
 
     started = time.monotonic()
@@ -95,7 +96,7 @@ def test_lock_timeout_is_conversation_busy_and_writes_nothing(
 ) -> None:
     a = message_handle(user_id="alice", channel="web", content="to A")
     client = tenant_client("alice")
-    locked, released = threading.Event(), []
+    locked, released = threading.Event(), list[float]()
     holder = _hold_row_lock(a.conversation_id, 1.5, locked, released)
 
     started = time.monotonic()
