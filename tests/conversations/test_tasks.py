@@ -46,7 +46,9 @@ def test_spawned_thread_runs_through_the_configured_runner() -> None:
 
     _run_worker("threads")
 
-    assert [str(sent.thread_id)] == RUNS
+    # procrastinate_jobs outlives transactional tests, so runs of earlier tests' threads may
+    # come first; this thread's run must be there exactly once.
+    assert RUNS.count(str(sent.thread_id)) == 1
     assert run_jobs_for(sent.thread_id) == ["succeeded"]
 
 
