@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 
 def main() -> None:
@@ -26,7 +27,9 @@ def main() -> None:
         print("ready", flush=True)
         if sys.stdin.readline().strip() != "go":
             return
+        started = time.monotonic()
         result = message_handle(user_id=user_id, channel=channel, content=content)
+        elapsed_ms = (time.monotonic() - started) * 1000
         print(
             json.dumps(
                 {
@@ -34,6 +37,7 @@ def main() -> None:
                     "thread_id": str(result.thread_id),
                     "action": result.action,
                     "seq": result.seq,
+                    "elapsed_ms": round(elapsed_ms, 1),
                 }
             ),
             flush=True,

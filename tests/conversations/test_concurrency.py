@@ -41,7 +41,9 @@ def _sender(content: str, user_id: str = "alice") -> Callable[[], MessageResult]
 def test_concurrent_first_messages_from_threads_spawn_exactly_one_thread() -> None:
     contents = [f"message {n}" for n in range(CONCURRENT_MESSAGES)]
 
+    started = time.monotonic()
     results, errors = run_together([_sender(content) for content in contents])
+    print(f"{CONCURRENT_MESSAGES} racing messages from threads: {time.monotonic() - started:.3f} s")
 
     assert errors == []
     assert len({result.conversation_id for result in results}) == 1
