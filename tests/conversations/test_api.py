@@ -340,3 +340,11 @@ def test_every_endpoint_is_in_the_openapi_schema(client: Client) -> None:
         assert path in schema["paths"], path
     message = schema["paths"]["/api/v1/messages"]["post"]
     assert {"202", "400", "409", "413"} <= set(message["responses"])
+
+
+def test_body_over_djangos_upload_limit_is_413_not_500(alice: APIClient) -> None:
+    response = _post(alice, "messages", {"channel": "web", "content": "x" * 3_000_000})
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert not ConversationEntry.objects.exists()
