@@ -13,6 +13,13 @@ from conversations.services import conversation_busy_policy_set, conversation_cl
 from ironclaw_site.errors import ApplicationError
 
 
+class _NoDeleteAdmin(admin.ModelAdmin):
+    # Deleting rows would break invariants (gap-free seqs, tracked threads need their
+    # conversation, entries protect their threads): operators clear conversations instead.
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class _ReadOnlyInline(admin.TabularInline):
     extra = 0
     can_delete = False
@@ -41,7 +48,7 @@ class ThreadInline(_ReadOnlyInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(_NoDeleteAdmin):
     list_display = (
         "id",
         "user_id",
@@ -109,7 +116,7 @@ class ConversationAdmin(admin.ModelAdmin):
 
 
 @admin.register(ChannelUserIndex)
-class ChannelUserIndexAdmin(admin.ModelAdmin):
+class ChannelUserIndexAdmin(_NoDeleteAdmin):
     list_display = ("channel", "user_id", "conversation", "updated_at")
     list_select_related = ("conversation",)
     search_fields = ("=user_id", "channel")
@@ -125,7 +132,7 @@ class ChannelUserIndexAdmin(admin.ModelAdmin):
 
 
 @admin.register(Thread)
-class ThreadAdmin(admin.ModelAdmin):
+class ThreadAdmin(_NoDeleteAdmin):
     list_display = (
         "id",
         "user_id",
@@ -158,7 +165,7 @@ class ThreadAdmin(admin.ModelAdmin):
 
 
 @admin.register(ConversationEntry)
-class ConversationEntryAdmin(admin.ModelAdmin):
+class ConversationEntryAdmin(_NoDeleteAdmin):
     list_display = ("conversation", "seq", "sender", "short_content", "thread", "delivered_at")
     list_filter = ("sender",)
     list_select_related = ("conversation", "thread")

@@ -91,3 +91,12 @@ def test_changing_the_busy_policy_in_the_admin_goes_through_the_service(
 
     assert response.status_code == 302, response.content.decode()[:2000]
     assert Conversation.objects.get(pk=sent.conversation_id).busy_policy == "queue"
+
+
+def test_admin_cannot_delete_rows_that_hold_invariants(admin_client: Client) -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+
+    response = admin_client.get(f"/admin/conversations/conversation/{sent.conversation_id}/delete/")
+
+    assert response.status_code == 403
+    assert Conversation.objects.filter(pk=sent.conversation_id).exists()
