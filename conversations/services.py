@@ -214,6 +214,11 @@ def _locked_transaction() -> Iterator[None]:
         raise
 
 
+def _violated_constraint(error: IntegrityError) -> str | None:
+    diag = getattr(error.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None)
+
+
 def _conversation_lock(conversation_id: uuid.UUID) -> Conversation:
     # NO KEY UPDATE: serialises writers of this conversation but lets other transactions insert
     # rows that reference it (their FK check takes KEY SHARE, which FOR UPDATE would block).
@@ -298,10 +303,7 @@ def _conversation_resolve(user_id: str, key: str) -> uuid.UUID:
             ChannelUserIndex.objects.create(user_id=user_id, channel=key, conversation=conversation)
         return conversation.id
     except IntegrityError as error:
-        cause = error.__cause__
-        if getattr(getattr(cause, "diag", None), "constraint_name", None) != (
-            "channel_user_index_unique_pair"
-        ):
+        if _violated_constraint(error) != "channel_user_index_unique_pair":
             raise
     # Our insert waited on the index until the winner committed, so its row is visible now.
     return ChannelUserIndex.objects.values_list("conversation_id", flat=True).get(
@@ -343,9 +345,11 @@ def conversation_busy_policy_set(
     if busy_policy is not None and busy_policy not in BusyPolicy.values:
         problem = f"must be one of {', '.join(BusyPolicy.values)} or null"
         raise InvalidInput(f"busy_policy {problem}.", details={"busy_policy": [problem]})
-    updated = Conversation.objects.filter(pk=conversation_id, user_id=user_id).update(
-        busy_policy=busy_policy, updated_at=timezone.now()
-    )
+    with _locked_transaction():
+        # The UPDATE waits for the row lock like a message does, so it is bounded the same way.
+        updated = Conversation.objects.filter(pk=conversation_id, user_id=user_id).update(
+            busy_policy=busy_policy, updated_at=timezone.now()
+        )
     if not updated:
         raise ConversationNotFound()
     return Conversation.objects.get(pk=conversation_id)
@@ -403,10 +407,7 @@ def message_handle(
         # The one-tracked-foreground-thread index refused a second thread: only reachable if a
         # writer skipped the conversation lock. The database kept the invariant; tell the
         # client to retry instead of failing with a 500.
-        cause = error.__cause__
-        if getattr(getattr(cause, "diag", None), "constraint_name", None) == (
-            "thread_one_tracked_foreground_per_conversation"
-        ):
+        if _violated_constraint(error) == "thread_one_tracked_foreground_per_conversation":
             raise ConversationBusy() from None
         raise
 
