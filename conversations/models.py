@@ -141,7 +141,7 @@ class ThreadQuerySet(models.QuerySet["Thread"]):
 
 class Thread(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    user_id = models.CharField(max_length=255)
+    user_id = models.CharField(max_length=255)  # indexed by thread_user_newest_idx
     # A thread may outlive its conversation.
     conversation = models.ForeignKey(
         Conversation, on_delete=models.SET_NULL, null=True, blank=True, related_name="threads"
@@ -248,6 +248,8 @@ class ConversationEntry(models.Model):
     class Meta:
         verbose_name_plural = "conversation entries"
         indexes = [
+            # The tenant key (future sharding key) of every row, as on every tenant table.
+            models.Index(fields=["user_id"], name="entry_user_idx"),
             # take_inbox and record_outcome look for a thread's undelivered messages.
             models.Index(
                 fields=["thread"],
