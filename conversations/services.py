@@ -467,14 +467,20 @@ def _thread_spawn(
     user entry of its goal.
     """
     now = timezone.now()
-    goal_entries = list(carried or [])
     # Messages queued behind a thread that is gone (policy changed, thread interrupted) join the
     # next goal rather than waiting forever.
-    if carried is None:
-        goal_entries.extend(
+    earlier = (
+        carried
+        if carried is not None
+        else list(
             conversation.entries.filter(
                 sender=EntrySender.USER, thread__isnull=True, delivered_at__isnull=True
             ).order_by("seq")
+        )
+    )
+    if earlier:
+        ConversationEntry.objects.filter(pk__in=[entry.pk for entry in earlier]).update(
+            delivered_at=now
         )
     thread = Thread(
         user_id=conversation.user_id,
@@ -482,26 +488,15 @@ def _thread_spawn(
         kind=ThreadKind.FOREGROUND,
         tracked=True,
     )
-    last_entry: ConversationEntry | None = goal_entries[-1] if goal_entries else None
+    goal = list(earlier)
     if new_message is not None:
-        last_entry = writer.add(EntrySender.USER, new_message, thread=thread, delivered_at=now)
-    assert last_entry is not None
-    goal_parts = [entry.content for entry in goal_entries]
-    if new_message is not None:
-        goal_parts.append(new_message)
-    thread.goal = "\n\n".join(goal_parts)
-    seqs = [entry.seq for entry in goal_entries]
-    if new_message is not None:
-        seqs.append(last_entry.seq)
-    thread.metadata = {"goal_entry_seqs": seqs}
+        goal.append(writer.add(EntrySender.USER, new_message, thread=thread, delivered_at=now))
+    thread.goal = "\n\n".join(entry.content for entry in goal)
+    thread.metadata = {"goal_entry_seqs": [entry.seq for entry in goal]}
     thread.save(force_insert=True)
-    if goal_entries:
-        ConversationEntry.objects.filter(pk__in=[entry.pk for entry in goal_entries]).update(
-            delivered_at=now
-        )
     writer.add(EntrySender.SYSTEM, "Thread started", thread=thread)
     _thread_run_enqueue(thread.id)
-    return thread, last_entry
+    return thread, goal[-1]
 
 
 def _thread_cancel(thread: Thread, *, reason: str) -> None:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import pytest
+from django.db import transaction
 from django.test import override_settings
 
 from conversations.errors import MessageRejected, MessageTooLarge
 from conversations.models import ChannelUserIndex, Conversation, ConversationEntry, Thread
 from conversations.services import (
+    MessageResult,
     ThreadOutcome,
     conversation_busy_policy_set,
     conversation_get_or_create,
@@ -254,3 +256,15 @@ def _mark_jobs_done(thread_id: object) -> None:
     from tests.conversations.helpers import mark_run_jobs_taken
 
     mark_run_jobs_taken(thread_id)
+
+
+def test_the_run_is_enqueued_in_the_messages_transaction() -> None:
+    spawned: list[MessageResult] = []
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        spawned.append(message_handle(user_id="alice", channel="web", content="hello"))
+        assert run_jobs_for(spawned[0].thread_id) == ["todo"]
+        raise RuntimeError("the surrounding transaction rolls back")
+
+    assert run_jobs_for(spawned[0].thread_id) == []
+    assert not Thread.objects.exists()
