@@ -261,10 +261,14 @@ def _mark_jobs_done(thread_id: object) -> None:
 def test_the_run_is_enqueued_in_the_messages_transaction() -> None:
     spawned: list[MessageResult] = []
 
-    with pytest.raises(RuntimeError), transaction.atomic():
-        spawned.append(message_handle(user_id="alice", channel="web", content="hello"))
-        assert run_jobs_for(spawned[0].thread_id) == ["todo"]
-        raise RuntimeError("the surrounding transaction rolls back")
+    def send_then_fail() -> None:
+        with transaction.atomic():
+            spawned.append(message_handle(user_id="alice", channel="web", content="hello"))
+            assert run_jobs_for(spawned[0].thread_id) == ["todo"]
+            raise RuntimeError("the surrounding transaction rolls back")
+
+    with pytest.raises(RuntimeError):
+        send_then_fail()
 
     assert run_jobs_for(spawned[0].thread_id) == []
     assert not Thread.objects.exists()
