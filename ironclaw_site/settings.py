@@ -6,7 +6,6 @@ Every variable is documented in ``.env.example`` and the README. Bad values rais
 
 from __future__ import annotations
 
-import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -227,7 +226,8 @@ THREAD_MAX_LEASE_SECONDS = env_int("THREAD_MAX_LEASE_SECONDS", 3600, minimum=1, 
 # Dotted path of the callable that runs a spawned thread (called with thread_id=...). The default
 # only logs: threads wait to be claimed by external engines through the REST API.
 THREAD_RUNNER = env_str("THREAD_RUNNER", "conversations.runners.wait_for_external_engine")
-if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", THREAD_RUNNER):
+_runner_parts = THREAD_RUNNER.split(".")
+if len(_runner_parts) < 2 or not all(part.isidentifier() for part in _runner_parts):
     raise ImproperlyConfigured(
         "THREAD_RUNNER must be a dotted path such as package.module.function, "
         f"got {THREAD_RUNNER!r}."
