@@ -35,6 +35,11 @@ urlpatterns = [
         views.ThreadHeartbeatView.as_view(),
         name="thread-heartbeat",
     ),
+    path(
+        "threads/<uuid:thread_id>/suspend",
+        views.ThreadSuspendView.as_view(),
+        name="thread-suspend",
+    ),
     path("threads/<uuid:thread_id>/inbox", views.ThreadInboxView.as_view(), name="thread-inbox"),
     path(
         "threads/<uuid:thread_id>/outcome",

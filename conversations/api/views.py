@@ -312,6 +312,33 @@ class ThreadHeartbeatView(APIView):
         return Response(ThreadSerializer(thread).data)
 
 
+class ThreadSuspendView(APIView):
+    """The lease holder parks the thread (running -> suspended); the next message resumes it."""
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ThreadSuspendInput"
+
+        worker_id = serializers.CharField(max_length=255)
+
+    @extend_schema(
+        tags=THREAD_TAG,
+        operation_id="thread_suspend",
+        request=InputSerializer,
+        responses={
+            200: ThreadSerializer,
+            **_errors(not_found="Unknown thread.", conflict="lease_not_held."),
+        },
+    )
+    def post(self, request: Request, thread_id: UUID) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        thread = services.thread_suspend(
+            user_id=request_user_id(request), thread_id=thread_id, **data.validated_data
+        )
+        return Response(ThreadSerializer(thread).data)
+
+
 class ThreadInboxView(APIView):
     """Take the thread's undelivered user messages (each is returned once)."""
 

@@ -217,6 +217,7 @@ def test_entries_after_seq_must_be_a_number(alice: APIClient) -> None:
         ("post", "threads/{thread}/claim"),
         ("post", "threads/{thread}/heartbeat"),
         ("post", "threads/{thread}/inbox"),
+        ("post", "threads/{thread}/suspend"),
         ("post", "threads/{thread}/outcome"),
     ],
 )
@@ -348,3 +349,14 @@ def test_body_over_djangos_upload_limit_is_413_not_500(alice: APIClient) -> None
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
     assert not ConversationEntry.objects.exists()
+
+
+def test_suspended_thread_is_resumed_by_the_next_message(alice: APIClient) -> None:
+    sent = _send(alice, "start")
+    _post(alice, f"threads/{sent['thread_id']}/claim", {"worker_id": "w1"})
+
+    suspended = _post(alice, f"threads/{sent['thread_id']}/suspend", {"worker_id": "w1"})
+    resumed = _send(alice, "wake up")
+
+    assert suspended.json()["state"] == "suspended"
+    assert (resumed["action"], resumed["thread_id"]) == ("resumed", sent["thread_id"])
