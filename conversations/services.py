@@ -33,7 +33,7 @@ import psycopg.errors
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Q
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 from procrastinate.exceptions import AlreadyEnqueued
 
@@ -540,10 +540,11 @@ def thread_claim(
     """
     _check_worker_id(worker_id)
     duration = _lease_duration(lease_seconds)
-    now = timezone.now()
+    # Lease times come from the database clock, so web and worker machines whose clocks
+    # disagree still agree on who holds a lease.
     claimable = (
         Q(state__in=[ThreadState.CREATED, ThreadState.WAITING, ThreadState.SUSPENDED])
-        | Q(state=ThreadState.RUNNING, lease_expires_at__lt=now)
+        | Q(state=ThreadState.RUNNING, lease_expires_at__lt=Now())
         | Q(state=ThreadState.RUNNING, lease_owner=worker_id)
     )
     with _locked_transaction():
@@ -552,10 +553,10 @@ def thread_claim(
         ).update(
             state=ThreadState.RUNNING,
             lease_owner=worker_id,
-            lease_expires_at=now + duration,
+            lease_expires_at=Now() + duration,
             claim_count=F("claim_count") + 1,
-            started_at=Coalesce(F("started_at"), now),
-            updated_at=now,
+            started_at=Coalesce(F("started_at"), Now()),
+            updated_at=Now(),
         )
     thread = _thread_for(user_id, thread_id)
     if not claimed:
@@ -576,12 +577,11 @@ def thread_lease_renew(
     which is how a running engine learns it was interrupted."""
     _check_worker_id(worker_id)
     duration = _lease_duration(lease_seconds)
-    now = timezone.now()
     # Owner and state are the whole check: the sweeper and other claimers change both, so a
     # match means nobody took the thread over, even if the lease lapsed a moment ago.
     renewed = Thread.objects.filter(
         pk=thread_id, user_id=user_id, state=ThreadState.RUNNING, lease_owner=worker_id
-    ).update(lease_expires_at=now + duration, updated_at=now)
+    ).update(lease_expires_at=Now() + duration, updated_at=Now())
     thread = _thread_for(user_id, thread_id)
     if not renewed:
         raise LeaseNotHeld(details={"state": thread.state})
@@ -763,13 +763,13 @@ def thread_leases_sweep(
     A thread that was asked to stop is stopped instead. One transaction per batch; rows locked by
     a live transaction (a heartbeat, an outcome) are skipped and seen by the next sweep.
     """
-    now = now or timezone.now()
+    expired_before = now or Now()
     result = SweepResult()
     while True:
         with transaction.atomic():
             expired = list(
                 Thread.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
-                .filter(state=ThreadState.RUNNING, lease_expires_at__lt=now)
+                .filter(state=ThreadState.RUNNING, lease_expires_at__lt=expired_before)
                 .order_by("pk")
                 .values_list("pk", "cancel_requested")[:batch_size]
             )
@@ -777,7 +777,10 @@ def thread_leases_sweep(
             stop = [pk for pk, cancelled in expired if cancelled]
             if requeue:
                 Thread.objects.filter(pk__in=requeue).update(
-                    state=ThreadState.CREATED, lease_owner="", lease_expires_at=None, updated_at=now
+                    state=ThreadState.CREATED,
+                    lease_owner="",
+                    lease_expires_at=None,
+                    updated_at=Now(),
                 )
                 for pk in requeue:
                     _thread_run_enqueue(pk)
@@ -787,8 +790,8 @@ def thread_leases_sweep(
                     lease_owner="",
                     lease_expires_at=None,
                     outcome={"kind": "stopped", "reason": "lease expired after cancellation"},
-                    finished_at=now,
-                    updated_at=now,
+                    finished_at=Now(),
+                    updated_at=Now(),
                 )
         result.requeued.extend(requeue)
         result.stopped.extend(stop)
