@@ -13,7 +13,14 @@ from typing import Any
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from ironclaw_site.config import env_bool, env_int, env_list, env_optional_str, env_str
+from ironclaw_site.config import (
+    env_bool,
+    env_choice,
+    env_int,
+    env_list,
+    env_optional_str,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("IRONCLAW_VAR_DIR", str(BASE_DIR / "var")))
@@ -201,6 +208,35 @@ SPECTACULAR_SETTINGS = {
 # --- Background work --------------------------------------------------------------------------
 
 PROCRASTINATE_AUTODISCOVER_MODULE_NAME = "tasks"
+
+# --- Conversations ----------------------------------------------------------------------------
+
+# How long a message waits for a conversation's row lock before answering 409 conversation_busy.
+CONVERSATION_LOCK_TIMEOUT_MS = env_int(
+    "CONVERSATION_LOCK_TIMEOUT_MS", 2000, minimum=1, maximum=60_000
+)
+CONVERSATION_DEFAULT_BUSY_POLICY = env_choice(
+    "CONVERSATION_DEFAULT_BUSY_POLICY", "inject", ("inject", "queue", "reject", "interrupt")
+)
+CONVERSATION_MAX_MESSAGE_BYTES = env_int(
+    "CONVERSATION_MAX_MESSAGE_BYTES", 65_536, minimum=1, maximum=10 * 1024 * 1024
+)
+THREAD_DEFAULT_LEASE_SECONDS = env_int("THREAD_DEFAULT_LEASE_SECONDS", 60, minimum=1, maximum=3600)
+THREAD_MAX_LEASE_SECONDS = env_int("THREAD_MAX_LEASE_SECONDS", 3600, minimum=1, maximum=86_400)
+# Dotted path of the callable that runs a spawned thread (called with thread_id=...). The default
+# only logs: threads wait to be claimed by external engines through the REST API.
+THREAD_RUNNER = env_str("THREAD_RUNNER", "conversations.runners.wait_for_external_engine")
+_runner_parts = THREAD_RUNNER.split(".")
+if len(_runner_parts) < 2 or not all(part.isidentifier() for part in _runner_parts):
+    raise ImproperlyConfigured(
+        "THREAD_RUNNER must be a dotted path such as package.module.function, "
+        f"got {THREAD_RUNNER!r}."
+    )
+if THREAD_DEFAULT_LEASE_SECONDS > THREAD_MAX_LEASE_SECONDS:
+    raise ImproperlyConfigured(
+        f"THREAD_DEFAULT_LEASE_SECONDS ({THREAD_DEFAULT_LEASE_SECONDS}) must not exceed "
+        f"THREAD_MAX_LEASE_SECONDS ({THREAD_MAX_LEASE_SECONDS})."
+    )
 
 # --- Logging ----------------------------------------------------------------------------------
 

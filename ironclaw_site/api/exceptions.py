@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_default_handler
 
-from ironclaw_site.errors import ApplicationError, ServiceUnavailable
+from ironclaw_site.errors import ApplicationError, PayloadTooLarge, ServiceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         )
         unavailable["Retry-After"] = RETRY_AFTER_SECONDS
         return unavailable
+
+    if isinstance(exc, RequestDataTooBig):
+        # A body over DATA_UPLOAD_MAX_MEMORY_SIZE, raised while DRF parses it: a 413, not a 500.
+        too_large = PayloadTooLarge()
+        return Response(error_body(too_large.code, too_large.message), status=413)
 
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()

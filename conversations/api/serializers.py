@@ -1,0 +1,91 @@
+"""Representations shared by several conversation endpoints (the shapes DESIGN.md fixes)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers
+from rest_framework.pagination import CursorPagination
+
+from conversations.models import BusyPolicy, EntrySender, ThreadKind, ThreadState
+
+
+class ErrorSerializer(serializers.Serializer):
+    class ErrorBodySerializer(serializers.Serializer):
+        code = serializers.CharField()
+        message = serializers.CharField()
+        details = serializers.DictField()
+
+    error = ErrorBodySerializer()
+
+
+class EntrySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    seq = serializers.IntegerField()
+    sender = serializers.ChoiceField(choices=EntrySender.choices)
+    content = serializers.CharField()
+    thread_id = serializers.UUIDField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    delivered_at = serializers.DateTimeField(allow_null=True)
+
+
+class ThreadSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    conversation_id = serializers.UUIDField(allow_null=True)
+    kind = serializers.ChoiceField(choices=ThreadKind.choices)
+    state = serializers.ChoiceField(choices=ThreadState.choices)
+    goal = serializers.CharField()
+    tracked = serializers.BooleanField()
+    lease_owner = serializers.CharField(allow_blank=True)
+    lease_expires_at = serializers.DateTimeField(allow_null=True)
+    outcome = serializers.JSONField(allow_null=True)
+    cancel_requested = serializers.BooleanField()
+    claim_count = serializers.IntegerField()
+    step_count = serializers.IntegerField()
+    tokens_used = serializers.IntegerField()
+    metadata = serializers.JSONField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class ConversationSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    channel = serializers.CharField()
+    metadata = serializers.JSONField()
+    busy_policy = serializers.ChoiceField(choices=BusyPolicy.choices, allow_null=True)
+    effective_busy_policy = serializers.SerializerMethodField()
+    last_seq = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+    def get_effective_busy_policy(self, conversation: object) -> str:
+        policy = getattr(conversation, "busy_policy", None)
+        return str(policy or settings.CONVERSATION_DEFAULT_BUSY_POLICY)
+
+
+def page_serializer(name: str, item: serializers.Serializer) -> type[serializers.Serializer]:
+    """The OpenAPI shape of a cursor-paginated list of ``item``."""
+    return type(
+        name,
+        (serializers.Serializer,),
+        {
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": item,
+        },
+    )
+
+
+class NewestFirstPagination(CursorPagination):
+    """Cursor pages: one query each (no COUNT) and stable while new rows arrive."""
+
+    ordering = ("-created_at", "-id")
+    page_size_query_param = "limit"
+    max_page_size = 1000
+
+
+class SeqPagination(CursorPagination):
+    ordering = ("seq",)
+    page_size_query_param = "limit"
+    max_page_size = 1000

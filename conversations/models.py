@@ -1,0 +1,288 @@
+"""Conversations, their entries, and the agent threads that work on them.
+
+Invariants live in PostgreSQL, not only in code: the thread state machine is a pgtrigger FSM,
+entries are read-only once written (only ``delivered_at`` is set, once), seqs are unique per
+conversation, and a partial unique index lets a conversation track at most one foreground thread.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pgtrigger
+from django.db import models
+from django.db.models import Q
+
+
+class BusyPolicy(models.TextChoices):
+    """What a user message does while a thread is already working on the conversation."""
+
+    INJECT = "inject"
+    QUEUE = "queue"
+    REJECT = "reject"
+    INTERRUPT = "interrupt"
+
+
+class Conversation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user_id = models.CharField(max_length=255)
+    # The channel key: the bare channel ("web") or "<channel>:<scope>" for a scoped conversation.
+    channel = models.CharField(max_length=255)
+    metadata = models.JSONField(default=dict, blank=True)
+    # None means the CONVERSATION_DEFAULT_BUSY_POLICY setting, read when a message arrives.
+    # Null (not "") on purpose: it means "the setting's default", distinct from any policy.
+    busy_policy = models.CharField(  # noqa: DJ001
+        max_length=16, choices=BusyPolicy.choices, null=True, blank=True
+    )
+    # Allocator of entry seqs; only ever advanced under this row's lock.
+    last_seq = models.BigIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            # Serves the tenant's conversation list, newest first, with or without ?channel.
+            models.Index(
+                fields=["user_id", "-created_at", "-id"], name="conversation_user_newest_idx"
+            ),
+            models.Index(
+                fields=["user_id", "channel", "-created_at"], name="conversation_user_channel_idx"
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                name="conversation_last_seq_not_negative", condition=Q(last_seq__gte=0)
+            ),
+            models.CheckConstraint(
+                name="conversation_busy_policy_valid",
+                condition=Q(busy_policy__isnull=True) | Q(busy_policy__in=BusyPolicy.values),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} / {self.user_id} ({self.id})"
+
+
+class ChannelUserIndex(models.Model):
+    """The *current* conversation of a (channel, user) pair; its unique key makes get-or-create
+    race-free across processes."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user_id = models.CharField(max_length=255)
+    channel = models.CharField(max_length=255)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="channel_index_rows"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "channel-user index row"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user_id", "channel"], name="channel_user_index_unique_pair"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} / {self.user_id} -> {self.conversation_id}"
+
+
+class ThreadKind(models.TextChoices):
+    FOREGROUND = "foreground"
+    RESEARCH = "research"
+    MISSION = "mission"
+
+
+class ThreadState(models.TextChoices):
+    CREATED = "created"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+LIVE_STATES = (
+    ThreadState.CREATED,
+    ThreadState.RUNNING,
+    ThreadState.WAITING,
+    ThreadState.SUSPENDED,
+)
+TERMINAL_STATES = (ThreadState.COMPLETED, ThreadState.FAILED, ThreadState.STOPPED)
+
+THREAD_TRANSITIONS = [
+    ("created", "running"),
+    ("created", "failed"),
+    ("created", "stopped"),
+    # running -> created only when the lease expired (the sweeper).
+    ("running", "created"),
+    ("running", "waiting"),
+    ("running", "suspended"),
+    ("running", "completed"),
+    ("running", "failed"),
+    ("running", "stopped"),
+    ("waiting", "running"),
+    ("waiting", "failed"),
+    ("waiting", "stopped"),
+    ("suspended", "running"),
+    ("suspended", "failed"),
+    ("suspended", "stopped"),
+]
+
+
+class ThreadQuerySet(models.QuerySet["Thread"]):
+    def live(self) -> ThreadQuerySet:
+        return self.filter(state__in=LIVE_STATES)
+
+    def tracked_foreground(self) -> ThreadQuerySet:
+        return self.filter(tracked=True, kind=ThreadKind.FOREGROUND)
+
+
+class Thread(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user_id = models.CharField(max_length=255)  # indexed by thread_user_newest_idx
+    # A thread may outlive its conversation.
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.SET_NULL, null=True, blank=True, related_name="threads"
+    )
+    kind = models.CharField(
+        max_length=16, choices=ThreadKind.choices, default=ThreadKind.FOREGROUND
+    )
+    state = models.CharField(
+        max_length=16, choices=ThreadState.choices, default=ThreadState.CREATED
+    )
+    goal = models.TextField()
+    # In the conversation's active set: its outcome is written to the conversation.
+    tracked = models.BooleanField(default=True)
+    lease_owner = models.CharField(max_length=255, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    claim_count = models.PositiveIntegerField(default=0)
+    step_count = models.PositiveIntegerField(default=0)
+    tokens_used = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    outcome = models.JSONField(null=True, blank=True)
+    # e.g. {"goal_entry_seqs": [...]}: which user entries make up the goal.
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ThreadQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["user_id", "-created_at"], name="thread_user_newest_idx"),
+            # The sweeper's scan: only running threads have a lease.
+            models.Index(
+                fields=["lease_expires_at"],
+                name="thread_running_lease_idx",
+                condition=Q(state="running"),
+            ),
+        ]
+        constraints = [
+            # The exactly-once rule belongs to the database: whatever the code does, a
+            # conversation never tracks two foreground threads.
+            models.UniqueConstraint(
+                fields=["conversation"],
+                condition=Q(tracked=True, kind="foreground"),
+                name="thread_one_tracked_foreground_per_conversation",
+            ),
+            models.CheckConstraint(
+                name="thread_tracked_is_live",
+                condition=Q(tracked=False) | Q(state__in=[s.value for s in LIVE_STATES]),
+            ),
+            models.CheckConstraint(
+                name="thread_tracked_has_conversation",
+                condition=Q(tracked=False) | Q(conversation__isnull=False),
+            ),
+            models.CheckConstraint(
+                name="thread_lease_only_while_running",
+                condition=Q(state="running")
+                | (Q(lease_owner="") & Q(lease_expires_at__isnull=True)),
+            ),
+            models.CheckConstraint(
+                name="thread_state_valid", condition=Q(state__in=ThreadState.values)
+            ),
+            models.CheckConstraint(
+                name="thread_kind_valid", condition=Q(kind__in=ThreadKind.values)
+            ),
+        ]
+        triggers = [
+            pgtrigger.FSM(name="thread_state_fsm", field="state", transitions=THREAD_TRANSITIONS),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} thread {self.id} ({self.state})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+class EntrySender(models.TextChoices):
+    USER = "user"
+    AGENT = "agent"
+    SYSTEM = "system"
+
+
+class ConversationEntry(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="entries")
+    user_id = models.CharField(max_length=255)
+    seq = models.BigIntegerField()
+    sender = models.CharField(max_length=8, choices=EntrySender.choices)
+    content = models.TextField()
+    # Origin (agent/system) or target (user) thread. A queued user message has none until the
+    # thread it is queued behind ends.
+    thread = models.ForeignKey(
+        Thread, on_delete=models.PROTECT, null=True, blank=True, related_name="entries"
+    )
+    # For user messages: when a thread took it (as its goal or from its inbox).
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        verbose_name_plural = "conversation entries"
+        indexes = [
+            # The tenant key (future sharding key) of every row, as on every tenant table.
+            models.Index(fields=["user_id"], name="entry_user_idx"),
+            # take_inbox and record_outcome look for a thread's undelivered messages.
+            models.Index(
+                fields=["thread"],
+                name="entry_undelivered_by_thread",
+                condition=Q(sender="user", delivered_at__isnull=True, thread__isnull=False),
+            ),
+            # Messages queued behind a live thread (busy policy "queue").
+            models.Index(
+                fields=["conversation", "seq"],
+                name="entry_queued_by_conversation",
+                condition=Q(sender="user", delivered_at__isnull=True, thread__isnull=True),
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "seq"], name="entry_unique_seq_per_conversation"
+            ),
+            models.CheckConstraint(name="entry_seq_positive", condition=Q(seq__gte=1)),
+            models.CheckConstraint(
+                name="entry_sender_valid", condition=Q(sender__in=EntrySender.values)
+            ),
+        ]
+        triggers = [
+            pgtrigger.ReadOnly(name="entry_read_only", exclude=["delivered_at"]),
+            pgtrigger.Protect(
+                name="entry_delivered_at_set_once",
+                operation=pgtrigger.Update,
+                condition=pgtrigger.Condition(
+                    "OLD.delivered_at IS NOT NULL"
+                    " AND NEW.delivered_at IS DISTINCT FROM OLD.delivered_at"
+                ),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.sender}: {self.content[:60]}"

@@ -1,0 +1,52 @@
+"""Reads of the conversations app, always scoped by tenant (another tenant's row is a 404)."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import Prefetch, QuerySet
+
+from conversations.errors import ConversationNotFound, ThreadNotFound
+from conversations.models import Conversation, ConversationEntry, Thread
+
+
+def conversation_list(*, user_id: str, channel: str | None = None) -> QuerySet[Conversation]:
+    """The tenant's conversations, newest first (one query per page; no joins)."""
+    conversations = Conversation.objects.filter(user_id=user_id)
+    if channel is not None:
+        conversations = conversations.filter(channel=channel)
+    return conversations.order_by("-created_at", "-id")
+
+
+def conversation_get(*, user_id: str, conversation_id: uuid.UUID) -> Conversation:
+    """One conversation with its active (tracked) threads prefetched."""
+    active = Prefetch(
+        "threads",
+        queryset=Thread.objects.filter(tracked=True).order_by("created_at"),
+        to_attr="active_threads",
+    )
+    try:
+        return Conversation.objects.prefetch_related(active).get(
+            pk=conversation_id, user_id=user_id
+        )
+    except Conversation.DoesNotExist:
+        raise ConversationNotFound() from None
+
+
+def entry_list(
+    *, user_id: str, conversation_id: uuid.UUID, after_seq: int | None = None
+) -> QuerySet[ConversationEntry]:
+    """A conversation's entries in seq order, optionally only those after ``after_seq``."""
+    if not Conversation.objects.filter(pk=conversation_id, user_id=user_id).exists():
+        raise ConversationNotFound()
+    entries = ConversationEntry.objects.filter(conversation_id=conversation_id, user_id=user_id)
+    if after_seq is not None:
+        entries = entries.filter(seq__gt=after_seq)
+    return entries.order_by("seq")
+
+
+def thread_get(*, user_id: str, thread_id: uuid.UUID) -> Thread:
+    try:
+        return Thread.objects.get(pk=thread_id, user_id=user_id)
+    except Thread.DoesNotExist:
+        raise ThreadNotFound() from None

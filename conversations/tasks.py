@@ -1,0 +1,46 @@
+"""Procrastinate entry points of the conversations app.
+
+``run_thread`` is the stable task name spawning enqueues; what it runs is the ``THREAD_RUNNER``
+setting, so this app never imports the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+from procrastinate.contrib.django import app
+
+logger = logging.getLogger(__name__)
+
+RUN_THREAD_QUEUE = "threads"
+
+
+@app.task(name="conversations.tasks.run_thread", queue=RUN_THREAD_QUEUE)
+def run_thread(thread_id: str) -> None:
+    try:
+        runner = import_string(settings.THREAD_RUNNER)
+    except ImportError as error:
+        raise ImproperlyConfigured(
+            f"THREAD_RUNNER {settings.THREAD_RUNNER!r} cannot be imported: {error}"
+        ) from error
+    runner(thread_id=thread_id)
+
+
+@app.periodic(cron="* * * * *", periodic_id="conversations.sweep_expired_leases")
+@app.task(
+    name="conversations.tasks.sweep_expired_leases",
+    queueing_lock="conversations.sweep_expired_leases",
+)
+def sweep_expired_leases(timestamp: int) -> None:
+    from conversations.services import thread_leases_sweep
+
+    result = thread_leases_sweep()
+    if result.requeued or result.stopped:
+        logger.info(
+            "lease sweep: %d threads back to created, %d stopped",
+            len(result.requeued),
+            len(result.stopped),
+        )

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+from procrastinate.contrib.django import app
+from procrastinate.contrib.django.django_connector import DjangoConnector
+from procrastinate.exceptions import AlreadyEnqueued
+
+from conversations.models import Thread
+from conversations.services import message_handle, thread_claim
+from tests.conversations.helpers import mark_run_jobs_taken, run_jobs_for
+
+RUNS: list[str] = []
+
+
+def record_run(*, thread_id: str) -> None:
+    RUNS.append(thread_id)
+
+
+def _run_worker(queue: str) -> None:
+    """Run the real Procrastinate worker until the queue is empty, as `manage.py procrastinate
+    worker` would: on its own psycopg connection (the Django connector is for deferring only)."""
+
+    async def work() -> None:
+        async with worker_app.open_async():
+            await worker_app.run_worker_async(
+                queues=[queue], wait=False, install_signal_handlers=False, listen_notify=False
+            )
+
+    connector = app.connector
+    assert isinstance(connector, DjangoConnector)
+    with app.replace_connector(connector.get_worker_connector()) as worker_app:
+        asyncio.run(work())
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(THREAD_RUNNER="tests.conversations.test_tasks.record_run")
+def test_spawned_thread_runs_through_the_configured_runner() -> None:
+    RUNS.clear()
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+
+    _run_worker("threads")
+
+    # procrastinate_jobs outlives transactional tests, so runs of earlier tests' threads may
+    # come first; this thread's run must be there exactly once.
+    assert RUNS.count(str(sent.thread_id)) == 1
+    assert run_jobs_for(sent.thread_id) == ["succeeded"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_default_runner_leaves_the_thread_for_an_external_engine() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+
+    _run_worker("threads")
+
+    assert run_jobs_for(sent.thread_id) == ["succeeded"]
+    assert Thread.objects.get(pk=sent.thread_id).state == "created"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sweep_task_recovers_expired_leases() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    thread_claim(user_id="alice", thread_id=sent.thread_id, worker_id="crashed")
+    mark_run_jobs_taken(sent.thread_id)
+    Thread.objects.filter(pk=sent.thread_id).update(
+        lease_expires_at=timezone.now() - datetime.timedelta(minutes=1)
+    )
+    from conversations.tasks import sweep_expired_leases
+
+    # A worker of an earlier test may have deferred this minute's periodic sweep already.
+    with contextlib.suppress(AlreadyEnqueued):
+        app.configure_task(sweep_expired_leases.name).defer(
+            timestamp=int(timezone.now().timestamp())
+        )
+    _run_worker("default")
+
+    assert Thread.objects.get(pk=sent.thread_id).state == "created"
+    assert run_jobs_for(sent.thread_id) == ["doing", "todo"]
+
+
+def test_sweeper_is_registered_to_run_every_minute() -> None:
+    from conversations.tasks import sweep_expired_leases
+
+    periodic = [
+        task
+        for task in app.periodic_registry.periodic_tasks.values()
+        if task.task is sweep_expired_leases
+    ]
+
+    assert [task.cron for task in periodic] == ["* * * * *"]
