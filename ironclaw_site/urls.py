@@ -9,6 +9,7 @@ from ironclaw_site.api.views import ApiNotFoundView
 
 api_v1 = [
     path("", include("accounts.api.urls")),
+    path("workspace/", include("workspace.api.urls")),
 ]
 
 urlpatterns = [

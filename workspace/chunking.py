@@ -1,0 +1,54 @@
+"""Word-window chunking (the origin system's algorithm, sizes from settings).
+
+A document of at most ``size`` words is one chunk, kept verbatim. A longer one is cut into windows
+of ``size`` words that overlap by ``floor(size * overlap)`` words; a trailing window shorter than
+``min_words`` is merged into the previous chunk instead of standing alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    size: int = 800
+    overlap: float = 0.15
+    min_words: int = 50
+
+    @property
+    def step(self) -> int:
+        return max(1, self.size - int(self.size * self.overlap))
+
+    @classmethod
+    def from_settings(cls) -> ChunkingConfig:
+        return cls(
+            size=settings.WORKSPACE_CHUNK_WORDS,
+            overlap=settings.WORKSPACE_CHUNK_OVERLAP,
+            min_words=settings.WORKSPACE_CHUNK_MIN_WORDS,
+        )
+
+
+def chunk_text(text: str, config: ChunkingConfig | None = None) -> list[str]:
+    config = config or ChunkingConfig.from_settings()
+    words = text.split()
+    if not words:
+        return []
+    if len(words) <= config.size:
+        return [text]
+    chunks: list[str] = []
+    start = 0
+    while start < len(words):
+        window = words[start : start + config.size]
+        if len(window) < config.min_words and chunks:
+            # The overlap means these words partly repeat the previous chunk's tail: kept as in the
+            # origin system, so chunk boundaries (and search results) match it.
+            chunks[-1] = f"{chunks[-1]} {' '.join(window)}"
+            break
+        chunks.append(" ".join(window))
+        if start + config.size >= len(words):
+            break
+        start += config.step
+    return chunks
