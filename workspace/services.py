@@ -93,7 +93,12 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
 
 
 def _document_from_row(row: tuple[Any, ...]) -> Document:
-    return Document.from_db(connection.alias, _DOCUMENT_FIELDS, row[: len(_DOCUMENT_FIELDS)])
+    # Raw SQL skips the ORM's converters (jsonb arrives as text): apply the fields' own.
+    values = [
+        field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") else value
+        for field, value in zip(Document._meta.concrete_fields, row, strict=False)
+    ]
+    return Document.from_db(connection.alias, _DOCUMENT_FIELDS, values)
 
 
 def _not_found(path: str) -> DocumentNotFound:
