@@ -41,7 +41,7 @@ class EmbeddingProvider(Protocol):
 
 class NoEmbeddings:
     name = ""
-    dimensions = None
+    dimensions: int | None = None
 
     def embed(self, texts: Sequence[str]) -> list[list[float] | None]:
         return [None for _ in texts]
@@ -51,14 +51,15 @@ class HashingEmbeddings:
     """Signed feature hashing of lower-cased word tokens, L2-normalised: lexical, deterministic."""
 
     def __init__(self, dimensions: int = HASHING_DEFAULT_DIMENSIONS):
-        self.dimensions = dimensions
+        self.dimensions: int | None = dimensions
+        self.size = dimensions
         self.name = f"hashing-{dimensions}"
 
     def embed_one(self, text: str) -> list[float] | None:
-        vector = [0.0] * self.dimensions
+        vector = [0.0] * self.size
         for token in _TOKEN.findall(text.lower()):
             digest = hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest()
-            bucket = int.from_bytes(digest[:4], "little") % self.dimensions
+            bucket = int.from_bytes(digest[:4], "little") % self.size
             vector[bucket] += 1.0 if digest[4] & 1 else -1.0
         norm = math.sqrt(sum(value * value for value in vector))
         if norm == 0:

@@ -37,7 +37,9 @@ def effective_metadata(*, user_id: str, path: str, own: dict[str, Any]) -> dict[
     configs = dict(
         documents_for(user_id=user_id).filter(path__in=candidates).values_list("path", "metadata")
     )
-    inherited = next((configs[candidate] for candidate in candidates if candidate in configs), {})
+    inherited: Any = next(
+        (configs[candidate] for candidate in candidates if candidate in configs), {}
+    )
     if not isinstance(inherited, dict):
         inherited = {}
     return {**inherited, **own}

@@ -195,7 +195,7 @@ RETURNING {_DOCUMENT_COLUMNS},
 def _runtime_write(
     *, user_id: str, path: str, content: str, metadata: dict[str, Any] | None
 ) -> Document:
-    params = {
+    params: dict[str, Any] = {
         "id": uuid.uuid4(),
         "user_id": user_id,
         "path": path,
@@ -220,7 +220,7 @@ def _runtime_write(
 
 
 def _runtime_append(*, user_id: str, path: str, content: str) -> Document:
-    params = {
+    params: dict[str, Any] = {
         "id": uuid.uuid4(),
         "user_id": user_id,
         "path": path,
@@ -243,7 +243,7 @@ def _runtime_append(*, user_id: str, path: str, content: str) -> Document:
 def _runtime_patch(
     *, user_id: str, path: str, old: str, new: str, replace_all: bool
 ) -> tuple[Document, int]:
-    params = {
+    params: dict[str, Any] = {
         "user_id": user_id,
         "path": path,
         "old": old,
@@ -476,9 +476,10 @@ def document_patch(
         )
         return PatchResult(document=document, replacements=count)
     with transaction.atomic():
-        document = _lock_document(user_id=user_id, path=normalised)
-        if document is None:
+        locked = _lock_document(user_id=user_id, path=normalised)
+        if locked is None:
             raise _not_found(normalised)
+        document = locked
         occurrences = document.content.count(old)
         if occurrences == 0:
             raise PatchFailed(

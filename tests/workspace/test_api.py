@@ -277,7 +277,7 @@ def test_search_validation_is_400_naming_the_field(
 
 def test_malformed_json_is_400(alice: APIClient) -> None:
     response = alice.generic(
-        "PUT", f"{DOCS}/a.md", data=b"{not json", content_type="application/json"
+        "PUT", f"{DOCS}/a.md", data="{not json", content_type="application/json"
     )
 
     assert response.status_code == 400

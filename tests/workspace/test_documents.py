@@ -246,7 +246,7 @@ def test_content_postgres_cannot_store_is_refused(content: str) -> None:
 
 
 def test_versions_cannot_be_updated() -> None:
-    version = DocumentVersionFactory()
+    version = DocumentVersionFactory.create()
 
     with pytest.raises(ProgrammingError, match="Cannot update"), transaction.atomic():
         DocumentVersion.objects.filter(pk=version.pk).update(content="rewritten history")
@@ -282,4 +282,4 @@ def test_tree_lists_every_document_below_a_prefix_in_order() -> None:
 
     tree = selectors.document_tree(user_id="alice", prefix="b")
 
-    assert [(d.path, d.size_bytes) for d in tree] == [("b/1.md", 2), ("b/2.md", 2)]
+    assert [(document.path, document.size) for document in tree] == [("b/1.md", 2), ("b/2.md", 2)]

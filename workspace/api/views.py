@@ -122,11 +122,11 @@ class DocumentActionView(WorkspaceView):
     def suffix(self, **kwargs: Any) -> str:
         raise NotImplementedError
 
-    def http_method_not_allowed(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+    def http_method_not_allowed(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         if request.method and request.method.lower() in {"get", "put", "delete"}:
             full_path = f"{kwargs['path']}/{self.suffix(**kwargs)}"
-            return DocumentView.as_view()(request._request, path=full_path)  # type: ignore[return-value]
-        return super().http_method_not_allowed(request, *args, **kwargs)  # type: ignore[return-value]
+            return DocumentView.as_view()(request._request, path=full_path)
+        return super().http_method_not_allowed(request, *args, **kwargs)
 
 
 class DocumentAppendView(DocumentActionView):
@@ -288,7 +288,7 @@ class ListView(WorkspaceView):
             user_id=request_user_id(request), directory=request.query_params.get("path", "")
         )
         paginator = LimitOffsetPagination()
-        page = paginator.paginate_queryset(entries, request, view=self)  # type: ignore[arg-type]
+        page: Any = paginator.paginate_queryset(entries, request, view=self)  # type: ignore[arg-type]
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
 
