@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from django.db import connection
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 
@@ -16,3 +19,16 @@ def _workspace_defaults(settings: SettingsWrapper) -> None:
         "engine/orchestrator/failures.json",
         "engine/README.md",
     ]
+
+
+@pytest.fixture
+def no_queued_jobs() -> Iterator[None]:
+    """Procrastinate's tables are not flushed between transactional tests: start and end empty."""
+
+    def purge() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM procrastinate_jobs")
+
+    purge()
+    yield
+    purge()

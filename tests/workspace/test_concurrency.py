@@ -111,6 +111,7 @@ def _chunk_sets_are_consistent() -> bool:
     return hashes <= 1 and count == highest + 1
 
 
+@pytest.mark.usefixtures("no_queued_jobs")
 def test_concurrent_indexers_never_leave_a_mix_of_two_versions_chunks(
     settings: SettingsWrapper,
 ) -> None:
@@ -156,9 +157,10 @@ def test_concurrent_indexers_never_leave_a_mix_of_two_versions_chunks(
 
 def test_concurrent_first_writes_create_one_document() -> None:
     def writer(number: int) -> Callable[[], None]:
-        return lambda: services.document_write(
-            user_id="alice", path="new/doc.md", content=f"from {number}"
-        )
+        def work() -> None:
+            services.document_write(user_id="alice", path="new/doc.md", content=f"from {number}")
+
+        return work
 
     run_together([writer(number) for number in range(8)])
 

@@ -11,7 +11,7 @@ from workspace.models import Chunk, Document, IndexState
 
 
 @pytest.fixture
-def queued(settings: SettingsWrapper) -> None:
+def queued(settings: SettingsWrapper, no_queued_jobs: None) -> None:
     settings.WORKSPACE_INDEXING = "queue"
 
 
@@ -62,7 +62,7 @@ def test_a_worker_runs_the_job_and_indexes_the_latest_content() -> None:
     services.document_write(user_id="alice", path="a.md", content="first words")
     services.document_write(user_id="alice", path="a.md", content="latest words")
 
-    worker_app = app.with_connector(app.connector.get_worker_connector())
+    worker_app = app.with_connector(app.connector.get_worker_connector())  # type: ignore[attr-defined]
     worker_app.run_worker(
         queues=["indexing"], wait=False, install_signal_handlers=False, listen_notify=False
     )
