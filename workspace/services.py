@@ -347,9 +347,12 @@ def _apply_change(
         return False
     own = metadata if metadata is not None else document.metadata
     effective = effective_metadata(user_id=document.user_id, path=document.path, own=own)
+    # Content written while the path was runtime (engine state) was never versioned, and the
+    # database refuses the row until the flag is cleared below.
     if (
         document.content
         and new_hash != document.content_hash
+        and not document.is_runtime
         and not effective.get("skip_versioning")
     ):
         _save_version_of_current(document, changed_by=changed_by)

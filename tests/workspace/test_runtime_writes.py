@@ -158,3 +158,19 @@ def test_database_refuses_versions_for_a_runtime_document() -> None:
         DocumentVersionFactory(document=document)
 
     assert DocumentVersion.objects.count() == 0
+
+
+def test_a_path_that_stops_being_runtime_is_versioned_and_indexed_again(
+    settings: SettingsWrapper,
+) -> None:
+    services.document_write(user_id="alice", path=RUNTIME, content="engine state")
+    settings.WORKSPACE_RUNTIME_PATHS = []
+
+    document = services.document_write(user_id="alice", path=RUNTIME, content="now a document")
+    services.document_write(user_id="alice", path=RUNTIME, content="edited document")
+
+    document.refresh_from_db()
+    assert not document.is_runtime
+    assert document.index_state == IndexState.INDEXED
+    assert list(DocumentVersion.objects.values_list("content", flat=True)) == ["now a document"]
+    assert Chunk.objects.filter(document=document).count() == 1

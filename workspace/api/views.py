@@ -8,7 +8,12 @@ from typing import Any
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_serializer,
+    inline_serializer,
+)
 from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
@@ -47,6 +52,7 @@ class WorkspaceView(APIView):
         super().initial(request, *args, **kwargs)
 
 
+@extend_schema_serializer(component_name="WorkspaceDocument")
 class DocumentOutputSerializer(serializers.Serializer):
     path = serializers.CharField()
     content = serializers.CharField()
@@ -65,6 +71,7 @@ def _text_field(**kwargs: Any) -> serializers.CharField:
 
 
 class DocumentView(WorkspaceView):
+    @extend_schema_serializer(component_name="WorkspaceDocumentWrite")
     class InputSerializer(serializers.Serializer):
         content = _text_field()
         metadata = serializers.DictField(required=False)
@@ -133,6 +140,7 @@ class DocumentAppendView(DocumentActionView):
     def suffix(self, **kwargs: Any) -> str:
         return "append"
 
+    @extend_schema_serializer(component_name="WorkspaceAppend")
     class InputSerializer(serializers.Serializer):
         content = _text_field()
 
@@ -161,11 +169,13 @@ class DocumentPatchView(DocumentActionView):
     def suffix(self, **kwargs: Any) -> str:
         return "patch"
 
+    @extend_schema_serializer(component_name="WorkspacePatch")
     class InputSerializer(serializers.Serializer):
         old = serializers.CharField(trim_whitespace=False)
         new = _text_field()
         replace_all = serializers.BooleanField(required=False, default=False)
 
+    @extend_schema_serializer(component_name="WorkspacePatchResult")
     class OutputSerializer(DocumentOutputSerializer):
         replacements = serializers.IntegerField()
 
@@ -194,6 +204,7 @@ class DocumentPatchView(DocumentActionView):
         return Response(data)
 
 
+@extend_schema_serializer(component_name="WorkspaceVersion")
 class VersionOutputSerializer(serializers.Serializer):
     version = serializers.IntegerField()
     content_hash = serializers.CharField()
@@ -224,6 +235,7 @@ class DocumentVersionView(DocumentActionView):
     def suffix(self, **kwargs: Any) -> str:
         return f"versions/{kwargs['version']}"
 
+    @extend_schema_serializer(component_name="WorkspaceVersionDetail")
     class OutputSerializer(VersionOutputSerializer):
         content = serializers.CharField()
 
@@ -262,6 +274,7 @@ class DocumentRestoreView(DocumentActionView):
 
 
 class ListView(WorkspaceView):
+    @extend_schema_serializer(component_name="WorkspaceListEntry")
     class OutputSerializer(serializers.Serializer):
         path = serializers.CharField()
         name = serializers.CharField()
@@ -293,6 +306,7 @@ class ListView(WorkspaceView):
 
 
 class TreeView(WorkspaceView):
+    @extend_schema_serializer(component_name="WorkspaceTreeEntry")
     class OutputSerializer(serializers.Serializer):
         path = serializers.CharField()
         size = serializers.IntegerField(source="size_bytes")
@@ -321,6 +335,7 @@ class TreeView(WorkspaceView):
 
 
 class SearchView(WorkspaceView):
+    @extend_schema_serializer(component_name="WorkspaceSearchQuery")
     class InputSerializer(serializers.Serializer):
         query = serializers.CharField(max_length=10_000)
         limit = serializers.IntegerField(required=False, default=10, min_value=1)
@@ -336,6 +351,7 @@ class SearchView(WorkspaceView):
                 )
             return value
 
+    @extend_schema_serializer(component_name="WorkspaceSearchResponse")
     class OutputSerializer(serializers.Serializer):
         results = inline_serializer(
             "WorkspaceSearchResult",
