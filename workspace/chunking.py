@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+# No chunk longer than this many characters, whatever its word count: a few huge "words" (minified
+# JSON, base64) must not produce a chunk that Postgres cannot turn into a tsvector (1 MB limit) or
+# that an embeddings API refuses (the origin system capped inputs at 32,000 characters too).
+MAX_CHUNK_CHARACTERS = 32_000
+
 
 @dataclass(frozen=True)
 class ChunkingConfig:
@@ -32,7 +37,14 @@ class ChunkingConfig:
 
 
 def chunk_text(text: str, config: ChunkingConfig | None = None) -> list[str]:
-    config = config or ChunkingConfig.from_settings()
+    return [
+        piece[start : start + MAX_CHUNK_CHARACTERS]
+        for piece in _word_windows(text, config or ChunkingConfig.from_settings())
+        for start in range(0, len(piece), MAX_CHUNK_CHARACTERS)
+    ]
+
+
+def _word_windows(text: str, config: ChunkingConfig) -> list[str]:
     words = text.split()
     if not words:
         return []

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from workspace.chunking import ChunkingConfig, chunk_text
+from workspace.chunking import MAX_CHUNK_CHARACTERS, ChunkingConfig, chunk_text
 
 
 def test_empty_or_blank_text_has_no_chunks() -> None:
@@ -35,3 +35,12 @@ def test_trailing_window_under_the_minimum_is_merged() -> None:
     chunks = chunk_text(words, ChunkingConfig(size=10, overlap=0, min_words=5))
 
     assert chunks == [words]
+
+
+def test_chunks_never_exceed_the_character_cap() -> None:
+    text = " ".join("x" * 2000 for _ in range(40))
+
+    chunks = chunk_text(text, ChunkingConfig(size=800))
+
+    assert all(len(chunk) <= MAX_CHUNK_CHARACTERS for chunk in chunks)
+    assert "".join(chunks) == text

@@ -283,3 +283,12 @@ def test_tree_lists_every_document_below_a_prefix_in_order() -> None:
     tree = selectors.document_tree(user_id="alice", prefix="b")
 
     assert [(document.path, document.size) for document in tree] == [("b/1.md", 2), ("b/2.md", 2)]
+
+
+def test_a_document_of_huge_words_is_indexed_without_error() -> None:
+    words = " ".join(f"{number:04d}" + "abcdefghij" * 190 for number in range(800))
+
+    document = services.document_write(user_id="alice", path="blob.md", content=words)
+
+    assert document.index_state == IndexState.INDEXED
+    assert Chunk.objects.filter(document=document).count() > 1
