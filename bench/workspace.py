@@ -134,16 +134,16 @@ def bench_writes(writes: int) -> dict[str, float]:
         "runtime path, runtime rule on", writer("engine/.runtime", "w1"), writes
     )
     results["semantic"] = rate(
-        "semantic path, indexing queued", writer("engine/knowledge", "w2"), writes // 4
+        "semantic path, indexing queued", writer("engine/knowledge", "w2"), writes // 2
     )
     settings.WORKSPACE_RUNTIME_PATHS = []
     results["runtime_baseline_queue"] = rate(
         "baseline: runtime path indexed like a document (queued)",
         writer("engine/.runtime", "w3"),
-        writes // 4,
+        writes // 2,
     )
     results["semantic_baseline"] = rate(
-        "baseline: semantic path (queued)", writer("engine/knowledge", "w4"), writes // 4
+        "baseline: semantic path (queued)", writer("engine/knowledge", "w4"), writes // 2
     )
     settings.WORKSPACE_INDEXING = "inline"
     settings.WORKSPACE_RUNTIME_PATHS = RUNTIME_DEFAULT

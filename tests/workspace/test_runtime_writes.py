@@ -104,13 +104,15 @@ def test_runtime_patch_failures_stay_within_two_statements(
         services.document_patch(user_id="alice", path="engine/.runtime/none", old="a", new="b")
 
 
-def test_runtime_read_delete_and_restore_stay_within_two_statements(
+def test_runtime_read_versions_delete_and_restore_stay_within_two_statements(
     django_assert_max_num_queries: DjangoAssertNumQueries,
 ) -> None:
     services.document_write(user_id="alice", path=RUNTIME, content="x")
 
     with django_assert_max_num_queries(2):
         selectors.document_get(user_id="alice", path=RUNTIME)
+    with django_assert_max_num_queries(2):
+        assert list(selectors.document_versions(user_id="alice", path=RUNTIME)) == []
     with django_assert_max_num_queries(2), pytest.raises(Exception, match="no version"):
         services.document_restore(user_id="alice", path=RUNTIME, version=1)
     with django_assert_max_num_queries(2):
