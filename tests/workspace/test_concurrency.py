@@ -166,3 +166,24 @@ def test_concurrent_first_writes_create_one_document() -> None:
 
     assert Document.objects.filter(path="new/doc.md").count() == 1
     assert DocumentVersion.objects.count() == 7
+
+
+def test_concurrent_runtime_patches_lose_nothing() -> None:
+    path = "engine/.runtime/board.txt"
+    services.document_write(
+        user_id="alice", path=path, content=" ".join(f"[t{n}]" for n in range(8))
+    )
+
+    def patcher(number: int) -> Callable[[], None]:
+        def work() -> None:
+            services.document_patch(
+                user_id="alice", path=path, old=f"[t{number}]", new=f"<done{number}>"
+            )
+
+        return work
+
+    run_together([patcher(number) for number in range(8)])
+
+    document = Document.objects.get(path=path)
+    assert document.content == " ".join(f"<done{n}>" for n in range(8))
+    assert document.content_hash == services.content_hash(document.content)
