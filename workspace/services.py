@@ -290,27 +290,26 @@ def _lock_document(*, user_id: str, path: str) -> Document | None:
 
 
 def _lock_or_create_document(*, user_id: str, path: str) -> Document:
-    document = _lock_document(user_id=user_id, path=path)
-    if document is not None:
-        return document
     # Check-then-insert backed by the unique (user_id, path) constraint: a concurrent creator
-    # makes this insert a no-op (it waits for that transaction), and both then lock the one row.
+    # makes the insert a no-op (it waits for that transaction), and both then lock the one row.
+    # Only a concurrent delete between the insert and the lock sends us round again.
     # An empty document is trivially indexed: it has no chunks.
     empty_hash = content_hash("")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            INSERT INTO workspace_document
-                (id, user_id, path, content, content_hash, metadata, is_runtime, index_state,
-                 indexed_hash, created_at, updated_at)
-            VALUES (%s, %s, %s, '', %s, '{}', false, 'indexed', %s, now(), now())
-            ON CONFLICT (user_id, path) DO NOTHING
-            """,
-            [uuid.uuid4(), user_id, path, empty_hash, empty_hash],
-        )
-    document = _lock_document(user_id=user_id, path=path)
-    assert document is not None  # inserted above or by the concurrent creator; never deleted here
-    return document
+    while True:
+        document = _lock_document(user_id=user_id, path=path)
+        if document is not None:
+            return document
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                INSERT INTO workspace_document
+                    (id, user_id, path, content, content_hash, metadata, is_runtime, index_state,
+                     indexed_hash, created_at, updated_at)
+                VALUES (%s, %s, %s, '', %s, '{}', false, 'indexed', %s, now(), now())
+                ON CONFLICT (user_id, path) DO NOTHING
+                """,
+                [uuid.uuid4(), user_id, path, empty_hash, empty_hash],
+            )
 
 
 def _save_version_of_current(document: Document, *, changed_by: str) -> None:
