@@ -273,6 +273,15 @@ EMBEDDING_MAX_RETRIES = env_int("EMBEDDING_MAX_RETRIES", 3, minimum=0, maximum=1
 SEARCH_RRF_K = env_int("SEARCH_RRF_K", 60, minimum=1, maximum=10_000)
 SEARCH_CANDIDATES = env_int("SEARCH_CANDIDATES", 50, minimum=1, maximum=1000)
 SEARCH_MAX_LIMIT = env_int("SEARCH_MAX_LIMIT", 100, minimum=1, maximum=1000)
+# rrf: sum of 1/(k + rank) per leg. weighted: fts_weight/fts_rank + vector_weight/vector_rank.
+SEARCH_FUSION = env_choice("SEARCH_FUSION", "rrf", ("rrf", "weighted"))
+_weighted = SEARCH_FUSION == "weighted"
+SEARCH_FTS_WEIGHT = env_float("SEARCH_FTS_WEIGHT", 0.3 if _weighted else 0.5, minimum=0.0)
+SEARCH_VECTOR_WEIGHT = env_float("SEARCH_VECTOR_WEIGHT", 0.7 if _weighted else 0.5, minimum=0.0)
+if _weighted and SEARCH_FTS_WEIGHT == 0 and SEARCH_VECTOR_WEIGHT == 0:
+    raise ImproperlyConfigured(
+        "SEARCH_FTS_WEIGHT and SEARCH_VECTOR_WEIGHT cannot both be 0 with SEARCH_FUSION=weighted."
+    )
 
 # --- Logging ----------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ cannot exist (a trigger refuses them) and are filtered out anyway.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -49,6 +49,26 @@ class SearchResponse:
     degraded: bool
 
 
+def fuse_weighted(
+    fts_ids: Sequence[int],
+    vector_ids: Sequence[int],
+    *,
+    fts_weight: float,
+    vector_weight: float,
+    limit: int,
+    min_score: float = 0.0,
+) -> list[FusedHit]:
+    """Weighted fusion: score = fts_weight / fts_rank + vector_weight / vector_rank, normalised."""
+    return _fuse(
+        fts_ids,
+        vector_ids,
+        lambda rank, weight: weight / rank,
+        (fts_weight, vector_weight),
+        limit=limit,
+        min_score=min_score,
+    )
+
+
 def fuse_rrf(
     fts_ids: Sequence[int],
     vector_ids: Sequence[int],
@@ -62,17 +82,36 @@ def fuse_rrf(
     Ranks are 1-based positions in each leg. Ties are broken by the better single-leg rank, then by
     chunk id, so the order is deterministic.
     """
+    return _fuse(
+        fts_ids,
+        vector_ids,
+        lambda rank, _weight: 1.0 / (k + rank),
+        (1.0, 1.0),
+        limit=limit,
+        min_score=min_score,
+    )
+
+
+def _fuse(
+    fts_ids: Sequence[int],
+    vector_ids: Sequence[int],
+    contribution: Callable[[int, float], float],
+    weights: tuple[float, float],
+    *,
+    limit: int,
+    min_score: float,
+) -> list[FusedHit]:
     if limit <= 0:
         return []
     fts_rank = {chunk_id: rank for rank, chunk_id in enumerate(fts_ids, start=1)}
     vector_rank = {chunk_id: rank for rank, chunk_id in enumerate(vector_ids, start=1)}
     raw: dict[int, float] = {}
-    for ranks in (fts_rank, vector_rank):
+    for ranks, weight in zip((fts_rank, vector_rank), weights, strict=True):
         for chunk_id, rank in ranks.items():
-            raw[chunk_id] = raw.get(chunk_id, 0.0) + 1.0 / (k + rank)
-    if not raw:
+            raw[chunk_id] = raw.get(chunk_id, 0.0) + contribution(rank, weight)
+    best = max(raw.values(), default=0.0)
+    if best <= 0:
         return []
-    best = max(raw.values())
     hits = [
         FusedHit(
             chunk_id=chunk_id,
@@ -175,9 +214,19 @@ def workspace_search(
                 },
             )
             vector_ids = [row[0] for row in cursor.fetchall()]
-        hits = fuse_rrf(
-            fts_ids, vector_ids, k=settings.SEARCH_RRF_K, limit=limit, min_score=min_score
-        )
+        if settings.SEARCH_FUSION == "weighted":
+            hits = fuse_weighted(
+                fts_ids,
+                vector_ids,
+                fts_weight=settings.SEARCH_FTS_WEIGHT,
+                vector_weight=settings.SEARCH_VECTOR_WEIGHT,
+                limit=limit,
+                min_score=min_score,
+            )
+        else:
+            hits = fuse_rrf(
+                fts_ids, vector_ids, k=settings.SEARCH_RRF_K, limit=limit, min_score=min_score
+            )
         details: dict[int, tuple[str, str]] = {}
         if hits:
             cursor.execute(

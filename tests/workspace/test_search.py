@@ -8,7 +8,7 @@ from tests.workspace.factories import DocumentFactory
 from workspace import services
 from workspace.embeddings import HashingEmbeddings
 from workspace.models import Chunk, Document, IndexState
-from workspace.search import fuse_rrf, workspace_search
+from workspace.search import fuse_rrf, fuse_weighted, workspace_search
 
 pytestmark = pytest.mark.django_db
 
@@ -41,6 +41,26 @@ def test_rrf_applies_limit_and_min_score() -> None:
         2,
     ]
     assert fuse_rrf([], [], k=60, limit=10) == []
+
+
+def test_weighted_fusion_favours_the_heavier_leg() -> None:
+    hits = fuse_weighted([1, 2], [2, 1], fts_weight=0.3, vector_weight=0.7, limit=10)
+
+    assert [hit.chunk_id for hit in hits] == [2, 1]
+    assert hits[0].score == 1.0
+    assert hits[1].score == pytest.approx((0.3 + 0.35) / (0.15 + 0.7))
+
+
+def test_weighted_fusion_is_used_when_configured(settings: SettingsWrapper) -> None:
+    settings.SEARCH_FUSION = "weighted"
+    settings.SEARCH_FTS_WEIGHT = 1.0
+    settings.SEARCH_VECTOR_WEIGHT = 0.0
+    services.document_write(user_id="alice", path="a.md", content="Ferns love shade.")
+
+    results = workspace_search(user_id="alice", query="ferns").results
+
+    assert [result.path for result in results] == ["a.md"]
+    assert results[0].score == 1.0
 
 
 def test_hybrid_search_returns_paths_scores_and_both_ranks() -> None:

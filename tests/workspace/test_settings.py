@@ -46,6 +46,8 @@ def load_settings(**env: str) -> subprocess.CompletedProcess[str]:
         ("EMBEDDING_TIMEOUT", "nan"),
         ("SEARCH_RRF_K", "0"),
         ("SEARCH_CANDIDATES", "many"),
+        ("SEARCH_FUSION", "average"),
+        ("SEARCH_FTS_WEIGHT", "-1"),
     ],
 )
 def test_bad_workspace_settings_fail_at_start_up_naming_the_variable(
@@ -56,6 +58,15 @@ def test_bad_workspace_settings_fail_at_start_up_naming_the_variable(
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert variable in result.stderr
+
+
+def test_weighted_fusion_needs_a_nonzero_weight() -> None:
+    result = load_settings(
+        SEARCH_FUSION="weighted", SEARCH_FTS_WEIGHT="0", SEARCH_VECTOR_WEIGHT="0"
+    )
+
+    assert result.returncode != 0
+    assert "SEARCH_FTS_WEIGHT" in result.stderr
 
 
 def test_empty_runtime_paths_setting_means_none_and_defaults_are_sane() -> None:
