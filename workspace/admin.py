@@ -207,7 +207,6 @@ class ChunkAdmin(RelatedToDocumentAdmin):
     list_display = ("document", "chunk_index", "user_id", "embedding_model", "short_content")
     list_select_related = ("document",)
     raw_id_fields = ("document",)
-    list_filter = ("embedding_model",)
     search_fields = ("content",)
     show_full_result_count = False
     readonly_fields = (
