@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from pytest_django.fixtures import Settings as SettingsWrapper
 
@@ -95,3 +97,30 @@ def test_purge_action_removes_chunks_of_documents_that_became_runtime(
 
     assert Chunk.objects.count() == 0
     assert Document.objects.get(pk=document.pk).is_runtime
+
+
+@pytest.mark.parametrize(
+    "changelist",
+    [
+        "admin:workspace_document_changelist",
+        "admin:workspace_documentversion_changelist",
+        "admin:workspace_chunk_changelist",
+    ],
+)
+def test_admin_lists_query_count_does_not_grow_with_rows(
+    admin_client: Client, changelist: str
+) -> None:
+    def queries_for_list() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(reverse(changelist)).status_code == 200
+        return len(captured)
+
+    for number in range(2):
+        services.document_write(user_id="alice", path=f"a{number}.md", content="one")
+        services.document_write(user_id="alice", path=f"a{number}.md", content="two")
+    few = queries_for_list()
+    for number in range(2, 20):
+        services.document_write(user_id="alice", path=f"a{number}.md", content="one")
+        services.document_write(user_id="alice", path=f"a{number}.md", content="two")
+
+    assert queries_for_list() == few
