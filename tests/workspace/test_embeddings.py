@@ -179,3 +179,26 @@ def test_hashing_provider_is_deterministic_and_normalised() -> None:
     assert first is not None
     assert abs(sum(value * value for value in first) - 1.0) < 1e-9
     assert empty is None
+
+
+@pytest.mark.django_db
+def test_openai_provider_end_to_end_stores_vectors_and_serves_the_vector_leg(
+    embeddings_server: FakeEmbeddingsServer, settings: Any
+) -> None:
+    from workspace import services
+    from workspace.models import Chunk
+    from workspace.search import workspace_search
+
+    settings.EMBEDDING_PROVIDER = "openai"
+    settings.EMBEDDING_BASE_URL = embeddings_server.url
+    settings.EMBEDDING_MODEL = "loopback-model"
+    settings.EMBEDDING_DIMENSIONS = 8
+
+    services.document_write(user_id="alice", path="a.md", content="Ferns love shade.")
+    response = workspace_search(user_id="alice", query="anything at all", mode="vector")
+
+    chunk = Chunk.objects.get()
+    assert chunk.embedding_model == "loopback-model-8"
+    assert len(chunk.embedding) == 8
+    assert response.degraded is False
+    assert [(r.path, r.vector_rank) for r in response.results] == [("a.md", 1)]
