@@ -70,7 +70,7 @@ def embeddings_server() -> Iterator[FakeEmbeddingsServer]:
     fake = FakeEmbeddingsServer()
     port = free_port()
     httpd = ThreadingHTTPServer(("127.0.0.1", port), fake.handler())
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     fake.url = f"http://127.0.0.1:{port}"
     try:
