@@ -310,3 +310,13 @@ def test_chunks_follow_the_api_write(alice: APIClient) -> None:
     alice.put(f"{DOCS}/a.md", {"content": "alpha beta"}, format="json")
 
     assert Chunk.objects.filter(document__path="a.md").count() == 1
+
+
+def test_absurd_version_numbers_are_404_not_500(alice: APIClient) -> None:
+    alice.put(f"{DOCS}/a.md", {"content": "x"}, format="json")
+
+    detail = alice.get(f"{DOCS}/a.md/versions/{'9' * 40}")
+    restore = alice.post(f"{DOCS}/a.md/versions/{'9' * 40}/restore")
+
+    assert detail.status_code == 404
+    assert restore.status_code == 404
