@@ -16,6 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from ironclaw_site.config import (
     env_bool,
     env_choice,
+    env_float,
     env_int,
     env_list,
     env_optional_str,
@@ -236,6 +237,79 @@ if THREAD_DEFAULT_LEASE_SECONDS > THREAD_MAX_LEASE_SECONDS:
     raise ImproperlyConfigured(
         f"THREAD_DEFAULT_LEASE_SECONDS ({THREAD_DEFAULT_LEASE_SECONDS}) must not exceed "
         f"THREAD_MAX_LEASE_SECONDS ({THREAD_MAX_LEASE_SECONDS})."
+    )
+
+# --- Workspace --------------------------------------------------------------------------------
+
+# Comma-separated; an entry ending in "/" is a prefix, any other entry an exact path. Writes to
+# these paths are engine runtime state: one upsert, never versioned, chunked or embedded. An empty
+# string means no runtime paths at all (every path indexed like a document).
+WORKSPACE_RUNTIME_PATHS = env_list(
+    "WORKSPACE_RUNTIME_PATHS",
+    [
+        "engine/.runtime/",
+        "engine/projects/",
+        "engine/orchestrator/failures.json",
+        "engine/README.md",
+    ],
+)
+for _rule in WORKSPACE_RUNTIME_PATHS:
+    if (
+        _rule.startswith("/")
+        or "\\" in _rule
+        or any(segment in {"", ".", ".."} for segment in _rule.rstrip("/").split("/"))
+    ):
+        raise ImproperlyConfigured(
+            f"WORKSPACE_RUNTIME_PATHS entries must be normalised workspace paths (no leading /, "
+            f"no empty, '.' or '..' segments, no backslashes); got {_rule!r}."
+        )
+WORKSPACE_CHUNK_WORDS = env_int("WORKSPACE_CHUNK_WORDS", 800, minimum=10, maximum=100_000)
+WORKSPACE_CHUNK_OVERLAP = env_float("WORKSPACE_CHUNK_OVERLAP", 0.15, minimum=0.0, maximum=0.5)
+WORKSPACE_CHUNK_MIN_WORDS = env_int("WORKSPACE_CHUNK_MIN_WORDS", 50, minimum=0, maximum=100_000)
+if WORKSPACE_CHUNK_MIN_WORDS >= WORKSPACE_CHUNK_WORDS:
+    raise ImproperlyConfigured(
+        "WORKSPACE_CHUNK_MIN_WORDS must be smaller than WORKSPACE_CHUNK_WORDS, got "
+        f"{WORKSPACE_CHUNK_MIN_WORDS} >= {WORKSPACE_CHUNK_WORDS}."
+    )
+WORKSPACE_INDEXING = env_choice("WORKSPACE_INDEXING", "queue", ("queue", "inline"))
+WORKSPACE_MAX_DOCUMENT_BYTES = env_int(
+    "WORKSPACE_MAX_DOCUMENT_BYTES", 5 * 1024 * 1024, minimum=1024, maximum=512 * 1024 * 1024
+)
+# A JSON body carrying a document at the size limit can be up to twice as long once escaped.
+# Django's own body check must sit above that so the API answers a clear 413 (raised by the
+# workspace views from Content-Length), not Django's generic 400.
+WORKSPACE_MAX_REQUEST_BYTES = 2 * WORKSPACE_MAX_DOCUMENT_BYTES + 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(2_621_440, WORKSPACE_MAX_REQUEST_BYTES)
+
+EMBEDDING_PROVIDER = env_choice("EMBEDDING_PROVIDER", "hashing", ("none", "hashing", "openai"))
+EMBEDDING_BASE_URL = env_str("EMBEDDING_BASE_URL", "https://api.openai.com/v1")
+if not EMBEDDING_BASE_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(
+        f"EMBEDDING_BASE_URL must start with http:// or https://, got {EMBEDDING_BASE_URL!r}."
+    )
+EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "text-embedding-3-small")
+EMBEDDING_API_KEY = env_optional_str("EMBEDDING_API_KEY")
+# Unset: the hashing provider uses 256 and the openai provider the model's native size.
+EMBEDDING_DIMENSIONS = (
+    env_int("EMBEDDING_DIMENSIONS", 0, minimum=1, maximum=16_000)
+    if env_optional_str("EMBEDDING_DIMENSIONS")
+    else None
+)
+EMBEDDING_TIMEOUT = env_float("EMBEDDING_TIMEOUT", 30.0, minimum=0.1, maximum=600.0)
+EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 64, minimum=1, maximum=2048)
+EMBEDDING_MAX_RETRIES = env_int("EMBEDDING_MAX_RETRIES", 3, minimum=0, maximum=10)
+
+SEARCH_RRF_K = env_int("SEARCH_RRF_K", 60, minimum=1, maximum=10_000)
+SEARCH_CANDIDATES = env_int("SEARCH_CANDIDATES", 50, minimum=1, maximum=1000)
+SEARCH_MAX_LIMIT = env_int("SEARCH_MAX_LIMIT", 100, minimum=1, maximum=1000)
+# rrf: sum of 1/(k + rank) per leg. weighted: fts_weight/fts_rank + vector_weight/vector_rank.
+SEARCH_FUSION = env_choice("SEARCH_FUSION", "rrf", ("rrf", "weighted"))
+_weighted = SEARCH_FUSION == "weighted"
+SEARCH_FTS_WEIGHT = env_float("SEARCH_FTS_WEIGHT", 0.3 if _weighted else 0.5, minimum=0.0)
+SEARCH_VECTOR_WEIGHT = env_float("SEARCH_VECTOR_WEIGHT", 0.7 if _weighted else 0.5, minimum=0.0)
+if _weighted and SEARCH_FTS_WEIGHT == 0 and SEARCH_VECTOR_WEIGHT == 0:
+    raise ImproperlyConfigured(
+        "SEARCH_FTS_WEIGHT and SEARCH_VECTOR_WEIGHT cannot both be 0 with SEARCH_FUSION=weighted."
     )
 
 # --- Logging ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from ironclaw_site.api.views import ApiNotFoundView
 api_v1 = [
     path("", include("accounts.api.urls")),
     path("", include("conversations.api.urls")),
+    path("workspace/", include("workspace.api.urls")),
 ]
 
 urlpatterns = [

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from workspace import services
+from workspace.models import Chunk, Document, DocumentVersion, IndexState
+
+pytestmark = pytest.mark.django_db
+
+
+def test_document_list_shows_runtime_flag_size_and_index_state(admin_client: Client) -> None:
+    services.document_write(user_id="alice", path="notes/a.md", content="héllo")
+    services.document_write(user_id="alice", path="engine/.runtime/t.json", content="{}")
+
+    response = admin_client.get(reverse("admin:workspace_document_changelist"))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "notes/a.md" in html
+    assert "engine/.runtime/t.json" in html
+    assert "indexed" in html
+
+
+def test_document_page_diffs_consecutive_versions(admin_client: Client) -> None:
+    for content in ("line one\nline two", "line one\nline 2", "line one\nline II"):
+        services.document_write(user_id="alice", path="a.md", content=content)
+    document = Document.objects.get(path="a.md")
+
+    response = admin_client.get(reverse("admin:workspace_document_change", args=[document.pk]))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "-line two" in html
+    assert "+line 2" in html
+    assert "+line II" in html
+    assert "1 chunk(s)" in html
+
+
+def test_version_page_diffs_against_the_previous_version(admin_client: Client) -> None:
+    for content in ("alpha", "beta", "gamma"):
+        services.document_write(user_id="alice", path="a.md", content=content)
+    second = DocumentVersion.objects.get(version=2)
+
+    response = admin_client.get(reverse("admin:workspace_documentversion_change", args=[second.pk]))
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "-alpha" in html
+    assert "+beta" in html
+
+
+def test_chunk_search_uses_full_text(admin_client: Client) -> None:
+    services.document_write(user_id="alice", path="ferns.md", content="Ferns love shade")
+    services.document_write(user_id="alice", path="cacti.md", content="Cacti love sun")
+
+    response = admin_client.get(reverse("admin:workspace_chunk_changelist"), {"q": "fern"})
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Ferns love shade" in html
+    assert "Cacti love sun" not in html
+
+
+def test_reindex_action_calls_the_indexer(admin_client: Client) -> None:
+    document = services.document_write(user_id="alice", path="a.md", content="words")
+    Chunk.objects.all().delete()
+    Document.objects.filter(pk=document.pk).update(index_state=IndexState.PENDING)
+
+    response = admin_client.post(
+        reverse("admin:workspace_document_changelist"),
+        {"action": "reindex", "_selected_action": [str(document.pk)]},
+        follow=True,
+    )
+
+    assert response.status_code == 200
+    assert "Reindexed 1 document(s)" in response.content.decode()
+    assert Chunk.objects.filter(document=document).count() == 1
+    assert Document.objects.get(pk=document.pk).index_state == IndexState.INDEXED
+
+
+def test_purge_action_removes_chunks_of_documents_that_became_runtime(
+    admin_client: Client, settings: SettingsWrapper
+) -> None:
+    settings.WORKSPACE_RUNTIME_PATHS = []
+    document = services.document_write(user_id="alice", path="engine/.runtime/x", content="a b")
+    settings.WORKSPACE_RUNTIME_PATHS = ["engine/.runtime/"]
+
+    admin_client.post(
+        reverse("admin:workspace_document_changelist"),
+        {"action": "purge_runtime_chunks", "_selected_action": [str(document.pk)]},
+    )
+
+    assert Chunk.objects.count() == 0
+    assert Document.objects.get(pk=document.pk).is_runtime
+
+
+@pytest.mark.parametrize(
+    "changelist",
+    [
+        "admin:workspace_document_changelist",
+        "admin:workspace_documentversion_changelist",
+        "admin:workspace_chunk_changelist",
+    ],
+)
+def test_admin_lists_query_count_does_not_grow_with_rows(
+    admin_client: Client, changelist: str
+) -> None:
+    def queries_for_list() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(reverse(changelist)).status_code == 200
+        return len(captured)
+
+    for number in range(2):
+        services.document_write(user_id="alice", path=f"a{number}.md", content="one")
+        services.document_write(user_id="alice", path=f"a{number}.md", content="two")
+    few = queries_for_list()
+    for number in range(2, 20):
+        services.document_write(user_id="alice", path=f"a{number}.md", content="one")
+        services.document_write(user_id="alice", path=f"a{number}.md", content="two")
+
+    assert queries_for_list() == few

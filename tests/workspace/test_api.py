@@ -1,0 +1,322 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from django.test import Client
+from pytest_django.fixtures import Settings as SettingsWrapper
+from rest_framework.test import APIClient
+
+from workspace.models import Chunk, Document, DocumentVersion
+
+pytestmark = pytest.mark.django_db
+
+TenantClient = Callable[[str], APIClient]
+DOCS = "/api/v1/workspace/documents"
+
+
+@pytest.fixture
+def alice(tenant_client: TenantClient) -> APIClient:
+    return tenant_client("alice")
+
+
+def test_put_then_get_a_document_with_slashes_in_its_path(alice: APIClient) -> None:
+    put = alice.put(
+        f"{DOCS}/notes/2026/plan.md",
+        {"content": "  Plan: ferns.\n", "metadata": {"tag": "x"}},
+        format="json",
+    )
+
+    got = alice.get(f"{DOCS}/notes/2026/plan.md")
+
+    assert put.status_code == 200
+    assert got.status_code == 200
+    body = got.json()
+    assert body["path"] == "notes/2026/plan.md"
+    assert body["content"] == "  Plan: ferns.\n"
+    assert body["metadata"] == {"tag": "x"}
+    assert body["content_hash"].startswith("sha256:")
+    assert body["is_runtime"] is False
+    assert body["index_state"] == "indexed"
+    assert "updated_at" in body
+
+
+def test_runtime_path_put_reports_runtime(alice: APIClient) -> None:
+    response = alice.put(f"{DOCS}/engine/.runtime/t.json", {"content": "{}"}, format="json")
+
+    assert response.status_code == 200
+    assert response.json()["is_runtime"] is True
+    assert response.json()["index_state"] == "skipped"
+
+
+def test_another_tenants_document_is_a_404(alice: APIClient, tenant_client: TenantClient) -> None:
+    alice.put(f"{DOCS}/secret.md", {"content": "mine"}, format="json")
+    bob = tenant_client("bob")
+
+    responses = [
+        bob.get(f"{DOCS}/secret.md"),
+        bob.delete(f"{DOCS}/secret.md"),
+        bob.get(f"{DOCS}/secret.md/versions"),
+        bob.get(f"{DOCS}/secret.md/versions/1"),
+        bob.post(f"{DOCS}/secret.md/patch", {"old": "mine", "new": "bob"}, format="json"),
+    ]
+
+    assert [response.status_code for response in responses] == [404] * 5
+    assert responses[0].json()["error"]["code"] == "document_not_found"
+    assert Document.objects.get(path="secret.md").content == "mine"
+
+
+def test_delete_returns_204_and_removes_the_document(alice: APIClient) -> None:
+    alice.put(f"{DOCS}/a.md", {"content": "x"}, format="json")
+
+    response = alice.delete(f"{DOCS}/a.md")
+
+    assert response.status_code == 204
+    assert alice.get(f"{DOCS}/a.md").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path", ["a/../b.md", "~/x.md", "D:/x.md", "a%5Cb.md", "a%00b.md", "x" * 1100]
+)
+def test_invalid_paths_are_400_naming_the_path(alice: APIClient, path: str) -> None:
+    response = alice.put(f"{DOCS}/{path}", {"content": "x"}, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_path"
+    assert "path" in response.json()["error"]["details"]
+
+
+def test_missing_content_is_400_naming_the_field(alice: APIClient) -> None:
+    response = alice.put(f"{DOCS}/a.md", {"metadata": {}}, format="json")
+
+    assert response.status_code == 400
+    assert "content" in response.json()["error"]["details"]
+
+
+def test_metadata_must_be_an_object(alice: APIClient) -> None:
+    response = alice.put(f"{DOCS}/a.md", {"content": "x", "metadata": [1]}, format="json")
+
+    assert response.status_code == 400
+    assert "metadata" in response.json()["error"]["details"]
+
+
+def test_nul_in_metadata_is_400(alice: APIClient) -> None:
+    response = alice.put(
+        f"{DOCS}/a.md", {"content": "x", "metadata": {"k": "a\u0000b"}}, format="json"
+    )
+
+    assert response.status_code == 400
+
+
+def test_document_over_the_size_limit_is_413(alice: APIClient, settings: SettingsWrapper) -> None:
+    settings.WORKSPACE_MAX_DOCUMENT_BYTES = 2048
+
+    response = alice.put(f"{DOCS}/a.md", {"content": "x" * 2049}, format="json")
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "document_too_large"
+    assert not Document.objects.exists()
+
+
+def test_request_body_over_the_limit_is_413_not_500(
+    alice: APIClient, settings: SettingsWrapper
+) -> None:
+    settings.WORKSPACE_MAX_REQUEST_BYTES = 4096
+
+    response = alice.put(f"{DOCS}/a.md", {"content": "x" * 10_000}, format="json")
+
+    assert response.status_code == 413
+
+
+def test_default_limits_accept_a_five_mib_document(alice: APIClient) -> None:
+    content = "word " * (5 * 1024 * 1024 // 5)
+
+    response = alice.put(f"{DOCS}/engine/.runtime/big.json", {"content": content}, format="json")
+    too_big = alice.put(
+        f"{DOCS}/engine/.runtime/big.json", {"content": content + "x"}, format="json"
+    )
+
+    assert response.status_code == 200
+    assert too_big.status_code == 413
+
+
+def test_append_and_patch(alice: APIClient) -> None:
+    alice.post(f"{DOCS}/log.md/append", {"content": "one"}, format="json")
+    appended = alice.post(f"{DOCS}/log.md/append", {"content": "two"}, format="json")
+
+    patched = alice.post(
+        f"{DOCS}/log.md/patch", {"old": "o", "new": "0", "replace_all": True}, format="json"
+    )
+
+    assert appended.json()["content"] == "one\ntwo"
+    assert patched.status_code == 200
+    assert patched.json()["content"] == "0ne\ntw0"
+    assert patched.json()["replacements"] == 2
+
+
+def test_patch_without_old_is_400_naming_the_field(alice: APIClient) -> None:
+    alice.put(f"{DOCS}/a.md", {"content": "x"}, format="json")
+
+    response = alice.post(f"{DOCS}/a.md/patch", {"old": "", "new": "y"}, format="json")
+    missing = alice.post(f"{DOCS}/a.md/patch", {"old": "zzz", "new": "y"}, format="json")
+
+    assert response.status_code == 400
+    assert "old" in response.json()["error"]["details"]
+    assert missing.status_code == 400
+    assert missing.json()["error"]["code"] == "patch_failed"
+
+
+def test_versions_list_detail_and_restore(alice: APIClient) -> None:
+    for content in ("v1", "v2", "v3"):
+        alice.put(f"{DOCS}/a.md", {"content": content}, format="json")
+
+    listed = alice.get(f"{DOCS}/a.md/versions")
+    detail = alice.get(f"{DOCS}/a.md/versions/1")
+    restored = alice.post(f"{DOCS}/a.md/versions/1/restore")
+    unknown = alice.get(f"{DOCS}/a.md/versions/99")
+
+    assert listed.status_code == 200
+    assert [v["version"] for v in listed.json()["results"]] == [2, 1]
+    assert set(listed.json()["results"][0]) >= {
+        "version",
+        "content_hash",
+        "created_at",
+        "changed_by",
+    }
+    assert detail.json()["content"] == "v1"
+    assert detail.json()["changed_by"] == "alice"
+    assert restored.json()["content"] == "v1"
+    assert DocumentVersion.objects.count() == 3
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "version_not_found"
+
+
+def test_a_document_named_like_an_action_stays_readable(alice: APIClient) -> None:
+    alice.put(f"{DOCS}/notes/append", {"content": "not an action"}, format="json")
+
+    response = alice.get(f"{DOCS}/notes/append")
+
+    assert response.status_code == 200
+    assert response.json()["path"] == "notes/append"
+    assert alice.delete(f"{DOCS}/notes/append").status_code == 204
+
+
+def test_list_and_tree(alice: APIClient) -> None:
+    for path in ("p/a.md", "p/q/b.md", "z.md"):
+        alice.put(f"{DOCS}/{path}", {"content": "hello"}, format="json")
+
+    listed = alice.get("/api/v1/workspace/list", {"path": "p"})
+    tree = alice.get("/api/v1/workspace/tree")
+
+    assert [(e["path"], e["is_directory"]) for e in listed.json()["results"]] == [
+        ("p/a.md", False),
+        ("p/q", True),
+    ]
+    assert listed.json()["results"][0]["content_preview"] == "hello"
+    assert [d["path"] for d in tree.json()["results"]] == ["p/a.md", "p/q/b.md", "z.md"]
+    assert tree.json()["results"][0]["size"] == 5
+
+
+def test_list_rejects_a_bad_folder(alice: APIClient) -> None:
+    response = alice.get("/api/v1/workspace/list", {"path": "../x"})
+
+    assert response.status_code == 400
+
+
+def test_search_finds_a_written_document_and_excludes_runtime_state(alice: APIClient) -> None:
+    alice.put(
+        f"{DOCS}/engine/knowledge/lessons/one.md", {"content": "Ferns need shade."}, format="json"
+    )
+    alice.put(f"{DOCS}/engine/.runtime/t.json", {"content": "ferns ferns"}, format="json")
+
+    response = alice.post("/api/v1/workspace/search", {"query": "ferns"}, format="json")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["degraded"] is False
+    assert [r["path"] for r in body["results"]] == ["engine/knowledge/lessons/one.md"]
+    assert set(body["results"][0]) == {
+        "path",
+        "chunk_id",
+        "content",
+        "score",
+        "fts_rank",
+        "vector_rank",
+    }
+
+
+def test_search_with_punctuation_is_200(alice: APIClient) -> None:
+    response = alice.post(
+        "/api/v1/workspace/search", {"query": '"foo" AND (bar -baz'}, format="json"
+    )
+
+    assert response.status_code == 200
+    assert response.json() == {"results": [], "degraded": False}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "query"),
+        ({"query": ""}, "query"),
+        ({"query": "x", "limit": 0}, "limit"),
+        ({"query": "x", "limit": 10_000}, "limit"),
+        ({"query": "x", "mode": "magic"}, "mode"),
+        ({"query": "a\u0000b"}, "query"),
+    ],
+)
+def test_search_validation_is_400_naming_the_field(
+    alice: APIClient, body: dict[str, object], field: str
+) -> None:
+    response = alice.post("/api/v1/workspace/search", body, format="json")
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]["details"]
+
+
+def test_malformed_json_is_400(alice: APIClient) -> None:
+    response = alice.generic(
+        "PUT", f"{DOCS}/a.md", data="{not json", content_type="application/json"
+    )
+
+    assert response.status_code == 400
+
+
+def test_workspace_requires_a_key(api_client: APIClient) -> None:
+    assert api_client.get(f"{DOCS}/a.md").status_code == 401
+
+
+def test_openapi_schema_documents_every_workspace_endpoint(client: Client) -> None:
+    schema = json.loads(client.get("/api/schema/", HTTP_ACCEPT="application/json").content)
+
+    paths = schema["paths"]
+    for expected in [
+        "/api/v1/workspace/documents/{path}",
+        "/api/v1/workspace/documents/{path}/append",
+        "/api/v1/workspace/documents/{path}/patch",
+        "/api/v1/workspace/documents/{path}/versions",
+        "/api/v1/workspace/documents/{path}/versions/{version}",
+        "/api/v1/workspace/documents/{path}/versions/{version}/restore",
+        "/api/v1/workspace/list",
+        "/api/v1/workspace/tree",
+        "/api/v1/workspace/search",
+    ]:
+        assert expected in paths
+    assert set(paths["/api/v1/workspace/documents/{path}"]) >= {"get", "put", "delete"}
+
+
+def test_chunks_follow_the_api_write(alice: APIClient) -> None:
+    alice.put(f"{DOCS}/a.md", {"content": "alpha beta"}, format="json")
+
+    assert Chunk.objects.filter(document__path="a.md").count() == 1
+
+
+def test_absurd_version_numbers_are_404_not_500(alice: APIClient) -> None:
+    alice.put(f"{DOCS}/a.md", {"content": "x"}, format="json")
+
+    detail = alice.get(f"{DOCS}/a.md/versions/{'9' * 40}")
+    restore = alice.post(f"{DOCS}/a.md/versions/{'9' * 40}/restore")
+
+    assert detail.status_code == 404
+    assert restore.status_code == 404

@@ -1,0 +1,189 @@
+"""Real threads, real connections: the races the origin system documented as limitations."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from django.db import connection
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from workspace import services
+from workspace.chunking import chunk_text
+from workspace.models import Chunk, Document, DocumentVersion
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run_together(workers: list[Callable[[], None]]) -> None:
+    """Start every worker at once (released by a barrier); re-raise the first failure."""
+    barrier = threading.Barrier(len(workers))
+    errors: list[BaseException] = []
+
+    def wrapped(work: Callable[[], None]) -> None:
+        try:
+            barrier.wait(timeout=30)
+            work()
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=wrapped, args=(work,)) for work in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    if errors:
+        raise errors[0]
+
+
+def test_concurrent_writers_never_duplicate_version_numbers() -> None:
+    writers, writes_each = 8, 5
+
+    def writer(number: int) -> Callable[[], None]:
+        def work() -> None:
+            for round_ in range(writes_each):
+                services.document_write(
+                    user_id="alice",
+                    path="shared/plan.md",
+                    content=f"writer {number} round {round_}",
+                )
+
+        return work
+
+    run_together([writer(number) for number in range(writers)])
+
+    assert Document.objects.filter(path="shared/plan.md").count() == 1
+    versions = sorted(DocumentVersion.objects.values_list("version", flat=True))
+    # Every write but the very first (which replaced the empty new document) versioned the
+    # content it overwrote, each with its own number, without gaps.
+    assert versions == list(range(1, writers * writes_each))
+
+
+def test_concurrent_runtime_appends_lose_nothing() -> None:
+    appenders = 8
+
+    def appender(number: int) -> Callable[[], None]:
+        def work() -> None:
+            for round_ in range(5):
+                services.document_append(
+                    user_id="alice", path="engine/.runtime/log.txt", content=f"{number}-{round_}"
+                )
+
+        return work
+
+    run_together([appender(number) for number in range(appenders)])
+
+    lines = Document.objects.get(path="engine/.runtime/log.txt").content.split("\n")
+    assert sorted(lines) == sorted(f"{n}-{r}" for n in range(appenders) for r in range(5))
+
+
+def test_concurrent_appends_to_a_document_lose_nothing() -> None:
+    def appender(number: int) -> Callable[[], None]:
+        def work() -> None:
+            for round_ in range(3):
+                services.document_append(
+                    user_id="alice", path="log.md", content=f"{number}-{round_}"
+                )
+
+        return work
+
+    run_together([appender(number) for number in range(6)])
+
+    lines = Document.objects.get(path="log.md").content.split("\n")
+    assert len(lines) == 18
+    assert sorted(DocumentVersion.objects.values_list("version", flat=True)) == list(range(1, 18))
+
+
+def _chunk_sets_are_consistent() -> bool:
+    """In one snapshot: every chunk of the document comes from one content, numbered 0..n-1."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT count(DISTINCT source_hash), count(*), coalesce(max(chunk_index), -1)
+            FROM workspace_chunk c JOIN workspace_document d ON d.id = c.document_id
+            WHERE d.path = 'race/doc.md'
+            """
+        )
+        hashes, count, highest = cursor.fetchone()
+    return hashes <= 1 and count == highest + 1
+
+
+@pytest.mark.usefixtures("no_queued_jobs")
+def test_concurrent_indexers_never_leave_a_mix_of_two_versions_chunks(
+    settings: SettingsWrapper,
+) -> None:
+    settings.WORKSPACE_INDEXING = "queue"  # writers don't index; the indexer threads do
+    settings.WORKSPACE_CHUNK_WORDS = 20
+    settings.WORKSPACE_CHUNK_MIN_WORDS = 5
+    document = services.document_write(user_id="alice", path="race/doc.md", content="start")
+    contents = [
+        " ".join(f"v{version}w{word}" for word in range(60 + version)) for version in range(12)
+    ]
+    inconsistent: list[int] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        for content in contents:
+            services.document_write(user_id="alice", path="race/doc.md", content=content)
+
+    def indexer() -> None:
+        while not stop.is_set():
+            services.document_index(document_id=document.id, force=True)
+
+    def checker() -> None:
+        while not stop.is_set():
+            if not _chunk_sets_are_consistent():
+                inconsistent.append(1)
+
+    def writer_then_stop() -> None:
+        try:
+            writer()
+        finally:
+            stop.set()
+
+    run_together([writer_then_stop, indexer, indexer, indexer, checker])
+    services.document_index(document_id=document.id)
+
+    assert inconsistent == []
+    final = Document.objects.get(pk=document.id)
+    chunks = list(Chunk.objects.filter(document=final).order_by("chunk_index"))
+    assert {chunk.source_hash for chunk in chunks} == {final.content_hash}
+    assert [chunk.content for chunk in chunks] == chunk_text(final.content)
+    assert final.indexed_hash == final.content_hash
+
+
+def test_concurrent_first_writes_create_one_document() -> None:
+    def writer(number: int) -> Callable[[], None]:
+        def work() -> None:
+            services.document_write(user_id="alice", path="new/doc.md", content=f"from {number}")
+
+        return work
+
+    run_together([writer(number) for number in range(8)])
+
+    assert Document.objects.filter(path="new/doc.md").count() == 1
+    assert DocumentVersion.objects.count() == 7
+
+
+def test_concurrent_runtime_patches_lose_nothing() -> None:
+    path = "engine/.runtime/board.txt"
+    services.document_write(
+        user_id="alice", path=path, content=" ".join(f"[t{n}]" for n in range(8))
+    )
+
+    def patcher(number: int) -> Callable[[], None]:
+        def work() -> None:
+            services.document_patch(
+                user_id="alice", path=path, old=f"[t{number}]", new=f"<done{number}>"
+            )
+
+        return work
+
+    run_together([patcher(number) for number in range(8)])
+
+    document = Document.objects.get(path=path)
+    assert document.content == " ".join(f"<done{n}>" for n in range(8))
+    assert document.content_hash == services.content_hash(document.content)

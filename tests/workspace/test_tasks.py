@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+from django.db import transaction
+from procrastinate.contrib.django import app
+from procrastinate.contrib.django.models import ProcrastinateJob
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from workspace import services
+from workspace.models import Chunk, Document, IndexState
+
+
+@pytest.fixture
+def queued(settings: SettingsWrapper, no_queued_jobs: None) -> None:
+    settings.WORKSPACE_INDEXING = "queue"
+
+
+def _indexing_jobs() -> list[ProcrastinateJob]:
+    return list(ProcrastinateJob.objects.filter(task_name="workspace.index_document"))
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("queued")
+def test_a_write_enqueues_one_indexing_job_and_returns_without_indexing() -> None:
+    document = services.document_write(user_id="alice", path="a.md", content="ferns")
+
+    jobs = _indexing_jobs()
+    assert len(jobs) == 1
+    assert jobs[0].queue_name == "indexing"
+    assert jobs[0].args == {"document_id": str(document.id)}
+    assert jobs[0].queueing_lock == f"workspace-index:{document.id}"
+    assert Document.objects.get().index_state == IndexState.PENDING
+    assert Chunk.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("queued")
+def test_a_burst_of_writes_leaves_one_waiting_job_per_document() -> None:
+    with transaction.atomic():
+        for number in range(5):
+            services.document_write(user_id="alice", path="a.md", content=f"v{number}")
+        services.document_write(user_id="alice", path="b.md", content="other")
+
+    assert sorted(job.args["document_id"] for job in _indexing_jobs()) == sorted(
+        str(document_id) for document_id in Document.objects.values_list("id", flat=True)
+    )
+    # The duplicate deferrals did not abort the surrounding transaction: every write landed.
+    assert Document.objects.get(path="a.md").content == "v4"
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("queued")
+def test_runtime_writes_enqueue_nothing() -> None:
+    services.document_write(user_id="alice", path="engine/.runtime/x.json", content="{}")
+
+    assert _indexing_jobs() == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("queued")
+def test_a_worker_runs_the_job_and_indexes_the_latest_content() -> None:
+    services.document_write(user_id="alice", path="a.md", content="first words")
+    services.document_write(user_id="alice", path="a.md", content="latest words")
+
+    worker_app = app.with_connector(app.connector.get_worker_connector())  # type: ignore[attr-defined]
+    worker_app.run_worker(
+        queues=["indexing"], wait=False, install_signal_handlers=False, listen_notify=False
+    )
+
+    document = Document.objects.get(path="a.md")
+    assert document.index_state == IndexState.INDEXED
+    assert list(Chunk.objects.values_list("content", flat=True)) == ["latest words"]
+    assert [job.status for job in _indexing_jobs()] == ["succeeded"]

@@ -1,0 +1,382 @@
+"""Workspace REST API: one view per operation; each validates, calls one service or selector,
+and serialises. Every query is scoped to the request's tenant, so another tenant's path is a 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_serializer,
+    inline_serializer,
+)
+from rest_framework import serializers
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import request_user_id
+from workspace import selectors, services
+from workspace.errors import DocumentTooLarge
+from workspace.search import MODES, workspace_search
+
+PATH_PARAMETER = OpenApiParameter(
+    "path",
+    OpenApiTypes.STR,
+    OpenApiParameter.PATH,
+    description="Document path; may contain slashes (e.g. notes/2026/plan.md).",
+)
+VERSION_PARAMETER = OpenApiParameter("version", OpenApiTypes.INT, OpenApiParameter.PATH)
+TAGS = ["workspace"]
+
+
+class WorkspaceView(APIView):
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        # DRF reads JSON bodies straight from the stream, bypassing Django's
+        # DATA_UPLOAD_MAX_MEMORY_SIZE check: refuse oversized bodies from Content-Length first.
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        limit = settings.WORKSPACE_MAX_REQUEST_BYTES
+        if length > limit:
+            raise DocumentTooLarge(
+                f"The request body is {length} bytes; the limit is {limit}.",
+                details={"size": length, "limit": limit},
+            )
+        super().initial(request, *args, **kwargs)
+
+
+@extend_schema_serializer(component_name="WorkspaceDocument")
+class DocumentOutputSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    content = serializers.CharField()
+    content_hash = serializers.CharField()
+    metadata = serializers.DictField()
+    is_runtime = serializers.BooleanField()
+    index_state = serializers.CharField()
+    size = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+def _text_field(**kwargs: Any) -> serializers.CharField:
+    # Content is stored byte for byte: no trimming, empty allowed.
+    return serializers.CharField(trim_whitespace=False, allow_blank=True, **kwargs)
+
+
+class DocumentView(WorkspaceView):
+    @extend_schema_serializer(component_name="WorkspaceDocumentWrite")
+    class InputSerializer(serializers.Serializer):
+        content = _text_field()
+        metadata = serializers.DictField(required=False)
+
+    @extend_schema(
+        tags=TAGS,
+        operation_id="workspace_document_read",
+        parameters=[PATH_PARAMETER],
+        responses=DocumentOutputSerializer,
+    )
+    def get(self, request: Request, path: str) -> Response:
+        document = selectors.document_get(user_id=request_user_id(request), path=path)
+        return Response(DocumentOutputSerializer(document).data)
+
+    @extend_schema(
+        tags=TAGS,
+        operation_id="workspace_document_write",
+        parameters=[PATH_PARAMETER],
+        request=InputSerializer,
+        responses=DocumentOutputSerializer,
+        description="Create or replace a document. Runtime paths cost one SQL statement; other "
+        "paths version the old content and are indexed (in the background by default).",
+    )
+    def put(self, request: Request, path: str) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user_id = request_user_id(request)
+        document = services.document_write(
+            user_id=user_id,
+            path=path,
+            content=serializer.validated_data["content"],
+            metadata=serializer.validated_data.get("metadata"),
+            changed_by=user_id,
+        )
+        return Response(DocumentOutputSerializer(document).data)
+
+    @extend_schema(
+        tags=TAGS,
+        operation_id="workspace_document_delete",
+        parameters=[PATH_PARAMETER],
+        responses={204: None},
+    )
+    def delete(self, request: Request, path: str) -> Response:
+        services.document_delete(user_id=request_user_id(request), path=path)
+        return Response(status=204)
+
+
+class DocumentActionView(WorkspaceView):
+    """A sub-resource of a document (``.../append``, ``.../versions``).
+
+    A method the action does not serve is the document's own: ``GET documents/notes/append`` reads
+    the document ``notes/append``. Only the action's methods on its exact suffix are ambiguous.
+    """
+
+    def suffix(self, **kwargs: Any) -> str:
+        raise NotImplementedError
+
+    def http_method_not_allowed(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if request.method and request.method.lower() in {"get", "put", "delete"}:
+            full_path = f"{kwargs['path']}/{self.suffix(**kwargs)}"
+            return DocumentView.as_view()(request._request, path=full_path)
+        return super().http_method_not_allowed(request, *args, **kwargs)
+
+
+class DocumentAppendView(DocumentActionView):
+    def suffix(self, **kwargs: Any) -> str:
+        return "append"
+
+    @extend_schema_serializer(component_name="WorkspaceAppend")
+    class InputSerializer(serializers.Serializer):
+        content = _text_field()
+
+    @extend_schema(
+        tags=TAGS,
+        operation_id="workspace_document_append",
+        parameters=[PATH_PARAMETER],
+        request=InputSerializer,
+        responses=DocumentOutputSerializer,
+        description="Append content on a new line, creating the document if needed.",
+    )
+    def post(self, request: Request, path: str) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user_id = request_user_id(request)
+        document = services.document_append(
+            user_id=user_id,
+            path=path,
+            content=serializer.validated_data["content"],
+            changed_by=user_id,
+        )
+        return Response(DocumentOutputSerializer(document).data)
+
+
+class DocumentPatchView(DocumentActionView):
+    def suffix(self, **kwargs: Any) -> str:
+        return "patch"
+
+    @extend_schema_serializer(component_name="WorkspacePatch")
+    class InputSerializer(serializers.Serializer):
+        old = serializers.CharField(trim_whitespace=False)
+        new = _text_field()
+        replace_all = serializers.BooleanField(required=False, default=False)
+
+    @extend_schema_serializer(component_name="WorkspacePatchResult")
+    class OutputSerializer(DocumentOutputSerializer):
+        replacements = serializers.IntegerField()
+
+    @extend_schema(
+        tags=TAGS,
+        operation_id="workspace_document_patch",
+        parameters=[PATH_PARAMETER],
+        request=InputSerializer,
+        responses=OutputSerializer,
+        description="Replace the first occurrence of `old` (or all with `replace_all`).",
+    )
+    def post(self, request: Request, path: str) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user_id = request_user_id(request)
+        result = services.document_patch(
+            user_id=user_id,
+            path=path,
+            old=serializer.validated_data["old"],
+            new=serializer.validated_data["new"],
+            replace_all=serializer.validated_data["replace_all"],
+            changed_by=user_id,
+        )
+        data = dict(DocumentOutputSerializer(result.document).data)
+        data["replacements"] = result.replacements
+        return Response(data)
+
+
+@extend_schema_serializer(component_name="WorkspaceVersion")
+class VersionOutputSerializer(serializers.Serializer):
+    version = serializers.IntegerField()
+    content_hash = serializers.CharField()
+    changed_by = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class DocumentVersionsView(DocumentActionView):
+    def suffix(self, **kwargs: Any) -> str:
+        return "versions"
+
+    @extend_schema(
+        tags=TAGS,
+        operation_id="workspace_document_versions",
+        parameters=[PATH_PARAMETER],
+        responses=VersionOutputSerializer(many=True),
+        description="Versions of a document (the contents it had before each change), newest "
+        "first.",
+    )
+    def get(self, request: Request, path: str) -> Response:
+        versions = selectors.document_versions(user_id=request_user_id(request), path=path)
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(versions, request, view=self)
+        return paginator.get_paginated_response(VersionOutputSerializer(page, many=True).data)
+
+
+class DocumentVersionView(DocumentActionView):
+    def suffix(self, **kwargs: Any) -> str:
+        return f"versions/{kwargs['version']}"
+
+    @extend_schema_serializer(component_name="WorkspaceVersionDetail")
+    class OutputSerializer(VersionOutputSerializer):
+        content = serializers.CharField()
+
+    @extend_schema(
+        tags=TAGS,
+        operation_id="workspace_document_version",
+        parameters=[PATH_PARAMETER, VERSION_PARAMETER],
+        responses=OutputSerializer,
+    )
+    def get(self, request: Request, path: str, version: int) -> Response:
+        found = selectors.document_version(
+            user_id=request_user_id(request), path=path, version=version
+        )
+        return Response(self.OutputSerializer(found).data)
+
+
+class DocumentRestoreView(DocumentActionView):
+    def suffix(self, **kwargs: Any) -> str:
+        return f"versions/{kwargs['version']}/restore"
+
+    @extend_schema(
+        tags=TAGS,
+        operation_id="workspace_document_restore",
+        parameters=[PATH_PARAMETER, VERSION_PARAMETER],
+        request=None,
+        responses=DocumentOutputSerializer,
+        description="Write version n back as the current content (the current content becomes "
+        "a new version).",
+    )
+    def post(self, request: Request, path: str, version: int) -> Response:
+        user_id = request_user_id(request)
+        document = services.document_restore(
+            user_id=user_id, path=path, version=version, changed_by=user_id
+        )
+        return Response(DocumentOutputSerializer(document).data)
+
+
+class ListView(WorkspaceView):
+    @extend_schema_serializer(component_name="WorkspaceListEntry")
+    class OutputSerializer(serializers.Serializer):
+        path = serializers.CharField()
+        name = serializers.CharField()
+        is_directory = serializers.BooleanField()
+        updated_at = serializers.DateTimeField()
+        content_preview = serializers.CharField(allow_null=True)
+
+    @extend_schema(
+        tags=TAGS,
+        operation_id="workspace_list",
+        parameters=[
+            OpenApiParameter(
+                "path",
+                OpenApiTypes.STR,
+                OpenApiParameter.QUERY,
+                description="Folder; root if empty",
+            )
+        ],
+        responses=OutputSerializer(many=True),
+        description="Immediate children of a folder; folders are virtual (derived from paths).",
+    )
+    def get(self, request: Request) -> Response:
+        entries = selectors.document_list(
+            user_id=request_user_id(request), directory=request.query_params.get("path", "")
+        )
+        paginator = LimitOffsetPagination()
+        page: Any = paginator.paginate_queryset(entries, request, view=self)  # type: ignore[arg-type]
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+
+class TreeView(WorkspaceView):
+    @extend_schema_serializer(component_name="WorkspaceTreeEntry")
+    class OutputSerializer(serializers.Serializer):
+        path = serializers.CharField()
+        size = serializers.IntegerField(source="size_bytes")
+        is_runtime = serializers.BooleanField()
+        index_state = serializers.CharField()
+        updated_at = serializers.DateTimeField()
+
+    @extend_schema(
+        tags=TAGS,
+        operation_id="workspace_tree",
+        parameters=[
+            OpenApiParameter(
+                "path", OpenApiTypes.STR, OpenApiParameter.QUERY, description="Prefix; all if empty"
+            )
+        ],
+        responses=OutputSerializer(many=True),
+        description="Every document at or below a folder, in path order.",
+    )
+    def get(self, request: Request) -> Response:
+        documents = selectors.document_tree(
+            user_id=request_user_id(request), prefix=request.query_params.get("path", "")
+        )
+        paginator = LimitOffsetPagination()
+        page = paginator.paginate_queryset(documents, request, view=self)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+
+class SearchView(WorkspaceView):
+    @extend_schema_serializer(component_name="WorkspaceSearchQuery")
+    class InputSerializer(serializers.Serializer):
+        query = serializers.CharField(max_length=10_000)
+        limit = serializers.IntegerField(required=False, default=10, min_value=1)
+        mode = serializers.ChoiceField(choices=MODES, required=False, default="hybrid")
+        min_score = serializers.FloatField(
+            required=False, default=0.0, min_value=0.0, max_value=1.0
+        )
+
+        def validate_limit(self, value: int) -> int:
+            if value > settings.SEARCH_MAX_LIMIT:
+                raise serializers.ValidationError(
+                    f"Ensure this value is less than or equal to {settings.SEARCH_MAX_LIMIT}."
+                )
+            return value
+
+    @extend_schema_serializer(component_name="WorkspaceSearchResponse")
+    class OutputSerializer(serializers.Serializer):
+        results = inline_serializer(
+            "WorkspaceSearchResult",
+            {
+                "path": serializers.CharField(),
+                "chunk_id": serializers.IntegerField(),
+                "content": serializers.CharField(),
+                "score": serializers.FloatField(),
+                "fts_rank": serializers.IntegerField(allow_null=True),
+                "vector_rank": serializers.IntegerField(allow_null=True),
+            },
+            many=True,
+        )
+        degraded = serializers.BooleanField()
+
+    @extend_schema(
+        tags=TAGS,
+        operation_id="workspace_search",
+        request=InputSerializer,
+        responses=OutputSerializer,
+        description="Hybrid search (full text + vectors, reciprocal rank fusion). `degraded` is "
+        "true when the query could not be embedded and full text answered alone.",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        response = workspace_search(user_id=request_user_id(request), **serializer.validated_data)
+        return Response(self.OutputSerializer(response).data)

@@ -1,0 +1,35 @@
+"""Workspace errors; the API's exception handler maps each to its status and JSON shape."""
+
+from __future__ import annotations
+
+from ironclaw_site.errors import InvalidInput, NotFound, PayloadTooLarge
+
+
+class InvalidPath(InvalidInput):
+    code = "invalid_path"
+    default_message = "The path is not a valid workspace path."
+
+
+class DocumentNotFound(NotFound):
+    code = "document_not_found"
+    default_message = "No document at this path."
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+    default_message = "The document has no such version."
+
+
+class PatchFailed(InvalidInput):
+    code = "patch_failed"
+    default_message = "The patch could not be applied."
+
+
+class DocumentTooLarge(PayloadTooLarge):
+    code = "document_too_large"
+    default_message = "The document is larger than the workspace allows."
+
+
+class InvalidContent(InvalidInput):
+    code = "invalid_content"
+    default_message = "The content cannot be stored."

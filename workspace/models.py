@@ -1,0 +1,160 @@
+"""Workspace documents, their version history and their search chunks.
+
+Invariants live in the database: one document per ``(user_id, path)``; version numbers unique per
+document and version rows never updated; no chunk or version row ever exists for a runtime
+document (so no code path, present or future, can flood the index with engine state again).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pgtrigger
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.db import models
+from pgvector.django import VectorField
+
+# Raised by the triggers below; SQLSTATE 23000 reaches Django as an IntegrityError.
+_REFUSE_RUNTIME_ROWS = """
+    IF EXISTS (
+        SELECT 1 FROM workspace_document WHERE id = NEW.document_id AND is_runtime
+    ) THEN
+        RAISE EXCEPTION 'workspace: % rows are not allowed for runtime document %',
+            TG_TABLE_NAME, NEW.document_id
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+"""
+
+
+class IndexState(models.TextChoices):
+    PENDING = "pending"
+    INDEXED = "indexed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class Document(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Tenant and future sharding key. Lookups by tenant use the (user_id, path) unique index.
+    user_id = models.CharField(max_length=255)
+    path = models.TextField()
+    content = models.TextField(blank=True, default="")
+    content_hash = models.CharField(max_length=71)
+    metadata = models.JSONField(default=dict, blank=True)
+    is_runtime = models.BooleanField(default=False)
+    index_state = models.CharField(
+        max_length=8, choices=IndexState.choices, default=IndexState.PENDING
+    )
+    # The content_hash whose chunks are stored; differs from content_hash while indexing is due.
+    indexed_hash = models.CharField(max_length=71, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user_id", "path"], name="workspace_document_user_path")
+        ]
+        indexes = [
+            # reindex_workspace --stale-only and the admin's filter on index state.
+            models.Index(
+                fields=["index_state"],
+                name="workspace_document_stale",
+                condition=~models.Q(index_state="indexed") & ~models.Q(index_state="skipped"),
+            ),
+        ]
+        triggers = [
+            # A document that becomes runtime (a write under a new WORKSPACE_RUNTIME_PATHS, or
+            # any UPDATE) loses its chunks in the same statement: the runtime upsert stays one
+            # statement and search never shows engine state.
+            pgtrigger.Trigger(
+                name="document_purge_chunks_when_runtime",
+                when=pgtrigger.After,
+                operation=pgtrigger.Update,
+                condition=pgtrigger.Q(old__is_runtime=False, new__is_runtime=True),
+                func="DELETE FROM workspace_chunk WHERE document_id = NEW.id; RETURN NULL;",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}:{self.path}"
+
+    @property
+    def size(self) -> int:
+        return len(self.content.encode("utf-8"))
+
+
+class DocumentVersion(models.Model):
+    # Deleting a document deletes its versions and chunks through ON DELETE CASCADE foreign keys
+    # (set in migration 0002), so even a raw one-statement delete cannot leave orphans.
+    document = models.ForeignKey(Document, on_delete=models.DO_NOTHING, related_name="versions")
+    user_id = models.CharField(max_length=255)
+    version = models.PositiveIntegerField()
+    content = models.TextField(blank=True)
+    content_hash = models.CharField(max_length=71)
+    changed_by = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["document", "version"], name="workspace_version_document_version"
+            )
+        ]
+        triggers = [
+            pgtrigger.Protect(name="version_append_only", operation=pgtrigger.Update),
+            pgtrigger.Trigger(
+                name="version_refuse_runtime",
+                when=pgtrigger.Before,
+                operation=pgtrigger.Insert,
+                func=_REFUSE_RUNTIME_ROWS,
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id} v{self.version}"
+
+
+class Chunk(models.Model):
+    document = models.ForeignKey(Document, on_delete=models.DO_NOTHING, related_name="chunks")
+    # Denormalised from the document so each search leg filters by tenant before anything else.
+    user_id = models.CharField(max_length=255)
+    chunk_index = models.PositiveIntegerField()
+    content = models.TextField()
+    # The document content_hash this chunk was cut from: all chunks of a document share it.
+    source_hash = models.CharField(max_length=71)
+    # 'english' spelled out: to_tsvector(regconfig, text) is immutable, as a generated column needs.
+    content_tsv = models.GeneratedField(
+        expression=SearchVector("content", config="english"),
+        output_field=SearchVectorField(),
+        db_persist=True,
+    )
+    # No fixed dimension: the provider (and its size) can change without a migration. Search
+    # compares only vectors of the current model; the per-tenant scan is exact (no ANN index), so
+    # a tenant's results never depend on other tenants' rows.
+    embedding = VectorField(null=True, blank=True)
+    embedding_model = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["document", "chunk_index"], name="workspace_chunk_document_index"
+            )
+        ]
+        indexes = [
+            GinIndex(fields=["content_tsv"], name="workspace_chunk_tsv"),
+            models.Index(fields=["user_id"], name="workspace_chunk_user"),
+        ]
+        triggers = [
+            pgtrigger.Trigger(
+                name="chunk_refuse_runtime",
+                when=pgtrigger.Before,
+                operation=pgtrigger.Insert | pgtrigger.Update,
+                func=_REFUSE_RUNTIME_ROWS,
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id}#{self.chunk_index}"
