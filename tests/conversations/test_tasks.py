@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 
@@ -8,12 +7,12 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 from procrastinate.contrib.django import app
-from procrastinate.contrib.django.django_connector import DjangoConnector
 from procrastinate.exceptions import AlreadyEnqueued
 
 from conversations.models import Thread
 from conversations.services import message_handle, thread_claim
 from tests.conversations.helpers import mark_run_jobs_taken, run_jobs_for
+from tests.support.worker import run_worker_until_empty
 
 RUNS: list[str] = []
 
@@ -22,29 +21,13 @@ def record_run(*, thread_id: str) -> None:
     RUNS.append(thread_id)
 
 
-def _run_worker(queue: str) -> None:
-    """Run the real Procrastinate worker until the queue is empty, as `manage.py procrastinate
-    worker` would: on its own psycopg connection (the Django connector is for deferring only)."""
-
-    async def work() -> None:
-        async with worker_app.open_async():
-            await worker_app.run_worker_async(
-                queues=[queue], wait=False, install_signal_handlers=False, listen_notify=False
-            )
-
-    connector = app.connector
-    assert isinstance(connector, DjangoConnector)
-    with app.replace_connector(connector.get_worker_connector()) as worker_app:
-        asyncio.run(work())
-
-
 @pytest.mark.django_db(transaction=True)
 @override_settings(THREAD_RUNNER="tests.conversations.test_tasks.record_run")
 def test_spawned_thread_runs_through_the_configured_runner() -> None:
     RUNS.clear()
     sent = message_handle(user_id="alice", channel="web", content="hello")
 
-    _run_worker("threads")
+    run_worker_until_empty("threads")
 
     # procrastinate_jobs outlives transactional tests, so runs of earlier tests' threads may
     # come first; this thread's run must be there exactly once.
@@ -56,7 +39,7 @@ def test_spawned_thread_runs_through_the_configured_runner() -> None:
 def test_default_runner_leaves_the_thread_for_an_external_engine() -> None:
     sent = message_handle(user_id="alice", channel="web", content="hello")
 
-    _run_worker("threads")
+    run_worker_until_empty("threads")
 
     assert run_jobs_for(sent.thread_id) == ["succeeded"]
     assert Thread.objects.get(pk=sent.thread_id).state == "created"
@@ -77,7 +60,7 @@ def test_sweep_task_recovers_expired_leases() -> None:
         app.configure_task(sweep_expired_leases.name).defer(
             timestamp=int(timezone.now().timestamp())
         )
-    _run_worker("default")
+    run_worker_until_empty("default")
 
     assert Thread.objects.get(pk=sent.thread_id).state == "created"
     assert run_jobs_for(sent.thread_id) == ["doing", "todo"]

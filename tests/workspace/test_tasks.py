@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 from django.db import transaction
-from procrastinate.contrib.django import app
 from procrastinate.contrib.django.models import ProcrastinateJob
 from pytest_django.fixtures import Settings as SettingsWrapper
 
+from tests.support.worker import run_worker_until_empty
 from workspace import services
 from workspace.models import Chunk, Document, IndexState
 
@@ -62,10 +62,7 @@ def test_a_worker_runs_the_job_and_indexes_the_latest_content() -> None:
     services.document_write(user_id="alice", path="a.md", content="first words")
     services.document_write(user_id="alice", path="a.md", content="latest words")
 
-    worker_app = app.with_connector(app.connector.get_worker_connector())  # type: ignore[attr-defined]
-    worker_app.run_worker(
-        queues=["indexing"], wait=False, install_signal_handlers=False, listen_notify=False
-    )
+    run_worker_until_empty("indexing")
 
     document = Document.objects.get(path="a.md")
     assert document.index_state == IndexState.INDEXED
