@@ -1,47 +1,10 @@
-"""Helpers shared by the real-thread and multi-process concurrency tests."""
+"""Assertions shared by the real-thread and multi-process concurrency tests."""
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Callable
-from typing import Any
-
-from django.db import connection
 
 from conversations.models import ChannelUserIndex, Conversation, ConversationEntry, Thread
-
-
-def run_together(workers: list[Callable[[], Any]]) -> tuple[list[Any], list[BaseException]]:
-    """Run each callable in its own thread, released together by a barrier.
-
-    Each thread opens its database connection before the barrier (so the race is between the
-    operations, not connection set-up) and closes it in ``finally``.
-    """
-    barrier = threading.Barrier(len(workers))
-    results: list[Any] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def run(work: Callable[[], Any]) -> None:
-        try:
-            connection.ensure_connection()
-            barrier.wait(timeout=30)
-            outcome = work()
-            with lock:
-                results.append(outcome)
-        except BaseException as error:
-            with lock:
-                errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(work,)) for work in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return results, errors
 
 
 def assert_exactly_one_thread_took_every_message(

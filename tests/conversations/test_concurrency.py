@@ -23,9 +23,9 @@ from conversations.services import (
 )
 from tests.conversations.concurrency import (
     assert_exactly_one_thread_took_every_message,
-    run_together,
     tracked_threads_have_their_entries,
 )
+from tests.support.concurrency import run_together
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

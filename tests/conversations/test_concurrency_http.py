@@ -12,8 +12,8 @@ from django.db import connection
 from accounts.services import CreatedApiKey
 from tests.conversations.concurrency import (
     assert_exactly_one_thread_took_every_message,
-    run_together,
 )
+from tests.support.concurrency import run_together
 from tests.support.servers import app_server, database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)

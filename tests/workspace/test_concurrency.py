@@ -9,34 +9,12 @@ import pytest
 from django.db import connection
 from pytest_django.fixtures import Settings as SettingsWrapper
 
+from tests.support.concurrency import run_together_or_raise
 from workspace import services
 from workspace.chunking import chunk_text
 from workspace.models import Chunk, Document, DocumentVersion
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def run_together(workers: list[Callable[[], None]]) -> None:
-    """Start every worker at once (released by a barrier); re-raise the first failure."""
-    barrier = threading.Barrier(len(workers))
-    errors: list[BaseException] = []
-
-    def wrapped(work: Callable[[], None]) -> None:
-        try:
-            barrier.wait(timeout=30)
-            work()
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=wrapped, args=(work,)) for work in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    if errors:
-        raise errors[0]
 
 
 def test_concurrent_writers_never_duplicate_version_numbers() -> None:
@@ -53,7 +31,7 @@ def test_concurrent_writers_never_duplicate_version_numbers() -> None:
 
         return work
 
-    run_together([writer(number) for number in range(writers)])
+    run_together_or_raise([writer(number) for number in range(writers)])
 
     assert Document.objects.filter(path="shared/plan.md").count() == 1
     versions = sorted(DocumentVersion.objects.values_list("version", flat=True))
@@ -74,7 +52,7 @@ def test_concurrent_runtime_appends_lose_nothing() -> None:
 
         return work
 
-    run_together([appender(number) for number in range(appenders)])
+    run_together_or_raise([appender(number) for number in range(appenders)])
 
     lines = Document.objects.get(path="engine/.runtime/log.txt").content.split("\n")
     assert sorted(lines) == sorted(f"{n}-{r}" for n in range(appenders) for r in range(5))
@@ -90,7 +68,7 @@ def test_concurrent_appends_to_a_document_lose_nothing() -> None:
 
         return work
 
-    run_together([appender(number) for number in range(6)])
+    run_together_or_raise([appender(number) for number in range(6)])
 
     lines = Document.objects.get(path="log.md").content.split("\n")
     assert len(lines) == 18
@@ -144,7 +122,7 @@ def test_concurrent_indexers_never_leave_a_mix_of_two_versions_chunks(
         finally:
             stop.set()
 
-    run_together([writer_then_stop, indexer, indexer, indexer, checker])
+    run_together_or_raise([writer_then_stop, indexer, indexer, indexer, checker])
     services.document_index(document_id=document.id)
 
     assert inconsistent == []
@@ -162,7 +140,7 @@ def test_concurrent_first_writes_create_one_document() -> None:
 
         return work
 
-    run_together([writer(number) for number in range(8)])
+    run_together_or_raise([writer(number) for number in range(8)])
 
     assert Document.objects.filter(path="new/doc.md").count() == 1
     assert DocumentVersion.objects.count() == 7
@@ -182,7 +160,7 @@ def test_concurrent_runtime_patches_lose_nothing() -> None:
 
         return work
 
-    run_together([patcher(number) for number in range(8)])
+    run_together_or_raise([patcher(number) for number in range(8)])
 
     document = Document.objects.get(path=path)
     assert document.content == " ".join(f"<done{n}>" for n in range(8))
