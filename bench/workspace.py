@@ -16,23 +16,14 @@ import io
 import os
 import random
 import statistics
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ironclaw_site.settings")
-os.environ.setdefault("LOG_LEVEL", "WARNING")
-
-import django
-import psycopg
 from django.conf import settings
-from psycopg import sql
+from scratch_database import scratch_database
 
-BENCH_DATABASE = f"ironclaw_bench_{os.getpid()}"
 DIMENSIONS = 256
 THREADS = 4
 CONTENT_BYTES = 50 * 1024
@@ -48,18 +39,6 @@ VOCABULARY = [
     "".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(random.randint(3, 9)))
     for _ in range(5000)
 ]
-
-
-def admin_connection() -> psycopg.Connection:
-    database = settings.DATABASES["default"]
-    return psycopg.connect(
-        host=database["HOST"] or None,
-        port=database["PORT"] or None,
-        user=database["USER"] or None,
-        password=database["PASSWORD"] or None,
-        dbname="postgres",
-        autocommit=True,
-    )
 
 
 def text_of(words: int, rng: random.Random) -> str:
@@ -246,18 +225,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     options = parser.parse_args()
 
-    with admin_connection() as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(BENCH_DATABASE)))
-    settings.DATABASES["default"]["NAME"] = BENCH_DATABASE
-    settings.EMBEDDING_PROVIDER = "hashing"
-    settings.EMBEDDING_DIMENSIONS = DIMENSIONS
-    try:
-        django.setup()
-        from django.core.management import call_command
+    with scratch_database("ironclaw_bench_workspace") as name:
         from django.db import connection
 
-        call_command("migrate", verbosity=0)
-        print(f"database {BENCH_DATABASE}, {os.cpu_count()} CPUs", flush=True)
+        settings.EMBEDDING_PROVIDER = "hashing"
+        settings.EMBEDDING_DIMENSIONS = DIMENSIONS
+        print(f"database {name}, {os.cpu_count()} CPUs", flush=True)
         writes = bench_writes(options.writes)
 
         started = time.perf_counter()
@@ -302,20 +275,6 @@ def main() -> None:
         print(
             f"search results that are engine runtime state: {share:.0%}   baseline {base_share:.0%}"
         )
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        for alias in connections:
-            pool = getattr(connections[alias], "pool", None)
-            if pool is not None:
-                pool.close()
-        with admin_connection() as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(BENCH_DATABASE)
-                )
-            )
 
 
 if __name__ == "__main__":
