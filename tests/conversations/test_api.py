@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -360,3 +361,46 @@ def test_suspended_thread_is_resumed_by_the_next_message(alice: APIClient) -> No
 
     assert suspended.json()["state"] == "suspended"
     assert (resumed["action"], resumed["thread_id"]) == ("resumed", sent["thread_id"])
+
+
+def _cursor(querystring: str) -> str:
+    return base64.b64encode(querystring.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("url", "cursor"),
+    [
+        ("conversations/{conversation}/entries", _cursor("p=abc")),
+        ("conversations/{conversation}/entries", _cursor("o=1&p=")),
+        ("conversations", _cursor("p=notadate")),
+        ("conversations", _cursor("o=5&p=x")),
+        ("conversations", _cursor("p=2026-01-01T00:00:00")),
+        ("conversations", "garbage"),
+        ("conversations", "%C3%94"),
+    ],
+)
+def test_a_malformed_cursor_is_400_naming_the_cursor(
+    alice: APIClient, url: str, cursor: str
+) -> None:
+    sent = _send(alice)
+
+    response = alice.get(
+        f"/api/v1/{url.format(conversation=sent['conversation_id'])}?cursor={cursor}"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {"cursor": ["Invalid cursor"]}
+
+
+def test_cursors_the_api_hands_out_still_page(alice: APIClient) -> None:
+    sent = _send(alice, "one")
+    _send(alice, "two")
+    entries = f"/api/v1/conversations/{sent['conversation_id']}/entries"
+
+    first = alice.get(entries, {"limit": 2}).json()
+    second = alice.get(first["next"]).json()
+    back = alice.get(second["previous"]).json()
+
+    assert [e["seq"] for e in first["results"]] == [1, 2]
+    assert [e["seq"] for e in second["results"]] == [3]
+    assert [e["seq"] for e in back["results"]] == [1, 2]
