@@ -130,6 +130,29 @@ def test_a_suspended_thread_is_resumed_with_the_message() -> None:
     )
 
 
+def test_suspending_with_an_unread_message_enqueues_a_run_to_take_it() -> None:
+    first = message_handle(user_id="alice", channel="web", content="hello")
+    thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+    _mark_jobs_done(first.thread_id)
+    late = message_handle(user_id="alice", channel="web", content="after the last inbox read")
+
+    thread_suspend(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+
+    assert late.action == "injected"
+    assert Thread.objects.get(pk=first.thread_id).state == "suspended"
+    assert run_jobs_for(first.thread_id).count("todo") == 1
+
+
+def test_suspending_with_an_empty_inbox_waits_for_the_next_message() -> None:
+    first = message_handle(user_id="alice", channel="web", content="hello")
+    thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+    _mark_jobs_done(first.thread_id)
+
+    thread_suspend(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+
+    assert run_jobs_for(first.thread_id).count("todo") == 0
+
+
 def test_queue_policy_stores_the_message_and_makes_it_the_next_goal() -> None:
     first = message_handle(user_id="alice", channel="web", content="hello")
     conversation_busy_policy_set(
