@@ -435,7 +435,17 @@ def _message_apply(conversation: Conversation, content: str) -> MessageResult:
         interrupted = _thread_lock(live.id)
         _thread_cancel(interrupted, reason="interrupted by a new message")
         writer.add(EntrySender.SYSTEM, "Thread interrupted", thread=interrupted)
-        thread, entry = _thread_spawn(conversation, writer, new_message=content)
+        # Messages injected into the interrupted thread that it never took (sent while the
+        # policy was still inject) would otherwise never reach any thread: its later outcome
+        # adds nothing. They join the new goal with any queued ones, in seq order.
+        unread = ConversationEntry.objects.filter(
+            thread=interrupted, sender=EntrySender.USER, delivered_at__isnull=True
+        )
+        queued = conversation.entries.filter(
+            sender=EntrySender.USER, thread__isnull=True, delivered_at__isnull=True
+        )
+        carried = sorted([*unread, *queued], key=lambda earlier: earlier.seq)
+        thread, entry = _thread_spawn(conversation, writer, new_message=content, carried=carried)
         writer.flush()
         return MessageResult(
             conversation.id, thread.id, "spawned", entry.seq, interrupted_thread_id=interrupted.id

@@ -14,6 +14,7 @@ from conversations.services import (
     conversation_start_new,
     message_handle,
     thread_claim,
+    thread_inbox_take,
     thread_outcome_record,
     thread_suspend,
 )
@@ -231,6 +232,24 @@ def test_interrupt_policy_cancels_the_live_thread_and_spawns_a_new_one() -> None
         (4, "user", "no, do this", new.id),
         (5, "system", "Thread started", new.id),
     ]
+
+
+def test_interrupt_carries_messages_the_interrupted_thread_never_took() -> None:
+    first = message_handle(user_id="alice", channel="web", content="hello")
+    thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+    unread = message_handle(user_id="alice", channel="web", content="also this")
+    conversation_busy_policy_set(
+        user_id="alice", conversation_id=first.conversation_id, busy_policy="interrupt"
+    )
+
+    second = message_handle(user_id="alice", channel="web", content="no, do this")
+
+    new = Thread.objects.get(pk=second.thread_id)
+    assert unread.action == "injected"
+    assert new.goal == "also this\n\nno, do this"
+    assert new.metadata["goal_entry_seqs"] == [unread.seq, second.seq]
+    assert ConversationEntry.objects.get(seq=unread.seq).delivered_at is not None
+    assert thread_inbox_take(user_id="alice", thread_id=first.thread_id, worker_id="w1") == []
 
 
 def test_interrupting_an_unclaimed_thread_stops_it_at_once() -> None:
