@@ -19,6 +19,7 @@ from conversations.api.serializers import (
     ErrorSerializer,
     NewestFirstPagination,
     SeqPagination,
+    TextField,
     ThreadSerializer,
     page_serializer,
 )
@@ -43,11 +44,9 @@ class MessageCreateView(APIView):
         class Meta:
             ref_name = "MessageCreateInput"
 
-        channel = serializers.CharField(max_length=64)
-        content = serializers.CharField(trim_whitespace=False)
-        scope = serializers.CharField(
-            required=False, allow_null=True, max_length=128, trim_whitespace=False
-        )
+        channel = TextField(max_length=64)
+        content = TextField(trim_whitespace=False)
+        scope = TextField(required=False, allow_null=True, max_length=128, trim_whitespace=False)
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -118,10 +117,8 @@ class ConversationNewView(APIView):
         class Meta:
             ref_name = "ConversationNewInput"
 
-        channel = serializers.CharField(max_length=64)
-        scope = serializers.CharField(
-            required=False, allow_null=True, max_length=128, trim_whitespace=False
-        )
+        channel = TextField(max_length=64)
+        scope = TextField(required=False, allow_null=True, max_length=128, trim_whitespace=False)
 
     @extend_schema(
         tags=TAG,
@@ -254,7 +251,7 @@ class ThreadDetailView(APIView):
 
 
 class LeaseInputSerializer(serializers.Serializer):
-    worker_id = serializers.CharField(max_length=255)
+    worker_id = TextField(max_length=255)
     lease_seconds = serializers.IntegerField(required=False, min_value=1)
 
 
@@ -319,7 +316,7 @@ class ThreadSuspendView(APIView):
         class Meta:
             ref_name = "ThreadSuspendInput"
 
-        worker_id = serializers.CharField(max_length=255)
+        worker_id = TextField(max_length=255)
 
     @extend_schema(
         tags=THREAD_TAG,
@@ -346,7 +343,7 @@ class ThreadInboxView(APIView):
         class Meta:
             ref_name = "ThreadInboxInput"
 
-        worker_id = serializers.CharField(max_length=255)
+        worker_id = TextField(max_length=255)
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -380,16 +377,16 @@ class ThreadOutcomeView(APIView):
             ref_name = "ThreadOutcomeInput"
 
         class GateSerializer(serializers.Serializer):
-            name = serializers.CharField(max_length=255)
-            action = serializers.CharField(max_length=1000)
+            name = TextField(max_length=255)
+            action = TextField(max_length=1000)
 
         kind = serializers.ChoiceField(choices=list(services.OUTCOME_KINDS))
-        response = serializers.CharField(
+        response = TextField(
             required=False, allow_null=True, allow_blank=True, trim_whitespace=False
         )
-        error = serializers.CharField(required=False, allow_null=True, trim_whitespace=False)
+        error = TextField(required=False, allow_null=True, trim_whitespace=False)
         gate = GateSerializer(required=False, allow_null=True)
-        worker_id = serializers.CharField(max_length=255)
+        worker_id = TextField(max_length=255)
 
     class OutputSerializer(serializers.Serializer):
         class Meta:

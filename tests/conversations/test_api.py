@@ -71,6 +71,14 @@ def test_service_key_acts_for_the_tenant_in_the_header(
         ({"channel": "web", "content": "   "}, "content"),
         ({"channel": "bad channel", "content": "hi"}, "channel"),
         ({"channel": "web", "content": "hi", "scope": "\x00"}, "scope"),
+        ({"channel": "web", "content": 5}, "content"),
+        ({"channel": "web", "content": True}, "content"),
+        ({"channel": "web", "content": ["hi"]}, "content"),
+        ({"channel": "web", "content": None}, "content"),
+        ({"channel": 7, "content": "hi"}, "channel"),
+        ({"channel": "web", "content": "hi", "scope": 5}, "scope"),
+        ({"channel": "x" * 65, "content": "hi"}, "channel"),
+        ({"channel": "we\x01b", "content": "hi"}, "channel"),
     ],
 )
 def test_invalid_message_is_400_naming_the_field(
@@ -284,6 +292,12 @@ def test_second_claimer_gets_409(alice: APIClient) -> None:
         ({"kind": "failed", "worker_id": "w1"}, "error"),
         ({"kind": "gate_paused", "worker_id": "w1"}, "gate"),
         ({"kind": "stopped"}, "worker_id"),
+        ({"kind": "stopped", "worker_id": 1}, "worker_id"),
+        ({"kind": "stopped", "worker_id": ""}, "worker_id"),
+        ({"kind": "stopped", "worker_id": "w" * 256}, "worker_id"),
+        ({"kind": "completed", "response": 42, "worker_id": "w1"}, "response"),
+        ({"kind": "gate_paused", "gate": "approve", "worker_id": "w1"}, "gate"),
+        ({"kind": "gate_paused", "gate": {"name": "g", "action": 5}, "worker_id": "w1"}, "gate"),
     ],
 )
 def test_invalid_outcome_is_400_naming_the_field(
@@ -297,6 +311,31 @@ def test_invalid_outcome_is_400_naming_the_field(
     assert response.status_code == 400
     assert field in response.json()["error"]["details"]
     assert Thread.objects.get(pk=sent["thread_id"]).state == "running"
+
+
+@pytest.mark.parametrize("endpoint", ["claim", "heartbeat"])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "worker_id"),
+        ({"worker_id": 5}, "worker_id"),
+        ({"worker_id": "   "}, "worker_id"),
+        ({"worker_id": "w1", "lease_seconds": "soon"}, "lease_seconds"),
+        ({"worker_id": "w1", "lease_seconds": -1}, "lease_seconds"),
+        ({"worker_id": "w1", "lease_seconds": 1.5}, "lease_seconds"),
+        ({"worker_id": "w1", "lease_seconds": 10**30}, "lease_seconds"),
+    ],
+)
+def test_invalid_lease_request_is_400_naming_the_field(
+    alice: APIClient, endpoint: str, body: dict[str, Any], field: str
+) -> None:
+    sent = _send(alice)
+
+    response = _post(alice, f"threads/{sent['thread_id']}/{endpoint}", body)
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]["details"]
+    assert Thread.objects.get(pk=sent["thread_id"]).state == "created"
 
 
 def test_lease_seconds_over_the_maximum_is_400(alice: APIClient) -> None:
