@@ -589,9 +589,12 @@ def thread_lease_renew(
     duration = _lease_duration(lease_seconds)
     # Owner and state are the whole check: the sweeper and other claimers change both, so a
     # match means nobody took the thread over, even if the lease lapsed a moment ago.
-    renewed = Thread.objects.filter(
-        pk=thread_id, user_id=user_id, state=ThreadState.RUNNING, lease_owner=worker_id
-    ).update(lease_expires_at=Now() + duration, updated_at=Now())
+    # In a lock-timeout transaction like claim: the UPDATE waits for the thread row while an
+    # outcome, inbox take or interrupt holds it, and that wait must be bounded too.
+    with _locked_transaction():
+        renewed = Thread.objects.filter(
+            pk=thread_id, user_id=user_id, state=ThreadState.RUNNING, lease_owner=worker_id
+        ).update(lease_expires_at=Now() + duration, updated_at=Now())
     thread = _thread_for(user_id, thread_id)
     if not renewed:
         raise LeaseNotHeld(details={"state": thread.state})

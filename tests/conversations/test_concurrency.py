@@ -19,6 +19,7 @@ from conversations.services import (
     message_handle,
     thread_claim,
     thread_inbox_take,
+    thread_lease_renew,
     thread_outcome_record,
 )
 from tests.conversations.concurrency import (
@@ -57,12 +58,16 @@ def test_concurrent_first_messages_from_threads_spawn_exactly_one_thread() -> No
 
 
 def _hold_row_lock(
-    conversation_id: uuid.UUID, seconds: float, locked: threading.Event, released: list[float]
+    row_id: uuid.UUID,
+    seconds: float,
+    locked: threading.Event,
+    released: list[float],
+    model: type[Conversation | Thread] = Conversation,
 ) -> threading.Thread:
     def hold() -> None:
         try:
             with transaction.atomic():
-                Conversation.objects.select_for_update(no_key=True).get(pk=conversation_id)
+                model.objects.select_for_update(no_key=True).get(pk=row_id)
                 locked.set()
                 time.sleep(seconds)
             released.append(time.monotonic())
@@ -115,6 +120,22 @@ def test_lock_timeout_is_conversation_busy_and_writes_nothing(
     assert response.json()["error"]["code"] == "conversation_busy"
     assert not ConversationEntry.objects.filter(content="blocked").exists()
     assert Conversation.objects.get(pk=a.conversation_id).last_seq == 2
+
+
+@override_settings(CONVERSATION_LOCK_TIMEOUT_MS=200)
+def test_a_heartbeat_waiting_for_a_locked_thread_is_bounded_by_the_lock_timeout() -> None:
+    result = message_handle(user_id="alice", channel="web", content="hello")
+    thread_claim(user_id="alice", thread_id=result.thread_id, worker_id="w1")
+    locked, released = threading.Event(), list[float]()
+    holder = _hold_row_lock(result.thread_id, 1.5, locked, released, model=Thread)
+
+    started = time.monotonic()
+    with pytest.raises(ConversationBusy):
+        thread_lease_renew(user_id="alice", thread_id=result.thread_id, worker_id="w1")
+    waited = time.monotonic() - started
+    holder.join()
+
+    assert 0.15 < waited < 1.0
 
 
 def test_racing_claims_have_exactly_one_winner() -> None:
