@@ -160,6 +160,23 @@ def test_list_conversations_query_count_does_not_grow_with_rows(
         alice.get("/api/v1/conversations")
 
 
+def test_entries_query_count_does_not_grow_with_rows(
+    alice: APIClient, django_assert_max_num_queries: Any
+) -> None:
+    sent = _send(alice)
+    url = f"/api/v1/conversations/{sent['conversation_id']}/entries"
+    for n in range(30):
+        _send(alice, f"more {n}")
+
+    # The API key lookup, the tenant check and one page query.
+    with django_assert_max_num_queries(3):
+        page = alice.get(url, {"limit": 25}).json()
+    with django_assert_max_num_queries(3):
+        alice.get(page["next"])
+
+    assert len(page["results"]) == 25
+
+
 def test_conversation_detail_shows_active_threads(alice: APIClient) -> None:
     sent = _send(alice)
 
