@@ -90,7 +90,10 @@ class ConversationListView(APIView):
             OpenApiParameter("limit", int, description="Page size."),
             OpenApiParameter("cursor", str, description="Opaque cursor from next/previous."),
         ],
-        responses={200: page_serializer("ConversationPage", ConversationSerializer(many=True))},
+        responses={
+            200: page_serializer("ConversationPage", ConversationSerializer(many=True)),
+            **_errors(bad_request="channel or cursor is invalid (details name it)."),
+        },
     )
     def get(self, request: Request) -> Response:
         filters = _query_params(self.FilterSerializer, request)
@@ -197,7 +200,10 @@ class ConversationEntriesView(APIView):
         ],
         responses={
             200: page_serializer("EntryPage", EntrySerializer(many=True)),
-            **_errors(bad_request="after_seq is invalid.", not_found="Unknown conversation."),
+            **_errors(
+                bad_request="after_seq or cursor is invalid (details name it).",
+                not_found="Unknown conversation.",
+            ),
         },
     )
     def get(self, request: Request, conversation_id: UUID) -> Response:
@@ -324,7 +330,11 @@ class ThreadSuspendView(APIView):
         request=InputSerializer,
         responses={
             200: ThreadSerializer,
-            **_errors(not_found="Unknown thread.", conflict="lease_not_held."),
+            **_errors(
+                bad_request="worker_id is invalid.",
+                not_found="Unknown thread.",
+                conflict="lease_not_held.",
+            ),
         },
     )
     def post(self, request: Request, thread_id: UUID) -> Response:
@@ -357,7 +367,11 @@ class ThreadInboxView(APIView):
         request=InputSerializer,
         responses={
             200: OutputSerializer,
-            **_errors(not_found="Unknown thread.", conflict="lease_not_held."),
+            **_errors(
+                bad_request="worker_id is invalid.",
+                not_found="Unknown thread.",
+                conflict="lease_not_held.",
+            ),
         },
     )
     def post(self, request: Request, thread_id: UUID) -> Response:

@@ -398,6 +398,14 @@ def test_every_endpoint_is_in_the_openapi_schema(client: Client) -> None:
         assert path in schema["paths"], path
     message = schema["paths"]["/api/v1/messages"]["post"]
     assert {"202", "400", "409", "413"} <= set(message["responses"])
+    # Every operation that validates input documents its 400.
+    for path, method in [
+        ("/api/v1/conversations", "get"),
+        ("/api/v1/conversations/{conversation_id}/entries", "get"),
+        ("/api/v1/threads/{thread_id}/inbox", "post"),
+        ("/api/v1/threads/{thread_id}/suspend", "post"),
+    ]:
+        assert "400" in schema["paths"][path][method]["responses"], path
 
 
 def test_body_over_djangos_upload_limit_is_413_not_500(alice: APIClient) -> None:
