@@ -21,11 +21,13 @@ from conversations.services import (
     thread_inbox_take,
     thread_lease_renew,
     thread_outcome_record,
+    thread_suspend,
 )
 from tests.conversations.concurrency import (
     assert_exactly_one_thread_took_every_message,
     tracked_threads_have_their_entries,
 )
+from tests.conversations.helpers import mark_run_jobs_taken, run_jobs_for
 from tests.support.concurrency import run_together
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -206,3 +208,33 @@ def test_clear_racing_with_messages_never_leaves_a_tracked_thread_without_its_en
     for entry in ConversationEntry.objects.filter(sender="user"):
         assert entry.thread is not None
         assert entry.thread.tracked
+
+
+@override_settings(CONVERSATION_LOCK_TIMEOUT_MS=20_000)
+def test_a_message_committing_while_the_engine_suspends_is_not_stranded() -> None:
+    first = message_handle(user_id="alice", channel="web", content="start")
+    thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+    thread_inbox_take(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+    mark_run_jobs_taken(first.thread_id)
+    injected, results = threading.Event(), list[MessageResult]()
+
+    def message_in_flight() -> None:
+        # The message is written but not yet committed when the engine suspends.
+        try:
+            with transaction.atomic():
+                results.append(message_handle(user_id="alice", channel="web", content="late"))
+                injected.set()
+                time.sleep(1.0)
+        finally:
+            connection.close()
+
+    sender = threading.Thread(target=message_in_flight)
+    sender.start()
+    assert injected.wait(timeout=10)
+    thread_suspend(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+    sender.join()
+
+    assert results[0].action == "injected"
+    assert Thread.objects.get(pk=first.thread_id).state == "suspended"
+    # The late message waits in the parked thread's inbox for a run that will take it.
+    assert run_jobs_for(first.thread_id) == ["doing", "todo"]
