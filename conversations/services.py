@@ -178,8 +178,14 @@ def _check_content(content: str) -> None:
 
 
 def _check_worker_id(worker_id: str) -> None:
-    if not worker_id or not worker_id.strip() or len(worker_id) > MAX_WORKER_ID_LENGTH:
-        problem = f"must be 1-{MAX_WORKER_ID_LENGTH} characters"
+    # Control characters would make two lease owners that print alike but never match.
+    if (
+        not worker_id
+        or not worker_id.strip()
+        or len(worker_id) > MAX_WORKER_ID_LENGTH
+        or any(unicodedata.category(char) in {"Cc", "Cf"} for char in worker_id)
+    ):
+        problem = f"must be 1-{MAX_WORKER_ID_LENGTH} characters without control characters"
         raise InvalidInput(f"worker_id {problem}.", details={"worker_id": [problem]})
 
 

@@ -337,6 +337,8 @@ def test_invalid_outcome_is_400_naming_the_field(
         ({}, "worker_id"),
         ({"worker_id": 5}, "worker_id"),
         ({"worker_id": "   "}, "worker_id"),
+        ({"worker_id": "w\x01"}, "worker_id"),
+        ({"worker_id": "w\u200b1"}, "worker_id"),
         ({"worker_id": "w1", "lease_seconds": "soon"}, "lease_seconds"),
         ({"worker_id": "w1", "lease_seconds": -1}, "lease_seconds"),
         ({"worker_id": "w1", "lease_seconds": 1.5}, "lease_seconds"),
