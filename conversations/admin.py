@@ -6,6 +6,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 
 from conversations.models import ChannelUserIndex, Conversation, ConversationEntry, Thread
@@ -32,8 +33,25 @@ class _ReadOnlyInline(admin.TabularInline):
         return False
 
 
+# A conversation page shows this many of its latest entries; the entries list has the rest.
+ADMIN_INLINE_ENTRIES = 100
+
+
+class _LatestEntriesFormSet(BaseInlineFormSet):
+    """Only the latest entries, in seq order: a long conversation's page used to render (and
+    load) every entry it ever had."""
+
+    def get_queryset(self) -> QuerySet[ConversationEntry]:
+        if not hasattr(self, "_latest"):
+            latest = super().get_queryset().order_by("-seq").values("pk")[:ADMIN_INLINE_ENTRIES]
+            self._latest = ConversationEntry.objects.filter(pk__in=latest).order_by("seq")
+        return self._latest
+
+
 class EntryInline(_ReadOnlyInline):
     model = ConversationEntry
+    formset = _LatestEntriesFormSet
+    verbose_name_plural = f"latest {ADMIN_INLINE_ENTRIES} conversation entries"
     fields = ("seq", "sender", "content", "thread", "created_at", "delivered_at")
     readonly_fields = fields
     ordering = ("seq",)

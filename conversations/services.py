@@ -178,8 +178,14 @@ def _check_content(content: str) -> None:
 
 
 def _check_worker_id(worker_id: str) -> None:
-    if not worker_id or not worker_id.strip() or len(worker_id) > MAX_WORKER_ID_LENGTH:
-        problem = f"must be 1-{MAX_WORKER_ID_LENGTH} characters"
+    # Control characters would make two lease owners that print alike but never match.
+    if (
+        not worker_id
+        or not worker_id.strip()
+        or len(worker_id) > MAX_WORKER_ID_LENGTH
+        or any(unicodedata.category(char) in {"Cc", "Cf"} for char in worker_id)
+    ):
+        problem = f"must be 1-{MAX_WORKER_ID_LENGTH} characters without control characters"
         raise InvalidInput(f"worker_id {problem}.", details={"worker_id": [problem]})
 
 
@@ -435,7 +441,17 @@ def _message_apply(conversation: Conversation, content: str) -> MessageResult:
         interrupted = _thread_lock(live.id)
         _thread_cancel(interrupted, reason="interrupted by a new message")
         writer.add(EntrySender.SYSTEM, "Thread interrupted", thread=interrupted)
-        thread, entry = _thread_spawn(conversation, writer, new_message=content)
+        # Messages injected into the interrupted thread that it never took (sent while the
+        # policy was still inject) would otherwise never reach any thread: its later outcome
+        # adds nothing. They join the new goal with any queued ones, in seq order.
+        unread = ConversationEntry.objects.filter(
+            thread=interrupted, sender=EntrySender.USER, delivered_at__isnull=True
+        )
+        queued = conversation.entries.filter(
+            sender=EntrySender.USER, thread__isnull=True, delivered_at__isnull=True
+        )
+        carried = sorted([*unread, *queued], key=lambda earlier: earlier.seq)
+        thread, entry = _thread_spawn(conversation, writer, new_message=content, carried=carried)
         writer.flush()
         return MessageResult(
             conversation.id, thread.id, "spawned", entry.seq, interrupted_thread_id=interrupted.id
@@ -579,9 +595,12 @@ def thread_lease_renew(
     duration = _lease_duration(lease_seconds)
     # Owner and state are the whole check: the sweeper and other claimers change both, so a
     # match means nobody took the thread over, even if the lease lapsed a moment ago.
-    renewed = Thread.objects.filter(
-        pk=thread_id, user_id=user_id, state=ThreadState.RUNNING, lease_owner=worker_id
-    ).update(lease_expires_at=Now() + duration, updated_at=Now())
+    # In a lock-timeout transaction like claim: the UPDATE waits for the thread row while an
+    # outcome, inbox take or interrupt holds it, and that wait must be bounded too.
+    with _locked_transaction():
+        renewed = Thread.objects.filter(
+            pk=thread_id, user_id=user_id, state=ThreadState.RUNNING, lease_owner=worker_id
+        ).update(lease_expires_at=Now() + duration, updated_at=Now())
     thread = _thread_for(user_id, thread_id)
     if not renewed:
         raise LeaseNotHeld(details={"state": thread.state})
@@ -620,16 +639,47 @@ def thread_inbox_take(
     return entries
 
 
+def _thread_lock_with_conversation(
+    user_id: str, thread_id: uuid.UUID
+) -> tuple[Conversation | None, Thread]:
+    """Lock the tenant's thread's conversation, then the thread (the policy's order)."""
+    found = list(
+        Thread.objects.filter(pk=thread_id, user_id=user_id).values_list(
+            "conversation_id", flat=True
+        )[:1]
+    )
+    if not found:
+        raise ThreadNotFound()
+    conversation = None
+    if found[0] is not None:
+        # .first(), not .get(): if the conversation was deleted meanwhile, the thread outlives
+        # it (its foreign key is now null) rather than the call failing.
+        conversation = (
+            Conversation.objects.select_for_update(no_key=True, of=("self",))
+            .filter(pk=found[0])
+            .first()
+        )
+    return conversation, _thread_lock(thread_id)
+
+
 def thread_suspend(*, user_id: str, thread_id: uuid.UUID, worker_id: str) -> Thread:
-    """The lease holder parks a running thread; the next user message resumes it."""
+    """The lease holder parks a running thread; the next user message resumes it.
+
+    Locks the conversation, then the thread: a message injected after the engine's last inbox
+    read is either committed before (a run is enqueued to take it, so it is not stranded in a
+    parked thread) or sees the thread suspended and resumes it.
+    """
     _check_worker_id(worker_id)
-    now = timezone.now()
-    parked = Thread.objects.filter(
-        pk=thread_id, user_id=user_id, state=ThreadState.RUNNING, lease_owner=worker_id
-    ).update(state=ThreadState.SUSPENDED, lease_owner="", lease_expires_at=None, updated_at=now)
-    thread = _thread_for(user_id, thread_id)
-    if not parked:
-        raise LeaseNotHeld(details={"state": thread.state})
+    with _locked_transaction():
+        _, thread = _thread_lock_with_conversation(user_id, thread_id)
+        if thread.state != ThreadState.RUNNING or thread.lease_owner != worker_id:
+            raise LeaseNotHeld(details={"state": thread.state})
+        thread.state = ThreadState.SUSPENDED
+        thread.lease_owner = ""
+        thread.lease_expires_at = None
+        thread.save(update_fields=["state", "lease_owner", "lease_expires_at", "updated_at"])
+        if thread.entries.filter(sender=EntrySender.USER, delivered_at__isnull=True).exists():
+            _thread_run_enqueue(thread.id)
     return thread
 
 
@@ -679,12 +729,7 @@ def thread_outcome_record(
     """
     _check_outcome(outcome)
     with _locked_transaction():
-        row = Thread.objects.filter(pk=thread_id, user_id=user_id).values_list("conversation_id")
-        found = row.first()
-        if found is None:
-            raise ThreadNotFound()
-        conversation = _conversation_lock(found[0]) if found[0] else None
-        thread = _thread_lock(thread_id)
+        conversation, thread = _thread_lock_with_conversation(user_id, thread_id)
         _check_outcome_allowed(thread, outcome, worker_id)
         now = timezone.now()
         recorded = {**outcome.as_json(), "recorded_at": now.isoformat(), "worker_id": worker_id}

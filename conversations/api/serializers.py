@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import datetime
+from typing import Any
+
 from django.conf import settings
+from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
-from rest_framework.pagination import CursorPagination
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import Cursor, CursorPagination
 
 from conversations.models import BusyPolicy, EntrySender, ThreadKind, ThreadState
+
+
+class TextField(serializers.CharField):
+    """A JSON string. DRF's CharField turns numbers and booleans into text, so ``"content": 5``
+    would be stored as the message "5" and ``"worker_id": true`` would take a lease as "True"."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -77,15 +92,46 @@ def page_serializer(name: str, item: serializers.Serializer) -> type[serializers
     )
 
 
-class NewestFirstPagination(CursorPagination):
+def _aware_datetime(position: str) -> datetime.datetime:
+    parsed = parse_datetime(position)
+    if parsed is None or parsed.tzinfo is None:
+        raise ValueError(position)
+    return parsed
+
+
+def _seq(position: str) -> int:
+    return int(position)
+
+
+class _CheckedCursorPagination(CursorPagination):
+    """A cursor whose position does not fit the ordering column is a 400 naming ``cursor``.
+
+    DRF puts the decoded position straight into the page query, so a hand-made cursor such as
+    ``p=abc`` on an integer or timestamp column used to escape as a 500.
+    """
+
+    page_size_query_param = "limit"
+    max_page_size = 1000
+    # Parses the first ordering column's position, raising ValueError when it does not fit.
+    parse_position: staticmethod[[str], Any]
+
+    def decode_cursor(self, request: Any) -> Cursor | None:
+        try:
+            cursor = super().decode_cursor(request)
+            if cursor is not None and cursor.position is not None:
+                self.parse_position(str(cursor.position))
+        except (NotFound, ValueError):
+            raise ValidationError({"cursor": [self.invalid_cursor_message]}) from None
+        return cursor
+
+
+class NewestFirstPagination(_CheckedCursorPagination):
     """Cursor pages: one query each (no COUNT) and stable while new rows arrive."""
 
     ordering = ("-created_at", "-id")
-    page_size_query_param = "limit"
-    max_page_size = 1000
+    parse_position = staticmethod(_aware_datetime)
 
 
-class SeqPagination(CursorPagination):
+class SeqPagination(_CheckedCursorPagination):
     ordering = ("seq",)
-    page_size_query_param = "limit"
-    max_page_size = 1000
+    parse_position = staticmethod(_seq)

@@ -19,6 +19,7 @@ from conversations.api.serializers import (
     ErrorSerializer,
     NewestFirstPagination,
     SeqPagination,
+    TextField,
     ThreadSerializer,
     page_serializer,
 )
@@ -43,11 +44,9 @@ class MessageCreateView(APIView):
         class Meta:
             ref_name = "MessageCreateInput"
 
-        channel = serializers.CharField(max_length=64)
-        content = serializers.CharField(trim_whitespace=False)
-        scope = serializers.CharField(
-            required=False, allow_null=True, max_length=128, trim_whitespace=False
-        )
+        channel = TextField(max_length=64)
+        content = TextField(trim_whitespace=False)
+        scope = TextField(required=False, allow_null=True, max_length=128, trim_whitespace=False)
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -91,7 +90,10 @@ class ConversationListView(APIView):
             OpenApiParameter("limit", int, description="Page size."),
             OpenApiParameter("cursor", str, description="Opaque cursor from next/previous."),
         ],
-        responses={200: page_serializer("ConversationPage", ConversationSerializer(many=True))},
+        responses={
+            200: page_serializer("ConversationPage", ConversationSerializer(many=True)),
+            **_errors(bad_request="channel or cursor is invalid (details name it)."),
+        },
     )
     def get(self, request: Request) -> Response:
         filters = _query_params(self.FilterSerializer, request)
@@ -118,10 +120,8 @@ class ConversationNewView(APIView):
         class Meta:
             ref_name = "ConversationNewInput"
 
-        channel = serializers.CharField(max_length=64)
-        scope = serializers.CharField(
-            required=False, allow_null=True, max_length=128, trim_whitespace=False
-        )
+        channel = TextField(max_length=64)
+        scope = TextField(required=False, allow_null=True, max_length=128, trim_whitespace=False)
 
     @extend_schema(
         tags=TAG,
@@ -200,7 +200,10 @@ class ConversationEntriesView(APIView):
         ],
         responses={
             200: page_serializer("EntryPage", EntrySerializer(many=True)),
-            **_errors(bad_request="after_seq is invalid.", not_found="Unknown conversation."),
+            **_errors(
+                bad_request="after_seq or cursor is invalid (details name it).",
+                not_found="Unknown conversation.",
+            ),
         },
     )
     def get(self, request: Request, conversation_id: UUID) -> Response:
@@ -254,7 +257,7 @@ class ThreadDetailView(APIView):
 
 
 class LeaseInputSerializer(serializers.Serializer):
-    worker_id = serializers.CharField(max_length=255)
+    worker_id = TextField(max_length=255)
     lease_seconds = serializers.IntegerField(required=False, min_value=1)
 
 
@@ -319,7 +322,7 @@ class ThreadSuspendView(APIView):
         class Meta:
             ref_name = "ThreadSuspendInput"
 
-        worker_id = serializers.CharField(max_length=255)
+        worker_id = TextField(max_length=255)
 
     @extend_schema(
         tags=THREAD_TAG,
@@ -327,7 +330,11 @@ class ThreadSuspendView(APIView):
         request=InputSerializer,
         responses={
             200: ThreadSerializer,
-            **_errors(not_found="Unknown thread.", conflict="lease_not_held."),
+            **_errors(
+                bad_request="worker_id is invalid.",
+                not_found="Unknown thread.",
+                conflict="lease_not_held.",
+            ),
         },
     )
     def post(self, request: Request, thread_id: UUID) -> Response:
@@ -346,7 +353,7 @@ class ThreadInboxView(APIView):
         class Meta:
             ref_name = "ThreadInboxInput"
 
-        worker_id = serializers.CharField(max_length=255)
+        worker_id = TextField(max_length=255)
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -360,7 +367,11 @@ class ThreadInboxView(APIView):
         request=InputSerializer,
         responses={
             200: OutputSerializer,
-            **_errors(not_found="Unknown thread.", conflict="lease_not_held."),
+            **_errors(
+                bad_request="worker_id is invalid.",
+                not_found="Unknown thread.",
+                conflict="lease_not_held.",
+            ),
         },
     )
     def post(self, request: Request, thread_id: UUID) -> Response:
@@ -380,16 +391,16 @@ class ThreadOutcomeView(APIView):
             ref_name = "ThreadOutcomeInput"
 
         class GateSerializer(serializers.Serializer):
-            name = serializers.CharField(max_length=255)
-            action = serializers.CharField(max_length=1000)
+            name = TextField(max_length=255)
+            action = TextField(max_length=1000)
 
         kind = serializers.ChoiceField(choices=list(services.OUTCOME_KINDS))
-        response = serializers.CharField(
+        response = TextField(
             required=False, allow_null=True, allow_blank=True, trim_whitespace=False
         )
-        error = serializers.CharField(required=False, allow_null=True, trim_whitespace=False)
+        error = TextField(required=False, allow_null=True, trim_whitespace=False)
         gate = GateSerializer(required=False, allow_null=True)
-        worker_id = serializers.CharField(max_length=255)
+        worker_id = TextField(max_length=255)
 
     class OutputSerializer(serializers.Serializer):
         class Meta:

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 
+from conversations.admin import ADMIN_INLINE_ENTRIES
 from conversations.models import Conversation, ConversationEntry, Thread
 from conversations.services import message_handle
+from tests.conversations.factories import ConversationFactory, EntryFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -40,6 +44,24 @@ def test_conversation_page_shows_entries_in_seq_order_and_threads(admin_client: 
     assert page.status_code == 200
     assert html.index("first words") < html.index("Thread started") < html.index("second words")
     assert str(sent.thread_id) in html
+
+
+def test_conversation_page_shows_only_the_latest_entries(
+    admin_client: Client, django_assert_max_num_queries: Any
+) -> None:
+    conversation = ConversationFactory.create()
+    EntryFactory.create_batch(ADMIN_INLINE_ENTRIES + 50, conversation=conversation)
+    url = f"/admin/conversations/conversation/{conversation.id}/change/"
+    admin_client.get(url)  # warm the session and content-type caches
+
+    with django_assert_max_num_queries(25):
+        page = admin_client.get(url)
+
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert html.count('class="field-seq"') == ADMIN_INLINE_ENTRIES
+    assert f"<p>{ADMIN_INLINE_ENTRIES + 50}</p>" in html
+    assert "<p>50</p>" not in html
 
 
 def test_thread_page_shows_state_lease_and_outcome(admin_client: Client) -> None:

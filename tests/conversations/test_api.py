@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -70,6 +71,14 @@ def test_service_key_acts_for_the_tenant_in_the_header(
         ({"channel": "web", "content": "   "}, "content"),
         ({"channel": "bad channel", "content": "hi"}, "channel"),
         ({"channel": "web", "content": "hi", "scope": "\x00"}, "scope"),
+        ({"channel": "web", "content": 5}, "content"),
+        ({"channel": "web", "content": True}, "content"),
+        ({"channel": "web", "content": ["hi"]}, "content"),
+        ({"channel": "web", "content": None}, "content"),
+        ({"channel": 7, "content": "hi"}, "channel"),
+        ({"channel": "web", "content": "hi", "scope": 5}, "scope"),
+        ({"channel": "x" * 65, "content": "hi"}, "channel"),
+        ({"channel": "we\x01b", "content": "hi"}, "channel"),
     ],
 )
 def test_invalid_message_is_400_naming_the_field(
@@ -149,6 +158,23 @@ def test_list_conversations_query_count_does_not_grow_with_rows(
 
     with django_assert_num_queries(len(few.captured_queries)):
         alice.get("/api/v1/conversations")
+
+
+def test_entries_query_count_does_not_grow_with_rows(
+    alice: APIClient, django_assert_max_num_queries: Any
+) -> None:
+    sent = _send(alice)
+    url = f"/api/v1/conversations/{sent['conversation_id']}/entries"
+    for n in range(30):
+        _send(alice, f"more {n}")
+
+    # The API key lookup, the tenant check and one page query.
+    with django_assert_max_num_queries(3):
+        page = alice.get(url, {"limit": 25}).json()
+    with django_assert_max_num_queries(3):
+        alice.get(page["next"])
+
+    assert len(page["results"]) == 25
 
 
 def test_conversation_detail_shows_active_threads(alice: APIClient) -> None:
@@ -283,6 +309,12 @@ def test_second_claimer_gets_409(alice: APIClient) -> None:
         ({"kind": "failed", "worker_id": "w1"}, "error"),
         ({"kind": "gate_paused", "worker_id": "w1"}, "gate"),
         ({"kind": "stopped"}, "worker_id"),
+        ({"kind": "stopped", "worker_id": 1}, "worker_id"),
+        ({"kind": "stopped", "worker_id": ""}, "worker_id"),
+        ({"kind": "stopped", "worker_id": "w" * 256}, "worker_id"),
+        ({"kind": "completed", "response": 42, "worker_id": "w1"}, "response"),
+        ({"kind": "gate_paused", "gate": "approve", "worker_id": "w1"}, "gate"),
+        ({"kind": "gate_paused", "gate": {"name": "g", "action": 5}, "worker_id": "w1"}, "gate"),
     ],
 )
 def test_invalid_outcome_is_400_naming_the_field(
@@ -296,6 +328,33 @@ def test_invalid_outcome_is_400_naming_the_field(
     assert response.status_code == 400
     assert field in response.json()["error"]["details"]
     assert Thread.objects.get(pk=sent["thread_id"]).state == "running"
+
+
+@pytest.mark.parametrize("endpoint", ["claim", "heartbeat"])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "worker_id"),
+        ({"worker_id": 5}, "worker_id"),
+        ({"worker_id": "   "}, "worker_id"),
+        ({"worker_id": "w\x01"}, "worker_id"),
+        ({"worker_id": "w\u200b1"}, "worker_id"),
+        ({"worker_id": "w1", "lease_seconds": "soon"}, "lease_seconds"),
+        ({"worker_id": "w1", "lease_seconds": -1}, "lease_seconds"),
+        ({"worker_id": "w1", "lease_seconds": 1.5}, "lease_seconds"),
+        ({"worker_id": "w1", "lease_seconds": 10**30}, "lease_seconds"),
+    ],
+)
+def test_invalid_lease_request_is_400_naming_the_field(
+    alice: APIClient, endpoint: str, body: dict[str, Any], field: str
+) -> None:
+    sent = _send(alice)
+
+    response = _post(alice, f"threads/{sent['thread_id']}/{endpoint}", body)
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]["details"]
+    assert Thread.objects.get(pk=sent["thread_id"]).state == "created"
 
 
 def test_lease_seconds_over_the_maximum_is_400(alice: APIClient) -> None:
@@ -341,6 +400,14 @@ def test_every_endpoint_is_in_the_openapi_schema(client: Client) -> None:
         assert path in schema["paths"], path
     message = schema["paths"]["/api/v1/messages"]["post"]
     assert {"202", "400", "409", "413"} <= set(message["responses"])
+    # Every operation that validates input documents its 400.
+    for path, method in [
+        ("/api/v1/conversations", "get"),
+        ("/api/v1/conversations/{conversation_id}/entries", "get"),
+        ("/api/v1/threads/{thread_id}/inbox", "post"),
+        ("/api/v1/threads/{thread_id}/suspend", "post"),
+    ]:
+        assert "400" in schema["paths"][path][method]["responses"], path
 
 
 def test_body_over_djangos_upload_limit_is_413_not_500(alice: APIClient) -> None:
@@ -360,3 +427,46 @@ def test_suspended_thread_is_resumed_by_the_next_message(alice: APIClient) -> No
 
     assert suspended.json()["state"] == "suspended"
     assert (resumed["action"], resumed["thread_id"]) == ("resumed", sent["thread_id"])
+
+
+def _cursor(querystring: str) -> str:
+    return base64.b64encode(querystring.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("url", "cursor"),
+    [
+        ("conversations/{conversation}/entries", _cursor("p=abc")),
+        ("conversations/{conversation}/entries", _cursor("o=1&p=")),
+        ("conversations", _cursor("p=notadate")),
+        ("conversations", _cursor("o=5&p=x")),
+        ("conversations", _cursor("p=2026-01-01T00:00:00")),
+        ("conversations", "garbage"),
+        ("conversations", "%C3%94"),
+    ],
+)
+def test_a_malformed_cursor_is_400_naming_the_cursor(
+    alice: APIClient, url: str, cursor: str
+) -> None:
+    sent = _send(alice)
+
+    response = alice.get(
+        f"/api/v1/{url.format(conversation=sent['conversation_id'])}?cursor={cursor}"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {"cursor": ["Invalid cursor"]}
+
+
+def test_cursors_the_api_hands_out_still_page(alice: APIClient) -> None:
+    sent = _send(alice, "one")
+    _send(alice, "two")
+    entries = f"/api/v1/conversations/{sent['conversation_id']}/entries"
+
+    first = alice.get(entries, {"limit": 2}).json()
+    second = alice.get(first["next"]).json()
+    back = alice.get(second["previous"]).json()
+
+    assert [e["seq"] for e in first["results"]] == [1, 2]
+    assert [e["seq"] for e in second["results"]] == [3]
+    assert [e["seq"] for e in back["results"]] == [1, 2]

@@ -19,12 +19,15 @@ from conversations.services import (
     message_handle,
     thread_claim,
     thread_inbox_take,
+    thread_lease_renew,
     thread_outcome_record,
+    thread_suspend,
 )
 from tests.conversations.concurrency import (
     assert_exactly_one_thread_took_every_message,
     tracked_threads_have_their_entries,
 )
+from tests.conversations.helpers import mark_run_jobs_taken, run_jobs_for
 from tests.support.concurrency import run_together
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -57,12 +60,16 @@ def test_concurrent_first_messages_from_threads_spawn_exactly_one_thread() -> No
 
 
 def _hold_row_lock(
-    conversation_id: uuid.UUID, seconds: float, locked: threading.Event, released: list[float]
+    row_id: uuid.UUID,
+    seconds: float,
+    locked: threading.Event,
+    released: list[float],
+    model: type[Conversation | Thread] = Conversation,
 ) -> threading.Thread:
     def hold() -> None:
         try:
             with transaction.atomic():
-                Conversation.objects.select_for_update(no_key=True).get(pk=conversation_id)
+                model.objects.select_for_update(no_key=True).get(pk=row_id)
                 locked.set()
                 time.sleep(seconds)
             released.append(time.monotonic())
@@ -115,6 +122,22 @@ def test_lock_timeout_is_conversation_busy_and_writes_nothing(
     assert response.json()["error"]["code"] == "conversation_busy"
     assert not ConversationEntry.objects.filter(content="blocked").exists()
     assert Conversation.objects.get(pk=a.conversation_id).last_seq == 2
+
+
+@override_settings(CONVERSATION_LOCK_TIMEOUT_MS=200)
+def test_a_heartbeat_waiting_for_a_locked_thread_is_bounded_by_the_lock_timeout() -> None:
+    result = message_handle(user_id="alice", channel="web", content="hello")
+    thread_claim(user_id="alice", thread_id=result.thread_id, worker_id="w1")
+    locked, released = threading.Event(), list[float]()
+    holder = _hold_row_lock(result.thread_id, 1.5, locked, released, model=Thread)
+
+    started = time.monotonic()
+    with pytest.raises(ConversationBusy):
+        thread_lease_renew(user_id="alice", thread_id=result.thread_id, worker_id="w1")
+    waited = time.monotonic() - started
+    holder.join()
+
+    assert 0.15 < waited < 1.0
 
 
 def test_racing_claims_have_exactly_one_winner() -> None:
@@ -185,3 +208,33 @@ def test_clear_racing_with_messages_never_leaves_a_tracked_thread_without_its_en
     for entry in ConversationEntry.objects.filter(sender="user"):
         assert entry.thread is not None
         assert entry.thread.tracked
+
+
+@override_settings(CONVERSATION_LOCK_TIMEOUT_MS=20_000)
+def test_a_message_committing_while_the_engine_suspends_is_not_stranded() -> None:
+    first = message_handle(user_id="alice", channel="web", content="start")
+    thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+    thread_inbox_take(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+    mark_run_jobs_taken(first.thread_id)
+    injected, results = threading.Event(), list[MessageResult]()
+
+    def message_in_flight() -> None:
+        # The message is written but not yet committed when the engine suspends.
+        try:
+            with transaction.atomic():
+                results.append(message_handle(user_id="alice", channel="web", content="late"))
+                injected.set()
+                time.sleep(1.0)
+        finally:
+            connection.close()
+
+    sender = threading.Thread(target=message_in_flight)
+    sender.start()
+    assert injected.wait(timeout=10)
+    thread_suspend(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+    sender.join()
+
+    assert results[0].action == "injected"
+    assert Thread.objects.get(pk=first.thread_id).state == "suspended"
+    # The late message waits in the parked thread's inbox for a run that will take it.
+    assert run_jobs_for(first.thread_id) == ["doing", "todo"]

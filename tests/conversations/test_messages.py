@@ -14,6 +14,7 @@ from conversations.services import (
     conversation_start_new,
     message_handle,
     thread_claim,
+    thread_inbox_take,
     thread_outcome_record,
     thread_suspend,
 )
@@ -130,6 +131,29 @@ def test_a_suspended_thread_is_resumed_with_the_message() -> None:
     )
 
 
+def test_suspending_with_an_unread_message_enqueues_a_run_to_take_it() -> None:
+    first = message_handle(user_id="alice", channel="web", content="hello")
+    thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+    _mark_jobs_done(first.thread_id)
+    late = message_handle(user_id="alice", channel="web", content="after the last inbox read")
+
+    thread_suspend(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+
+    assert late.action == "injected"
+    assert Thread.objects.get(pk=first.thread_id).state == "suspended"
+    assert run_jobs_for(first.thread_id).count("todo") == 1
+
+
+def test_suspending_with_an_empty_inbox_waits_for_the_next_message() -> None:
+    first = message_handle(user_id="alice", channel="web", content="hello")
+    thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+    _mark_jobs_done(first.thread_id)
+
+    thread_suspend(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+
+    assert run_jobs_for(first.thread_id).count("todo") == 0
+
+
 def test_queue_policy_stores_the_message_and_makes_it_the_next_goal() -> None:
     first = message_handle(user_id="alice", channel="web", content="hello")
     conversation_busy_policy_set(
@@ -208,6 +232,24 @@ def test_interrupt_policy_cancels_the_live_thread_and_spawns_a_new_one() -> None
         (4, "user", "no, do this", new.id),
         (5, "system", "Thread started", new.id),
     ]
+
+
+def test_interrupt_carries_messages_the_interrupted_thread_never_took() -> None:
+    first = message_handle(user_id="alice", channel="web", content="hello")
+    thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w1")
+    unread = message_handle(user_id="alice", channel="web", content="also this")
+    conversation_busy_policy_set(
+        user_id="alice", conversation_id=first.conversation_id, busy_policy="interrupt"
+    )
+
+    second = message_handle(user_id="alice", channel="web", content="no, do this")
+
+    new = Thread.objects.get(pk=second.thread_id)
+    assert unread.action == "injected"
+    assert new.goal == "also this\n\nno, do this"
+    assert new.metadata["goal_entry_seqs"] == [unread.seq, second.seq]
+    assert ConversationEntry.objects.get(seq=unread.seq).delivered_at is not None
+    assert thread_inbox_take(user_id="alice", thread_id=first.thread_id, worker_id="w1") == []
 
 
 def test_interrupting_an_unclaimed_thread_stops_it_at_once() -> None:

@@ -68,3 +68,16 @@ def test_docs_ui_loads_its_assets_from_this_server(client: Client) -> None:
     asset = html.split('src="')[1].split('"')[0]
     assert asset.startswith("/static/")
     assert client.get(asset).status_code == 200
+
+
+def test_json_nested_too_deeply_is_a_400_parse_error(
+    tenant_client: Callable[[str], APIClient],
+) -> None:
+    body = "[" * 100_000
+
+    response = tenant_client("alice").post(
+        "/api/v1/messages", body, content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "parse_error"
