@@ -320,3 +320,24 @@ def test_absurd_version_numbers_are_404_not_500(alice: APIClient) -> None:
 
     assert detail.status_code == 404
     assert restore.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"{DOCS}/a.md",
+        f"{DOCS}/a.md/append",
+        f"{DOCS}/a.md/patch",
+        f"{DOCS}/a.md/versions",
+        f"{DOCS}/a.md/versions/1",
+        f"{DOCS}/a.md/versions/1/restore",
+        "/api/v1/workspace/list",
+        "/api/v1/workspace/tree",
+        "/api/v1/workspace/search",
+    ],
+)
+def test_options_on_every_workspace_endpoint_is_200_not_500(alice: APIClient, url: str) -> None:
+    response = alice.options(url)
+
+    assert response.status_code == 200
+    assert "application/json" in response.json()["renders"]

@@ -126,18 +126,19 @@ class DocumentActionView(WorkspaceView):
     the document ``notes/append``. Only the action's methods on its exact suffix are ambiguous.
     """
 
-    def suffix(self, **kwargs: Any) -> str:
+    # Not ``suffix``: DRF reads ``view.suffix`` as a string when it names the view (OPTIONS).
+    def path_suffix(self, **kwargs: Any) -> str:
         raise NotImplementedError
 
     def http_method_not_allowed(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         if request.method and request.method.lower() in {"get", "put", "delete"}:
-            full_path = f"{kwargs['path']}/{self.suffix(**kwargs)}"
+            full_path = f"{kwargs['path']}/{self.path_suffix(**kwargs)}"
             return DocumentView.as_view()(request._request, path=full_path)
         return super().http_method_not_allowed(request, *args, **kwargs)
 
 
 class DocumentAppendView(DocumentActionView):
-    def suffix(self, **kwargs: Any) -> str:
+    def path_suffix(self, **kwargs: Any) -> str:
         return "append"
 
     @extend_schema_serializer(component_name="WorkspaceAppend")
@@ -166,7 +167,7 @@ class DocumentAppendView(DocumentActionView):
 
 
 class DocumentPatchView(DocumentActionView):
-    def suffix(self, **kwargs: Any) -> str:
+    def path_suffix(self, **kwargs: Any) -> str:
         return "patch"
 
     @extend_schema_serializer(component_name="WorkspacePatch")
@@ -213,7 +214,7 @@ class VersionOutputSerializer(serializers.Serializer):
 
 
 class DocumentVersionsView(DocumentActionView):
-    def suffix(self, **kwargs: Any) -> str:
+    def path_suffix(self, **kwargs: Any) -> str:
         return "versions"
 
     @extend_schema(
@@ -232,7 +233,7 @@ class DocumentVersionsView(DocumentActionView):
 
 
 class DocumentVersionView(DocumentActionView):
-    def suffix(self, **kwargs: Any) -> str:
+    def path_suffix(self, **kwargs: Any) -> str:
         return f"versions/{kwargs['version']}"
 
     @extend_schema_serializer(component_name="WorkspaceVersionDetail")
@@ -253,7 +254,7 @@ class DocumentVersionView(DocumentActionView):
 
 
 class DocumentRestoreView(DocumentActionView):
-    def suffix(self, **kwargs: Any) -> str:
+    def path_suffix(self, **kwargs: Any) -> str:
         return f"versions/{kwargs['version']}/restore"
 
     @extend_schema(
