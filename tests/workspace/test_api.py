@@ -341,3 +341,59 @@ def test_options_on_every_workspace_endpoint_is_200_not_500(alice: APIClient, ur
 
     assert response.status_code == 200
     assert "application/json" in response.json()["renders"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/api/v1/workspace/list", "/api/v1/workspace/tree", f"{DOCS}/a.md/versions"],
+)
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"limit": "9" * 21}, "limit"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "-1"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"offset": "-5"}, "offset"),
+        ({"offset": "9" * 30}, "offset"),
+        ({"offset": "x"}, "offset"),
+    ],
+)
+def test_bad_page_parameters_are_400_naming_the_parameter(
+    alice: APIClient, url: str, query: dict[str, str], field: str
+) -> None:
+    alice.put(f"{DOCS}/a.md", {"content": "one"}, format="json")
+    alice.put(f"{DOCS}/a.md", {"content": "two"}, format="json")
+
+    response = alice.get(url, query)
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]["details"]
+
+
+def test_page_parameters_in_range_page_through_the_tree(alice: APIClient) -> None:
+    for name in ("a", "b", "c"):
+        alice.put(f"{DOCS}/{name}.md", {"content": name}, format="json")
+
+    first = alice.get("/api/v1/workspace/tree", {"limit": 2})
+    rest = alice.get("/api/v1/workspace/tree", {"limit": 1000, "offset": 2})
+
+    assert [entry["path"] for entry in first.json()["results"]] == ["a.md", "b.md"]
+    assert first.json()["count"] == 3
+    assert [entry["path"] for entry in rest.json()["results"]] == ["c.md"]
+
+
+def test_openapi_schema_documents_the_paginated_workspace_lists(client: Client) -> None:
+    schema = json.loads(client.get("/api/schema/", HTTP_ACCEPT="application/json").content)
+
+    for path in [
+        "/api/v1/workspace/list",
+        "/api/v1/workspace/tree",
+        "/api/v1/workspace/documents/{path}/versions",
+    ]:
+        operation = schema["paths"][path]["get"]
+        reference = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        component = schema["components"]["schemas"][reference.rsplit("/", 1)[1]]
+        limit = next(p for p in operation["parameters"] if p["name"] == "limit")
+        assert set(component["properties"]) >= {"count", "next", "previous", "results"}
+        assert limit["schema"]["maximum"] == 1000

@@ -15,13 +15,13 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import request_user_id
 from workspace import selectors, services
+from workspace.api.pagination import WorkspacePagination
 from workspace.errors import DocumentTooLarge
 from workspace.search import MODES, workspace_search
 
@@ -214,6 +214,9 @@ class VersionOutputSerializer(serializers.Serializer):
 
 
 class DocumentVersionsView(DocumentActionView):
+    # Also what the OpenAPI schema reads to document the paginated shape and its parameters.
+    pagination_class = WorkspacePagination
+
     def path_suffix(self, **kwargs: Any) -> str:
         return "versions"
 
@@ -227,7 +230,7 @@ class DocumentVersionsView(DocumentActionView):
     )
     def get(self, request: Request, path: str) -> Response:
         versions = selectors.document_versions(user_id=request_user_id(request), path=path)
-        paginator = LimitOffsetPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(versions, request, view=self)
         return paginator.get_paginated_response(VersionOutputSerializer(page, many=True).data)
 
@@ -275,6 +278,8 @@ class DocumentRestoreView(DocumentActionView):
 
 
 class ListView(WorkspaceView):
+    pagination_class = WorkspacePagination
+
     @extend_schema_serializer(component_name="WorkspaceListEntry")
     class OutputSerializer(serializers.Serializer):
         path = serializers.CharField()
@@ -301,12 +306,14 @@ class ListView(WorkspaceView):
         entries = selectors.document_list(
             user_id=request_user_id(request), directory=request.query_params.get("path", "")
         )
-        paginator = LimitOffsetPagination()
+        paginator = self.pagination_class()
         page: Any = paginator.paginate_queryset(entries, request, view=self)  # type: ignore[arg-type]
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
 
 class TreeView(WorkspaceView):
+    pagination_class = WorkspacePagination
+
     @extend_schema_serializer(component_name="WorkspaceTreeEntry")
     class OutputSerializer(serializers.Serializer):
         path = serializers.CharField()
@@ -330,7 +337,7 @@ class TreeView(WorkspaceView):
         documents = selectors.document_tree(
             user_id=request_user_id(request), prefix=request.query_params.get("path", "")
         )
-        paginator = LimitOffsetPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(documents, request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
