@@ -637,7 +637,10 @@ def document_index(*, document_id: uuid.UUID | str, force: bool = False) -> str:
             .filter(pk=snapshot["id"], content_hash=source_hash, is_runtime=False)
             .first()
         )
-        if locked is None:
+        # A metadata-only write (same hash) may have set skip_indexing and dropped the chunks
+        # while we embedded; storing ours would resurrect them. Any write that still wants an
+        # index marked the document pending and queued (or ran) a job of its own.
+        if locked is None or locked.metadata != snapshot["metadata"]:
             return IndexOutcome.STALE
         Chunk.objects.filter(document_id=locked.pk).delete()
         Chunk.objects.bulk_create(
