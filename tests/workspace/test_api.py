@@ -5,9 +5,11 @@ from collections.abc import Callable
 
 import pytest
 from django.test import Client
+from pytest_django import DjangoAssertNumQueries
 from pytest_django.fixtures import Settings as SettingsWrapper
 from rest_framework.test import APIClient
 
+from workspace import services
 from workspace.models import Chunk, Document, DocumentVersion
 
 pytestmark = pytest.mark.django_db
@@ -397,3 +399,83 @@ def test_openapi_schema_documents_the_paginated_workspace_lists(client: Client) 
         limit = next(p for p in operation["parameters"] if p["name"] == "limit")
         assert set(component["properties"]) >= {"count", "next", "previous", "results"}
         assert limit["schema"]["maximum"] == 1000
+
+
+def test_another_tenants_path_is_404_on_every_document_endpoint(
+    alice: APIClient, tenant_client: TenantClient
+) -> None:
+    for content in ("one", "two"):
+        alice.put(f"{DOCS}/engine/knowledge/k.md", {"content": content}, format="json")
+        alice.put(f"{DOCS}/engine/.runtime/t.json", {"content": content}, format="json")
+    bob = tenant_client("bob")
+
+    statuses = {
+        (path, action): response.status_code
+        for path in ("engine/knowledge/k.md", "engine/.runtime/t.json")
+        for action, response in [
+            ("read", bob.get(f"{DOCS}/{path}")),
+            ("versions", bob.get(f"{DOCS}/{path}/versions")),
+            ("version", bob.get(f"{DOCS}/{path}/versions/1")),
+            ("restore", bob.post(f"{DOCS}/{path}/versions/1/restore")),
+            ("patch", bob.post(f"{DOCS}/{path}/patch", {"old": "two", "new": "x"}, format="json")),
+            ("delete", bob.delete(f"{DOCS}/{path}")),
+        ]
+    }
+
+    assert set(statuses.values()) == {404}
+    assert sorted(Document.objects.values_list("user_id", "path", "content")) == [
+        ("alice", "engine/.runtime/t.json", "two"),
+        ("alice", "engine/knowledge/k.md", "two"),
+    ]
+    assert DocumentVersion.objects.filter(user_id="alice").count() == 1
+
+
+def test_append_to_another_tenants_path_writes_only_in_the_callers_workspace(
+    alice: APIClient, tenant_client: TenantClient
+) -> None:
+    alice.put(f"{DOCS}/log.md", {"content": "alice"}, format="json")
+
+    response = tenant_client("bob").post(f"{DOCS}/log.md/append", {"content": "bob"}, format="json")
+
+    assert response.json()["content"] == "bob"
+    assert Document.objects.get(user_id="alice", path="log.md").content == "alice"
+
+
+def test_list_tree_and_search_never_show_another_tenants_documents(
+    alice: APIClient, tenant_client: TenantClient
+) -> None:
+    bob = tenant_client("bob")
+    bob.put(f"{DOCS}/shared/ferns.md", {"content": "ferns ferns"}, format="json")
+    bob.put(f"{DOCS}/top.md", {"content": "ferns"}, format="json")
+    alice.put(f"{DOCS}/shared/mine.md", {"content": "moss"}, format="json")
+
+    root = alice.get("/api/v1/workspace/list")
+    folder = alice.get("/api/v1/workspace/list", {"path": "shared"})
+    tree = alice.get("/api/v1/workspace/tree")
+    search = alice.post("/api/v1/workspace/search", {"query": "ferns"}, format="json")
+
+    assert [entry["path"] for entry in root.json()["results"]] == ["shared"]
+    assert [entry["path"] for entry in folder.json()["results"]] == ["shared/mine.md"]
+    assert [entry["path"] for entry in tree.json()["results"]] == ["shared/mine.md"]
+    # The vector leg ranks every chunk of the tenant; none of them may be bob's.
+    assert [result["path"] for result in search.json()["results"]] == ["shared/mine.md"]
+
+
+@pytest.mark.parametrize(
+    "url", ["/api/v1/workspace/list", "/api/v1/workspace/tree", f"{DOCS}/a.md/versions"]
+)
+def test_workspace_lists_take_the_same_queries_for_many_rows(
+    alice: APIClient, url: str, django_assert_max_num_queries: DjangoAssertNumQueries
+) -> None:
+    # Authentication (key lookup) + the selector's lookup + count + page.
+    budget = 4
+    for number in range(30):
+        services.document_write(user_id="alice", path=f"f{number}/d.md", content="x")
+        services.document_write(user_id="alice", path=f"d{number}.md", content="x")
+        services.document_write(user_id="alice", path="a.md", content=f"v{number}")
+
+    with django_assert_max_num_queries(budget):
+        response = alice.get(url, {"limit": 1000})
+
+    assert response.status_code == 200
+    assert len(response.json()["results"]) >= 29
