@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 
 import pytest
 from django.test import Client
+from rest_framework.exceptions import ParseError
 from rest_framework.test import APIClient
+
+from ironclaw_site.api.parsers import JSONParser
 
 pytestmark = pytest.mark.django_db
 
@@ -68,3 +72,21 @@ def test_docs_ui_loads_its_assets_from_this_server(client: Client) -> None:
     asset = html.split('src="')[1].split('"')[0]
     assert asset.startswith("/static/")
     assert client.get(asset).status_code == 200
+
+
+def test_json_nested_past_the_recursion_limit_is_a_parse_error() -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+
+    with pytest.raises(ParseError, match="nested too deeply"):
+        JSONParser().parse(io.BytesIO(body), "application/json", {})
+
+
+def test_deeply_nested_json_body_is_a_json_400(tenant_client: Callable[[str], APIClient]) -> None:
+    body = '{"query": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+    response = tenant_client("alice").generic(
+        "POST", "/api/v1/workspace/search", data=body, content_type="application/json"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "parse_error"
