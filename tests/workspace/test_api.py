@@ -479,3 +479,16 @@ def test_workspace_lists_take_the_same_queries_for_many_rows(
 
     assert response.status_code == 200
     assert len(response.json()["results"]) >= 29
+
+
+def test_version_detail_does_not_load_the_current_content(
+    alice: APIClient, django_assert_max_num_queries: DjangoAssertNumQueries
+) -> None:
+    alice.put(f"{DOCS}/a.md", {"content": "old"}, format="json")
+    alice.put(f"{DOCS}/a.md", {"content": "current " * 1000}, format="json")
+
+    with django_assert_max_num_queries(2) as queries:
+        response = alice.get(f"{DOCS}/a.md/versions/1")
+
+    assert response.json()["content"] == "old"
+    assert not any('"workspace_document"."content"' in query["sql"] for query in queries)
