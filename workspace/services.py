@@ -860,6 +860,9 @@ def versions_prune(
     return result
 
 
+MAX_RETENTION_DAYS = 36_500
+
+
 @dataclass
 class HygieneResult:
     folders: int = 0
@@ -887,12 +890,15 @@ def workspace_hygiene(
         except (TypeError, ValueError):
             days = 30
         result.folders += 1
+        # Tenants write this number: one beyond what a date can go back must not abort the run
+        # for every other tenant (OverflowError); nothing is older than a century anyway.
+        cutoff = now - timedelta(days=min(days, MAX_RETENTION_DAYS))
         folder = config.path[: -len(CONFIG_NAME)]
         expired = (
             Document.objects.filter(
                 user_id=config.user_id,
                 path__startswith=folder,
-                updated_at__lt=now - timedelta(days=days),
+                updated_at__lt=cutoff,
             )
             .exclude(path__endswith=f"/{CONFIG_NAME}")
             .exclude(path=CONFIG_NAME)
@@ -905,6 +911,6 @@ def workspace_hygiene(
         if not dry_run and immediate:
             with transaction.atomic():
                 Document.objects.filter(
-                    pk__in=[pk for pk, _ in immediate], updated_at__lt=now - timedelta(days=days)
+                    pk__in=[pk for pk, _ in immediate], updated_at__lt=cutoff
                 ).delete()
     return result

@@ -140,3 +140,34 @@ def test_workspace_hygiene_deletes_expired_immediate_children() -> None:
         "daily/sub/old.md",
         "other/old.md",
     ]
+
+
+@pytest.mark.parametrize("retention", [10**9, 10**30, "forever", [1], None])
+def test_one_tenants_odd_retention_does_not_stop_hygiene_for_the_others(
+    retention: object,
+) -> None:
+    services.document_write(
+        user_id="alice",
+        path="daily/.config",
+        content="",
+        metadata={"hygiene": {"enabled": True, "retention_days": retention}},
+    )
+    services.document_write(
+        user_id="bob",
+        path="daily/.config",
+        content="",
+        metadata={"hygiene": {"enabled": True, "retention_days": 7}},
+    )
+    for tenant in ("alice", "bob"):
+        services.document_write(user_id=tenant, path="daily/old.md", content="x")
+    Document.objects.filter(path="daily/old.md").update(
+        updated_at=timezone.now() - timedelta(days=40)
+    )
+
+    output = run("workspace_hygiene")
+
+    assert "Found 2 folder(s)" in output
+    assert not Document.objects.filter(user_id="bob", path="daily/old.md").exists()
+    alice_kept = Document.objects.filter(user_id="alice", path="daily/old.md").exists()
+    # An unreadable retention falls back to 30 days; a huge one keeps everything.
+    assert alice_kept is isinstance(retention, int)
