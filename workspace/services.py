@@ -9,7 +9,8 @@ Two paths, decided by ``is_runtime_path``:
 
 Locking order: document row first, then its versions and chunks. Version numbers are allocated
 under the document row lock (``FOR NO KEY UPDATE``: it does not block chunk/version inserts that
-only take ``FOR KEY SHARE`` on the document through their foreign key).
+only take ``FOR KEY SHARE`` on the document through their foreign key). Request writes wait for
+that lock at most ``WORKSPACE_LOCK_TIMEOUT_MS`` (``SET LOCAL``), then raise ``DocumentBusy`` (409).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg.errors
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 from procrastinate.exceptions import AlreadyEnqueued
@@ -33,6 +36,7 @@ from psycopg.types.json import Jsonb
 from workspace.chunking import chunk_text
 from workspace.embeddings import EmbeddingError, embedding_provider
 from workspace.errors import (
+    DocumentBusy,
     DocumentNotFound,
     DocumentTooLarge,
     InvalidContent,
@@ -281,6 +285,28 @@ def _runtime_patch(
 # --- Document paths: one transaction under the row lock ----------------------------------------
 
 
+@contextmanager
+def _locked_transaction() -> Iterator[None]:
+    """One transaction whose lock waits are bounded by ``WORKSPACE_LOCK_TIMEOUT_MS``.
+
+    A document row is held only briefly by writers, but a maintenance batch (cleanup, indexing of
+    a large document) can hold it longer; a request waits that long at most, then gets a 409.
+    """
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                # Transaction-scoped (SET LOCAL semantics): a pooled connection never keeps it.
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true)",
+                    [f"{settings.WORKSPACE_LOCK_TIMEOUT_MS}ms"],
+                )
+            yield
+    except OperationalError as error:
+        if isinstance(error.__cause__, psycopg.errors.LockNotAvailable):
+            raise DocumentBusy() from None
+        raise
+
+
 def _lock_document(*, user_id: str, path: str) -> Document | None:
     return (
         Document.objects.select_for_update(no_key=True, of=("self",))
@@ -426,7 +452,7 @@ def document_write(
         _check_metadata(metadata)
     if is_runtime_path(normalised):
         return _runtime_write(user_id=user_id, path=normalised, content=content, metadata=metadata)
-    with transaction.atomic():
+    with _locked_transaction():
         document = _lock_or_create_document(user_id=user_id, path=normalised)
         index_due = _apply_change(
             document, content=content, metadata=metadata, changed_by=changed_by or user_id
@@ -444,7 +470,7 @@ def document_append(
     _check_size(content)
     if is_runtime_path(normalised):
         return _runtime_append(user_id=user_id, path=normalised, content=content)
-    with transaction.atomic():
+    with _locked_transaction():
         document = _lock_or_create_document(user_id=user_id, path=normalised)
         combined = f"{document.content}\n{content}" if document.content else content
         _check_size(combined)
@@ -481,7 +507,7 @@ def document_patch(
             user_id=user_id, path=normalised, old=old, new=new, replace_all=replace_all
         )
         return PatchResult(document=document, replacements=count)
-    with transaction.atomic():
+    with _locked_transaction():
         locked = _lock_document(user_id=user_id, path=normalised)
         if locked is None:
             raise _not_found(normalised)
@@ -534,7 +560,7 @@ def document_restore(
                 f"{normalised!r} has no version {version}.", details={"version": version}
             )
         return _runtime_write(user_id=user_id, path=normalised, content=restored, metadata=None)
-    with transaction.atomic():
+    with _locked_transaction():
         document = _lock_document(user_id=user_id, path=normalised)
         if document is None:
             raise _not_found(normalised)

@@ -8,13 +8,14 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from tests.support.concurrency import run_together_or_raise
 from tests.workspace.embeddings_server import FakeEmbeddingsServer
 from workspace import services
 from workspace.chunking import chunk_text
+from workspace.errors import DocumentBusy
 from workspace.models import Chunk, Document, DocumentVersion, IndexState
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -203,3 +204,46 @@ def _index_then_close(document_id: uuid.UUID) -> None:
         services.document_index(document_id=document_id)
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("operation", ["write", "append", "patch", "restore"])
+def test_a_write_waiting_past_the_lock_timeout_is_document_busy_and_changes_nothing(
+    settings: SettingsWrapper, operation: str
+) -> None:
+    settings.WORKSPACE_LOCK_TIMEOUT_MS = 100
+    services.document_write(user_id="alice", path="held.md", content="one")
+    services.document_write(user_id="alice", path="held.md", content="two")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        try:
+            with transaction.atomic():
+                Document.objects.select_for_update().get(path="held.md")
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    locked.wait(timeout=10)
+    writes: dict[str, Callable[[], object]] = {
+        "write": lambda: services.document_write(user_id="alice", path="held.md", content="x"),
+        "append": lambda: services.document_append(user_id="alice", path="held.md", content="x"),
+        "patch": lambda: services.document_patch(
+            user_id="alice", path="held.md", old="two", new="x"
+        ),
+        "restore": lambda: services.document_restore(user_id="alice", path="held.md", version=1),
+    }
+    try:
+        started = time.monotonic()
+        with pytest.raises(DocumentBusy):
+            writes[operation]()
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join(timeout=30)
+
+    assert waited < 5
+    assert Document.objects.get(path="held.md").content == "two"
+    assert DocumentVersion.objects.count() == 1
