@@ -492,3 +492,19 @@ def test_version_detail_does_not_load_the_current_content(
 
     assert response.json()["content"] == "old"
     assert not any('"workspace_document"."content"' in query["sql"] for query in queries)
+
+
+@pytest.mark.parametrize(
+    "path", ["notes/versions/007", "notes/versions/01/restore", "notes/append", "a%2Fb/patch"]
+)
+def test_a_document_named_like_an_action_keeps_its_exact_path(alice: APIClient, path: str) -> None:
+    expected = path.replace("%2F", "/")
+
+    written = alice.put(f"{DOCS}/{path}", {"content": "x"}, format="json")
+    stored = list(Document.objects.values_list("path", flat=True))
+    deleted = alice.delete(f"{DOCS}/{path}")
+
+    assert written.json()["path"] == expected
+    assert stored == [expected]
+    assert deleted.status_code == 204
+    assert not Document.objects.exists()

@@ -126,21 +126,16 @@ class DocumentActionView(WorkspaceView):
     the document ``notes/append``. Only the action's methods on its exact suffix are ambiguous.
     """
 
-    # Not ``suffix``: DRF reads ``view.suffix`` as a string when it names the view (OPTIONS).
-    def path_suffix(self, **kwargs: Any) -> str:
-        raise NotImplementedError
-
     def http_method_not_allowed(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         if request.method and request.method.lower() in {"get", "put", "delete"}:
-            full_path = f"{kwargs['path']}/{self.path_suffix(**kwargs)}"
+            # The document path is the URL after documents/ as sent: rebuilding it from the
+            # route's converted kwargs would turn versions/007 into versions/7.
+            full_path = request.path_info.split("/documents/", 1)[1]
             return DocumentView.as_view()(request._request, path=full_path)
         return super().http_method_not_allowed(request, *args, **kwargs)
 
 
 class DocumentAppendView(DocumentActionView):
-    def path_suffix(self, **kwargs: Any) -> str:
-        return "append"
-
     @extend_schema_serializer(component_name="WorkspaceAppend")
     class InputSerializer(serializers.Serializer):
         content = _text_field()
@@ -167,9 +162,6 @@ class DocumentAppendView(DocumentActionView):
 
 
 class DocumentPatchView(DocumentActionView):
-    def path_suffix(self, **kwargs: Any) -> str:
-        return "patch"
-
     @extend_schema_serializer(component_name="WorkspacePatch")
     class InputSerializer(serializers.Serializer):
         old = serializers.CharField(trim_whitespace=False)
@@ -217,9 +209,6 @@ class DocumentVersionsView(DocumentActionView):
     # Also what the OpenAPI schema reads to document the paginated shape and its parameters.
     pagination_class = WorkspacePagination
 
-    def path_suffix(self, **kwargs: Any) -> str:
-        return "versions"
-
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_versions",
@@ -236,9 +225,6 @@ class DocumentVersionsView(DocumentActionView):
 
 
 class DocumentVersionView(DocumentActionView):
-    def path_suffix(self, **kwargs: Any) -> str:
-        return f"versions/{kwargs['version']}"
-
     @extend_schema_serializer(component_name="WorkspaceVersionDetail")
     class OutputSerializer(VersionOutputSerializer):
         content = serializers.CharField()
@@ -257,9 +243,6 @@ class DocumentVersionView(DocumentActionView):
 
 
 class DocumentRestoreView(DocumentActionView):
-    def path_suffix(self, **kwargs: Any) -> str:
-        return f"versions/{kwargs['version']}/restore"
-
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_restore",
