@@ -722,8 +722,9 @@ def runtime_chunks_cleanup(
     progress: Callable[[RuntimeCleanup], None] | None = None,
 ) -> RuntimeCleanup:
     """Recompute runtime flags from the current setting; purge runtime documents' chunks (and with
-    ``include_versions`` their versions). One transaction per batch of documents, rows locked in
-    pk order; flipped rows stop matching, so a rerun after an interruption resumes where it stopped.
+    ``include_versions`` their versions); index documents that are no longer runtime. One
+    transaction per batch of documents, rows locked in pk order; flipped rows stop matching, so a
+    rerun after an interruption resumes where it stopped.
     """
     documents = Document.objects.all()
     if user_id is not None:
@@ -778,6 +779,8 @@ def runtime_chunks_cleanup(
             summary.unflagged += Document.objects.filter(pk__in=ids, is_runtime=True).update(
                 is_runtime=False, index_state=IndexState.PENDING
             )
+        # Pending alone would wait for the next write: nothing else queues these documents.
+        documents_reindex(document_ids=ids)
         summary.batches += 1
         if progress:
             progress(summary)

@@ -10,6 +10,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 
 from workspace import services
 from workspace.models import Chunk, Document, DocumentVersion, IndexState
+from workspace.search import workspace_search
 
 pytestmark = pytest.mark.django_db
 
@@ -171,3 +172,20 @@ def test_one_tenants_odd_retention_does_not_stop_hygiene_for_the_others(
     alice_kept = Document.objects.filter(user_id="alice", path="daily/old.md").exists()
     # An unreadable retention falls back to 30 days; a huge one keeps everything.
     assert alice_kept is isinstance(retention, int)
+
+
+def test_cleanup_runtime_chunks_indexes_documents_that_are_no_longer_runtime(
+    settings: SettingsWrapper,
+) -> None:
+    services.document_write(user_id="alice", path="engine/.runtime/notes.md", content="ferns")
+    settings.WORKSPACE_RUNTIME_PATHS = []
+
+    output = run("cleanup_runtime_chunks")
+
+    document = Document.objects.get(path="engine/.runtime/notes.md")
+    assert "1 no longer runtime" in output
+    assert not document.is_runtime
+    assert document.index_state == IndexState.INDEXED
+    assert [
+        r.path for r in workspace_search(user_id="alice", query="ferns", mode="fts").results
+    ] == ["engine/.runtime/notes.md"]
