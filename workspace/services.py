@@ -899,11 +899,25 @@ class HygieneResult:
     deleted_paths: list[str] | None = None
 
 
+def _retention_cutoff(hygiene: Any, *, now: datetime) -> datetime | None:
+    """Documents updated before this expire under ``hygiene``; None when it is not enabled."""
+    if not isinstance(hygiene, dict) or not hygiene.get("enabled"):
+        return None
+    try:
+        days = max(1, int(hygiene.get("retention_days", 30)))
+    except (TypeError, ValueError):
+        days = 30
+    # Tenants write this number: one beyond what a date can go back must not abort the run for
+    # every other tenant (OverflowError); nothing is older than a century anyway.
+    return now - timedelta(days=min(days, MAX_RETENTION_DAYS))
+
+
 def workspace_hygiene(
     *, user_id: str | None = None, dry_run: bool = False, now: datetime | None = None
 ) -> HygieneResult:
     """For each ``.config`` with ``hygiene.enabled``: delete the folder's immediate documents not
-    updated for ``retention_days`` (default 30, at least 1). ``.config`` documents are kept.
+    updated for ``retention_days`` (default 30, at least 1). ``.config`` documents are kept. A
+    document's own ``hygiene`` replaces the folder's (the metadata overlay), so it can opt out.
     """
     now = now or timezone.now()
     configs = Document.objects.filter(Q(path=CONFIG_NAME) | Q(path__endswith=f"/{CONFIG_NAME}"))
@@ -911,35 +925,37 @@ def workspace_hygiene(
         configs = configs.filter(user_id=user_id)
     result = HygieneResult(deleted_paths=[])
     for config in configs.only("user_id", "path", "metadata").order_by("user_id", "path"):
-        hygiene = config.metadata.get("hygiene") if isinstance(config.metadata, dict) else None
-        if not isinstance(hygiene, dict) or not hygiene.get("enabled"):
+        own = config.metadata if isinstance(config.metadata, dict) else {}
+        folder_cutoff = _retention_cutoff(own.get("hygiene"), now=now)
+        if folder_cutoff is None:
             continue
-        try:
-            days = max(1, int(hygiene.get("retention_days", 30)))
-        except (TypeError, ValueError):
-            days = 30
         result.folders += 1
-        # Tenants write this number: one beyond what a date can go back must not abort the run
-        # for every other tenant (OverflowError); nothing is older than a century anyway.
-        cutoff = now - timedelta(days=min(days, MAX_RETENTION_DAYS))
         folder = config.path[: -len(CONFIG_NAME)]
-        expired = (
-            Document.objects.filter(
-                user_id=config.user_id,
-                path__startswith=folder,
-                updated_at__lt=cutoff,
-            )
+        candidates = (
+            Document.objects.filter(user_id=config.user_id, path__startswith=folder)
+            .filter(Q(updated_at__lt=folder_cutoff) | Q(metadata__has_key="hygiene"))
             .exclude(path__endswith=f"/{CONFIG_NAME}")
             .exclude(path=CONFIG_NAME)
-            .values_list("pk", "path")
+            .values_list("pk", "path", "updated_at", "metadata")
         )
-        immediate = [(pk, path) for pk, path in expired if "/" not in path[len(folder) :]]
+        expired: dict[datetime, list[tuple[uuid.UUID, str]]] = {}
+        for pk, path, updated_at, metadata in candidates:
+            if "/" in path[len(folder) :]:
+                continue
+            cutoff = (
+                _retention_cutoff(metadata["hygiene"], now=now)
+                if isinstance(metadata, dict) and "hygiene" in metadata
+                else folder_cutoff
+            )
+            if cutoff is not None and updated_at < cutoff:
+                expired.setdefault(cutoff, []).append((pk, path))
         assert result.deleted_paths is not None
-        result.deleted_paths.extend(f"{config.user_id}:{path}" for _, path in immediate)
-        result.documents_deleted += len(immediate)
-        if not dry_run and immediate:
-            with transaction.atomic():
+        for cutoff, documents in expired.items():
+            result.deleted_paths.extend(f"{config.user_id}:{path}" for _, path in documents)
+            result.documents_deleted += len(documents)
+            if not dry_run:
+                # A write since the scan moves updated_at past the cutoff and keeps the document.
                 Document.objects.filter(
-                    pk__in=[pk for pk, _ in immediate], updated_at__lt=cutoff
+                    pk__in=[pk for pk, _ in documents], updated_at__lt=cutoff
                 ).delete()
     return result

@@ -189,3 +189,43 @@ def test_cleanup_runtime_chunks_indexes_documents_that_are_no_longer_runtime(
     assert [
         r.path for r in workspace_search(user_id="alice", query="ferns", mode="fts").results
     ] == ["engine/.runtime/notes.md"]
+
+
+def test_a_documents_own_hygiene_overrides_its_folders() -> None:
+    services.document_write(
+        user_id="alice",
+        path="daily/.config",
+        content="",
+        metadata={"hygiene": {"enabled": True, "retention_days": 7}},
+    )
+    services.document_write(
+        user_id="alice", path="daily/keep.md", content="x", metadata={"hygiene": {"enabled": False}}
+    )
+    services.document_write(
+        user_id="alice",
+        path="daily/longer.md",
+        content="x",
+        metadata={"hygiene": {"enabled": True, "retention_days": 60}},
+    )
+    services.document_write(
+        user_id="alice",
+        path="daily/shorter.md",
+        content="x",
+        metadata={"hygiene": {"enabled": True, "retention_days": 2}},
+    )
+    services.document_write(user_id="alice", path="daily/plain.md", content="x")
+    Document.objects.exclude(path="daily/shorter.md").update(
+        updated_at=timezone.now() - timedelta(days=30)
+    )
+    Document.objects.filter(path="daily/shorter.md").update(
+        updated_at=timezone.now() - timedelta(days=3)
+    )
+
+    output = run("workspace_hygiene")
+
+    assert "Deleted 2 document(s)" in output
+    assert sorted(Document.objects.values_list("path", flat=True)) == [
+        "daily/.config",
+        "daily/keep.md",
+        "daily/longer.md",
+    ]
