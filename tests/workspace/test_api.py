@@ -508,3 +508,15 @@ def test_a_document_named_like_an_action_keeps_its_exact_path(alice: APIClient, 
     assert stored == [expected]
     assert deleted.status_code == 204
     assert not Document.objects.exists()
+
+
+def test_openapi_schema_documents_the_workspace_error_responses(client: Client) -> None:
+    schema = json.loads(client.get("/api/schema/", HTTP_ACCEPT="application/json").content)
+
+    paths = schema["paths"]
+    write = paths["/api/v1/workspace/documents/{path}"]["put"]["responses"]
+    restore = paths["/api/v1/workspace/documents/{path}/versions/{version}/restore"]["post"]
+    error = write["413"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert set(write) >= {"200", "400", "409", "413"}
+    assert set(restore["responses"]) >= {"200", "400", "404", "409", "413"}
+    assert schema["components"]["schemas"][error]["required"] == ["error"]

@@ -10,6 +10,7 @@ from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
+    OpenApiResponse,
     extend_schema,
     extend_schema_serializer,
     inline_serializer,
@@ -33,6 +34,32 @@ PATH_PARAMETER = OpenApiParameter(
 )
 VERSION_PARAMETER = OpenApiParameter("version", OpenApiTypes.INT, OpenApiParameter.PATH)
 TAGS = ["workspace"]
+ERROR_RESPONSE = inline_serializer(
+    "WorkspaceError",
+    {
+        "error": inline_serializer(
+            "WorkspaceErrorBody",
+            {
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "details": serializers.DictField(),
+            },
+        )
+    },
+)
+ERROR_DESCRIPTIONS = {
+    400: "Invalid path, body or parameter; `details` names the field.",
+    404: "No such document (or version) in the caller's workspace.",
+    409: "Another write held the document longer than WORKSPACE_LOCK_TIMEOUT_MS.",
+    413: "The document (or request) is larger than WORKSPACE_MAX_DOCUMENT_BYTES allows.",
+}
+
+
+def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    return {
+        status: OpenApiResponse(ERROR_RESPONSE, description=ERROR_DESCRIPTIONS[status])
+        for status in statuses
+    }
 
 
 class WorkspaceView(APIView):
@@ -80,7 +107,7 @@ class DocumentView(WorkspaceView):
         tags=TAGS,
         operation_id="workspace_document_read",
         parameters=[PATH_PARAMETER],
-        responses=DocumentOutputSerializer,
+        responses={200: DocumentOutputSerializer, **_errors(400, 404)},
     )
     def get(self, request: Request, path: str) -> Response:
         document = selectors.document_get(user_id=request_user_id(request), path=path)
@@ -91,7 +118,7 @@ class DocumentView(WorkspaceView):
         operation_id="workspace_document_write",
         parameters=[PATH_PARAMETER],
         request=InputSerializer,
-        responses=DocumentOutputSerializer,
+        responses={200: DocumentOutputSerializer, **_errors(400, 409, 413)},
         description="Create or replace a document. Runtime paths cost one SQL statement; other "
         "paths version the old content and are indexed (in the background by default).",
     )
@@ -112,7 +139,7 @@ class DocumentView(WorkspaceView):
         tags=TAGS,
         operation_id="workspace_document_delete",
         parameters=[PATH_PARAMETER],
-        responses={204: None},
+        responses={204: None, **_errors(400, 404)},
     )
     def delete(self, request: Request, path: str) -> Response:
         services.document_delete(user_id=request_user_id(request), path=path)
@@ -145,7 +172,7 @@ class DocumentAppendView(DocumentActionView):
         operation_id="workspace_document_append",
         parameters=[PATH_PARAMETER],
         request=InputSerializer,
-        responses=DocumentOutputSerializer,
+        responses={200: DocumentOutputSerializer, **_errors(400, 409, 413)},
         description="Append content on a new line, creating the document if needed.",
     )
     def post(self, request: Request, path: str) -> Response:
@@ -177,7 +204,7 @@ class DocumentPatchView(DocumentActionView):
         operation_id="workspace_document_patch",
         parameters=[PATH_PARAMETER],
         request=InputSerializer,
-        responses=OutputSerializer,
+        responses={200: OutputSerializer, **_errors(400, 404, 409, 413)},
         description="Replace the first occurrence of `old` (or all with `replace_all`).",
     )
     def post(self, request: Request, path: str) -> Response:
@@ -213,7 +240,7 @@ class DocumentVersionsView(DocumentActionView):
         tags=TAGS,
         operation_id="workspace_document_versions",
         parameters=[PATH_PARAMETER],
-        responses=VersionOutputSerializer(many=True),
+        responses={200: VersionOutputSerializer(many=True), **_errors(400, 404)},
         description="Versions of a document (the contents it had before each change), newest "
         "first.",
     )
@@ -233,7 +260,7 @@ class DocumentVersionView(DocumentActionView):
         tags=TAGS,
         operation_id="workspace_document_version",
         parameters=[PATH_PARAMETER, VERSION_PARAMETER],
-        responses=OutputSerializer,
+        responses={200: OutputSerializer, **_errors(400, 404)},
     )
     def get(self, request: Request, path: str, version: int) -> Response:
         found = selectors.document_version(
@@ -248,7 +275,7 @@ class DocumentRestoreView(DocumentActionView):
         operation_id="workspace_document_restore",
         parameters=[PATH_PARAMETER, VERSION_PARAMETER],
         request=None,
-        responses=DocumentOutputSerializer,
+        responses={200: DocumentOutputSerializer, **_errors(400, 404, 409, 413)},
         description="Write version n back as the current content (the current content becomes "
         "a new version).",
     )
@@ -282,7 +309,7 @@ class ListView(WorkspaceView):
                 description="Folder; root if empty",
             )
         ],
-        responses=OutputSerializer(many=True),
+        responses={200: OutputSerializer(many=True), **_errors(400)},
         description="Immediate children of a folder; folders are virtual (derived from paths).",
     )
     def get(self, request: Request) -> Response:
@@ -313,7 +340,7 @@ class TreeView(WorkspaceView):
                 "path", OpenApiTypes.STR, OpenApiParameter.QUERY, description="Prefix; all if empty"
             )
         ],
-        responses=OutputSerializer(many=True),
+        responses={200: OutputSerializer(many=True), **_errors(400)},
         description="Every document at or below a folder, in path order.",
     )
     def get(self, request: Request) -> Response:
@@ -362,7 +389,7 @@ class SearchView(WorkspaceView):
         tags=TAGS,
         operation_id="workspace_search",
         request=InputSerializer,
-        responses=OutputSerializer,
+        responses={200: OutputSerializer, **_errors(400)},
         description="Hybrid search (full text + vectors, reciprocal rank fusion). `degraded` is "
         "true when the query could not be embedded and full text answered alone.",
     )
