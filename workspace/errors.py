@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ironclaw_site.errors import InvalidInput, NotFound, PayloadTooLarge
+from ironclaw_site.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 
 
 class InvalidPath(InvalidInput):
@@ -33,3 +33,8 @@ class DocumentTooLarge(PayloadTooLarge):
 class InvalidContent(InvalidInput):
     code = "invalid_content"
     default_message = "The content cannot be stored."
+
+
+class DocumentBusy(Conflict):
+    code = "document_busy"
+    default_message = "The document is being changed by another request; retry shortly."

@@ -61,14 +61,13 @@ def document_versions(*, user_id: str, path: str) -> QuerySet[DocumentVersion]:
 
 
 def document_version(*, user_id: str, path: str, version: int) -> DocumentVersion:
+    """One version with its content. The document is only joined to match the path: loading it
+    would drag the current content (up to WORKSPACE_MAX_DOCUMENT_BYTES) along for nothing.
+    """
     normalised = normalise_path(path)
-    found = (
-        DocumentVersion.objects.filter(
-            user_id=user_id, document__user_id=user_id, document__path=normalised, version=version
-        )
-        .select_related("document")
-        .first()
-    )
+    found = DocumentVersion.objects.filter(
+        user_id=user_id, document__user_id=user_id, document__path=normalised, version=version
+    ).first()
     if found is None:
         if not documents_for(user_id=user_id).filter(path=normalised).exists():
             raise DocumentNotFound(f"No document at {normalised!r}.", details={"path": normalised})

@@ -9,7 +9,8 @@ Two paths, decided by ``is_runtime_path``:
 
 Locking order: document row first, then its versions and chunks. Version numbers are allocated
 under the document row lock (``FOR NO KEY UPDATE``: it does not block chunk/version inserts that
-only take ``FOR KEY SHARE`` on the document through their foreign key).
+only take ``FOR KEY SHARE`` on the document through their foreign key). Request writes wait for
+that lock at most ``WORKSPACE_LOCK_TIMEOUT_MS`` (``SET LOCAL``), then raise ``DocumentBusy`` (409).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg.errors
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 from procrastinate.exceptions import AlreadyEnqueued
@@ -33,6 +36,7 @@ from psycopg.types.json import Jsonb
 from workspace.chunking import chunk_text
 from workspace.embeddings import EmbeddingError, embedding_provider
 from workspace.errors import (
+    DocumentBusy,
     DocumentNotFound,
     DocumentTooLarge,
     InvalidContent,
@@ -281,6 +285,28 @@ def _runtime_patch(
 # --- Document paths: one transaction under the row lock ----------------------------------------
 
 
+@contextmanager
+def _locked_transaction() -> Iterator[None]:
+    """One transaction whose lock waits are bounded by ``WORKSPACE_LOCK_TIMEOUT_MS``.
+
+    A document row is held only briefly by writers, but a maintenance batch (cleanup, indexing of
+    a large document) can hold it longer; a request waits that long at most, then gets a 409.
+    """
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                # Transaction-scoped (SET LOCAL semantics): a pooled connection never keeps it.
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true)",
+                    [f"{settings.WORKSPACE_LOCK_TIMEOUT_MS}ms"],
+                )
+            yield
+    except OperationalError as error:
+        if isinstance(error.__cause__, psycopg.errors.LockNotAvailable):
+            raise DocumentBusy() from None
+        raise
+
+
 def _lock_document(*, user_id: str, path: str) -> Document | None:
     return (
         Document.objects.select_for_update(no_key=True, of=("self",))
@@ -426,7 +452,7 @@ def document_write(
         _check_metadata(metadata)
     if is_runtime_path(normalised):
         return _runtime_write(user_id=user_id, path=normalised, content=content, metadata=metadata)
-    with transaction.atomic():
+    with _locked_transaction():
         document = _lock_or_create_document(user_id=user_id, path=normalised)
         index_due = _apply_change(
             document, content=content, metadata=metadata, changed_by=changed_by or user_id
@@ -444,7 +470,7 @@ def document_append(
     _check_size(content)
     if is_runtime_path(normalised):
         return _runtime_append(user_id=user_id, path=normalised, content=content)
-    with transaction.atomic():
+    with _locked_transaction():
         document = _lock_or_create_document(user_id=user_id, path=normalised)
         combined = f"{document.content}\n{content}" if document.content else content
         _check_size(combined)
@@ -481,7 +507,7 @@ def document_patch(
             user_id=user_id, path=normalised, old=old, new=new, replace_all=replace_all
         )
         return PatchResult(document=document, replacements=count)
-    with transaction.atomic():
+    with _locked_transaction():
         locked = _lock_document(user_id=user_id, path=normalised)
         if locked is None:
             raise _not_found(normalised)
@@ -534,7 +560,7 @@ def document_restore(
                 f"{normalised!r} has no version {version}.", details={"version": version}
             )
         return _runtime_write(user_id=user_id, path=normalised, content=restored, metadata=None)
-    with transaction.atomic():
+    with _locked_transaction():
         document = _lock_document(user_id=user_id, path=normalised)
         if document is None:
             raise _not_found(normalised)
@@ -637,7 +663,10 @@ def document_index(*, document_id: uuid.UUID | str, force: bool = False) -> str:
             .filter(pk=snapshot["id"], content_hash=source_hash, is_runtime=False)
             .first()
         )
-        if locked is None:
+        # A metadata-only write (same hash) may have set skip_indexing and dropped the chunks
+        # while we embedded; storing ours would resurrect them. Any write that still wants an
+        # index marked the document pending and queued (or ran) a job of its own.
+        if locked is None or locked.metadata != snapshot["metadata"]:
             return IndexOutcome.STALE
         Chunk.objects.filter(document_id=locked.pk).delete()
         Chunk.objects.bulk_create(
@@ -693,8 +722,9 @@ def runtime_chunks_cleanup(
     progress: Callable[[RuntimeCleanup], None] | None = None,
 ) -> RuntimeCleanup:
     """Recompute runtime flags from the current setting; purge runtime documents' chunks (and with
-    ``include_versions`` their versions). One transaction per batch of documents, rows locked in
-    pk order; flipped rows stop matching, so a rerun after an interruption resumes where it stopped.
+    ``include_versions`` their versions); index documents that are no longer runtime. One
+    transaction per batch of documents, rows locked in pk order; flipped rows stop matching, so a
+    rerun after an interruption resumes where it stopped.
     """
     documents = Document.objects.all()
     if user_id is not None:
@@ -749,6 +779,8 @@ def runtime_chunks_cleanup(
             summary.unflagged += Document.objects.filter(pk__in=ids, is_runtime=True).update(
                 is_runtime=False, index_state=IndexState.PENDING
             )
+        # Pending alone would wait for the next write: nothing else queues these documents.
+        documents_reindex(document_ids=ids)
         summary.batches += 1
         if progress:
             progress(summary)
@@ -857,6 +889,9 @@ def versions_prune(
     return result
 
 
+MAX_RETENTION_DAYS = 36_500
+
+
 @dataclass
 class HygieneResult:
     folders: int = 0
@@ -864,11 +899,25 @@ class HygieneResult:
     deleted_paths: list[str] | None = None
 
 
+def _retention_cutoff(hygiene: Any, *, now: datetime) -> datetime | None:
+    """Documents updated before this expire under ``hygiene``; None when it is not enabled."""
+    if not isinstance(hygiene, dict) or not hygiene.get("enabled"):
+        return None
+    try:
+        days = max(1, int(hygiene.get("retention_days", 30)))
+    except (TypeError, ValueError):
+        days = 30
+    # Tenants write this number: one beyond what a date can go back must not abort the run for
+    # every other tenant (OverflowError); nothing is older than a century anyway.
+    return now - timedelta(days=min(days, MAX_RETENTION_DAYS))
+
+
 def workspace_hygiene(
     *, user_id: str | None = None, dry_run: bool = False, now: datetime | None = None
 ) -> HygieneResult:
     """For each ``.config`` with ``hygiene.enabled``: delete the folder's immediate documents not
-    updated for ``retention_days`` (default 30, at least 1). ``.config`` documents are kept.
+    updated for ``retention_days`` (default 30, at least 1). ``.config`` documents are kept. A
+    document's own ``hygiene`` replaces the folder's (the metadata overlay), so it can opt out.
     """
     now = now or timezone.now()
     configs = Document.objects.filter(Q(path=CONFIG_NAME) | Q(path__endswith=f"/{CONFIG_NAME}"))
@@ -876,32 +925,37 @@ def workspace_hygiene(
         configs = configs.filter(user_id=user_id)
     result = HygieneResult(deleted_paths=[])
     for config in configs.only("user_id", "path", "metadata").order_by("user_id", "path"):
-        hygiene = config.metadata.get("hygiene") if isinstance(config.metadata, dict) else None
-        if not isinstance(hygiene, dict) or not hygiene.get("enabled"):
+        own = config.metadata if isinstance(config.metadata, dict) else {}
+        folder_cutoff = _retention_cutoff(own.get("hygiene"), now=now)
+        if folder_cutoff is None:
             continue
-        try:
-            days = max(1, int(hygiene.get("retention_days", 30)))
-        except (TypeError, ValueError):
-            days = 30
         result.folders += 1
         folder = config.path[: -len(CONFIG_NAME)]
-        expired = (
-            Document.objects.filter(
-                user_id=config.user_id,
-                path__startswith=folder,
-                updated_at__lt=now - timedelta(days=days),
-            )
+        candidates = (
+            Document.objects.filter(user_id=config.user_id, path__startswith=folder)
+            .filter(Q(updated_at__lt=folder_cutoff) | Q(metadata__has_key="hygiene"))
             .exclude(path__endswith=f"/{CONFIG_NAME}")
             .exclude(path=CONFIG_NAME)
-            .values_list("pk", "path")
+            .values_list("pk", "path", "updated_at", "metadata")
         )
-        immediate = [(pk, path) for pk, path in expired if "/" not in path[len(folder) :]]
+        expired: dict[datetime, list[tuple[uuid.UUID, str]]] = {}
+        for pk, path, updated_at, metadata in candidates:
+            if "/" in path[len(folder) :]:
+                continue
+            cutoff = (
+                _retention_cutoff(metadata["hygiene"], now=now)
+                if isinstance(metadata, dict) and "hygiene" in metadata
+                else folder_cutoff
+            )
+            if cutoff is not None and updated_at < cutoff:
+                expired.setdefault(cutoff, []).append((pk, path))
         assert result.deleted_paths is not None
-        result.deleted_paths.extend(f"{config.user_id}:{path}" for _, path in immediate)
-        result.documents_deleted += len(immediate)
-        if not dry_run and immediate:
-            with transaction.atomic():
+        for cutoff, documents in expired.items():
+            result.deleted_paths.extend(f"{config.user_id}:{path}" for _, path in documents)
+            result.documents_deleted += len(documents)
+            if not dry_run:
+                # A write since the scan moves updated_at past the cutoff and keeps the document.
                 Document.objects.filter(
-                    pk__in=[pk for pk, _ in immediate], updated_at__lt=now - timedelta(days=days)
+                    pk__in=[pk for pk, _ in documents], updated_at__lt=cutoff
                 ).delete()
     return result

@@ -6,6 +6,8 @@ import pytest
 from django.db import connection
 from pytest_django.fixtures import Settings as SettingsWrapper
 
+from tests.workspace.embeddings_server import FakeEmbeddingsServer, running_embeddings_server
+
 
 @pytest.fixture(autouse=True)
 def _workspace_defaults(settings: SettingsWrapper) -> None:
@@ -32,3 +34,9 @@ def no_queued_jobs() -> Iterator[None]:
     purge()
     yield
     purge()
+
+
+@pytest.fixture
+def embeddings_server() -> Iterator[FakeEmbeddingsServer]:
+    with running_embeddings_server() as server:
+        yield server

@@ -5,9 +5,11 @@ from collections.abc import Callable
 
 import pytest
 from django.test import Client
+from pytest_django import DjangoAssertNumQueries
 from pytest_django.fixtures import Settings as SettingsWrapper
 from rest_framework.test import APIClient
 
+from workspace import services
 from workspace.models import Chunk, Document, DocumentVersion
 
 pytestmark = pytest.mark.django_db
@@ -320,3 +322,201 @@ def test_absurd_version_numbers_are_404_not_500(alice: APIClient) -> None:
 
     assert detail.status_code == 404
     assert restore.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"{DOCS}/a.md",
+        f"{DOCS}/a.md/append",
+        f"{DOCS}/a.md/patch",
+        f"{DOCS}/a.md/versions",
+        f"{DOCS}/a.md/versions/1",
+        f"{DOCS}/a.md/versions/1/restore",
+        "/api/v1/workspace/list",
+        "/api/v1/workspace/tree",
+        "/api/v1/workspace/search",
+    ],
+)
+def test_options_on_every_workspace_endpoint_is_200_not_500(alice: APIClient, url: str) -> None:
+    response = alice.options(url)
+
+    assert response.status_code == 200
+    assert "application/json" in response.json()["renders"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/api/v1/workspace/list", "/api/v1/workspace/tree", f"{DOCS}/a.md/versions"],
+)
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"limit": "9" * 21}, "limit"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "-1"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"offset": "-5"}, "offset"),
+        ({"offset": "9" * 30}, "offset"),
+        ({"offset": "x"}, "offset"),
+    ],
+)
+def test_bad_page_parameters_are_400_naming_the_parameter(
+    alice: APIClient, url: str, query: dict[str, str], field: str
+) -> None:
+    alice.put(f"{DOCS}/a.md", {"content": "one"}, format="json")
+    alice.put(f"{DOCS}/a.md", {"content": "two"}, format="json")
+
+    response = alice.get(url, query)
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]["details"]
+
+
+def test_page_parameters_in_range_page_through_the_tree(alice: APIClient) -> None:
+    for name in ("a", "b", "c"):
+        alice.put(f"{DOCS}/{name}.md", {"content": name}, format="json")
+
+    first = alice.get("/api/v1/workspace/tree", {"limit": 2})
+    rest = alice.get("/api/v1/workspace/tree", {"limit": 1000, "offset": 2})
+
+    assert [entry["path"] for entry in first.json()["results"]] == ["a.md", "b.md"]
+    assert first.json()["count"] == 3
+    assert [entry["path"] for entry in rest.json()["results"]] == ["c.md"]
+
+
+def test_openapi_schema_documents_the_paginated_workspace_lists(client: Client) -> None:
+    schema = json.loads(client.get("/api/schema/", HTTP_ACCEPT="application/json").content)
+
+    for path in [
+        "/api/v1/workspace/list",
+        "/api/v1/workspace/tree",
+        "/api/v1/workspace/documents/{path}/versions",
+    ]:
+        operation = schema["paths"][path]["get"]
+        reference = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        component = schema["components"]["schemas"][reference.rsplit("/", 1)[1]]
+        limit = next(p for p in operation["parameters"] if p["name"] == "limit")
+        assert set(component["properties"]) >= {"count", "next", "previous", "results"}
+        assert limit["schema"]["maximum"] == 1000
+
+
+def test_another_tenants_path_is_404_on_every_document_endpoint(
+    alice: APIClient, tenant_client: TenantClient
+) -> None:
+    for content in ("one", "two"):
+        alice.put(f"{DOCS}/engine/knowledge/k.md", {"content": content}, format="json")
+        alice.put(f"{DOCS}/engine/.runtime/t.json", {"content": content}, format="json")
+    bob = tenant_client("bob")
+
+    statuses = {
+        (path, action): response.status_code
+        for path in ("engine/knowledge/k.md", "engine/.runtime/t.json")
+        for action, response in [
+            ("read", bob.get(f"{DOCS}/{path}")),
+            ("versions", bob.get(f"{DOCS}/{path}/versions")),
+            ("version", bob.get(f"{DOCS}/{path}/versions/1")),
+            ("restore", bob.post(f"{DOCS}/{path}/versions/1/restore")),
+            ("patch", bob.post(f"{DOCS}/{path}/patch", {"old": "two", "new": "x"}, format="json")),
+            ("delete", bob.delete(f"{DOCS}/{path}")),
+        ]
+    }
+
+    assert set(statuses.values()) == {404}
+    assert sorted(Document.objects.values_list("user_id", "path", "content")) == [
+        ("alice", "engine/.runtime/t.json", "two"),
+        ("alice", "engine/knowledge/k.md", "two"),
+    ]
+    assert DocumentVersion.objects.filter(user_id="alice").count() == 1
+
+
+def test_append_to_another_tenants_path_writes_only_in_the_callers_workspace(
+    alice: APIClient, tenant_client: TenantClient
+) -> None:
+    alice.put(f"{DOCS}/log.md", {"content": "alice"}, format="json")
+
+    response = tenant_client("bob").post(f"{DOCS}/log.md/append", {"content": "bob"}, format="json")
+
+    assert response.json()["content"] == "bob"
+    assert Document.objects.get(user_id="alice", path="log.md").content == "alice"
+
+
+def test_list_tree_and_search_never_show_another_tenants_documents(
+    alice: APIClient, tenant_client: TenantClient
+) -> None:
+    bob = tenant_client("bob")
+    bob.put(f"{DOCS}/shared/ferns.md", {"content": "ferns ferns"}, format="json")
+    bob.put(f"{DOCS}/top.md", {"content": "ferns"}, format="json")
+    alice.put(f"{DOCS}/shared/mine.md", {"content": "moss"}, format="json")
+
+    root = alice.get("/api/v1/workspace/list")
+    folder = alice.get("/api/v1/workspace/list", {"path": "shared"})
+    tree = alice.get("/api/v1/workspace/tree")
+    search = alice.post("/api/v1/workspace/search", {"query": "ferns"}, format="json")
+
+    assert [entry["path"] for entry in root.json()["results"]] == ["shared"]
+    assert [entry["path"] for entry in folder.json()["results"]] == ["shared/mine.md"]
+    assert [entry["path"] for entry in tree.json()["results"]] == ["shared/mine.md"]
+    # The vector leg ranks every chunk of the tenant; none of them may be bob's.
+    assert [result["path"] for result in search.json()["results"]] == ["shared/mine.md"]
+
+
+@pytest.mark.parametrize(
+    "url", ["/api/v1/workspace/list", "/api/v1/workspace/tree", f"{DOCS}/a.md/versions"]
+)
+def test_workspace_lists_take_the_same_queries_for_many_rows(
+    alice: APIClient, url: str, django_assert_max_num_queries: DjangoAssertNumQueries
+) -> None:
+    # Authentication (key lookup) + the selector's lookup + count + page.
+    budget = 4
+    for number in range(30):
+        services.document_write(user_id="alice", path=f"f{number}/d.md", content="x")
+        services.document_write(user_id="alice", path=f"d{number}.md", content="x")
+        services.document_write(user_id="alice", path="a.md", content=f"v{number}")
+
+    with django_assert_max_num_queries(budget):
+        response = alice.get(url, {"limit": 1000})
+
+    assert response.status_code == 200
+    assert len(response.json()["results"]) >= 29
+
+
+def test_version_detail_does_not_load_the_current_content(
+    alice: APIClient, django_assert_max_num_queries: DjangoAssertNumQueries
+) -> None:
+    alice.put(f"{DOCS}/a.md", {"content": "old"}, format="json")
+    alice.put(f"{DOCS}/a.md", {"content": "current " * 1000}, format="json")
+
+    with django_assert_max_num_queries(2) as queries:
+        response = alice.get(f"{DOCS}/a.md/versions/1")
+
+    assert response.json()["content"] == "old"
+    assert not any('"workspace_document"."content"' in query["sql"] for query in queries)
+
+
+@pytest.mark.parametrize(
+    "path", ["notes/versions/007", "notes/versions/01/restore", "notes/append", "a%2Fb/patch"]
+)
+def test_a_document_named_like_an_action_keeps_its_exact_path(alice: APIClient, path: str) -> None:
+    expected = path.replace("%2F", "/")
+
+    written = alice.put(f"{DOCS}/{path}", {"content": "x"}, format="json")
+    stored = list(Document.objects.values_list("path", flat=True))
+    deleted = alice.delete(f"{DOCS}/{path}")
+
+    assert written.json()["path"] == expected
+    assert stored == [expected]
+    assert deleted.status_code == 204
+    assert not Document.objects.exists()
+
+
+def test_openapi_schema_documents_the_workspace_error_responses(client: Client) -> None:
+    schema = json.loads(client.get("/api/schema/", HTTP_ACCEPT="application/json").content)
+
+    paths = schema["paths"]
+    write = paths["/api/v1/workspace/documents/{path}"]["put"]["responses"]
+    restore = paths["/api/v1/workspace/documents/{path}/versions/{version}/restore"]["post"]
+    error = write["413"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert set(write) >= {"200", "400", "409", "413"}
+    assert set(restore["responses"]) >= {"200", "400", "404", "409", "413"}
+    assert schema["components"]["schemas"][error]["required"] == ["error"]

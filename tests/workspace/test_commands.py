@@ -10,6 +10,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 
 from workspace import services
 from workspace.models import Chunk, Document, DocumentVersion, IndexState
+from workspace.search import workspace_search
 
 pytestmark = pytest.mark.django_db
 
@@ -139,4 +140,92 @@ def test_workspace_hygiene_deletes_expired_immediate_children() -> None:
         "daily/new.md",
         "daily/sub/old.md",
         "other/old.md",
+    ]
+
+
+@pytest.mark.parametrize("retention", [10**9, 10**30, "forever", [1], None])
+def test_one_tenants_odd_retention_does_not_stop_hygiene_for_the_others(
+    retention: object,
+) -> None:
+    services.document_write(
+        user_id="alice",
+        path="daily/.config",
+        content="",
+        metadata={"hygiene": {"enabled": True, "retention_days": retention}},
+    )
+    services.document_write(
+        user_id="bob",
+        path="daily/.config",
+        content="",
+        metadata={"hygiene": {"enabled": True, "retention_days": 7}},
+    )
+    for tenant in ("alice", "bob"):
+        services.document_write(user_id=tenant, path="daily/old.md", content="x")
+    Document.objects.filter(path="daily/old.md").update(
+        updated_at=timezone.now() - timedelta(days=40)
+    )
+
+    output = run("workspace_hygiene")
+
+    assert "Found 2 folder(s)" in output
+    assert not Document.objects.filter(user_id="bob", path="daily/old.md").exists()
+    alice_kept = Document.objects.filter(user_id="alice", path="daily/old.md").exists()
+    # An unreadable retention falls back to 30 days; a huge one keeps everything.
+    assert alice_kept is isinstance(retention, int)
+
+
+def test_cleanup_runtime_chunks_indexes_documents_that_are_no_longer_runtime(
+    settings: SettingsWrapper,
+) -> None:
+    services.document_write(user_id="alice", path="engine/.runtime/notes.md", content="ferns")
+    settings.WORKSPACE_RUNTIME_PATHS = []
+
+    output = run("cleanup_runtime_chunks")
+
+    document = Document.objects.get(path="engine/.runtime/notes.md")
+    assert "1 no longer runtime" in output
+    assert not document.is_runtime
+    assert document.index_state == IndexState.INDEXED
+    assert [
+        r.path for r in workspace_search(user_id="alice", query="ferns", mode="fts").results
+    ] == ["engine/.runtime/notes.md"]
+
+
+def test_a_documents_own_hygiene_overrides_its_folders() -> None:
+    services.document_write(
+        user_id="alice",
+        path="daily/.config",
+        content="",
+        metadata={"hygiene": {"enabled": True, "retention_days": 7}},
+    )
+    services.document_write(
+        user_id="alice", path="daily/keep.md", content="x", metadata={"hygiene": {"enabled": False}}
+    )
+    services.document_write(
+        user_id="alice",
+        path="daily/longer.md",
+        content="x",
+        metadata={"hygiene": {"enabled": True, "retention_days": 60}},
+    )
+    services.document_write(
+        user_id="alice",
+        path="daily/shorter.md",
+        content="x",
+        metadata={"hygiene": {"enabled": True, "retention_days": 2}},
+    )
+    services.document_write(user_id="alice", path="daily/plain.md", content="x")
+    Document.objects.exclude(path="daily/shorter.md").update(
+        updated_at=timezone.now() - timedelta(days=30)
+    )
+    Document.objects.filter(path="daily/shorter.md").update(
+        updated_at=timezone.now() - timedelta(days=3)
+    )
+
+    output = run("workspace_hygiene")
+
+    assert "Deleted 2 document(s)" in output
+    assert sorted(Document.objects.values_list("path", flat=True)) == [
+        "daily/.config",
+        "daily/keep.md",
+        "daily/longer.md",
     ]

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Callable
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from tests.support.concurrency import run_together_or_raise
+from tests.workspace.embeddings_server import FakeEmbeddingsServer
 from workspace import services
 from workspace.chunking import chunk_text
-from workspace.models import Chunk, Document, DocumentVersion
+from workspace.errors import DocumentBusy
+from workspace.models import Chunk, Document, DocumentVersion, IndexState
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -165,3 +169,81 @@ def test_concurrent_runtime_patches_lose_nothing() -> None:
     document = Document.objects.get(path=path)
     assert document.content == " ".join(f"<done{n}>" for n in range(8))
     assert document.content_hash == services.content_hash(document.content)
+
+
+@pytest.mark.usefixtures("no_queued_jobs")
+def test_skip_indexing_set_while_an_indexer_embeds_leaves_no_chunks(
+    settings: SettingsWrapper, embeddings_server: FakeEmbeddingsServer
+) -> None:
+    settings.WORKSPACE_INDEXING = "queue"
+    settings.EMBEDDING_PROVIDER = "openai"
+    settings.EMBEDDING_BASE_URL = embeddings_server.url
+    settings.EMBEDDING_MAX_RETRIES = 0
+    document = services.document_write(user_id="alice", path="notes/a.md", content="ferns")
+    embeddings_server.delay = 1.0
+    indexer = threading.Thread(target=_index_then_close, args=(document.id,))
+
+    indexer.start()
+    deadline = time.monotonic() + 10
+    while not embeddings_server.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The indexer is now embedding, outside any transaction: a metadata-only write goes through.
+    services.document_write(
+        user_id="alice", path="notes/a.md", content="ferns", metadata={"skip_indexing": True}
+    )
+    indexer.join(timeout=30)
+
+    final = Document.objects.get(pk=document.id)
+    assert embeddings_server.requests
+    assert final.index_state == IndexState.SKIPPED
+    assert Chunk.objects.filter(document=final).count() == 0
+
+
+def _index_then_close(document_id: uuid.UUID) -> None:
+    try:
+        services.document_index(document_id=document_id)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("operation", ["write", "append", "patch", "restore"])
+def test_a_write_waiting_past_the_lock_timeout_is_document_busy_and_changes_nothing(
+    settings: SettingsWrapper, operation: str
+) -> None:
+    settings.WORKSPACE_LOCK_TIMEOUT_MS = 100
+    services.document_write(user_id="alice", path="held.md", content="one")
+    services.document_write(user_id="alice", path="held.md", content="two")
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        try:
+            with transaction.atomic():
+                Document.objects.select_for_update().get(path="held.md")
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    locked.wait(timeout=10)
+    writes: dict[str, Callable[[], object]] = {
+        "write": lambda: services.document_write(user_id="alice", path="held.md", content="x"),
+        "append": lambda: services.document_append(user_id="alice", path="held.md", content="x"),
+        "patch": lambda: services.document_patch(
+            user_id="alice", path="held.md", old="two", new="x"
+        ),
+        "restore": lambda: services.document_restore(user_id="alice", path="held.md", version=1),
+    }
+    try:
+        started = time.monotonic()
+        with pytest.raises(DocumentBusy):
+            writes[operation]()
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        holder.join(timeout=30)
+
+    assert waited < 5
+    assert Document.objects.get(path="held.md").content == "two"
+    assert DocumentVersion.objects.count() == 1

@@ -10,18 +10,19 @@ from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
+    OpenApiResponse,
     extend_schema,
     extend_schema_serializer,
     inline_serializer,
 )
 from rest_framework import serializers
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import request_user_id
 from workspace import selectors, services
+from workspace.api.pagination import WorkspacePagination
 from workspace.errors import DocumentTooLarge
 from workspace.search import MODES, workspace_search
 
@@ -33,6 +34,32 @@ PATH_PARAMETER = OpenApiParameter(
 )
 VERSION_PARAMETER = OpenApiParameter("version", OpenApiTypes.INT, OpenApiParameter.PATH)
 TAGS = ["workspace"]
+ERROR_RESPONSE = inline_serializer(
+    "WorkspaceError",
+    {
+        "error": inline_serializer(
+            "WorkspaceErrorBody",
+            {
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "details": serializers.DictField(),
+            },
+        )
+    },
+)
+ERROR_DESCRIPTIONS = {
+    400: "Invalid path, body or parameter; `details` names the field.",
+    404: "No such document (or version) in the caller's workspace.",
+    409: "Another write held the document longer than WORKSPACE_LOCK_TIMEOUT_MS.",
+    413: "The document (or request) is larger than WORKSPACE_MAX_DOCUMENT_BYTES allows.",
+}
+
+
+def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    return {
+        status: OpenApiResponse(ERROR_RESPONSE, description=ERROR_DESCRIPTIONS[status])
+        for status in statuses
+    }
 
 
 class WorkspaceView(APIView):
@@ -80,7 +107,7 @@ class DocumentView(WorkspaceView):
         tags=TAGS,
         operation_id="workspace_document_read",
         parameters=[PATH_PARAMETER],
-        responses=DocumentOutputSerializer,
+        responses={200: DocumentOutputSerializer, **_errors(400, 404)},
     )
     def get(self, request: Request, path: str) -> Response:
         document = selectors.document_get(user_id=request_user_id(request), path=path)
@@ -91,7 +118,7 @@ class DocumentView(WorkspaceView):
         operation_id="workspace_document_write",
         parameters=[PATH_PARAMETER],
         request=InputSerializer,
-        responses=DocumentOutputSerializer,
+        responses={200: DocumentOutputSerializer, **_errors(400, 409, 413)},
         description="Create or replace a document. Runtime paths cost one SQL statement; other "
         "paths version the old content and are indexed (in the background by default).",
     )
@@ -112,7 +139,7 @@ class DocumentView(WorkspaceView):
         tags=TAGS,
         operation_id="workspace_document_delete",
         parameters=[PATH_PARAMETER],
-        responses={204: None},
+        responses={204: None, **_errors(400, 404)},
     )
     def delete(self, request: Request, path: str) -> Response:
         services.document_delete(user_id=request_user_id(request), path=path)
@@ -126,20 +153,16 @@ class DocumentActionView(WorkspaceView):
     the document ``notes/append``. Only the action's methods on its exact suffix are ambiguous.
     """
 
-    def suffix(self, **kwargs: Any) -> str:
-        raise NotImplementedError
-
     def http_method_not_allowed(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         if request.method and request.method.lower() in {"get", "put", "delete"}:
-            full_path = f"{kwargs['path']}/{self.suffix(**kwargs)}"
+            # The document path is the URL after documents/ as sent: rebuilding it from the
+            # route's converted kwargs would turn versions/007 into versions/7.
+            full_path = request.path_info.split("/documents/", 1)[1]
             return DocumentView.as_view()(request._request, path=full_path)
         return super().http_method_not_allowed(request, *args, **kwargs)
 
 
 class DocumentAppendView(DocumentActionView):
-    def suffix(self, **kwargs: Any) -> str:
-        return "append"
-
     @extend_schema_serializer(component_name="WorkspaceAppend")
     class InputSerializer(serializers.Serializer):
         content = _text_field()
@@ -149,7 +172,7 @@ class DocumentAppendView(DocumentActionView):
         operation_id="workspace_document_append",
         parameters=[PATH_PARAMETER],
         request=InputSerializer,
-        responses=DocumentOutputSerializer,
+        responses={200: DocumentOutputSerializer, **_errors(400, 409, 413)},
         description="Append content on a new line, creating the document if needed.",
     )
     def post(self, request: Request, path: str) -> Response:
@@ -166,9 +189,6 @@ class DocumentAppendView(DocumentActionView):
 
 
 class DocumentPatchView(DocumentActionView):
-    def suffix(self, **kwargs: Any) -> str:
-        return "patch"
-
     @extend_schema_serializer(component_name="WorkspacePatch")
     class InputSerializer(serializers.Serializer):
         old = serializers.CharField(trim_whitespace=False)
@@ -184,7 +204,7 @@ class DocumentPatchView(DocumentActionView):
         operation_id="workspace_document_patch",
         parameters=[PATH_PARAMETER],
         request=InputSerializer,
-        responses=OutputSerializer,
+        responses={200: OutputSerializer, **_errors(400, 404, 409, 413)},
         description="Replace the first occurrence of `old` (or all with `replace_all`).",
     )
     def post(self, request: Request, path: str) -> Response:
@@ -213,28 +233,25 @@ class VersionOutputSerializer(serializers.Serializer):
 
 
 class DocumentVersionsView(DocumentActionView):
-    def suffix(self, **kwargs: Any) -> str:
-        return "versions"
+    # Also what the OpenAPI schema reads to document the paginated shape and its parameters.
+    pagination_class = WorkspacePagination
 
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_versions",
         parameters=[PATH_PARAMETER],
-        responses=VersionOutputSerializer(many=True),
+        responses={200: VersionOutputSerializer(many=True), **_errors(400, 404)},
         description="Versions of a document (the contents it had before each change), newest "
         "first.",
     )
     def get(self, request: Request, path: str) -> Response:
         versions = selectors.document_versions(user_id=request_user_id(request), path=path)
-        paginator = LimitOffsetPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(versions, request, view=self)
         return paginator.get_paginated_response(VersionOutputSerializer(page, many=True).data)
 
 
 class DocumentVersionView(DocumentActionView):
-    def suffix(self, **kwargs: Any) -> str:
-        return f"versions/{kwargs['version']}"
-
     @extend_schema_serializer(component_name="WorkspaceVersionDetail")
     class OutputSerializer(VersionOutputSerializer):
         content = serializers.CharField()
@@ -243,7 +260,7 @@ class DocumentVersionView(DocumentActionView):
         tags=TAGS,
         operation_id="workspace_document_version",
         parameters=[PATH_PARAMETER, VERSION_PARAMETER],
-        responses=OutputSerializer,
+        responses={200: OutputSerializer, **_errors(400, 404)},
     )
     def get(self, request: Request, path: str, version: int) -> Response:
         found = selectors.document_version(
@@ -253,15 +270,12 @@ class DocumentVersionView(DocumentActionView):
 
 
 class DocumentRestoreView(DocumentActionView):
-    def suffix(self, **kwargs: Any) -> str:
-        return f"versions/{kwargs['version']}/restore"
-
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_restore",
         parameters=[PATH_PARAMETER, VERSION_PARAMETER],
         request=None,
-        responses=DocumentOutputSerializer,
+        responses={200: DocumentOutputSerializer, **_errors(400, 404, 409, 413)},
         description="Write version n back as the current content (the current content becomes "
         "a new version).",
     )
@@ -274,6 +288,8 @@ class DocumentRestoreView(DocumentActionView):
 
 
 class ListView(WorkspaceView):
+    pagination_class = WorkspacePagination
+
     @extend_schema_serializer(component_name="WorkspaceListEntry")
     class OutputSerializer(serializers.Serializer):
         path = serializers.CharField()
@@ -293,19 +309,21 @@ class ListView(WorkspaceView):
                 description="Folder; root if empty",
             )
         ],
-        responses=OutputSerializer(many=True),
+        responses={200: OutputSerializer(many=True), **_errors(400)},
         description="Immediate children of a folder; folders are virtual (derived from paths).",
     )
     def get(self, request: Request) -> Response:
         entries = selectors.document_list(
             user_id=request_user_id(request), directory=request.query_params.get("path", "")
         )
-        paginator = LimitOffsetPagination()
+        paginator = self.pagination_class()
         page: Any = paginator.paginate_queryset(entries, request, view=self)  # type: ignore[arg-type]
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
 
 class TreeView(WorkspaceView):
+    pagination_class = WorkspacePagination
+
     @extend_schema_serializer(component_name="WorkspaceTreeEntry")
     class OutputSerializer(serializers.Serializer):
         path = serializers.CharField()
@@ -322,14 +340,14 @@ class TreeView(WorkspaceView):
                 "path", OpenApiTypes.STR, OpenApiParameter.QUERY, description="Prefix; all if empty"
             )
         ],
-        responses=OutputSerializer(many=True),
+        responses={200: OutputSerializer(many=True), **_errors(400)},
         description="Every document at or below a folder, in path order.",
     )
     def get(self, request: Request) -> Response:
         documents = selectors.document_tree(
             user_id=request_user_id(request), prefix=request.query_params.get("path", "")
         )
-        paginator = LimitOffsetPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(documents, request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
@@ -371,7 +389,7 @@ class SearchView(WorkspaceView):
         tags=TAGS,
         operation_id="workspace_search",
         request=InputSerializer,
-        responses=OutputSerializer,
+        responses={200: OutputSerializer, **_errors(400)},
         description="Hybrid search (full text + vectors, reciprocal rank fusion). `degraded` is "
         "true when the query could not be embedded and full text answered alone.",
     )

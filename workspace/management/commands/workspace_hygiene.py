@@ -11,7 +11,8 @@ class Command(BaseCommand):
     help = (
         "Delete documents older than their folder's retention: every .config whose metadata has "
         "hygiene.enabled removes its folder's immediate documents not updated for "
-        "hygiene.retention_days (default 30)."
+        "hygiene.retention_days (default 30); a document's own hygiene metadata overrides its "
+        "folder's."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

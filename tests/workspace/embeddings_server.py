@@ -1,0 +1,79 @@
+"""A real OpenAI-compatible /v1/embeddings server on loopback, for the provider and the indexer."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.support.servers import free_port
+
+
+@dataclass
+class FakeEmbeddingsServer:
+    """A real OpenAI-compatible /v1/embeddings server on loopback with scripted failures."""
+
+    fail_first: int = 0
+    fail_status: int = 500
+    delay: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    url: str = ""
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(body)
+                server.headers.append(dict(self.headers))
+                if server.delay:
+                    time.sleep(server.delay)
+                if self.path != "/v1/embeddings":
+                    self.send_error(404)
+                    return
+                if len(server.requests) <= server.fail_first:
+                    self.send_response(server.fail_status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                size = body.get("dimensions", 3)
+                data = [
+                    {"object": "embedding", "index": index, "embedding": [float(len(text))] * size}
+                    for index, text in enumerate(body["input"])
+                ]
+                data.reverse()  # servers may answer out of order; "index" says which is which
+                payload = json.dumps({"object": "list", "data": data, "model": body["model"]})
+                encoded = payload.encode()
+                with suppress(BrokenPipeError, ConnectionResetError):  # client timed out
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(encoded)))
+                    self.end_headers()
+                    self.wfile.write(encoded)
+
+        return Handler
+
+
+@contextmanager
+def running_embeddings_server() -> Iterator[FakeEmbeddingsServer]:
+    fake = FakeEmbeddingsServer()
+    port = free_port()
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), fake.handler())
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    fake.url = f"http://127.0.0.1:{port}"
+    try:
+        yield fake
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
