@@ -10,6 +10,11 @@ class ConversationBusy(Conflict):
     default_message = "The conversation is busy (its lock was not granted in time); retry shortly."
 
 
+class ThreadBusy(Conflict):
+    code = "thread_busy"
+    default_message = "The thread is busy (its row lock was not granted in time); retry shortly."
+
+
 class MessageRejected(Conflict):
     code = "message_rejected"
     default_message = (

@@ -47,6 +47,7 @@ from conversations.errors import (
     MessageRejected,
     MessageTooLarge,
     OutcomeAlreadyRecorded,
+    ThreadBusy,
     ThreadNotClaimable,
     ThreadNotFound,
 )
@@ -61,7 +62,7 @@ from conversations.models import (
     ThreadKind,
     ThreadState,
 )
-from ironclaw_site.errors import InvalidInput
+from ironclaw_site.errors import Conflict, InvalidInput
 
 CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_SCOPE_LENGTH = 128
@@ -202,8 +203,9 @@ def _lease_duration(lease_seconds: int | None) -> datetime.timedelta:
 
 
 @contextmanager
-def _locked_transaction() -> Iterator[None]:
-    """One transaction whose every lock wait is bounded by ``CONVERSATION_LOCK_TIMEOUT_MS``."""
+def _locked_transaction(busy: type[Conflict] = ConversationBusy) -> Iterator[None]:
+    """One transaction whose every lock wait is bounded by ``CONVERSATION_LOCK_TIMEOUT_MS``;
+    a wait past it raises ``busy`` (the row the caller waits for: conversation or thread)."""
     try:
         with transaction.atomic():
             with connection.cursor() as cursor:
@@ -216,7 +218,7 @@ def _locked_transaction() -> Iterator[None]:
             yield
     except OperationalError as error:
         if isinstance(error.__cause__, psycopg.errors.LockNotAvailable):
-            raise ConversationBusy() from None
+            raise busy() from None
         raise
 
 
@@ -563,7 +565,7 @@ def thread_claim(
         | Q(state=ThreadState.RUNNING, lease_expires_at__lt=Now())
         | Q(state=ThreadState.RUNNING, lease_owner=worker_id)
     )
-    with _locked_transaction():
+    with _locked_transaction(busy=ThreadBusy):
         claimed = Thread.objects.filter(
             claimable, pk=thread_id, user_id=user_id, cancel_requested=False
         ).update(
@@ -597,7 +599,7 @@ def thread_lease_renew(
     # match means nobody took the thread over, even if the lease lapsed a moment ago.
     # In a lock-timeout transaction like claim: the UPDATE waits for the thread row while an
     # outcome, inbox take or interrupt holds it, and that wait must be bounded too.
-    with _locked_transaction():
+    with _locked_transaction(busy=ThreadBusy):
         renewed = Thread.objects.filter(
             pk=thread_id, user_id=user_id, state=ThreadState.RUNNING, lease_owner=worker_id
         ).update(lease_expires_at=Now() + duration, updated_at=Now())
@@ -615,7 +617,7 @@ def thread_inbox_take(
     Locks the thread row (then its entries), so two takes never return the same message.
     """
     _check_worker_id(worker_id)
-    with _locked_transaction():
+    with _locked_transaction(busy=ThreadBusy):
         try:
             thread = Thread.objects.select_for_update(no_key=True, of=("self",)).get(
                 pk=thread_id, user_id=user_id

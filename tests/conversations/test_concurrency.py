@@ -10,7 +10,7 @@ from django.db import connection, transaction
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from conversations.errors import ConversationBusy, ThreadNotClaimable
+from conversations.errors import ConversationBusy, ThreadBusy, ThreadNotClaimable
 from conversations.models import Conversation, ConversationEntry, Thread
 from conversations.services import (
     MessageResult,
@@ -132,7 +132,7 @@ def test_a_heartbeat_waiting_for_a_locked_thread_is_bounded_by_the_lock_timeout(
     holder = _hold_row_lock(result.thread_id, 1.5, locked, released, model=Thread)
 
     started = time.monotonic()
-    with pytest.raises(ConversationBusy):
+    with pytest.raises(ThreadBusy):
         thread_lease_renew(user_id="alice", thread_id=result.thread_id, worker_id="w1")
     waited = time.monotonic() - started
     holder.join()
