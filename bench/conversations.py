@@ -16,11 +16,12 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from scratch_database import scratch_database
+from threads import run_threads
 
 GLOBAL_LOCK_KEY = 7_000_001
 
@@ -42,40 +43,6 @@ def send(user_id: str, content: str, serialise: bool) -> float:
     with global_lock() if serialise else nullcontext():
         message_handle(user_id=user_id, channel="web", content=content)
     return time.perf_counter() - started
-
-
-def run_threads(count: int, work: Callable[[int], list[float]]) -> tuple[float, list[float]]:
-    """Run ``work(n)`` in ``count`` threads released together; wall time and all latencies."""
-    from django.db import connection
-
-    barrier = threading.Barrier(count + 1)
-    latencies: list[float] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker(number: int) -> None:
-        try:
-            connection.ensure_connection()
-            barrier.wait()
-            measured = work(number)
-            with lock:
-                latencies.extend(measured)
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(count)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return elapsed, latencies
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -16,13 +16,13 @@ import io
 import os
 import random
 import statistics
-import threading
 import time
 import uuid
 from collections.abc import Callable
 
 from django.conf import settings
 from scratch_database import scratch_database
+from threads import run_threads
 
 DIMENSIONS = 256
 THREADS = 4
@@ -58,32 +58,14 @@ def fifty_kb(seed: int) -> str:
 
 def rate(label: str, write: Callable[[int, int], None], writes: int) -> float:
     """Writes per second with THREADS threads, each doing writes/THREADS writes."""
-    from django.db import connection
-
     per_thread = writes // THREADS
-    barrier = threading.Barrier(THREADS + 1)
-    errors: list[BaseException] = []
 
-    def worker(number: int) -> None:
-        try:
-            barrier.wait()
-            for index in range(per_thread):
-                write(number, index)
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            connection.close()
+    def work(number: int) -> list[float]:
+        for index in range(per_thread):
+            write(number, index)
+        return []
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise errors[0]
+    elapsed, _ = run_threads(THREADS, work)
     result = per_thread * THREADS / elapsed
     print(f"  {label}: {result:8.1f} writes/s ({per_thread * THREADS} writes)", flush=True)
     return result
