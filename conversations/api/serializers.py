@@ -12,25 +12,8 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import Cursor, CursorPagination
 
 from conversations.models import BusyPolicy, EntrySender, ThreadKind, ThreadState
-
-
-class TextField(serializers.CharField):
-    """A JSON string. DRF's CharField turns numbers and booleans into text, so ``"content": 5``
-    would be stored as the message "5" and ``"worker_id": true`` would take a lease as "True"."""
-
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return str(super().to_internal_value(data))
-
-
-class ErrorSerializer(serializers.Serializer):
-    class ErrorBodySerializer(serializers.Serializer):
-        code = serializers.CharField()
-        message = serializers.CharField()
-        details = serializers.DictField()
-
-    error = ErrorBodySerializer()
+from ironclaw_site.api.fields import TextField  # noqa: F401  (re-exported)
+from ironclaw_site.api.schema import ErrorSerializer  # noqa: F401  (re-exported)
 
 
 class EntrySerializer(serializers.Serializer):
