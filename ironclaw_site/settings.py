@@ -225,8 +225,9 @@ CONVERSATION_MAX_MESSAGE_BYTES = env_int(
 THREAD_DEFAULT_LEASE_SECONDS = env_int("THREAD_DEFAULT_LEASE_SECONDS", 60, minimum=1, maximum=3600)
 THREAD_MAX_LEASE_SECONDS = env_int("THREAD_MAX_LEASE_SECONDS", 3600, minimum=1, maximum=86_400)
 # Dotted path of the callable that runs a spawned thread (called with thread_id=...). The default
-# only logs: threads wait to be claimed by external engines through the REST API.
-THREAD_RUNNER = env_str("THREAD_RUNNER", "conversations.runners.wait_for_external_engine")
+# is the reference engine; conversations.runners.wait_for_external_engine leaves threads to
+# external engines (they find them with POST /api/v1/threads/next).
+THREAD_RUNNER = env_str("THREAD_RUNNER", "engine.runner.run_thread")
 _runner_parts = THREAD_RUNNER.split(".")
 if len(_runner_parts) < 2 or not all(part.isidentifier() for part in _runner_parts):
     raise ImproperlyConfigured(
@@ -238,6 +239,49 @@ if THREAD_DEFAULT_LEASE_SECONDS > THREAD_MAX_LEASE_SECONDS:
         f"THREAD_DEFAULT_LEASE_SECONDS ({THREAD_DEFAULT_LEASE_SECONDS}) must not exceed "
         f"THREAD_MAX_LEASE_SECONDS ({THREAD_MAX_LEASE_SECONDS})."
     )
+
+# --- Engine (the reference runner) -----------------------------------------------------------
+
+ENGINE_MODEL = env_choice("ENGINE_MODEL", "echo", ("echo", "openai"))
+# The echo model stands in for a model: it repeats the user's messages after this long.
+ENGINE_ECHO_LATENCY_MS = env_int("ENGINE_ECHO_LATENCY_MS", 200, minimum=0, maximum=600_000)
+# Calls per answer (the first ones are working steps of ENGINE_ECHO_STEP_BYTES text each), so a
+# benchmark can make turns checkpoint several steps of growing state.
+ENGINE_ECHO_STEPS = env_int("ENGINE_ECHO_STEPS", 1, minimum=1, maximum=1000)
+ENGINE_ECHO_STEP_BYTES = env_int("ENGINE_ECHO_STEP_BYTES", 0, minimum=0, maximum=10 * 1024 * 1024)
+ENGINE_BASE_URL = env_str("ENGINE_BASE_URL", "https://api.openai.com/v1")
+if not ENGINE_BASE_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(
+        f"ENGINE_BASE_URL must start with http:// or https://, got {ENGINE_BASE_URL!r}."
+    )
+ENGINE_API_KEY = env_optional_str("ENGINE_API_KEY")
+ENGINE_MODEL_NAME = env_str("ENGINE_MODEL_NAME", "gpt-4o-mini")
+ENGINE_MODEL_TIMEOUT_S = env_float("ENGINE_MODEL_TIMEOUT_S", 120.0, minimum=0.1, maximum=3600.0)
+ENGINE_MODEL_MAX_RETRIES = env_int("ENGINE_MODEL_MAX_RETRIES", 2, minimum=0, maximum=10)
+# Prices for the usage figures (USD per million tokens); 0 records no cost.
+ENGINE_INPUT_COST_PER_MILLION = env_float("ENGINE_INPUT_COST_PER_MILLION", 0.0, minimum=0.0)
+ENGINE_OUTPUT_COST_PER_MILLION = env_float("ENGINE_OUTPUT_COST_PER_MILLION", 0.0, minimum=0.0)
+ENGINE_HISTORY_ENTRIES = env_int("ENGINE_HISTORY_ENTRIES", 20, minimum=0, maximum=10_000)
+ENGINE_MAX_ITERATIONS = env_int("ENGINE_MAX_ITERATIONS", 10, minimum=1, maximum=10_000)
+ENGINE_TURN_TIMEOUT_S = env_int("ENGINE_TURN_TIMEOUT_S", 300, minimum=1, maximum=86_400)
+# The reference runner's lease; a worker that dies is replaced after at most this long (plus the
+# sweeper's minute). Renewed every ENGINE_HEARTBEAT_SECONDS (or a third of the lease if shorter),
+# which is also how quickly a running turn notices an interrupt.
+ENGINE_LEASE_SECONDS = env_int("ENGINE_LEASE_SECONDS", 30, minimum=1, maximum=3600)
+ENGINE_HEARTBEAT_SECONDS = env_float("ENGINE_HEARTBEAT_SECONDS", 2.0, minimum=0.05, maximum=600.0)
+if ENGINE_LEASE_SECONDS > THREAD_MAX_LEASE_SECONDS:
+    raise ImproperlyConfigured(
+        f"ENGINE_LEASE_SECONDS ({ENGINE_LEASE_SECONDS}) must not exceed "
+        f"THREAD_MAX_LEASE_SECONDS ({THREAD_MAX_LEASE_SECONDS})."
+    )
+# Turns the turn worker runs at once (threads of one process; a turn holds no database
+# connection while its model works).
+ENGINE_CONCURRENCY = env_int("ENGINE_CONCURRENCY", 32, minimum=1, maximum=1024)
+# Jobs the background worker (indexing, maintenance) runs at once.
+BACKGROUND_CONCURRENCY = env_int("BACKGROUND_CONCURRENCY", 2, minimum=1, maximum=256)
+# "global" holds one database-wide lock across each turn's state writes, as the origin system's
+# process-wide mutex did; only the benchmark's baseline sets it.
+ENGINE_CHECKPOINT_LOCK = env_choice("ENGINE_CHECKPOINT_LOCK", "none", ("none", "global"))
 
 # --- Workspace --------------------------------------------------------------------------------
 

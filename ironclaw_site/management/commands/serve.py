@@ -10,17 +10,30 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from conversations.tasks import RUN_THREAD_QUEUE
+
+# Every queue but the turns': indexing, and "default" where periodic maintenance (the lease
+# sweeper) runs. A new queue must be added here or no worker serves it.
+BACKGROUND_QUEUES = ("indexing", "default")
+
 
 class Command(BaseCommand):
     help = (
-        "Serve the app with gunicorn and run the Procrastinate worker, in the foreground. "
-        "Ctrl-C (or SIGTERM) stops both; if either exits, the other is stopped too."
+        "Serve the app with gunicorn and run its workers, in the foreground: the turn worker "
+        "(queue threads, ENGINE_CONCURRENCY turns at once) and the background worker (indexing "
+        "and maintenance), so indexing never delays a turn. Ctrl-C (or SIGTERM) stops all; if "
+        "one exits, the others are stopped too."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=settings.HOST, help="address to bind (HOST)")
         parser.add_argument("--port", type=int, default=settings.PORT, help="port to bind (PORT)")
         parser.add_argument("--no-worker", action="store_true", help="serve HTTP only")
+        parser.add_argument(
+            "--no-engine",
+            action="store_true",
+            help="run no turn worker: threads wait for external engines (threads/next)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         port: int = options["port"]
@@ -47,7 +60,26 @@ class Command(BaseCommand):
             ],
         }
         if not options["no_worker"]:
-            commands["worker"] = [sys.executable, "manage.py", "procrastinate", "worker"]
+            worker = [sys.executable, "manage.py", "run_worker"]
+            if not options["no_engine"]:
+                commands["turns"] = [
+                    *worker,
+                    "--queues",
+                    RUN_THREAD_QUEUE,
+                    "--concurrency",
+                    str(settings.ENGINE_CONCURRENCY),
+                    "--name",
+                    "turns",
+                ]
+            commands["background"] = [
+                *worker,
+                "--queues",
+                ",".join(BACKGROUND_QUEUES),
+                "--concurrency",
+                str(settings.BACKGROUND_CONCURRENCY),
+                "--name",
+                "background",
+            ]
 
         children = {
             name: subprocess.Popen(argv, cwd=settings.BASE_DIR) for name, argv in commands.items()

@@ -1,0 +1,508 @@
+"""The reference thread runner: one agent turn, durable across worker crashes.
+
+A turn claims the thread's lease, takes its inbox, calls the model step by step and records the
+outcome. After every step it checkpoints its state into the thread's own tenant's workspace
+(``engine/.runtime/threads/<thread_id>.json``: the turn's messages, steps and events), and taking
+the inbox commits in the same transaction as the checkpoint that records what was taken. So a
+worker killed at any point loses nothing: when the lease expires the sweeper requeues the thread,
+the next worker resumes from the checkpoint, and a step whose reply was checkpointed is never sent
+to the model again (only the step in flight when the worker died is repeated).
+
+No database connection is held while the model runs: the turn closes it (returning it to the
+pool) before every model call, so turns in flight are bounded by ``ENGINE_CONCURRENCY``, not by
+the pool.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from conversations.errors import (
+    LeaseNotHeld,
+    OutcomeAlreadyRecorded,
+    ThreadBusy,
+    ThreadNotClaimable,
+)
+from conversations.models import ConversationEntry, EntrySender, Thread
+from conversations.services import (
+    ThreadOutcome,
+    ThreadUsage,
+    thread_claim,
+    thread_inbox_take,
+    thread_lease_renew,
+    thread_outcome_record,
+)
+from engine.model_clients import (
+    ChatMessage,
+    ModelClient,
+    ModelError,
+    ModelReply,
+    model_client_from_settings,
+)
+from workspace.models import Document
+from workspace.services import document_write
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+# The tenant's identity files, in the order the system prompt shows them.
+PROMPT_DOCUMENTS = (
+    ("AGENTS.md", "Agent Instructions"),
+    ("SOUL.md", "Core Values"),
+    ("USER.md", "User Context"),
+    ("MEMORY.md", "Long-Term Memory"),
+)
+# A lock id of our own for the benchmark's baseline (ENGINE_CHECKPOINT_LOCK=global).
+_GLOBAL_CHECKPOINT_LOCK = 0x1C1A_0001
+_CLAIM_ATTEMPTS = 3
+
+
+def thread_checkpoint_path(thread_id: uuid.UUID | str) -> str:
+    return f"engine/.runtime/threads/{thread_id}.json"
+
+
+def conversation_checkpoint_path(conversation_id: uuid.UUID | str) -> str:
+    return f"engine/.runtime/conversations/{conversation_id}.json"
+
+
+class _TurnEnded(Exception):
+    """Ends the step loop with an outcome (stopped, failed, max_iterations)."""
+
+    def __init__(self, outcome: ThreadOutcome):
+        super().__init__(outcome.kind)
+        self.outcome = outcome
+
+
+def _now() -> str:
+    return timezone.now().isoformat()
+
+
+@dataclass
+class TurnState:
+    """What a checkpoint holds; enough to resume the turn on another worker."""
+
+    thread_id: str
+    conversation_id: str | None
+    user_id: str
+    started_at: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "running"
+    # Index of the first message of this run: replies before it were recorded by an earlier run
+    # of the same thread (one that paused or was suspended) and are context, not the answer.
+    reply_from: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({"version": CHECKPOINT_VERSION, **self.__dict__}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> TurnState | None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or data.get("version") != CHECKPOINT_VERSION:
+            return None
+        data.pop("version")
+        try:
+            return cls(**data)
+        except TypeError:
+            return None
+
+    def event(self, kind: str, **detail: Any) -> None:
+        self.events.append({"at": _now(), "kind": kind, **detail})
+
+    @property
+    def working_steps(self) -> int:
+        """Working steps since the last user message or final reply."""
+        count = 0
+        for message in reversed(self.messages):
+            if message["role"] == "assistant" and not message.get("final", True):
+                count += 1
+            else:
+                break
+        return count
+
+    @property
+    def needs_step(self) -> bool:
+        """The model owes a reply: the last message is a user's, or a working step."""
+        if not self.messages:
+            return False
+        last = self.messages[-1]
+        return last["role"] == "user" or not last.get("final", True)
+
+    @property
+    def response(self) -> str:
+        finals = [
+            message["content"]
+            for message in self.messages[self.reply_from :]
+            if message["role"] == "assistant" and message["final"]
+        ]
+        return "\n\n".join(finals)
+
+    def usage(self) -> ThreadUsage:
+        return ThreadUsage(
+            steps=len(self.steps),
+            input_tokens=sum(step["input_tokens"] for step in self.steps),
+            output_tokens=sum(step["output_tokens"] for step in self.steps),
+            cost_usd=sum(step["cost_usd"] for step in self.steps),
+            model_ms=sum(step["model_ms"] for step in self.steps),
+            model_calls=[
+                {"step": s["n"], "started_at": s["started_at"], "ended_at": s["ended_at"]}
+                for s in self.steps
+            ],
+        )
+
+
+class Turn:
+    """One run of a thread by this worker (a Procrastinate job on the ``threads`` queue)."""
+
+    def __init__(self, thread: Thread, *, model: ModelClient | None = None):
+        self.thread = thread
+        self.user_id = thread.user_id
+        self.model = model or model_client_from_settings()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_seconds = settings.ENGINE_LEASE_SECONDS
+        self._cancelled = threading.Event()
+        self._lease_lost = threading.Event()
+        self._stop_heartbeat = threading.Event()
+        self.state: TurnState | None = None
+
+    # --- Lifecycle -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if not self._claim():
+            return
+        heartbeat = threading.Thread(
+            target=self._heartbeat, name=f"lease-{self.thread.id}", daemon=True
+        )
+        heartbeat.start()
+        try:
+            state = self._resume_or_start()
+            outcome = self._loop(state)
+            self._finish(state, outcome)
+        except _LeaseLost:
+            logger.warning("thread %s: lease lost; another worker has it", self.thread.id)
+        finally:
+            self._stop_heartbeat.set()
+            heartbeat.join(timeout=5)
+            connection.close()
+
+    def _claim(self) -> bool:
+        for attempt in range(_CLAIM_ATTEMPTS):
+            try:
+                self.thread = thread_claim(
+                    user_id=self.user_id,
+                    thread_id=self.thread.id,
+                    worker_id=self.worker_id,
+                    lease_seconds=self.lease_seconds,
+                )
+                return True
+            except ThreadNotClaimable as error:
+                # Finished, cancelled, or leased by a live worker: this job has nothing to do.
+                logger.info("thread %s not claimed: %s", self.thread.id, error.message)
+                return False
+            except ThreadBusy:
+                time.sleep(0.2 * (attempt + 1))
+        logger.warning("thread %s stayed busy; leaving it to the lease sweeper", self.thread.id)
+        return False
+
+    def _heartbeat(self) -> None:
+        # Renews the lease while a step runs; it is also how the turn learns of an interrupt.
+        interval = min(self.lease_seconds / 3, settings.ENGINE_HEARTBEAT_SECONDS)
+        try:
+            while not self._stop_heartbeat.wait(interval):
+                try:
+                    thread = thread_lease_renew(
+                        user_id=self.user_id,
+                        thread_id=self.thread.id,
+                        worker_id=self.worker_id,
+                        lease_seconds=self.lease_seconds,
+                    )
+                except LeaseNotHeld:
+                    self._lease_lost.set()
+                    return
+                except ThreadBusy:
+                    continue
+                except Exception:
+                    logger.exception("thread %s: lease renewal failed", self.thread.id)
+                    continue
+                finally:
+                    connection.close()
+                if thread.cancel_requested:
+                    self._cancelled.set()
+        finally:
+            connection.close()
+
+    # --- State ---------------------------------------------------------------------------------
+
+    def _resume_or_start(self) -> TurnState:
+        stored = (
+            Document.objects.filter(
+                user_id=self.user_id, path=thread_checkpoint_path(self.thread.id)
+            )
+            .values_list("content", flat=True)
+            .first()
+        )
+        state = TurnState.from_json(stored) if stored else None
+        if state is not None and state.status == "running":
+            state.event("resumed", worker_id=self.worker_id, steps_done=len(state.steps))
+            self.state = state
+            return state
+        if state is not None:
+            # A thread run again after it paused: earlier messages stay as context.
+            state.status = "running"
+            state.reply_from = len(state.messages)
+            state.started_at = _now()
+            state.event("continued", worker_id=self.worker_id)
+            self.state = state
+            self._checkpoint(state, conversation_too=True)
+            return state
+        state = TurnState(
+            thread_id=str(self.thread.id),
+            conversation_id=str(self.thread.conversation_id)
+            if self.thread.conversation_id
+            else None,
+            user_id=self.user_id,
+            started_at=_now(),
+        )
+        seqs = self.thread.metadata.get("goal_entry_seqs") or []
+        goal = list(
+            ConversationEntry.objects.filter(
+                conversation_id=self.thread.conversation_id, seq__in=seqs
+            )
+            .order_by("seq")
+            .values_list("seq", "content")
+        )
+        if goal:
+            state.messages = [{"role": "user", "content": c, "seq": s} for s, c in goal]
+        else:
+            state.messages = [{"role": "user", "content": self.thread.goal}]
+        state.event("claimed", worker_id=self.worker_id)
+        self.state = state
+        self._checkpoint(state, conversation_too=True)
+        return state
+
+    def _checkpoint(self, state: TurnState, *, conversation_too: bool = False) -> None:
+        """Write the turn's state (one upsert per document: runtime paths are never indexed)."""
+        with transaction.atomic():
+            if settings.ENGINE_CHECKPOINT_LOCK == "global":
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_GLOBAL_CHECKPOINT_LOCK])
+            document_write(
+                user_id=self.user_id,
+                path=thread_checkpoint_path(state.thread_id),
+                content=state.to_json(),
+                changed_by=self.worker_id,
+            )
+            if conversation_too and state.conversation_id:
+                document_write(
+                    user_id=self.user_id,
+                    path=conversation_checkpoint_path(state.conversation_id),
+                    content=json.dumps(
+                        {
+                            "conversation_id": state.conversation_id,
+                            "thread_id": state.thread_id,
+                            "status": state.status,
+                            "steps": len(state.steps),
+                            "updated_at": _now(),
+                        }
+                    ),
+                    changed_by=self.worker_id,
+                )
+
+    def _take_inbox(self, state: TurnState) -> None:
+        """Take injected messages; the checkpoint recording them commits with the take."""
+        with transaction.atomic():
+            entries = thread_inbox_take(
+                user_id=self.user_id, thread_id=self.thread.id, worker_id=self.worker_id
+            )
+            if entries:
+                state.messages.extend(
+                    {"role": "user", "content": entry.content, "seq": entry.seq}
+                    for entry in entries
+                )
+                state.event("inbox", seqs=[entry.seq for entry in entries])
+                self._checkpoint(state)
+
+    # --- Steps ---------------------------------------------------------------------------------
+
+    def _loop(self, state: TurnState) -> ThreadOutcome:
+        deadline = _deadline(state)
+        try:
+            while True:
+                self._check_interrupts(deadline)
+                self._take_inbox(state)
+                if not state.needs_step:
+                    return ThreadOutcome(kind="completed", response=state.response)
+                if len(state.steps) >= settings.ENGINE_MAX_ITERATIONS:
+                    return ThreadOutcome(kind="max_iterations")
+                self._step(state, deadline)
+        except _TurnEnded as ended:
+            return ended.outcome
+        except LeaseNotHeld:
+            raise _LeaseLost() from None
+
+    def _check_interrupts(self, deadline: float) -> None:
+        if self._lease_lost.is_set():
+            raise _LeaseLost()
+        if self._cancelled.is_set():
+            raise _TurnEnded(ThreadOutcome(kind="stopped"))
+        if time.time() >= deadline:
+            raise _TurnEnded(
+                ThreadOutcome(
+                    kind="failed",
+                    error=f"the turn timed out after {settings.ENGINE_TURN_TIMEOUT_S} s "
+                    "(ENGINE_TURN_TIMEOUT_S)",
+                )
+            )
+
+    def _step(self, state: TurnState, deadline: float) -> None:
+        messages = self._model_input(state)
+        # Nothing is held while the model works: the connection goes back to the pool.
+        connection.close()
+        started_at = _now()
+        began = time.monotonic()
+        try:
+            reply = self._call_model(messages, step=state.working_steps, deadline=deadline)
+        except ModelError as error:
+            raise _TurnEnded(ThreadOutcome(kind="failed", error=f"model error: {error}")) from None
+        model_ms = round((time.monotonic() - began) * 1000, 1)
+        n = len(state.steps) + 1
+        state.steps.append(
+            {
+                "n": n,
+                "started_at": started_at,
+                "ended_at": _now(),
+                "model_ms": model_ms,
+                "input_tokens": reply.input_tokens,
+                "output_tokens": reply.output_tokens,
+                "cost_usd": reply.cost_usd,
+                "final": reply.final,
+            }
+        )
+        state.messages.append(
+            {"role": "assistant", "content": reply.text, "step": n, "final": reply.final}
+        )
+        state.event("step", n=n, model_ms=model_ms)
+        self._checkpoint(state)
+
+    def _call_model(self, messages: list[ChatMessage], *, step: int, deadline: float) -> ModelReply:
+        """Run the model call in its own thread, so an interrupt or the turn timeout ends the
+        turn at once instead of after the call (the call's own timeout bounds the thread)."""
+        result: dict[str, Any] = {}
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                result["reply"] = self.model.complete(messages, step=step)
+            except BaseException as error:
+                result["error"] = error
+            finally:
+                done.set()
+
+        threading.Thread(target=call, name=f"model-{self.thread.id}", daemon=True).start()
+        while not done.wait(timeout=min(0.05, max(0.0, deadline - time.time()))):
+            self._check_interrupts(deadline)
+        if "error" in result:
+            error = result["error"]
+            if isinstance(error, ModelError):
+                raise error
+            raise ModelError(f"{type(error).__name__}: {error}") from error
+        reply: ModelReply = result["reply"]
+        return reply
+
+    def _model_input(self, state: TurnState) -> list[ChatMessage]:
+        messages: list[ChatMessage] = []
+        system = self._system_prompt()
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.extend(self._history(state))
+        messages.extend(
+            {"role": message["role"], "content": message["content"]} for message in state.messages
+        )
+        return messages
+
+    def _system_prompt(self) -> str:
+        found = dict(
+            Document.objects.filter(
+                user_id=self.user_id, path__in=[path for path, _ in PROMPT_DOCUMENTS]
+            ).values_list("path", "content")
+        )
+        sections = [
+            f"## {title}\n\n{found[path].strip()}"
+            for path, title in PROMPT_DOCUMENTS
+            if found.get(path, "").strip()
+        ]
+        return "\n\n---\n\n".join(sections)
+
+    def _history(self, state: TurnState) -> list[ChatMessage]:
+        """The conversation's entries before this turn (users and agent; system notes left out)."""
+        if not state.conversation_id or settings.ENGINE_HISTORY_ENTRIES == 0:
+            return []
+        seqs = [message["seq"] for message in state.messages if "seq" in message]
+        entries = ConversationEntry.objects.filter(
+            conversation_id=state.conversation_id,
+            sender__in=[EntrySender.USER, EntrySender.AGENT],
+        )
+        if seqs:
+            entries = entries.filter(seq__lt=min(seqs))
+        recent = list(
+            entries.order_by("-seq").values_list("sender", "content")[
+                : settings.ENGINE_HISTORY_ENTRIES
+            ]
+        )
+        return [
+            {"role": "user" if sender == EntrySender.USER else "assistant", "content": content}
+            for sender, content in reversed(recent)
+        ]
+
+    # --- Outcome -------------------------------------------------------------------------------
+
+    def _finish(self, state: TurnState, outcome: ThreadOutcome) -> None:
+        try:
+            thread_outcome_record(
+                user_id=self.user_id,
+                thread_id=self.thread.id,
+                outcome=outcome,
+                worker_id=self.worker_id,
+                usage=state.usage(),
+            )
+        except (LeaseNotHeld, OutcomeAlreadyRecorded) as error:
+            # The lease lapsed and another worker took the thread over; it records the outcome.
+            logger.warning("thread %s: outcome not recorded: %s", self.thread.id, error.message)
+            return
+        state.status = outcome.kind
+        state.event("outcome", kind=outcome.kind)
+        self._checkpoint(state, conversation_too=True)
+
+
+class _LeaseLost(Exception):
+    pass
+
+
+def _deadline(state: TurnState) -> float:
+    started = datetime.datetime.fromisoformat(state.started_at)
+    return started.timestamp() + settings.ENGINE_TURN_TIMEOUT_S
+
+
+def run_thread(*, thread_id: str) -> None:
+    """``THREAD_RUNNER``: run one turn of the thread (a no-op if it is finished or leased)."""
+    thread = Thread.objects.filter(pk=thread_id).first()
+    if thread is None or thread.is_terminal:
+        return
+    Turn(thread).run()
