@@ -228,7 +228,9 @@ def test_a_resumed_turn_does_not_send_checkpointed_steps_again() -> None:
     assert turn._claim()
     state = turn._resume_or_start()
     turn._step(state, deadline=time.time() + 60)
-    Thread.objects.filter(pk=thread.pk).update(state="created", lease_owner="", lease_expires_at=None)
+    Thread.objects.filter(pk=thread.pk).update(
+        state="created", lease_owner="", lease_expires_at=None
+    )
     resumed = ScriptedModel(replies=[ModelReply(text="second part")])
 
     finished = _run(sent.thread_id, resumed)
