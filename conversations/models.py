@@ -131,6 +131,9 @@ THREAD_TRANSITIONS = [
 ]
 
 
+MAX_MODEL_CALLS_KEPT = 100
+
+
 class ThreadQuerySet(models.QuerySet["Thread"]):
     def live(self) -> ThreadQuerySet:
         return self.filter(state__in=LIVE_STATES)
@@ -159,9 +162,19 @@ class Thread(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
     claim_count = models.PositiveIntegerField(default=0)
+    # Usage, summed over the thread's runs (reported with each outcome, or as heartbeat deltas).
     step_count = models.PositiveIntegerField(default=0)
     tokens_used = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    model_time_ms = models.BigIntegerField(default=0)
+    # Per-phase timestamps, so a slow turn shows where its time went: enqueued (spawn or
+    # requeue), claimed (the latest claim), each model call ({step, started_at, ended_at}; the
+    # latest MAX_MODEL_CALLS_KEPT), and finished_at (the outcome's transaction).
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    model_calls = models.JSONField(default=list, blank=True)
     outcome = models.JSONField(null=True, blank=True)
     # e.g. {"goal_entry_seqs": [...]}: which user entries make up the goal.
     metadata = models.JSONField(default=dict, blank=True)
@@ -180,6 +193,10 @@ class Thread(models.Model):
                 fields=["lease_expires_at"],
                 name="thread_running_lease_idx",
                 condition=Q(state="running"),
+            ),
+            # threads/next: the oldest thread waiting for an engine.
+            models.Index(
+                fields=["created_at"], name="thread_claimable_idx", condition=Q(state="created")
             ),
         ]
         constraints = [
@@ -212,6 +229,14 @@ class Thread(models.Model):
         ]
         triggers = [
             pgtrigger.FSM(name="thread_state_fsm", field="state", transitions=THREAD_TRANSITIONS),
+            # Wakes engines long-polling threads/next (sent at commit; payload: the tenant).
+            pgtrigger.Trigger(
+                name="thread_notify_claimable",
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert | pgtrigger.Update,
+                condition=pgtrigger.Q(new__state="created"),
+                func="PERFORM pg_notify('ironclaw_threads', NEW.user_id); RETURN NULL;",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -281,6 +306,15 @@ class ConversationEntry(models.Model):
                     "OLD.delivered_at IS NOT NULL"
                     " AND NEW.delivered_at IS DISTINCT FROM OLD.delivered_at"
                 ),
+            ),
+            # Wakes clients long-polling the conversation's entries (sent at commit; Postgres
+            # folds a transaction's identical notifications into one).
+            pgtrigger.Trigger(
+                name="entry_notify_inserted",
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                func="PERFORM pg_notify('ironclaw_entries', NEW.conversation_id::text); "
+                "RETURN NULL;",
             ),
         ]
 
