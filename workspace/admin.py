@@ -7,18 +7,18 @@ join what they show, and chunk search uses the full-text index rather than a LIK
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.postgres.search import SearchQuery
-from django.db.models import F, Func, IntegerField, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from workspace import services
-from workspace.models import Chunk, Document, DocumentVersion
+from workspace.models import Chunk, Document, DocumentQuerySet, DocumentVersion
 
 RECENT_VERSIONS_SHOWN = 20
 
@@ -70,14 +70,8 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Document]:
         # The list shows sizes without loading every document's content.
-        return (
-            super()
-            .get_queryset(request)
-            .defer("content")
-            .annotate(
-                size_bytes=Func(F("content"), function="octet_length", output_field=IntegerField())
-            )
-        )
+        documents = cast(DocumentQuerySet, super().get_queryset(request))
+        return documents.defer("content").with_size()
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Writes go through the services (paths, versions, indexing), i.e. through the API.

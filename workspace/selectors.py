@@ -7,16 +7,16 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import F, Func, IntegerField, QuerySet
+from django.db.models import QuerySet
 
 from workspace.errors import DocumentNotFound, VersionNotFound
-from workspace.models import Document, DocumentVersion
+from workspace.models import Document, DocumentQuerySet, DocumentVersion
 from workspace.paths import config_paths_for, normalise_directory, normalise_path
 
 PREVIEW_CHARACTERS = 200
 
 
-def documents_for(*, user_id: str) -> QuerySet[Document]:
+def documents_for(*, user_id: str) -> DocumentQuerySet:
     return Document.objects.filter(user_id=user_id)
 
 
@@ -61,13 +61,13 @@ def document_versions(*, user_id: str, path: str) -> QuerySet[DocumentVersion]:
 
 
 def document_version(*, user_id: str, path: str, version: int) -> DocumentVersion:
-    """One version with its content. The document is only joined to match the path: loading it
-    would drag the current content (up to WORKSPACE_MAX_DOCUMENT_BYTES) along for nothing.
-    """
+    """One version with its content, without loading the document's current content."""
     normalised = normalise_path(path)
-    found = DocumentVersion.objects.filter(
-        user_id=user_id, document__user_id=user_id, document__path=normalised, version=version
-    ).first()
+    found = (
+        DocumentVersion.objects.of_path(user_id=user_id, path=normalised)
+        .filter(version=version)
+        .first()
+    )
     if found is None:
         if not documents_for(user_id=user_id).filter(path=normalised).exists():
             raise DocumentNotFound(f"No document at {normalised!r}.", details={"path": normalised})
@@ -138,10 +138,4 @@ def document_tree(*, user_id: str, prefix: str = "") -> QuerySet[Document]:
         documents = documents.filter(path__startswith=f"{normalised}/") | documents.filter(
             path=normalised
         )
-    return (
-        documents.defer("content")
-        .annotate(
-            size_bytes=Func(F("content"), function="octet_length", output_field=IntegerField())
-        )
-        .order_by("path")
-    )
+    return documents.defer("content").with_size().order_by("path")

@@ -308,11 +308,7 @@ def _locked_transaction() -> Iterator[None]:
 
 
 def _lock_document(*, user_id: str, path: str) -> Document | None:
-    return (
-        Document.objects.select_for_update(no_key=True, of=("self",))
-        .filter(user_id=user_id, path=path)
-        .first()
-    )
+    return Document.objects.for_update().filter(user_id=user_id, path=path).first()
 
 
 def _lock_or_create_document(*, user_id: str, path: str) -> Document:
@@ -546,12 +542,8 @@ def document_restore(
     normalised = normalise_path(path)
     if is_runtime_path(normalised):
         restored = (
-            DocumentVersion.objects.filter(
-                user_id=user_id,
-                document__user_id=user_id,
-                document__path=normalised,
-                version=version,
-            )
+            DocumentVersion.objects.of_path(user_id=user_id, path=normalised)
+            .filter(version=version)
             .values_list("content", flat=True)
             .first()
         )
@@ -595,9 +587,7 @@ class IndexOutcome:
 def _skip_indexing(document_id: uuid.UUID, source_hash: str) -> str:
     with transaction.atomic():
         locked = (
-            Document.objects.select_for_update(no_key=True, of=("self",))
-            .filter(pk=document_id, content_hash=source_hash)
-            .first()
+            Document.objects.for_update().filter(pk=document_id, content_hash=source_hash).first()
         )
         if locked is None:
             return IndexOutcome.STALE
@@ -659,7 +649,7 @@ def document_index(*, document_id: uuid.UUID | str, force: bool = False) -> str:
 
     with transaction.atomic():
         locked = (
-            Document.objects.select_for_update(no_key=True, of=("self",))
+            Document.objects.for_update()
             .filter(pk=snapshot["id"], content_hash=source_hash, is_runtime=False)
             .first()
         )
@@ -757,7 +747,7 @@ def runtime_chunks_cleanup(
     for ids in batches(to_flag):
         with transaction.atomic():
             locked = list(
-                Document.objects.select_for_update(no_key=True, of=("self",))
+                Document.objects.for_update()
                 .filter(pk__in=ids, is_runtime=False)
                 .order_by("pk")
                 .values_list("pk", flat=True)
@@ -920,7 +910,7 @@ def workspace_hygiene(
     document's own ``hygiene`` replaces the folder's (the metadata overlay), so it can opt out.
     """
     now = now or timezone.now()
-    configs = Document.objects.filter(Q(path=CONFIG_NAME) | Q(path__endswith=f"/{CONFIG_NAME}"))
+    configs = Document.objects.folder_configs()
     if user_id is not None:
         configs = configs.filter(user_id=user_id)
     result = HygieneResult(deleted_paths=[])
@@ -934,8 +924,7 @@ def workspace_hygiene(
         candidates = (
             Document.objects.filter(user_id=config.user_id, path__startswith=folder)
             .filter(Q(updated_at__lt=folder_cutoff) | Q(metadata__has_key="hygiene"))
-            .exclude(path__endswith=f"/{CONFIG_NAME}")
-            .exclude(path=CONFIG_NAME)
+            .without_folder_configs()
             .values_list("pk", "path", "updated_at", "metadata")
         )
         expired: dict[datetime, list[tuple[uuid.UUID, str]]] = {}
