@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
+from ironclaw_site.admin import ReadOnlyAdmin
 from workspace import services
 from workspace.models import Chunk, Document, DocumentQuerySet, DocumentVersion
 
@@ -35,16 +36,9 @@ def unified_diff(before: str, after: str, *, before_label: str, after_label: str
     return "\n".join(lines) or "(no textual difference)"
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(Document)
-class DocumentAdmin(admin.ModelAdmin):
+class DocumentAdmin(ReadOnlyAdmin):
+    # Read-only: a write must go through the services (paths, versions, indexing), as the API's do.
     list_display = ("path", "user_id", "is_runtime", "size_display", "index_state", "updated_at")
     list_filter = ("is_runtime", "index_state")
     search_fields = ("=user_id", "path")
@@ -72,13 +66,6 @@ class DocumentAdmin(admin.ModelAdmin):
         # The list shows sizes without loading every document's content.
         documents = cast(DocumentQuerySet, super().get_queryset(request))
         return documents.defer("content").with_size()
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        # Writes go through the services (paths, versions, indexing), i.e. through the API.
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="size (bytes)", ordering="size_bytes")
     def size_display(self, document: Document) -> int:
