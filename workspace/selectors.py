@@ -24,7 +24,7 @@ def document_get(*, user_id: str, path: str) -> Document:
     normalised = normalise_path(path)
     document = documents_for(user_id=user_id).filter(path=normalised).first()
     if document is None:
-        raise DocumentNotFound(f"No document at {normalised!r}.", details={"path": normalised})
+        raise DocumentNotFound.for_path(normalised)
     return document
 
 
@@ -52,7 +52,7 @@ def document_versions(*, user_id: str, path: str) -> QuerySet[DocumentVersion]:
         documents_for(user_id=user_id).filter(path=normalised).values_list("id", flat=True).first()
     )
     if document_id is None:
-        raise DocumentNotFound(f"No document at {normalised!r}.", details={"path": normalised})
+        raise DocumentNotFound.for_path(normalised)
     return (
         DocumentVersion.objects.filter(document_id=document_id)
         .defer("content")
@@ -70,10 +70,8 @@ def document_version(*, user_id: str, path: str, version: int) -> DocumentVersio
     )
     if found is None:
         if not documents_for(user_id=user_id).filter(path=normalised).exists():
-            raise DocumentNotFound(f"No document at {normalised!r}.", details={"path": normalised})
-        raise VersionNotFound(
-            f"{normalised!r} has no version {version}.", details={"version": version}
-        )
+            raise DocumentNotFound.for_path(normalised)
+        raise VersionNotFound.for_version(normalised, version=version)
     return found
 
 

@@ -109,10 +109,6 @@ def _document_from_row(row: tuple[Any, ...]) -> Document:
     return Document.from_db(connection.alias, _DOCUMENT_FIELDS, values)
 
 
-def _not_found(path: str) -> DocumentNotFound:
-    return DocumentNotFound(f"No document at {path!r}.", details={"path": path})
-
-
 # --- Runtime paths: one statement each ---------------------------------------------------------
 
 # The CTE returns the row whether or not it changed, so an unchanged write is still one statement.
@@ -223,7 +219,7 @@ def _runtime_write(
             )
             row = cursor.fetchone()
     if row is None:  # deleted between the two statements: report the write as not applied
-        raise _not_found(path)
+        raise DocumentNotFound.for_path(path)
     return _document_from_row(row)
 
 
@@ -271,7 +267,7 @@ def _runtime_patch(
         )
         found = cursor.fetchone()
     if found is None:
-        raise _not_found(path)
+        raise DocumentNotFound.for_path(path)
     if not found[0]:
         raise PatchFailed(
             "old was not found in the document.", details={"old": ["not found in the document"]}
@@ -506,7 +502,7 @@ def document_patch(
     with _locked_transaction():
         locked = _lock_document(user_id=user_id, path=normalised)
         if locked is None:
-            raise _not_found(normalised)
+            raise DocumentNotFound.for_path(normalised)
         document = locked
         occurrences = document.content.count(old)
         if occurrences == 0:
@@ -532,7 +528,7 @@ def document_delete(*, user_id: str, path: str) -> None:
             [user_id, normalised],
         )
         if cursor.fetchone() is None:
-            raise _not_found(normalised)
+            raise DocumentNotFound.for_path(normalised)
 
 
 def document_restore(
@@ -548,23 +544,19 @@ def document_restore(
             .first()
         )
         if restored is None:
-            raise VersionNotFound(
-                f"{normalised!r} has no version {version}.", details={"version": version}
-            )
+            raise VersionNotFound.for_version(normalised, version=version)
         return _runtime_write(user_id=user_id, path=normalised, content=restored, metadata=None)
     with _locked_transaction():
         document = _lock_document(user_id=user_id, path=normalised)
         if document is None:
-            raise _not_found(normalised)
+            raise DocumentNotFound.for_path(normalised)
         restored = (
             DocumentVersion.objects.filter(document=document, version=version)
             .values_list("content", flat=True)
             .first()
         )
         if restored is None:
-            raise VersionNotFound(
-                f"{normalised!r} has no version {version}.", details={"version": version}
-            )
+            raise VersionNotFound.for_version(normalised, version=version)
         index_due = _apply_change(
             document, content=restored, metadata=None, changed_by=changed_by or user_id
         )
