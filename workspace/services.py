@@ -20,19 +20,19 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg.errors
 from django.conf import settings
-from django.db import OperationalError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 from procrastinate.exceptions import AlreadyEnqueued
 from psycopg.types.json import Jsonb
 
+from ironclaw_site.db import bounded_transaction
 from workspace.chunking import chunk_text
 from workspace.embeddings import EmbeddingError, embedding_provider
 from workspace.errors import (
@@ -281,26 +281,15 @@ def _runtime_patch(
 # --- Document paths: one transaction under the row lock ----------------------------------------
 
 
-@contextmanager
-def _locked_transaction() -> Iterator[None]:
+def _document_transaction() -> AbstractContextManager[None]:
     """One transaction whose lock waits are bounded by ``WORKSPACE_LOCK_TIMEOUT_MS``.
 
     A document row is held only briefly by writers, but a maintenance batch (cleanup, indexing of
     a large document) can hold it longer; a request waits that long at most, then gets a 409.
     """
-    try:
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                # Transaction-scoped (SET LOCAL semantics): a pooled connection never keeps it.
-                cursor.execute(
-                    "SELECT set_config('lock_timeout', %s, true)",
-                    [f"{settings.WORKSPACE_LOCK_TIMEOUT_MS}ms"],
-                )
-            yield
-    except OperationalError as error:
-        if isinstance(error.__cause__, psycopg.errors.LockNotAvailable):
-            raise DocumentBusy() from None
-        raise
+    return bounded_transaction(
+        lock_timeout_ms=settings.WORKSPACE_LOCK_TIMEOUT_MS, busy=DocumentBusy
+    )
 
 
 def _lock_document(*, user_id: str, path: str) -> Document | None:
@@ -444,7 +433,7 @@ def document_write(
         _check_metadata(metadata)
     if is_runtime_path(normalised):
         return _runtime_write(user_id=user_id, path=normalised, content=content, metadata=metadata)
-    with _locked_transaction():
+    with _document_transaction():
         document = _lock_or_create_document(user_id=user_id, path=normalised)
         index_due = _apply_change(
             document, content=content, metadata=metadata, changed_by=changed_by or user_id
@@ -462,7 +451,7 @@ def document_append(
     _check_size(content)
     if is_runtime_path(normalised):
         return _runtime_append(user_id=user_id, path=normalised, content=content)
-    with _locked_transaction():
+    with _document_transaction():
         document = _lock_or_create_document(user_id=user_id, path=normalised)
         combined = f"{document.content}\n{content}" if document.content else content
         _check_size(combined)
@@ -499,7 +488,7 @@ def document_patch(
             user_id=user_id, path=normalised, old=old, new=new, replace_all=replace_all
         )
         return PatchResult(document=document, replacements=count)
-    with _locked_transaction():
+    with _document_transaction():
         locked = _lock_document(user_id=user_id, path=normalised)
         if locked is None:
             raise DocumentNotFound.for_path(normalised)
@@ -546,7 +535,7 @@ def document_restore(
         if restored is None:
             raise VersionNotFound.for_version(normalised, version=version)
         return _runtime_write(user_id=user_id, path=normalised, content=restored, metadata=None)
-    with _locked_transaction():
+    with _document_transaction():
         document = _lock_document(user_id=user_id, path=normalised)
         if document is None:
             raise DocumentNotFound.for_path(normalised)
