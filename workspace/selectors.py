@@ -7,10 +7,10 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import F, Q, QuerySet
 
 from workspace.errors import DocumentNotFound, VersionNotFound
-from workspace.models import Document, DocumentQuerySet, DocumentVersion
+from workspace.models import Document, DocumentQuerySet, DocumentVersion, IndexState
 from workspace.paths import config_paths_for, normalise_directory, normalise_path
 
 PREVIEW_CHARACTERS = 200
@@ -137,3 +137,24 @@ def document_tree(*, user_id: str, prefix: str = "") -> QuerySet[Document]:
             path=normalised
         )
     return documents.defer("content").with_size().order_by("path")
+
+
+def documents_for_reindex(
+    *,
+    user_id: str | None = None,
+    path_prefix: str | None = None,
+    stale_only: bool = False,
+) -> QuerySet[Document]:
+    """The documents ``reindex_workspace`` would index (never runtime ones), in pk order; every
+    tenant's unless ``user_id`` is given (an operator's command, not a request)."""
+    documents = Document.objects.filter(is_runtime=False)
+    if user_id is not None:
+        documents = documents.filter(user_id=user_id)
+    if path_prefix:
+        documents = documents.filter(path__startswith=path_prefix)
+    if stale_only:
+        documents = documents.filter(
+            Q(index_state__in=[IndexState.PENDING, IndexState.FAILED])
+            | ~Q(indexed_hash=F("content_hash"))
+        ).exclude(index_state=IndexState.SKIPPED)
+    return documents.order_by("pk")
