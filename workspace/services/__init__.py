@@ -29,6 +29,7 @@ from workspace.services.documents import (
     document_write,
 )
 from workspace.services.indexing import (
+    INDEX_DOCUMENT_TASK,
     IndexOutcome,
     document_index,
     document_index_enqueue,
@@ -45,6 +46,7 @@ from workspace.services.maintenance import (
 )
 
 __all__ = [
+    "INDEX_DOCUMENT_TASK",
     "MAX_RETENTION_DAYS",
     "HygieneResult",
     "IndexOutcome",

@@ -9,6 +9,7 @@ import uuid
 from enum import StrEnum
 
 from django.db import transaction
+from procrastinate.contrib.django import app
 from procrastinate.exceptions import AlreadyEnqueued
 
 from workspace.chunking import chunk_text
@@ -18,6 +19,10 @@ from workspace.paths import is_runtime_path
 from workspace.selectors import effective_metadata
 
 logger = logging.getLogger(__name__)
+
+# Registered by workspace.tasks (queue ``indexing``); deferred by name so that module can import
+# the services without a cycle.
+INDEX_DOCUMENT_TASK = "workspace.index_document"
 
 
 class IndexOutcome(StrEnum):
@@ -36,13 +41,14 @@ def document_index_enqueue(*, document_id: uuid.UUID) -> None:
     lock makes a second deferral raise a unique violation, so it gets its own savepoint: the
     surrounding write must not be aborted by "already queued".
     """
-    from workspace.tasks import index_document
-
     try:
         with transaction.atomic():
-            index_document.configure(queueing_lock=f"workspace-index:{document_id}").defer(
-                document_id=str(document_id)
-            )
+            app.configure_task(
+                name=INDEX_DOCUMENT_TASK,
+                # An unknown name would otherwise defer to the default queue with no retries.
+                allow_unknown=False,
+                queueing_lock=f"workspace-index:{document_id}",
+            ).defer(document_id=str(document_id))
     except AlreadyEnqueued:
         # A job for this document has not started yet; it will read the latest content.
         pass
