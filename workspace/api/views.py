@@ -21,8 +21,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import request_user_id
+from ironclaw_site.api.pagination import StrictLimitOffsetPagination
 from workspace import selectors, services
-from workspace.api.pagination import WorkspacePagination
 from workspace.errors import DocumentTooLarge
 from workspace.search import MODES, workspace_search
 
@@ -234,7 +234,7 @@ class VersionOutputSerializer(serializers.Serializer):
 
 class DocumentVersionsView(DocumentActionView):
     # Also what the OpenAPI schema reads to document the paginated shape and its parameters.
-    pagination_class = WorkspacePagination
+    pagination_class = StrictLimitOffsetPagination
 
     @extend_schema(
         tags=TAGS,
@@ -288,7 +288,7 @@ class DocumentRestoreView(DocumentActionView):
 
 
 class ListView(WorkspaceView):
-    pagination_class = WorkspacePagination
+    pagination_class = StrictLimitOffsetPagination
 
     @extend_schema_serializer(component_name="WorkspaceListEntry")
     class OutputSerializer(serializers.Serializer):
@@ -322,7 +322,7 @@ class ListView(WorkspaceView):
 
 
 class TreeView(WorkspaceView):
-    pagination_class = WorkspacePagination
+    pagination_class = StrictLimitOffsetPagination
 
     @extend_schema_serializer(component_name="WorkspaceTreeEntry")
     class OutputSerializer(serializers.Serializer):
