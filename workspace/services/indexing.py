@@ -75,39 +75,25 @@ def document_index(*, document_id: uuid.UUID | str, force: bool = False) -> Inde
     Embedding runs before that transaction. If it fails, chunks are stored without vectors and the
     state is ``failed`` (full-text search still works; a retry or ``reindex_workspace`` fixes it).
     """
-    snapshot = (
-        Document.objects.filter(pk=document_id)
-        .values(
-            "id",
-            "user_id",
-            "path",
-            "content",
-            "content_hash",
-            "metadata",
-            "is_runtime",
-            "index_state",
-            "indexed_hash",
-        )
-        .first()
-    )
+    snapshot = Document.objects.filter(pk=document_id).first()
     if snapshot is None:
         return IndexOutcome.MISSING
-    source_hash = snapshot["content_hash"]
-    if snapshot["is_runtime"] or is_runtime_path(snapshot["path"]):
-        return _skip_indexing(snapshot["id"], source_hash)
+    source_hash = snapshot.content_hash
+    if snapshot.is_runtime or is_runtime_path(snapshot.path):
+        return _skip_indexing(snapshot.pk, source_hash)
     effective = effective_metadata(
-        user_id=snapshot["user_id"], path=snapshot["path"], own=snapshot["metadata"]
+        user_id=snapshot.user_id, path=snapshot.path, own=snapshot.metadata
     )
     if effective.get("skip_indexing"):
-        return _skip_indexing(snapshot["id"], source_hash)
+        return _skip_indexing(snapshot.pk, source_hash)
     if (
         not force
-        and snapshot["index_state"] == IndexState.INDEXED
-        and snapshot["indexed_hash"] == source_hash
+        and snapshot.index_state == IndexState.INDEXED
+        and snapshot.indexed_hash == source_hash
     ):
         return IndexOutcome.UP_TO_DATE
 
-    pieces = chunk_text(snapshot["content"])
+    pieces = chunk_text(snapshot.content)
     provider = embedding_provider()
     failed = False
     try:
@@ -120,13 +106,13 @@ def document_index(*, document_id: uuid.UUID | str, force: bool = False) -> Inde
     with transaction.atomic():
         locked = (
             Document.objects.for_update()
-            .filter(pk=snapshot["id"], content_hash=source_hash, is_runtime=False)
+            .filter(pk=snapshot.pk, content_hash=source_hash, is_runtime=False)
             .first()
         )
         # A metadata-only write (same hash) may have set skip_indexing and dropped the chunks
         # while we embedded; storing ours would resurrect them. Any write that still wants an
         # index marked the document pending and queued (or ran) a job of its own.
-        if locked is None or locked.metadata != snapshot["metadata"]:
+        if locked is None or locked.metadata != snapshot.metadata:
             return IndexOutcome.STALE
         Chunk.objects.filter(document_id=locked.pk).delete()
         Chunk.objects.bulk_create(

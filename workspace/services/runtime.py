@@ -116,15 +116,22 @@ RETURNING {_DOCUMENT_COLUMNS},
 """
 
 
-def runtime_write(
-    *, user_id: str, path: str, content: str, metadata: dict[str, Any] | None
-) -> Document:
-    params: dict[str, Any] = {
+def _new_row_params(*, user_id: str, path: str, content: str) -> dict[str, Any]:
+    """The values an upsert inserts when the document does not exist yet."""
+    return {
         "id": uuid.uuid4(),
         "user_id": user_id,
         "path": path,
         "content": content,
         "hash": content_hash(content),
+    }
+
+
+def runtime_write(
+    *, user_id: str, path: str, content: str, metadata: dict[str, Any] | None
+) -> Document:
+    params: dict[str, Any] = {
+        **_new_row_params(user_id=user_id, path=path, content=content),
         "metadata": Jsonb(metadata or {}),
         "metadata_given": metadata is not None,
     }
@@ -145,11 +152,7 @@ def runtime_write(
 
 def runtime_append(*, user_id: str, path: str, content: str) -> Document:
     params: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "user_id": user_id,
-        "path": path,
-        "content": content,
-        "hash": content_hash(content),
+        **_new_row_params(user_id=user_id, path=path, content=content),
         "limit": settings.WORKSPACE_MAX_DOCUMENT_BYTES,
     }
     with connection.cursor() as cursor:
