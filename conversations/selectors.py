@@ -26,8 +26,10 @@ def conversation_get(*, user_id: str, conversation_id: uuid.UUID) -> Conversatio
         to_attr="active_threads",
     )
     try:
-        return Conversation.objects.prefetch_related(active).get(
-            pk=conversation_id, user_id=user_id
+        return (
+            Conversation.objects.all()
+            .prefetch_related(active)
+            .get(pk=conversation_id, user_id=user_id)
         )
     except Conversation.DoesNotExist:
         raise ConversationNotFound() from None

@@ -230,11 +230,11 @@ def _violated_constraint(error: IntegrityError) -> str | None:
 def _conversation_lock(conversation_id: uuid.UUID) -> Conversation:
     # NO KEY UPDATE: serialises writers of this conversation but lets other transactions insert
     # rows that reference it (their FK check takes KEY SHARE, which FOR UPDATE would block).
-    return Conversation.objects.select_for_update(no_key=True, of=("self",)).get(pk=conversation_id)
+    return Conversation.objects.for_update().get(pk=conversation_id)
 
 
 def _thread_lock(thread_id: uuid.UUID) -> Thread:
-    return Thread.objects.select_for_update(no_key=True, of=("self",)).get(pk=thread_id)
+    return Thread.objects.for_update().get(pk=thread_id)
 
 
 def _thread_run_enqueue(thread_id: uuid.UUID) -> None:
@@ -371,7 +371,7 @@ def conversation_clear(*, user_id: str, conversation_id: uuid.UUID) -> ClearResu
     """
     with _locked_transaction():
         try:
-            conversation = Conversation.objects.select_for_update(no_key=True, of=("self",)).get(
+            conversation = Conversation.objects.for_update().get(
                 pk=conversation_id, user_id=user_id
             )
         except Conversation.DoesNotExist:
@@ -423,7 +423,7 @@ def message_handle(
 def _message_apply(conversation: Conversation, content: str) -> MessageResult:
     writer = _EntryWriter(conversation)
     live = Thread.objects.tracked_foreground().filter(conversation=conversation).live().first()
-    policy = conversation.busy_policy or settings.CONVERSATION_DEFAULT_BUSY_POLICY
+    policy = conversation.effective_busy_policy
 
     if live is None:
         thread, entry = _thread_spawn(conversation, writer, new_message=content)
@@ -446,12 +446,8 @@ def _message_apply(conversation: Conversation, content: str) -> MessageResult:
         # Messages injected into the interrupted thread that it never took (sent while the
         # policy was still inject) would otherwise never reach any thread: its later outcome
         # adds nothing. They join the new goal with any queued ones, in seq order.
-        unread = ConversationEntry.objects.filter(
-            thread=interrupted, sender=EntrySender.USER, delivered_at__isnull=True
-        )
-        queued = conversation.entries.filter(
-            sender=EntrySender.USER, thread__isnull=True, delivered_at__isnull=True
-        )
+        unread = ConversationEntry.objects.undelivered_for(interrupted)
+        queued = conversation.entries.queued()
         carried = sorted([*unread, *queued], key=lambda earlier: earlier.seq)
         thread, entry = _thread_spawn(conversation, writer, new_message=content, carried=carried)
         writer.flush()
@@ -488,13 +484,7 @@ def _thread_spawn(
     # Messages queued behind a thread that is gone (policy changed, thread interrupted) join the
     # next goal rather than waiting forever.
     earlier = (
-        carried
-        if carried is not None
-        else list(
-            conversation.entries.filter(
-                sender=EntrySender.USER, thread__isnull=True, delivered_at__isnull=True
-            ).order_by("seq")
-        )
+        carried if carried is not None else list(conversation.entries.queued().order_by("seq"))
     )
     if earlier:
         ConversationEntry.objects.filter(pk__in=[entry.pk for entry in earlier]).update(
@@ -619,17 +609,13 @@ def thread_inbox_take(
     _check_worker_id(worker_id)
     with _locked_transaction(busy=ThreadBusy):
         try:
-            thread = Thread.objects.select_for_update(no_key=True, of=("self",)).get(
-                pk=thread_id, user_id=user_id
-            )
+            thread = Thread.objects.for_update().get(pk=thread_id, user_id=user_id)
         except Thread.DoesNotExist:
             raise ThreadNotFound() from None
         if thread.state != ThreadState.RUNNING or thread.lease_owner != worker_id:
             raise LeaseNotHeld(details={"state": thread.state})
         entries = list(
-            ConversationEntry.objects.select_for_update(no_key=True)
-            .filter(thread=thread, sender=EntrySender.USER, delivered_at__isnull=True)
-            .order_by("seq")
+            ConversationEntry.objects.for_update().undelivered_for(thread).order_by("seq")
         )
         if entries:
             now = timezone.now()
@@ -656,11 +642,7 @@ def _thread_lock_with_conversation(
     if found[0] is not None:
         # .first(), not .get(): if the conversation was deleted meanwhile, the thread outlives
         # it (its foreign key is now null) rather than the call failing.
-        conversation = (
-            Conversation.objects.select_for_update(no_key=True, of=("self",))
-            .filter(pk=found[0])
-            .first()
-        )
+        conversation = Conversation.objects.for_update().filter(pk=found[0]).first()
     return conversation, _thread_lock(thread_id)
 
 
@@ -680,7 +662,7 @@ def thread_suspend(*, user_id: str, thread_id: uuid.UUID, worker_id: str) -> Thr
         thread.lease_owner = ""
         thread.lease_expires_at = None
         thread.save(update_fields=["state", "lease_owner", "lease_expires_at", "updated_at"])
-        if thread.entries.filter(sender=EntrySender.USER, delivered_at__isnull=True).exists():
+        if ConversationEntry.objects.undelivered_for(thread).exists():
             _thread_run_enqueue(thread.id)
     return thread
 
@@ -763,21 +745,13 @@ def thread_outcome_record(
             writer.add(text[0], text[1], thread=thread)
 
         follow_up = None
-        undelivered = list(
-            ConversationEntry.objects.filter(
-                thread=thread, sender=EntrySender.USER, delivered_at__isnull=True
-            ).order_by("seq")
-        )
+        undelivered = list(ConversationEntry.objects.undelivered_for(thread).order_by("seq"))
         if outcome.kind == "gate_paused":
             if undelivered:
                 # Messages wait in the paused thread's inbox; a run must pick them up.
                 _thread_run_enqueue(thread.id)
         elif was_tracked and thread.kind == ThreadKind.FOREGROUND:
-            queued = list(
-                conversation.entries.filter(
-                    sender=EntrySender.USER, thread__isnull=True, delivered_at__isnull=True
-                ).order_by("seq")
-            )
+            queued = list(conversation.entries.queued().order_by("seq"))
             carried = sorted(undelivered + queued, key=lambda entry: entry.seq)
             if carried:
                 follow_up, _ = _thread_spawn(conversation, writer, carried=carried)
@@ -815,7 +789,7 @@ def thread_leases_sweep(
     while True:
         with transaction.atomic():
             expired = list(
-                Thread.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
+                Thread.objects.for_update(skip_locked=True)
                 .filter(state=ThreadState.RUNNING, lease_expires_at__lt=expired_before)
                 .order_by("pk")
                 .values_list("pk", "cancel_requested")[:batch_size]

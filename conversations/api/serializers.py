@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from django.conf import settings
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import Cursor, CursorPagination
 
-from conversations.models import BusyPolicy, EntrySender, ThreadKind, ThreadState
+from conversations.models import BusyPolicy, Conversation, EntrySender, ThreadKind, ThreadState
 from ironclaw_site.api.fields import TextField  # noqa: F401  (re-exported)
 from ironclaw_site.api.schema import ErrorSerializer  # noqa: F401  (re-exported)
 
@@ -57,9 +56,8 @@ class ConversationSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
-    def get_effective_busy_policy(self, conversation: object) -> str:
-        policy = getattr(conversation, "busy_policy", None)
-        return str(policy or settings.CONVERSATION_DEFAULT_BUSY_POLICY)
+    def get_effective_busy_policy(self, conversation: Conversation) -> str:
+        return conversation.effective_busy_policy
 
 
 def page_serializer(name: str, item: serializers.Serializer) -> type[serializers.Serializer]:
