@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import datetime
 import re
-import unicodedata
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import psycopg.errors
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
@@ -62,7 +59,9 @@ from conversations.models import (
     ThreadKind,
     ThreadState,
 )
+from ironclaw_site.db import bounded_transaction, violated_constraint
 from ironclaw_site.errors import Conflict, InvalidInput
+from ironclaw_site.text import has_control_characters
 
 CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_SCOPE_LENGTH = 128
@@ -154,17 +153,7 @@ def channel_key(channel: str, scope: str | None = None) -> str:
         raise InvalidInput(f"channel {problem}.", details={"channel": [problem]})
     if scope is None:
         return channel
-    if (
-        not scope.strip()
-        or scope != scope.strip()
-        or len(scope) > MAX_SCOPE_LENGTH
-        or any(unicodedata.category(char) in {"Cc", "Cf"} for char in scope)
-    ):
-        problem = (
-            f"must be 1-{MAX_SCOPE_LENGTH} characters without control characters or "
-            "surrounding whitespace"
-        )
-        raise InvalidInput(f"scope {problem}.", details={"scope": [problem]})
+    _check_label("scope", scope, max_length=MAX_SCOPE_LENGTH, allow_surrounding_whitespace=False)
     return f"{channel}:{scope}"
 
 
@@ -180,14 +169,26 @@ def _check_content(content: str) -> None:
 
 def _check_worker_id(worker_id: str) -> None:
     # Control characters would make two lease owners that print alike but never match.
+    _check_label(
+        "worker_id", worker_id, max_length=MAX_WORKER_ID_LENGTH, allow_surrounding_whitespace=True
+    )
+
+
+def _check_label(
+    name: str, value: str, *, max_length: int, allow_surrounding_whitespace: bool
+) -> None:
+    """Refuse an identifier-like text that is blank, too long or holds control characters."""
+    trimmed = value.strip()
     if (
-        not worker_id
-        or not worker_id.strip()
-        or len(worker_id) > MAX_WORKER_ID_LENGTH
-        or any(unicodedata.category(char) in {"Cc", "Cf"} for char in worker_id)
+        not trimmed
+        or (value != trimmed and not allow_surrounding_whitespace)
+        or len(value) > max_length
+        or has_control_characters(value)
     ):
-        problem = f"must be 1-{MAX_WORKER_ID_LENGTH} characters without control characters"
-        raise InvalidInput(f"worker_id {problem}.", details={"worker_id": [problem]})
+        problem = f"must be 1-{max_length} characters without control characters"
+        if not allow_surrounding_whitespace:
+            problem += " or surrounding whitespace"
+        raise InvalidInput(f"{name} {problem}.", details={name: [problem]})
 
 
 def _lease_duration(lease_seconds: int | None) -> datetime.timedelta:
@@ -202,29 +203,12 @@ def _lease_duration(lease_seconds: int | None) -> datetime.timedelta:
 # --- Transactions and locks ------------------------------------------------------------------
 
 
-@contextmanager
-def _locked_transaction(busy: type[Conflict] = ConversationBusy) -> Iterator[None]:
+def _locked_transaction(
+    busy: type[Conflict] = ConversationBusy,
+) -> AbstractContextManager[None]:
     """One transaction whose every lock wait is bounded by ``CONVERSATION_LOCK_TIMEOUT_MS``;
     a wait past it raises ``busy`` (the row the caller waits for: conversation or thread)."""
-    try:
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                # Transaction-scoped (SET LOCAL semantics), so a pooled or PgBouncer connection
-                # never carries it into the next request.
-                cursor.execute(
-                    "SELECT set_config('lock_timeout', %s, true)",
-                    [f"{settings.CONVERSATION_LOCK_TIMEOUT_MS}ms"],
-                )
-            yield
-    except OperationalError as error:
-        if isinstance(error.__cause__, psycopg.errors.LockNotAvailable):
-            raise busy() from None
-        raise
-
-
-def _violated_constraint(error: IntegrityError) -> str | None:
-    diag = getattr(error.__cause__, "diag", None)
-    return getattr(diag, "constraint_name", None)
+    return bounded_transaction(lock_timeout_ms=settings.CONVERSATION_LOCK_TIMEOUT_MS, busy=busy)
 
 
 def _conversation_lock(conversation_id: uuid.UUID) -> Conversation:
@@ -311,7 +295,7 @@ def _conversation_resolve(user_id: str, key: str) -> uuid.UUID:
             ChannelUserIndex.objects.create(user_id=user_id, channel=key, conversation=conversation)
         return conversation.id
     except IntegrityError as error:
-        if _violated_constraint(error) != "channel_user_index_unique_pair":
+        if violated_constraint(error) != "channel_user_index_unique_pair":
             raise
     # Our insert waited on the index until the winner committed, so its row is visible now.
     return ChannelUserIndex.objects.values_list("conversation_id", flat=True).get(
@@ -415,7 +399,7 @@ def message_handle(
         # The one-tracked-foreground-thread index refused a second thread: only reachable if a
         # writer skipped the conversation lock. The database kept the invariant; tell the
         # client to retry instead of failing with a 500.
-        if _violated_constraint(error) == "thread_one_tracked_foreground_per_conversation":
+        if violated_constraint(error) == "thread_one_tracked_foreground_per_conversation":
             raise ConversationBusy() from None
         raise
 
