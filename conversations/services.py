@@ -35,7 +35,7 @@ from django.utils import timezone
 from procrastinate.exceptions import AlreadyEnqueued
 
 from accounts.tenancy import user_id_problem
-from conversations import tasks
+from conversations import selectors, tasks
 from conversations.errors import (
     ConversationBusy,
     ConversationNotFound,
@@ -46,7 +46,6 @@ from conversations.errors import (
     OutcomeAlreadyRecorded,
     ThreadBusy,
     ThreadNotClaimable,
-    ThreadNotFound,
 )
 from conversations.models import (
     LIVE_STATES,
@@ -354,12 +353,9 @@ def conversation_clear(*, user_id: str, conversation_id: uuid.UUID) -> ClearResu
     Seqs are never reused, so ``after_seq`` cursors stay valid.
     """
     with _locked_transaction():
-        try:
-            conversation = Conversation.objects.for_update().get(
-                pk=conversation_id, user_id=user_id
-            )
-        except Conversation.DoesNotExist:
-            raise ConversationNotFound() from None
+        conversation = selectors.conversation_get_for_update(
+            user_id=user_id, conversation_id=conversation_id
+        )
         untracked = []
         # Threads before entries: take_inbox locks a thread and then its entries.
         for thread_id in (
@@ -516,13 +512,6 @@ def _thread_cancel(thread: Thread, *, reason: str) -> None:
 # --- Threads: lease, inbox, outcome ----------------------------------------------------------
 
 
-def _thread_for(user_id: str, thread_id: uuid.UUID) -> Thread:
-    try:
-        return Thread.objects.get(pk=thread_id, user_id=user_id)
-    except Thread.DoesNotExist:
-        raise ThreadNotFound() from None
-
-
 def thread_claim(
     *, user_id: str, thread_id: uuid.UUID, worker_id: str, lease_seconds: int | None = None
 ) -> Thread:
@@ -550,7 +539,7 @@ def thread_claim(
             started_at=Coalesce(F("started_at"), Now()),
             updated_at=Now(),
         )
-    thread = _thread_for(user_id, thread_id)
+    thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
     if not claimed:
         raise ThreadNotClaimable(
             f"The thread is {thread.state}"
@@ -577,7 +566,7 @@ def thread_lease_renew(
         renewed = Thread.objects.filter(
             pk=thread_id, user_id=user_id, state=ThreadState.RUNNING, lease_owner=worker_id
         ).update(lease_expires_at=Now() + duration, updated_at=Now())
-    thread = _thread_for(user_id, thread_id)
+    thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
     if not renewed:
         raise LeaseNotHeld(details={"state": thread.state})
     return thread
@@ -592,10 +581,7 @@ def thread_inbox_take(
     """
     _check_worker_id(worker_id)
     with _locked_transaction(busy=ThreadBusy):
-        try:
-            thread = Thread.objects.for_update().get(pk=thread_id, user_id=user_id)
-        except Thread.DoesNotExist:
-            raise ThreadNotFound() from None
+        thread = selectors.thread_get_for_update(user_id=user_id, thread_id=thread_id)
         if thread.state != ThreadState.RUNNING or thread.lease_owner != worker_id:
             raise LeaseNotHeld(details={"state": thread.state})
         entries = list(
@@ -615,18 +601,12 @@ def _thread_lock_with_conversation(
     user_id: str, thread_id: uuid.UUID
 ) -> tuple[Conversation | None, Thread]:
     """Lock the tenant's thread's conversation, then the thread (the policy's order)."""
-    found = list(
-        Thread.objects.filter(pk=thread_id, user_id=user_id).values_list(
-            "conversation_id", flat=True
-        )[:1]
-    )
-    if not found:
-        raise ThreadNotFound()
+    conversation_id = selectors.thread_get(user_id=user_id, thread_id=thread_id).conversation_id
     conversation = None
-    if found[0] is not None:
+    if conversation_id is not None:
         # .first(), not .get(): if the conversation was deleted meanwhile, the thread outlives
         # it (its foreign key is now null) rather than the call failing.
-        conversation = Conversation.objects.for_update().filter(pk=found[0]).first()
+        conversation = Conversation.objects.for_update().filter(pk=conversation_id).first()
     return conversation, _thread_lock(thread_id)
 
 
