@@ -32,10 +32,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
+from procrastinate.contrib.django import app as procrastinate_app
 from procrastinate.exceptions import AlreadyEnqueued
 
 from accounts.tenancy import user_id_problem
-from conversations import selectors, tasks
+from conversations import selectors
 from conversations.errors import (
     ConversationBusy,
     ConversationNotFound,
@@ -65,6 +66,10 @@ from ironclaw_site.text import has_control_characters
 CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_SCOPE_LENGTH = 128
 MAX_WORKER_ID_LENGTH = 255
+
+# The task conversations.tasks registers to run a thread; THREAD_RUNNER says what it runs.
+RUN_THREAD_TASK = "conversations.tasks.run_thread"
+RUN_THREAD_QUEUE = "threads"
 
 Action = Literal["spawned", "injected", "resumed", "queued"]
 OutcomeKind = Literal["completed", "stopped", "max_iterations", "failed", "gate_paused"]
@@ -222,13 +227,15 @@ def _thread_lock(thread_id: uuid.UUID) -> Thread:
 
 def _thread_run_enqueue(thread_id: uuid.UUID) -> None:
     """Enqueue the thread's run in the surrounding transaction (so it exists iff we commit)."""
+    # By name: conversations.tasks imports the services, so the services cannot import it.
+    run = procrastinate_app.configure_task(
+        name=RUN_THREAD_TASK, queue=RUN_THREAD_QUEUE, queueing_lock=f"thread-run:{thread_id}"
+    )
     try:
         # Own savepoint: a duplicate queueing lock is a unique violation that must not abort
         # the caller's transaction.
         with transaction.atomic():
-            tasks.run_thread.configure(queueing_lock=f"thread-run:{thread_id}").defer(
-                thread_id=str(thread_id)
-            )
+            run.defer(thread_id=str(thread_id))
     except AlreadyEnqueued:
         # A run of this thread is already waiting for a worker; one is enough.
         pass
