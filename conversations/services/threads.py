@@ -19,7 +19,6 @@ from conversations.errors import (
     ThreadNotClaimable,
 )
 from conversations.models import (
-    Conversation,
     ConversationEntry,
     EntrySender,
     Thread,
@@ -35,7 +34,7 @@ from conversations.services.results import (
 from conversations.services.transactions import (
     EntryWriter,
     locked_transaction,
-    thread_lock,
+    thread_lock_with_conversation,
     thread_run_enqueue,
 )
 from conversations.services.validation import check_outcome, check_worker_id, lease_duration
@@ -134,19 +133,6 @@ def thread_inbox_take(
     return entries
 
 
-def _thread_lock_with_conversation(
-    user_id: str, thread_id: uuid.UUID
-) -> tuple[Conversation | None, Thread]:
-    """Lock the tenant's thread's conversation, then the thread (the policy's order)."""
-    conversation_id = selectors.thread_get(user_id=user_id, thread_id=thread_id).conversation_id
-    conversation = None
-    if conversation_id is not None:
-        # .first(), not .get(): if the conversation was deleted meanwhile, the thread outlives
-        # it (its foreign key is now null) rather than the call failing.
-        conversation = Conversation.objects.for_update().filter(pk=conversation_id).first()
-    return conversation, thread_lock(thread_id)
-
-
 def thread_suspend(*, user_id: str, thread_id: uuid.UUID, worker_id: str) -> Thread:
     """The lease holder parks a running thread; the next user message resumes it.
 
@@ -156,7 +142,7 @@ def thread_suspend(*, user_id: str, thread_id: uuid.UUID, worker_id: str) -> Thr
     """
     check_worker_id(worker_id)
     with locked_transaction():
-        _, thread = _thread_lock_with_conversation(user_id, thread_id)
+        _, thread = thread_lock_with_conversation(user_id, thread_id)
         if thread.state != ThreadState.RUNNING or thread.lease_owner != worker_id:
             raise LeaseNotHeld(details={"state": thread.state})
         thread.state = ThreadState.SUSPENDED
@@ -193,7 +179,7 @@ def thread_outcome_record(
     """
     check_outcome(outcome)
     with locked_transaction():
-        conversation, thread = _thread_lock_with_conversation(user_id, thread_id)
+        conversation, thread = thread_lock_with_conversation(user_id, thread_id)
         _check_outcome_allowed(thread, outcome, worker_id)
         now = timezone.now()
         recorded = {**outcome.as_json(), "recorded_at": now.isoformat(), "worker_id": worker_id}

@@ -14,6 +14,7 @@ from django.utils import timezone
 from procrastinate.contrib.django import app as procrastinate_app
 from procrastinate.exceptions import AlreadyEnqueued
 
+from conversations import selectors
 from conversations.errors import ConversationBusy
 from conversations.models import Conversation, ConversationEntry, EntrySender, Thread
 from ironclaw_site.db import bounded_transaction
@@ -40,6 +41,19 @@ def conversation_lock(conversation_id: uuid.UUID) -> Conversation:
 
 def thread_lock(thread_id: uuid.UUID) -> Thread:
     return Thread.objects.for_update().get(pk=thread_id)
+
+
+def thread_lock_with_conversation(
+    user_id: str, thread_id: uuid.UUID
+) -> tuple[Conversation | None, Thread]:
+    """Lock the tenant's thread's conversation, then the thread (the policy's order)."""
+    conversation_id = selectors.thread_get(user_id=user_id, thread_id=thread_id).conversation_id
+    conversation = None
+    if conversation_id is not None:
+        # .first(), not .get(): if the conversation was deleted meanwhile, the thread outlives
+        # it (its foreign key is now null) rather than the call failing.
+        conversation = Conversation.objects.for_update().filter(pk=conversation_id).first()
+    return conversation, thread_lock(thread_id)
 
 
 def thread_run_enqueue(thread_id: uuid.UUID) -> None:
