@@ -8,25 +8,14 @@ conversation, and a partial unique index lets a conversation track at most one f
 from __future__ import annotations
 
 import uuid
-from typing import Self, TypeVar
+from typing import Self
 
 import pgtrigger
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-_Row = TypeVar("_Row", bound=models.Model)
-
-
-class RowLockQuerySet(models.QuerySet[_Row]):
-    def for_update(self, *, skip_locked: bool = False) -> Self:
-        """Lock the selected rows ``FOR NO KEY UPDATE`` until the transaction ends.
-
-        NO KEY UPDATE, not plain FOR UPDATE: it serialises writers of the row but lets other
-        transactions insert rows that reference it (their foreign-key check takes KEY SHARE,
-        which FOR UPDATE would block). ``of=("self",)`` keeps a join from locking other tables.
-        """
-        return self.select_for_update(no_key=True, skip_locked=skip_locked, of=("self",))
+from ironclaw_site.db import RowLockQuerySet
 
 
 class BusyPolicy(models.TextChoices):
