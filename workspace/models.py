@@ -15,6 +15,7 @@ from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from pgvector.django import VectorField
 
+from ironclaw_site.db import RowLockQuerySet
 from workspace.paths import CONFIG_NAME
 
 # Raised by the triggers below; SQLSTATE 23000 reaches Django as an IntegrityError.
@@ -42,12 +43,9 @@ class OctetLength(models.Func):
     output_field = models.IntegerField()
 
 
-class DocumentQuerySet(models.QuerySet["Document"]):
-    def for_update(self) -> DocumentQuerySet:
-        """Lock the rows for a write. ``FOR NO KEY UPDATE`` does not block the ``FOR KEY SHARE``
-        that version and chunk inserts take on their document through the foreign key, and
-        ``of=("self",)`` never locks a joined row."""
-        return self.select_for_update(no_key=True, of=("self",))
+class DocumentQuerySet(RowLockQuerySet["Document"]):
+    # for_update() (FOR NO KEY UPDATE) does not block the KEY SHARE that version and chunk
+    # inserts take on their document through the foreign key.
 
     def with_size(self) -> DocumentQuerySet:
         """Annotate ``size_bytes`` computed by the database, so a list shows sizes with the
