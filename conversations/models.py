@@ -8,10 +8,14 @@ conversation, and a partial unique index lets a conversation track at most one f
 from __future__ import annotations
 
 import uuid
+from typing import Self
 
 import pgtrigger
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+from ironclaw_site.db import RowLockQuerySet
 
 
 class BusyPolicy(models.TextChoices):
@@ -21,6 +25,10 @@ class BusyPolicy(models.TextChoices):
     QUEUE = "queue"
     REJECT = "reject"
     INTERRUPT = "interrupt"
+
+
+class ConversationQuerySet(RowLockQuerySet["Conversation"]):
+    """Conversations; ``for_update()`` is the conversation lock of the locking policy."""
 
 
 class Conversation(models.Model):
@@ -38,6 +46,8 @@ class Conversation(models.Model):
     last_seq = models.BigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ConversationQuerySet.as_manager()
 
     class Meta:
         indexes = [
@@ -61,6 +71,11 @@ class Conversation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} / {self.user_id} ({self.id})"
+
+    @property
+    def effective_busy_policy(self) -> str:
+        """The policy a message arriving now follows: its own, else the setting's default."""
+        return str(self.busy_policy or settings.CONVERSATION_DEFAULT_BUSY_POLICY)
 
 
 class ChannelUserIndex(models.Model):
@@ -134,7 +149,7 @@ THREAD_TRANSITIONS = [
 MAX_MODEL_CALLS_KEPT = 100
 
 
-class ThreadQuerySet(models.QuerySet["Thread"]):
+class ThreadQuerySet(RowLockQuerySet["Thread"]):
     def live(self) -> ThreadQuerySet:
         return self.filter(state__in=LIVE_STATES)
 
@@ -253,6 +268,18 @@ class EntrySender(models.TextChoices):
     SYSTEM = "system"
 
 
+class ConversationEntryQuerySet(RowLockQuerySet["ConversationEntry"]):
+    def undelivered_for(self, thread: Thread) -> Self:
+        """User messages sent to ``thread`` that it has not taken yet (entry_undelivered_by_thread
+        serves exactly this filter: keep the two in step)."""
+        return self.filter(thread=thread, sender=EntrySender.USER, delivered_at__isnull=True)
+
+    def queued(self) -> Self:
+        """User messages waiting for the next thread (busy policy "queue"; served by
+        entry_queued_by_conversation)."""
+        return self.filter(sender=EntrySender.USER, thread__isnull=True, delivered_at__isnull=True)
+
+
 class ConversationEntry(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="entries")
@@ -270,18 +297,22 @@ class ConversationEntry(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     metadata = models.JSONField(default=dict, blank=True)
 
+    objects = ConversationEntryQuerySet.as_manager()
+
     class Meta:
         verbose_name_plural = "conversation entries"
         indexes = [
             # The tenant key (future sharding key) of every row, as on every tenant table.
             models.Index(fields=["user_id"], name="entry_user_idx"),
-            # take_inbox and record_outcome look for a thread's undelivered messages.
+            # ConversationEntryQuerySet.undelivered_for: the inbox take, outcomes, suspends and
+            # interrupts look for a thread's undelivered messages.
             models.Index(
                 fields=["thread"],
                 name="entry_undelivered_by_thread",
                 condition=Q(sender="user", delivered_at__isnull=True, thread__isnull=False),
             ),
-            # Messages queued behind a live thread (busy policy "queue").
+            # ConversationEntryQuerySet.queued: messages queued behind a live thread (busy
+            # policy "queue").
             models.Index(
                 fields=["conversation", "seq"],
                 name="entry_queued_by_conversation",

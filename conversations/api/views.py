@@ -13,17 +13,15 @@ from rest_framework.views import APIView
 
 from accounts.authentication import request_user_id
 from conversations import selectors, services
-from conversations.api.serializers import (
-    ConversationSerializer,
-    EntrySerializer,
-    ErrorSerializer,
+from conversations.api.serializers import ConversationSerializer, EntrySerializer, ThreadSerializer
+from conversations.models import BusyPolicy
+from ironclaw_site.api.cursor_pagination import (
     NewestFirstPagination,
     SeqPagination,
-    TextField,
-    ThreadSerializer,
     page_serializer,
 )
-from conversations.models import BusyPolicy
+from ironclaw_site.api.fields import TextField
+from ironclaw_site.api.schema import ErrorSerializer
 
 TAG = ["conversations"]
 THREAD_TAG = ["threads"]
