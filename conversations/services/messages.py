@@ -128,6 +128,7 @@ def thread_spawn(
         conversation=conversation,
         kind=ThreadKind.FOREGROUND,
         tracked=True,
+        enqueued_at=now,
     )
     goal = list(earlier)
     if new_message is not None:

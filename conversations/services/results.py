@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Literal
 
 from conversations.models import Conversation, ConversationEntry, Thread
@@ -46,6 +47,28 @@ class ThreadOutcome:
         if self.kind == "gate_paused":
             data["gate"] = {"name": self.gate_name, "action": self.gate_action}
         return data
+
+
+@dataclass(frozen=True)
+class ThreadUsage:
+    """What a run cost, reported by the engine with its outcome (totals of the run) or with a
+    heartbeat (the increase since the previous report); the thread sums them."""
+
+    steps: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    model_ms: float = 0.0
+    # One {"step", "started_at", "ended_at"} per model call (outcomes only).
+    model_calls: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClaimedThread:
+    """A thread an engine claimed with ``threads/next``, with the messages it must take."""
+
+    thread: Thread
+    inbox: list[ConversationEntry]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from decimal import Decimal
+from typing import Any
 
 from django.db import transaction
 from django.db.models import F, Q
@@ -19,6 +21,7 @@ from conversations.errors import (
     ThreadNotClaimable,
 )
 from conversations.models import (
+    MAX_MODEL_CALLS_KEPT,
     ConversationEntry,
     EntrySender,
     Thread,
@@ -27,9 +30,11 @@ from conversations.models import (
 )
 from conversations.services.messages import thread_spawn
 from conversations.services.results import (
+    ClaimedThread,
     OutcomeResult,
     SweepResult,
     ThreadOutcome,
+    ThreadUsage,
 )
 from conversations.services.transactions import (
     EntryWriter,
@@ -37,7 +42,12 @@ from conversations.services.transactions import (
     thread_lock_with_conversation,
     thread_run_enqueue,
 )
-from conversations.services.validation import check_outcome, check_worker_id, lease_duration
+from conversations.services.validation import (
+    check_outcome,
+    check_usage,
+    check_worker_id,
+    lease_duration,
+)
 
 _OUTCOME_STATE = {
     "completed": ThreadState.COMPLETED,
@@ -73,6 +83,7 @@ def thread_claim(
             lease_expires_at=Now() + duration,
             claim_count=F("claim_count") + 1,
             started_at=Coalesce(F("started_at"), Now()),
+            claimed_at=Now(),
             updated_at=Now(),
         )
     thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
@@ -88,12 +99,20 @@ def thread_claim(
 
 
 def thread_lease_renew(
-    *, user_id: str, thread_id: uuid.UUID, worker_id: str, lease_seconds: int | None = None
+    *,
+    user_id: str,
+    thread_id: uuid.UUID,
+    worker_id: str,
+    lease_seconds: int | None = None,
+    usage: ThreadUsage | None = None,
 ) -> Thread:
-    """Extend the lease (compare-and-set on the holder). The result shows ``cancel_requested``,
-    which is how a running engine learns it was interrupted."""
+    """Extend the lease (compare-and-set on the holder), adding ``usage`` (the increase since the
+    last report) to the thread's counters. The result shows ``cancel_requested``, which is how a
+    running engine learns it was interrupted."""
     check_worker_id(worker_id)
     duration = lease_duration(lease_seconds)
+    if usage is not None:
+        check_usage(usage)
     # Owner and state are the whole check: the sweeper and other claimers change both, so a
     # match means nobody took the thread over, even if the lease lapsed a moment ago.
     # In a lock-timeout transaction like claim: the UPDATE waits for the thread row while an
@@ -101,7 +120,11 @@ def thread_lease_renew(
     with locked_transaction(busy=ThreadBusy):
         renewed = Thread.objects.filter(
             pk=thread_id, user_id=user_id, state=ThreadState.RUNNING, lease_owner=worker_id
-        ).update(lease_expires_at=Now() + duration, updated_at=Now())
+        ).update(
+            lease_expires_at=Now() + duration,
+            updated_at=Now(),
+            **(_usage_increments(usage) if usage is not None else {}),
+        )
     thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
     if not renewed:
         raise LeaseNotHeld(details={"state": thread.state})
@@ -120,17 +143,87 @@ def thread_inbox_take(
         thread = selectors.thread_get_for_update(user_id=user_id, thread_id=thread_id)
         if thread.state != ThreadState.RUNNING or thread.lease_owner != worker_id:
             raise LeaseNotHeld(details={"state": thread.state})
-        entries = list(
-            ConversationEntry.objects.for_update().undelivered_for(thread).order_by("seq")
+        return _inbox_take_locked(thread)
+
+
+def _inbox_take_locked(thread: Thread) -> list[ConversationEntry]:
+    """Mark the locked thread's undelivered user messages delivered and return them."""
+    entries = list(ConversationEntry.objects.for_update().undelivered_for(thread).order_by("seq"))
+    if entries:
+        now = timezone.now()
+        ConversationEntry.objects.filter(pk__in=[entry.pk for entry in entries]).update(
+            delivered_at=now
         )
-        if entries:
-            now = timezone.now()
-            ConversationEntry.objects.filter(pk__in=[entry.pk for entry in entries]).update(
-                delivered_at=now
-            )
-            for entry in entries:
-                entry.delivered_at = now
+        for entry in entries:
+            entry.delivered_at = now
     return entries
+
+
+def thread_claim_next(
+    *, user_id: str | None, worker_id: str, lease_seconds: int | None = None
+) -> ClaimedThread | None:
+    """Claim the oldest thread waiting for an engine (of ``user_id``, or of any tenant when it is
+    None) and take its inbox, in one transaction; None when there is none.
+
+    Waiting for an engine: ``created`` (new, or requeued by the sweeper), or paused (waiting,
+    suspended) with a message for it. ``SKIP LOCKED``: racing engines each get a different thread
+    and never queue behind one another's claim.
+    """
+    check_worker_id(worker_id)
+    duration = lease_duration(lease_seconds)
+    tenant = Q(user_id=user_id) if user_id is not None else Q()
+    with locked_transaction(busy=ThreadBusy):
+        candidates = Thread.objects.for_update(skip_locked=True).filter(
+            tenant, cancel_requested=False
+        )
+        # Two queries, not one OR: the first is served by the partial index on created threads.
+        thread = candidates.filter(state=ThreadState.CREATED).order_by("created_at").first()
+        if thread is None:
+            thread = (
+                candidates.filter(
+                    state__in=[ThreadState.WAITING, ThreadState.SUSPENDED],
+                    entries__sender=EntrySender.USER,
+                    entries__delivered_at__isnull=True,
+                )
+                .order_by("created_at")
+                .first()
+            )
+        if thread is None:
+            return None
+        Thread.objects.filter(pk=thread.pk).update(
+            state=ThreadState.RUNNING,
+            lease_owner=worker_id,
+            lease_expires_at=Now() + duration,
+            claim_count=F("claim_count") + 1,
+            started_at=Coalesce(F("started_at"), Now()),
+            claimed_at=Now(),
+            updated_at=Now(),
+        )
+        thread.refresh_from_db()
+        return ClaimedThread(thread=thread, inbox=_inbox_take_locked(thread))
+
+
+def _usage_increments(usage: ThreadUsage) -> dict[str, Any]:
+    """Counter updates for a compare-and-set UPDATE (F() so concurrent reports add up)."""
+    return {
+        "step_count": F("step_count") + usage.steps,
+        "input_tokens": F("input_tokens") + usage.input_tokens,
+        "output_tokens": F("output_tokens") + usage.output_tokens,
+        "tokens_used": F("tokens_used") + usage.input_tokens + usage.output_tokens,
+        "cost_usd": F("cost_usd") + Decimal(str(usage.cost_usd)),
+        "model_time_ms": F("model_time_ms") + round(usage.model_ms),
+    }
+
+
+def _usage_add(thread: Thread, usage: ThreadUsage) -> None:
+    """Add a run's usage to a locked thread before it is saved."""
+    thread.step_count += usage.steps
+    thread.input_tokens += usage.input_tokens
+    thread.output_tokens += usage.output_tokens
+    thread.tokens_used += usage.input_tokens + usage.output_tokens
+    thread.cost_usd += Decimal(str(usage.cost_usd))
+    thread.model_time_ms += round(usage.model_ms)
+    thread.model_calls = [*thread.model_calls, *usage.model_calls][-MAX_MODEL_CALLS_KEPT:]
 
 
 def thread_suspend(*, user_id: str, thread_id: uuid.UUID, worker_id: str) -> Thread:
@@ -170,17 +263,27 @@ def _outcome_entry_text(outcome: ThreadOutcome) -> tuple[EntrySender, str] | Non
 
 
 def thread_outcome_record(
-    *, user_id: str, thread_id: uuid.UUID, outcome: ThreadOutcome, worker_id: str | None = None
+    *,
+    user_id: str,
+    thread_id: uuid.UUID,
+    outcome: ThreadOutcome,
+    worker_id: str | None = None,
+    usage: ThreadUsage | None = None,
 ) -> OutcomeResult:
-    """Record how a thread's run ended and write the conversation entries that say so.
+    """Record how a thread's run ended (and what the run cost) and write the conversation
+    entries that say so.
 
     Locks the conversation, then the thread. Undelivered messages for the thread (sent after its
     last inbox read) and queued messages become a follow-up thread in the same transaction.
     """
     check_outcome(outcome)
+    if usage is not None:
+        check_usage(usage)
     with locked_transaction():
         conversation, thread = thread_lock_with_conversation(user_id, thread_id)
         _check_outcome_allowed(thread, outcome, worker_id)
+        if usage is not None:
+            _usage_add(thread, usage)
         now = timezone.now()
         recorded = {**outcome.as_json(), "recorded_at": now.isoformat(), "worker_id": worker_id}
         thread.lease_owner = ""
@@ -264,6 +367,7 @@ def thread_leases_sweep(
                     state=ThreadState.CREATED,
                     lease_owner="",
                     lease_expires_at=None,
+                    enqueued_at=Now(),
                     updated_at=Now(),
                 )
                 for pk in requeue:

@@ -9,7 +9,7 @@ from django.conf import settings
 
 from accounts.tenancy import user_id_problem
 from conversations.errors import MessageTooLarge
-from conversations.services.results import OUTCOME_KINDS, ThreadOutcome
+from conversations.services.results import OUTCOME_KINDS, ThreadOutcome, ThreadUsage
 from ironclaw_site.errors import InvalidInput
 from ironclaw_site.text import has_control_characters
 
@@ -97,3 +97,12 @@ def check_outcome(outcome: ThreadOutcome) -> None:
             if size > settings.CONVERSATION_MAX_MESSAGE_BYTES:
                 problem = f"is {size} bytes; the limit is {settings.CONVERSATION_MAX_MESSAGE_BYTES}"
                 raise MessageTooLarge(f"{name} {problem}.", details={name: [problem]})
+
+
+def check_usage(usage: ThreadUsage) -> None:
+    for name in ("steps", "input_tokens", "output_tokens", "cost_usd", "model_ms"):
+        value = getattr(usage, name)
+        if value < 0:
+            raise InvalidInput(
+                f"usage.{name} must not be negative.", details={f"usage.{name}": ["must be >= 0"]}
+            )
