@@ -286,12 +286,16 @@ class Turn:
             started_at=_now(),
         )
         seqs = self.thread.metadata.get("goal_entry_seqs") or []
-        goal = list(
-            ConversationEntry.objects.filter(
-                conversation_id=self.thread.conversation_id, seq__in=seqs
+        goal = (
+            []
+            if self.thread.conversation_id is None
+            else list(
+                ConversationEntry.objects.filter(
+                    conversation_id=self.thread.conversation_id, seq__in=seqs
+                )
+                .order_by("seq")
+                .values_list("seq", "content")
             )
-            .order_by("seq")
-            .values_list("seq", "content")
         )
         if goal:
             state.messages = [{"role": "user", "content": c, "seq": s} for s, c in goal]

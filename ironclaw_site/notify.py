@@ -63,7 +63,10 @@ class _Listener:
 
     def _wake(self, channel: str, key: str) -> None:
         with self._lock:
-            events = [*self._waiters.get((channel, key), ()), *self._waiters.get((channel, ANY), ())]
+            events = [
+                *self._waiters.get((channel, key), ()),
+                *self._waiters.get((channel, ANY), ()),
+            ]
         for event in events:
             event.set()
 
@@ -94,7 +97,9 @@ class _Listener:
                     for notice in listen.notifies():
                         self._wake(notice.channel, notice.payload)
             except Exception as error:
-                logger.warning("notification listener lost its connection (%s); reconnecting", error)
+                logger.warning(
+                    "notification listener lost its connection (%s); reconnecting", error
+                )
                 self._wake_all()
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from rest_framework import serializers
 
 from conversations.models import BusyPolicy, Conversation, EntrySender, ThreadKind, ThreadState
@@ -31,11 +33,35 @@ class ThreadSerializer(serializers.Serializer):
     claim_count = serializers.IntegerField()
     step_count = serializers.IntegerField()
     tokens_used = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_usd = serializers.DecimalField(max_digits=12, decimal_places=6, coerce_to_string=False)
+    model_time_ms = serializers.IntegerField()
     metadata = serializers.JSONField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
+    enqueued_at = serializers.DateTimeField(allow_null=True)
+    claimed_at = serializers.DateTimeField(allow_null=True)
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
+    model_calls = serializers.ListField(child=serializers.DictField())
+
+
+class UsageSerializer(serializers.Serializer):
+    """What a run cost: totals with an outcome, the increase since the last report with a
+    heartbeat."""
+
+    steps = serializers.IntegerField(required=False, min_value=0, max_value=1_000_000, default=0)
+    input_tokens = serializers.IntegerField(
+        required=False, min_value=0, max_value=10**12, default=0
+    )
+    output_tokens = serializers.IntegerField(
+        required=False, min_value=0, max_value=10**12, default=0
+    )
+    cost_usd = serializers.DecimalField(
+        required=False, min_value=0, max_digits=12, decimal_places=6, default=Decimal(0)
+    )
+    model_ms = serializers.FloatField(required=False, min_value=0, max_value=10**12, default=0)
 
 
 class ConversationSerializer(serializers.Serializer):

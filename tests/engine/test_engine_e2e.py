@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -20,7 +21,6 @@ from accounts.services import CreatedApiKey
 from conversations.models import ConversationEntry, Thread
 from conversations.services import thread_leases_sweep
 from tests.support.chat_server import ChatServer, chat_server
-from tests.support.concurrency import run_together
 from tests.support.servers import app_server, database_url, worker_process
 from workspace.models import Chunk, Document, DocumentVersion
 
@@ -104,7 +104,9 @@ def test_a_message_is_answered_by_the_echo_agent(
     assert thread["state"] == "completed"
     assert thread["step_count"] == 1
     assert thread["model_time_ms"] >= 50
-    assert thread["claimed_at"] and thread["enqueued_at"] and thread["finished_at"]
+    assert thread["claimed_at"]
+    assert thread["enqueued_at"]
+    assert thread["finished_at"]
     checkpoints = Document.objects.filter(user_id="alice", path__startswith="engine/.runtime/")
     assert checkpoints.count() == 2
     assert not DocumentVersion.objects.filter(document__in=checkpoints).exists()
@@ -227,8 +229,9 @@ def test_thirty_tenants_turns_run_in_parallel(make_api_key: Callable[..., Create
 
             return run
 
-        replies, errors = run_together([converse(n) for n in range(tenants)])
+        # Plain threads: the clients speak HTTP only and need no database connection.
+        with ThreadPoolExecutor(max_workers=tenants) as pool:
+            replies = list(pool.map(lambda run: run(), [converse(n) for n in range(tenants)]))
 
-    assert errors == []
     assert model.max_in_flight == tenants
     assert sorted(replies) == sorted(f"reply to: hello from {n}" for n in range(tenants))

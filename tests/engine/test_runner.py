@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import pytest
@@ -15,7 +17,7 @@ from conversations.services import (
     message_handle,
     thread_claim,
 )
-from engine.model_clients import ChatMessage, EchoModel, ModelError, ModelReply
+from engine.model_clients import ChatMessage, EchoModel, ModelClient, ModelError, ModelReply
 from engine.runner import (
     Turn,
     conversation_checkpoint_path,
@@ -49,7 +51,7 @@ class ScriptedModel:
         return ModelReply(text=f"answer {len(self.calls)}", input_tokens=3, output_tokens=2)
 
 
-def _agent_entries(conversation_id: object) -> list[str]:
+def _agent_entries(conversation_id: uuid.UUID) -> list[str]:
     return list(
         ConversationEntry.objects.filter(conversation_id=conversation_id, sender="agent")
         .order_by("seq")
@@ -57,7 +59,7 @@ def _agent_entries(conversation_id: object) -> list[str]:
     )
 
 
-def _system_entries(conversation_id: object) -> list[str]:
+def _system_entries(conversation_id: uuid.UUID) -> list[str]:
     return list(
         ConversationEntry.objects.filter(conversation_id=conversation_id, sender="system")
         .order_by("seq")
@@ -65,8 +67,8 @@ def _system_entries(conversation_id: object) -> list[str]:
     )
 
 
-def _run(thread_id: object, model: object) -> Thread:
-    Turn(Thread.objects.get(pk=thread_id), model=model).run()  # type: ignore[arg-type]
+def _run(thread_id: uuid.UUID, model: ModelClient) -> Thread:
+    Turn(Thread.objects.get(pk=thread_id), model=model).run()
     return Thread.objects.get(pk=thread_id)
 
 
@@ -78,9 +80,11 @@ def test_turn_answers_the_message_and_records_usage() -> None:
     assert thread.state == "completed"
     assert _agent_entries(sent.conversation_id) == ["echo: hello"]
     assert thread.step_count == 1
-    assert thread.input_tokens > 0 and thread.output_tokens > 0
+    assert thread.input_tokens > 0
+    assert thread.output_tokens > 0
     assert thread.tokens_used == thread.input_tokens + thread.output_tokens
-    assert thread.claimed_at is not None and thread.enqueued_at is not None
+    assert thread.claimed_at is not None
+    assert thread.enqueued_at is not None
     assert [call["step"] for call in thread.model_calls] == [1]
 
 
@@ -95,7 +99,7 @@ def test_checkpoints_land_in_the_threads_own_tenant_without_versions_or_chunks()
     assert checkpoint.is_runtime
     assert state["status"] == "completed"
     assert [m["role"] for m in state["messages"]] == ["user", "assistant"]
-    assert [event["kind"] for event in state["events"]][0] == "claimed"
+    assert next(event["kind"] for event in state["events"]) == "claimed"
     conversation = Document.objects.get(
         user_id="bob", path=conversation_checkpoint_path(sent.conversation_id)
     )
@@ -163,7 +167,8 @@ def test_turn_stops_at_max_iterations() -> None:
     thread = _run(sent.thread_id, model)
 
     assert thread.state == "stopped"
-    assert thread.outcome is not None and thread.outcome["kind"] == "max_iterations"
+    assert thread.outcome is not None
+    assert thread.outcome["kind"] == "max_iterations"
     assert len(model.calls) == 2
     assert _system_entries(sent.conversation_id)[-1] == "Thread reached max iterations"
 
@@ -199,7 +204,6 @@ def test_interrupt_stops_the_running_turn_mid_call() -> None:
         user_id="alice", conversation_id=first.conversation_id, busy_policy="interrupt"
     )
     turn = Turn(Thread.objects.get(pk=first.thread_id), model=ScriptedModel(delay=3))
-    import threading
 
     runner = threading.Thread(target=turn.run)
     runner.start()
@@ -212,7 +216,8 @@ def test_interrupt_stops_the_running_turn_mid_call() -> None:
     runner.join(timeout=5)
 
     assert not runner.is_alive()
-    assert second.action == "spawned" and second.interrupted_thread_id == first.thread_id
+    assert second.action == "spawned"
+    assert second.interrupted_thread_id == first.thread_id
     assert Thread.objects.get(pk=first.thread_id).state == "stopped"
     assert _agent_entries(first.conversation_id) == []
 
@@ -235,7 +240,8 @@ def test_a_resumed_turn_does_not_send_checkpointed_steps_again() -> None:
 
     finished = _run(sent.thread_id, resumed)
 
-    assert len(crashed.calls) == 1 and len(resumed.calls) == 1
+    assert len(crashed.calls) == 1
+    assert len(resumed.calls) == 1
     assert resumed.calls[0][-1] == {"role": "assistant", "content": "first part"}
     assert finished.state == "completed"
     assert _agent_entries(sent.conversation_id) == ["second part"]

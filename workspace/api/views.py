@@ -22,7 +22,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import request_user_id
+from accounts.authentication import request_changed_by, request_user_id
 from ironclaw_site.api.fields import StrictBooleanField, TextField
 from ironclaw_site.api.pagination import StrictLimitOffsetPagination
 from ironclaw_site.api.schema import ErrorSerializer
@@ -112,7 +112,7 @@ class DocumentWriteView(WorkspaceView):
             path=path,
             content=data.validated_data["content"],
             metadata=data.validated_data.get("metadata"),
-            changed_by=user_id,
+            changed_by=request_changed_by(request),
         )
         return Response(DocumentSerializer(document).data)
 
@@ -194,7 +194,10 @@ class DocumentAppendView(DocumentActionView):
         data.is_valid(raise_exception=True)
         user_id = request_user_id(request)
         document = services.document_append(
-            user_id=user_id, path=path, content=data.validated_data["content"], changed_by=user_id
+            user_id=user_id,
+            path=path,
+            content=data.validated_data["content"],
+            changed_by=request_changed_by(request),
         )
         return Response(DocumentSerializer(document).data)
 
@@ -228,7 +231,10 @@ class DocumentPatchView(DocumentActionView):
         data.is_valid(raise_exception=True)
         user_id = request_user_id(request)
         result = services.document_patch(
-            user_id=user_id, path=path, changed_by=user_id, **data.validated_data
+            user_id=user_id,
+            path=path,
+            changed_by=request_changed_by(request),
+            **data.validated_data,
         )
         return Response(self.OutputSerializer(result).data)
 
@@ -283,7 +289,7 @@ class DocumentRestoreView(DocumentActionView):
     def post(self, request: Request, path: str, version: int) -> Response:
         user_id = request_user_id(request)
         document = services.document_restore(
-            user_id=user_id, path=path, version=version, changed_by=user_id
+            user_id=user_id, path=path, version=version, changed_by=request_changed_by(request)
         )
         return Response(DocumentSerializer(document).data)
 
