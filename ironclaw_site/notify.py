@@ -118,6 +118,8 @@ def wait_for(
     """Call ``check`` until it returns something or ``timeout`` seconds pass, waking on
     notifications for ``key`` (or any key) on ``channel``. The calling thread's database
     connection is returned to the pool between checks."""
+    if timeout <= 0:
+        return check()
     deadline = time.monotonic() + timeout
     with _listener.waiting(channel, key) as woken:
         # Registered before the first check: a notification sent after it is not missed.

@@ -37,7 +37,7 @@ def test_conversation_settings_have_documented_defaults() -> None:
     assert settings.CONVERSATION_MAX_MESSAGE_BYTES == 65_536
     assert settings.THREAD_DEFAULT_LEASE_SECONDS == 60
     assert settings.THREAD_MAX_LEASE_SECONDS == 3600
-    assert settings.THREAD_RUNNER == "conversations.runners.wait_for_external_engine"
+    assert settings.THREAD_RUNNER == "engine.runner.run_thread"
 
 
 @pytest.mark.parametrize(

@@ -36,13 +36,25 @@ def test_spawned_thread_runs_through_the_configured_runner() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_default_runner_leaves_the_thread_for_an_external_engine() -> None:
+@override_settings(THREAD_RUNNER="conversations.runners.wait_for_external_engine")
+def test_external_engine_runner_leaves_the_thread_for_an_external_engine() -> None:
     sent = message_handle(user_id="alice", channel="web", content="hello")
 
     run_worker_until_empty("threads")
 
     assert run_jobs_for(sent.thread_id) == ["succeeded"]
     assert Thread.objects.get(pk=sent.thread_id).state == "created"
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(ENGINE_ECHO_LATENCY_MS=0)
+def test_default_runner_is_the_reference_engine_and_answers_the_thread() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+
+    run_worker_until_empty("threads")
+
+    assert run_jobs_for(sent.thread_id) == ["succeeded"]
+    assert Thread.objects.get(pk=sent.thread_id).state == "completed"
 
 
 @pytest.mark.django_db(transaction=True)
