@@ -147,6 +147,9 @@ class ThreadAdmin(_SystemRowsAdmin):
         "lease_owner",
         "lease_expires_at",
         "outcome_kind",
+        "step_count",
+        "model_time_ms",
+        "overhead_ms",
         "conversation",
         "created_at",
     )
@@ -161,6 +164,14 @@ class ThreadAdmin(_SystemRowsAdmin):
     @admin.display(description="outcome")
     def outcome_kind(self, thread: Thread) -> str:
         return str((thread.outcome or {}).get("kind", ""))
+
+    @admin.display(description="overhead (ms)")
+    def overhead_ms(self, thread: Thread) -> str:
+        """Time from enqueue to outcome not spent in the model: where a slow turn's time went."""
+        if thread.enqueued_at is None or thread.finished_at is None:
+            return "-"
+        total = (thread.finished_at - thread.enqueued_at).total_seconds() * 1000
+        return f"{max(0.0, total - thread.model_time_ms):.0f}"
 
 
 @admin.register(ConversationEntry)
