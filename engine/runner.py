@@ -23,13 +23,10 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.utils import timezone
 
 from conversations.errors import (
     LeaseNotHeld,
@@ -40,11 +37,16 @@ from conversations.errors import (
 from conversations.models import ConversationEntry, EntrySender, Thread
 from conversations.services import (
     ThreadOutcome,
-    ThreadUsage,
     thread_claim,
     thread_inbox_take,
     thread_lease_renew,
     thread_outcome_record,
+)
+from engine.checkpoint import (
+    TurnState,
+    conversation_checkpoint_path,
+    now_iso,
+    thread_checkpoint_path,
 )
 from engine.model_clients import (
     ChatMessage,
@@ -58,7 +60,6 @@ from workspace.services import document_write
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_VERSION = 1
 # The tenant's identity files, in the order the system prompt shows them.
 PROMPT_DOCUMENTS = (
     ("AGENTS.md", "Agent Instructions"),
@@ -71,105 +72,12 @@ _GLOBAL_CHECKPOINT_LOCK = 0x1C1A_0001
 _CLAIM_ATTEMPTS = 3
 
 
-def thread_checkpoint_path(thread_id: uuid.UUID | str) -> str:
-    return f"engine/.runtime/threads/{thread_id}.json"
-
-
-def conversation_checkpoint_path(conversation_id: uuid.UUID | str) -> str:
-    return f"engine/.runtime/conversations/{conversation_id}.json"
-
-
 class _TurnEnded(Exception):
     """Ends the step loop with an outcome (stopped, failed, max_iterations)."""
 
     def __init__(self, outcome: ThreadOutcome):
         super().__init__(outcome.kind)
         self.outcome = outcome
-
-
-def _now() -> str:
-    return timezone.now().isoformat()
-
-
-@dataclass
-class TurnState:
-    """What a checkpoint holds; enough to resume the turn on another worker."""
-
-    thread_id: str
-    conversation_id: str | None
-    user_id: str
-    started_at: str
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "running"
-    # Index of the first message of this run: replies before it were recorded by an earlier run
-    # of the same thread (one that paused or was suspended) and are context, not the answer.
-    reply_from: int = 0
-    # Likewise for steps: usage is reported per run, and earlier runs reported theirs.
-    steps_from: int = 0
-
-    def to_json(self) -> str:
-        return json.dumps({"version": CHECKPOINT_VERSION, **self.__dict__}, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, text: str) -> TurnState | None:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(data, dict) or data.get("version") != CHECKPOINT_VERSION:
-            return None
-        data.pop("version")
-        try:
-            return cls(**data)
-        except TypeError:
-            return None
-
-    def event(self, kind: str, **detail: Any) -> None:
-        self.events.append({"at": _now(), "kind": kind, **detail})
-
-    @property
-    def working_steps(self) -> int:
-        """Working steps since the last user message or final reply."""
-        count = 0
-        for message in reversed(self.messages):
-            if message["role"] == "assistant" and not message.get("final", True):
-                count += 1
-            else:
-                break
-        return count
-
-    @property
-    def needs_step(self) -> bool:
-        """The model owes a reply: the last message is a user's, or a working step."""
-        if not self.messages:
-            return False
-        last = self.messages[-1]
-        return last["role"] == "user" or not last.get("final", True)
-
-    @property
-    def response(self) -> str:
-        finals = [
-            message["content"]
-            for message in self.messages[self.reply_from :]
-            if message["role"] == "assistant" and message["final"]
-        ]
-        return "\n\n".join(finals)
-
-    def usage(self) -> ThreadUsage:
-        steps = self.steps[self.steps_from :]
-        return ThreadUsage(
-            steps=len(steps),
-            input_tokens=sum(step["input_tokens"] for step in steps),
-            output_tokens=sum(step["output_tokens"] for step in steps),
-            cost_usd=sum((Decimal(str(step["cost_usd"])) for step in steps), Decimal(0)),
-            model_ms=sum(step["model_ms"] for step in steps),
-            model_calls=[
-                {"step": s["n"], "started_at": s["started_at"], "ended_at": s["ended_at"]}
-                for s in steps
-            ],
-        )
 
 
 class Turn:
@@ -272,7 +180,7 @@ class Turn:
             state.status = "running"
             state.reply_from = len(state.messages)
             state.steps_from = len(state.steps)
-            state.started_at = _now()
+            state.started_at = now_iso()
             state.event("continued", worker_id=self.worker_id)
             self.state = state
             self._checkpoint(state, conversation_too=True)
@@ -283,7 +191,7 @@ class Turn:
             if self.thread.conversation_id
             else None,
             user_id=self.user_id,
-            started_at=_now(),
+            started_at=now_iso(),
         )
         seqs = self.thread.metadata.get("goal_entry_seqs") or []
         goal = (
@@ -328,7 +236,7 @@ class Turn:
                             "thread_id": state.thread_id,
                             "status": state.status,
                             "steps": len(state.steps),
-                            "updated_at": _now(),
+                            "updated_at": now_iso(),
                         }
                     ),
                     changed_by=self.worker_id,
@@ -384,7 +292,7 @@ class Turn:
         messages = self._model_input(state)
         # Nothing is held while the model works: the connection goes back to the pool.
         connection.close()
-        started_at = _now()
+        started_at = now_iso()
         began = time.monotonic()
         try:
             reply = self._call_model(messages, step=state.working_steps, deadline=deadline)
@@ -396,7 +304,7 @@ class Turn:
             {
                 "n": n,
                 "started_at": started_at,
-                "ended_at": _now(),
+                "ended_at": now_iso(),
                 "model_ms": model_ms,
                 "input_tokens": reply.input_tokens,
                 "output_tokens": reply.output_tokens,

@@ -1,0 +1,109 @@
+"""A turn's checkpoint: what the runner writes into the tenant's workspace after every step,
+and reads back to resume the turn on another worker."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.utils import timezone
+
+from conversations.services import ThreadUsage
+
+CHECKPOINT_VERSION = 1
+
+
+def thread_checkpoint_path(thread_id: uuid.UUID | str) -> str:
+    return f"engine/.runtime/threads/{thread_id}.json"
+
+
+def conversation_checkpoint_path(conversation_id: uuid.UUID | str) -> str:
+    return f"engine/.runtime/conversations/{conversation_id}.json"
+
+
+def now_iso() -> str:
+    return timezone.now().isoformat()
+
+
+@dataclass
+class TurnState:
+    """What a checkpoint holds; enough to resume the turn on another worker."""
+
+    thread_id: str
+    conversation_id: str | None
+    user_id: str
+    started_at: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "running"
+    # Index of the first message of this run: replies before it were recorded by an earlier run
+    # of the same thread (one that paused or was suspended) and are context, not the answer.
+    reply_from: int = 0
+    # Likewise for steps: usage is reported per run, and earlier runs reported theirs.
+    steps_from: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps({"version": CHECKPOINT_VERSION, **self.__dict__}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> TurnState | None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or data.get("version") != CHECKPOINT_VERSION:
+            return None
+        data.pop("version")
+        try:
+            return cls(**data)
+        except TypeError:
+            return None
+
+    def event(self, kind: str, **detail: Any) -> None:
+        self.events.append({"at": now_iso(), "kind": kind, **detail})
+
+    @property
+    def working_steps(self) -> int:
+        """Working steps since the last user message or final reply."""
+        count = 0
+        for message in reversed(self.messages):
+            if message["role"] == "assistant" and not message.get("final", True):
+                count += 1
+            else:
+                break
+        return count
+
+    @property
+    def needs_step(self) -> bool:
+        """The model owes a reply: the last message is a user's, or a working step."""
+        if not self.messages:
+            return False
+        last = self.messages[-1]
+        return last["role"] == "user" or not last.get("final", True)
+
+    @property
+    def response(self) -> str:
+        finals = [
+            message["content"]
+            for message in self.messages[self.reply_from :]
+            if message["role"] == "assistant" and message["final"]
+        ]
+        return "\n\n".join(finals)
+
+    def usage(self) -> ThreadUsage:
+        steps = self.steps[self.steps_from :]
+        return ThreadUsage(
+            steps=len(steps),
+            input_tokens=sum(step["input_tokens"] for step in steps),
+            output_tokens=sum(step["output_tokens"] for step in steps),
+            cost_usd=sum((Decimal(str(step["cost_usd"])) for step in steps), Decimal(0)),
+            model_ms=sum(step["model_ms"] for step in steps),
+            model_calls=[
+                {"step": s["n"], "started_at": s["started_at"], "ended_at": s["ended_at"]}
+                for s in steps
+            ],
+        )
