@@ -17,8 +17,8 @@ from conversations.services import (
     message_handle,
     thread_claim,
 )
-from engine.model_clients import ChatMessage, EchoModel, ModelClient, ModelError, ModelReply
 from engine.checkpoint import conversation_checkpoint_path, thread_checkpoint_path
+from engine.model_clients import ChatMessage, EchoModel, ModelClient, ModelError, ModelReply
 from engine.runner import Turn, run_thread
 from workspace.models import Chunk, Document, DocumentVersion
 from workspace.services import document_write
