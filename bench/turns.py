@@ -614,6 +614,7 @@ def save_chart(results: dict[str, Summary], load: Load) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for axis, attribute, title in (
@@ -625,6 +626,9 @@ def save_chart(results: dict[str, Summary], load: Load) -> Path:
             fractions = [(index + 1) / len(values) for index in range(len(values))]
             axis.step(values, fractions, where="post", label=label)
         axis.set_xscale("log")
+        axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel("seconds (log)")
         axis.set_ylabel("fraction of turns")
         axis.set_title(title)
