@@ -16,6 +16,10 @@ from accounts.tenancy import user_id_problem
 USER_ID_HEADER = "X-User-Id"
 
 
+# The principal of a service key without X-User-Id on a view that serves every tenant.
+ANY_TENANT = ""
+
+
 class MissingTenant(exceptions.APIException):
     status_code = 400
     default_code = "missing_user_id"
@@ -91,6 +95,10 @@ class BearerKeyAuthentication(BaseAuthentication):
                 raise TenantMismatch()
             return api_key.user_id
         if requested is None or requested == "":
+            # A view serving every tenant at once (threads/next) takes a service key alone.
+            view = (request.parser_context or {}).get("view")
+            if getattr(view, "serves_any_tenant", False):
+                return ANY_TENANT
             raise MissingTenant()
         problem = user_id_problem(requested)
         if problem:
@@ -104,4 +112,21 @@ class BearerKeyAuthentication(BaseAuthentication):
 def request_user_id(request: Any) -> str:
     """The tenant an authenticated API request acts for."""
     principal: ApiPrincipal = request.user
+    if principal.user_id == ANY_TENANT:
+        # Only views that declare serves_any_tenant get here, and they use request_tenant_or_any.
+        raise MissingTenant()
+    return principal.user_id
+
+
+def request_tenant_or_any(request: Any) -> str | None:
+    """The request's tenant, or None for a service key acting for every tenant."""
+    principal: ApiPrincipal = request.user
+    return None if principal.user_id == ANY_TENANT else principal.user_id
+
+
+def request_changed_by(request: Any) -> str:
+    """Who made a change, for version history: the tenant, or the service key acting for it."""
+    principal: ApiPrincipal = request.user
+    if principal.is_service:
+        return f"service key {principal.key_name} (#{principal.api_key_id})"
     return principal.user_id

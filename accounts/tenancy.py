@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import unicodedata
+from ironclaw_site.text import has_control_characters
 
 MAX_USER_ID_LENGTH = 255
 
@@ -15,6 +15,6 @@ def user_id_problem(value: str) -> str | None:
         return "must not start or end with whitespace"
     if len(value) > MAX_USER_ID_LENGTH:
         return f"must be at most {MAX_USER_ID_LENGTH} characters"
-    if any(unicodedata.category(char) in {"Cc", "Cf"} for char in value):
+    if has_control_characters(value):
         return "must not contain control characters"
     return None

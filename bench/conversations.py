@@ -86,7 +86,7 @@ def isolation(label: str, hold_seconds: float, serialise: bool) -> float:
     def slow_turn() -> None:
         try:
             with global_lock() if serialise else transaction.atomic():
-                Conversation.objects.select_for_update(no_key=True).get(user_id=f"{label}-a")
+                Conversation.objects.for_update().get(user_id=f"{label}-a")
                 holding.set()
                 release.wait(hold_seconds)
         finally:

@@ -11,6 +11,7 @@ from django.http import HttpRequest
 
 from conversations.models import ChannelUserIndex, Conversation, ConversationEntry, Thread
 from conversations.services import conversation_busy_policy_set, conversation_clear
+from ironclaw_site.admin import ReadOnlyAdmin, ReadOnlyInline
 from ironclaw_site.errors import ApplicationError
 
 
@@ -21,16 +22,8 @@ class _NoDeleteAdmin(admin.ModelAdmin):
         return False
 
 
-class _ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-    show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+class _SystemRowsAdmin(_NoDeleteAdmin, ReadOnlyAdmin):
+    """Rows only the services write: shown, never added, changed or deleted by hand."""
 
 
 # A conversation page shows this many of its latest entries; the entries list has the rest.
@@ -48,7 +41,7 @@ class _LatestEntriesFormSet(BaseInlineFormSet):
         return self._latest
 
 
-class EntryInline(_ReadOnlyInline):
+class EntryInline(ReadOnlyInline):
     model = ConversationEntry
     formset = _LatestEntriesFormSet
     verbose_name_plural = f"latest {ADMIN_INLINE_ENTRIES} conversation entries"
@@ -57,7 +50,7 @@ class EntryInline(_ReadOnlyInline):
     ordering = ("seq",)
 
 
-class ThreadInline(_ReadOnlyInline):
+class ThreadInline(ReadOnlyInline):
     model = Thread
     fk_name = "conversation"
     fields = ("id", "kind", "state", "tracked", "lease_owner", "lease_expires_at", "created_at")
@@ -134,7 +127,7 @@ class ConversationAdmin(_NoDeleteAdmin):
 
 
 @admin.register(ChannelUserIndex)
-class ChannelUserIndexAdmin(_NoDeleteAdmin):
+class ChannelUserIndexAdmin(_SystemRowsAdmin):
     list_display = ("channel", "user_id", "conversation", "updated_at")
     list_select_related = ("conversation",)
     search_fields = ("=user_id", "channel")
@@ -142,15 +135,9 @@ class ChannelUserIndexAdmin(_NoDeleteAdmin):
     readonly_fields = ("user_id", "channel", "conversation", "updated_at")
     show_full_result_count = False
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(Thread)
-class ThreadAdmin(_NoDeleteAdmin):
+class ThreadAdmin(_SystemRowsAdmin):
     list_display = (
         "id",
         "user_id",
@@ -171,19 +158,13 @@ class ThreadAdmin(_NoDeleteAdmin):
     ordering = ("-created_at",)
     show_full_result_count = False
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     @admin.display(description="outcome")
     def outcome_kind(self, thread: Thread) -> str:
         return str((thread.outcome or {}).get("kind", ""))
 
 
 @admin.register(ConversationEntry)
-class ConversationEntryAdmin(_NoDeleteAdmin):
+class ConversationEntryAdmin(_SystemRowsAdmin):
     list_display = ("conversation", "seq", "sender", "short_content", "thread", "delivered_at")
     list_filter = ("sender",)
     list_select_related = ("conversation", "thread")
@@ -192,12 +173,6 @@ class ConversationEntryAdmin(_NoDeleteAdmin):
     readonly_fields = [field.name for field in ConversationEntry._meta.fields]
     ordering = ("conversation", "seq")
     show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="content")
     def short_content(self, entry: ConversationEntry) -> str:

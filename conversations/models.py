@@ -8,10 +8,14 @@ conversation, and a partial unique index lets a conversation track at most one f
 from __future__ import annotations
 
 import uuid
+from typing import Self
 
 import pgtrigger
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+from ironclaw_site.db import RowLockQuerySet
 
 
 class BusyPolicy(models.TextChoices):
@@ -21,6 +25,10 @@ class BusyPolicy(models.TextChoices):
     QUEUE = "queue"
     REJECT = "reject"
     INTERRUPT = "interrupt"
+
+
+class ConversationQuerySet(RowLockQuerySet["Conversation"]):
+    """Conversations; ``for_update()`` is the conversation lock of the locking policy."""
 
 
 class Conversation(models.Model):
@@ -38,6 +46,8 @@ class Conversation(models.Model):
     last_seq = models.BigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ConversationQuerySet.as_manager()
 
     class Meta:
         indexes = [
@@ -61,6 +71,11 @@ class Conversation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} / {self.user_id} ({self.id})"
+
+    @property
+    def effective_busy_policy(self) -> str:
+        """The policy a message arriving now follows: its own, else the setting's default."""
+        return str(self.busy_policy or settings.CONVERSATION_DEFAULT_BUSY_POLICY)
 
 
 class ChannelUserIndex(models.Model):
@@ -131,7 +146,10 @@ THREAD_TRANSITIONS = [
 ]
 
 
-class ThreadQuerySet(models.QuerySet["Thread"]):
+MAX_MODEL_CALLS_KEPT = 100
+
+
+class ThreadQuerySet(RowLockQuerySet["Thread"]):
     def live(self) -> ThreadQuerySet:
         return self.filter(state__in=LIVE_STATES)
 
@@ -159,9 +177,19 @@ class Thread(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
     claim_count = models.PositiveIntegerField(default=0)
+    # Usage, summed over the thread's runs (reported with each outcome, or as heartbeat deltas).
     step_count = models.PositiveIntegerField(default=0)
     tokens_used = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
     cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    model_time_ms = models.BigIntegerField(default=0)
+    # Per-phase timestamps, so a slow turn shows where its time went: enqueued (spawn or
+    # requeue), claimed (the latest claim), each model call ({step, started_at, ended_at}; the
+    # latest MAX_MODEL_CALLS_KEPT), and finished_at (the outcome's transaction).
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    model_calls = models.JSONField(default=list, blank=True)
     outcome = models.JSONField(null=True, blank=True)
     # e.g. {"goal_entry_seqs": [...]}: which user entries make up the goal.
     metadata = models.JSONField(default=dict, blank=True)
@@ -180,6 +208,10 @@ class Thread(models.Model):
                 fields=["lease_expires_at"],
                 name="thread_running_lease_idx",
                 condition=Q(state="running"),
+            ),
+            # threads/next: the oldest thread waiting for an engine.
+            models.Index(
+                fields=["created_at"], name="thread_claimable_idx", condition=Q(state="created")
             ),
         ]
         constraints = [
@@ -212,6 +244,14 @@ class Thread(models.Model):
         ]
         triggers = [
             pgtrigger.FSM(name="thread_state_fsm", field="state", transitions=THREAD_TRANSITIONS),
+            # Wakes engines long-polling threads/next (sent at commit; payload: the tenant).
+            pgtrigger.Trigger(
+                name="thread_notify_claimable",
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert | pgtrigger.Update,
+                condition=pgtrigger.Q(new__state="created"),
+                func="PERFORM pg_notify('ironclaw_threads', NEW.user_id); RETURN NULL;",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -226,6 +266,18 @@ class EntrySender(models.TextChoices):
     USER = "user"
     AGENT = "agent"
     SYSTEM = "system"
+
+
+class ConversationEntryQuerySet(RowLockQuerySet["ConversationEntry"]):
+    def undelivered_for(self, thread: Thread) -> Self:
+        """User messages sent to ``thread`` that it has not taken yet (entry_undelivered_by_thread
+        serves exactly this filter: keep the two in step)."""
+        return self.filter(thread=thread, sender=EntrySender.USER, delivered_at__isnull=True)
+
+    def queued(self) -> Self:
+        """User messages waiting for the next thread (busy policy "queue"; served by
+        entry_queued_by_conversation)."""
+        return self.filter(sender=EntrySender.USER, thread__isnull=True, delivered_at__isnull=True)
 
 
 class ConversationEntry(models.Model):
@@ -245,18 +297,22 @@ class ConversationEntry(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     metadata = models.JSONField(default=dict, blank=True)
 
+    objects = ConversationEntryQuerySet.as_manager()
+
     class Meta:
         verbose_name_plural = "conversation entries"
         indexes = [
             # The tenant key (future sharding key) of every row, as on every tenant table.
             models.Index(fields=["user_id"], name="entry_user_idx"),
-            # take_inbox and record_outcome look for a thread's undelivered messages.
+            # ConversationEntryQuerySet.undelivered_for: the inbox take, outcomes, suspends and
+            # interrupts look for a thread's undelivered messages.
             models.Index(
                 fields=["thread"],
                 name="entry_undelivered_by_thread",
                 condition=Q(sender="user", delivered_at__isnull=True, thread__isnull=False),
             ),
-            # Messages queued behind a live thread (busy policy "queue").
+            # ConversationEntryQuerySet.queued: messages queued behind a live thread (busy
+            # policy "queue").
             models.Index(
                 fields=["conversation", "seq"],
                 name="entry_queued_by_conversation",
@@ -281,6 +337,15 @@ class ConversationEntry(models.Model):
                     "OLD.delivered_at IS NOT NULL"
                     " AND NEW.delivered_at IS DISTINCT FROM OLD.delivered_at"
                 ),
+            ),
+            # Wakes clients long-polling the conversation's entries (sent at commit; Postgres
+            # folds a transaction's identical notifications into one).
+            pgtrigger.Trigger(
+                name="entry_notify_inserted",
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                func="PERFORM pg_notify('ironclaw_entries', NEW.conversation_id::text); "
+                "RETURN NULL;",
             ),
         ]
 

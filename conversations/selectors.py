@@ -25,10 +25,21 @@ def conversation_get(*, user_id: str, conversation_id: uuid.UUID) -> Conversatio
         queryset=Thread.objects.filter(tracked=True).order_by("created_at"),
         to_attr="active_threads",
     )
+    return _tenant_conversation(
+        Conversation.objects.all().prefetch_related(active), user_id, conversation_id
+    )
+
+
+def conversation_get_for_update(*, user_id: str, conversation_id: uuid.UUID) -> Conversation:
+    """One conversation, row-locked (``FOR NO KEY UPDATE``) until the caller's transaction ends."""
+    return _tenant_conversation(Conversation.objects.for_update(), user_id, conversation_id)
+
+
+def _tenant_conversation(
+    conversations: QuerySet[Conversation], user_id: str, conversation_id: uuid.UUID
+) -> Conversation:
     try:
-        return Conversation.objects.prefetch_related(active).get(
-            pk=conversation_id, user_id=user_id
-        )
+        return conversations.get(pk=conversation_id, user_id=user_id)
     except Conversation.DoesNotExist:
         raise ConversationNotFound() from None
 
@@ -46,7 +57,16 @@ def entry_list(
 
 
 def thread_get(*, user_id: str, thread_id: uuid.UUID) -> Thread:
+    return _tenant_thread(Thread.objects.all(), user_id, thread_id)
+
+
+def thread_get_for_update(*, user_id: str, thread_id: uuid.UUID) -> Thread:
+    """One thread, row-locked (``FOR NO KEY UPDATE``) until the caller's transaction ends."""
+    return _tenant_thread(Thread.objects.for_update(), user_id, thread_id)
+
+
+def _tenant_thread(threads: QuerySet[Thread], user_id: str, thread_id: uuid.UUID) -> Thread:
     try:
-        return Thread.objects.get(pk=thread_id, user_id=user_id)
+        return threads.get(pk=thread_id, user_id=user_id)
     except Thread.DoesNotExist:
         raise ThreadNotFound() from None

@@ -1,7 +1,7 @@
 """Procrastinate entry points of the conversations app.
 
-``run_thread`` is the stable task name spawning enqueues; what it runs is the ``THREAD_RUNNER``
-setting, so this app never imports the engine.
+``run_thread`` is the stable task name spawning enqueues (the services defer it by that name);
+what it runs is the ``THREAD_RUNNER`` setting, so this app never imports the engine.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from procrastinate.contrib.django import app
 
+from conversations.services import RUN_THREAD_QUEUE, RUN_THREAD_TASK, thread_leases_sweep
+
 logger = logging.getLogger(__name__)
 
-RUN_THREAD_QUEUE = "threads"
 
-
-@app.task(name="conversations.tasks.run_thread", queue=RUN_THREAD_QUEUE)
+@app.task(name=RUN_THREAD_TASK, queue=RUN_THREAD_QUEUE)
 def run_thread(thread_id: str) -> None:
     try:
         runner = import_string(settings.THREAD_RUNNER)
@@ -35,8 +35,6 @@ def run_thread(thread_id: str) -> None:
     queueing_lock="conversations.sweep_expired_leases",
 )
 def sweep_expired_leases(timestamp: int) -> None:
-    from conversations.services import thread_leases_sweep
-
     result = thread_leases_sweep()
     if result.requeued or result.stopped:
         logger.info(

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -105,6 +106,8 @@ class TurnState:
     # Index of the first message of this run: replies before it were recorded by an earlier run
     # of the same thread (one that paused or was suspended) and are context, not the answer.
     reply_from: int = 0
+    # Likewise for steps: usage is reported per run, and earlier runs reported theirs.
+    steps_from: int = 0
 
     def to_json(self) -> str:
         return json.dumps({"version": CHECKPOINT_VERSION, **self.__dict__}, ensure_ascii=False)
@@ -155,15 +158,16 @@ class TurnState:
         return "\n\n".join(finals)
 
     def usage(self) -> ThreadUsage:
+        steps = self.steps[self.steps_from :]
         return ThreadUsage(
-            steps=len(self.steps),
-            input_tokens=sum(step["input_tokens"] for step in self.steps),
-            output_tokens=sum(step["output_tokens"] for step in self.steps),
-            cost_usd=sum(step["cost_usd"] for step in self.steps),
-            model_ms=sum(step["model_ms"] for step in self.steps),
+            steps=len(steps),
+            input_tokens=sum(step["input_tokens"] for step in steps),
+            output_tokens=sum(step["output_tokens"] for step in steps),
+            cost_usd=sum((Decimal(str(step["cost_usd"])) for step in steps), Decimal(0)),
+            model_ms=sum(step["model_ms"] for step in steps),
             model_calls=[
                 {"step": s["n"], "started_at": s["started_at"], "ended_at": s["ended_at"]}
-                for s in self.steps
+                for s in steps
             ],
         )
 
@@ -267,6 +271,7 @@ class Turn:
             # A thread run again after it paused: earlier messages stay as context.
             state.status = "running"
             state.reply_from = len(state.messages)
+            state.steps_from = len(state.steps)
             state.started_at = _now()
             state.event("continued", worker_id=self.worker_id)
             self.state = state
@@ -281,12 +286,16 @@ class Turn:
             started_at=_now(),
         )
         seqs = self.thread.metadata.get("goal_entry_seqs") or []
-        goal = list(
-            ConversationEntry.objects.filter(
-                conversation_id=self.thread.conversation_id, seq__in=seqs
+        goal = (
+            []
+            if self.thread.conversation_id is None
+            else list(
+                ConversationEntry.objects.filter(
+                    conversation_id=self.thread.conversation_id, seq__in=seqs
+                )
+                .order_by("seq")
+                .values_list("seq", "content")
             )
-            .order_by("seq")
-            .values_list("seq", "content")
         )
         if goal:
             state.messages = [{"role": "user", "content": c, "seq": s} for s, c in goal]
@@ -487,7 +496,7 @@ class Turn:
             logger.warning("thread %s: outcome not recorded: %s", self.thread.id, error.message)
             return
         state.status = outcome.kind
-        state.event("outcome", kind=outcome.kind)
+        state.event("outcome", outcome=outcome.kind)
         self._checkpoint(state, conversation_too=True)
 
 

@@ -1,4 +1,4 @@
-"""Database plumbing shared by every app: bounded transactions and constraint names.
+"""Database plumbing shared by every app: bounded transactions, row locks, constraint names.
 
 Each service opens one short transaction; a row lock it waits for is bounded so a request gets a
 409 instead of a stall. The bound is transaction-scoped (``SET LOCAL`` semantics), so a pooled or
@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Self, TypeVar
 
 import psycopg.errors
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, models, transaction
 
 from ironclaw_site.errors import Conflict
 
@@ -37,3 +38,17 @@ def violated_constraint(error: IntegrityError) -> str | None:
     """The name of the constraint an ``IntegrityError`` violated, when PostgreSQL reports one."""
     diag = getattr(error.__cause__, "diag", None)
     return getattr(diag, "constraint_name", None)
+
+
+_Row = TypeVar("_Row", bound=models.Model)
+
+
+class RowLockQuerySet(models.QuerySet[_Row]):
+    def for_update(self, *, skip_locked: bool = False) -> Self:
+        """Lock the selected rows ``FOR NO KEY UPDATE`` until the transaction ends.
+
+        NO KEY UPDATE, not plain FOR UPDATE: it serialises writers of the row but lets other
+        transactions insert rows that reference it (their foreign-key check takes KEY SHARE,
+        which FOR UPDATE would block). ``of=("self",)`` keeps a join from locking other tables.
+        """
+        return self.select_for_update(no_key=True, skip_locked=skip_locked, of=("self",))

@@ -7,18 +7,19 @@ join what they show, and chunk search uses the full-text index rather than a LIK
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.postgres.search import SearchQuery
-from django.db.models import F, Func, IntegerField, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
+from ironclaw_site.admin import ReadOnlyAdmin
 from workspace import services
-from workspace.models import Chunk, Document, DocumentVersion
+from workspace.models import Chunk, Document, DocumentQuerySet, DocumentVersion
 
 RECENT_VERSIONS_SHOWN = 20
 
@@ -35,16 +36,9 @@ def unified_diff(before: str, after: str, *, before_label: str, after_label: str
     return "\n".join(lines) or "(no textual difference)"
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(Document)
-class DocumentAdmin(admin.ModelAdmin):
+class DocumentAdmin(ReadOnlyAdmin):
+    # Read-only: a write must go through the services (paths, versions, indexing), as the API's do.
     list_display = ("path", "user_id", "is_runtime", "size_display", "index_state", "updated_at")
     list_filter = ("is_runtime", "index_state")
     search_fields = ("=user_id", "path")
@@ -70,21 +64,8 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Document]:
         # The list shows sizes without loading every document's content.
-        return (
-            super()
-            .get_queryset(request)
-            .defer("content")
-            .annotate(
-                size_bytes=Func(F("content"), function="octet_length", output_field=IntegerField())
-            )
-        )
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        # Writes go through the services (paths, versions, indexing), i.e. through the API.
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+        documents = cast(DocumentQuerySet, super().get_queryset(request))
+        return documents.defer("content").with_size()
 
     @admin.display(description="size (bytes)", ordering="size_bytes")
     def size_display(self, document: Document) -> int:

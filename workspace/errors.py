@@ -14,10 +14,18 @@ class DocumentNotFound(NotFound):
     code = "document_not_found"
     default_message = "No document at this path."
 
+    @classmethod
+    def for_path(cls, path: str) -> DocumentNotFound:
+        return cls(f"No document at {path!r}.", details={"path": path})
+
 
 class VersionNotFound(NotFound):
     code = "version_not_found"
     default_message = "The document has no such version."
+
+    @classmethod
+    def for_version(cls, path: str, *, version: int) -> VersionNotFound:
+        return cls(f"{path!r} has no version {version}.", details={"version": version})
 
 
 class PatchFailed(InvalidInput):

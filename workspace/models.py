@@ -15,6 +15,9 @@ from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from pgvector.django import VectorField
 
+from ironclaw_site.db import RowLockQuerySet
+from workspace.paths import CONFIG_NAME
+
 # Raised by the triggers below; SQLSTATE 23000 reaches Django as an IntegrityError.
 _REFUSE_RUNTIME_ROWS = """
     IF EXISTS (
@@ -35,6 +38,31 @@ class IndexState(models.TextChoices):
     FAILED = "failed"
 
 
+class OctetLength(models.Func):
+    function = "octet_length"
+    output_field = models.IntegerField()
+
+
+class DocumentQuerySet(RowLockQuerySet["Document"]):
+    # for_update() (FOR NO KEY UPDATE) does not block the KEY SHARE that version and chunk
+    # inserts take on their document through the foreign key.
+
+    def with_size(self) -> DocumentQuerySet:
+        """Annotate ``size_bytes`` computed by the database, so a list shows sizes with the
+        content deferred (a document can be WORKSPACE_MAX_DOCUMENT_BYTES)."""
+        return self.annotate(size_bytes=OctetLength("content"))
+
+    def folder_configs(self) -> DocumentQuerySet:
+        """The ``.config`` documents, which hold their folder's metadata defaults."""
+        return self.filter(_IS_FOLDER_CONFIG)
+
+    def without_folder_configs(self) -> DocumentQuerySet:
+        return self.exclude(_IS_FOLDER_CONFIG)
+
+
+_IS_FOLDER_CONFIG = models.Q(path=CONFIG_NAME) | models.Q(path__endswith=f"/{CONFIG_NAME}")
+
+
 class Document(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Tenant and future sharding key. Lookups by tenant use the (user_id, path) unique index.
@@ -51,6 +79,8 @@ class Document(models.Model):
     indexed_hash = models.CharField(max_length=71, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DocumentQuerySet.as_manager()
 
     class Meta:
         constraints = [
@@ -85,6 +115,13 @@ class Document(models.Model):
         return len(self.content.encode("utf-8"))
 
 
+class DocumentVersionQuerySet(models.QuerySet["DocumentVersion"]):
+    def of_path(self, *, user_id: str, path: str) -> DocumentVersionQuerySet:
+        """The versions of the tenant's document at ``path``. The document is only joined to
+        match the path: loading it would drag its current content along for nothing."""
+        return self.filter(user_id=user_id, document__user_id=user_id, document__path=path)
+
+
 class DocumentVersion(models.Model):
     # Deleting a document deletes its versions and chunks through ON DELETE CASCADE foreign keys
     # (set in migration 0002), so even a raw one-statement delete cannot leave orphans.
@@ -95,6 +132,8 @@ class DocumentVersion(models.Model):
     content_hash = models.CharField(max_length=71)
     changed_by = models.CharField(max_length=255, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = DocumentVersionQuerySet.as_manager()
 
     class Meta:
         constraints = [

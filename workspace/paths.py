@@ -9,12 +9,12 @@ gets in, a runtime prefix cannot be escaped or faked by a path that merely start
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
 
+from ironclaw_site.text import has_control_characters
 from workspace.errors import InvalidPath
 
 MAX_PATH_CHARACTERS = 1024
@@ -30,7 +30,9 @@ _SLASHES = re.compile(r"/{2,}")
 def _problem(raw: str) -> str | None:
     if "\\" in raw:
         return "must not contain backslashes"
-    if any(unicodedata.category(char) == "Cc" for char in raw):
+    # Controls (Cc) only: format characters such as the zero-width joiner inside emoji sequences
+    # stay allowed in document names.
+    if has_control_characters(raw, include_format=False):
         return "must not contain control characters"
     if any(0xD800 <= ord(char) <= 0xDFFF for char in raw):
         return "must be valid Unicode"

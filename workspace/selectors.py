@@ -7,16 +7,16 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import F, Func, IntegerField, QuerySet
+from django.db.models import F, Q, QuerySet
 
 from workspace.errors import DocumentNotFound, VersionNotFound
-from workspace.models import Document, DocumentVersion
+from workspace.models import Document, DocumentQuerySet, DocumentVersion, IndexState
 from workspace.paths import config_paths_for, normalise_directory, normalise_path
 
 PREVIEW_CHARACTERS = 200
 
 
-def documents_for(*, user_id: str) -> QuerySet[Document]:
+def documents_for(*, user_id: str) -> DocumentQuerySet:
     return Document.objects.filter(user_id=user_id)
 
 
@@ -24,7 +24,7 @@ def document_get(*, user_id: str, path: str) -> Document:
     normalised = normalise_path(path)
     document = documents_for(user_id=user_id).filter(path=normalised).first()
     if document is None:
-        raise DocumentNotFound(f"No document at {normalised!r}.", details={"path": normalised})
+        raise DocumentNotFound.for_path(normalised)
     return document
 
 
@@ -52,7 +52,7 @@ def document_versions(*, user_id: str, path: str) -> QuerySet[DocumentVersion]:
         documents_for(user_id=user_id).filter(path=normalised).values_list("id", flat=True).first()
     )
     if document_id is None:
-        raise DocumentNotFound(f"No document at {normalised!r}.", details={"path": normalised})
+        raise DocumentNotFound.for_path(normalised)
     return (
         DocumentVersion.objects.filter(document_id=document_id)
         .defer("content")
@@ -61,19 +61,17 @@ def document_versions(*, user_id: str, path: str) -> QuerySet[DocumentVersion]:
 
 
 def document_version(*, user_id: str, path: str, version: int) -> DocumentVersion:
-    """One version with its content. The document is only joined to match the path: loading it
-    would drag the current content (up to WORKSPACE_MAX_DOCUMENT_BYTES) along for nothing.
-    """
+    """One version with its content, without loading the document's current content."""
     normalised = normalise_path(path)
-    found = DocumentVersion.objects.filter(
-        user_id=user_id, document__user_id=user_id, document__path=normalised, version=version
-    ).first()
+    found = (
+        DocumentVersion.objects.of_path(user_id=user_id, path=normalised)
+        .filter(version=version)
+        .first()
+    )
     if found is None:
         if not documents_for(user_id=user_id).filter(path=normalised).exists():
-            raise DocumentNotFound(f"No document at {normalised!r}.", details={"path": normalised})
-        raise VersionNotFound(
-            f"{normalised!r} has no version {version}.", details={"version": version}
-        )
+            raise DocumentNotFound.for_path(normalised)
+        raise VersionNotFound.for_version(normalised, version=version)
     return found
 
 
@@ -138,10 +136,25 @@ def document_tree(*, user_id: str, prefix: str = "") -> QuerySet[Document]:
         documents = documents.filter(path__startswith=f"{normalised}/") | documents.filter(
             path=normalised
         )
-    return (
-        documents.defer("content")
-        .annotate(
-            size_bytes=Func(F("content"), function="octet_length", output_field=IntegerField())
-        )
-        .order_by("path")
-    )
+    return documents.defer("content").with_size().order_by("path")
+
+
+def documents_for_reindex(
+    *,
+    user_id: str | None = None,
+    path_prefix: str | None = None,
+    stale_only: bool = False,
+) -> QuerySet[Document]:
+    """The documents ``reindex_workspace`` would index (never runtime ones), in pk order; every
+    tenant's unless ``user_id`` is given (an operator's command, not a request)."""
+    documents = Document.objects.filter(is_runtime=False)
+    if user_id is not None:
+        documents = documents.filter(user_id=user_id)
+    if path_prefix:
+        documents = documents.filter(path__startswith=path_prefix)
+    if stale_only:
+        documents = documents.filter(
+            Q(index_state__in=[IndexState.PENDING, IndexState.FAILED])
+            | ~Q(indexed_hash=F("content_hash"))
+        ).exclude(index_state=IndexState.SKIPPED)
+    return documents.order_by("pk")

@@ -18,7 +18,7 @@ class IndexingFailed(Exception):
 
 
 @app.task(
-    name="workspace.index_document",
+    name=services.INDEX_DOCUMENT_TASK,
     queue="indexing",
     retry=RetryStrategy(max_attempts=5, exponential_wait=5, retry_exceptions={IndexingFailed}),
     pass_context=False,

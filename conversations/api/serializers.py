@@ -1,19 +1,12 @@
-"""Representations shared by several conversation endpoints (the shapes DESIGN.md fixes)."""
+"""Representations shared by several conversation endpoints."""
 
 from __future__ import annotations
 
-import datetime
-from typing import Any
+from decimal import Decimal
 
-from django.conf import settings
-from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
-from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import Cursor, CursorPagination
 
-from conversations.models import BusyPolicy, EntrySender, ThreadKind, ThreadState
-from ironclaw_site.api.fields import TextField  # noqa: F401  (re-exported)
-from ironclaw_site.api.schema import ErrorSerializer  # noqa: F401  (re-exported)
+from conversations.models import BusyPolicy, Conversation, EntrySender, ThreadKind, ThreadState
 
 
 class EntrySerializer(serializers.Serializer):
@@ -40,11 +33,35 @@ class ThreadSerializer(serializers.Serializer):
     claim_count = serializers.IntegerField()
     step_count = serializers.IntegerField()
     tokens_used = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_usd = serializers.DecimalField(max_digits=12, decimal_places=6, coerce_to_string=False)
+    model_time_ms = serializers.IntegerField()
     metadata = serializers.JSONField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
+    enqueued_at = serializers.DateTimeField(allow_null=True)
+    claimed_at = serializers.DateTimeField(allow_null=True)
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
+    model_calls = serializers.ListField(child=serializers.DictField())
+
+
+class UsageSerializer(serializers.Serializer):
+    """What a run cost: totals with an outcome, the increase since the last report with a
+    heartbeat."""
+
+    steps = serializers.IntegerField(required=False, min_value=0, max_value=1_000_000, default=0)
+    input_tokens = serializers.IntegerField(
+        required=False, min_value=0, max_value=10**12, default=0
+    )
+    output_tokens = serializers.IntegerField(
+        required=False, min_value=0, max_value=10**12, default=0
+    )
+    cost_usd = serializers.DecimalField(
+        required=False, min_value=0, max_digits=12, decimal_places=6, default=Decimal(0)
+    )
+    model_ms = serializers.FloatField(required=False, min_value=0, max_value=10**12, default=0)
 
 
 class ConversationSerializer(serializers.Serializer):
@@ -57,64 +74,5 @@ class ConversationSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
-    def get_effective_busy_policy(self, conversation: object) -> str:
-        policy = getattr(conversation, "busy_policy", None)
-        return str(policy or settings.CONVERSATION_DEFAULT_BUSY_POLICY)
-
-
-def page_serializer(name: str, item: serializers.Serializer) -> type[serializers.Serializer]:
-    """The OpenAPI shape of a cursor-paginated list of ``item``."""
-    return type(
-        name,
-        (serializers.Serializer,),
-        {
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": item,
-        },
-    )
-
-
-def _aware_datetime(position: str) -> datetime.datetime:
-    parsed = parse_datetime(position)
-    if parsed is None or parsed.tzinfo is None:
-        raise ValueError(position)
-    return parsed
-
-
-def _seq(position: str) -> int:
-    return int(position)
-
-
-class _CheckedCursorPagination(CursorPagination):
-    """A cursor whose position does not fit the ordering column is a 400 naming ``cursor``.
-
-    DRF puts the decoded position straight into the page query, so a hand-made cursor such as
-    ``p=abc`` on an integer or timestamp column used to escape as a 500.
-    """
-
-    page_size_query_param = "limit"
-    max_page_size = 1000
-    # Parses the first ordering column's position, raising ValueError when it does not fit.
-    parse_position: staticmethod[[str], Any]
-
-    def decode_cursor(self, request: Any) -> Cursor | None:
-        try:
-            cursor = super().decode_cursor(request)
-            if cursor is not None and cursor.position is not None:
-                self.parse_position(str(cursor.position))
-        except (NotFound, ValueError):
-            raise ValidationError({"cursor": [self.invalid_cursor_message]}) from None
-        return cursor
-
-
-class NewestFirstPagination(_CheckedCursorPagination):
-    """Cursor pages: one query each (no COUNT) and stable while new rows arrive."""
-
-    ordering = ("-created_at", "-id")
-    parse_position = staticmethod(_aware_datetime)
-
-
-class SeqPagination(_CheckedCursorPagination):
-    ordering = ("seq",)
-    parse_position = staticmethod(_seq)
+    def get_effective_busy_policy(self, conversation: Conversation) -> str:
+        return conversation.effective_busy_policy

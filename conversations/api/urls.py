@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from conversations.api import views
+from conversations.api import threads, views
 
 urlpatterns = [
     path("messages", views.MessageCreateView.as_view(), name="message-create"),
@@ -28,22 +28,23 @@ urlpatterns = [
         views.ConversationPolicySetView.as_view(),
         name="conversation-policy",
     ),
-    path("threads/<uuid:thread_id>", views.ThreadDetailView.as_view(), name="thread-detail"),
-    path("threads/<uuid:thread_id>/claim", views.ThreadClaimView.as_view(), name="thread-claim"),
+    path("threads/next", threads.ThreadNextView.as_view(), name="thread-next"),
+    path("threads/<uuid:thread_id>", threads.ThreadDetailView.as_view(), name="thread-detail"),
+    path("threads/<uuid:thread_id>/claim", threads.ThreadClaimView.as_view(), name="thread-claim"),
     path(
         "threads/<uuid:thread_id>/heartbeat",
-        views.ThreadHeartbeatView.as_view(),
+        threads.ThreadHeartbeatView.as_view(),
         name="thread-heartbeat",
     ),
     path(
         "threads/<uuid:thread_id>/suspend",
-        views.ThreadSuspendView.as_view(),
+        threads.ThreadSuspendView.as_view(),
         name="thread-suspend",
     ),
-    path("threads/<uuid:thread_id>/inbox", views.ThreadInboxView.as_view(), name="thread-inbox"),
+    path("threads/<uuid:thread_id>/inbox", threads.ThreadInboxView.as_view(), name="thread-inbox"),
     path(
         "threads/<uuid:thread_id>/outcome",
-        views.ThreadOutcomeView.as_view(),
+        threads.ThreadOutcomeView.as_view(),
         name="thread-outcome",
     ),
 ]

@@ -13,20 +13,21 @@ from rest_framework.views import APIView
 
 from accounts.authentication import request_user_id
 from conversations import selectors, services
-from conversations.api.serializers import (
-    ConversationSerializer,
-    EntrySerializer,
-    ErrorSerializer,
+from conversations.api.serializers import ConversationSerializer, EntrySerializer, ThreadSerializer
+from conversations.models import BusyPolicy
+from ironclaw_site.api.cursor_pagination import (
     NewestFirstPagination,
     SeqPagination,
-    TextField,
-    ThreadSerializer,
     page_serializer,
 )
-from conversations.models import BusyPolicy
+from ironclaw_site.api.fields import TextField
+from ironclaw_site.api.schema import ErrorSerializer
+from ironclaw_site.notify import ENTRIES_CHANNEL, wait_for
 
 TAG = ["conversations"]
 THREAD_TAG = ["threads"]
+# Long-polls answer within this many seconds, so a client never looks like a stalled request.
+MAX_WAIT_SECONDS = 30
 
 
 def _errors(**descriptions: str) -> dict[int, OpenApiResponse]:
@@ -187,14 +188,27 @@ class ConversationPolicySetView(APIView):
 
 
 class ConversationEntriesView(APIView):
+    """A conversation's entries in seq order; with ``wait_seconds``, a long-poll that answers as
+    soon as an entry after ``after_seq`` exists (no database connection is held while it waits).
+    """
+
     class FilterSerializer(serializers.Serializer):
         after_seq = serializers.IntegerField(required=False, min_value=0)
+        wait_seconds = serializers.FloatField(
+            required=False, min_value=0, max_value=MAX_WAIT_SECONDS, default=0
+        )
 
     @extend_schema(
         tags=TAG,
         operation_id="conversation_entries",
         parameters=[
             OpenApiParameter("after_seq", int, description="Only entries with a larger seq."),
+            OpenApiParameter(
+                "wait_seconds",
+                float,
+                description=f"Wait up to this long (0-{MAX_WAIT_SECONDS}) for an entry after "
+                "after_seq when there is none yet.",
+            ),
             OpenApiParameter("limit", int, description="Page size."),
             OpenApiParameter("cursor", str, description="Opaque cursor from next/previous."),
         ],
@@ -213,6 +227,13 @@ class ConversationEntriesView(APIView):
             conversation_id=conversation_id,
             after_seq=filters.get("after_seq"),
         )
+        if filters["wait_seconds"] > 0 and "cursor" not in request.query_params:
+            wait_for(
+                ENTRIES_CHANNEL,
+                str(conversation_id),
+                timeout=filters["wait_seconds"],
+                check=lambda: True if entries.exists() else None,
+            )
         paginator = SeqPagination()
         page = paginator.paginate_queryset(entries, request, view=self)
         return paginator.get_paginated_response(EntrySerializer(page, many=True).data)
@@ -241,205 +262,5 @@ class ConversationClearView(APIView):
     def post(self, request: Request, conversation_id: UUID) -> Response:
         result = services.conversation_clear(
             user_id=request_user_id(request), conversation_id=conversation_id
-        )
-        return Response(self.OutputSerializer(result).data)
-
-
-class ThreadDetailView(APIView):
-    @extend_schema(
-        tags=THREAD_TAG,
-        operation_id="thread_get",
-        responses={200: ThreadSerializer, **_errors(not_found="Unknown thread.")},
-    )
-    def get(self, request: Request, thread_id: UUID) -> Response:
-        thread = selectors.thread_get(user_id=request_user_id(request), thread_id=thread_id)
-        return Response(ThreadSerializer(thread).data)
-
-
-class LeaseInputSerializer(serializers.Serializer):
-    worker_id = TextField(max_length=255)
-    lease_seconds = serializers.IntegerField(required=False, min_value=1)
-
-
-class ThreadClaimView(APIView):
-    """Take the thread's lease: created/waiting/suspended -> running."""
-
-    InputSerializer = LeaseInputSerializer
-
-    @extend_schema(
-        tags=THREAD_TAG,
-        operation_id="thread_claim",
-        request=LeaseInputSerializer,
-        responses={
-            200: ThreadSerializer,
-            **_errors(
-                bad_request="A field is invalid.",
-                not_found="Unknown thread.",
-                conflict="thread_not_claimable: leased by another worker, cancelled or ended.",
-            ),
-        },
-    )
-    def post(self, request: Request, thread_id: UUID) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        thread = services.thread_claim(
-            user_id=request_user_id(request), thread_id=thread_id, **data.validated_data
-        )
-        return Response(ThreadSerializer(thread).data)
-
-
-class ThreadHeartbeatView(APIView):
-    """Extend the lease; the response's cancel_requested tells the engine to stop."""
-
-    InputSerializer = LeaseInputSerializer
-
-    @extend_schema(
-        tags=THREAD_TAG,
-        operation_id="thread_heartbeat",
-        request=LeaseInputSerializer,
-        responses={
-            200: ThreadSerializer,
-            **_errors(
-                bad_request="A field is invalid.",
-                not_found="Unknown thread.",
-                conflict="lease_not_held.",
-            ),
-        },
-    )
-    def post(self, request: Request, thread_id: UUID) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        thread = services.thread_lease_renew(
-            user_id=request_user_id(request), thread_id=thread_id, **data.validated_data
-        )
-        return Response(ThreadSerializer(thread).data)
-
-
-class ThreadSuspendView(APIView):
-    """The lease holder parks the thread (running -> suspended); the next message resumes it."""
-
-    class InputSerializer(serializers.Serializer):
-        class Meta:
-            ref_name = "ThreadSuspendInput"
-
-        worker_id = TextField(max_length=255)
-
-    @extend_schema(
-        tags=THREAD_TAG,
-        operation_id="thread_suspend",
-        request=InputSerializer,
-        responses={
-            200: ThreadSerializer,
-            **_errors(
-                bad_request="worker_id is invalid.",
-                not_found="Unknown thread.",
-                conflict="lease_not_held.",
-            ),
-        },
-    )
-    def post(self, request: Request, thread_id: UUID) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        thread = services.thread_suspend(
-            user_id=request_user_id(request), thread_id=thread_id, **data.validated_data
-        )
-        return Response(ThreadSerializer(thread).data)
-
-
-class ThreadInboxView(APIView):
-    """Take the thread's undelivered user messages (each is returned once)."""
-
-    class InputSerializer(serializers.Serializer):
-        class Meta:
-            ref_name = "ThreadInboxInput"
-
-        worker_id = TextField(max_length=255)
-
-    class OutputSerializer(serializers.Serializer):
-        class Meta:
-            ref_name = "ThreadInboxOutput"
-
-        entries = EntrySerializer(many=True)
-
-    @extend_schema(
-        tags=THREAD_TAG,
-        operation_id="thread_inbox_take",
-        request=InputSerializer,
-        responses={
-            200: OutputSerializer,
-            **_errors(
-                bad_request="worker_id is invalid.",
-                not_found="Unknown thread.",
-                conflict="lease_not_held.",
-            ),
-        },
-    )
-    def post(self, request: Request, thread_id: UUID) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        entries = services.thread_inbox_take(
-            user_id=request_user_id(request), thread_id=thread_id, **data.validated_data
-        )
-        return Response(self.OutputSerializer({"entries": entries}).data)
-
-
-class ThreadOutcomeView(APIView):
-    """Record how the thread's run ended; late messages come back as a follow-up thread."""
-
-    class InputSerializer(serializers.Serializer):
-        class Meta:
-            ref_name = "ThreadOutcomeInput"
-
-        class GateSerializer(serializers.Serializer):
-            name = TextField(max_length=255)
-            action = TextField(max_length=1000)
-
-        kind = serializers.ChoiceField(choices=list(services.OUTCOME_KINDS))
-        response = TextField(
-            required=False, allow_null=True, allow_blank=True, trim_whitespace=False
-        )
-        error = TextField(required=False, allow_null=True, trim_whitespace=False)
-        gate = GateSerializer(required=False, allow_null=True)
-        worker_id = TextField(max_length=255)
-
-    class OutputSerializer(serializers.Serializer):
-        class Meta:
-            ref_name = "ThreadOutcomeOutput"
-
-        thread = ThreadSerializer()
-        follow_up_thread = ThreadSerializer(source="follow_up", allow_null=True)
-        entries = EntrySerializer(many=True)
-
-    @extend_schema(
-        tags=THREAD_TAG,
-        operation_id="thread_outcome_record",
-        request=InputSerializer,
-        responses={
-            200: OutputSerializer,
-            **_errors(
-                bad_request="A field is invalid (failed needs error, gate_paused needs gate).",
-                not_found="Unknown thread.",
-                conflict="outcome_already_recorded, lease_not_held or invalid_thread_transition.",
-                too_large="response or error over CONVERSATION_MAX_MESSAGE_BYTES.",
-            ),
-        },
-    )
-    def post(self, request: Request, thread_id: UUID) -> Response:
-        data = self.InputSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        values = data.validated_data
-        gate = values.get("gate") or {}
-        outcome = services.ThreadOutcome(
-            kind=values["kind"],
-            response=values.get("response"),
-            error=values.get("error"),
-            gate_name=gate.get("name"),
-            gate_action=gate.get("action"),
-        )
-        result = services.thread_outcome_record(
-            user_id=request_user_id(request),
-            thread_id=thread_id,
-            outcome=outcome,
-            worker_id=values["worker_id"],
         )
         return Response(self.OutputSerializer(result).data)

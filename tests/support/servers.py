@@ -211,3 +211,39 @@ class TcpProxy:
                 for sock in (client, upstream):
                     self._sockets.discard(sock)
                     sock.close()
+
+
+@contextmanager
+def worker_process(
+    env: Mapping[str, str], *, queues: str = "threads", concurrency: int = 4
+) -> Iterator[subprocess.Popen[str]]:
+    """Run ``manage.py run_worker`` with ``env`` in its own process; the test may kill it."""
+    full_env = {**os.environ, "LOG_LEVEL": "WARNING", **env}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "run_worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+        ],
+        cwd=BASE_DIR,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout:
+            process.stdout.close()

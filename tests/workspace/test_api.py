@@ -96,6 +96,50 @@ def test_missing_content_is_400_naming_the_field(alice: APIClient) -> None:
     assert "content" in response.json()["error"]["details"]
 
 
+@pytest.mark.parametrize(
+    ("url", "method", "body", "field"),
+    [
+        ("a.md", "put", {"content": 5}, "content"),
+        ("a.md", "put", {"content": True}, "content"),
+        ("a.md/append", "post", {"content": 5}, "content"),
+        ("a.md/patch", "post", {"old": 1, "new": "x"}, "old"),
+        ("a.md/patch", "post", {"old": "one", "new": False}, "new"),
+    ],
+)
+def test_a_number_or_boolean_as_text_is_400_naming_the_field(
+    alice: APIClient, url: str, method: str, body: dict[str, object], field: str
+) -> None:
+    alice.put(f"{DOCS}/a.md", {"content": "one"}, format="json")
+
+    response = getattr(alice, method)(f"{DOCS}/{url}", body, format="json")
+
+    assert response.status_code == 400
+    assert field in response.json()["error"]["details"]
+    assert list(Document.objects.values_list("content", flat=True)) == ["one"]
+
+
+def test_a_search_query_that_is_a_number_is_400_naming_the_query(alice: APIClient) -> None:
+    response = alice.post("/api/v1/workspace/search", {"query": 42}, format="json")
+
+    assert response.status_code == 400
+    assert "query" in response.json()["error"]["details"]
+
+
+@pytest.mark.parametrize("replace_all", ["yes", "true", 1, None])
+def test_replace_all_that_is_not_a_json_boolean_is_400(
+    alice: APIClient, replace_all: object
+) -> None:
+    alice.put(f"{DOCS}/a.md", {"content": "o o"}, format="json")
+
+    response = alice.post(
+        f"{DOCS}/a.md/patch", {"old": "o", "new": "0", "replace_all": replace_all}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert "replace_all" in response.json()["error"]["details"]
+    assert Document.objects.get().content == "o o"
+
+
 def test_metadata_must_be_an_object(alice: APIClient) -> None:
     response = alice.put(f"{DOCS}/a.md", {"content": "x", "metadata": [1]}, format="json")
 

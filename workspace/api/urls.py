@@ -4,7 +4,8 @@ from django.urls import path
 
 from workspace.api import views
 
-# Most specific first: a document path may itself contain slashes (``<path:path>``).
+# Most specific first: a document path may itself contain slashes (``<path:path>``). GET, PUT
+# and DELETE on ``documents/<path>`` are three operations; DocumentView hands each to its own view.
 urlpatterns = [
     path(
         "documents/<path:path>/versions/<int:version>/restore",
@@ -13,12 +14,12 @@ urlpatterns = [
     ),
     path(
         "documents/<path:path>/versions/<int:version>",
-        views.DocumentVersionView.as_view(),
+        views.DocumentVersionDetailView.as_view(),
         name="workspace-document-version",
     ),
     path(
         "documents/<path:path>/versions",
-        views.DocumentVersionsView.as_view(),
+        views.DocumentVersionListView.as_view(),
         name="workspace-document-versions",
     ),
     path(
@@ -32,7 +33,7 @@ urlpatterns = [
         name="workspace-document-patch",
     ),
     path("documents/<path:path>", views.DocumentView.as_view(), name="workspace-document"),
-    path("list", views.ListView.as_view(), name="workspace-list"),
-    path("tree", views.TreeView.as_view(), name="workspace-tree"),
-    path("search", views.SearchView.as_view(), name="workspace-search"),
+    path("list", views.FolderListView.as_view(), name="workspace-list"),
+    path("tree", views.DocumentTreeView.as_view(), name="workspace-tree"),
+    path("search", views.WorkspaceSearchView.as_view(), name="workspace-search"),
 ]

@@ -4,9 +4,11 @@ and serialises. Every query is scoped to the request's tenant, so another tenant
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from django.conf import settings
+from django.http import HttpRequest, HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -20,9 +22,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import request_user_id
+from accounts.authentication import request_changed_by, request_user_id
+from ironclaw_site.api.fields import StrictBooleanField, TextField
+from ironclaw_site.api.pagination import StrictLimitOffsetPagination
+from ironclaw_site.api.schema import ErrorSerializer
 from workspace import selectors, services
-from workspace.api.pagination import WorkspacePagination
+from workspace.api.serializers import DocumentSerializer, VersionSerializer
 from workspace.errors import DocumentTooLarge
 from workspace.search import MODES, workspace_search
 
@@ -34,19 +39,6 @@ PATH_PARAMETER = OpenApiParameter(
 )
 VERSION_PARAMETER = OpenApiParameter("version", OpenApiTypes.INT, OpenApiParameter.PATH)
 TAGS = ["workspace"]
-ERROR_RESPONSE = inline_serializer(
-    "WorkspaceError",
-    {
-        "error": inline_serializer(
-            "WorkspaceErrorBody",
-            {
-                "code": serializers.CharField(),
-                "message": serializers.CharField(),
-                "details": serializers.DictField(),
-            },
-        )
-    },
-)
 ERROR_DESCRIPTIONS = {
     400: "Invalid path, body or parameter; `details` names the field.",
     404: "No such document (or version) in the caller's workspace.",
@@ -57,9 +49,14 @@ ERROR_DESCRIPTIONS = {
 
 def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
     return {
-        status: OpenApiResponse(ERROR_RESPONSE, description=ERROR_DESCRIPTIONS[status])
+        status: OpenApiResponse(ErrorSerializer, description=ERROR_DESCRIPTIONS[status])
         for status in statuses
     }
+
+
+def _content_field() -> TextField:
+    # Content is stored byte for byte: no trimming, empty allowed.
+    return TextField(trim_whitespace=False, allow_blank=True)
 
 
 class WorkspaceView(APIView):
@@ -79,62 +76,48 @@ class WorkspaceView(APIView):
         super().initial(request, *args, **kwargs)
 
 
-@extend_schema_serializer(component_name="WorkspaceDocument")
-class DocumentOutputSerializer(serializers.Serializer):
-    path = serializers.CharField()
-    content = serializers.CharField()
-    content_hash = serializers.CharField()
-    metadata = serializers.DictField()
-    is_runtime = serializers.BooleanField()
-    index_state = serializers.CharField()
-    size = serializers.IntegerField()
-    created_at = serializers.DateTimeField()
-    updated_at = serializers.DateTimeField()
-
-
-def _text_field(**kwargs: Any) -> serializers.CharField:
-    # Content is stored byte for byte: no trimming, empty allowed.
-    return serializers.CharField(trim_whitespace=False, allow_blank=True, **kwargs)
-
-
-class DocumentView(WorkspaceView):
-    @extend_schema_serializer(component_name="WorkspaceDocumentWrite")
-    class InputSerializer(serializers.Serializer):
-        content = _text_field()
-        metadata = serializers.DictField(required=False)
-
+class DocumentDetailView(WorkspaceView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_read",
         parameters=[PATH_PARAMETER],
-        responses={200: DocumentOutputSerializer, **_errors(400, 404)},
+        responses={200: DocumentSerializer, **_errors(400, 404)},
     )
     def get(self, request: Request, path: str) -> Response:
         document = selectors.document_get(user_id=request_user_id(request), path=path)
-        return Response(DocumentOutputSerializer(document).data)
+        return Response(DocumentSerializer(document).data)
+
+
+class DocumentWriteView(WorkspaceView):
+    @extend_schema_serializer(component_name="WorkspaceDocumentWrite")
+    class InputSerializer(serializers.Serializer):
+        content = _content_field()
+        metadata = serializers.DictField(required=False)
 
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_write",
         parameters=[PATH_PARAMETER],
         request=InputSerializer,
-        responses={200: DocumentOutputSerializer, **_errors(400, 409, 413)},
+        responses={200: DocumentSerializer, **_errors(400, 409, 413)},
         description="Create or replace a document. Runtime paths cost one SQL statement; other "
         "paths version the old content and are indexed (in the background by default).",
     )
     def put(self, request: Request, path: str) -> Response:
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
         user_id = request_user_id(request)
         document = services.document_write(
             user_id=user_id,
             path=path,
-            content=serializer.validated_data["content"],
-            metadata=serializer.validated_data.get("metadata"),
-            changed_by=user_id,
+            content=data.validated_data["content"],
+            metadata=data.validated_data.get("metadata"),
+            changed_by=request_changed_by(request),
         )
-        return Response(DocumentOutputSerializer(document).data)
+        return Response(DocumentSerializer(document).data)
 
+
+class DocumentDeleteView(WorkspaceView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_delete",
@@ -146,6 +129,36 @@ class DocumentView(WorkspaceView):
         return Response(status=204)
 
 
+class DocumentView(WorkspaceView):
+    # ``documents/<path>`` is three operations, but Django resolves a URL to one view whatever
+    # the method. This view only hands the request, still Django's own (DRF has not wrapped it
+    # yet), to the operation's view, which then authenticates, parses and answers as if the URL
+    # had routed to it. (No docstring: the schema would show it as the operations' description.)
+    operations: ClassVar[dict[str, type[APIView]]] = {
+        "get": DocumentDetailView,
+        "put": DocumentWriteView,
+        "delete": DocumentDeleteView,
+    }
+    # The OpenAPI generator and the Allow header read a URL's methods from its view's handlers:
+    # lend them the operations' own (dispatch hands every such request over before they run).
+    get = DocumentDetailView.get
+    put = DocumentWriteView.put
+    delete = DocumentDeleteView.delete
+
+    _operation_views: ClassVar[dict[str, Callable[..., HttpResponseBase]]] = {
+        method: view.as_view() for method, view in operations.items()
+    }
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        method = (request.method or "").lower()
+        # HEAD is the detail view's too: Django serves it with the view's GET handler.
+        operation = self._operation_views.get("get" if method == "head" else method)
+        if operation is None:
+            # OPTIONS, and the 405 for any other method, in the API's error shape.
+            return super().dispatch(request, *args, **kwargs)
+        return operation(request, *args, **kwargs)
+
+
 class DocumentActionView(WorkspaceView):
     """A sub-resource of a document (``.../append``, ``.../versions``).
 
@@ -153,51 +166,57 @@ class DocumentActionView(WorkspaceView):
     the document ``notes/append``. Only the action's methods on its exact suffix are ambiguous.
     """
 
-    def http_method_not_allowed(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        if request.method and request.method.lower() in {"get", "put", "delete"}:
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        method = (request.method or "").lower()
+        if method in DocumentView.operations and not hasattr(self, method):
             # The document path is the URL after documents/ as sent: rebuilding it from the
             # route's converted kwargs would turn versions/007 into versions/7.
             full_path = request.path_info.split("/documents/", 1)[1]
-            return DocumentView.as_view()(request._request, path=full_path)
-        return super().http_method_not_allowed(request, *args, **kwargs)
+            return DocumentView.as_view()(request, path=full_path)
+        return super().dispatch(request, *args, **kwargs)
 
 
 class DocumentAppendView(DocumentActionView):
     @extend_schema_serializer(component_name="WorkspaceAppend")
     class InputSerializer(serializers.Serializer):
-        content = _text_field()
+        content = _content_field()
 
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_append",
         parameters=[PATH_PARAMETER],
         request=InputSerializer,
-        responses={200: DocumentOutputSerializer, **_errors(400, 409, 413)},
+        responses={200: DocumentSerializer, **_errors(400, 409, 413)},
         description="Append content on a new line, creating the document if needed.",
     )
     def post(self, request: Request, path: str) -> Response:
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
         user_id = request_user_id(request)
         document = services.document_append(
             user_id=user_id,
             path=path,
-            content=serializer.validated_data["content"],
-            changed_by=user_id,
+            content=data.validated_data["content"],
+            changed_by=request_changed_by(request),
         )
-        return Response(DocumentOutputSerializer(document).data)
+        return Response(DocumentSerializer(document).data)
 
 
 class DocumentPatchView(DocumentActionView):
     @extend_schema_serializer(component_name="WorkspacePatch")
     class InputSerializer(serializers.Serializer):
-        old = serializers.CharField(trim_whitespace=False)
-        new = _text_field()
-        replace_all = serializers.BooleanField(required=False, default=False)
+        old = TextField(trim_whitespace=False)
+        new = _content_field()
+        replace_all = StrictBooleanField(required=False, default=False)
 
     @extend_schema_serializer(component_name="WorkspacePatchResult")
-    class OutputSerializer(DocumentOutputSerializer):
+    class OutputSerializer(DocumentSerializer):
         replacements = serializers.IntegerField()
+
+        def to_representation(self, instance: services.PatchResult) -> dict[str, Any]:
+            # One flat object: the patched document's fields beside the replacement count.
+            document = DocumentSerializer(instance.document).data
+            return {**document, "replacements": instance.replacements}
 
     @extend_schema(
         tags=TAGS,
@@ -208,39 +227,27 @@ class DocumentPatchView(DocumentActionView):
         description="Replace the first occurrence of `old` (or all with `replace_all`).",
     )
     def post(self, request: Request, path: str) -> Response:
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
         user_id = request_user_id(request)
         result = services.document_patch(
             user_id=user_id,
             path=path,
-            old=serializer.validated_data["old"],
-            new=serializer.validated_data["new"],
-            replace_all=serializer.validated_data["replace_all"],
-            changed_by=user_id,
+            changed_by=request_changed_by(request),
+            **data.validated_data,
         )
-        data = dict(DocumentOutputSerializer(result.document).data)
-        data["replacements"] = result.replacements
-        return Response(data)
+        return Response(self.OutputSerializer(result).data)
 
 
-@extend_schema_serializer(component_name="WorkspaceVersion")
-class VersionOutputSerializer(serializers.Serializer):
-    version = serializers.IntegerField()
-    content_hash = serializers.CharField()
-    changed_by = serializers.CharField()
-    created_at = serializers.DateTimeField()
-
-
-class DocumentVersionsView(DocumentActionView):
+class DocumentVersionListView(DocumentActionView):
     # Also what the OpenAPI schema reads to document the paginated shape and its parameters.
-    pagination_class = WorkspacePagination
+    pagination_class = StrictLimitOffsetPagination
 
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_versions",
         parameters=[PATH_PARAMETER],
-        responses={200: VersionOutputSerializer(many=True), **_errors(400, 404)},
+        responses={200: VersionSerializer(many=True), **_errors(400, 404)},
         description="Versions of a document (the contents it had before each change), newest "
         "first.",
     )
@@ -248,12 +255,12 @@ class DocumentVersionsView(DocumentActionView):
         versions = selectors.document_versions(user_id=request_user_id(request), path=path)
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(versions, request, view=self)
-        return paginator.get_paginated_response(VersionOutputSerializer(page, many=True).data)
+        return paginator.get_paginated_response(VersionSerializer(page, many=True).data)
 
 
-class DocumentVersionView(DocumentActionView):
+class DocumentVersionDetailView(DocumentActionView):
     @extend_schema_serializer(component_name="WorkspaceVersionDetail")
-    class OutputSerializer(VersionOutputSerializer):
+    class OutputSerializer(VersionSerializer):
         content = serializers.CharField()
 
     @extend_schema(
@@ -275,20 +282,20 @@ class DocumentRestoreView(DocumentActionView):
         operation_id="workspace_document_restore",
         parameters=[PATH_PARAMETER, VERSION_PARAMETER],
         request=None,
-        responses={200: DocumentOutputSerializer, **_errors(400, 404, 409, 413)},
+        responses={200: DocumentSerializer, **_errors(400, 404, 409, 413)},
         description="Write version n back as the current content (the current content becomes "
         "a new version).",
     )
     def post(self, request: Request, path: str, version: int) -> Response:
         user_id = request_user_id(request)
         document = services.document_restore(
-            user_id=user_id, path=path, version=version, changed_by=user_id
+            user_id=user_id, path=path, version=version, changed_by=request_changed_by(request)
         )
-        return Response(DocumentOutputSerializer(document).data)
+        return Response(DocumentSerializer(document).data)
 
 
-class ListView(WorkspaceView):
-    pagination_class = WorkspacePagination
+class FolderListView(WorkspaceView):
+    pagination_class = StrictLimitOffsetPagination
 
     @extend_schema_serializer(component_name="WorkspaceListEntry")
     class OutputSerializer(serializers.Serializer):
@@ -321,8 +328,8 @@ class ListView(WorkspaceView):
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
 
-class TreeView(WorkspaceView):
-    pagination_class = WorkspacePagination
+class DocumentTreeView(WorkspaceView):
+    pagination_class = StrictLimitOffsetPagination
 
     @extend_schema_serializer(component_name="WorkspaceTreeEntry")
     class OutputSerializer(serializers.Serializer):
@@ -352,10 +359,10 @@ class TreeView(WorkspaceView):
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
 
-class SearchView(WorkspaceView):
+class WorkspaceSearchView(WorkspaceView):
     @extend_schema_serializer(component_name="WorkspaceSearchQuery")
     class InputSerializer(serializers.Serializer):
-        query = serializers.CharField(max_length=10_000)
+        query = TextField(max_length=10_000)
         limit = serializers.IntegerField(required=False, default=10, min_value=1)
         mode = serializers.ChoiceField(choices=MODES, required=False, default="hybrid")
         min_score = serializers.FloatField(
@@ -394,7 +401,7 @@ class SearchView(WorkspaceView):
         "true when the query could not be embedded and full text answered alone.",
     )
     def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        response = workspace_search(user_id=request_user_id(request), **serializer.validated_data)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        response = workspace_search(user_id=request_user_id(request), **data.validated_data)
         return Response(self.OutputSerializer(response).data)

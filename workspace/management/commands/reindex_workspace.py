@@ -7,7 +7,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workspace.errors import InvalidPath
 from workspace.paths import normalise_directory
-from workspace.services import documents_for_reindex, documents_reindex
+from workspace.selectors import documents_for_reindex
+from workspace.services import documents_reindex
 
 
 class Command(BaseCommand):

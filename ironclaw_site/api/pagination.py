@@ -1,4 +1,4 @@
-"""Limit/offset pages for the workspace lists (list, tree, versions)."""
+"""Limit/offset pages for the API's lists (the workspace's folder list, tree and versions)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ MAX_PAGE_LIMIT = 1000
 MAX_PAGE_OFFSET = 2**62
 
 
-class WorkspacePagination(LimitOffsetPagination):
+class StrictLimitOffsetPagination(LimitOffsetPagination):
     """DRF's limit/offset, but strict: a limit or offset that is not an integer in range is a 400
     naming it. DRF's own silently falls back to the default, and passes any limit through to SQL,
     where ``offset + limit`` beyond a bigint was a 500.

@@ -1,0 +1,86 @@
+"""Every write of the conversations app, named ``<noun>_<verb>``, one module per concern.
+
+- ``conversations``: ``conversation_get_or_create``, ``conversation_start_new``,
+  ``conversation_busy_policy_set``, ``conversation_clear``;
+- ``messages``: ``message_handle`` (spawn a thread, inject into, resume or queue behind one);
+- ``threads``: ``thread_claim``, ``thread_lease_renew``, ``thread_inbox_take``,
+  ``thread_suspend``, ``thread_outcome_record``, ``thread_leases_sweep``.
+Reads are in ``conversations.selectors`` (``conversation_list``, ``conversation_get``, ...).
+
+Locking policy (parents before children, one short transaction per call, nothing slow inside):
+1. the conversation row, ``FOR NO KEY UPDATE`` (plain ``FOR UPDATE`` would also block the
+   foreign-key ``KEY SHARE`` locks that inserting entries and threads takes);
+2. then thread rows, ``FOR NO KEY UPDATE``;
+3. then entry rows (updated or deleted).
+Thread-only operations (claim, heartbeat, inbox, sweeper) start at step 2 and never wait for a
+conversation, so no cycle exists. Every wait is bounded by ``SET LOCAL lock_timeout`` from
+``CONVERSATION_LOCK_TIMEOUT_MS``; exceeding it is ``ConversationBusy`` (``ThreadBusy`` for
+claim, heartbeat and inbox, which wait only for the thread row), HTTP 409.
+"""
+
+from conversations.services.conversations import (
+    conversation_busy_policy_set,
+    conversation_clear,
+    conversation_get_or_create,
+    conversation_start_new,
+)
+from conversations.services.messages import message_handle
+from conversations.services.results import (
+    OUTCOME_KINDS,
+    Action,
+    ClaimedThread,
+    ClearResult,
+    MessageResult,
+    OutcomeKind,
+    OutcomeResult,
+    SweepResult,
+    ThreadOutcome,
+    ThreadUsage,
+)
+from conversations.services.threads import (
+    thread_claim,
+    thread_claim_next,
+    thread_inbox_take,
+    thread_lease_renew,
+    thread_leases_sweep,
+    thread_outcome_record,
+    thread_suspend,
+)
+from conversations.services.transactions import RUN_THREAD_QUEUE, RUN_THREAD_TASK
+from conversations.services.validation import (
+    CHANNEL_PATTERN,
+    MAX_SCOPE_LENGTH,
+    MAX_WORKER_ID_LENGTH,
+    channel_key,
+)
+
+__all__ = [
+    "CHANNEL_PATTERN",
+    "MAX_SCOPE_LENGTH",
+    "MAX_WORKER_ID_LENGTH",
+    "OUTCOME_KINDS",
+    "RUN_THREAD_QUEUE",
+    "RUN_THREAD_TASK",
+    "Action",
+    "ClaimedThread",
+    "ClearResult",
+    "MessageResult",
+    "OutcomeKind",
+    "OutcomeResult",
+    "SweepResult",
+    "ThreadOutcome",
+    "ThreadUsage",
+    "channel_key",
+    "conversation_busy_policy_set",
+    "conversation_clear",
+    "conversation_get_or_create",
+    "conversation_start_new",
+    "message_handle",
+    "thread_claim",
+    "thread_claim_next",
+    "thread_inbox_take",
+    "thread_lease_renew",
+    "thread_leases_sweep",
+    "thread_outcome_record",
+    "thread_suspend",
+]

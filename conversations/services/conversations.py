@@ -1,0 +1,140 @@
+"""Conversations: the (channel, user) index, a new conversation, the busy policy, clearing."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from conversations import selectors
+from conversations.errors import ConversationNotFound
+from conversations.models import (
+    LIVE_STATES,
+    BusyPolicy,
+    ChannelUserIndex,
+    Conversation,
+    Thread,
+    ThreadState,
+)
+from conversations.services.results import ClearResult
+from conversations.services.transactions import locked_transaction, thread_lock
+from conversations.services.validation import channel_key, check_user_id
+from ironclaw_site.db import violated_constraint
+from ironclaw_site.errors import InvalidInput
+
+
+def conversation_resolve(user_id: str, key: str) -> uuid.UUID:
+    found = (
+        ChannelUserIndex.objects.filter(user_id=user_id, channel=key)
+        .values_list("conversation_id", flat=True)
+        .first()
+    )
+    if found is not None:
+        return found
+    try:
+        # Savepoint: if another transaction wins the unique (user_id, channel) index, our
+        # conversation row is rolled back with our index row, so no orphan is left behind.
+        with transaction.atomic():
+            conversation = Conversation.objects.create(user_id=user_id, channel=key)
+            ChannelUserIndex.objects.create(user_id=user_id, channel=key, conversation=conversation)
+        return conversation.id
+    except IntegrityError as error:
+        if violated_constraint(error) != "channel_user_index_unique_pair":
+            raise
+    # Our insert waited on the index until the winner committed, so its row is visible now.
+    return ChannelUserIndex.objects.values_list("conversation_id", flat=True).get(
+        user_id=user_id, channel=key
+    )
+
+
+def conversation_get_or_create(
+    *, user_id: str, channel: str, scope: str | None = None
+) -> Conversation:
+    """The current conversation of (channel, user), created race-free through the unique index."""
+    check_user_id(user_id)
+    key = channel_key(channel, scope)
+    with locked_transaction():
+        conversation_id = conversation_resolve(user_id, key)
+    return Conversation.objects.get(pk=conversation_id)
+
+
+def conversation_start_new(*, user_id: str, channel: str, scope: str | None = None) -> Conversation:
+    """A fresh conversation for (channel, user); the index is re-pointed, the old one kept."""
+    check_user_id(user_id)
+    key = channel_key(channel, scope)
+    with locked_transaction():
+        conversation = Conversation.objects.create(user_id=user_id, channel=key)
+        # One upsert: racing with a first message's get-or-create on the same pair cannot fail.
+        ChannelUserIndex.objects.bulk_create(
+            [ChannelUserIndex(user_id=user_id, channel=key, conversation=conversation)],
+            update_conflicts=True,
+            unique_fields=["user_id", "channel"],
+            update_fields=["conversation", "updated_at"],
+        )
+    return conversation
+
+
+def conversation_busy_policy_set(
+    *, user_id: str, conversation_id: uuid.UUID, busy_policy: str | None
+) -> Conversation:
+    """Set (or with None, reset to the setting's default) the conversation's busy policy."""
+    if busy_policy is not None and busy_policy not in BusyPolicy.values:
+        problem = f"must be one of {', '.join(BusyPolicy.values)} or null"
+        raise InvalidInput(f"busy_policy {problem}.", details={"busy_policy": [problem]})
+    with locked_transaction():
+        # The UPDATE waits for the row lock like a message does, so it is bounded the same way.
+        updated = Conversation.objects.filter(pk=conversation_id, user_id=user_id).update(
+            busy_policy=busy_policy, updated_at=timezone.now()
+        )
+    if not updated:
+        raise ConversationNotFound()
+    return Conversation.objects.get(pk=conversation_id)
+
+
+def conversation_clear(*, user_id: str, conversation_id: uuid.UUID) -> ClearResult:
+    """Under the conversation lock: untrack and cancel its threads, then delete its entries.
+
+    A message racing with it either lands before (and is cleared) or after (and starts fresh).
+    Seqs are never reused, so ``after_seq`` cursors stay valid.
+    """
+    with locked_transaction():
+        conversation = selectors.conversation_get_for_update(
+            user_id=user_id, conversation_id=conversation_id
+        )
+        untracked = []
+        # Threads before entries: thread_inbox_take locks a thread and then its entries.
+        for thread_id in (
+            conversation.threads.filter(tracked=True).order_by("pk").values_list("pk", flat=True)
+        ):
+            thread = thread_lock(thread_id)
+            thread_cancel(thread, reason="conversation cleared")
+            untracked.append(thread.id)
+        deleted, _ = conversation.entries.all().delete()
+        Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+    conversation.refresh_from_db()
+    return ClearResult(
+        conversation=conversation, deleted_entries=deleted, untracked_thread_ids=untracked
+    )
+
+
+def thread_cancel(thread: Thread, *, reason: str) -> None:
+    """Untrack a locked thread; stop it now unless a worker holds it (then ask it to stop)."""
+    now = timezone.now()
+    thread.tracked = False
+    thread.cancel_requested = True
+    if thread.state in LIVE_STATES and thread.state != ThreadState.RUNNING:
+        # Nobody runs it: stop it here, and a pending run's claim will be refused.
+        thread.state = ThreadState.STOPPED
+        thread.outcome = {"kind": "stopped", "reason": reason}
+        thread.finished_at = now
+    thread.save(
+        update_fields=[
+            "tracked",
+            "cancel_requested",
+            "state",
+            "outcome",
+            "finished_at",
+            "updated_at",
+        ]
+    )

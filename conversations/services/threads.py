@@ -1,0 +1,387 @@
+"""A thread's life on a worker: claim, lease renewal, inbox, suspend, outcome, lease sweeper."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce, Now
+from django.utils import timezone
+
+from conversations import selectors
+from conversations.errors import (
+    InvalidThreadTransition,
+    LeaseNotHeld,
+    OutcomeAlreadyRecorded,
+    ThreadBusy,
+    ThreadNotClaimable,
+)
+from conversations.models import (
+    MAX_MODEL_CALLS_KEPT,
+    ConversationEntry,
+    EntrySender,
+    Thread,
+    ThreadKind,
+    ThreadState,
+)
+from conversations.services.messages import thread_spawn
+from conversations.services.results import (
+    ClaimedThread,
+    OutcomeResult,
+    SweepResult,
+    ThreadOutcome,
+    ThreadUsage,
+)
+from conversations.services.transactions import (
+    EntryWriter,
+    locked_transaction,
+    thread_lock_with_conversation,
+    thread_run_enqueue,
+)
+from conversations.services.validation import (
+    check_outcome,
+    check_usage,
+    check_worker_id,
+    lease_duration,
+)
+
+_OUTCOME_STATE = {
+    "completed": ThreadState.COMPLETED,
+    "stopped": ThreadState.STOPPED,
+    "max_iterations": ThreadState.STOPPED,
+    "failed": ThreadState.FAILED,
+    "gate_paused": ThreadState.WAITING,
+}
+
+
+def thread_claim(
+    *, user_id: str, thread_id: uuid.UUID, worker_id: str, lease_seconds: int | None = None
+) -> Thread:
+    """Take the thread's lease (compare-and-set; one of racing claimers wins, others get 409).
+
+    Claimable: created, waiting, suspended, or running with an expired lease or the same owner.
+    """
+    check_worker_id(worker_id)
+    duration = lease_duration(lease_seconds)
+    # Lease times come from the database clock, so web and worker machines whose clocks
+    # disagree still agree on who holds a lease.
+    claimable = (
+        Q(state__in=[ThreadState.CREATED, ThreadState.WAITING, ThreadState.SUSPENDED])
+        | Q(state=ThreadState.RUNNING, lease_expires_at__lt=Now())
+        | Q(state=ThreadState.RUNNING, lease_owner=worker_id)
+    )
+    with locked_transaction(busy=ThreadBusy):
+        claimed = Thread.objects.filter(
+            claimable, pk=thread_id, user_id=user_id, cancel_requested=False
+        ).update(
+            state=ThreadState.RUNNING,
+            lease_owner=worker_id,
+            lease_expires_at=Now() + duration,
+            claim_count=F("claim_count") + 1,
+            started_at=Coalesce(F("started_at"), Now()),
+            claimed_at=Now(),
+            updated_at=Now(),
+        )
+    thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
+    if not claimed:
+        raise ThreadNotClaimable(
+            f"The thread is {thread.state}"
+            + (", cancelled" if thread.cancel_requested else "")
+            + (f", leased by {thread.lease_owner!r}" if thread.lease_owner else "")
+            + "; it cannot be claimed.",
+            details={"state": thread.state, "cancel_requested": thread.cancel_requested},
+        )
+    return thread
+
+
+def thread_lease_renew(
+    *,
+    user_id: str,
+    thread_id: uuid.UUID,
+    worker_id: str,
+    lease_seconds: int | None = None,
+    usage: ThreadUsage | None = None,
+) -> Thread:
+    """Extend the lease (compare-and-set on the holder), adding ``usage`` (the increase since the
+    last report) to the thread's counters. The result shows ``cancel_requested``, which is how a
+    running engine learns it was interrupted."""
+    check_worker_id(worker_id)
+    duration = lease_duration(lease_seconds)
+    if usage is not None:
+        check_usage(usage)
+    # Owner and state are the whole check: the sweeper and other claimers change both, so a
+    # match means nobody took the thread over, even if the lease lapsed a moment ago.
+    # In a lock-timeout transaction like claim: the UPDATE waits for the thread row while an
+    # outcome, inbox take or interrupt holds it, and that wait must be bounded too.
+    with locked_transaction(busy=ThreadBusy):
+        renewed = Thread.objects.filter(
+            pk=thread_id, user_id=user_id, state=ThreadState.RUNNING, lease_owner=worker_id
+        ).update(
+            lease_expires_at=Now() + duration,
+            updated_at=Now(),
+            **(_usage_increments(usage) if usage is not None else {}),
+        )
+    thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
+    if not renewed:
+        raise LeaseNotHeld(details={"state": thread.state})
+    return thread
+
+
+def thread_inbox_take(
+    *, user_id: str, thread_id: uuid.UUID, worker_id: str
+) -> list[ConversationEntry]:
+    """Return the thread's undelivered user messages in seq order and mark them delivered.
+
+    Locks the thread row (then its entries), so two takes never return the same message.
+    """
+    check_worker_id(worker_id)
+    with locked_transaction(busy=ThreadBusy):
+        thread = selectors.thread_get_for_update(user_id=user_id, thread_id=thread_id)
+        if thread.state != ThreadState.RUNNING or thread.lease_owner != worker_id:
+            raise LeaseNotHeld(details={"state": thread.state})
+        return _inbox_take_locked(thread)
+
+
+def _inbox_take_locked(thread: Thread) -> list[ConversationEntry]:
+    """Mark the locked thread's undelivered user messages delivered and return them."""
+    entries = list(ConversationEntry.objects.for_update().undelivered_for(thread).order_by("seq"))
+    if entries:
+        now = timezone.now()
+        ConversationEntry.objects.filter(pk__in=[entry.pk for entry in entries]).update(
+            delivered_at=now
+        )
+        for entry in entries:
+            entry.delivered_at = now
+    return entries
+
+
+def thread_claim_next(
+    *, user_id: str | None, worker_id: str, lease_seconds: int | None = None
+) -> ClaimedThread | None:
+    """Claim the oldest thread waiting for an engine (of ``user_id``, or of any tenant when it is
+    None) and take its inbox, in one transaction; None when there is none.
+
+    Waiting for an engine: ``created`` (new, or requeued by the sweeper), or paused (waiting,
+    suspended) with a message for it. ``SKIP LOCKED``: racing engines each get a different thread
+    and never queue behind one another's claim.
+    """
+    check_worker_id(worker_id)
+    duration = lease_duration(lease_seconds)
+    tenant = Q(user_id=user_id) if user_id is not None else Q()
+    with locked_transaction(busy=ThreadBusy):
+        candidates = Thread.objects.for_update(skip_locked=True).filter(
+            tenant, cancel_requested=False
+        )
+        # Two queries, not one OR: the first is served by the partial index on created threads.
+        thread = candidates.filter(state=ThreadState.CREATED).order_by("created_at").first()
+        if thread is None:
+            thread = (
+                candidates.filter(
+                    state__in=[ThreadState.WAITING, ThreadState.SUSPENDED],
+                    entries__sender=EntrySender.USER,
+                    entries__delivered_at__isnull=True,
+                )
+                .order_by("created_at")
+                .first()
+            )
+        if thread is None:
+            return None
+        Thread.objects.filter(pk=thread.pk).update(
+            state=ThreadState.RUNNING,
+            lease_owner=worker_id,
+            lease_expires_at=Now() + duration,
+            claim_count=F("claim_count") + 1,
+            started_at=Coalesce(F("started_at"), Now()),
+            claimed_at=Now(),
+            updated_at=Now(),
+        )
+        thread.refresh_from_db()
+        return ClaimedThread(thread=thread, inbox=_inbox_take_locked(thread))
+
+
+def _usage_increments(usage: ThreadUsage) -> dict[str, Any]:
+    """Counter updates for a compare-and-set UPDATE (F() so concurrent reports add up)."""
+    return {
+        "step_count": F("step_count") + usage.steps,
+        "input_tokens": F("input_tokens") + usage.input_tokens,
+        "output_tokens": F("output_tokens") + usage.output_tokens,
+        "tokens_used": F("tokens_used") + usage.input_tokens + usage.output_tokens,
+        "cost_usd": F("cost_usd") + Decimal(str(usage.cost_usd)),
+        "model_time_ms": F("model_time_ms") + round(usage.model_ms),
+    }
+
+
+def _usage_add(thread: Thread, usage: ThreadUsage) -> None:
+    """Add a run's usage to a locked thread before it is saved."""
+    thread.step_count += usage.steps
+    thread.input_tokens += usage.input_tokens
+    thread.output_tokens += usage.output_tokens
+    thread.tokens_used += usage.input_tokens + usage.output_tokens
+    thread.cost_usd += Decimal(str(usage.cost_usd))
+    thread.model_time_ms += round(usage.model_ms)
+    thread.model_calls = [*thread.model_calls, *usage.model_calls][-MAX_MODEL_CALLS_KEPT:]
+
+
+def thread_suspend(*, user_id: str, thread_id: uuid.UUID, worker_id: str) -> Thread:
+    """The lease holder parks a running thread; the next user message resumes it.
+
+    Locks the conversation, then the thread: a message injected after the engine's last inbox
+    read is either committed before (a run is enqueued to take it, so it is not stranded in a
+    parked thread) or sees the thread suspended and resumes it.
+    """
+    check_worker_id(worker_id)
+    with locked_transaction():
+        _, thread = thread_lock_with_conversation(user_id, thread_id)
+        if thread.state != ThreadState.RUNNING or thread.lease_owner != worker_id:
+            raise LeaseNotHeld(details={"state": thread.state})
+        thread.state = ThreadState.SUSPENDED
+        thread.lease_owner = ""
+        thread.lease_expires_at = None
+        thread.save(update_fields=["state", "lease_owner", "lease_expires_at", "updated_at"])
+        if ConversationEntry.objects.undelivered_for(thread).exists():
+            thread_run_enqueue(thread.id)
+    return thread
+
+
+def _outcome_entry_text(outcome: ThreadOutcome) -> tuple[EntrySender, str] | None:
+    if outcome.kind == "completed":
+        return (EntrySender.AGENT, outcome.response) if outcome.response else None
+    if outcome.kind == "stopped":
+        return EntrySender.SYSTEM, "Thread stopped"
+    if outcome.kind == "max_iterations":
+        return EntrySender.SYSTEM, "Thread reached max iterations"
+    if outcome.kind == "failed":
+        return EntrySender.SYSTEM, f"Thread failed: {outcome.error}"
+    return (
+        EntrySender.SYSTEM,
+        f"Gate '{outcome.gate_name}' paused execution of action: {outcome.gate_action}",
+    )
+
+
+def thread_outcome_record(
+    *,
+    user_id: str,
+    thread_id: uuid.UUID,
+    outcome: ThreadOutcome,
+    worker_id: str | None = None,
+    usage: ThreadUsage | None = None,
+) -> OutcomeResult:
+    """Record how a thread's run ended (and what the run cost) and write the conversation
+    entries that say so.
+
+    Locks the conversation, then the thread. Undelivered messages for the thread (sent after its
+    last inbox read) and queued messages become a follow-up thread in the same transaction.
+    """
+    check_outcome(outcome)
+    if usage is not None:
+        check_usage(usage)
+    with locked_transaction():
+        conversation, thread = thread_lock_with_conversation(user_id, thread_id)
+        _check_outcome_allowed(thread, outcome, worker_id)
+        if usage is not None:
+            _usage_add(thread, usage)
+        now = timezone.now()
+        recorded = {**outcome.as_json(), "recorded_at": now.isoformat(), "worker_id": worker_id}
+        thread.lease_owner = ""
+        thread.lease_expires_at = None
+
+        if thread.cancel_requested and not thread.tracked:
+            # Interrupted or cleared: the conversation has moved on; the run only ends here.
+            thread.state = ThreadState.STOPPED
+            thread.outcome = {**recorded, "kind": "stopped", "reported_kind": outcome.kind}
+            thread.finished_at = now
+            thread.save()
+            return OutcomeResult(thread=thread, entries=[])
+
+        was_tracked = thread.tracked
+        thread.state = _OUTCOME_STATE[outcome.kind]
+        thread.outcome = recorded
+        if outcome.kind != "gate_paused":
+            thread.tracked = False
+            thread.finished_at = now
+        # Saved before any follow-up is inserted: the one-tracked-thread index checks each row.
+        thread.save()
+        if conversation is None:
+            return OutcomeResult(thread=thread, entries=[])
+
+        writer = EntryWriter(conversation)
+        text = _outcome_entry_text(outcome)
+        if text is not None:
+            writer.add(text[0], text[1], thread=thread)
+
+        follow_up = None
+        undelivered = list(ConversationEntry.objects.undelivered_for(thread).order_by("seq"))
+        if outcome.kind == "gate_paused":
+            if undelivered:
+                # Messages wait in the paused thread's inbox; a run must pick them up.
+                thread_run_enqueue(thread.id)
+        elif was_tracked and thread.kind == ThreadKind.FOREGROUND:
+            queued = list(conversation.entries.queued().order_by("seq"))
+            carried = sorted(undelivered + queued, key=lambda entry: entry.seq)
+            if carried:
+                follow_up, _ = thread_spawn(conversation, writer, carried=carried)
+        entries = writer.flush()
+    return OutcomeResult(thread=thread, entries=entries, follow_up=follow_up)
+
+
+def _check_outcome_allowed(thread: Thread, outcome: ThreadOutcome, worker_id: str | None) -> None:
+    if thread.is_terminal:
+        raise OutcomeAlreadyRecorded(details={"state": thread.state})
+    if thread.state == ThreadState.RUNNING:
+        if worker_id != thread.lease_owner:
+            raise LeaseNotHeld(details={"state": thread.state})
+        return
+    if outcome.kind not in ("stopped", "failed"):
+        raise InvalidThreadTransition(
+            f"A {thread.state} thread can only be recorded as stopped or failed; claim it first.",
+            details={"state": thread.state},
+        )
+
+
+def thread_leases_sweep(
+    *, now: datetime.datetime | None = None, batch_size: int = 100
+) -> SweepResult:
+    """Return running threads whose lease expired to ``created`` and enqueue them again.
+
+    A thread that was asked to stop is stopped instead. One transaction per batch; rows locked by
+    a live transaction (a heartbeat, an outcome) are skipped and seen by the next sweep.
+    """
+    expired_before = now or Now()
+    result = SweepResult()
+    while True:
+        with transaction.atomic():
+            expired = list(
+                Thread.objects.for_update(skip_locked=True)
+                .filter(state=ThreadState.RUNNING, lease_expires_at__lt=expired_before)
+                .order_by("pk")
+                .values_list("pk", "cancel_requested")[:batch_size]
+            )
+            requeue = [pk for pk, cancelled in expired if not cancelled]
+            stop = [pk for pk, cancelled in expired if cancelled]
+            if requeue:
+                Thread.objects.filter(pk__in=requeue).update(
+                    state=ThreadState.CREATED,
+                    lease_owner="",
+                    lease_expires_at=None,
+                    enqueued_at=Now(),
+                    updated_at=Now(),
+                )
+                for pk in requeue:
+                    thread_run_enqueue(pk)
+            if stop:
+                Thread.objects.filter(pk__in=stop).update(
+                    state=ThreadState.STOPPED,
+                    lease_owner="",
+                    lease_expires_at=None,
+                    outcome={"kind": "stopped", "reason": "lease expired after cancellation"},
+                    finished_at=Now(),
+                    updated_at=Now(),
+                )
+        result.requeued.extend(requeue)
+        result.stopped.extend(stop)
+        if len(expired) < batch_size:
+            return result

@@ -1,0 +1,131 @@
+"""Wake long-polling requests when the database says something changed, without holding a pooled
+connection while they wait.
+
+One daemon thread per process LISTENs on a dedicated connection (outside Django's pool) and
+wakes the request threads waiting for a key on a channel. Triggers send the notifications
+(``pg_notify`` runs at commit, so a woken request always sees the committed row). Waiting is
+also bounded by a short poll interval, so a lost notification (listener reconnecting after a
+database restart) costs at most that interval, never a missed reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import psycopg
+from django.db import connection, connections
+
+logger = logging.getLogger(__name__)
+
+ENTRIES_CHANNEL = "ironclaw_entries"
+THREADS_CHANNEL = "ironclaw_threads"
+CHANNELS = (ENTRIES_CHANNEL, THREADS_CHANNEL)
+# A waiter re-checks at least this often, whatever the listener's health.
+POLL_INTERVAL_S = 1.0
+# Any key on a channel: a waiter for every tenant's threads.
+ANY = "*"
+
+T = TypeVar("T")
+
+
+class _Listener:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[tuple[str, str], set[threading.Event]] = defaultdict(set)
+        self._thread: threading.Thread | None = None
+
+    def _ensure_started(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="notify", daemon=True)
+                self._thread.start()
+
+    @contextmanager
+    def waiting(self, channel: str, key: str) -> Iterator[threading.Event]:
+        event = threading.Event()
+        self._ensure_started()
+        with self._lock:
+            self._waiters[(channel, key)].add(event)
+        try:
+            yield event
+        finally:
+            with self._lock:
+                waiters = self._waiters[(channel, key)]
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[(channel, key)]
+
+    def _wake(self, channel: str, key: str) -> None:
+        with self._lock:
+            events = [
+                *self._waiters.get((channel, key), ()),
+                *self._waiters.get((channel, ANY), ()),
+            ]
+        for event in events:
+            event.set()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            events = [event for waiters in self._waiters.values() for event in waiters]
+        for event in events:
+            event.set()
+
+    def _connect(self) -> psycopg.Connection:
+        params = connections["default"].get_connection_params()
+        params.pop("pool", None)
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        params.pop("prepare_threshold", None)
+        return psycopg.connect(**params, autocommit=True)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                with self._connect() as listen:
+                    for channel in CHANNELS:
+                        listen.execute(f"LISTEN {channel}")
+                    backoff = 0.5
+                    # Anything committed while we were not listening: let waiters look again.
+                    self._wake_all()
+                    for notice in listen.notifies():
+                        self._wake(notice.channel, notice.payload)
+            except Exception as error:
+                logger.warning(
+                    "notification listener lost its connection (%s); reconnecting", error
+                )
+                self._wake_all()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+
+_listener = _Listener()
+
+
+def wait_for(
+    channel: str,
+    key: str,
+    *,
+    timeout: float,
+    check: Callable[[], T | None],
+) -> T | None:
+    """Call ``check`` until it returns something or ``timeout`` seconds pass, waking on
+    notifications for ``key`` (or any key) on ``channel``. The calling thread's database
+    connection is returned to the pool between checks."""
+    deadline = time.monotonic() + timeout
+    with _listener.waiting(channel, key) as woken:
+        # Registered before the first check: a notification sent after it is not missed.
+        while True:
+            found = check()
+            remaining = deadline - time.monotonic()
+            if found is not None or remaining <= 0:
+                return found
+            connection.close()
+            woken.wait(min(remaining, POLL_INTERVAL_S))
+            woken.clear()

@@ -1,0 +1,259 @@
+"""The reference runner in-process: real services and database, scripted models."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+from django.test import override_settings
+
+from conversations.models import ConversationEntry, Thread
+from conversations.services import (
+    conversation_busy_policy_set,
+    message_handle,
+    thread_claim,
+)
+from engine.model_clients import ChatMessage, EchoModel, ModelClient, ModelError, ModelReply
+from engine.runner import (
+    Turn,
+    conversation_checkpoint_path,
+    run_thread,
+    thread_checkpoint_path,
+)
+from workspace.models import Chunk, Document, DocumentVersion
+from workspace.services import document_write
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@dataclass
+class ScriptedModel:
+    """A model whose replies the test decides; records what it was sent."""
+
+    replies: list[ModelReply] = field(default_factory=list)
+    calls: list[list[ChatMessage]] = field(default_factory=list)
+    delay: float = 0.0
+    error: Exception | None = None
+    name: str = "scripted"
+
+    def complete(self, messages: list[ChatMessage], *, step: int) -> ModelReply:
+        self.calls.append(messages)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        if self.replies:
+            return self.replies.pop(0)
+        return ModelReply(text=f"answer {len(self.calls)}", input_tokens=3, output_tokens=2)
+
+
+def _agent_entries(conversation_id: uuid.UUID) -> list[str]:
+    return list(
+        ConversationEntry.objects.filter(conversation_id=conversation_id, sender="agent")
+        .order_by("seq")
+        .values_list("content", flat=True)
+    )
+
+
+def _system_entries(conversation_id: uuid.UUID) -> list[str]:
+    return list(
+        ConversationEntry.objects.filter(conversation_id=conversation_id, sender="system")
+        .order_by("seq")
+        .values_list("content", flat=True)
+    )
+
+
+def _run(thread_id: uuid.UUID, model: ModelClient) -> Thread:
+    Turn(Thread.objects.get(pk=thread_id), model=model).run()
+    return Thread.objects.get(pk=thread_id)
+
+
+def test_turn_answers_the_message_and_records_usage() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+
+    thread = _run(sent.thread_id, EchoModel(latency_ms=0))
+
+    assert thread.state == "completed"
+    assert _agent_entries(sent.conversation_id) == ["echo: hello"]
+    assert thread.step_count == 1
+    assert thread.input_tokens > 0
+    assert thread.output_tokens > 0
+    assert thread.tokens_used == thread.input_tokens + thread.output_tokens
+    assert thread.claimed_at is not None
+    assert thread.enqueued_at is not None
+    assert [call["step"] for call in thread.model_calls] == [1]
+
+
+def test_checkpoints_land_in_the_threads_own_tenant_without_versions_or_chunks() -> None:
+    document_write(user_id="owner", path="notes.md", content="the owner's workspace")
+    sent = message_handle(user_id="bob", channel="web", content="hi there")
+
+    _run(sent.thread_id, EchoModel(latency_ms=0))
+
+    checkpoint = Document.objects.get(user_id="bob", path=thread_checkpoint_path(sent.thread_id))
+    state = json.loads(checkpoint.content)
+    assert checkpoint.is_runtime
+    assert state["status"] == "completed"
+    assert [m["role"] for m in state["messages"]] == ["user", "assistant"]
+    assert next(event["kind"] for event in state["events"]) == "claimed"
+    conversation = Document.objects.get(
+        user_id="bob", path=conversation_checkpoint_path(sent.conversation_id)
+    )
+    assert json.loads(conversation.content)["thread_id"] == str(sent.thread_id)
+    assert not Document.objects.filter(user_id="owner", path__startswith="engine/").exists()
+    assert not DocumentVersion.objects.filter(document__path__startswith="engine/").exists()
+    assert not Chunk.objects.filter(document__path__startswith="engine/").exists()
+
+
+def test_model_input_has_identity_files_history_and_the_new_message() -> None:
+    document_write(user_id="alice", path="AGENTS.md", content="Be brief.")
+    document_write(user_id="alice", path="MEMORY.md", content="Alice likes tea.")
+    first = message_handle(user_id="alice", channel="web", content="first question")
+    _run(first.thread_id, EchoModel(latency_ms=0))
+    model = ScriptedModel()
+    second = message_handle(user_id="alice", channel="web", content="second question")
+
+    _run(second.thread_id, model)
+
+    (messages,) = model.calls
+    assert messages[0]["role"] == "system"
+    assert "## Agent Instructions\n\nBe brief." in messages[0]["content"]
+    assert "## Long-Term Memory\n\nAlice likes tea." in messages[0]["content"]
+    assert "SOUL.md" not in messages[0]["content"]
+    assert messages[1:] == [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "echo: first question"},
+        {"role": "user", "content": "second question"},
+    ]
+
+
+@override_settings(ENGINE_HISTORY_ENTRIES=1)
+def test_history_keeps_only_the_most_recent_entries() -> None:
+    first = message_handle(user_id="alice", channel="web", content="old question")
+    _run(first.thread_id, EchoModel(latency_ms=0))
+    model = ScriptedModel()
+    second = message_handle(user_id="alice", channel="web", content="new question")
+
+    _run(second.thread_id, model)
+
+    assert model.calls[0] == [
+        {"role": "assistant", "content": "echo: old question"},
+        {"role": "user", "content": "new question"},
+    ]
+
+
+def test_working_steps_run_until_the_final_reply_and_each_is_checkpointed() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="plan it")
+
+    thread = _run(sent.thread_id, EchoModel(latency_ms=0, steps=3, step_bytes=10))
+
+    assert thread.step_count == 3
+    assert _agent_entries(sent.conversation_id) == ["echo: plan it"]
+    state = json.loads(
+        Document.objects.get(user_id="alice", path=thread_checkpoint_path(sent.thread_id)).content
+    )
+    assert [step["final"] for step in state["steps"]] == [False, False, True]
+
+
+@override_settings(ENGINE_MAX_ITERATIONS=2)
+def test_turn_stops_at_max_iterations() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="loop")
+    model = ScriptedModel(replies=[ModelReply(text="more", final=False)] * 5)
+
+    thread = _run(sent.thread_id, model)
+
+    assert thread.state == "stopped"
+    assert thread.outcome is not None
+    assert thread.outcome["kind"] == "max_iterations"
+    assert len(model.calls) == 2
+    assert _system_entries(sent.conversation_id)[-1] == "Thread reached max iterations"
+
+
+@override_settings(ENGINE_TURN_TIMEOUT_S=1)
+def test_turn_fails_when_it_runs_past_its_timeout() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="slow")
+    started = time.monotonic()
+
+    thread = _run(sent.thread_id, ScriptedModel(delay=5))
+
+    assert time.monotonic() - started < 4
+    assert thread.state == "failed"
+    assert "timed out after 1 s" in thread.outcome["error"]  # type: ignore[index]
+    assert _system_entries(sent.conversation_id)[-1].startswith("Thread failed: the turn timed out")
+
+
+def test_model_error_fails_the_turn_with_the_error_text() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+
+    thread = _run(sent.thread_id, ScriptedModel(error=ModelError("APIStatusError: 500 boom")))
+
+    assert thread.state == "failed"
+    assert _system_entries(sent.conversation_id)[-1] == (
+        "Thread failed: model error: APIStatusError: 500 boom"
+    )
+
+
+@override_settings(ENGINE_LEASE_SECONDS=1, ENGINE_HEARTBEAT_SECONDS=0.1)
+def test_interrupt_stops_the_running_turn_mid_call() -> None:
+    first = message_handle(user_id="alice", channel="web", content="long task")
+    conversation_busy_policy_set(
+        user_id="alice", conversation_id=first.conversation_id, busy_policy="interrupt"
+    )
+    turn = Turn(Thread.objects.get(pk=first.thread_id), model=ScriptedModel(delay=3))
+
+    runner = threading.Thread(target=turn.run)
+    runner.start()
+    deadline = time.monotonic() + 5
+    while Thread.objects.get(pk=first.thread_id).state != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    second = message_handle(user_id="alice", channel="web", content="never mind")
+    runner.join(timeout=5)
+
+    assert not runner.is_alive()
+    assert second.action == "spawned"
+    assert second.interrupted_thread_id == first.thread_id
+    assert Thread.objects.get(pk=first.thread_id).state == "stopped"
+    assert _agent_entries(first.conversation_id) == []
+
+
+def test_a_resumed_turn_does_not_send_checkpointed_steps_again() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="step by step")
+    thread = Thread.objects.get(pk=sent.thread_id)
+    crashed = ScriptedModel(
+        replies=[ModelReply(text="first part", final=False)], error=None, delay=0
+    )
+    # The first worker: one working step, checkpointed; then it "dies" (its lease lapses).
+    turn = Turn(thread, model=crashed)
+    assert turn._claim()
+    state = turn._resume_or_start()
+    turn._step(state, deadline=time.time() + 60)
+    Thread.objects.filter(pk=thread.pk).update(
+        state="created", lease_owner="", lease_expires_at=None
+    )
+    resumed = ScriptedModel(replies=[ModelReply(text="second part")])
+
+    finished = _run(sent.thread_id, resumed)
+
+    assert len(crashed.calls) == 1
+    assert len(resumed.calls) == 1
+    assert resumed.calls[0][-1] == {"role": "assistant", "content": "first part"}
+    assert finished.state == "completed"
+    assert _agent_entries(sent.conversation_id) == ["second part"]
+    assert finished.step_count == 2
+
+
+def test_run_thread_does_nothing_for_a_finished_or_leased_thread() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    thread_claim(user_id="alice", thread_id=sent.thread_id, worker_id="someone-else")
+
+    run_thread(thread_id=str(sent.thread_id))
+
+    thread = Thread.objects.get(pk=sent.thread_id)
+    assert (thread.state, thread.lease_owner) == ("running", "someone-else")
+    assert _agent_entries(sent.conversation_id) == []

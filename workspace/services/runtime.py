@@ -1,0 +1,201 @@
+"""Runtime paths (engine state): each operation is one SQL statement on the document row.
+
+No metadata lookup, version, chunk, embedding or lock beyond the row; a second statement runs only
+when the first returned no row, to read the row or to say why nothing changed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from psycopg.types.json import Jsonb
+
+from workspace.errors import DocumentNotFound, DocumentTooLarge, PatchFailed
+from workspace.models import Document
+from workspace.services.content import content_hash
+
+_DOCUMENT_FIELDS = [field.attname for field in Document._meta.concrete_fields]
+_DOCUMENT_COLUMNS = ", ".join(f"d.{field.column}" for field in Document._meta.concrete_fields)
+_SQL_HASH = "'sha256:' || encode(sha256(convert_to({}, 'UTF8')), 'hex')"
+
+
+def _document_from_row(row: tuple[Any, ...]) -> Document:
+    # Raw SQL skips the ORM's converters (jsonb arrives as text): apply the fields' own.
+    values = [
+        field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") else value
+        for field, value in zip(Document._meta.concrete_fields, row, strict=False)
+    ]
+    return Document.from_db(connection.alias, _DOCUMENT_FIELDS, values)
+
+
+# The CTE returns the row whether or not it changed, so an unchanged write is still one statement.
+# The fallback SELECT sees the statement's snapshot; it can miss a row another transaction inserted
+# concurrently (then the caller reads once more: the budget's second statement).
+_RUNTIME_WRITE_SQL = f"""
+WITH upserted AS (
+    INSERT INTO workspace_document AS d
+        (id, user_id, path, content, content_hash, metadata, is_runtime, index_state,
+         indexed_hash, created_at, updated_at)
+    VALUES (%(id)s, %(user_id)s, %(path)s, %(content)s, %(hash)s, %(metadata)s, true, 'skipped',
+            '', now(), now())
+    ON CONFLICT (user_id, path) DO UPDATE SET
+        content = EXCLUDED.content,
+        content_hash = EXCLUDED.content_hash,
+        metadata = CASE WHEN %(metadata_given)s THEN EXCLUDED.metadata ELSE d.metadata END,
+        is_runtime = true,
+        index_state = 'skipped',
+        indexed_hash = '',
+        updated_at = now()
+    WHERE d.content_hash IS DISTINCT FROM EXCLUDED.content_hash
+       OR NOT d.is_runtime
+       OR (%(metadata_given)s AND d.metadata IS DISTINCT FROM EXCLUDED.metadata)
+    RETURNING {_DOCUMENT_COLUMNS}
+)
+SELECT * FROM upserted
+UNION ALL
+SELECT {_DOCUMENT_COLUMNS} FROM workspace_document d
+WHERE d.user_id = %(user_id)s AND d.path = %(path)s AND NOT EXISTS (SELECT 1 FROM upserted)
+"""
+
+_APPENDED = (
+    "CASE WHEN d.content = '' THEN EXCLUDED.content "
+    "ELSE d.content || E'\\n' || EXCLUDED.content END"
+)
+
+# Appending in SQL makes concurrent runtime appends lossless without a read-modify-write.
+_RUNTIME_APPEND_SQL = f"""
+INSERT INTO workspace_document AS d
+    (id, user_id, path, content, content_hash, metadata, is_runtime, index_state, indexed_hash,
+     created_at, updated_at)
+VALUES (%(id)s, %(user_id)s, %(path)s, %(content)s, %(hash)s, '{{}}', true, 'skipped', '',
+        now(), now())
+ON CONFLICT (user_id, path) DO UPDATE SET
+    content = {_APPENDED},
+    content_hash = {_SQL_HASH.format(_APPENDED)},
+    is_runtime = true,
+    index_state = 'skipped',
+    indexed_hash = '',
+    updated_at = now()
+WHERE octet_length(d.content) + 1 + octet_length(EXCLUDED.content) <= %(limit)s
+RETURNING {_DOCUMENT_COLUMNS}
+"""
+
+# The CTE locks the row and reads its latest committed content; the UPDATE computes from that
+# locked copy, so the replacement count and the new content always describe the same version.
+_RUNTIME_PATCH_SQL = f"""
+WITH locked AS (
+    SELECT id, content FROM workspace_document
+    WHERE user_id = %(user_id)s AND path = %(path)s
+    FOR NO KEY UPDATE
+), patched AS (
+    SELECT id, content AS old_content,
+           CASE WHEN %(replace_all)s THEN replace(content, %(old)s, %(new)s)
+                ELSE overlay(content PLACING %(new)s
+                             FROM strpos(content, %(old)s) FOR char_length(%(old)s))
+           END AS new_content
+    FROM locked
+    WHERE strpos(content, %(old)s) > 0
+)
+UPDATE workspace_document AS d SET
+    content = p.new_content,
+    content_hash = {_SQL_HASH.format("p.new_content")},
+    is_runtime = true,
+    index_state = 'skipped',
+    indexed_hash = '',
+    updated_at = now()
+FROM patched p
+WHERE d.id = p.id AND octet_length(p.new_content) <= %(limit)s
+RETURNING {_DOCUMENT_COLUMNS},
+    CASE WHEN %(replace_all)s
+         THEN (char_length(p.old_content) - char_length(replace(p.old_content, %(old)s, '')))
+              / char_length(%(old)s)
+         ELSE 1 END
+"""
+
+
+def _new_row_params(*, user_id: str, path: str, content: str) -> dict[str, Any]:
+    """The values an upsert inserts when the document does not exist yet."""
+    return {
+        "id": uuid.uuid4(),
+        "user_id": user_id,
+        "path": path,
+        "content": content,
+        "hash": content_hash(content),
+    }
+
+
+def runtime_write(
+    *, user_id: str, path: str, content: str, metadata: dict[str, Any] | None
+) -> Document:
+    params: dict[str, Any] = {
+        **_new_row_params(user_id=user_id, path=path, content=content),
+        "metadata": Jsonb(metadata or {}),
+        "metadata_given": metadata is not None,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_RUNTIME_WRITE_SQL, params)
+        row = cursor.fetchone()
+        if row is None:
+            cursor.execute(
+                f"SELECT {_DOCUMENT_COLUMNS} FROM workspace_document d "
+                "WHERE d.user_id = %s AND d.path = %s",
+                [user_id, path],
+            )
+            row = cursor.fetchone()
+    if row is None:  # deleted between the two statements: report the write as not applied
+        raise DocumentNotFound.for_path(path)
+    return _document_from_row(row)
+
+
+def runtime_append(*, user_id: str, path: str, content: str) -> Document:
+    params: dict[str, Any] = {
+        **_new_row_params(user_id=user_id, path=path, content=content),
+        "limit": settings.WORKSPACE_MAX_DOCUMENT_BYTES,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_RUNTIME_APPEND_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        limit = settings.WORKSPACE_MAX_DOCUMENT_BYTES
+        raise DocumentTooLarge(
+            f"Appending would make the document larger than {limit} bytes.",
+            details={"limit": limit},
+        )
+    return _document_from_row(row)
+
+
+def runtime_patch(
+    *, user_id: str, path: str, old: str, new: str, replace_all: bool
+) -> tuple[Document, int]:
+    params: dict[str, Any] = {
+        "user_id": user_id,
+        "path": path,
+        "old": old,
+        "new": new,
+        "replace_all": replace_all,
+        "limit": settings.WORKSPACE_MAX_DOCUMENT_BYTES,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_RUNTIME_PATCH_SQL, params)
+        row = cursor.fetchone()
+        if row is not None:
+            return _document_from_row(row), int(row[-1])
+        cursor.execute(
+            "SELECT strpos(content, %s) > 0 FROM workspace_document "
+            "WHERE user_id = %s AND path = %s",
+            [old, user_id, path],
+        )
+        found = cursor.fetchone()
+    if found is None:
+        raise DocumentNotFound.for_path(path)
+    if not found[0]:
+        raise PatchFailed(
+            "old was not found in the document.", details={"old": ["not found in the document"]}
+        )
+    raise DocumentTooLarge(
+        "The patched document would be too large.",
+        details={"limit": settings.WORKSPACE_MAX_DOCUMENT_BYTES},
+    )
