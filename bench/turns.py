@@ -189,6 +189,7 @@ class Services:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.failure: str | None = None
+        self.polls = 0  # entries requests; about one a turn when the long-poll is honoured
 
     def commands(self) -> dict[str, list[str]]:
         worker = [sys.executable, "manage.py", "run_worker"]
@@ -375,6 +376,7 @@ def wait_for_reply(
             )
         wait = max(1, min(LONG_POLL_MAX_SECONDS, int(remaining)))
         asked = time.monotonic()
+        services.polls += 1
         try:
             status, page = client.request(
                 "GET",
@@ -495,7 +497,12 @@ def run_configuration(label: str, env: dict[str, str], load: Load, log: IO[str])
                 )
                 if status == 200 and isinstance(detail, dict):
                     turn.detail = detail
-        print(f"  {label}: {len(turns)} turns in {elapsed:.1f} s", flush=True)
+            polls = services.polls
+        print(
+            f"  {label}: {len(turns)} turns in {elapsed:.1f} s; "
+            f"{polls / (len(turns) + 1):.1f} entries requests per turn",
+            flush=True,
+        )
         return turns
 
 
