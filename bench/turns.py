@@ -72,6 +72,7 @@ ENDED_WITHOUT_REPLY = ("Thread failed", "Thread stopped", "Thread reached", "Gat
 # Settings a configuration leaves at their defaults: dropped from the inherited environment.
 DEFAULTED = (
     "DATABASE_POOL_SIZE",
+    "DATABASE_POOL_TIMEOUT",
     "WORKSPACE_RUNTIME_PATHS",
     "WORKSPACE_INDEXING",
     "ENGINE_CHECKPOINT_LOCK",
@@ -727,6 +728,11 @@ def main() -> int:
                     "EMBEDDING_API_KEY": "bench",
                     "EMBEDDING_DIMENSIONS": "256",
                     "DATABASE_POOL_SIZE": "10",
+                    # Turns queue for the small pool behind the global lock; that wait is what
+                    # the baseline measures, so let it last as long as a turn may (the default
+                    # 10 s fails turns at 30 tenants), as bench/conversations.py does with its
+                    # lock timeout.
+                    "DATABASE_POOL_TIMEOUT": str(min(300, max(10, math.ceil(load.turn_timeout)))),
                     "ENGINE_CHECKPOINT_LOCK": "global",
                 }
                 turns = run_configuration("baseline", baseline_env, load, log)
