@@ -48,9 +48,11 @@ def scratch_database(prefix: str) -> Iterator[str]:
 
         connections.close_all()
         for alias in connections:
-            pool = getattr(connections[alias], "pool", None)
-            if pool is not None:
-                pool.close()
+            # close_pool also forgets the pool, so a second scratch database in the same process
+            # gets a pool of its own instead of this closed one.
+            close_pool = getattr(connections[alias], "close_pool", None)
+            if close_pool is not None:
+                close_pool()
         with admin_connection() as admin:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
