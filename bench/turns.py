@@ -56,6 +56,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LOG_PATH = RESULTS_DIR / "turns.log"
 CHART_PATH = RESULTS_DIR / "turns.png"
 
+OURS_ONLY = False
 QUICK = {"tenants": 8, "turns": 2, "model_ms": 300, "checkpoints": 4, "state_kb": 20}
 FULL = {"tenants": 30, "turns": 5, "model_ms": 1000, "checkpoints": 8, "state_kb": 50}
 
@@ -675,7 +676,12 @@ def parse_load() -> Load:
     parser.add_argument(
         "--turn-timeout", type=float, default=120.0, help="seconds a turn may take (120)"
     )
+    parser.add_argument(
+        "--ours-only", action="store_true", help="skip the baseline (to iterate on ours)"
+    )
     options = parser.parse_args()
+    global OURS_ONLY
+    OURS_ONLY = options.ours_only
     mode = FULL if options.full else QUICK
     values = {
         name: getattr(options, name) if getattr(options, name) is not None else default
@@ -718,6 +724,9 @@ def main() -> int:
                 "ENGINE_CHECKPOINT_LOCK": "none",
             }
             results["ours"] = summarise(run_configuration("ours", ours_env, load, log), load)
+            if OURS_ONLY:
+                print_table("ours", results["ours"], load)
+                return 0
             with embeddings_server(EMBEDDING_SECONDS_PER_INPUT) as embedder:
                 baseline_env = {
                     **base_env(load),

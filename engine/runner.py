@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import nullcontext
 from typing import Any
 
 from django.conf import settings
@@ -91,6 +92,10 @@ class Turn:
         self.lease_seconds = settings.ENGINE_LEASE_SECONDS
         self._cancelled = threading.Event()
         self._lease_lost = threading.Event()
+        # Set by whatever should wake the turn while it waits for the model: the model call's
+        # end, an interrupt, a lost lease.
+        self._wake = threading.Event()
+        self._context: list[ChatMessage] | None = None
         self._stop_heartbeat = threading.Event()
         self.state: TurnState | None = None
 
@@ -147,6 +152,7 @@ class Turn:
                     )
                 except LeaseNotHeld:
                     self._lease_lost.set()
+                    self._wake.set()
                     return
                 except ThreadBusy:
                     continue
@@ -157,6 +163,7 @@ class Turn:
                     connection.close()
                 if thread.cancel_requested:
                     self._cancelled.set()
+                    self._wake.set()
         finally:
             connection.close()
 
@@ -215,8 +222,10 @@ class Turn:
         return state
 
     def _checkpoint(self, state: TurnState, *, conversation_too: bool = False) -> None:
-        """Write the turn's state (one upsert per document: runtime paths are never indexed)."""
-        with transaction.atomic():
+        """Write the turn's state (one upsert per document: runtime paths are never indexed).
+        A step's checkpoint alone is one statement, in autocommit."""
+        needs_transaction = conversation_too or settings.ENGINE_CHECKPOINT_LOCK == "global"
+        with transaction.atomic() if needs_transaction else nullcontext():
             if settings.ENGINE_CHECKPOINT_LOCK == "global":
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_GLOBAL_CHECKPOINT_LOCK])
@@ -244,6 +253,11 @@ class Turn:
 
     def _take_inbox(self, state: TurnState) -> None:
         """Take injected messages; the checkpoint recording them commits with the take."""
+        # One indexed read usually finds nothing; only then is the locking take worth its
+        # round trips. A message committed after this read is not lost: the outcome's
+        # transaction hands it to a follow-up thread.
+        if not ConversationEntry.objects.undelivered_for(self.thread).exists():
+            return
         with transaction.atomic():
             entries = thread_inbox_take(
                 user_id=self.user_id, thread_id=self.thread.id, worker_id=self.worker_id
@@ -261,9 +275,14 @@ class Turn:
     def _loop(self, state: TurnState) -> ThreadOutcome:
         deadline = _deadline(state)
         try:
+            first = True
             while True:
                 self._check_interrupts(deadline)
-                self._take_inbox(state)
+                # The inbox at the start (messages sent before the claim) and after each answer;
+                # working steps do not look, so a step costs one statement (its checkpoint).
+                if first or not state.needs_step:
+                    self._take_inbox(state)
+                    first = False
                 if not state.needs_step:
                     return ThreadOutcome(kind="completed", response=state.response)
                 if len(state.steps) >= settings.ENGINE_MAX_ITERATIONS:
@@ -322,7 +341,7 @@ class Turn:
         """Run the model call in its own thread, so an interrupt or the turn timeout ends the
         turn at once instead of after the call (the call's own timeout bounds the thread)."""
         result: dict[str, Any] = {}
-        done = threading.Event()
+        self._wake.clear()
 
         def call() -> None:
             try:
@@ -330,11 +349,14 @@ class Turn:
             except BaseException as error:
                 result["error"] = error
             finally:
-                done.set()
+                result["done"] = True
+                self._wake.set()
 
         threading.Thread(target=call, name=f"model-{self.thread.id}", daemon=True).start()
-        while not done.wait(timeout=min(0.05, max(0.0, deadline - time.time()))):
+        while not result.get("done"):
             self._check_interrupts(deadline)
+            self._wake.wait(timeout=max(0.0, deadline - time.time()))
+            self._wake.clear()
         if "error" in result:
             error = result["error"]
             if isinstance(error, ModelError):
@@ -344,11 +366,12 @@ class Turn:
         return reply
 
     def _model_input(self, state: TurnState) -> list[ChatMessage]:
-        messages: list[ChatMessage] = []
-        system = self._system_prompt()
-        if system:
-            messages.append({"role": "system", "content": system})
-        messages.extend(self._history(state))
+        if self._context is None:
+            # Read once per run: the identity files and the history before the turn.
+            system = self._system_prompt()
+            self._context = [{"role": "system", "content": system}] if system else []
+            self._context.extend(self._history(state))
+        messages = list(self._context)
         messages.extend(
             {"role": message["role"], "content": message["content"]} for message in state.messages
         )
