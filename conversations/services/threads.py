@@ -58,6 +58,21 @@ _OUTCOME_STATE = {
 }
 
 
+def _lease_taken(worker_id: str, duration: datetime.timedelta) -> dict[str, Any]:
+    """The update that hands a thread's lease to ``worker_id`` (claim and claim-next)."""
+    # Lease times come from the database clock, so web and worker machines whose clocks
+    # disagree still agree on who holds a lease.
+    return {
+        "state": ThreadState.RUNNING,
+        "lease_owner": worker_id,
+        "lease_expires_at": Now() + duration,
+        "claim_count": F("claim_count") + 1,
+        "started_at": Coalesce(F("started_at"), Now()),
+        "claimed_at": Now(),
+        "updated_at": Now(),
+    }
+
+
 def thread_claim(
     *, user_id: str, thread_id: uuid.UUID, worker_id: str, lease_seconds: int | None = None
 ) -> Thread:
@@ -67,8 +82,6 @@ def thread_claim(
     """
     check_worker_id(worker_id)
     duration = lease_duration(lease_seconds)
-    # Lease times come from the database clock, so web and worker machines whose clocks
-    # disagree still agree on who holds a lease.
     claimable = (
         Q(state__in=[ThreadState.CREATED, ThreadState.WAITING, ThreadState.SUSPENDED])
         | Q(state=ThreadState.RUNNING, lease_expires_at__lt=Now())
@@ -77,15 +90,7 @@ def thread_claim(
     with locked_transaction(busy=ThreadBusy):
         claimed = Thread.objects.filter(
             claimable, pk=thread_id, user_id=user_id, cancel_requested=False
-        ).update(
-            state=ThreadState.RUNNING,
-            lease_owner=worker_id,
-            lease_expires_at=Now() + duration,
-            claim_count=F("claim_count") + 1,
-            started_at=Coalesce(F("started_at"), Now()),
-            claimed_at=Now(),
-            updated_at=Now(),
-        )
+        ).update(**_lease_taken(worker_id, duration))
     thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
     if not claimed:
         raise ThreadNotClaimable(
@@ -190,15 +195,7 @@ def thread_claim_next(
             )
         if thread is None:
             return None
-        Thread.objects.filter(pk=thread.pk).update(
-            state=ThreadState.RUNNING,
-            lease_owner=worker_id,
-            lease_expires_at=Now() + duration,
-            claim_count=F("claim_count") + 1,
-            started_at=Coalesce(F("started_at"), Now()),
-            claimed_at=Now(),
-            updated_at=Now(),
-        )
+        Thread.objects.filter(pk=thread.pk).update(**_lease_taken(worker_id, duration))
         thread.refresh_from_db()
         return ClaimedThread(thread=thread, inbox=_inbox_take_locked(thread))
 

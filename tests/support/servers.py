@@ -75,6 +75,19 @@ def http_request(
     return HttpResult(status, body, dict(response_headers), elapsed)
 
 
+def _stop(process: subprocess.Popen[str]) -> None:
+    """Terminate a child (if it still runs), kill it if it lingers, and close its output."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stdout:
+        process.stdout.close()
+
+
 @contextmanager
 def app_server(env: Mapping[str, str], *, threads: int = 4) -> Iterator[str]:
     """Run the app under gunicorn (one worker) with ``env`` on a free port; yield its base URL."""
@@ -120,14 +133,7 @@ def app_server(env: Mapping[str, str], *, threads: int = 4) -> Iterator[str]:
             time.sleep(0.1)
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout:
-            process.stdout.close()
+        _stop(process)
 
 
 class TcpProxy:
@@ -238,12 +244,4 @@ def worker_process(
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stdout:
-            process.stdout.close()
+        _stop(process)
