@@ -89,7 +89,7 @@ class BearerKeyAuthentication(BaseAuthentication):
         return principal, api_key
 
     def _tenant_for(self, request: Request, api_key: ApiKey) -> str:
-        requested = request.headers.get(USER_ID_HEADER)
+        requested = requested_user_id(request)
         if not api_key.is_service:
             if requested is not None and requested != api_key.user_id:
                 raise TenantMismatch()
@@ -107,6 +107,24 @@ class BearerKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return f'{self.keyword} realm="api"'
+
+
+def requested_user_id(request: Request) -> str | None:
+    """The X-User-Id header as the UTF-8 text the client sent, or None without one.
+
+    WSGI hands header values over as Latin-1 text (one character per byte), so a UTF-8 ``josé``
+    arrives as ``josÃ©``: taken as it is, it would name another tenant. The bytes are decoded as
+    UTF-8 here, and anything that is not UTF-8 is refused rather than guessed at.
+    """
+    raw = request.headers.get(USER_ID_HEADER)
+    if raw is None:
+        return None
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise InvalidTenant(
+            f"{USER_ID_HEADER} must be UTF-8 text; send the user id's UTF-8 bytes as they are."
+        ) from None
 
 
 def request_user_id(request: Any) -> str:
