@@ -2,8 +2,8 @@
 
 T tenants talk to the real service at once, each through its own API key and its own thread of
 this driver: post a message, wait for the agent's reply with the entries long-poll, repeat. The
-service runs as it does in production: gunicorn (2 workers), the turn worker (queue ``threads``)
-and the background worker (indexing, maintenance), as subprocesses on a scratch database. The echo
+service runs as it does in production: 2 web processes, the turn worker (queue ``threads``) and
+the background worker (indexing, maintenance), as subprocesses on a scratch database. The echo
 model stands in for the model: a turn is ``--checkpoints`` model calls adding up to ``--model-ms``,
 and the turn checkpoints its growing state (up to about ``--state-kb``) after every call.
 
@@ -195,25 +195,22 @@ class Services:
 
     def commands(self) -> dict[str, list[str]]:
         worker = [sys.executable, "manage.py", "run_worker"]
-        return {
-            "web": [
+        web = {
+            f"web{index}": [
                 sys.executable,
-                "-m",
-                "gunicorn",
-                "ironclaw_site.wsgi:application",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                str(WEB_WORKERS),
+                "manage.py",
+                "serve_web",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
                 "--threads",
                 str(WEB_THREADS),
-                "--worker-class",
-                "gthread",
-                "--timeout",
-                "120",
-                "--graceful-timeout",
-                "5",
-            ],
+            ]
+            for index in range(1, WEB_WORKERS + 1)
+        }
+        return {
+            **web,
             "turns": [
                 *worker,
                 "--queues",

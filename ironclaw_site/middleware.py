@@ -3,12 +3,39 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from django.core.exceptions import DisallowedHost
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from ironclaw_site.api.exceptions import database_unavailable_response, error_body
 
 logger = logging.getLogger(__name__)
+
+
+class UnknownHostMiddleware:
+    """Refuse a ``Host`` outside ALLOWED_HOSTS with a JSON 400 and one warning line.
+
+    Left to Django, the first ``request.get_host()`` raises DisallowedHost deep in another
+    middleware: an HTML 400 and an ERROR log with a full traceback for every probe a scanner sends.
+    First in MIDDLEWARE, so nothing runs for a host this site does not serve.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            request.get_host()
+        except DisallowedHost as error:
+            logger.warning("refused a request for an unknown host: %s", error)
+            return JsonResponse(
+                error_body(
+                    "unknown_host",
+                    "This server does not serve the host named in the Host header.",
+                ),
+                status=400,
+            )
+        return self.get_response(request)
 
 
 class DatabaseUnavailableMiddleware:

@@ -68,6 +68,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "ironclaw_site.middleware.UnknownHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "ironclaw_site.middleware.DatabaseUnavailableMiddleware",
@@ -381,5 +382,15 @@ LOGGING = {
 
 HOST = env_str("HOST", "127.0.0.1")
 PORT = env_int("PORT", 8000, minimum=1, maximum=65535)
+# Independent waitress processes sharing the port (SO_REUSEPORT), each with WEB_THREADS request
+# threads. A long-poll holds a thread (not a database connection) for up to 30 s, so the default
+# 2 x 40 serves 60 waiting clients with 20 threads to spare for everything else.
 WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 2, minimum=1, maximum=64)
-WEB_THREADS = env_int("WEB_THREADS", 8, minimum=1, maximum=256)
+WEB_THREADS = env_int("WEB_THREADS", 40, minimum=1, maximum=1024)
+# A request (headers and body) not received whole within this many seconds is answered 408; a
+# connection that sends nothing for as long is closed.
+WEB_REQUEST_TIMEOUT = env_int("WEB_REQUEST_TIMEOUT", 30, minimum=1, maximum=3600)
+# The request line and headers together; room for the longest workspace path percent-encoded.
+WEB_MAX_HEADER_BYTES = env_int(
+    "WEB_MAX_HEADER_BYTES", 65_536, minimum=16_384, maximum=16 * 1024 * 1024
+)

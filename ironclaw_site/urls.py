@@ -22,3 +22,8 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     re_path(r"^api/", ApiNotFoundView.as_view(), name="api-not-found"),
 ]
+
+handler400 = "ironclaw_site.error_views.bad_request"
+handler403 = "ironclaw_site.error_views.permission_denied"
+handler404 = "ironclaw_site.error_views.page_not_found"
+handler500 = "ironclaw_site.error_views.server_error"

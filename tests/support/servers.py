@@ -1,4 +1,5 @@
-"""Real processes and sockets for tests: the app under gunicorn, and a TCP proxy to the database.
+"""Real processes and sockets for tests: the app under its web server, and a TCP proxy to the
+database.
 
 The app server runs in its own OS process with its own settings (pool size, timeouts) and talks
 to the test database over a real connection, so pool and outage behaviour is the production one.
@@ -89,30 +90,29 @@ def _stop(process: subprocess.Popen[str]) -> None:
 
 
 @contextmanager
-def app_server(env: Mapping[str, str], *, threads: int = 4) -> Iterator[str]:
-    """Run the app under gunicorn (one worker) with ``env`` on a free port; yield its base URL."""
+def app_server(
+    env: Mapping[str, str], *, threads: int = 4, log_file: Path | None = None
+) -> Iterator[str]:
+    """Run the app as ``serve`` does (one waitress process) with ``env`` on a free port; yield its
+    base URL. Its output goes to ``log_file`` when given (for tests that read the log)."""
     port = free_port()
     full_env = {**os.environ, "LOG_LEVEL": "WARNING", **env}
+    log = log_file.open("w") if log_file else None
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "gunicorn",
-            "ironclaw_site.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
+            "manage.py",
+            "serve_web",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
             "--threads",
             str(threads),
-            "--worker-class",
-            "gthread",
-            "--timeout",
-            "120",
         ],
         cwd=BASE_DIR,
         env=full_env,
-        stdout=subprocess.PIPE,
+        stdout=log if log else subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -121,7 +121,10 @@ def app_server(env: Mapping[str, str], *, threads: int = 4) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
-                output = process.stdout.read() if process.stdout else ""
+                if process.stdout:
+                    output = process.stdout.read()
+                else:
+                    output = log_file.read_text() if log_file else ""
                 raise RuntimeError(f"app server exited with {process.returncode}:\n{output}")
             try:
                 if http_request(f"{base_url}/healthz", timeout=2).status == 200:
@@ -134,6 +137,8 @@ def app_server(env: Mapping[str, str], *, threads: int = 4) -> Iterator[str]:
         yield base_url
     finally:
         _stop(process)
+        if log:
+            log.close()
 
 
 class TcpProxy:

@@ -19,10 +19,10 @@ BACKGROUND_QUEUES = ("indexing", "default")
 
 class Command(BaseCommand):
     help = (
-        "Serve the app with gunicorn and run its workers, in the foreground: the turn worker "
-        "(queue threads, ENGINE_CONCURRENCY turns at once) and the background worker (indexing "
-        "and maintenance), so indexing never delays a turn. Ctrl-C (or SIGTERM) stops all; if "
-        "one exits, the others are stopped too."
+        "Serve the app (WEB_CONCURRENCY waitress processes) and run its workers, in the "
+        "foreground: the turn worker (queue threads, ENGINE_CONCURRENCY turns at once) and the "
+        "background worker (indexing and maintenance), so indexing never delays a turn. Ctrl-C "
+        "(or SIGTERM) stops all; if one exits, the others are stopped too."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -39,25 +39,18 @@ class Command(BaseCommand):
         port: int = options["port"]
         if not 0 < port < 65536:
             raise CommandError(f"--port must be between 1 and 65535, got {port}.")
+        # WEB_CONCURRENCY waitress processes share the port (SO_REUSEPORT): see serve_web.
         commands = {
-            "web": [
+            f"web{index}": [
                 sys.executable,
-                "-m",
-                "gunicorn",
-                "ironclaw_site.wsgi:application",
-                "--bind",
-                f"{options['host']}:{port}",
-                "--workers",
-                str(settings.WEB_CONCURRENCY),
-                "--threads",
-                str(settings.WEB_THREADS),
-                "--worker-class",
-                "gthread",
-                "--access-logfile",
-                "-",
-                "--graceful-timeout",
-                "10",
-            ],
+                "manage.py",
+                "serve_web",
+                "--host",
+                options["host"],
+                "--port",
+                str(port),
+            ]
+            for index in range(1, settings.WEB_CONCURRENCY + 1)
         }
         if not options["no_worker"]:
             worker = [sys.executable, "manage.py", "run_worker"]

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from ironclaw_site import web_server
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve the app over HTTP with waitress in this process (WEB_THREADS request threads). "
+        "Several may serve one port at once: `serve` starts WEB_CONCURRENCY of them."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=settings.HOST, help="address to bind (HOST)")
+        parser.add_argument("--port", type=int, default=settings.PORT, help="port to bind (PORT)")
+        parser.add_argument(
+            "--threads", type=int, default=settings.WEB_THREADS, help="request threads"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        port: int = options["port"]
+        if not 0 < port < 65536:
+            raise CommandError(f"--port must be between 1 and 65535, got {port}.")
+        if options["threads"] < 1:
+            raise CommandError(f"--threads must be at least 1, got {options['threads']}.")
+        from ironclaw_site.wsgi import application
+
+        try:
+            web_server.serve(
+                application,
+                host=options["host"],
+                port=port,
+                threads=options["threads"],
+                request_timeout=settings.WEB_REQUEST_TIMEOUT,
+                max_header_bytes=settings.WEB_MAX_HEADER_BYTES,
+                max_body_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
+            )
+        except OSError as error:
+            raise CommandError(f"Cannot serve on {options['host']}:{port}: {error}") from None

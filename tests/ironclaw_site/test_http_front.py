@@ -1,0 +1,282 @@
+"""The HTTP front as hostile and unusual clients meet it: raw sockets against a real server."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import pytest
+from django.db import connection
+
+from accounts.services import CreatedApiKey
+from conversations.models import ConversationEntry
+from tests.support.servers import app_server, database_url, http_request
+from workspace.paths import MAX_PATH_BYTES
+
+REQUEST_TIMEOUT = 3
+
+
+@dataclass
+class Front:
+    base_url: str
+    port: int
+    log_file: Path
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+@pytest.fixture(scope="module")
+def front(
+    django_db_setup: None, django_db_blocker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Front]:
+    log_file = tmp_path_factory.mktemp("front") / "server.log"
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "DATABASE_POOL_SIZE": "4",
+        "WEB_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
+    }
+    with app_server(env, threads=4, log_file=log_file) as base_url:
+        port = urlsplit(base_url).port
+        assert port is not None
+        yield Front(base_url, port, log_file)
+
+
+def connect(front: Front) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", front.port), timeout=10)
+
+
+def read_response(sock: socket.socket, *, timeout: float = 10) -> RawResponse:
+    sock.settimeout(timeout)
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    raw = response.read()
+    try:
+        body: Any = json.loads(raw)
+    except ValueError:
+        body = raw.decode(errors="replace")
+    return RawResponse(response.status, dict(response.getheaders()), body)
+
+
+def exchange(front: Front, request: bytes) -> RawResponse:
+    with connect(front) as sock:
+        sock.sendall(request)
+        return read_response(sock)
+
+
+def request_bytes(
+    method: str, target: str, headers: Mapping[str, bytes | str] | None = None, body: bytes = b""
+) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
+    for name, value in (headers or {}).items():
+        lines.append(
+            name.encode() + b": " + (value if isinstance(value, bytes) else value.encode())
+        )
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def assert_json_error(response: RawResponse, status: int, code: str) -> None:
+    assert response.status == status, response.body
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.body["error"]["code"] == code
+    assert response.body["error"]["message"]
+    assert response.body["error"]["details"] == {}
+
+
+def test_twenty_slow_bodies_leave_healthz_answering_and_each_gets_a_json_408(
+    front: Front,
+) -> None:
+    slow = [connect(front) for _ in range(20)]
+    for sock in slow:
+        sock.sendall(
+            request_bytes(
+                "POST",
+                "/api/v1/messages",
+                {"Content-Type": "application/json", "Content-Length": "1000"},
+                b"{",
+            )
+        )
+    healthz = []
+    started = time.monotonic()
+
+    # Every slow client keeps trickling (so no idle timeout saves the server) while /healthz is
+    # asked, on a server with 4 request threads.
+    while time.monotonic() - started < REQUEST_TIMEOUT - 1:
+        for sock in slow:
+            sock.sendall(b" ")
+        healthz.append(http_request(f"{front.base_url}/healthz", timeout=2))
+        time.sleep(0.2)
+    answers = [read_response(sock, timeout=REQUEST_TIMEOUT + 5) for sock in slow]
+    for sock in slow:
+        sock.close()
+
+    assert len(healthz) >= 3
+    assert all(result.status == 200 and result.elapsed < 1 for result in healthz)
+    for answer in answers:
+        assert_json_error(answer, 408, "request_timeout")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_chunked_json_body_is_read_like_one_with_a_content_length(
+    front: Front, make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    key = make_api_key("alice").raw_key
+    payload = json.dumps({"channel": "web", "content": "hello in chunks"}).encode()
+    chunks = [payload[:10], payload[10:25], payload[25:]]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks) + b"0\r\n\r\n"
+
+    response = exchange(
+        front,
+        request_bytes(
+            "POST",
+            "/api/v1/messages",
+            {
+                "Authorization": f"Bearer {key}",
+                "Content-Type": "application/json",
+                "Transfer-Encoding": "chunked",
+            },
+            body,
+        ),
+    )
+
+    assert response.status == 202, response.body
+    assert ConversationEntry.objects.filter(content="hello in chunks", sender="user").count() == 1
+
+
+def test_malformed_chunked_body_is_a_json_400(front: Front) -> None:
+    response = exchange(
+        front,
+        request_bytes(
+            "POST",
+            "/api/v1/messages",
+            {"Transfer-Encoding": "chunked", "Content-Type": "application/json"},
+            b"zz\r\nnot hex\r\n0\r\n\r\n",
+        ),
+    )
+
+    assert_json_error(response, 400, "bad_request")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_utf8_user_id_reaches_its_own_tenant(
+    front: Front, make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    key = make_api_key(service=True).raw_key
+
+    response = exchange(
+        front,
+        request_bytes(
+            "GET",
+            "/api/v1/me",
+            {"Authorization": f"Bearer {key}", "X-User-Id": "josé".encode()},
+        ),
+    )
+
+    assert response.status == 200, response.body
+    assert response.body["user_id"] == "josé"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_user_id_that_is_not_utf8_is_a_400_saying_to_send_utf8(
+    front: Front, make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    key = make_api_key(service=True).raw_key
+
+    response = exchange(
+        front,
+        request_bytes(
+            "GET",
+            "/api/v1/me",
+            {"Authorization": f"Bearer {key}", "X-User-Id": b"jos\xe9"},
+        ),
+    )
+
+    assert response.status == 400, response.body
+    assert response.body["error"]["code"] == "invalid_user_id"
+    assert "X-User-Id" in response.body["error"]["message"]
+    assert "UTF-8" in response.body["error"]["message"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("character", ["文", "😀", "é"], ids=["cjk", "emoji", "latin"])
+def test_longest_workspace_path_of_any_script_fits_the_request_line(
+    front: Front, make_api_key: Callable[..., CreatedApiKey], character: str
+) -> None:
+    key = make_api_key("alice").raw_key
+    path = character * (MAX_PATH_BYTES // len(character.encode()))
+    target = f"/api/v1/workspace/documents/{quote(path)}/versions/1/restore?x=1"
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    body = json.dumps({"content": "long"}).encode()
+
+    written = exchange(
+        front,
+        request_bytes(
+            "PUT",
+            f"/api/v1/workspace/documents/{quote(path)}",
+            {**headers, "Content-Length": str(len(body))},
+            body,
+        ),
+    )
+    restore = exchange(front, request_bytes("POST", target, headers))
+
+    assert len(target) > 4 * 1024
+    assert written.status == 200, written.body
+    assert written.body["path"] == path
+    assert restore.status == 404
+    assert restore.body["error"]["code"] == "version_not_found"
+
+
+def test_malformed_request_line_is_a_json_400(front: Front) -> None:
+    response = exchange(front, b"NOT AN HTTP REQUEST\r\n\r\n")
+
+    assert_json_error(response, 400, "bad_request")
+
+
+def test_headers_over_the_limit_are_a_json_431(front: Front) -> None:
+    response = exchange(front, request_bytes("GET", "/healthz", {"X-Big": "a" * 70_000}))
+
+    assert_json_error(response, 431, "request_header_too_large")
+
+
+def test_body_over_the_limit_is_refused_from_its_content_length_as_json_413(
+    front: Front,
+) -> None:
+    response = exchange(
+        front,
+        request_bytes("POST", "/api/v1/messages", {"Content-Length": str(10**12)}),
+    )
+
+    assert_json_error(response, 413, "payload_too_large")
+
+
+def test_unknown_host_is_a_json_400_logged_in_one_line(front: Front) -> None:
+    request = request_bytes("GET", "/api/v1/me").replace(
+        b"Host: 127.0.0.1", b"Host: attacker.example"
+    )
+
+    response = exchange(front, request)
+
+    assert_json_error(response, 400, "unknown_host")
+    time.sleep(0.2)
+    log = front.log_file.read_text()
+    assert "Traceback" not in log
+    lines = [line for line in log.splitlines() if "attacker.example" in line]
+    assert len(lines) == 1
+    assert " WARNING " in lines[0]
+
+
+def test_unknown_route_outside_the_api_is_json(front: Front) -> None:
+    response = exchange(front, request_bytes("GET", "/no-such-page"))
+
+    assert_json_error(response, 404, "not_found")
