@@ -564,3 +564,68 @@ def test_openapi_schema_documents_the_workspace_error_responses(client: Client) 
     assert set(write) >= {"200", "400", "409", "413"}
     assert set(restore["responses"]) >= {"200", "400", "404", "409", "413"}
     assert schema["components"]["schemas"][error]["required"] == ["error"]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "key"),
+    [
+        ({"skip_indexing": "false"}, "skip_indexing"),
+        ({"skip_versioning": 1}, "skip_versioning"),
+        ({"hygiene": "on"}, "hygiene"),
+        ({"hygiene": {"enabled": "yes"}}, "hygiene"),
+        ({"hygiene": {"enabled": True, "retention_days": 0}}, "hygiene"),
+        ({"hygiene": {"enabled": True, "retention_days": True}}, "hygiene"),
+        ({"hygiene": {"enabled": True, "retention_days": "30"}}, "hygiene"),
+    ],
+)
+def test_known_metadata_of_the_wrong_type_is_a_400_naming_it(
+    alice: APIClient, metadata: dict[str, object], key: str
+) -> None:
+    response = alice.put(
+        f"{DOCS}/notes/.config", {"content": "", "metadata": metadata}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert key in response.json()["error"]["details"]["metadata"]
+    assert not Document.objects.exists()
+
+
+def test_known_metadata_of_the_right_type_and_unknown_keys_are_stored(alice: APIClient) -> None:
+    metadata = {
+        "skip_indexing": False,
+        "skip_versioning": True,
+        "hygiene": {"enabled": True, "retention_days": 7},
+        "owner": "ops",
+    }
+
+    response = alice.put(
+        f"{DOCS}/notes/.config", {"content": "", "metadata": metadata}, format="json"
+    )
+
+    assert response.status_code == 200
+    assert Document.objects.get().metadata == metadata
+
+
+@pytest.mark.parametrize("path", ["%0Anotes.md", "notes.md%0A", "notes/%0D%0Aa.md"])
+def test_path_with_a_newline_anywhere_is_a_400_naming_path(alice: APIClient, path: str) -> None:
+    read = alice.get(f"{DOCS}/{path}")
+    written = alice.put(f"{DOCS}/{path}", {"content": "x"}, format="json")
+
+    for response in (read, written):
+        assert response.status_code == 400
+        assert "path" in response.json()["error"]["details"]
+    assert not Document.objects.exists()
+
+
+def test_content_and_replace_all_of_the_wrong_type_are_400(alice: APIClient) -> None:
+    number = alice.put(f"{DOCS}/a.md", {"content": 0}, format="json")
+    alice.put(f"{DOCS}/b.md", {"content": "one one"}, format="json")
+    loose = alice.post(
+        f"{DOCS}/b.md/patch", {"old": "one", "new": "two", "replace_all": "yes"}, format="json"
+    )
+
+    assert number.status_code == 400
+    assert "content" in number.json()["error"]["details"]
+    assert loose.status_code == 400
+    assert "replace_all" in loose.json()["error"]["details"]
+    assert Document.objects.get().content == "one one"

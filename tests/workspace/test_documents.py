@@ -292,3 +292,13 @@ def test_a_document_of_huge_words_is_indexed_without_error() -> None:
 
     assert document.index_state == IndexState.INDEXED
     assert Chunk.objects.filter(document=document).count() > 1
+
+
+def test_skip_indexing_stored_as_a_string_is_not_read_as_true() -> None:
+    services.document_write(user_id="alice", path="notes/.config", content="")
+    # Stored as it is, as metadata written before writes were checked may be.
+    Document.objects.filter(path="notes/.config").update(metadata={"skip_indexing": "false"})
+
+    document = services.document_write(user_id="alice", path="notes/a.md", content="ferns")
+
+    assert document.index_state != IndexState.SKIPPED

@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 
 from workspace.errors import DocumentTooLarge, InvalidContent
+from workspace.metadata import metadata_problems
 
 
 def content_hash(content: str) -> str:
@@ -54,4 +55,10 @@ def check_metadata(metadata: dict[str, Any]) -> None:
         # jsonb cannot store NUL in strings.
         raise InvalidContent(
             "metadata must not contain NUL characters.", details={"metadata": ["contains NUL"]}
+        )
+    problems = metadata_problems(metadata)
+    if problems:
+        raise InvalidContent(
+            f"metadata has values of the wrong type: {', '.join(problems)}.",
+            details={"metadata": problems},
         )

@@ -16,6 +16,7 @@ from django.db import connection
 
 from ironclaw_site.db import bounded_transaction
 from workspace.errors import DocumentBusy, DocumentNotFound, PatchFailed, VersionNotFound
+from workspace.metadata import flag_is_set
 from workspace.models import Chunk, Document, DocumentVersion, IndexState
 from workspace.paths import is_runtime_path, normalise_path
 from workspace.selectors import effective_metadata
@@ -102,7 +103,7 @@ def _apply_change(
         document.content
         and new_hash != document.content_hash
         and not document.is_runtime
-        and not effective.get("skip_versioning")
+        and not flag_is_set(effective, "skip_versioning")
     ):
         _save_version_of_current(document, changed_by=changed_by)
     document.content = content
@@ -110,7 +111,7 @@ def _apply_change(
     document.metadata = own
     document.is_runtime = False
     index_due = False
-    if effective.get("skip_indexing"):
+    if flag_is_set(effective, "skip_indexing"):
         Chunk.objects.filter(document=document).delete()
         document.index_state = IndexState.SKIPPED
         document.indexed_hash = ""

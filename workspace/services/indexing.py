@@ -14,6 +14,7 @@ from procrastinate.exceptions import AlreadyEnqueued
 
 from workspace.chunking import chunk_text
 from workspace.embeddings import EmbeddingError, embedding_provider
+from workspace.metadata import flag_is_set
 from workspace.models import Chunk, Document, IndexState
 from workspace.paths import is_runtime_path
 from workspace.selectors import effective_metadata
@@ -84,7 +85,7 @@ def document_index(*, document_id: uuid.UUID | str, force: bool = False) -> Inde
     effective = effective_metadata(
         user_id=snapshot.user_id, path=snapshot.path, own=snapshot.metadata
     )
-    if effective.get("skip_indexing"):
+    if flag_is_set(effective, "skip_indexing"):
         return _skip_indexing(snapshot.pk, source_hash)
     if (
         not force

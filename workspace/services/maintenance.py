@@ -16,6 +16,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from workspace.metadata import retention_days
 from workspace.models import Chunk, Document, DocumentVersion, IndexState
 from workspace.paths import CONFIG_NAME, runtime_rules
 from workspace.services.indexing import document_index, document_index_enqueue
@@ -210,12 +211,9 @@ class HygieneResult:
 
 def _retention_cutoff(hygiene: Any, *, now: datetime) -> datetime | None:
     """Documents updated before this expire under ``hygiene``; None when it is not enabled."""
-    if not isinstance(hygiene, dict) or not hygiene.get("enabled"):
+    days = retention_days(hygiene)
+    if days is None:
         return None
-    try:
-        days = max(1, int(hygiene.get("retention_days", 30)))
-    except (TypeError, ValueError):
-        days = 30
     # Tenants write this number: one beyond what a date can go back must not abort the run for
     # every other tenant (OverflowError); nothing is older than a century anyway.
     return now - timedelta(days=min(days, MAX_RETENTION_DAYS))
