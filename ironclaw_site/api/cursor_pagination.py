@@ -11,6 +11,8 @@ from rest_framework import serializers
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import Cursor, CursorPagination
 
+from ironclaw_site.api.pagination import query_integer
+
 
 def page_serializer(name: str, item: serializers.Serializer) -> type[serializers.Serializer]:
     """The OpenAPI shape of a cursor-paginated list of ``item``."""
@@ -49,6 +51,16 @@ class CheckedCursorPagination(CursorPagination):
     max_page_size = 1000
     # Parses the first ordering column's position, raising ValueError when it does not fit.
     parse_position: staticmethod[[str], Any]
+
+    def get_page_size(self, request: Any) -> int:
+        # DRF falls back to the default page size for a limit it cannot use (-1, 0, "ten"),
+        # so a client asking for something else silently gets 50 rows.
+        if self.page_size_query_param not in request.query_params:
+            assert self.page_size is not None  # PAGE_SIZE is always set (settings.py)
+            return self.page_size
+        return query_integer(
+            request, self.page_size_query_param, minimum=1, maximum=self.max_page_size
+        )
 
     def decode_cursor(self, request: Any) -> Cursor | None:
         try:
