@@ -14,6 +14,7 @@ import pgtrigger
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from ironclaw_site.db import RowLockQuerySet
 
@@ -294,7 +295,9 @@ class ConversationEntry(models.Model):
     )
     # For user messages: when a thread took it (as its goal or from its inbox).
     delivered_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # Set by EntryWriter from the same clock reading as a spawn's delivered_at, so a message
+    # delivered as it is written never looks delivered before it was created.
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
     metadata = models.JSONField(default=dict, blank=True)
 
     objects = ConversationEntryQuerySet.as_manager()

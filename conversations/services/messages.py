@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.db import IntegrityError
-from django.utils import timezone
 
 from conversations.errors import ConversationBusy, MessageRejected
 from conversations.models import (
@@ -113,7 +112,7 @@ def thread_spawn(
     Caller holds the conversation lock and flushes ``writer``. Returns the thread and the last
     user entry of its goal.
     """
-    now = timezone.now()
+    now = writer.now
     # Messages queued behind a thread that is gone (policy changed, thread interrupted) join the
     # next goal rather than waiting forever.
     earlier = (

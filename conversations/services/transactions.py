@@ -78,6 +78,8 @@ class EntryWriter:
     def __init__(self, conversation: Conversation):
         self.conversation = conversation
         self.entries: list[ConversationEntry] = []
+        # One clock reading for every entry written and every delivery stamped with this writer.
+        self.now = timezone.now()
 
     def add(
         self,
@@ -95,6 +97,7 @@ class EntryWriter:
             content=content,
             thread=thread,
             delivered_at=delivered_at,
+            created_at=self.now,
         )
         self.entries.append(entry)
         return entry

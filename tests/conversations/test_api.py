@@ -470,3 +470,29 @@ def test_cursors_the_api_hands_out_still_page(alice: APIClient) -> None:
     assert [e["seq"] for e in first["results"]] == [1, 2]
     assert [e["seq"] for e in second["results"]] == [3]
     assert [e["seq"] for e in back["results"]] == [1, 2]
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "ten", "2.5", "1001"])
+def test_conversation_and_entry_lists_refuse_a_limit_out_of_range_naming_it(
+    alice: APIClient, limit: str
+) -> None:
+    conversation_id = _send(alice)["conversation_id"]
+
+    lists = [
+        alice.get("/api/v1/conversations", {"limit": limit}),
+        alice.get(f"/api/v1/conversations/{conversation_id}/entries", {"limit": limit}),
+    ]
+
+    for response in lists:
+        assert response.status_code == 400
+        assert "limit" in response.json()["error"]["details"]
+
+
+def test_first_entry_of_a_spawn_is_never_delivered_before_it_was_created(
+    alice: APIClient,
+) -> None:
+    sent = _send(alice)
+
+    entry = ConversationEntry.objects.get(conversation_id=sent["conversation_id"], seq=sent["seq"])
+    assert entry.delivered_at is not None
+    assert entry.delivered_at >= entry.created_at
