@@ -28,13 +28,16 @@ class UnknownHostMiddleware:
             request.get_host()
         except DisallowedHost as error:
             logger.warning("refused a request for an unknown host: %s", error)
-            return JsonResponse(
+            refused = JsonResponse(
                 error_body(
                     "unknown_host",
                     "This server does not serve the host named in the Host header.",
                 ),
                 status=400,
             )
+            # Django's handler would log the 400 again ("Bad Request: <path>"); this is the line.
+            refused._has_been_logged = True  # type: ignore[attr-defined]
+            return refused
         return self.get_response(request)
 
 
