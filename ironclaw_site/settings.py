@@ -141,6 +141,8 @@ def _database_settings() -> dict[str, Any]:
             "PORT": embedded.port,
             "OPTIONS": {},
         }
+    # Django's backend with a circuit breaker in front of the pool (ironclaw_site.database_breaker).
+    config["ENGINE"] = "ironclaw_site.postgresql"
     config["OPTIONS"].setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT)
     config["OPTIONS"]["pool"] = {
         "min_size": min(2, DATABASE_POOL_SIZE),
@@ -288,6 +290,9 @@ BACKGROUND_CONCURRENCY = env_int("BACKGROUND_CONCURRENCY", 2, minimum=1, maximum
 # /readyz reports its kind missing, and its running jobs are retried (the stalled-job sweep).
 WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 10.0, minimum=0.1, maximum=600.0)
 WORKER_STALLED_SECONDS = env_float("WORKER_STALLED_SECONDS", 30.0, minimum=0.5, maximum=3600.0)
+# Worker kinds (run_worker --name) /readyz requires alive; `manage.py serve` sets it for its web
+# process to the workers it runs. Empty: /readyz reports workers but requires none.
+READYZ_WORKERS = env_list("READYZ_WORKERS", [])
 if WORKER_STALLED_SECONDS <= 2 * WORKER_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured(
         f"WORKER_STALLED_SECONDS ({WORKER_STALLED_SECONDS}) must be more than twice "

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from conversations.tasks import RUN_THREAD_QUEUE
 # Every queue but the turns': indexing, and "default" where periodic maintenance (the lease
 # sweeper, the stalled-job retry) runs. A new queue must be added here or no worker serves it.
 BACKGROUND_QUEUES = ("indexing", "default")
+# Children that are Procrastinate workers (their --name): /readyz checks their heartbeats.
+WORKER_NAMES = ("turns", "background")
 
 # A child that exits is started again after RESTART_BACKOFF_INITIAL_S, doubling after each exit
 # up to RESTART_BACKOFF_MAX_S, so a child that cannot start (a port taken, a bad setting) is
@@ -99,8 +102,8 @@ class Supervised:
     backoff: float = RESTART_BACKOFF_INITIAL_S
     restarts: int = 0
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, cwd=settings.BASE_DIR)
+    def start(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(self.argv, cwd=settings.BASE_DIR, env=env)
         self.started_at = time.monotonic()
         self.restart_at = None
 
@@ -154,6 +157,11 @@ class Command(BaseCommand):
             with_engine=not options["no_engine"],
         )
         children = [Supervised(name, argv) for name, argv in commands.items()]
+        # /readyz in the web process then reports a missing worker of the ones serve runs.
+        self.child_env = {
+            "READYZ_WORKERS": ",".join(name for name in commands if name in WORKER_NAMES),
+            **os.environ,
+        }
         embedded = self._embedded_server_watch()
 
         stopping = False
@@ -166,7 +174,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, stop)
 
         for child in children:
-            child.start()
+            child.start(self.child_env)
         self.stdout.write(
             f"Serving on http://{options['host']}:{port}/ with "
             f"{', '.join(child.name for child in children)}; Ctrl-C stops."
@@ -217,7 +225,7 @@ class Command(BaseCommand):
         if child.restart_at is not None:
             if now >= child.restart_at:
                 child.restarts += 1
-                child.start()
+                child.start(self.child_env)
                 self.stderr.write(f"{child.name} started again (restart {child.restarts}).")
             return
         returncode = child.process.poll()
