@@ -17,7 +17,13 @@ import pytest
 from django.db import connection
 
 from accounts.services import CreatedApiKey
-from tests.support.serve import call, send_and_await_reply, serve_process, wait_until_ready
+from tests.support.serve import (
+    ServeProcess,
+    call,
+    send_and_await_reply,
+    serve_process,
+    wait_until_ready,
+)
 from tests.support.servers import BASE_DIR, TcpProxy, database_url, http_request
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -31,7 +37,9 @@ def _upstream() -> str | tuple[str, int]:
     return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
 
 
-def _wait_for_new_child(serve, marker: str, old_pid: int, timeout: float = 30) -> psutil.Process:  # type: ignore[no-untyped-def]
+def _wait_for_new_child(
+    serve: ServeProcess, marker: str, old_pid: int, timeout: float = 30
+) -> psutil.Process:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
