@@ -1,21 +1,32 @@
-"""Liveness and readiness probes, outside the authenticated API."""
+"""Liveness and readiness probes, outside the authenticated API.
+
+``/readyz`` says what is missing while the service heals: the database, its migrations, and
+each worker kind named in ``READYZ_WORKERS`` (``manage.py serve`` sets it to the workers it
+runs). A worker kind is alive while one of its processes has a Procrastinate heartbeat younger
+than ``WORKER_STALLED_SECONDS``.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from django.conf import settings
 from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from ironclaw_site.api.exceptions import error_body
+from ironclaw_site.api.exceptions import RETRY_AFTER_SECONDS, error_body
 
 logger = logging.getLogger(__name__)
 
 # Once every migration is applied it stays applied for the life of this process (new migrations
 # arrive with new code, hence a new process), so later probes only check the connection.
 _migrations_applied = False
+
+ALIVE = "alive"
+MISSING = "missing"
 
 
 def pending_migrations() -> list[str]:
@@ -27,6 +38,27 @@ def pending_migrations() -> list[str]:
     ]
 
 
+def worker_kinds_alive() -> dict[str, str]:
+    """Every worker kind required by READYZ_WORKERS or seen recently: alive or missing."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT name.name, "
+            "bool_or(worker.last_heartbeat >= now() - make_interval(secs => %s)) "
+            "FROM ironclaw_site_workername name "
+            "JOIN procrastinate_workers worker ON worker.id = name.worker_id "
+            "GROUP BY name.name",
+            [settings.WORKER_STALLED_SECONDS],
+        )
+        seen = {name: ALIVE if alive else MISSING for name, alive in cursor.fetchall()}
+    return {name: seen.get(name, MISSING) for name in settings.READYZ_WORKERS} | seen
+
+
+def _unready(code: str, message: str, checks: dict[str, Any]) -> JsonResponse:
+    response = JsonResponse(error_body(code, message, {"checks": checks}), status=503)
+    response["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
+
+
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
@@ -35,25 +67,33 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     global _migrations_applied
+    checks: dict[str, Any] = {"database": MISSING, "migrations": "unknown", "workers": {}}
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
+        checks["database"] = "ok"
         if not _migrations_applied:
             pending = pending_migrations()
             if pending:
-                return JsonResponse(
-                    error_body(
-                        "migrations_pending",
-                        f"{len(pending)} migrations are not applied; run `manage.py migrate`.",
-                        {"pending": pending},
-                    ),
-                    status=503,
+                checks["migrations"] = "pending"
+                return _unready(
+                    "migrations_pending",
+                    f"{len(pending)} migrations are not applied; run `manage.py migrate`.",
+                    {**checks, "pending": pending},
                 )
             _migrations_applied = True
+        checks["migrations"] = "ok"
+        checks["workers"] = worker_kinds_alive()
     except DatabaseError as error:
         logger.warning("readiness check failed: %s", error)
-        return JsonResponse(
-            error_body("database_unavailable", "The database is unavailable; retry shortly."),
-            status=503,
+        return _unready(
+            "database_unavailable", "The database is unavailable; retry shortly.", checks
         )
-    return JsonResponse({"status": "ready"})
+    missing = [name for name in settings.READYZ_WORKERS if checks["workers"].get(name) != ALIVE]
+    if missing:
+        return _unready(
+            "workers_missing",
+            f"No live {' or '.join(missing)} worker; jobs on its queues wait until one starts.",
+            checks,
+        )
+    return JsonResponse({"status": "ready", "checks": checks})

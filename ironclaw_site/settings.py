@@ -104,6 +104,9 @@ TEMPLATES = [
 DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 30, minimum=1, maximum=1000)
 DATABASE_POOL_TIMEOUT = env_int("DATABASE_POOL_TIMEOUT", 10, minimum=1, maximum=300)
 DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 5, minimum=1, maximum=300)
+# After a request finds the database unreachable, requests answer 503 at once for this long instead
+# of each waiting DATABASE_POOL_TIMEOUT; then one request probes it. 0 turns the short circuit off.
+DATABASE_FAIL_FAST_SECONDS = env_float("DATABASE_FAIL_FAST_SECONDS", 1.0, minimum=0.0, maximum=60.0)
 EMBEDDED_DATABASE_DIR = Path(env_str("EMBEDDED_DATABASE_DIR", str(VAR_DIR / "pgdata")))
 EMBEDDED_DATABASE_NAME = env_str("EMBEDDED_DATABASE_NAME", "ironclaw")
 
@@ -139,6 +142,8 @@ def _database_settings() -> dict[str, Any]:
             "PORT": embedded.port,
             "OPTIONS": {},
         }
+    # Django's backend with a circuit breaker in front of the pool (ironclaw_site.database_breaker).
+    config["ENGINE"] = "ironclaw_site.postgresql"
     config["OPTIONS"].setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT)
     config["OPTIONS"]["pool"] = {
         "min_size": min(2, DATABASE_POOL_SIZE),
@@ -159,6 +164,8 @@ def _database_settings() -> dict[str, Any]:
 
 
 DATABASES = {"default": _database_settings()}
+# `manage.py serve` then supervises the embedded server too (starts it again if it dies).
+USING_EMBEDDED_DATABASE = not env_optional_str("DATABASE_URL")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Internationalisation, static files -------------------------------------------------------
@@ -280,6 +287,19 @@ if ENGINE_LEASE_SECONDS > THREAD_MAX_LEASE_SECONDS:
 ENGINE_CONCURRENCY = env_int("ENGINE_CONCURRENCY", 32, minimum=1, maximum=1024)
 # Jobs the background worker (indexing, maintenance) runs at once.
 BACKGROUND_CONCURRENCY = env_int("BACKGROUND_CONCURRENCY", 2, minimum=1, maximum=256)
+# Each worker records a heartbeat this often; one silent for WORKER_STALLED_SECONDS counts as dead:
+# /readyz reports its kind missing, and its running jobs are retried (the stalled-job sweep).
+WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 10.0, minimum=0.1, maximum=600.0)
+WORKER_STALLED_SECONDS = env_float("WORKER_STALLED_SECONDS", 30.0, minimum=0.5, maximum=3600.0)
+# Worker kinds (run_worker --name) /readyz requires alive; `manage.py serve` sets it for its web
+# process to the workers it runs. Empty: /readyz reports workers but requires none.
+READYZ_WORKERS = env_list("READYZ_WORKERS", [])
+if WORKER_STALLED_SECONDS <= 2 * WORKER_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        f"WORKER_STALLED_SECONDS ({WORKER_STALLED_SECONDS}) must be more than twice "
+        f"WORKER_HEARTBEAT_SECONDS ({WORKER_HEARTBEAT_SECONDS}), or a slow heartbeat would make "
+        "a live worker's jobs run twice."
+    )
 # "global" holds one database-wide lock across each turn's state writes, as the origin system's
 # process-wide mutex did; only the benchmark's baseline sets it.
 ENGINE_CHECKPOINT_LOCK = env_choice("ENGINE_CHECKPOINT_LOCK", "none", ("none", "global"))

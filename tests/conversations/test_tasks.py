@@ -75,7 +75,9 @@ def test_sweep_task_recovers_expired_leases() -> None:
     run_worker_until_empty("default")
 
     assert Thread.objects.get(pk=sent.thread_id).state == "created"
-    assert run_jobs_for(sent.thread_id) == ["doing", "todo"]
+    # The crashed run job (doing, no live worker) is retried by the stalled-job sweep that the
+    # same worker runs, or a new one is deferred: either way exactly one run waits.
+    assert run_jobs_for(sent.thread_id).count("todo") == 1
 
 
 def test_sweeper_is_registered_to_run_every_minute() -> None:

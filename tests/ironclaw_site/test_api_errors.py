@@ -43,7 +43,10 @@ def test_readyz_is_ready_when_migrated(client: Client) -> None:
     response = client.get("/readyz")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "ready"}
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "migrations": "ok", "workers": {}},
+    }
 
 
 def test_openapi_schema_documents_the_api(client: Client) -> None:

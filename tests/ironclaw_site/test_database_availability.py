@@ -1,4 +1,4 @@
-"""Pool exhaustion and database outages, against a real gunicorn process and real connections."""
+"""Pool exhaustion and database outages, against a real web server process and real connections."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ import pytest
 from django.db import connection
 
 from accounts.services import CreatedApiKey
-from tests.support.servers import HttpResult, TcpProxy, app_server, database_url, http_request
+from tests.support.servers import (
+    HttpResult,
+    TcpProxy,
+    app_server,
+    database_url,
+    http_request,
+    worker_process,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -137,3 +144,72 @@ def test_database_outage_answers_503_json_and_recovers_by_itself(
     assert ready_again.status == 200
     assert api_again.status == 200
     assert api_again.body["user_id"] == "alice"
+
+
+def test_requests_fail_fast_while_the_database_is_known_down_and_recover_by_themselves(
+    make_api_key: Callable[..., CreatedApiKey],
+) -> None:
+    key = make_api_key("alice")
+    auth = {"Authorization": f"Bearer {key.raw_key}"}
+    proxy = TcpProxy(_upstream())
+    proxy.start()
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict, host="127.0.0.1", port=proxy.port),
+        "DATABASE_POOL_TIMEOUT": "5",
+        "DATABASE_CONNECT_TIMEOUT": "2",
+        "DATABASE_FAIL_FAST_SECONDS": "1",
+    }
+    try:
+        with app_server(env) as base_url:
+            assert http_request(f"{base_url}/api/v1/me", headers=auth).status == 200
+
+            proxy.stop()
+            first = http_request(f"{base_url}/api/v1/me", headers=auth)
+            second = http_request(f"{base_url}/api/v1/me", headers=auth)
+            ready_down = http_request(f"{base_url}/readyz")
+
+            proxy.start()
+            recovered = _poll(f"{base_url}/api/v1/me", auth, 200, timeout=15)
+    finally:
+        proxy.stop()
+
+    assert first.status == 503
+    assert second.status == 503
+    assert second.body["error"]["code"] == "database_unavailable"
+    assert second.headers["Retry-After"] == "1"
+    assert second.elapsed < 0.5
+    assert ready_down.status == 503
+    assert ready_down.elapsed < 0.5
+    assert recovered.status == 200
+    assert recovered.body["user_id"] == "alice"
+
+
+def test_readyz_names_a_missing_worker_kind_until_its_worker_runs() -> None:
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "READYZ_WORKERS": "background",
+        "WORKER_HEARTBEAT_SECONDS": "0.2",
+        "WORKER_STALLED_SECONDS": "1",
+    }
+    with connection.cursor() as cursor:
+        # Workers left by other tests' killed processes must not count as this one.
+        cursor.execute("DELETE FROM ironclaw_site_workername")
+
+    with app_server(env) as base_url:
+        missing = http_request(f"{base_url}/readyz")
+        with worker_process(env, queues="default", concurrency=1, name="background"):
+            present = _poll(f"{base_url}/readyz", {}, 200, timeout=30)
+        time.sleep(0.5)
+        gone = http_request(f"{base_url}/readyz")
+
+    assert missing.status == 503
+    assert missing.body["error"]["code"] == "workers_missing"
+    assert missing.body["error"]["details"]["checks"] == {
+        "database": "ok",
+        "migrations": "ok",
+        "workers": {"background": "missing"},
+    }
+    assert present.status == 200
+    assert present.body["checks"]["workers"]["background"] == "alive"
+    assert gone.status == 503
+    assert gone.body["error"]["details"]["checks"]["workers"]["background"] == "missing"

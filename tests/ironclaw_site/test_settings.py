@@ -12,7 +12,7 @@ from ironclaw_site.config import env_bool, env_choice, env_float, env_int, env_l
 
 
 def _start_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Import the settings in a fresh process, as `manage.py` or gunicorn would."""
+    """Import the settings in a fresh process, as `manage.py` or the web server would."""
     return subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
         cwd=settings.BASE_DIR,

@@ -226,7 +226,11 @@ class TcpProxy:
 
 @contextmanager
 def worker_process(
-    env: Mapping[str, str], *, queues: str = "threads", concurrency: int = 4
+    env: Mapping[str, str],
+    *,
+    queues: str = "threads",
+    concurrency: int = 4,
+    name: str = "worker",
 ) -> Iterator[subprocess.Popen[str]]:
     """Run ``manage.py run_worker`` with ``env`` in its own process; the test may kill it."""
     full_env = {**os.environ, "LOG_LEVEL": "WARNING", **env}
@@ -239,6 +243,8 @@ def worker_process(
             queues,
             "--concurrency",
             str(concurrency),
+            "--name",
+            name,
         ],
         cwd=BASE_DIR,
         env=full_env,

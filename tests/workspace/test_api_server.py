@@ -1,4 +1,4 @@
-"""The workspace API under a real gunicorn process: body limits and errors as clients see them."""
+"""The workspace API under a real web server process: body limits and errors as clients see them."""
 
 from __future__ import annotations
 

@@ -1,25 +1,44 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import close_old_connections
 from procrastinate import PsycopgConnector
 from procrastinate.contrib.django import app
 from procrastinate.contrib.django.utils import connector_params
+from procrastinate.worker import Worker
+
+logger = logging.getLogger(__name__)
 
 # Connections the worker itself uses to fetch, finish and listen for jobs; task code uses Django's
 # pool. Fetching is one short statement, so a few serve any concurrency.
 WORKER_POOL_SIZE = 4
+# Procrastinate's worker stops when its database connection fails (its listener, heartbeat or
+# fetch raises). This command then starts a fresh worker in the same process, waiting 0.5 s,
+# 1 s, 2 s ... up to RESTART_BACKOFF_MAX_S between attempts; a worker that ran RESTART_HEALTHY_S
+# resets the wait, so a later outage again recovers within a second of the database's return.
+RESTART_BACKOFF_INITIAL_S = 0.5
+RESTART_BACKOFF_MAX_S = 10.0
+RESTART_HEALTHY_S = 30.0
+DEFAULT_WORKER_NAME = "worker"
 
 
 class Command(BaseCommand):
     help = (
         "Run a Procrastinate worker on the given queues with N jobs at once. Unlike "
         "`procrastinate worker`, jobs deferred by task code stay in the task's own transaction, "
-        "and N sync jobs really run at once (one thread each)."
+        "N sync jobs really run at once (one thread each), and a database outage does not end "
+        "it: the worker is started again (with backoff) until the database answers."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -29,7 +48,11 @@ class Command(BaseCommand):
             help="comma-separated queues to serve, e.g. threads or indexing,default",
         )
         parser.add_argument("--concurrency", type=int, default=1, help="jobs run at once")
-        parser.add_argument("--name", default=None, help="worker name shown in the job table")
+        parser.add_argument(
+            "--name",
+            default=DEFAULT_WORKER_NAME,
+            help="worker kind, shown in logs and checked by /readyz (turns, background)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         queues = [queue.strip() for queue in options["queues"].split(",") if queue.strip()]
@@ -38,29 +61,116 @@ class Command(BaseCommand):
         concurrency: int = options["concurrency"]
         if not 1 <= concurrency <= 1024:
             raise CommandError(f"--concurrency must be between 1 and 1024, got {concurrency}.")
+        name: str = options["name"] or DEFAULT_WORKER_NAME
 
-        connector = PsycopgConnector(
-            kwargs=connector_params("default"), min_size=1, max_size=WORKER_POOL_SIZE
-        )
-        # A second app sharing the task registry: the worker fetches jobs through its own pool,
-        # while `app` (used by tasks and services to defer) keeps the Django connector, so a job
-        # deferred inside a task's transaction commits or rolls back with it. Replacing the
-        # connector of `app` itself, as `procrastinate worker` does, would defer on another
-        # connection: a follow-up thread's run could be fetched before its thread row commits.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            worker_app = app.with_connector(connector)
+        self.stdout.write(f"Worker {name} on {', '.join(queues)} with {concurrency} jobs at once.")
+        asyncio.run(_work_until_stopped(queues=queues, concurrency=concurrency, name=name))
 
-        async def work() -> None:
-            # Sync tasks run on the loop's default executor, which Python sizes from the CPU
-            # count (6 threads on 2 cores); size it to the concurrency asked for.
-            asyncio.get_running_loop().set_default_executor(
-                ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job")
+
+async def _work_until_stopped(*, queues: list[str], concurrency: int, name: str) -> None:
+    loop = asyncio.get_running_loop()
+    # Sync tasks run on the loop's default executor, which Python sizes from the CPU count (6
+    # threads on 2 cores); size it to the concurrency asked for.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job"))
+    stop_requested = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop_requested.set)
+
+    backoff = RESTART_BACKOFF_INITIAL_S
+    while not stop_requested.is_set():
+        started = time.monotonic()
+        try:
+            await _run_one_worker(
+                queues=queues, concurrency=concurrency, name=name, stop_requested=stop_requested
             )
-            async with worker_app.open_async():
-                await worker_app.run_worker_async(
-                    queues=queues, concurrency=concurrency, name=options["name"]
-                )
+            reason = "it stopped"
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}".strip()
+        if stop_requested.is_set():
+            return
+        if time.monotonic() - started >= RESTART_HEALTHY_S:
+            backoff = RESTART_BACKOFF_INITIAL_S
+        logger.warning("worker %s ended (%s); starting a new one in %.1f s", name, reason, backoff)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop_requested.wait(), timeout=backoff)
+        backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
 
-        self.stdout.write(f"Worker on {', '.join(queues)} with {concurrency} jobs at once.")
-        asyncio.run(work())
+
+async def _run_one_worker(
+    *, queues: list[str], concurrency: int, name: str, stop_requested: asyncio.Event
+) -> None:
+    """Run one Procrastinate worker until it stops (a database error) or a stop is requested."""
+    connector = PsycopgConnector(
+        kwargs=connector_params("default"), min_size=1, max_size=WORKER_POOL_SIZE
+    )
+    # A second app sharing the task registry: the worker fetches jobs through its own pool,
+    # while `app` (used by tasks and services to defer) keeps the Django connector, so a job
+    # deferred inside a task's transaction commits or rolls back with it. Replacing the
+    # connector of `app` itself, as `procrastinate worker` does, would defer on another
+    # connection: a follow-up thread's run could be fetched before its thread row commits.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        worker_app = app.with_connector(connector)
+    worker_app.perform_import_paths()
+
+    stopping = asyncio.ensure_future(stop_requested.wait())
+    try:
+        opening = asyncio.ensure_future(worker_app.open_async())
+        await asyncio.wait({opening, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not opening.done():
+            # Stopped while the pool was still waiting for an unreachable database.
+            opening.cancel()
+            return
+        opening.result()
+        # The periodic deferrer defers through `app`, on Django's connection of asgiref's
+        # thread-sensitive thread; one broken by the outage would fail it at once.
+        await sync_to_async(close_old_connections)()
+        worker_options: dict[str, Any] = {
+            # The Django app's defaults hold its middleware that closes each job thread's
+            # connection around every job, so a connection broken by an outage is not reused.
+            **worker_app.worker_defaults,
+            "queues": queues,
+            "name": name,
+            "concurrency": concurrency,
+            # Signals stop this command's loop, which then stops the worker gracefully.
+            "install_signal_handlers": False,
+            "update_heartbeat_interval": settings.WORKER_HEARTBEAT_SECONDS,
+            "stalled_worker_timeout": settings.WORKER_STALLED_SECONDS,
+        }
+        worker = Worker(app=worker_app, **worker_options)
+        running = asyncio.ensure_future(worker.run())
+        try:
+            await _record_worker_name(connector, worker, running, name)
+        except Exception:
+            # Unnamed, /readyz would call this kind missing: start over instead.
+            worker.stop()
+            await asyncio.gather(running, return_exceptions=True)
+            raise
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not running.done():
+            worker.stop()
+        await running
+    finally:
+        stopping.cancel()
+        with suppress(Exception):
+            await worker_app.close_async()
+
+
+async def _record_worker_name(
+    connector: PsycopgConnector, worker: Worker, running: asyncio.Future[Any], name: str
+) -> None:
+    while worker.worker_id is None and not running.done():
+        await asyncio.sleep(0.01)
+    if worker.worker_id is None:
+        return
+    # Rows whose worker Procrastinate deleted (stopped, or pruned at this worker's start).
+    await connector.execute_query_async(
+        "DELETE FROM ironclaw_site_workername name WHERE NOT EXISTS "
+        "(SELECT 1 FROM procrastinate_workers worker WHERE worker.id = name.worker_id)"
+    )
+    await connector.execute_query_async(
+        "INSERT INTO ironclaw_site_workername (worker_id, name, registered_at) "
+        "VALUES (%(worker_id)s, %(name)s, now()) ON CONFLICT (worker_id) DO NOTHING",
+        worker_id=worker.worker_id,
+        name=name,
+    )

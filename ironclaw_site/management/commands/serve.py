@@ -1,28 +1,133 @@
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
 
 from conversations.tasks import RUN_THREAD_QUEUE
 
 # Every queue but the turns': indexing, and "default" where periodic maintenance (the lease
-# sweeper) runs. A new queue must be added here or no worker serves it.
+# sweeper, the stalled-job retry) runs. A new queue must be added here or no worker serves it.
 BACKGROUND_QUEUES = ("indexing", "default")
+# Children that are Procrastinate workers (their --name): /readyz checks their heartbeats.
+WORKER_NAMES = ("turns", "background")
+
+# A child that exits is started again after RESTART_BACKOFF_INITIAL_S, doubling after each exit
+# up to RESTART_BACKOFF_MAX_S, so a child that cannot start (a port taken, a bad setting) is
+# retried without spinning. One that ran RESTART_HEALTHY_S before exiting is restarted at once
+# again: a crash after a day of service is not the same failure as the last one.
+RESTART_BACKOFF_INITIAL_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_HEALTHY_S = 60.0
+POLL_INTERVAL_S = 0.2
+STOP_GRACE_S = 15.0
+
+
+def child_commands(
+    *, host: str, port: int, with_workers: bool, with_engine: bool
+) -> dict[str, list[str]]:
+    """The processes ``serve`` runs and keeps running, by name."""
+    # WEB_CONCURRENCY waitress processes share the port (SO_REUSEPORT): see serve_web. Each is
+    # supervised on its own, so one dying leaves the others answering.
+    commands = {
+        f"web{index}": [
+            sys.executable,
+            "manage.py",
+            "serve_web",
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ]
+        for index in range(1, settings.WEB_CONCURRENCY + 1)
+    }
+    if with_workers:
+        worker = [sys.executable, "manage.py", "run_worker"]
+        if with_engine:
+            commands["turns"] = [
+                *worker,
+                "--queues",
+                RUN_THREAD_QUEUE,
+                "--concurrency",
+                str(settings.ENGINE_CONCURRENCY),
+                "--name",
+                "turns",
+            ]
+        commands["background"] = [
+            *worker,
+            "--queues",
+            ",".join(BACKGROUND_QUEUES),
+            "--concurrency",
+            str(settings.BACKGROUND_CONCURRENCY),
+            "--name",
+            "background",
+        ]
+    return commands
+
+
+def exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+@dataclass
+class Supervised:
+    """One child and its restart schedule."""
+
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None
+    backoff: float = RESTART_BACKOFF_INITIAL_S
+    restarts: int = 0
+
+    def start(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(self.argv, cwd=settings.BASE_DIR, env=env)
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def schedule_restart(self, now: float) -> float:
+        """Plan the next start after an exit; return the wait."""
+        if now - self.started_at >= RESTART_HEALTHY_S:
+            self.backoff = RESTART_BACKOFF_INITIAL_S
+        wait = self.backoff
+        self.restart_at = now + wait
+        self.backoff = min(self.backoff * 2, RESTART_BACKOFF_MAX_S)
+        return wait
+
+
+@dataclass
+class EmbeddedServerWatch:
+    """The embedded PostgreSQL, started again with backoff when its postmaster dies."""
+
+    folder: Path
+    socket_dir: str
+    retry_at: float = 0.0
+    backoff: float = RESTART_BACKOFF_INITIAL_S
 
 
 class Command(BaseCommand):
     help = (
         "Serve the app (WEB_CONCURRENCY waitress processes) and run its workers, in the "
-        "foreground: the turn worker (queue threads, ENGINE_CONCURRENCY turns at once) and the "
-        "background worker (indexing and maintenance), so indexing never delays a turn. Ctrl-C "
-        "(or SIGTERM) stops all; if one exits, the others are stopped too."
+        "foreground: the turn worker (queue threads, ENGINE_CONCURRENCY turns at once) and the background worker (indexing "
+        "and maintenance), so indexing never delays a turn. A child that exits or is killed is "
+        "started again with backoff, without stopping the others; with no DATABASE_URL, so is "
+        "the embedded PostgreSQL. Ctrl-C (or SIGTERM) stops all."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -39,47 +144,19 @@ class Command(BaseCommand):
         port: int = options["port"]
         if not 0 < port < 65536:
             raise CommandError(f"--port must be between 1 and 65535, got {port}.")
-        # WEB_CONCURRENCY waitress processes share the port (SO_REUSEPORT): see serve_web.
-        commands = {
-            f"web{index}": [
-                sys.executable,
-                "manage.py",
-                "serve_web",
-                "--host",
-                options["host"],
-                "--port",
-                str(port),
-            ]
-            for index in range(1, settings.WEB_CONCURRENCY + 1)
-        }
-        if not options["no_worker"]:
-            worker = [sys.executable, "manage.py", "run_worker"]
-            if not options["no_engine"]:
-                commands["turns"] = [
-                    *worker,
-                    "--queues",
-                    RUN_THREAD_QUEUE,
-                    "--concurrency",
-                    str(settings.ENGINE_CONCURRENCY),
-                    "--name",
-                    "turns",
-                ]
-            commands["background"] = [
-                *worker,
-                "--queues",
-                ",".join(BACKGROUND_QUEUES),
-                "--concurrency",
-                str(settings.BACKGROUND_CONCURRENCY),
-                "--name",
-                "background",
-            ]
-
-        children = {
-            name: subprocess.Popen(argv, cwd=settings.BASE_DIR) for name, argv in commands.items()
-        }
-        self.stdout.write(
-            f"Serving on http://{options['host']}:{port}/ with {', '.join(children)}; Ctrl-C stops."
+        commands = child_commands(
+            host=options["host"],
+            port=port,
+            with_workers=not options["no_worker"],
+            with_engine=not options["no_engine"],
         )
+        children = [Supervised(name, argv) for name, argv in commands.items()]
+        # /readyz in the web process then reports a missing worker of the ones serve runs.
+        self.child_env = {
+            "READYZ_WORKERS": ",".join(name for name in commands if name in WORKER_NAMES),
+            **os.environ,
+        }
+        embedded = self._embedded_server_watch()
 
         stopping = False
 
@@ -90,28 +167,81 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
 
-        exit_code = 0
+        for child in children:
+            child.start(self.child_env)
+        self.stdout.write(
+            f"Serving on http://{options['host']}:{port}/ with "
+            f"{', '.join(child.name for child in children)}; Ctrl-C stops."
+        )
         while not stopping:
-            exited = {name: child.poll() for name, child in children.items()}
-            failed = {name: code for name, code in exited.items() if code is not None}
-            if failed:
-                for name, code in failed.items():
-                    self.stderr.write(f"{name} exited with status {code}; stopping the rest.")
-                exit_code = 1
-                break
-            time.sleep(0.2)
+            now = time.monotonic()
+            if embedded is not None:
+                self._watch_embedded_server(embedded, now)
+            for child in children:
+                self._watch_child(child, now)
+            time.sleep(POLL_INTERVAL_S)
 
-        for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for name, child in children.items():
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.stderr.write(f"{name} did not stop in time; killing it.")
-                child.kill()
-                child.wait()
-        if exit_code:
-            raise CommandError("A child process exited unexpectedly.", returncode=exit_code)
+        self._stop_children(children)
         self.stdout.write("Stopped.")
+
+    def _embedded_server_watch(self) -> EmbeddedServerWatch | None:
+        if settings.USING_EMBEDDED_DATABASE:
+            return EmbeddedServerWatch(
+                folder=Path(settings.EMBEDDED_DATABASE_DIR),
+                socket_dir=str(connection.settings_dict["HOST"]),
+            )
+        return None
+
+    def _watch_embedded_server(self, watch: EmbeddedServerWatch, now: float) -> None:
+        from ironclaw_site.embedded_db import (
+            EmbeddedRestartFailed,
+            embedded_database_restart_if_dead,
+        )
+
+        if now < watch.retry_at:
+            return
+        try:
+            restarted = embedded_database_restart_if_dead(watch.folder, watch.socket_dir)
+        except EmbeddedRestartFailed as error:
+            self.stderr.write(
+                f"embedded PostgreSQL is down and did not start ({error}); "
+                f"retrying in {watch.backoff:.1f} s"
+            )
+            watch.retry_at = now + watch.backoff
+            watch.backoff = min(watch.backoff * 2, RESTART_BACKOFF_MAX_S)
+            return
+        if restarted:
+            self.stderr.write("embedded PostgreSQL had died; it runs again.")
+        watch.backoff = RESTART_BACKOFF_INITIAL_S
+
+    def _watch_child(self, child: Supervised, now: float) -> None:
+        assert child.process is not None
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                child.restarts += 1
+                child.start(self.child_env)
+                self.stderr.write(f"{child.name} started again (restart {child.restarts}).")
+            return
+        returncode = child.process.poll()
+        if returncode is None:
+            return
+        wait = child.schedule_restart(now)
+        self.stderr.write(
+            f"{child.name} {exit_reason(returncode)} after {now - child.started_at:.1f} s; "
+            f"starting it again in {wait:.1f} s."
+        )
+
+    def _stop_children(self, children: list[Supervised]) -> None:
+        running = [child for child in children if child.process and child.process.poll() is None]
+        for child in running:
+            assert child.process is not None
+            child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in running:
+            assert child.process is not None
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.stderr.write(f"{child.name} did not stop in time; killing it.")
+                child.process.kill()
+                child.process.wait()

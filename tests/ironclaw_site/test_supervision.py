@@ -1,0 +1,206 @@
+"""`manage.py serve` heals itself: real processes killed with SIGKILL, a real database outage
+through a TCP proxy, and the embedded PostgreSQL's postmaster killed under a private data folder.
+Each test ends by checking that the echo agent still answers a new message."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+from django.db import connection
+
+from accounts.services import CreatedApiKey
+from tests.support.serve import (
+    ServeProcess,
+    call,
+    send_and_await_reply,
+    serve_process,
+    wait_until_ready,
+)
+from tests.support.servers import BASE_DIR, TcpProxy, database_url, http_request
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ECHO = {"ENGINE_MODEL": "echo", "ENGINE_ECHO_LATENCY_MS": "50"}
+
+
+def _upstream() -> str | tuple[str, int]:
+    settings_dict = connection.settings_dict
+    host, port = settings_dict["HOST"] or "localhost", int(settings_dict["PORT"] or 5432)
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+
+
+def _wait_for_new_child(
+    serve: ServeProcess, marker: str, old_pid: int, timeout: float = 30
+) -> psutil.Process:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            child = serve.child(marker)
+        except LookupError:
+            child = None
+        if child is not None and child.pid != old_pid:
+            return child
+        time.sleep(0.1)
+    raise AssertionError(f"{marker} was not started again within {timeout} s:\n{serve.output()}")
+
+
+def test_serve_restarts_a_sigkilled_turn_worker_and_the_api_stays_up(
+    make_api_key: Callable[..., CreatedApiKey],
+) -> None:
+    key = make_api_key("alice").raw_key
+    env = {"DATABASE_URL": database_url(connection.settings_dict), **ECHO}
+
+    with serve_process(env) as serve:
+        turns = serve.child("--name turns")
+        web = serve.child("serve_web")
+        killed_at = time.monotonic()
+        turns.send_signal(signal.SIGKILL)
+        health_after_kill = http_request(f"{serve.base_url}/healthz")
+        new_turns = _wait_for_new_child(serve, "--name turns", turns.pid)
+        restarted_after = time.monotonic() - killed_at
+        _, reply = send_and_await_reply(serve.base_url, key, "after the kill")
+        web_after = serve.child("serve_web")
+        still_serving = serve.process.poll() is None
+        output = serve.output()
+
+    print(f"turn worker SIGKILL: running again after {restarted_after:.1f} s")
+    assert health_after_kill.status == 200
+    assert new_turns.pid != turns.pid
+    assert restarted_after < 5
+    assert reply["content"] == "echo: after the kill"
+    assert web_after.pid == web.pid
+    assert still_serving
+    assert "turns killed by SIGKILL" in output
+
+
+def test_serve_rides_out_a_two_second_database_outage(
+    make_api_key: Callable[..., CreatedApiKey],
+) -> None:
+    key = make_api_key("alice").raw_key
+    proxy = TcpProxy(_upstream())
+    proxy.start()
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict, host="127.0.0.1", port=proxy.port),
+        "DATABASE_POOL_TIMEOUT": "2",
+        "DATABASE_CONNECT_TIMEOUT": "2",
+        **ECHO,
+    }
+    try:
+        with serve_process(env) as serve:
+            _, before = send_and_await_reply(serve.base_url, key, "before")
+            pids = {name: serve.child(name).pid for name in ("serve_web", "turns", "background")}
+
+            proxy.stop()
+            time.sleep(2)
+            proxy.start()
+            restored_at = time.monotonic()
+            ready_after = wait_until_ready(serve.base_url, timeout=30)
+            _, after = send_and_await_reply(serve.base_url, key, "after the outage")
+            answered_after = time.monotonic() - restored_at
+            pids_after = {
+                name: serve.child(name).pid for name in ("serve_web", "turns", "background")
+            }
+            still_serving = serve.process.poll() is None
+    finally:
+        proxy.stop()
+
+    print(f"2 s outage: ready {ready_after:.1f} s, answered {answered_after:.1f} s after it")
+    assert before["content"] == "echo: before"
+    assert after["content"] == "echo: after the outage"
+    assert ready_after < 15
+    assert answered_after < 20
+    # The workers reconnected in place: nothing had to exit.
+    assert pids_after == pids
+    assert still_serving
+
+
+def _manage(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def _stop_embedded_server(folder: Path) -> None:
+    pid_file = folder / "postmaster.pid"
+    if not pid_file.exists():
+        return
+    try:
+        postmaster = psutil.Process(int(pid_file.read_text().split("\n", 1)[0]))
+        postmaster.terminate()
+        postmaster.wait(timeout=30)
+    except (psutil.NoSuchProcess, ValueError):
+        pass
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("DATABASE_URL")), reason="DATABASE_URL is set: no embedded database"
+)
+def test_serve_restarts_a_sigkilled_embedded_postgres_without_losing_commits(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # Short: Unix socket paths are limited to about 100 bytes.
+    var_dir = Path(tmp_path_factory.mktemp("sv"))
+    env = {
+        **{name: value for name, value in os.environ.items() if name != "DATABASE_URL"},
+        "IRONCLAW_VAR_DIR": str(var_dir),
+        "EMBEDDED_DATABASE_DIR": str(var_dir / "pgdata"),
+        "LOG_LEVEL": "WARNING",
+        **ECHO,
+    }
+    _manage(env, "migrate", "--noinput", "-v", "0")
+    key = _manage(env, "create_api_key", "alice").strip().splitlines()[-1]
+    try:
+        with serve_process(env) as serve:
+            first, _ = send_and_await_reply(serve.base_url, key, "before the crash")
+            postmaster = psutil.Process(
+                int((var_dir / "pgdata" / "postmaster.pid").read_text().split("\n", 1)[0])
+            )
+            killed_at = time.monotonic()
+            postmaster.send_signal(signal.SIGKILL)
+            ready_after = wait_until_ready(serve.base_url, timeout=60)
+            recovered_in = time.monotonic() - killed_at
+            status, entries = call(
+                serve.base_url,
+                key,
+                "GET",
+                f"/api/v1/conversations/{first['conversation_id']}/entries?after_seq=0",
+            )
+            _, reply = send_and_await_reply(serve.base_url, key, "after the crash")
+            new_postmaster = int(
+                (var_dir / "pgdata" / "postmaster.pid").read_text().split("\n", 1)[0]
+            )
+            output = serve.output()
+    finally:
+        _stop_embedded_server(var_dir / "pgdata")
+
+    assert new_postmaster != postmaster.pid
+    assert "embedded PostgreSQL had died" in output
+    print(f"embedded postgres SIGKILL: ready again after {recovered_in:.1f} s")
+    assert ready_after < 30
+    assert recovered_in < 30
+    assert status == 200
+    conversation = [
+        (entry["sender"], entry["content"])
+        for entry in entries["results"]
+        if entry["sender"] in ("user", "agent")
+    ]
+    assert conversation == [
+        ("user", "before the crash"),
+        ("agent", "echo: before the crash"),
+    ]
+    assert reply["content"] == "echo: after the crash"
