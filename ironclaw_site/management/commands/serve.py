@@ -124,10 +124,10 @@ class EmbeddedServerWatch:
 class Command(BaseCommand):
     help = (
         "Serve the app (WEB_CONCURRENCY waitress processes) and run its workers, in the "
-        "foreground: the turn worker (queue threads, ENGINE_CONCURRENCY turns at once) and the background worker (indexing "
-        "and maintenance), so indexing never delays a turn. A child that exits or is killed is "
-        "started again with backoff, without stopping the others; with no DATABASE_URL, so is "
-        "the embedded PostgreSQL. Ctrl-C (or SIGTERM) stops all."
+        "foreground: the turn worker (queue threads, ENGINE_CONCURRENCY turns at once) and the "
+        "background worker (indexing and maintenance), so indexing never delays a turn. A child "
+        "that exits or is killed is started again with backoff, without stopping the others; "
+        "with no DATABASE_URL, so is the embedded PostgreSQL. Ctrl-C (or SIGTERM) stops all."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
