@@ -247,8 +247,8 @@ def _victim(serve: subprocess.Popen[bytes], kind: str, data_dir: Path) -> int | 
             line = " ".join(child.cmdline())
         except Exception:
             continue
-        if kind == "web" and "gunicorn" in line and child.parent().pid != serve.pid:
-            return int(child.pid)  # a gunicorn worker process (its master respawns it)
+        if kind == "web" and "serve_web" in line:
+            return int(child.pid)  # one of the web processes (the others keep the port)
         if kind in ("turns", "background") and f"--name {kind}" in line:
             return int(child.pid)
     return None
