@@ -189,8 +189,17 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50, minimum=1, maximum=1000),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "ironclaw_site.api.exceptions.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.ApiKeyRateThrottle"],
     "UNAUTHENTICATED_USER": None,
 }
+
+# Token buckets in PostgreSQL (accounts.RateLimitBucket): sustained N requests a minute with
+# bursts up to N. Per key (a service key: per key and tenant it acts for) and per tenant across
+# all its keys; 0 turns a limit off.
+RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 600, minimum=0, maximum=1_000_000)
+RATE_LIMIT_TENANT_PER_MINUTE = env_int(
+    "RATE_LIMIT_TENANT_PER_MINUTE", 1200, minimum=0, maximum=1_000_000
+)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "ironclaw_site API",
@@ -204,6 +213,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "accounts.schema.document_rate_limits",
+    ],
 }
 
 # --- Background work --------------------------------------------------------------------------
