@@ -7,6 +7,7 @@ Every variable is documented in ``.env.example`` and the README. Bad values rais
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "pgtrigger",
     "procrastinate.contrib.django",
+    "axes",
     "ironclaw_site",
     "accounts",
     "conversations",
@@ -77,6 +79,14 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out admin login into its 429 page.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes first: it refuses a locked-out login before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "ironclaw_site.urls"
@@ -218,6 +228,23 @@ SPECTACULAR_SETTINGS = {
         "accounts.schema.document_rate_limits",
     ],
 }
+
+# --- Admin login throttle (django-axes) -----------------------------------------------------
+
+# After this many failed logins for one username from one address, logins for that pair are
+# refused (429) until ADMIN_LOGIN_COOLOFF_MINUTES pass without another try. The pair, not the
+# address alone, so that nobody can lock every admin out from one address (or through a shared
+# proxy); the address is REMOTE_ADDR, never a client-supplied X-Forwarded-For.
+ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=1000)
+ADMIN_LOGIN_COOLOFF_MINUTES = env_int(
+    "ADMIN_LOGIN_COOLOFF_MINUTES", 15, minimum=1, maximum=7 * 24 * 60
+)
+AXES_FAILURE_LIMIT = ADMIN_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=ADMIN_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Failures are kept (that is the throttle); a log of every successful login is not.
+AXES_DISABLE_ACCESS_LOG = True
 
 # --- Background work --------------------------------------------------------------------------
 
@@ -387,6 +414,8 @@ LOGGING = {
         "pgserver": {"level": "WARNING"},
         "procrastinate.blueprints": {"level": "WARNING"},
         "procrastinate.periodic": {"level": "WARNING"},
+        # Its start-up banner and per-failure notes; lockouts are warnings and still show.
+        "axes": {"level": "WARNING"},
     },
 }
 
