@@ -42,3 +42,26 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+class RateLimitBucket(models.Model):
+    """A token bucket of the API rate limits, shared by every process through the database.
+
+    ``bucket`` names what it limits (``key:<id>``, ``key:<id>:<tenant>`` for a service key acting
+    for a tenant, ``tenant:<tenant>``). The bucket holds up to ``capacity`` tokens (the per-minute
+    limit) and refills at ``capacity`` per minute; each request takes one. The table is unlogged:
+    after a database crash the buckets start full again, which only forgives a burst.
+    """
+
+    bucket = models.TextField(primary_key=True)
+    capacity = models.PositiveIntegerField()
+    tokens = models.FloatField()
+    refilled_at = models.DateTimeField()
+    # Whether the latest request found a token, so the one upsert can tell its caller.
+    allowed = models.BooleanField()
+    # No index but the primary key, on purpose: every request rewrites refilled_at, and an index
+    # on it would turn each of those updates from a HOT update into an index write. The purge
+    # scans the table (one row per active key and tenant) every few minutes instead.
+
+    def __str__(self) -> str:
+        return f"{self.bucket}: {self.tokens:.1f}/{self.capacity}"

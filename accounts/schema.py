@@ -18,3 +18,23 @@ class BearerKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "description": "An API key from `manage.py create_api_key`. Service keys also send "
             "`X-User-Id: <tenant>` on every request.",
         }
+
+
+def document_rate_limits(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular post-processing hook: every keyed operation may answer 429."""
+    too_many = {
+        "description": "rate_limited: over RATE_LIMIT_PER_MINUTE for the key or "
+        "RATE_LIMIT_TENANT_PER_MINUTE for the tenant.",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until the limit lets a request through again.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            if any("bearerKey" in scheme for scheme in operation.get("security", [])):
+                operation.setdefault("responses", {})["429"] = too_many
+    return result

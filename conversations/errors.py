@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from ironclaw_site.errors import Conflict, NotFound, PayloadTooLarge
+from ironclaw_site.errors import Busy, Conflict, NotFound, PayloadTooLarge
 
 
-class ConversationBusy(Conflict):
+class ConversationBusy(Busy):
     code = "conversation_busy"
     default_message = "The conversation is busy (its lock was not granted in time); retry shortly."
 
 
-class ThreadBusy(Conflict):
+class ThreadBusy(Busy):
     code = "thread_busy"
     default_message = "The thread is busy (its row lock was not granted in time); retry shortly."
 

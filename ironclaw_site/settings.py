@@ -7,6 +7,7 @@ Every variable is documented in ``.env.example`` and the README. Bad values rais
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "pgtrigger",
     "procrastinate.contrib.django",
+    "axes",
     "ironclaw_site",
     "accounts",
     "conversations",
@@ -78,6 +80,14 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out admin login into its 429 page.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes first: it refuses a locked-out login before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "ironclaw_site.urls"
@@ -197,8 +207,17 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50, minimum=1, maximum=1000),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "ironclaw_site.api.exceptions.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.ApiKeyRateThrottle"],
     "UNAUTHENTICATED_USER": None,
 }
+
+# Token buckets in PostgreSQL (accounts.RateLimitBucket): sustained N requests a minute with
+# bursts up to N. Per key (a service key: per key and tenant it acts for) and per tenant across
+# all its keys; 0 turns a limit off.
+RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 600, minimum=0, maximum=1_000_000)
+RATE_LIMIT_TENANT_PER_MINUTE = env_int(
+    "RATE_LIMIT_TENANT_PER_MINUTE", 1200, minimum=0, maximum=1_000_000
+)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "ironclaw_site API",
@@ -212,7 +231,28 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "accounts.schema.document_rate_limits",
+    ],
 }
+
+# --- Admin login throttle (django-axes) -----------------------------------------------------
+
+# After this many failed logins for one username from one address, logins for that pair are
+# refused (429) until ADMIN_LOGIN_COOLOFF_MINUTES pass without another try. The pair, not the
+# address alone, so that nobody can lock every admin out from one address (or through a shared
+# proxy); the address is REMOTE_ADDR, never a client-supplied X-Forwarded-For.
+ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=1000)
+ADMIN_LOGIN_COOLOFF_MINUTES = env_int(
+    "ADMIN_LOGIN_COOLOFF_MINUTES", 15, minimum=1, maximum=7 * 24 * 60
+)
+AXES_FAILURE_LIMIT = ADMIN_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=ADMIN_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Failures are kept (that is the throttle); a log of every successful login is not.
+AXES_DISABLE_ACCESS_LOG = True
 
 # --- Background work --------------------------------------------------------------------------
 
@@ -395,6 +435,8 @@ LOGGING = {
         "pgserver": {"level": "WARNING"},
         "procrastinate.blueprints": {"level": "WARNING"},
         "procrastinate.periodic": {"level": "WARNING"},
+        # Its start-up banner and per-failure notes; lockouts are warnings and still show.
+        "axes": {"level": "WARNING"},
     },
 }
 

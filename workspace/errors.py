@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ironclaw_site.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from ironclaw_site.errors import Busy, InvalidInput, NotFound, PayloadTooLarge
 
 
 class InvalidPath(InvalidInput):
@@ -43,6 +43,6 @@ class InvalidContent(InvalidInput):
     default_message = "The content cannot be stored."
 
 
-class DocumentBusy(Conflict):
+class DocumentBusy(Busy):
     code = "document_busy"
     default_message = "The document is being changed by another request; retry shortly."

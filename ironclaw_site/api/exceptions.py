@@ -46,8 +46,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         application = Response(
             error_body(exc.code, exc.message, exc.details), status=exc.status_code
         )
-        if isinstance(exc, ServiceUnavailable):
-            application["Retry-After"] = RETRY_AFTER_SECONDS
+        if exc.retry_after is not None:
+            application["Retry-After"] = str(exc.retry_after)
         return application
 
     if isinstance(exc, OperationalError | InterfaceError):

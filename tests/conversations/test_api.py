@@ -152,7 +152,8 @@ def test_list_conversations_query_count_does_not_grow_with_rows(
 ) -> None:
     ConversationFactory.create_batch(3, user_id="alice")
     alice.get("/api/v1/conversations")  # warm the key lookup path
-    with django_assert_num_queries(2) as few:  # the API key lookup + one page query
+    # The API key lookup, the rate limit and one page query.
+    with django_assert_num_queries(3) as few:
         alice.get("/api/v1/conversations")
     ConversationFactory.create_batch(30, user_id="alice")
 
@@ -168,10 +169,10 @@ def test_entries_query_count_does_not_grow_with_rows(
     for n in range(30):
         _send(alice, f"more {n}")
 
-    # The API key lookup, the tenant check and one page query.
-    with django_assert_max_num_queries(3):
+    # The API key lookup, the rate limit, the tenant check and one page query.
+    with django_assert_max_num_queries(4):
         page = alice.get(url, {"limit": 25}).json()
-    with django_assert_max_num_queries(3):
+    with django_assert_max_num_queries(4):
         alice.get(page["next"])
 
     assert len(page["results"]) == 25

@@ -120,6 +120,7 @@ def test_lock_timeout_is_conversation_busy_and_writes_nothing(
     assert 0.15 < waited < 1.0
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "conversation_busy"
+    assert response["Retry-After"] == "1"
     assert not ConversationEntry.objects.filter(content="blocked").exists()
     assert Conversation.objects.get(pk=a.conversation_id).last_seq == 2
 
