@@ -10,15 +10,28 @@ import logging
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 from django.utils.module_loading import import_string
+from procrastinate import RetryStrategy
 from procrastinate.contrib.django import app
 
+from conversations.errors import ThreadBusy
 from conversations.services import RUN_THREAD_QUEUE, RUN_THREAD_TASK, thread_leases_sweep
 
 logger = logging.getLogger(__name__)
 
 
-@app.task(name=RUN_THREAD_TASK, queue=RUN_THREAD_QUEUE)
+# A run that fails on the database (an outage, a restart) or on a thread row that stays locked
+# is run again with backoff (2, 4, 8 ... 256 s): without it, a thread spawned just before an
+# outage would stay `created` with no job to run it (the lease sweeper only sees running threads).
+# Running it again is harmless: the claim is a compare-and-set and the runner resumes from its
+# checkpoint.
+RUN_THREAD_RETRY = RetryStrategy(
+    max_attempts=8, exponential_wait=2, retry_exceptions=[DatabaseError, ThreadBusy]
+)
+
+
+@app.task(name=RUN_THREAD_TASK, queue=RUN_THREAD_QUEUE, retry=RUN_THREAD_RETRY)
 def run_thread(thread_id: str) -> None:
     try:
         runner = import_string(settings.THREAD_RUNNER)

@@ -135,8 +135,8 @@ class Turn:
                 return False
             except ThreadBusy:
                 time.sleep(0.2 * (attempt + 1))
-        logger.warning("thread %s stayed busy; leaving it to the lease sweeper", self.thread.id)
-        return False
+        # Failing the job lets its retry strategy run it again later.
+        raise ThreadBusy()
 
     def _heartbeat(self) -> None:
         # Renews the lease while a step runs; it is also how the turn learns of an interrupt.

@@ -4,6 +4,7 @@ import contextlib
 import datetime
 
 import pytest
+from django.db import OperationalError, connection
 from django.test import override_settings
 from django.utils import timezone
 from procrastinate.contrib.django import app
@@ -90,3 +91,26 @@ def test_sweeper_is_registered_to_run_every_minute() -> None:
     ]
 
     assert [task.cron for task in periodic] == ["* * * * *"]
+
+
+def fail_with_a_database_error(*, thread_id: str) -> None:
+    raise OperationalError("the database went away")
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(THREAD_RUNNER="tests.conversations.test_tasks.fail_with_a_database_error")
+def test_a_run_failing_on_the_database_is_retried_later_not_dropped() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+
+    run_worker_until_empty("threads")
+
+    # Without a retry the job would be "failed" and the thread left created with nothing to
+    # run it; with one it waits (todo, scheduled in the future) for its next attempt.
+    assert run_jobs_for(sent.thread_id) == ["todo"]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attempts, scheduled_at > now() FROM procrastinate_jobs"
+            " WHERE args->>'thread_id' = %s",
+            [str(sent.thread_id)],
+        )
+        assert cursor.fetchone() == (1, True)
