@@ -16,11 +16,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 from django.conf import settings
@@ -88,6 +89,28 @@ def _stop(process: subprocess.Popen[str]) -> None:
         process.stdout.close()
 
 
+class _OutputTail:
+    """Reads a child's output as it comes and keeps its last lines.
+
+    Nobody else reads the pipe: a server that logs more than the pipe holds (64 KiB, a few
+    hundred 4xx warnings) would block on its next write and stop answering.
+    """
+
+    def __init__(self, stream: IO[str], *, lines: int = 2000):
+        self._lines: deque[str] = deque(maxlen=lines)
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        with suppress(OSError, ValueError):
+            for line in stream:
+                self._lines.append(line)
+
+    def text(self, *, wait: float = 0) -> str:
+        self._thread.join(wait)
+        return "".join(self._lines)
+
+
 @contextmanager
 def app_server(env: Mapping[str, str], *, threads: int = 4) -> Iterator[str]:
     """Run the app under gunicorn (one worker) with ``env`` on a free port; yield its base URL."""
@@ -116,12 +139,14 @@ def app_server(env: Mapping[str, str], *, threads: int = 4) -> Iterator[str]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    assert process.stdout is not None
+    output_tail = _OutputTail(process.stdout)
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
-                output = process.stdout.read() if process.stdout else ""
+                output = output_tail.text(wait=5)
                 raise RuntimeError(f"app server exited with {process.returncode}:\n{output}")
             try:
                 if http_request(f"{base_url}/healthz", timeout=2).status == 200:
