@@ -233,6 +233,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
+        "ironclaw_site.api.schema.add_common_error_responses",
         "accounts.schema.document_rate_limits",
     ],
 }

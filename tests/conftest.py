@@ -1,11 +1,25 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
+from hypothesis import HealthCheck, settings
 from rest_framework.test import APIClient
 
 from accounts.services import CreatedApiKey, api_key_create
+
+# Property tests: modest in the suite (a run stays quick), thorough with HYPOTHESIS_PROFILE=long.
+# No example database: nothing is written into the checkout, and a failure prints the example.
+settings.register_profile(
+    "suite",
+    max_examples=60,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile("long", parent=settings.get_profile("suite"), max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 @pytest.fixture

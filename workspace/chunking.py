@@ -37,11 +37,14 @@ class ChunkingConfig:
 
 
 def chunk_text(text: str, config: ChunkingConfig | None = None) -> list[str]:
-    return [
+    # A short text is kept verbatim, so a cut at the character cap can fall in a run of
+    # whitespace (32,000 blank lines before a word): such a slice is no chunk.
+    slices = (
         piece[start : start + MAX_CHUNK_CHARACTERS]
         for piece in _word_windows(text, config or ChunkingConfig.from_settings())
         for start in range(0, len(piece), MAX_CHUNK_CHARACTERS)
-    ]
+    )
+    return [piece for piece in slices if not piece.isspace()]
 
 
 def _word_windows(text: str, config: ChunkingConfig) -> list[str]:

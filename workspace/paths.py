@@ -36,19 +36,31 @@ def _problem(raw: str) -> str | None:
         return "must not contain control characters"
     if any(0xD800 <= ord(char) <= 0xDFFF for char in raw):
         return "must be valid Unicode"
-    stripped = raw.strip()
-    if stripped.startswith("~"):
+    return None
+
+
+def _shape_problem(path: str) -> str | None:
+    # Checked on the normalised path: "/~x" and "/C:/x" normalise to "~x" and "C:/x".
+    if path.startswith("~"):
         return "looks like a home-directory path (~); workspace paths are relative names"
-    if _DRIVE_LETTER.match(stripped):
+    if _DRIVE_LETTER.match(path):
         return "looks like a drive-letter path; workspace paths are relative names"
     return None
 
 
 def _normalise(raw: str) -> str:
-    return _SLASHES.sub("/", raw.strip()).strip("/")
+    # Whitespace and slashes are stripped until neither is left at either end, so that
+    # normalising twice changes nothing: "/notes /" is "notes", like "notes ".
+    path = _SLASHES.sub("/", raw)
+    while path != (stripped := path.strip().strip("/")):
+        path = stripped
+    return path
 
 
-def _check_segments(path: str) -> None:
+def _check_shape(path: str) -> None:
+    problem = _shape_problem(path)
+    if problem:
+        raise InvalidPath(f"Invalid path: {problem}.", details={"path": [problem]})
     for segment in path.split("/"):
         if segment in {".", ".."}:
             raise InvalidPath(
@@ -70,7 +82,7 @@ def normalise_path(raw: str) -> str:
     path = _normalise(raw)
     if not path:
         raise InvalidPath("The path is empty.", details={"path": ["must not be empty"]})
-    _check_segments(path)
+    _check_shape(path)
     return path
 
 
@@ -81,7 +93,7 @@ def normalise_directory(raw: str) -> str:
         raise InvalidPath(f"Invalid path: {problem}.", details={"path": [problem]})
     path = _normalise(raw)
     if path:
-        _check_segments(path)
+        _check_shape(path)
     return path
 
 

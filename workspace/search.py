@@ -120,6 +120,9 @@ def _fuse(
             vector_rank=vector_rank.get(chunk_id),
         )
         for chunk_id, score in raw.items()
+        # A leg weighted 0 (SEARCH_FTS_WEIGHT=0, say) counts for nothing: a chunk only it found
+        # scores 0 and is no hit, where it used to come last with a score of 0.
+        if score > 0
     ]
     if min_score > 0:
         hits = [hit for hit in hits if hit.score >= min_score]

@@ -60,6 +60,37 @@ def test_openapi_schema_documents_the_api(client: Client) -> None:
     assert not any(path.startswith("/api/{") for path in schema["paths"])
 
 
+def test_openapi_schema_documents_the_errors_every_operation_can_answer(client: Client) -> None:
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+
+    operations = [
+        (f"{method.upper()} {path}", operation)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+    ]
+    assert operations
+    for name, operation in operations:
+        assert {"400", "401", "403", "503"} <= set(operation["responses"]), name
+        if "requestBody" in operation:
+            assert "413" in operation["responses"], name
+    entries = schema["paths"]["/api/v1/conversations/{conversation_id}/entries"]["get"]
+    assert entries["responses"]["400"]["description"].startswith("after_seq or cursor")
+
+
+def test_api_without_a_key_is_a_401_in_the_documented_error_shape(
+    client: Client, api_client: APIClient
+) -> None:
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+
+    response = api_client.post(
+        "/api/v1/messages", {"channel": "web", "content": "hi"}, format="json"
+    )
+
+    assert response.status_code == 401
+    assert "401" in schema["paths"]["/api/v1/messages"]["post"]["responses"]
+    assert set(response.json()["error"]) == {"code", "message", "details"}
+
+
 def test_docs_ui_loads_its_assets_from_this_server(client: Client) -> None:
     response = client.get("/api/docs/")
 

@@ -17,11 +17,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 from django.conf import settings
@@ -89,6 +90,28 @@ def _stop(process: subprocess.Popen[str]) -> None:
         process.stdout.close()
 
 
+class _OutputTail:
+    """Reads a child's output as it comes and keeps its last lines.
+
+    Nobody else reads the pipe: a server that logs more than the pipe holds (64 KiB, a few
+    hundred 4xx warnings) would block on its next write and stop answering.
+    """
+
+    def __init__(self, stream: IO[str], *, lines: int = 2000):
+        self._lines: deque[str] = deque(maxlen=lines)
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        with suppress(OSError, ValueError):
+            for line in stream:
+                self._lines.append(line)
+
+    def text(self, *, wait: float = 0) -> str:
+        self._thread.join(wait)
+        return "".join(self._lines)
+
+
 @contextmanager
 def app_server(
     env: Mapping[str, str], *, threads: int = 4, log_file: Path | None = None
@@ -116,13 +139,15 @@ def app_server(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    # Without a log file, the output is read as it comes (see _OutputTail).
+    output_tail = _OutputTail(process.stdout) if process.stdout else None
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
-                if process.stdout:
-                    output = process.stdout.read()
+                if output_tail is not None:
+                    output = output_tail.text(wait=5)
                 else:
                     output = log_file.read_text() if log_file else ""
                 raise RuntimeError(f"app server exited with {process.returncode}:\n{output}")

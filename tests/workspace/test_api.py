@@ -238,6 +238,20 @@ def test_versions_list_detail_and_restore(alice: APIClient) -> None:
     assert unknown.json()["error"]["code"] == "version_not_found"
 
 
+def test_restore_of_a_version_that_is_not_a_number_is_the_documented_405(
+    alice: APIClient, client: Client
+) -> None:
+    alice.put(f"{DOCS}/a.md", {"content": "v1"}, format="json")
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+
+    response = alice.post(f"{DOCS}/a.md/versions/first/restore")
+
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    restore = schema["paths"]["/api/v1/workspace/documents/{path}/versions/{version}/restore"]
+    assert "405" in restore["post"]["responses"]
+
+
 def test_a_document_named_like_an_action_stays_readable(alice: APIClient) -> None:
     alice.put(f"{DOCS}/notes/append", {"content": "not an action"}, format="json")
 

@@ -42,6 +42,7 @@ TAGS = ["workspace"]
 ERROR_DESCRIPTIONS = {
     400: "Invalid path, body or parameter; `details` names the field.",
     404: "No such document (or version) in the caller's workspace.",
+    405: "The version is not a number: the URL then names a document, which takes no POST.",
     409: "Another write held the document longer than WORKSPACE_LOCK_TIMEOUT_MS.",
     413: "The document (or request) is larger than WORKSPACE_MAX_DOCUMENT_BYTES allows.",
 }
@@ -282,7 +283,7 @@ class DocumentRestoreView(DocumentActionView):
         operation_id="workspace_document_restore",
         parameters=[PATH_PARAMETER, VERSION_PARAMETER],
         request=None,
-        responses={200: DocumentSerializer, **_errors(400, 404, 409, 413)},
+        responses={200: DocumentSerializer, **_errors(400, 404, 405, 409, 413)},
         description="Write version n back as the current content (the current content becomes "
         "a new version).",
     )
