@@ -44,10 +44,15 @@ def message_handle(
             conversation = conversation_lock_by_channel(user_id, key)
             if conversation is None:
                 # A conversation we insert is invisible to others until we commit: no lock
-                # needed. If another transaction created it first, lock that one.
-                conversation = conversation_create(user_id, key) or conversation_lock_by_channel(
-                    user_id, key
-                )
+                # needed, and it has no thread or message yet. If another transaction created
+                # it first, lock that one.
+                created = conversation_create(user_id, key)
+                if created is not None:
+                    writer = EntryWriter(created)
+                    thread, entry = thread_spawn(created, writer, new_message=content, carried=[])
+                    writer.flush()
+                    return MessageResult(created.id, thread.id, "spawned", entry.seq)
+                conversation = conversation_lock_by_channel(user_id, key)
             if conversation is None:  # created, then deleted before we could lock it
                 raise ConversationBusy()
             return _message_apply(conversation, content)
