@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import psycopg.errors
 from django.db import IntegrityError, OperationalError, connection, models, transaction
@@ -87,7 +87,7 @@ class _FirstStatementBound:
 def update_returning(queryset: models.QuerySet[_Row], **values: Any) -> list[_Row]:
     """``queryset.update(**values)`` returning the updated rows (``UPDATE ... RETURNING``), so a
     compare-and-set and the read of what it wrote are one statement."""
-    query = queryset.query.chain(UpdateQuery)
+    query = cast(UpdateQuery, queryset.query.chain(UpdateQuery))
     query.add_update_values(values)
     query.clear_select_clause()
     compiler = query.get_compiler(queryset.db)

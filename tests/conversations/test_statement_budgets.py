@@ -4,6 +4,8 @@ its BEGIN and COMMIT count as SAVEPOINT and RELEASE."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from pytest_django import DjangoAssertNumQueries
 
@@ -19,7 +21,7 @@ from conversations.services import (
 pytestmark = pytest.mark.django_db
 
 
-def _finished(thread_id: object) -> None:
+def _finished(thread_id: uuid.UUID) -> None:
     thread_claim(user_id="alice", thread_id=thread_id, worker_id="w1")
     thread_outcome_record(
         user_id="alice", thread_id=thread_id, worker_id="w1", outcome=ThreadOutcome("completed")
