@@ -18,7 +18,9 @@ def _lock_timeout() -> str:
 
 def test_the_bound_is_set_by_a_first_statement_that_matches_no_row() -> None:
     with bounded_transaction(lock_timeout_ms=1234, busy=Conflict, bound_by_first_statement=True):
-        found = list(Conversation.objects.for_update().filter(lock_timeout_bound(1234), pk=None))
+        found = list(
+            Conversation.objects.for_update().filter(lock_timeout_bound(1234), user_id="nobody")
+        )
 
         assert found == []
         assert _lock_timeout() == "1234ms"
