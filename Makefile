@@ -33,7 +33,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The benchmarks' extra packages (matplotlib) stay out of `make test` and `make run`.
+# The benchmarks' extra packages (matplotlib, the LangGraph peer) stay out of `make test` and `make run`.
 $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	@touch $(BENCH_STAMP)

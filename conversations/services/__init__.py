@@ -7,14 +7,16 @@
   ``thread_suspend``, ``thread_outcome_record``, ``thread_leases_sweep``.
 Reads are in ``conversations.selectors`` (``conversation_list``, ``conversation_get``, ...).
 
-Locking policy (parents before children, one short transaction per call, nothing slow inside):
+Locking policy (parents before children, one short transaction per call, nothing slow inside;
+claim and heartbeat are one statement, their own transaction):
 1. the conversation row, ``FOR NO KEY UPDATE`` (plain ``FOR UPDATE`` would also block the
    foreign-key ``KEY SHARE`` locks that inserting entries and threads takes);
 2. then thread rows, ``FOR NO KEY UPDATE``;
 3. then entry rows (updated or deleted).
 Thread-only operations (claim, heartbeat, inbox, sweeper) start at step 2 and never wait for a
 conversation, so no cycle exists. Every wait is bounded by ``SET LOCAL lock_timeout`` from
-``CONVERSATION_LOCK_TIMEOUT_MS``; exceeding it is ``ConversationBusy`` (``ThreadBusy`` for
+``CONVERSATION_LOCK_TIMEOUT_MS``, set inside the first statement that can wait (hot paths) or
+by its own statement; exceeding it is ``ConversationBusy`` (``ThreadBusy`` for
 claim, heartbeat and inbox, which wait only for the thread row), HTTP 409.
 """
 

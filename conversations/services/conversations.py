@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from django.db import IntegrityError, transaction
+from django.db import connection
 from django.utils import timezone
 
 from conversations import selectors
@@ -20,8 +20,50 @@ from conversations.models import (
 from conversations.services.results import ClearResult
 from conversations.services.transactions import locked_transaction, thread_lock
 from conversations.services.validation import channel_key, check_user_id
-from ironclaw_site.db import violated_constraint
 from ironclaw_site.errors import InvalidInput
+
+# The pair's index row and its conversation, or nothing if another transaction holds the pair:
+# ON CONFLICT DO NOTHING (no savepoint) and the conversation inserted only with the index row, so
+# a lost race leaves no orphan conversation. The foreign key is checked at commit (deferred).
+_CREATE_SQL = f"""
+WITH pair AS (
+    INSERT INTO {ChannelUserIndex._meta.db_table}
+        (id, user_id, channel, conversation_id, updated_at)
+    VALUES (%(index_id)s, %(user_id)s, %(channel)s, %(conversation_id)s, %(now)s)
+    ON CONFLICT (user_id, channel) DO NOTHING
+    RETURNING conversation_id
+)
+INSERT INTO {Conversation._meta.db_table}
+    (id, user_id, channel, metadata, busy_policy, last_seq, created_at, updated_at)
+SELECT conversation_id, %(user_id)s, %(channel)s, '{{}}', NULL, 0, %(now)s, %(now)s FROM pair
+"""
+
+
+def conversation_create(user_id: str, key: str) -> Conversation | None:
+    """The (user, channel) pair's first conversation, in one statement; None if another
+    transaction created it first (its row is visible once this returns)."""
+    now = timezone.now()
+    conversation = Conversation(
+        user_id=user_id, channel=key, metadata={}, last_seq=0, created_at=now, updated_at=now
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CREATE_SQL,
+            {
+                "index_id": uuid.uuid4(),
+                "user_id": user_id,
+                "channel": key,
+                "conversation_id": conversation.id,
+                "now": now,
+            },
+        )
+        created = cursor.rowcount == 1
+    if not created:
+        # Our insert waited on the index until the winner committed, so its row is visible now.
+        return None
+    conversation._state.adding = False
+    conversation._state.db = connection.alias
+    return conversation
 
 
 def conversation_resolve(user_id: str, key: str) -> uuid.UUID:
@@ -32,17 +74,9 @@ def conversation_resolve(user_id: str, key: str) -> uuid.UUID:
     )
     if found is not None:
         return found
-    try:
-        # Savepoint: if another transaction wins the unique (user_id, channel) index, our
-        # conversation row is rolled back with our index row, so no orphan is left behind.
-        with transaction.atomic():
-            conversation = Conversation.objects.create(user_id=user_id, channel=key)
-            ChannelUserIndex.objects.create(user_id=user_id, channel=key, conversation=conversation)
-        return conversation.id
-    except IntegrityError as error:
-        if violated_constraint(error) != "channel_user_index_unique_pair":
-            raise
-    # Our insert waited on the index until the winner committed, so its row is visible now.
+    created = conversation_create(user_id, key)
+    if created is not None:
+        return created.id
     return ChannelUserIndex.objects.values_list("conversation_id", flat=True).get(
         user_id=user_id, channel=key
     )

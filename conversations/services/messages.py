@@ -14,11 +14,11 @@ from conversations.models import (
     ThreadKind,
     ThreadState,
 )
-from conversations.services.conversations import conversation_resolve, thread_cancel
+from conversations.services.conversations import conversation_create, thread_cancel
 from conversations.services.results import MessageResult
 from conversations.services.transactions import (
     EntryWriter,
-    conversation_lock,
+    conversation_lock_by_channel,
     locked_transaction,
     thread_lock,
     thread_run_enqueue,
@@ -40,8 +40,21 @@ def message_handle(
     key = channel_key(channel, scope)
     check_content(content)
     try:
-        with locked_transaction():
-            conversation = conversation_lock(conversation_resolve(user_id, key))
+        with locked_transaction(bound_by_first_statement=True):
+            conversation = conversation_lock_by_channel(user_id, key)
+            if conversation is None:
+                # A conversation we insert is invisible to others until we commit: no lock
+                # needed, and it has no thread or message yet. If another transaction created
+                # it first, lock that one.
+                created = conversation_create(user_id, key)
+                if created is not None:
+                    writer = EntryWriter(created)
+                    thread, entry = thread_spawn(created, writer, new_message=content, carried=[])
+                    writer.flush()
+                    return MessageResult(created.id, thread.id, "spawned", entry.seq)
+                conversation = conversation_lock_by_channel(user_id, key)
+            if conversation is None:  # created, then deleted before we could lock it
+                raise ConversationBusy()
             return _message_apply(conversation, content)
     except IntegrityError as error:
         # The one-tracked-foreground-thread index refused a second thread: only reachable if a
@@ -118,10 +131,7 @@ def thread_spawn(
     earlier = (
         carried if carried is not None else list(conversation.entries.queued().order_by("seq"))
     )
-    if earlier:
-        ConversationEntry.objects.filter(pk__in=[entry.pk for entry in earlier]).update(
-            delivered_at=now
-        )
+    writer.deliver(earlier)
     thread = Thread(
         user_id=conversation.user_id,
         conversation=conversation,
@@ -136,5 +146,5 @@ def thread_spawn(
     thread.metadata = {"goal_entry_seqs": [entry.seq for entry in goal]}
     thread.save(force_insert=True)
     writer.add(EntrySender.SYSTEM, "Thread started", thread=thread)
-    thread_run_enqueue(thread.id)
+    thread_run_enqueue(thread.id, new_thread=True)
     return thread, goal[-1]

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Subquery
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
@@ -22,6 +22,7 @@ from conversations.errors import (
 )
 from conversations.models import (
     MAX_MODEL_CALLS_KEPT,
+    Conversation,
     ConversationEntry,
     EntrySender,
     Thread,
@@ -38,6 +39,7 @@ from conversations.services.results import (
 )
 from conversations.services.transactions import (
     EntryWriter,
+    lock_bound,
     locked_transaction,
     thread_lock_with_conversation,
     thread_run_enqueue,
@@ -48,6 +50,7 @@ from conversations.services.validation import (
     check_worker_id,
     lease_duration,
 )
+from ironclaw_site.db import lock_waits_bounded, update_returning
 
 _OUTCOME_STATE = {
     "completed": ThreadState.COMPLETED,
@@ -87,20 +90,25 @@ def thread_claim(
         | Q(state=ThreadState.RUNNING, lease_expires_at__lt=Now())
         | Q(state=ThreadState.RUNNING, lease_owner=worker_id)
     )
-    with locked_transaction(busy=ThreadBusy):
-        claimed = Thread.objects.filter(
-            claimable, pk=thread_id, user_id=user_id, cancel_requested=False
-        ).update(**_lease_taken(worker_id, duration))
-    thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
-    if not claimed:
-        raise ThreadNotClaimable(
-            f"The thread is {thread.state}"
-            + (", cancelled" if thread.cancel_requested else "")
-            + (f", leased by {thread.lease_owner!r}" if thread.lease_owner else "")
-            + "; it cannot be claimed.",
-            details={"state": thread.state, "cancel_requested": thread.cancel_requested},
+    # One statement, no transaction block: the compare-and-set returns the row it wrote, and the
+    # lock timeout it sets lasts for the statement's own transaction.
+    with lock_waits_bounded(busy=ThreadBusy):
+        claimed = update_returning(
+            Thread.objects.filter(
+                lock_bound(), claimable, pk=thread_id, user_id=user_id, cancel_requested=False
+            ),
+            **_lease_taken(worker_id, duration),
         )
-    return thread
+    if claimed:
+        return claimed[0]
+    thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
+    raise ThreadNotClaimable(
+        f"The thread is {thread.state}"
+        + (", cancelled" if thread.cancel_requested else "")
+        + (f", leased by {thread.lease_owner!r}" if thread.lease_owner else "")
+        + "; it cannot be claimed.",
+        details={"state": thread.state, "cancel_requested": thread.cancel_requested},
+    )
 
 
 def thread_lease_renew(
@@ -120,20 +128,26 @@ def thread_lease_renew(
         check_usage(usage)
     # Owner and state are the whole check: the sweeper and other claimers change both, so a
     # match means nobody took the thread over, even if the lease lapsed a moment ago.
-    # In a lock-timeout transaction like claim: the UPDATE waits for the thread row while an
-    # outcome, inbox take or interrupt holds it, and that wait must be bounded too.
-    with locked_transaction(busy=ThreadBusy):
-        renewed = Thread.objects.filter(
-            pk=thread_id, user_id=user_id, state=ThreadState.RUNNING, lease_owner=worker_id
-        ).update(
+    # Bounded like claim (one statement that sets its own lock timeout): the UPDATE waits for the
+    # thread row while an outcome, inbox take or interrupt holds it, and that wait must be
+    # bounded too.
+    with lock_waits_bounded(busy=ThreadBusy):
+        renewed = update_returning(
+            Thread.objects.filter(
+                lock_bound(),
+                pk=thread_id,
+                user_id=user_id,
+                state=ThreadState.RUNNING,
+                lease_owner=worker_id,
+            ),
             lease_expires_at=Now() + duration,
             updated_at=Now(),
             **(_usage_increments(usage) if usage is not None else {}),
         )
+    if renewed:
+        return renewed[0]
     thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
-    if not renewed:
-        raise LeaseNotHeld(details={"state": thread.state})
-    return thread
+    raise LeaseNotHeld(details={"state": thread.state})
 
 
 def thread_inbox_take(
@@ -153,15 +167,12 @@ def thread_inbox_take(
 
 def _inbox_take_locked(thread: Thread) -> list[ConversationEntry]:
     """Mark the locked thread's undelivered user messages delivered and return them."""
-    entries = list(ConversationEntry.objects.for_update().undelivered_for(thread).order_by("seq"))
-    if entries:
-        now = timezone.now()
-        ConversationEntry.objects.filter(pk__in=[entry.pk for entry in entries]).update(
-            delivered_at=now
-        )
-        for entry in entries:
-            entry.delivered_at = now
-    return entries
+    # One UPDATE ... RETURNING: it locks each entry it marks, and a racing take that waited for
+    # one re-checks "undelivered" and skips it, so no message is returned twice.
+    entries = update_returning(
+        ConversationEntry.objects.undelivered_for(thread), delivered_at=timezone.now()
+    )
+    return sorted(entries, key=lambda entry: entry.seq)
 
 
 def thread_claim_next(
@@ -177,27 +188,32 @@ def thread_claim_next(
     check_worker_id(worker_id)
     duration = lease_duration(lease_seconds)
     tenant = Q(user_id=user_id) if user_id is not None else Q()
-    with locked_transaction(busy=ThreadBusy):
+    with locked_transaction(busy=ThreadBusy, bound_by_first_statement=True):
         candidates = Thread.objects.for_update(skip_locked=True).filter(
             tenant, cancel_requested=False
         )
-        # Two queries, not one OR: the first is served by the partial index on created threads.
-        thread = candidates.filter(state=ThreadState.CREATED).order_by("created_at").first()
-        if thread is None:
-            thread = (
-                candidates.filter(
-                    state__in=[ThreadState.WAITING, ThreadState.SUSPENDED],
-                    entries__sender=EntrySender.USER,
-                    entries__delivered_at__isnull=True,
-                )
-                .order_by("created_at")
-                .first()
+        # Two statements at most, not one OR: the first is served by the partial index on created
+        # threads. Each picks, locks and claims its thread at once (UPDATE ... WHERE pk = the
+        # locked candidate ... RETURNING).
+        waiting_for_engine = [
+            candidates.filter(state=ThreadState.CREATED),
+            candidates.filter(
+                state__in=[ThreadState.WAITING, ThreadState.SUSPENDED],
+                entries__sender=EntrySender.USER,
+                entries__delivered_at__isnull=True,
+            ),
+        ]
+        for oldest in waiting_for_engine:
+            claimed = update_returning(
+                Thread.objects.filter(
+                    lock_bound(),
+                    pk=Subquery(oldest.order_by("created_at").values("pk")[:1]),
+                ),
+                **_lease_taken(worker_id, duration),
             )
-        if thread is None:
-            return None
-        Thread.objects.filter(pk=thread.pk).update(**_lease_taken(worker_id, duration))
-        thread.refresh_from_db()
-        return ClaimedThread(thread=thread, inbox=_inbox_take_locked(thread))
+            if claimed:
+                return ClaimedThread(thread=claimed[0], inbox=_inbox_take_locked(claimed[0]))
+        return None
 
 
 def _usage_increments(usage: ThreadUsage) -> dict[str, Any]:
@@ -231,7 +247,7 @@ def thread_suspend(*, user_id: str, thread_id: uuid.UUID, worker_id: str) -> Thr
     parked thread) or sees the thread suspended and resumes it.
     """
     check_worker_id(worker_id)
-    with locked_transaction():
+    with locked_transaction(bound_by_first_statement=True):
         _, thread = thread_lock_with_conversation(user_id, thread_id)
         if thread.state != ThreadState.RUNNING or thread.lease_owner != worker_id:
             raise LeaseNotHeld(details={"state": thread.state})
@@ -276,7 +292,7 @@ def thread_outcome_record(
     check_outcome(outcome)
     if usage is not None:
         check_usage(usage)
-    with locked_transaction():
+    with locked_transaction(bound_by_first_statement=True):
         conversation, thread = thread_lock_with_conversation(user_id, thread_id)
         _check_outcome_allowed(thread, outcome, worker_id)
         if usage is not None:
@@ -311,18 +327,34 @@ def thread_outcome_record(
             writer.add(text[0], text[1], thread=thread)
 
         follow_up = None
-        undelivered = list(ConversationEntry.objects.undelivered_for(thread).order_by("seq"))
+        spawns = was_tracked and thread.kind == ThreadKind.FOREGROUND
+        undelivered, queued = _unread_messages(
+            thread, conversation if outcome.kind != "gate_paused" and spawns else None
+        )
         if outcome.kind == "gate_paused":
             if undelivered:
                 # Messages wait in the paused thread's inbox; a run must pick them up.
                 thread_run_enqueue(thread.id)
-        elif was_tracked and thread.kind == ThreadKind.FOREGROUND:
-            queued = list(conversation.entries.queued().order_by("seq"))
+        elif spawns:
             carried = sorted(undelivered + queued, key=lambda entry: entry.seq)
             if carried:
                 follow_up, _ = thread_spawn(conversation, writer, carried=carried)
         entries = writer.flush()
     return OutcomeResult(thread=thread, entries=entries, follow_up=follow_up)
+
+
+def _unread_messages(
+    thread: Thread, conversation: Conversation | None
+) -> tuple[list[ConversationEntry], list[ConversationEntry]]:
+    """The thread's undelivered messages and, with ``conversation``, the messages queued in it
+    (one statement: each half is served by its own partial index)."""
+    unread = ConversationEntry.objects.undelivered_for(thread)
+    if conversation is not None:
+        unread = unread.union(conversation.entries.queued(), all=True)
+    entries = sorted(unread, key=lambda entry: entry.seq)
+    undelivered = [entry for entry in entries if entry.thread_id == thread.id]
+    queued = [entry for entry in entries if entry.thread_id is None]
+    return undelivered, queued
 
 
 def _check_outcome_allowed(thread: Thread, outcome: ThreadOutcome, worker_id: str | None) -> None:

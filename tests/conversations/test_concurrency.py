@@ -239,3 +239,41 @@ def test_a_message_committing_while_the_engine_suspends_is_not_stranded() -> Non
     assert Thread.objects.get(pk=first.thread_id).state == "suspended"
     # The late message waits in the parked thread's inbox for a run that will take it.
     assert run_jobs_for(first.thread_id) == ["doing", "todo"]
+
+
+@override_settings(CONVERSATION_LOCK_TIMEOUT_MS=200)
+def test_a_claim_waiting_for_a_locked_thread_is_bounded_by_the_lock_timeout() -> None:
+    result = message_handle(user_id="alice", channel="web", content="hello")
+    locked, released = threading.Event(), list[float]()
+    holder = _hold_row_lock(result.thread_id, 1.5, locked, released, model=Thread)
+
+    started = time.monotonic()
+    with pytest.raises(ThreadBusy):
+        thread_claim(user_id="alice", thread_id=result.thread_id, worker_id="w1")
+    waited = time.monotonic() - started
+    holder.join()
+
+    assert 0.15 < waited < 1.0
+    assert Thread.objects.get(pk=result.thread_id).state == "created"
+
+
+@override_settings(CONVERSATION_LOCK_TIMEOUT_MS=200)
+def test_an_outcome_waiting_for_a_locked_conversation_is_bounded_by_the_lock_timeout() -> None:
+    result = message_handle(user_id="alice", channel="web", content="hello")
+    thread_claim(user_id="alice", thread_id=result.thread_id, worker_id="w1")
+    locked, released = threading.Event(), list[float]()
+    holder = _hold_row_lock(result.conversation_id, 1.5, locked, released)
+
+    started = time.monotonic()
+    with pytest.raises(ConversationBusy):
+        thread_outcome_record(
+            user_id="alice",
+            thread_id=result.thread_id,
+            worker_id="w1",
+            outcome=ThreadOutcome("completed", response="done"),
+        )
+    waited = time.monotonic() - started
+    holder.join()
+
+    assert 0.15 < waited < 1.0
+    assert Thread.objects.get(pk=result.thread_id).state == "running"

@@ -19,6 +19,10 @@ from workspace.services.content import content_hash
 
 _DOCUMENT_FIELDS = [field.attname for field in Document._meta.concrete_fields]
 _DOCUMENT_COLUMNS = ", ".join(f"d.{field.column}" for field in Document._meta.concrete_fields)
+# A write knows the content it wrote (an unchanged row has the same hash, so the same content):
+# it does not read the document's largest column back.
+_WRITTEN_FIELDS = [field for field in Document._meta.concrete_fields if field.name != "content"]
+_WRITTEN_COLUMNS = ", ".join(f"d.{field.column}" for field in _WRITTEN_FIELDS)
 _SQL_HASH = "'sha256:' || encode(sha256(convert_to({}, 'UTF8')), 'hex')"
 
 
@@ -52,11 +56,11 @@ WITH upserted AS (
     WHERE d.content_hash IS DISTINCT FROM EXCLUDED.content_hash
        OR NOT d.is_runtime
        OR (%(metadata_given)s AND d.metadata IS DISTINCT FROM EXCLUDED.metadata)
-    RETURNING {_DOCUMENT_COLUMNS}
+    RETURNING {_WRITTEN_COLUMNS}
 )
 SELECT * FROM upserted
 UNION ALL
-SELECT {_DOCUMENT_COLUMNS} FROM workspace_document d
+SELECT {_WRITTEN_COLUMNS} FROM workspace_document d
 WHERE d.user_id = %(user_id)s AND d.path = %(path)s AND NOT EXISTS (SELECT 1 FROM upserted)
 """
 
@@ -140,14 +144,16 @@ def runtime_write(
         row = cursor.fetchone()
         if row is None:
             cursor.execute(
-                f"SELECT {_DOCUMENT_COLUMNS} FROM workspace_document d "
+                f"SELECT {_WRITTEN_COLUMNS} FROM workspace_document d "
                 "WHERE d.user_id = %s AND d.path = %s",
                 [user_id, path],
             )
             row = cursor.fetchone()
     if row is None:  # deleted between the two statements: report the write as not applied
         raise DocumentNotFound.for_path(path)
-    return _document_from_row(row)
+    values = dict(zip((field.attname for field in _WRITTEN_FIELDS), row, strict=True))
+    values["content"] = content
+    return _document_from_row(tuple(values[attname] for attname in _DOCUMENT_FIELDS))
 
 
 def runtime_append(*, user_id: str, path: str, content: str) -> Document:
