@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.bench-installed-stamp
 install: $(STAMP)
 
 # Rebuilt only when a requirements file changes, so `make test` stays quick on a warm checkout.
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
