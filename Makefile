@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint check-requirements format bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+
+# The pinned requirements resolve to wheels for Python 3.12-3.14 on PyPI (skips when offline).
+check-requirements: install
+	$(BIN)/python .ci/requirements_resolve.py
 
 format: install
 	$(BIN)/ruff format .
