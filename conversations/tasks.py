@@ -14,6 +14,7 @@ from django.db import DatabaseError
 from django.utils.module_loading import import_string
 from procrastinate import RetryStrategy
 from procrastinate.contrib.django import app
+from procrastinate.exceptions import ConnectorException
 
 from conversations.errors import ThreadBusy
 from conversations.services import RUN_THREAD_QUEUE, RUN_THREAD_TASK, thread_leases_sweep
@@ -27,7 +28,10 @@ logger = logging.getLogger(__name__)
 # Running it again is harmless: the claim is a compare-and-set and the runner resumes from its
 # checkpoint.
 RUN_THREAD_RETRY = RetryStrategy(
-    max_attempts=8, exponential_wait=2, retry_exceptions=[DatabaseError, ThreadBusy]
+    max_attempts=8,
+    exponential_wait=2,
+    # ConnectorException: a database error met while deferring a follow-up run.
+    retry_exceptions=[DatabaseError, ConnectorException, ThreadBusy],
 )
 
 

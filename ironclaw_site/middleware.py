@@ -4,10 +4,13 @@ import logging
 from collections.abc import Callable
 
 from django.core.exceptions import DisallowedHost
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from ironclaw_site.api.exceptions import database_unavailable_response, error_body
+from ironclaw_site.api.exceptions import (
+    database_unavailable_response,
+    error_body,
+    is_database_unavailable,
+)
 from ironclaw_site.database_breaker import failing_fast
 
 logger = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ class DatabaseUnavailableMiddleware:
             return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if isinstance(exception, OperationalError | InterfaceError):
+        if is_database_unavailable(exception):
             logger.warning("database unavailable: %s", exception)
             return database_unavailable_response()
         if request.path.startswith("/api/"):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
+from procrastinate.exceptions import ConnectorException, UniqueViolation
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_default_handler
@@ -41,6 +43,24 @@ def _drf_message_and_details(exc: drf_exceptions.APIException) -> tuple[str, Any
     return str(detail), {}
 
 
+def is_database_unavailable(exc: BaseException) -> bool:
+    """A connection failure (pool timeout, server down or restarting), however it surfaces.
+
+    Django raises its own OperationalError/InterfaceError; a job deferred through Procrastinate's
+    Django connector surfaces as Procrastinate's ConnectorException caused by psycopg's error
+    (seen when PostgreSQL was killed during a message's defer: it was a 500).
+    """
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, ConnectorException) and not isinstance(exc, UniqueViolation):
+        cause = exc.__cause__
+        return isinstance(
+            cause,
+            OperationalError | InterfaceError | psycopg.OperationalError | psycopg.InterfaceError,
+        )
+    return False
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
         application = Response(
@@ -50,7 +70,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
             application["Retry-After"] = str(exc.retry_after)
         return application
 
-    if isinstance(exc, OperationalError | InterfaceError):
+    if is_database_unavailable(exc):
         # Pool exhausted (PoolTimeout), server down or restarting: the client should retry.
         logger.warning("database unavailable: %s", exc)
         unavailable = Response(

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import Callable
 
 import pytest
+from django.db import OperationalError, connection
 from django.test import Client
+from procrastinate.contrib.django import app
+from procrastinate.exceptions import ConnectorException
 from rest_framework.test import APIClient
+
+from ironclaw_site.api.exceptions import api_exception_handler
 
 pytestmark = pytest.mark.django_db
 
@@ -115,3 +122,21 @@ def test_json_nested_too_deeply_is_a_400_parse_error(
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "parse_error"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_deferred_on_a_lost_connection_is_a_503_not_a_500() -> None:
+    # The connection dies the way it does when PostgreSQL is killed: the server ends it.
+    with contextlib.suppress(OperationalError), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    with pytest.raises(ConnectorException) as raised:
+        app.configure_task(name="conversations.tasks.run_thread", queue="threads").defer(
+            thread_id=str(uuid.uuid4())
+        )
+
+    response = api_exception_handler(raised.value, {})
+
+    assert response is not None
+    assert response.status_code == 503
+    assert response.data["error"]["code"] == "database_unavailable"
+    connection.close()
