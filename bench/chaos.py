@@ -375,6 +375,10 @@ def _check(tenants: list[Tenant], report: Report) -> None:
     if unindexed:
         problems.append(f"{unindexed} documents not indexed")
 
+    errors = {status: n for status, n in report.refused.items() if status >= 500 and status != 503}
+    problems += [
+        f"{n} answers with status {status} (never a 5xx but 503)" for status, n in errors.items()
+    ]
     report.checks = {
         "accepted": len(accepted),
         "lost": len(lost),
