@@ -18,6 +18,7 @@ $(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt
 
 run: install
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py vector_index_ensure
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	exec $(BIN)/python manage.py serve
 
