@@ -362,8 +362,8 @@ def workspace_search(
             )
         details: dict[int, tuple[str, str]] = {}
         if hits:
-            cursor.execute(
-                _DETAILS_SQL, {"user_id": user_id, "ids": [hit.chunk_id for hit in hits]}
+            _execute_unprepared(
+                cursor, _DETAILS_SQL, {"user_id": user_id, "ids": [hit.chunk_id for hit in hits]}
             )
             details = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
     results = [
