@@ -29,15 +29,31 @@ from scratch_database import scratch_database
 DIMENSIONS = 256
 SEED_BATCH = 50_000
 SMALL_TENANTS_SAMPLED = 50
+CLUSTERS = 1000
 
 
-def seed(*, chunks: int, tenants: int, big: int, model: str) -> None:
-    """Tenant 0 holds ``big`` chunks, the others share the rest evenly; one document each."""
+def seed(*, chunks: int, tenants: int, big: int, model: str, uniform: bool) -> None:
+    """Tenant 0 holds ``big`` chunks, the others share the rest evenly; one document each.
+
+    Vectors are clustered (a random centre out of CLUSTERS plus noise), as real embeddings are;
+    ``uniform`` spreads them uniformly on the sphere instead, the adversarial case for HNSW, where
+    every point is almost equally far from every other.
+    """
     from django.db import connection
 
     small_each = max(1, (chunks - big) // max(1, tenants - 1))
     with connection.cursor() as cursor:
         cursor.execute("SELECT setseed(0.42)")
+        cursor.execute(
+            """
+            CREATE TEMPORARY TABLE bench_centre AS
+            SELECT k, (SELECT array_agg((random() - 0.5) * %s)
+                       FROM generate_series(1, %s + 0 * k))::vector AS v
+            FROM generate_series(0, %s - 1) AS k
+            """,
+            # Centres of norm about 6 against noise of norm about 4.6 (256 x U(-0.5, 0.5)).
+            [0.0 if uniform else 1.3, DIMENSIONS, CLUSTERS],
+        )
         cursor.execute(
             """
             INSERT INTO workspace_document (id, user_id, path, content, content_hash, metadata,
@@ -60,8 +76,10 @@ def seed(*, chunks: int, tenants: int, big: int, model: str) -> None:
                   source_hash, embedding, embedding_model, created_at)
                 SELECT d.id, d.user_id, n, 'alpha' || (n %% 500) || ' beta' || (n %% 333),
                   'sha256:seed',
-                  l2_normalize((SELECT array_agg(random() - 0.5)
-                                FROM generate_series(1, %(dimensions)s + 0 * n))::vector),
+                  l2_normalize((SELECT v FROM bench_centre
+                                 WHERE k = (n * 7919) %% %(clusters)s)
+                               + (SELECT array_agg(random() - 0.5)
+                                  FROM generate_series(1, %(dimensions)s + 0 * n))::vector),
                   %(model)s, now()
                 FROM generate_series(%(start)s, %(stop)s - 1) AS n
                 JOIN workspace_document d ON d.user_id = 'tenant-' || lpad((CASE
@@ -75,6 +93,7 @@ def seed(*, chunks: int, tenants: int, big: int, model: str) -> None:
                     "stop": stop,
                     "big": big,
                     "small_each": small_each,
+                    "clusters": CLUSTERS,
                 },
             )
             print(
@@ -85,10 +104,21 @@ def seed(*, chunks: int, tenants: int, big: int, model: str) -> None:
         cursor.execute("VACUUM ANALYZE workspace_document")
 
 
-def random_unit_vector(rng: random.Random) -> list[float]:
-    vector = [rng.gauss(0, 1) for _ in range(DIMENSIONS)]
-    norm = sum(value * value for value in vector) ** 0.5
-    return [value / norm for value in vector]
+def query_vectors(count: int) -> list[list[float]]:
+    """Stored vectors with a little noise: a query near the data, as a real query is."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT setseed(0.7)")
+        cursor.execute(
+            """
+            SELECT l2_normalize(embedding + (SELECT array_agg((random() - 0.5) * 0.05)
+                                             FROM generate_series(1, %s + 0 * id))::vector)::text
+            FROM workspace_chunk ORDER BY random() LIMIT %s
+            """,
+            [DIMENSIONS, count],
+        )
+        return [[float(value) for value in row[0].strip("[]").split(",")] for row in cursor]
 
 
 def percentiles(times: list[float]) -> tuple[float, float]:
@@ -158,6 +188,9 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=1000, help="tenants, the big one included")
     parser.add_argument("--big", type=int, default=50_000, help="chunks of the big tenant")
     parser.add_argument("--queries", type=int, default=200, help="queries per measurement")
+    parser.add_argument(
+        "--uniform", action="store_true", help="vectors uniform on the sphere, not clustered"
+    )
     options = parser.parse_args()
     if not 0 < options.big < options.chunks or options.tenants < 2:
         parser.error("need 0 < --big < --chunks and at least 2 tenants")
@@ -171,15 +204,22 @@ def main() -> None:
         model = embedding_provider().name
         print(
             f"database {name}, {os.cpu_count()} CPUs: {options.chunks:,} chunks, "
-            f"{options.tenants} tenants, big tenant {options.big:,}, {DIMENSIONS} dims",
+            f"{options.tenants} tenants, big tenant {options.big:,}, {DIMENSIONS} dims, "
+            f"{'uniform' if options.uniform else f'{CLUSTERS} clusters'}",
             flush=True,
         )
         started = time.perf_counter()
-        seed(chunks=options.chunks, tenants=options.tenants, big=options.big, model=model)
+        seed(
+            chunks=options.chunks,
+            tenants=options.tenants,
+            big=options.big,
+            model=model,
+            uniform=options.uniform,
+        )
         print(f"seeded in {time.perf_counter() - started:.0f}s", flush=True)
 
         rng = random.Random(7)
-        vectors = [random_unit_vector(rng) for _ in range(options.queries)]
+        vectors = query_vectors(options.queries)
         texts = [f"alpha{rng.randrange(500)} beta{rng.randrange(333)}" for _ in vectors]
         groups = {
             "big": ["tenant-0000"],
