@@ -210,6 +210,7 @@ WITH nearest AS MATERIALIZED (
   FROM workspace_chunk c
   WHERE c.user_id = %(user_id)s
     AND c.embedding_model = %(model)s
+    AND vector_dims(c.embedding) = {dimensions}
     AND c.embedding IS NOT NULL
   ORDER BY c.embedding::vector({dimensions}) <=> %(vector)s::vector({dimensions})
   LIMIT %(candidates)s

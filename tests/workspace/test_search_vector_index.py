@@ -307,3 +307,22 @@ def test_index_name_is_deterministic_and_fits_an_identifier() -> None:
     assert name == vector_index_name(model=long_model, dimensions=1536)
     assert name != vector_index_name(model=long_model, dimensions=1024)
     assert len(name) <= 63
+
+
+def test_a_chunk_of_the_same_model_name_but_another_size_is_still_stored(indexed: None) -> None:
+    # An openai provider whose EMBEDDING_DIMENSIONS changed writes the same model name with
+    # another size; the index's cast must not refuse those rows.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO workspace_chunk (document_id, user_id, chunk_index, content, source_hash,
+              embedding, embedding_model, created_at)
+            SELECT d.id, d.user_id, 100000, 'other size', 'sha256:seed', '[1,0,0]'::vector,
+              %(model)s, now()
+            FROM workspace_document d WHERE d.user_id = 'big'
+            """,
+            {"model": MODEL},
+        )
+        inserted = cursor.rowcount
+
+    assert inserted == 1

@@ -100,11 +100,14 @@ def _build(*, name: str, model: str, dimensions: int, drop_first: bool) -> None:
             )
         # The predicate's literal must match the query's model value for the planner to use the
         # partial index; the cast's size is a type modifier, so it cannot be a parameter either.
+        # The size is in the predicate too: a chunk of the same model name but another size (an
+        # openai provider whose EMBEDDING_DIMENSIONS changed) is left out instead of failing the
+        # cast, which would refuse its insert.
         cursor.execute(
             sql.SQL(
                 "CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON workspace_chunk "
                 "USING hnsw ((embedding::vector({dimensions})) vector_cosine_ops) "
-                "WHERE embedding_model = {model}"
+                "WHERE embedding_model = {model} AND vector_dims(embedding) = {dimensions}"
             )
             .format(
                 name=sql.Identifier(name),
