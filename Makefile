@@ -18,6 +18,7 @@ $(STAMP): requirements.txt requirements-embedded.txt requirements-dev.txt
 
 run: install
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py vector_index_ensure
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
 	exec $(BIN)/python manage.py serve
 
@@ -43,7 +44,7 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	@for script in bench/workspace.py bench/conversations.py bench/turns.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in bench/workspace.py bench/search.py bench/conversations.py bench/turns.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -414,6 +414,12 @@ SEARCH_CANDIDATES = env_int("SEARCH_CANDIDATES", 50, minimum=1, maximum=1000)
 SEARCH_MAX_LIMIT = env_int("SEARCH_MAX_LIMIT", 100, minimum=1, maximum=1000)
 # rrf: sum of 1/(k + rank) per leg. weighted: fts_weight/fts_rank + vector_weight/vector_rank.
 SEARCH_FUSION = env_choice("SEARCH_FUSION", "rrf", ("rrf", "weighted"))
+# The vector leg's plan: "auto" uses the HNSW index (see vector_index_ensure) for a tenant with more
+# than SEARCH_HNSW_MIN_CHUNKS chunks of the current model, when the index exists and pgvector has
+# iterative scans (0.8+); "off" always scans the tenant's chunks exactly.
+SEARCH_VECTOR_INDEX = env_choice("SEARCH_VECTOR_INDEX", "auto", ("auto", "off"))
+SEARCH_HNSW_MIN_CHUNKS = env_int("SEARCH_HNSW_MIN_CHUNKS", 10_000, minimum=1)
+SEARCH_HNSW_EF_SEARCH = env_int("SEARCH_HNSW_EF_SEARCH", 100, minimum=1, maximum=1000)
 _weighted = SEARCH_FUSION == "weighted"
 SEARCH_FTS_WEIGHT = env_float("SEARCH_FTS_WEIGHT", 0.3 if _weighted else 0.5, minimum=0.0)
 SEARCH_VECTOR_WEIGHT = env_float("SEARCH_VECTOR_WEIGHT", 0.7 if _weighted else 0.5, minimum=0.0)

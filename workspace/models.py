@@ -170,8 +170,8 @@ class Chunk(models.Model):
         db_persist=True,
     )
     # No fixed dimension: the provider (and its size) can change without a migration. Search
-    # compares only vectors of the current model; the per-tenant scan is exact (no ANN index), so
-    # a tenant's results never depend on other tenants' rows.
+    # compares only vectors of the current model. The HNSW index (one per model and size, a
+    # partial expression index) is configuration, built by `vector_index_ensure`, not a migration.
     embedding = VectorField(null=True, blank=True)
     embedding_model = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -1,9 +1,16 @@
 """Hybrid search: a full-text leg and a vector leg, fused by reciprocal rank.
 
 Each leg filters by tenant first and takes its own top ``SEARCH_CANDIDATES`` from that tenant's
-chunks only (the vector leg is an exact scan, not a global ANN top-k filtered afterwards), so a
-tenant never gets fewer results because another tenant has more data. Chunks of runtime documents
-cannot exist (a trigger refuses them) and are filtered out anyway.
+chunks only, so a tenant never gets fewer results because another tenant has more data. Chunks of
+runtime documents cannot exist (a trigger refuses them) and are filtered out anyway.
+
+The vector leg picks its plan per query (``vector_plan_choose``). A small tenant's chunks are
+scanned exactly: a fraction of a millisecond, and always its full top-k. A big tenant (more than
+``SEARCH_HNSW_MIN_CHUNKS`` chunks of the current model) is served by the model's HNSW index with a
+pgvector 0.8 iterative scan, which keeps walking the graph until the tenant's filter has yielded
+its top-k; a small tenant must not take that path, as the scan gives up (max_scan_tuples) before
+it finds all of a rare tenant's rows. Search statements are never prepared: a generic plan would
+ignore the tenant and its size.
 """
 
 from __future__ import annotations
@@ -11,14 +18,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
 from pgvector import Vector
 
 from workspace.embeddings import EmbeddingError, embedding_provider
 from workspace.errors import InvalidContent
 from workspace.paths import is_runtime_path
+from workspace.vector_index import (
+    HNSW_MAX_DIMENSIONS,
+    vector_index_name,
+    vector_index_supported,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +58,18 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
+class VectorPlan:
+    # "hnsw" (the model's HNSW index, iterative scan) or "exact" (scan of the tenant's chunks).
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class SearchResponse:
     results: list[SearchResult]
     degraded: bool
+    # The vector leg's plan; None when the vector leg did not run.
+    vector_plan: VectorPlan | None = None
 
 
 def fuse_weighted(
@@ -148,7 +171,7 @@ LIMIT %(candidates)s
 """
 
 # Only vectors of the current model (and size) are comparable; an exact scan of the tenant's rows.
-_VECTOR_SQL = """
+_VECTOR_EXACT_SQL = """
 SELECT c.id
 FROM workspace_chunk c
 JOIN workspace_document d ON d.id = c.document_id
@@ -161,12 +184,122 @@ ORDER BY c.embedding <=> %(vector)s::vector, c.id
 LIMIT %(candidates)s
 """
 
+# The plan's two facts in one round trip. The count stops at threshold + 1 rows: a big tenant costs
+# no more to classify than one just over the line.
+_PLAN_FACTS_SQL = """
+SELECT
+  (SELECT count(*) FROM (
+     SELECT 1 FROM workspace_chunk c
+     WHERE c.user_id = %(user_id)s AND c.embedding_model = %(model)s AND c.embedding IS NOT NULL
+     LIMIT %(cap)s
+   ) AS tenant_chunks),
+  EXISTS (
+    SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+    WHERE ic.relname = %(index_name)s AND i.indisvalid
+      AND ic.relnamespace = current_schema()::regnamespace
+  )
+"""
+
+# The partial index's expression and predicate, so the planner can use it; {dimensions} is an int
+# (a type modifier cannot be a parameter). relaxed_order may return candidates slightly out of
+# order: the outer query re-sorts them by exact distance.
+_VECTOR_HNSW_SQL = """
+WITH nearest AS MATERIALIZED (
+  SELECT c.id, c.document_id,
+         c.embedding::vector({dimensions}) <=> %(vector)s::vector({dimensions}) AS distance
+  FROM workspace_chunk c
+  WHERE c.user_id = %(user_id)s
+    AND c.embedding_model = %(model)s
+    AND vector_dims(c.embedding) = {dimensions}
+    AND c.embedding IS NOT NULL
+  ORDER BY c.embedding::vector({dimensions}) <=> %(vector)s::vector({dimensions})
+  LIMIT %(candidates)s
+)
+SELECT n.id
+FROM nearest n
+JOIN workspace_document d ON d.id = n.document_id
+WHERE NOT d.is_runtime
+ORDER BY n.distance, n.id
+"""
+
 _DETAILS_SQL = """
 SELECT c.id, d.path, c.content
 FROM workspace_chunk c
 JOIN workspace_document d ON d.id = c.document_id
 WHERE c.user_id = %(user_id)s AND c.id = ANY(%(ids)s)
 """
+
+
+def vector_plan_choose(*, user_id: str, model: str, dimensions: int) -> VectorPlan:
+    """The vector leg's plan for this tenant, model and size (one statement at most)."""
+    if settings.SEARCH_VECTOR_INDEX == "off":
+        return VectorPlan("exact", "SEARCH_VECTOR_INDEX=off")
+    if dimensions > HNSW_MAX_DIMENSIONS:
+        return VectorPlan("exact", f"{dimensions} dimensions is more than HNSW indexes")
+    if not vector_index_supported():
+        return VectorPlan("exact", "pgvector has no iterative index scans (0.8+)")
+    threshold = settings.SEARCH_HNSW_MIN_CHUNKS
+    with connection.cursor() as cursor:
+        _execute_unprepared(
+            cursor,
+            _PLAN_FACTS_SQL,
+            {
+                "user_id": user_id,
+                "model": model,
+                "cap": threshold + 1,
+                "index_name": vector_index_name(model=model, dimensions=dimensions),
+            },
+        )
+        row = cursor.fetchone()
+    tenant_chunks, index_valid = int(row[0]), bool(row[1])
+    if tenant_chunks <= threshold:
+        return VectorPlan("exact", f"tenant has at most {threshold} chunks of the model")
+    if not index_valid:
+        return VectorPlan("exact", "no valid HNSW index for the model (vector_index_ensure)")
+    return VectorPlan("hnsw", f"tenant has more than {threshold} chunks of the model")
+
+
+def _execute_unprepared(cursor: CursorWrapper, sql: str, params: dict[str, Any]) -> None:
+    """Execute without ever preparing, whatever the connection's prepare_threshold.
+
+    A prepared statement may get a generic plan, made once for any tenant: it ran a big tenant's
+    query as a slow scan again. Django's default client-side binding never prepares; this keeps
+    that true with ``server_side_binding`` and a ``prepare_threshold`` in the database OPTIONS. It
+    goes through Django's execute wrappers, so query logging and counting still see it.
+    """
+
+    def unprepared(execute: object, sql: str, params: object, many: bool, context: dict) -> None:
+        with connection.wrap_database_errors:
+            context["cursor"].cursor.execute(sql, params, prepare=False)
+
+    with connection.execute_wrapper(unprepared):
+        cursor.execute(sql, params)
+
+
+def vector_leg(
+    *, user_id: str, model: str, query_vector: list[float], candidates: int
+) -> tuple[list[int], VectorPlan]:
+    """The tenant's ``candidates`` nearest chunk ids of ``model``, and the plan that found them."""
+    dimensions = len(query_vector)
+    plan = vector_plan_choose(user_id=user_id, model=model, dimensions=dimensions)
+    params: dict[str, Any] = {
+        "user_id": user_id,
+        "model": model,
+        "dimensions": dimensions,
+        "vector": Vector(query_vector).to_text(),
+        "candidates": candidates,
+    }
+    if plan.kind == "hnsw":
+        # SET LOCAL: the scan settings end with this transaction, never leak into a pooled
+        # connection's next request.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            cursor.execute(f"SET LOCAL hnsw.ef_search = {int(settings.SEARCH_HNSW_EF_SEARCH)}")
+            _execute_unprepared(cursor, _VECTOR_HNSW_SQL.format(dimensions=int(dimensions)), params)
+            return [row[0] for row in cursor.fetchall()], plan
+    with connection.cursor() as cursor:
+        _execute_unprepared(cursor, _VECTOR_EXACT_SQL, params)
+        return [row[0] for row in cursor.fetchall()], plan
 
 
 def workspace_search(
@@ -201,22 +334,20 @@ def workspace_search(
 
     fts_ids: list[int] = []
     vector_ids: list[int] = []
+    plan: VectorPlan | None = None
+    if query_vector is not None:
+        vector_ids, plan = vector_leg(
+            user_id=user_id,
+            model=provider.name,
+            query_vector=query_vector,
+            candidates=candidates,
+        )
     with connection.cursor() as cursor:
         if mode in ("hybrid", "fts") or degraded:
-            cursor.execute(_FTS_SQL, {"user_id": user_id, "query": query, "candidates": candidates})
-            fts_ids = [row[0] for row in cursor.fetchall()]
-        if query_vector is not None:
-            cursor.execute(
-                _VECTOR_SQL,
-                {
-                    "user_id": user_id,
-                    "model": provider.name,
-                    "dimensions": len(query_vector),
-                    "vector": Vector(query_vector).to_text(),
-                    "candidates": candidates,
-                },
+            _execute_unprepared(
+                cursor, _FTS_SQL, {"user_id": user_id, "query": query, "candidates": candidates}
             )
-            vector_ids = [row[0] for row in cursor.fetchall()]
+            fts_ids = [row[0] for row in cursor.fetchall()]
         if settings.SEARCH_FUSION == "weighted":
             hits = fuse_weighted(
                 fts_ids,
@@ -232,8 +363,8 @@ def workspace_search(
             )
         details: dict[int, tuple[str, str]] = {}
         if hits:
-            cursor.execute(
-                _DETAILS_SQL, {"user_id": user_id, "ids": [hit.chunk_id for hit in hits]}
+            _execute_unprepared(
+                cursor, _DETAILS_SQL, {"user_id": user_id, "ids": [hit.chunk_id for hit in hits]}
             )
             details = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
     results = [
@@ -250,4 +381,4 @@ def workspace_search(
         # under a changed WORKSPACE_RUNTIME_PATHS before cleanup_runtime_chunks ran.
         if hit.chunk_id in details and not is_runtime_path(details[hit.chunk_id][0])
     ]
-    return SearchResponse(results=results, degraded=degraded)
+    return SearchResponse(results=results, degraded=degraded, vector_plan=plan)

@@ -13,8 +13,8 @@ only take ``FOR KEY SHARE`` on the document through their foreign key). Request 
 that lock at most ``WORKSPACE_LOCK_TIMEOUT_MS`` (``SET LOCAL``), then raise ``DocumentBusy`` (409).
 
 One module per concern: ``content`` (hash and input checks), ``runtime`` (the one-statement runtime
-SQL), ``documents`` (the locked document writes), ``indexing`` and ``maintenance``. Callers import
-from this package, never from the modules.
+SQL), ``documents`` (the locked document writes), ``indexing``, ``maintenance`` and
+``vector_index`` (the HNSW index build). Callers import from this package, never from the modules.
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ from workspace.services.maintenance import (
     versions_prune,
     workspace_hygiene,
 )
+from workspace.services.vector_index import (
+    VectorIndexEnsured,
+    VectorIndexUnavailable,
+    stored_dimensions,
+    vector_index_ensure,
+    vector_index_state,
+)
 
 __all__ = [
     "INDEX_DOCUMENT_TASK",
@@ -53,6 +60,8 @@ __all__ = [
     "PatchResult",
     "PruneResult",
     "RuntimeCleanup",
+    "VectorIndexEnsured",
+    "VectorIndexUnavailable",
     "content_hash",
     "document_append",
     "document_delete",
@@ -63,6 +72,9 @@ __all__ = [
     "document_write",
     "documents_reindex",
     "runtime_chunks_cleanup",
+    "stored_dimensions",
+    "vector_index_ensure",
+    "vector_index_state",
     "versions_prune",
     "workspace_hygiene",
 ]
