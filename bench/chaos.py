@@ -63,22 +63,10 @@ class Report:
 def _call(
     base: str, key: str, method: str, path: str, body: dict[str, Any] | None = None
 ) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        base + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as error:
-        raw = error.read()
-        try:
-            return error.code, json.loads(raw or b"null")
-        except ValueError:
-            return error.code, raw.decode(errors="replace")
+    # Imported here: tests.support reads Django's settings, which must see this run's environment.
+    from tests.support.serve import call
+
+    return call(base, key, method, path, body, timeout=30)
 
 
 class Tenant(threading.Thread):

@@ -3,11 +3,8 @@ server on loopback, and clients that only speak HTTP."""
 
 from __future__ import annotations
 
-import json
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -21,27 +18,11 @@ from accounts.services import CreatedApiKey
 from conversations.models import ConversationEntry, Thread
 from conversations.services import thread_leases_sweep
 from tests.support.chat_server import ChatServer, chat_server
+from tests.support.serve import call
 from tests.support.servers import app_server, database_url, worker_process
 from workspace.models import Chunk, Document, DocumentVersion
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _call(
-    base: str, key: str, method: str, path: str, body: dict[str, Any] | None = None
-) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        base + path,
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
 
 
 def _agent_reply(base: str, key: str, conversation_id: str, *, timeout: float = 30) -> dict:
@@ -49,7 +30,7 @@ def _agent_reply(base: str, key: str, conversation_id: str, *, timeout: float = 
     after = 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, page = _call(
+        status, page = call(
             base,
             key,
             "GET",
@@ -90,13 +71,13 @@ def test_a_message_is_answered_by_the_echo_agent(
 ) -> None:
     key = make_api_key("alice").raw_key
     with _service({"ENGINE_MODEL": "echo", "ENGINE_ECHO_LATENCY_MS": "50"}) as (base, _):
-        status, sent = _call(
+        status, sent = call(
             base, key, "POST", "/api/v1/messages", {"channel": "web", "content": "hi"}
         )
         assert status == 202, sent
 
         reply = _agent_reply(base, key, sent["conversation_id"])
-        status, thread = _call(base, key, "GET", f"/api/v1/threads/{sent['thread_id']}")
+        status, thread = call(base, key, "GET", f"/api/v1/threads/{sent['thread_id']}")
 
     assert reply["content"] == "echo: hi"
     assert reply["thread_id"] == sent["thread_id"]
@@ -119,9 +100,9 @@ def test_a_message_sent_mid_turn_is_taken_by_the_same_turn(
     key = make_api_key("alice").raw_key
     with chat_server() as model, _service(_openai_env(model)) as (base, _):
         model.gate.clear()
-        _, first = _call(base, key, "POST", "/api/v1/messages", {"channel": "web", "content": "m1"})
+        _, first = call(base, key, "POST", "/api/v1/messages", {"channel": "web", "content": "m1"})
         model.wait_for_requests(1)
-        status, second = _call(
+        status, second = call(
             base, key, "POST", "/api/v1/messages", {"channel": "web", "content": "m2"}
         )
         model.gate.set()
@@ -138,9 +119,9 @@ def test_interrupt_stops_a_running_turn(make_api_key: Callable[..., CreatedApiKe
     key = make_api_key("alice").raw_key
     with chat_server() as model, _service(_openai_env(model)) as (base, _):
         model.gate.clear()
-        _, first = _call(base, key, "POST", "/api/v1/messages", {"channel": "web", "content": "m1"})
+        _, first = call(base, key, "POST", "/api/v1/messages", {"channel": "web", "content": "m1"})
         conversation = first["conversation_id"]
-        _call(
+        call(
             base,
             key,
             "POST",
@@ -148,9 +129,7 @@ def test_interrupt_stops_a_running_turn(make_api_key: Callable[..., CreatedApiKe
             {"busy_policy": "interrupt"},
         )
         model.wait_for_requests(1)
-        _, second = _call(
-            base, key, "POST", "/api/v1/messages", {"channel": "web", "content": "m2"}
-        )
+        _, second = call(base, key, "POST", "/api/v1/messages", {"channel": "web", "content": "m2"})
         deadline = time.monotonic() + 10
         while Thread.objects.get(pk=first["thread_id"]).state != "stopped":
             assert time.monotonic() < deadline, "the interrupted turn did not stop"
@@ -175,11 +154,11 @@ def test_a_worker_killed_mid_turn_is_replaced_and_the_turn_resumes_from_its_chec
         with app_server(full) as base:
             with worker_process(full) as doomed:
                 model.gate.clear()
-                _, first = _call(
+                _, first = call(
                     base, key, "POST", "/api/v1/messages", {"channel": "web", "content": "m1"}
                 )
                 model.wait_for_requests(1)
-                _call(base, key, "POST", "/api/v1/messages", {"channel": "web", "content": "m2"})
+                call(base, key, "POST", "/api/v1/messages", {"channel": "web", "content": "m2"})
                 # Step 1 answers and is checkpointed; step 2 (m2) is in flight when we kill.
                 model.gate.set()
                 model.wait_for_requests(2)
@@ -216,7 +195,7 @@ def test_thirty_tenants_turns_run_in_parallel(make_api_key: Callable[..., Create
 
         def converse(n: int) -> Callable[[], str]:
             def run() -> str:
-                _, sent = _call(
+                _, sent = call(
                     base,
                     keys[n],
                     "POST",

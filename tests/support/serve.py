@@ -100,8 +100,15 @@ def serve_process(env: Mapping[str, str], *, ready_timeout: float = 60) -> Itera
 
 
 def call(
-    base_url: str, key: str, method: str, path: str, body: dict[str, Any] | None = None
+    base_url: str,
+    key: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    timeout: float = 60,
 ) -> tuple[int, Any]:
+    """One JSON API call with a bearer key; the status and the decoded body (text if not JSON)."""
     request = urllib.request.Request(
         base_url + path,
         data=json.dumps(body).encode() if body is not None else None,
@@ -109,11 +116,15 @@ def call(
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             raw = response.read()
             return response.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
+        raw = error.read()
+        try:
+            return error.code, json.loads(raw or b"null")
+        except ValueError:
+            return error.code, raw.decode(errors="replace")
 
 
 def send_and_await_reply(
