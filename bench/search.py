@@ -77,7 +77,7 @@ def seed(*, chunks: int, tenants: int, big: int, model: str, uniform: bool) -> N
                 SELECT d.id, d.user_id, n, 'alpha' || (n %% 500) || ' beta' || (n %% 333),
                   'sha256:seed',
                   l2_normalize((SELECT v FROM bench_centre
-                                 WHERE k = (n * 7919) %% %(clusters)s)
+                                 WHERE k = (n::bigint * 7919) %% %(clusters)s)
                                + (SELECT array_agg(random() - 0.5)
                                   FROM generate_series(1, %(dimensions)s + 0 * n))::vector),
                   %(model)s, now()
