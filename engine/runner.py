@@ -97,7 +97,6 @@ class Turn:
         self._wake = threading.Event()
         self._context: list[ChatMessage] | None = None
         self._stop_heartbeat = threading.Event()
-        self.state: TurnState | None = None
 
     # --- Lifecycle -----------------------------------------------------------------------------
 
@@ -180,7 +179,6 @@ class Turn:
         state = TurnState.from_json(stored) if stored else None
         if state is not None and state.status == "running":
             state.event("resumed", worker_id=self.worker_id, steps_done=len(state.steps))
-            self.state = state
             return state
         if state is not None:
             # A thread run again after it paused: earlier messages stay as context.
@@ -189,7 +187,6 @@ class Turn:
             state.steps_from = len(state.steps)
             state.started_at = now_iso()
             state.event("continued", worker_id=self.worker_id)
-            self.state = state
             self._checkpoint(state, conversation_too=True)
             return state
         state = TurnState(
@@ -217,7 +214,6 @@ class Turn:
         else:
             state.messages = [{"role": "user", "content": self.thread.goal}]
         state.event("claimed", worker_id=self.worker_id)
-        self.state = state
         self._checkpoint(state, conversation_too=True)
         return state
 
