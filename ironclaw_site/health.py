@@ -9,6 +9,7 @@ than ``WORKER_STALLED_SECONDS``.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -53,19 +54,18 @@ def worker_kinds_alive() -> dict[str, str]:
     return {name: seen.get(name, MISSING) for name in settings.READYZ_WORKERS} | seen
 
 
-def _unready(code: str, message: str, checks: dict[str, Any]) -> JsonResponse:
-    response = JsonResponse(error_body(code, message, {"checks": checks}), status=503)
-    response["Retry-After"] = RETRY_AFTER_SECONDS
-    return response
+@dataclass(frozen=True)
+class Readiness:
+    """The /readyz verdict: ``code`` is "ready" or the error code of what is missing."""
+
+    ready: bool
+    code: str
+    message: str
+    checks: dict[str, Any]
 
 
-@require_GET
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"status": "ok"})
-
-
-@require_GET
-def readyz(request: HttpRequest) -> JsonResponse:
+def readiness() -> Readiness:
+    """Database reachable, migrations applied, and every worker kind of READYZ_WORKERS alive."""
     global _migrations_applied
     checks: dict[str, Any] = {"database": MISSING, "migrations": "unknown", "workers": {}}
     try:
@@ -76,7 +76,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
             pending = pending_migrations()
             if pending:
                 checks["migrations"] = "pending"
-                return _unready(
+                return Readiness(
+                    False,
                     "migrations_pending",
                     f"{len(pending)} migrations are not applied; run `manage.py migrate`.",
                     {**checks, "pending": pending},
@@ -86,14 +87,32 @@ def readyz(request: HttpRequest) -> JsonResponse:
         checks["workers"] = worker_kinds_alive()
     except DatabaseError as error:
         logger.warning("readiness check failed: %s", error)
-        return _unready(
-            "database_unavailable", "The database is unavailable; retry shortly.", checks
+        return Readiness(
+            False, "database_unavailable", "The database is unavailable; retry shortly.", checks
         )
     missing = [name for name in settings.READYZ_WORKERS if checks["workers"].get(name) != ALIVE]
     if missing:
-        return _unready(
+        return Readiness(
+            False,
             "workers_missing",
             f"No live {' or '.join(missing)} worker; jobs on its queues wait until one starts.",
             checks,
         )
-    return JsonResponse({"status": "ready", "checks": checks})
+    return Readiness(True, "ready", "ready", checks)
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    verdict = readiness()
+    if verdict.ready:
+        return JsonResponse({"status": "ready", "checks": verdict.checks})
+    response = JsonResponse(
+        error_body(verdict.code, verdict.message, {"checks": verdict.checks}), status=503
+    )
+    response["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
