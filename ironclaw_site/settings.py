@@ -261,6 +261,10 @@ AXES_DISABLE_ACCESS_LOG = True
 # --- Background work --------------------------------------------------------------------------
 
 PROCRASTINATE_AUTODISCOVER_MODULE_NAME = "tasks"
+# Finished jobs (succeeded, failed, cancelled, aborted) and their events are deleted this many
+# days after their last event, hourly by the background worker (`manage.py prune_jobs` does the
+# same on demand). 0 keeps them for ever.
+JOBS_RETENTION_DAYS = env_int("JOBS_RETENTION_DAYS", 7, minimum=0, maximum=36_500)
 
 # --- Conversations ----------------------------------------------------------------------------
 

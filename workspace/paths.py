@@ -22,6 +22,11 @@ MAX_PATH_CHARACTERS = 1024
 # unique index, 1536 bytes of path keeps every (user_id, path) key indexable.
 MAX_PATH_BYTES = 1536
 CONFIG_NAME = ".config"
+# The tenant's identity files, which the engine reads at the workspace root into every turn's
+# prompt. Folder hygiene never deletes a document with one of these names, in any folder: a
+# retention rule on the root (or on a folder holding a project's own copy) must not erase who the
+# agent is.
+IDENTITY_NAMES = ("AGENTS.md", "SOUL.md", "USER.md", "MEMORY.md")
 
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:([/\\]|$)")
 _SLASHES = re.compile(r"/{2,}")

@@ -1,4 +1,6 @@
-"""Background indexing (Procrastinate, queue ``indexing``).
+"""Background indexing (Procrastinate, queue ``indexing``) and the daily workspace maintenance
+(queue ``default``): version pruning and folder hygiene, through the services the
+``prune_versions`` and ``workspace_hygiene`` commands call.
 
 ``services.document_index_enqueue`` defers one job per document with a queueing lock, so a burst
 of writes to one document leaves at most one waiting job; the job reads the latest content when it
@@ -7,10 +9,14 @@ runs, and replaces the chunks only if the document still has that content.
 
 from __future__ import annotations
 
+import logging
+
 from procrastinate import RetryStrategy
 from procrastinate.contrib.django import app
 
 from workspace import services
+
+logger = logging.getLogger(__name__)
 
 
 class IndexingFailed(Exception):
@@ -28,3 +34,37 @@ def index_document(document_id: str) -> str:
     if outcome == services.IndexOutcome.FAILED:
         raise IndexingFailed(f"embedding failed for document {document_id}; will retry")
     return outcome
+
+
+# At night, minutes apart, so the two never compete with each other or the hourly job prune.
+@app.periodic(cron="17 3 * * *", periodic_id="workspace.prune_versions")
+@app.task(
+    name="workspace.tasks.prune_versions",
+    queue="default",
+    queueing_lock="workspace.prune_versions",
+)
+def prune_versions(timestamp: int) -> None:
+    result = services.versions_prune(keep=services.VERSIONS_KEPT)
+    if result.versions_deleted:
+        logger.info(
+            "versions: kept the newest %d of %d documents, deleted %d versions",
+            services.VERSIONS_KEPT,
+            result.documents,
+            result.versions_deleted,
+        )
+
+
+@app.periodic(cron="47 3 * * *", periodic_id="workspace.workspace_hygiene")
+@app.task(
+    name="workspace.tasks.workspace_hygiene",
+    queue="default",
+    queueing_lock="workspace.workspace_hygiene",
+)
+def workspace_hygiene(timestamp: int) -> None:
+    result = services.workspace_hygiene()
+    if result.documents_deleted:
+        logger.info(
+            "hygiene: deleted %d expired documents in %d folders",
+            result.documents_deleted,
+            result.folders,
+        )

@@ -143,6 +143,42 @@ def test_workspace_hygiene_deletes_expired_immediate_children() -> None:
     ]
 
 
+def test_workspace_hygiene_spares_configs_and_identity_files_while_deleting_expired_ones() -> None:
+    for folder in ("", "projects/ferns/"):
+        services.document_write(
+            user_id="alice",
+            path=f"{folder}.config",
+            content="",
+            metadata={"hygiene": {"enabled": True, "retention_days": 7}},
+        )
+        for name in ("AGENTS.md", "SOUL.md", "USER.md", "MEMORY.md", "scratch.md"):
+            services.document_write(user_id="alice", path=f"{folder}{name}", content="x")
+    # Even an identity file whose own metadata asks for a short retention.
+    services.document_write(
+        user_id="alice",
+        path="MEMORY.md",
+        content="y",
+        metadata={"hygiene": {"enabled": True, "retention_days": 1}},
+    )
+    Document.objects.update(updated_at=timezone.now() - timedelta(days=400))
+
+    output = run("workspace_hygiene")
+
+    assert "Deleted 2 document(s)" in output
+    assert sorted(Document.objects.values_list("path", flat=True)) == [
+        ".config",
+        "AGENTS.md",
+        "MEMORY.md",
+        "SOUL.md",
+        "USER.md",
+        "projects/ferns/.config",
+        "projects/ferns/AGENTS.md",
+        "projects/ferns/MEMORY.md",
+        "projects/ferns/SOUL.md",
+        "projects/ferns/USER.md",
+    ]
+
+
 @pytest.mark.parametrize("retention", [10**9, 10**30, "forever", [1], None])
 def test_one_tenants_odd_retention_does_not_stop_hygiene_for_the_others(
     retention: object,

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.db import transaction
+from django.utils import timezone
 from procrastinate.contrib.django.models import ProcrastinateJob
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from tests.support.worker import run_worker_until_empty
-from workspace import services
-from workspace.models import Chunk, Document, IndexState
+from workspace import services, tasks
+from workspace.models import Chunk, Document, DocumentVersion, IndexState
 
 
 @pytest.fixture
@@ -68,3 +71,34 @@ def test_a_worker_runs_the_job_and_indexes_the_latest_content() -> None:
     assert document.index_state == IndexState.INDEXED
     assert list(Chunk.objects.values_list("content", flat=True)) == ["latest words"]
     assert [job.status for job in _indexing_jobs()] == ["succeeded"]
+
+
+@pytest.mark.django_db
+def test_the_daily_tasks_prune_versions_and_expire_documents_as_the_commands_do(
+    settings: SettingsWrapper,
+) -> None:
+    settings.WORKSPACE_INDEXING = "inline"
+    for number in range(services.VERSIONS_KEPT + 3):
+        services.document_write(user_id="alice", path="notes/log.md", content=f"entry {number}")
+    services.document_write(
+        user_id="alice",
+        path=".config",
+        content="",
+        metadata={"hygiene": {"enabled": True, "retention_days": 7}},
+    )
+    for path in ("AGENTS.md", "old.md"):
+        services.document_write(user_id="alice", path=path, content="x")
+    Document.objects.filter(path__in=["AGENTS.md", "old.md"]).update(
+        updated_at=timezone.now() - timedelta(days=8)
+    )
+
+    tasks.prune_versions(timestamp=0)
+    tasks.workspace_hygiene(timestamp=0)
+
+    document = Document.objects.get(path="notes/log.md")
+    assert DocumentVersion.objects.filter(document=document).count() == services.VERSIONS_KEPT
+    assert sorted(Document.objects.values_list("path", flat=True)) == [
+        ".config",
+        "AGENTS.md",
+        "notes/log.md",
+    ]

@@ -36,6 +36,7 @@ from workspace.services.indexing import (
 )
 from workspace.services.maintenance import (
     MAX_RETENTION_DAYS,
+    VERSIONS_KEPT,
     HygieneResult,
     PruneResult,
     RuntimeCleanup,
@@ -55,6 +56,7 @@ from workspace.services.vector_index import (
 __all__ = [
     "INDEX_DOCUMENT_TASK",
     "MAX_RETENTION_DAYS",
+    "VERSIONS_KEPT",
     "HygieneResult",
     "IndexOutcome",
     "PatchResult",

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from workspace.metadata import retention_days
 from workspace.models import Chunk, Document, DocumentVersion, IndexState
-from workspace.paths import CONFIG_NAME, runtime_rules
+from workspace.paths import CONFIG_NAME, IDENTITY_NAMES, runtime_rules
 from workspace.services.indexing import document_index, document_index_enqueue
 
 
@@ -147,6 +147,10 @@ def documents_reindex(
     return outcomes
 
 
+# Versions kept per document by `prune_versions` and its daily task.
+VERSIONS_KEPT = 50
+
+
 @dataclass
 class PruneResult:
     documents: int = 0
@@ -223,7 +227,8 @@ def workspace_hygiene(
     *, user_id: str | None = None, dry_run: bool = False, now: datetime | None = None
 ) -> HygieneResult:
     """For each ``.config`` with ``hygiene.enabled``: delete the folder's immediate documents not
-    updated for ``retention_days`` (default 30, at least 1). ``.config`` documents are kept. A
+    updated for ``retention_days`` (default 30, at least 1). ``.config`` documents and the
+    identity files (``IDENTITY_NAMES``, in any folder) are always kept, whatever their metadata. A
     document's own ``hygiene`` replaces the folder's (the metadata overlay), so it can opt out.
     """
     now = now or timezone.now()
@@ -246,7 +251,8 @@ def workspace_hygiene(
         )
         expired: dict[datetime, list[tuple[uuid.UUID, str]]] = {}
         for pk, path, updated_at, metadata in candidates:
-            if "/" in path[len(folder) :]:
+            name = path[len(folder) :]
+            if "/" in name or name in IDENTITY_NAMES:
                 continue
             cutoff = (
                 _retention_cutoff(metadata["hygiene"], now=now)

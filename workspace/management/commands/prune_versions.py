@@ -4,14 +4,16 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from workspace.services import versions_prune
+from workspace.services import VERSIONS_KEPT, versions_prune
 
 
 class Command(BaseCommand):
     help = "Keep only the newest --keep versions of every document (batched)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--keep", type=int, default=50, help="versions kept per document")
+        parser.add_argument(
+            "--keep", type=int, default=VERSIONS_KEPT, help="versions kept per document"
+        )
         parser.add_argument("--user-id", default=None, help="only this tenant")
         parser.add_argument("--batch-size", type=int, default=500, help="documents per batch")
         parser.add_argument("--dry-run", action="store_true", help="report, change nothing")
