@@ -3,7 +3,9 @@
 ``/readyz`` says what is missing while the service heals: the database, its migrations, and
 each worker kind named in ``READYZ_WORKERS`` (``manage.py serve`` sets it to the workers it
 runs). A worker kind is alive while one of its processes has a Procrastinate heartbeat younger
-than ``WORKER_STALLED_SECONDS``.
+than ``WORKER_STALLED_SECONDS``. With ``READYZ_REQUIRE_WORKER`` on and no kinds named, one live
+worker of any kind is required: jobs (turns, indexing, the maintenance that retries stalled jobs)
+would otherwise wait unseen while the API accepts work.
 """
 
 from __future__ import annotations
@@ -54,6 +56,19 @@ def worker_kinds_alive() -> dict[str, str]:
     return {name: seen.get(name, MISSING) for name in settings.READYZ_WORKERS} | seen
 
 
+def any_worker_alive() -> bool:
+    """Some Procrastinate worker, named or not, has a heartbeat younger than
+    WORKER_STALLED_SECONDS."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM procrastinate_workers "
+            "WHERE last_heartbeat >= now() - make_interval(secs => %s))",
+            [settings.WORKER_STALLED_SECONDS],
+        )
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
 @dataclass(frozen=True)
 class Readiness:
     """The /readyz verdict: ``code`` is "ready" or the error code of what is missing."""
@@ -65,9 +80,12 @@ class Readiness:
 
 
 def readiness() -> Readiness:
-    """Database reachable, migrations applied, and every worker kind of READYZ_WORKERS alive."""
+    """Database reachable, migrations applied, every worker kind of READYZ_WORKERS alive (or,
+    with READYZ_REQUIRE_WORKER and no kinds named, some worker alive)."""
     global _migrations_applied
     checks: dict[str, Any] = {"database": MISSING, "migrations": "unknown", "workers": {}}
+    require_any_worker = settings.READYZ_REQUIRE_WORKER and not settings.READYZ_WORKERS
+    some_worker_alive = True
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -85,6 +103,8 @@ def readiness() -> Readiness:
             _migrations_applied = True
         checks["migrations"] = "ok"
         checks["workers"] = worker_kinds_alive()
+        if require_any_worker:
+            some_worker_alive = any_worker_alive()
     except DatabaseError as error:
         logger.warning("readiness check failed: %s", error)
         return Readiness(
@@ -96,6 +116,14 @@ def readiness() -> Readiness:
             False,
             "workers_missing",
             f"No live {' or '.join(missing)} worker; jobs on its queues wait until one starts.",
+            checks,
+        )
+    if not some_worker_alive:
+        return Readiness(
+            False,
+            "workers_missing",
+            "No live worker (READYZ_REQUIRE_WORKER); jobs wait until one starts "
+            "(`manage.py worker`).",
             checks,
         )
     return Readiness(True, "ready", "ready", checks)

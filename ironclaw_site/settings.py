@@ -342,6 +342,10 @@ WORKER_STALLED_SECONDS = env_float("WORKER_STALLED_SECONDS", 30.0, minimum=0.5, 
 # Worker kinds (run_worker --name) /readyz requires alive; `manage.py serve` sets it for its web
 # process to the workers it runs. Empty: /readyz reports workers but requires none.
 READYZ_WORKERS = env_list("READYZ_WORKERS", [])
+# With no READYZ_WORKERS, require one live worker of any kind; `manage.py serve` turns it on for
+# its web processes when it runs workers. Off by default: a web-only deployment whose workers run
+# elsewhere decides whether their absence should take the web out of its load balancer.
+READYZ_REQUIRE_WORKER = env_bool("READYZ_REQUIRE_WORKER", False)
 if WORKER_STALLED_SECONDS <= 2 * WORKER_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured(
         f"WORKER_STALLED_SECONDS ({WORKER_STALLED_SECONDS}) must be more than twice "

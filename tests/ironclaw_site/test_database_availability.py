@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -213,3 +214,34 @@ def test_readyz_names_a_missing_worker_kind_until_its_worker_runs() -> None:
     assert present.body["checks"]["workers"]["background"] == "alive"
     assert gone.status == 503
     assert gone.body["error"]["details"]["checks"]["workers"]["background"] == "missing"
+
+
+def test_readyz_requiring_a_worker_fails_once_the_only_worker_is_killed() -> None:
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "READYZ_REQUIRE_WORKER": "true",
+        "WORKER_HEARTBEAT_SECONDS": "0.2",
+        "WORKER_STALLED_SECONDS": "1",
+    }
+    with connection.cursor() as cursor:
+        # Workers of other tests' processes must not count as this one.
+        cursor.execute("DELETE FROM procrastinate_workers")
+
+    with app_server(env) as base_url:
+        before = http_request(f"{base_url}/readyz")
+        with worker_process(env, queues="default", concurrency=1, name="anything") as worker:
+            running = _poll(f"{base_url}/readyz", {}, 200, timeout=30)
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+        # The dead worker's row stays (nobody stopped it cleanly) until its heartbeat ages out.
+        after_kill = _poll(f"{base_url}/readyz", {}, 503, timeout=10)
+
+    assert before.status == 503
+    assert before.body["error"]["code"] == "workers_missing"
+    assert running.status == 200
+    assert after_kill.status == 503
+    assert after_kill.body["error"]["code"] == "workers_missing"
+    assert "READYZ_REQUIRE_WORKER" in after_kill.body["error"]["message"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM procrastinate_workers")
+        assert cursor.fetchone()[0] == 1

@@ -152,8 +152,10 @@ class Command(BaseCommand):
         )
         children = [Supervised(name, argv) for name, argv in commands.items()]
         # /readyz in the web process then reports a missing worker of the ones serve runs.
+        # An operator's own values in the environment win.
         self.child_env = {
             "READYZ_WORKERS": ",".join(name for name in commands if name in WORKER_NAMES),
+            **({} if options["no_worker"] else {"READYZ_REQUIRE_WORKER": "true"}),
             **os.environ,
         }
         embedded = self._embedded_server_watch()
