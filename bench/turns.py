@@ -477,7 +477,12 @@ def run_configuration(label: str, env: dict[str, str], load: Load, log: IO[str])
 
         from accounts.services import api_key_create
 
-        env = {**env, "DATABASE_URL": database_url(settings.DATABASES["default"])}
+        # With DATABASE_URL the settings require SECRET_KEY: the services share this process's.
+        env = {
+            **env,
+            "DATABASE_URL": database_url(settings.DATABASES["default"]),
+            "SECRET_KEY": settings.SECRET_KEY,
+        }
         keys = [
             api_key_create(name="bench", user_id=f"bench-tenant-{n}").raw_key
             for n in range(load.tenants + 1)

@@ -34,8 +34,17 @@ def _secret_key() -> str:
     configured = env_optional_str("SECRET_KEY")
     if configured:
         return configured
-    # No key configured: keep a random one in var/ so sessions and signed values survive restarts
-    # without anyone ever running on a key that is published in the repository.
+    # With DATABASE_URL the processes may run on several hosts behind one load balancer, each of
+    # which would make a key of its own: a session signed on one would be refused by the next.
+    if env_optional_str("DATABASE_URL") and not env_bool("DEBUG", False):
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DATABASE_URL is set and DEBUG is off: every host "
+            "sharing the database must sign with the same key. Generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`."
+        )
+    # The single-host embedded deployment (`make run`): keep a random key in IRONCLAW_VAR_DIR so
+    # sessions and signed values survive restarts without anyone ever running on a key that is
+    # published in the repository. Written only here, never when a key is configured.
     path = VAR_DIR / "secret_key"
     if not path.exists():
         VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -108,6 +117,52 @@ TEMPLATES = [
         },
     },
 ]
+
+# --- HTTPS and the reverse proxy (production) -------------------------------------------------
+
+# The defaults suit `make run` on plain HTTP; README "Production" lists the values behind a TLS
+# proxy, with which `manage.py check --deploy` reports no issue.
+for _origin in CSRF_TRUSTED_ORIGINS:
+    _scheme, _, _rest = _origin.partition("://")
+    if _scheme not in {"http", "https"} or not _rest or "/" in _rest:
+        raise ImproperlyConfigured(
+            "CSRF_TRUSTED_ORIGINS entries must be origins such as https://admin.example.com "
+            f"(scheme and host, no path); got {_origin!r}."
+        )
+
+
+def _proxy_ssl_header() -> tuple[str, str] | None:
+    raw = env_list("SECURE_PROXY_SSL_HEADER", [])
+    if not raw:
+        return None
+    header = raw[0].upper()
+    if (
+        len(raw) != 2
+        or not header.startswith("HTTP_")
+        or not header.replace("_", "").isalnum()
+        or not header.isascii()
+    ):
+        raise ImproperlyConfigured(
+            "SECURE_PROXY_SSL_HEADER must be a header in Django's META form and the value the "
+            "proxy sets on HTTPS requests, such as HTTP_X_FORWARDED_PROTO,https; got "
+            f"{','.join(raw)!r}."
+        )
+    return header, raw[1]
+
+
+# Trust the proxy's word that a request came over HTTPS. Only behind a proxy that always sets (or
+# strips) this header: otherwise a client could claim HTTPS itself.
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header()
+# Take the host from the proxy's X-Forwarded-Host (still checked against ALLOWED_HOSTS).
+USE_X_FORWARDED_HOST = env_bool("USE_X_FORWARDED_HOST", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# A load balancer probes over plain HTTP: a redirect would read as "down".
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0, maximum=2 * 365 * 86_400)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 
 # --- Database ---------------------------------------------------------------------------------
 
@@ -189,8 +244,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# Created by collectstatic (`make run` runs it), never at import: the source tree may be read-only.
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(VAR_DIR / "static")))
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},

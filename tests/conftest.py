@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable
 
 import pytest
@@ -8,6 +9,10 @@ from hypothesis import HealthCheck, settings
 from rest_framework.test import APIClient
 
 from accounts.services import CreatedApiKey, api_key_create
+
+# The servers and workers the tests start connect through DATABASE_URL, with which the settings
+# require SECRET_KEY (several hosts must share one); they inherit this one.
+os.environ.setdefault("SECRET_KEY", f"tests-{secrets.token_urlsafe(50)}")
 
 # Property tests: modest in the suite (a run stays quick), thorough with HYPOTHESIS_PROFILE=long.
 # No example database: nothing is written into the checkout, and a failure prints the example.
