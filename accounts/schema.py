@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+from accounts.authentication import USER_ID_HEADER
+from accounts.tenancy import MAX_USER_ID_LENGTH
 
 
 class BearerKeyAuthenticationScheme(OpenApiAuthenticationExtension):
@@ -37,4 +41,29 @@ def document_rate_limits(result: dict[str, Any], **kwargs: Any) -> dict[str, Any
         for operation in operations.values():
             if any("bearerKey" in scheme for scheme in operation.get("security", [])):
                 operation.setdefault("responses", {})["429"] = too_many
+    return result
+
+
+def document_tenant_header(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular post-processing hook: every keyed operation takes an optional
+    ``X-User-Id`` header, read by the authentication class rather than by any view."""
+    header = {
+        "in": "header",
+        "name": USER_ID_HEADER,
+        "required": False,
+        "description": "The tenant the request acts for. Required with a service key (except "
+        "on `threads/next`, where leaving it out serves every tenant); a tenant key may omit "
+        "it, and naming another tenant with one is a 403.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_LENGTH},
+    }
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            if not any("bearerKey" in scheme for scheme in operation.get("security", [])):
+                continue
+            parameters = operation.setdefault("parameters", [])
+            if not any(
+                parameter.get("in") == "header" and parameter.get("name") == USER_ID_HEADER
+                for parameter in parameters
+            ):
+                parameters.append(copy.deepcopy(header))
     return result

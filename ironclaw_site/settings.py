@@ -293,6 +293,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "ironclaw_site.api.schema.add_common_error_responses",
         "accounts.schema.document_rate_limits",
+        "accounts.schema.document_tenant_header",
     ],
 }
 

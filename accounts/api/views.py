@@ -17,7 +17,7 @@ class MeView(APIView):
         key_name = serializers.CharField()
         service = serializers.BooleanField()
 
-    @extend_schema(responses=OutputSerializer, operation_id="me")
+    @extend_schema(responses=OutputSerializer, operation_id="me", summary="Who the caller is")
     def get(self, request: Request) -> Response:
         principal: ApiPrincipal = request.user  # type: ignore[assignment]
         data = {

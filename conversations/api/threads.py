@@ -13,10 +13,16 @@ from rest_framework.views import APIView
 
 from accounts.authentication import request_tenant_or_any, request_user_id
 from conversations import selectors, services
+from conversations.api import examples
 from conversations.api.serializers import EntrySerializer, ThreadSerializer, UsageSerializer
 from conversations.api.views import MAX_WAIT_SECONDS, THREAD_TAG, _errors
 from ironclaw_site.api.fields import TextField
 from ironclaw_site.notify import ANY, THREADS_CHANNEL, wait_for
+
+# 409 of the operations that lock the thread row itself (claim, heartbeat, inbox, next).
+THREAD_BUSY = (
+    "thread_busy: its row lock was not granted within CONVERSATION_LOCK_TIMEOUT_MS; retry."
+)
 
 
 def _usage(data: dict[str, Any] | None) -> services.ThreadUsage | None:
@@ -35,6 +41,8 @@ class ThreadDetailView(APIView):
     @extend_schema(
         tags=THREAD_TAG,
         operation_id="thread_get",
+        examples=[examples.THREAD_RESPONSE],
+        summary="Read a thread",
         responses={200: ThreadSerializer, **_errors(not_found="Unknown thread.")},
     )
     def get(self, request: Request, thread_id: UUID) -> Response:
@@ -79,11 +87,12 @@ class ThreadNextView(APIView):
     @extend_schema(
         tags=THREAD_TAG,
         operation_id="thread_next",
+        summary="Claim the oldest thread waiting for an engine",
         request=InputSerializer,
         responses={
             200: OutputSerializer,
             204: OpenApiResponse(description="No thread is waiting (after wait_seconds)."),
-            **_errors(bad_request="A field is invalid.", conflict="thread_busy."),
+            **_errors(bad_request="A field is invalid.", conflict=THREAD_BUSY),
         },
     )
     def post(self, request: Request) -> Response:
@@ -115,13 +124,15 @@ class ThreadClaimView(APIView):
     @extend_schema(
         tags=THREAD_TAG,
         operation_id="thread_claim",
+        summary="Claim a thread's lease",
         request=LeaseInputSerializer,
         responses={
             200: ThreadSerializer,
             **_errors(
                 bad_request="A field is invalid.",
                 not_found="Unknown thread.",
-                conflict="thread_not_claimable: leased by another worker, cancelled or ended.",
+                conflict="thread_not_claimable: leased by another worker, cancelled or ended; "
+                f"{THREAD_BUSY}",
             ),
         },
     )
@@ -143,13 +154,14 @@ class ThreadHeartbeatView(APIView):
     @extend_schema(
         tags=THREAD_TAG,
         operation_id="thread_heartbeat",
+        summary="Renew a thread's lease",
         request=HeartbeatInputSerializer,
         responses={
             200: ThreadSerializer,
             **_errors(
                 bad_request="A field is invalid.",
                 not_found="Unknown thread.",
-                conflict="lease_not_held.",
+                conflict=f"lease_not_held; {THREAD_BUSY}",
             ),
         },
     )
@@ -176,13 +188,14 @@ class ThreadSuspendView(APIView):
     @extend_schema(
         tags=THREAD_TAG,
         operation_id="thread_suspend",
+        summary="Suspend a running thread",
         request=InputSerializer,
         responses={
             200: ThreadSerializer,
             **_errors(
                 bad_request="worker_id is invalid.",
                 not_found="Unknown thread.",
-                conflict="lease_not_held.",
+                conflict="lease_not_held; conversation_busy (lock timeout).",
             ),
         },
     )
@@ -213,13 +226,14 @@ class ThreadInboxView(APIView):
     @extend_schema(
         tags=THREAD_TAG,
         operation_id="thread_inbox_take",
+        summary="Take a thread's undelivered messages",
         request=InputSerializer,
         responses={
             200: OutputSerializer,
             **_errors(
                 bad_request="worker_id is invalid.",
                 not_found="Unknown thread.",
-                conflict="lease_not_held.",
+                conflict=f"lease_not_held; {THREAD_BUSY}",
             ),
         },
     )
@@ -263,13 +277,15 @@ class ThreadOutcomeView(APIView):
     @extend_schema(
         tags=THREAD_TAG,
         operation_id="thread_outcome_record",
+        summary="Record how a thread's run ended",
         request=InputSerializer,
         responses={
             200: OutputSerializer,
             **_errors(
                 bad_request="A field is invalid (failed needs error, gate_paused needs gate).",
                 not_found="Unknown thread.",
-                conflict="outcome_already_recorded, lease_not_held or invalid_thread_transition.",
+                conflict="outcome_already_recorded, lease_not_held, invalid_thread_transition or "
+                "conversation_busy (lock timeout).",
                 too_large="response or error over CONVERSATION_MAX_MESSAGE_BYTES.",
             ),
         },

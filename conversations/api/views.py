@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import request_user_id
 from conversations import selectors, services
+from conversations.api import examples
 from conversations.api.serializers import ConversationSerializer, EntrySerializer, ThreadSerializer
 from conversations.models import BusyPolicy
 from ironclaw_site.api.cursor_pagination import (
@@ -62,6 +63,8 @@ class MessageCreateView(APIView):
     @extend_schema(
         tags=TAG,
         operation_id="message_create",
+        examples=[examples.MESSAGE_CREATE_REQUEST, examples.MESSAGE_CREATE_RESPONSE],
+        summary="Post a user message",
         request=InputSerializer,
         responses={
             202: OutputSerializer,
@@ -86,6 +89,7 @@ class ConversationListView(APIView):
     @extend_schema(
         tags=TAG,
         operation_id="conversation_list",
+        summary="List conversations",
         parameters=[
             OpenApiParameter("channel", str, description="Only this channel key (web, web:tab)."),
             OpenApiParameter("limit", int, description="Page size."),
@@ -127,6 +131,7 @@ class ConversationNewView(APIView):
     @extend_schema(
         tags=TAG,
         operation_id="conversation_new",
+        summary="Start a new conversation on a channel",
         request=InputSerializer,
         responses={201: ConversationSerializer, **_errors(bad_request="A field is invalid.")},
     )
@@ -149,6 +154,7 @@ class ConversationDetailView(APIView):
     @extend_schema(
         tags=TAG,
         operation_id="conversation_get",
+        summary="Read a conversation with its active threads",
         responses={200: OutputSerializer, **_errors(not_found="Unknown or another tenant's.")},
     )
     def get(self, request: Request, conversation_id: UUID) -> Response:
@@ -170,6 +176,7 @@ class ConversationPolicySetView(APIView):
     @extend_schema(
         tags=TAG,
         operation_id="conversation_policy_set",
+        summary="Set a conversation's busy policy",
         request=InputSerializer,
         responses={
             200: ConversationSerializer,
@@ -201,6 +208,8 @@ class ConversationEntriesView(APIView):
     @extend_schema(
         tags=TAG,
         operation_id="conversation_entries",
+        examples=[examples.ENTRIES_RESPONSE],
+        summary="List (or long-poll) a conversation's entries",
         parameters=[
             OpenApiParameter("after_seq", int, description="Only entries with a larger seq."),
             OpenApiParameter(
@@ -253,6 +262,7 @@ class ConversationClearView(APIView):
     @extend_schema(
         tags=TAG,
         operation_id="conversation_clear",
+        summary="Clear a conversation",
         request=None,
         responses={
             200: OutputSerializer,

@@ -27,6 +27,7 @@ from ironclaw_site.api.fields import StrictBooleanField, TextField
 from ironclaw_site.api.pagination import StrictLimitOffsetPagination
 from ironclaw_site.api.schema import ErrorSerializer
 from workspace import selectors, services
+from workspace.api import examples
 from workspace.api.serializers import DocumentSerializer, VersionSerializer
 from workspace.errors import DocumentTooLarge
 from workspace.search import MODES, workspace_search
@@ -81,6 +82,8 @@ class DocumentDetailView(WorkspaceView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_read",
+        examples=[examples.DOCUMENT_RESPONSE],
+        summary="Read a document",
         parameters=[PATH_PARAMETER],
         responses={200: DocumentSerializer, **_errors(400, 404)},
     )
@@ -98,6 +101,8 @@ class DocumentWriteView(WorkspaceView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_write",
+        examples=[examples.DOCUMENT_WRITE_REQUEST, examples.DOCUMENT_RESPONSE],
+        summary="Create or replace a document",
         parameters=[PATH_PARAMETER],
         request=InputSerializer,
         responses={200: DocumentSerializer, **_errors(400, 409, 413)},
@@ -122,6 +127,7 @@ class DocumentDeleteView(WorkspaceView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_delete",
+        summary="Delete a document",
         parameters=[PATH_PARAMETER],
         responses={204: None, **_errors(400, 404)},
     )
@@ -185,6 +191,7 @@ class DocumentAppendView(DocumentActionView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_append",
+        summary="Append to a document",
         parameters=[PATH_PARAMETER],
         request=InputSerializer,
         responses={200: DocumentSerializer, **_errors(400, 409, 413)},
@@ -222,6 +229,7 @@ class DocumentPatchView(DocumentActionView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_patch",
+        summary="Replace text in a document",
         parameters=[PATH_PARAMETER],
         request=InputSerializer,
         responses={200: OutputSerializer, **_errors(400, 404, 409, 413)},
@@ -247,6 +255,7 @@ class DocumentVersionListView(DocumentActionView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_versions",
+        summary="List a document's versions",
         parameters=[PATH_PARAMETER],
         responses={200: VersionSerializer(many=True), **_errors(400, 404)},
         description="Versions of a document (the contents it had before each change), newest "
@@ -267,6 +276,7 @@ class DocumentVersionDetailView(DocumentActionView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_version",
+        summary="Read one version of a document",
         parameters=[PATH_PARAMETER, VERSION_PARAMETER],
         responses={200: OutputSerializer, **_errors(400, 404)},
     )
@@ -281,6 +291,7 @@ class DocumentRestoreView(DocumentActionView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_document_restore",
+        summary="Restore a version of a document",
         parameters=[PATH_PARAMETER, VERSION_PARAMETER],
         request=None,
         responses={200: DocumentSerializer, **_errors(400, 404, 405, 409, 413)},
@@ -309,6 +320,7 @@ class FolderListView(WorkspaceView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_list",
+        summary="List a folder",
         parameters=[
             OpenApiParameter(
                 "path",
@@ -343,6 +355,7 @@ class DocumentTreeView(WorkspaceView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_tree",
+        summary="List every document under a folder",
         parameters=[
             OpenApiParameter(
                 "path", OpenApiTypes.STR, OpenApiParameter.QUERY, description="Prefix; all if empty"
@@ -396,6 +409,8 @@ class WorkspaceSearchView(WorkspaceView):
     @extend_schema(
         tags=TAGS,
         operation_id="workspace_search",
+        examples=[examples.SEARCH_REQUEST, examples.SEARCH_RESPONSE],
+        summary="Search the workspace",
         request=InputSerializer,
         responses={200: OutputSerializer, **_errors(400)},
         description="Hybrid search (full text + vectors, reciprocal rank fusion). `degraded` is "
