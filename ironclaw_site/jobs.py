@@ -105,15 +105,20 @@ def finished_jobs_prune(
             cursor.execute(f"SELECT count(*) FROM ({_FINISHED_BEFORE}) finished", parameters)
             result.jobs_deleted = cursor.fetchone()[0]
         return result
+    # Each batch starts after the last id of the previous one, so the primary key's index walks
+    # the table once in all instead of rescanning the jobs kept (recent or running) every batch.
+    after_id = 0
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(
-                f"{_FINISHED_BEFORE} ORDER BY job.id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-                {**parameters, "limit": batch_size},
+                f"{_FINISHED_BEFORE} AND job.id > %(after_id)s "
+                "ORDER BY job.id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+                {**parameters, "after_id": after_id, "limit": batch_size},
             )
             ids = [row[0] for row in cursor.fetchall()]
             if not ids:
                 return result
+            after_id = ids[-1]
             # procrastinate_periodic_defers references jobs without ON DELETE: its rows go first.
             cursor.execute(
                 "DELETE FROM procrastinate_periodic_defers WHERE job_id = ANY(%s)", [ids]
