@@ -103,9 +103,9 @@ def test_request_id_from_the_client_is_returned(api_client: APIClient) -> None:
 def test_a_missing_or_unfit_request_id_is_replaced_by_a_new_one(
     api_client: APIClient, sent: str | None
 ) -> None:
-    headers = {} if sent is None else {"HTTP_X_REQUEST_ID": sent}
+    headers = {} if sent is None else {"X-Request-Id": sent}
 
-    response = api_client.get("/healthz", **headers)
+    response = api_client.get("/healthz", headers=headers)
 
     assert re.fullmatch(r"[0-9a-f]{32}", response["X-Request-Id"])
 
