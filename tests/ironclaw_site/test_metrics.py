@@ -11,21 +11,11 @@ from procrastinate.contrib.django.models import ProcrastinateJob
 from pytest_django.fixtures import Settings as SettingsWrapper
 from rest_framework.test import APIClient
 
+from tests.support.metrics import metric_sample
+
 pytestmark = pytest.mark.django_db
 
 REMOTE = "203.0.113.7"
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    """The value of one series in the exposition text (labels in any order)."""
-    for line in text.splitlines():
-        match = re.fullmatch(r"([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)", line)
-        if not match or match[1] != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2] or ""))
-        if found == labels:
-            return float(match[3])
-    raise AssertionError(f"no {name}{labels} in the scrape")
 
 
 def test_metrics_answer_a_loopback_client_with_the_database_state(client: Client) -> None:
@@ -34,10 +24,10 @@ def test_metrics_answer_a_loopback_client_with_the_database_state(client: Client
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     text = response.content.decode()
-    assert _sample(text, "ironclaw_system_status_up") == 1
-    assert _sample(text, "ironclaw_threads", state="running") == 0
-    assert _sample(text, "ironclaw_jobs", queue="indexing", status="waiting") == 0
-    assert _sample(text, "ironclaw_indexing_backlog_documents") == 0
+    assert metric_sample(text, "ironclaw_system_status_up") == 1
+    assert metric_sample(text, "ironclaw_threads", state="running") == 0
+    assert metric_sample(text, "ironclaw_jobs", queue="indexing", status="waiting") == 0
+    assert metric_sample(text, "ironclaw_indexing_backlog_documents") == 0
 
 
 def test_metrics_answer_an_ipv6_loopback_client(client: Client) -> None:
