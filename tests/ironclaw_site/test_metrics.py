@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 
 import pytest
 from django.test import Client
 from procrastinate.contrib.django.models import ProcrastinateJob
+from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings as SettingsWrapper
 from rest_framework.test import APIClient
 
 from tests.support.metrics import metric_sample
+from tests.support.servers import free_port
+from workspace.services import document_write
 
 pytestmark = pytest.mark.django_db
 
@@ -115,3 +119,36 @@ def test_a_job_deferred_by_a_request_carries_its_request_id(
     assert response.status_code in (200, 201), response.content
     job = ProcrastinateJob.objects.get(task_name="workspace.index_document")
     assert job.args["_request_id"] == "req-plan-1"
+
+
+def test_a_failed_embedding_is_counted_and_logged_with_its_tenant(
+    settings: SettingsWrapper, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.WORKSPACE_INDEXING = "inline"
+    settings.EMBEDDING_PROVIDER = "openai"
+    settings.EMBEDDING_BASE_URL = f"http://127.0.0.1:{free_port()}"
+    settings.EMBEDDING_MAX_RETRIES = 0
+    before = REGISTRY.get_sample_value("ironclaw_embedding_errors_total") or 0.0
+
+    with caplog.at_level(logging.WARNING, logger="workspace.services.indexing"):
+        document = document_write(user_id="alice", path="a.md", content="Ferns love shade.")
+
+    after = REGISTRY.get_sample_value("ironclaw_embedding_errors_total")
+    assert after == before + 1
+    [failure] = [record for record in caplog.records if "embedding failed" in record.message]
+    assert failure.__dict__["tenant"] == "alice"
+    assert failure.__dict__["document_id"] == str(document.id)
+
+
+def test_runtime_and_document_writes_are_counted_by_kind() -> None:
+    def writes(kind: str) -> float:
+        return REGISTRY.get_sample_value("ironclaw_workspace_writes_total", {"kind": kind}) or 0.0
+
+    runtime_before, document_before = writes("runtime"), writes("document")
+
+    document_write(user_id="alice", path="engine/.runtime/state.json", content="{}")
+    document_write(user_id="alice", path="engine/.runtime/state.json", content='{"a": 1}')
+    document_write(user_id="alice", path="notes.md", content="notes")
+
+    assert writes("runtime") - runtime_before == 2
+    assert writes("document") - document_before == 1
