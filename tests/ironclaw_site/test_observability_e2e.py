@@ -5,6 +5,7 @@ line into the log lines of the jobs it enqueued."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -42,11 +43,15 @@ def _env(metrics_dir: Path) -> dict[str, str]:
 
 
 def _web_pids(serve: ServeProcess) -> set[int]:
-    return {
-        child.pid
-        for child in psutil.Process(serve.process.pid).children()
-        if "serve_web" in " ".join(child.cmdline())
-    }
+    """The live web processes (a killed one stays a zombie until serve notices)."""
+    pids = set()
+    for child in psutil.Process(serve.process.pid).children():
+        try:
+            if "serve_web" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except psutil.NoSuchProcess:  # ZombieProcess included
+            continue
+    return pids
 
 
 def _scrape_until(serve: ServeProcess, done: Callable[[str], bool], timeout: float = 15) -> str:
@@ -65,12 +70,28 @@ def _scrape_until(serve: ServeProcess, done: Callable[[str], bool], timeout: flo
         time.sleep(0.2)
 
 
+def _wait_for_restart(serve: ServeProcess, old_pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids = _web_pids(serve)
+        if old_pid not in pids and len(pids) == 2:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"web process {old_pid} was not replaced within {timeout} s")
+
+
 def test_one_scrape_counts_the_traffic_of_every_web_and_worker_process(
     make_api_key: Callable[..., CreatedApiKey], tmp_path: Path
 ) -> None:
     key = make_api_key("alice").raw_key
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    # A previous run's counter: serve must start from zero, not add to it.
+    stale = metrics_dir / "counter_999999.db"
+    stale.write_bytes(b"left by a previous run")
 
-    with serve_process(_env(tmp_path / "metrics")) as serve:
+    with serve_process(_env(metrics_dir)) as serve:
+        stale_survived = stale.exists()
         for number in range(MESSAGES):
             send_and_await_reply(serve.base_url, key, f"hello {number}")
         before_writes = _scrape_until(
@@ -101,9 +122,14 @@ def test_one_scrape_counts_the_traffic_of_every_web_and_worker_process(
             assert http_request(f"{serve.base_url}/healthz").status == 200
         text = _scrape_until(serve, lambda text: True)
         web_pids = _web_pids(serve)
-        recorded_pids = {
-            int(path.stem.rsplit("_", 1)[1]) for path in (tmp_path / "metrics").glob("*.db")
-        }
+        recorded_pids = {int(path.stem.rsplit("_", 1)[1]) for path in metrics_dir.glob("*.db")}
+        # A web process that dies: serve drops its gauges ("in use now") and keeps its counters.
+        killed = min(web_pids)
+        had_gauges = (metrics_dir / f"gauge_livesum_{killed}.db").exists()
+        psutil.Process(killed).send_signal(signal.SIGKILL)
+        _wait_for_restart(serve, killed)
+        killed_files = {path.name for path in metrics_dir.glob(f"*_{killed}.db")}
+        after_kill = _scrape_until(serve, lambda text: True)
 
     def requests(route: str, method: str, status: str) -> float:
         return metric_sample(
@@ -119,6 +145,7 @@ def test_one_scrape_counts_the_traffic_of_every_web_and_worker_process(
 
     assert document == 200
     assert runtime == [200, 200]
+    assert not stale_survived
     assert len(web_pids) == 2
     assert web_pids <= recorded_pids
     assert requests("healthz", "GET", "200") == HEALTH_CHECKS
@@ -142,6 +169,16 @@ def test_one_scrape_counts_the_traffic_of_every_web_and_worker_process(
         assert metric_sample(text, "ironclaw_jobs_oldest_waiting_seconds", queue=queue) >= 0
     assert metric_sample(text, "ironclaw_indexing_backlog_documents") in (0, 1)
     assert metric_sample(text, "ironclaw_embedding_errors_last_hour") == 0
+    assert had_gauges
+    assert f"gauge_livesum_{killed}.db" not in killed_files
+    assert f"histogram_{killed}.db" in killed_files
+    assert requests("healthz", "GET", "200") == metric_sample(
+        after_kill,
+        "ironclaw_http_request_duration_seconds_count",
+        route="healthz",
+        method="GET",
+        status="200",
+    )
 
 
 def _put(base_url: str, key: str, path: str, body: dict[str, Any], request_id: str) -> Any:
@@ -241,6 +278,7 @@ def test_a_request_id_is_logged_by_the_request_and_by_the_jobs_it_enqueued(
                 "ended" in line.get("message", "") and line.get("request_id") == message_id
             ),
         )
+        output = serve.output()
 
     assert write_status == 200
     assert write_header == write_id
@@ -259,3 +297,4 @@ def test_a_request_id_is_logged_by_the_request_and_by_the_jobs_it_enqueued(
     assert claimed["tenant"] == "alice"
     assert claimed["thread_id"] == ended["thread_id"]
     assert ended["outcome"] == "completed"
+    assert "Logging error" not in output
