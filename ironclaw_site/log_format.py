@@ -63,10 +63,14 @@ class TextLogFormatter(logging.Formatter):
             for value in (getattr(record, "request_id", None), getattr(record, "tenant", None))
             if value
         )
+        # Scalars only: libraries pass whole objects as extras (Procrastinate a job's dict), which
+        # the JSON lines keep and a person reading text does not want on every line.
         extras = " ".join(
             f"{key}={value}"
             for key, value in vars(record).items()
-            if key not in _RECORD_ATTRIBUTES and not key.startswith("_")
+            if key not in _RECORD_ATTRIBUTES
+            and not key.startswith("_")
+            and isinstance(value, str | int | float)
         )
         line = (
             f"{_iso_time(record)} {record.levelname} {record.name}"
