@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from accounts.models import ApiKey
 from accounts.services import hash_api_key
 from accounts.tenancy import user_id_problem
+from ironclaw_site.log_context import tenant_set
 
 USER_ID_HEADER = "X-User-Id"
 
@@ -86,6 +87,8 @@ class BearerKeyAuthentication(BaseAuthentication):
             is_service=api_key.is_service,
             api_key_id=api_key.pk,
         )
+        # The request's log lines (its access line included) name the tenant from here on.
+        tenant_set(principal.user_id)
         return principal, api_key
 
     def _tenant_for(self, request: Request, api_key: ApiKey) -> str:

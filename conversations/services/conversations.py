@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from django.db import connection
@@ -21,6 +22,8 @@ from conversations.services.results import ClearResult
 from conversations.services.transactions import locked_transaction, thread_lock
 from conversations.services.validation import channel_key, check_user_id
 from ironclaw_site.errors import InvalidInput
+
+logger = logging.getLogger(__name__)
 
 # The pair's index row and its conversation, or nothing if another transaction holds the pair:
 # ON CONFLICT DO NOTHING (no savepoint) and the conversation inserted only with the index row, so
@@ -171,4 +174,11 @@ def thread_cancel(thread: Thread, *, reason: str) -> None:
             "finished_at",
             "updated_at",
         ]
+    )
+    logger.info(
+        "thread %s interrupted (%s): %s",
+        thread.pk,
+        reason,
+        "stopped" if thread.state == ThreadState.STOPPED else "its worker is asked to stop",
+        extra={"thread_id": str(thread.pk), "tenant": thread.user_id, "reason": reason},
     )

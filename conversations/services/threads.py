@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import uuid
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -51,6 +53,9 @@ from conversations.services.validation import (
     lease_duration,
 )
 from ironclaw_site.db import lock_waits_bounded, update_returning
+from ironclaw_site.metrics import turn_observe
+
+logger = logging.getLogger(__name__)
 
 _OUTCOME_STATE = {
     "completed": ThreadState.COMPLETED,
@@ -100,6 +105,7 @@ def thread_claim(
             **_lease_taken(worker_id, duration),
         )
     if claimed:
+        _log_claim(claimed[0])
         return claimed[0]
     thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
     raise ThreadNotClaimable(
@@ -212,8 +218,24 @@ def thread_claim_next(
                 **_lease_taken(worker_id, duration),
             )
             if claimed:
+                _log_claim(claimed[0])
                 return ClaimedThread(thread=claimed[0], inbox=_inbox_take_locked(claimed[0]))
         return None
+
+
+def _log_claim(thread: Thread) -> None:
+    logger.info(
+        "thread %s claimed by %s (claim %d)",
+        thread.pk,
+        thread.lease_owner,
+        thread.claim_count,
+        extra={
+            "thread_id": str(thread.pk),
+            "tenant": thread.user_id,
+            "worker_id": thread.lease_owner,
+            "claim_count": thread.claim_count,
+        },
+    )
 
 
 def _usage_increments(usage: ThreadUsage) -> dict[str, Any]:
@@ -295,6 +317,8 @@ def thread_outcome_record(
     with locked_transaction(bound_by_first_statement=True):
         conversation, thread = thread_lock_with_conversation(user_id, thread_id)
         _check_outcome_allowed(thread, outcome, worker_id)
+        # Counted and logged once the outcome is durable, whichever return below ends it.
+        transaction.on_commit(partial(_outcome_observe, thread))
         if usage is not None:
             _usage_add(thread, usage)
         now = timezone.now()
@@ -343,6 +367,23 @@ def thread_outcome_record(
     return OutcomeResult(thread=thread, entries=entries, follow_up=follow_up)
 
 
+def _outcome_observe(thread: Thread) -> None:
+    turn_observe(thread)
+    outcome = thread.outcome or {}
+    logger.info(
+        "thread %s ended: %s",
+        thread.pk,
+        outcome.get("kind"),
+        extra={
+            "thread_id": str(thread.pk),
+            "tenant": thread.user_id,
+            "outcome": outcome.get("kind"),
+            "state": thread.state,
+            "model_time_ms": thread.model_time_ms,
+        },
+    )
+
+
 def _unread_messages(
     thread: Thread, conversation: Conversation | None
 ) -> tuple[list[ConversationEntry], list[ConversationEntry]]:
@@ -387,10 +428,10 @@ def thread_leases_sweep(
                 Thread.objects.for_update(skip_locked=True)
                 .filter(state=ThreadState.RUNNING, lease_expires_at__lt=expired_before)
                 .order_by("pk")
-                .values_list("pk", "cancel_requested")[:batch_size]
+                .values_list("pk", "cancel_requested", "user_id")[:batch_size]
             )
-            requeue = [pk for pk, cancelled in expired if not cancelled]
-            stop = [pk for pk, cancelled in expired if cancelled]
+            requeue = [pk for pk, cancelled, _ in expired if not cancelled]
+            stop = [pk for pk, cancelled, _ in expired if cancelled]
             if requeue:
                 Thread.objects.filter(pk__in=requeue).update(
                     state=ThreadState.CREATED,
@@ -410,6 +451,13 @@ def thread_leases_sweep(
                     finished_at=Now(),
                     updated_at=Now(),
                 )
+        for pk, cancelled, tenant in expired:
+            logger.warning(
+                "lease of thread %s expired: %s",
+                pk,
+                "stopped (it was cancelled)" if cancelled else "back to created",
+                extra={"thread_id": str(pk), "tenant": tenant, "lease_expired": True},
+            )
         result.requeued.extend(requeue)
         result.stopped.extend(stop)
         if len(expired) < batch_size:

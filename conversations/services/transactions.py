@@ -25,6 +25,7 @@ from conversations.models import (
 )
 from ironclaw_site.db import bounded_transaction, lock_timeout_bound
 from ironclaw_site.errors import Conflict
+from ironclaw_site.log_context import job_args
 
 # The task conversations.tasks registers to run a thread; THREAD_RUNNER says what it runs.
 RUN_THREAD_TASK = "conversations.tasks.run_thread"
@@ -104,13 +105,13 @@ def thread_run_enqueue(thread_id: uuid.UUID, *, new_thread: bool = False) -> Non
     if new_thread:
         # No savepoint: the queueing lock names a thread nobody else can see before we commit,
         # so the queueing-lock index cannot refuse it.
-        run.defer(thread_id=str(thread_id))
+        run.defer(thread_id=str(thread_id), **job_args())
         return
     try:
         # Own savepoint: a duplicate queueing lock is a unique violation that must not abort
         # the caller's transaction.
         with transaction.atomic():
-            run.defer(thread_id=str(thread_id))
+            run.defer(thread_id=str(thread_id), **job_args())
     except AlreadyEnqueued:
         # A run of this thread is already waiting for a worker; one is enough.
         pass

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_default_handler
 
 from ironclaw_site.errors import ApplicationError, PayloadTooLarge, ServiceUnavailable
+from ironclaw_site.metrics import database_unavailable_count
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 
     if is_database_unavailable(exc):
         # Pool exhausted (PoolTimeout), server down or restarting: the client should retry.
+        database_unavailable_count(exc)
         logger.warning("database unavailable: %s", exc)
         unavailable = Response(
             error_body(ServiceUnavailable.code, ServiceUnavailable.default_message), status=503

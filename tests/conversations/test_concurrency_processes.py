@@ -25,6 +25,7 @@ def test_concurrent_first_messages_from_processes_spawn_exactly_one_thread() -> 
         "DATABASE_URL": database_url(connection.settings_dict),
         "DATABASE_POOL_SIZE": "2",
         "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "text",
         # The race is about exactly-once, not timeouts: give slow CI machines room.
         "CONVERSATION_LOCK_TIMEOUT_MS": "20000",
     }

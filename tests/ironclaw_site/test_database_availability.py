@@ -13,6 +13,7 @@ import pytest
 from django.db import connection
 
 from accounts.services import CreatedApiKey
+from tests.support.metrics import metric_sample
 from tests.support.servers import (
     HttpResult,
     TcpProxy,
@@ -85,6 +86,7 @@ def test_exhausted_pool_answers_503_within_the_pool_timeout(
             call_me("starved", second_key)
             holder.rollback()
         blocked.join(timeout=30)
+        scrape = http_request(f"{base_url}/metrics")
 
     starved = results["starved"]
     assert starved.status == 503
@@ -93,6 +95,9 @@ def test_exhausted_pool_answers_503_within_the_pool_timeout(
     assert 0.9 <= starved.elapsed < 5
     assert results["blocked"].status == 200
     assert results["blocked"].body["user_id"] == "alice"
+    assert metric_sample(scrape.body, "ironclaw_db_pool_timeouts_total") == 1
+    assert metric_sample(scrape.body, "ironclaw_db_pool_connections_open") == 1
+    assert metric_sample(scrape.body, "ironclaw_db_pool_requests_waiting") == 0
 
 
 def _upstream() -> str | tuple[str, int]:

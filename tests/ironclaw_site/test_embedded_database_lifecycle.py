@@ -27,6 +27,7 @@ def _embedded_env(tmp_path: Path) -> dict[str, str]:
         "EMBEDDED_DATABASE_DIR": str(tmp_path / "pgdata"),
         "DJANGO_SETTINGS_MODULE": "ironclaw_site.settings",
         "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "text",
     }
 
 

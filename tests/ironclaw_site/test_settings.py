@@ -33,6 +33,7 @@ def _start_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ("DATABASE_URL", "mysql://u:p@localhost/db", "DATABASE_URL must point at PostgreSQL"),
         ("PORT", "70000", "PORT must be at most 65535"),
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL must be one of"),
+        ("LOG_FORMAT", "bad", "LOG_FORMAT must be one of json, text; got 'bad'"),
         ("RATE_LIMIT_PER_MINUTE", "-1", "RATE_LIMIT_PER_MINUTE must be at least 0"),
         ("RATE_LIMIT_TENANT_PER_MINUTE", "lots", "RATE_LIMIT_TENANT_PER_MINUTE must be an integer"),
         ("ADMIN_LOGIN_FAILURE_LIMIT", "0", "ADMIN_LOGIN_FAILURE_LIMIT must be at least 1"),

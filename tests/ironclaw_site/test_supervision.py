@@ -160,6 +160,7 @@ def test_serve_restarts_a_sigkilled_embedded_postgres_without_losing_commits(
         "IRONCLAW_VAR_DIR": str(var_dir),
         "EMBEDDED_DATABASE_DIR": str(var_dir / "pgdata"),
         "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "text",
         **ECHO,
     }
     _manage(env, "migrate", "--noinput", "-v", "0")

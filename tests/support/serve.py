@@ -65,6 +65,7 @@ def serve_process(env: Mapping[str, str], *, ready_timeout: float = 60) -> Itera
     full_env = {
         **os.environ,
         "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "text",
         "WEB_CONCURRENCY": "1",
         "WEB_THREADS": "8",
         "ENGINE_CONCURRENCY": "4",

@@ -119,7 +119,7 @@ def app_server(
     """Run the app as ``serve`` does (one waitress process) with ``env`` on a free port; yield its
     base URL. Its output goes to ``log_file`` when given (for tests that read the log)."""
     port = free_port()
-    full_env = {**os.environ, "LOG_LEVEL": "WARNING", **env}
+    full_env = {**os.environ, "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text", **env}
     log = log_file.open("w") if log_file else None
     process = subprocess.Popen(
         [
@@ -258,7 +258,7 @@ def worker_process(
     name: str = "worker",
 ) -> Iterator[subprocess.Popen[str]]:
     """Run ``manage.py run_worker`` with ``env`` in its own process; the test may kill it."""
-    full_env = {**os.environ, "LOG_LEVEL": "WARNING", **env}
+    full_env = {**os.environ, "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text", **env}
     process = subprocess.Popen(
         [
             sys.executable,

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import connection
 
 from ironclaw_site.db import bounded_transaction
+from ironclaw_site.metrics import DOCUMENT_WRITES
 from workspace.errors import DocumentBusy, DocumentNotFound, PatchFailed, VersionNotFound
 from workspace.metadata import flag_is_set
 from workspace.models import Chunk, Document, DocumentVersion, IndexState
@@ -91,6 +92,7 @@ def _apply_change(
     changed_by: str,
 ) -> bool:
     """Version, update and mark for indexing; True when an index job is due. Row lock held."""
+    DOCUMENT_WRITES.inc()
     new_hash = content_hash(content)
     metadata_changed = metadata is not None and metadata != document.metadata
     if new_hash == document.content_hash and not metadata_changed and not document.is_runtime:

@@ -12,6 +12,8 @@ from django.db import transaction
 from procrastinate.contrib.django import app
 from procrastinate.exceptions import AlreadyEnqueued
 
+from ironclaw_site.log_context import job_args
+from ironclaw_site.metrics import EMBEDDING_ERRORS
 from workspace.chunking import chunk_text
 from workspace.embeddings import EmbeddingError, embedding_provider
 from workspace.metadata import flag_is_set
@@ -49,7 +51,7 @@ def document_index_enqueue(*, document_id: uuid.UUID) -> None:
                 # An unknown name would otherwise defer to the default queue with no retries.
                 allow_unknown=False,
                 queueing_lock=f"workspace-index:{document_id}",
-            ).defer(document_id=str(document_id))
+            ).defer(document_id=str(document_id), **job_args())
     except AlreadyEnqueued:
         # A job for this document has not started yet; it will read the latest content.
         pass
@@ -100,7 +102,13 @@ def document_index(*, document_id: uuid.UUID | str, force: bool = False) -> Inde
     try:
         vectors = provider.embed(pieces) if pieces else []
     except EmbeddingError as error:
-        logger.warning("embedding failed for document %s: %s", document_id, error)
+        EMBEDDING_ERRORS.inc()
+        logger.warning(
+            "embedding failed for document %s: %s",
+            document_id,
+            error,
+            extra={"document_id": str(snapshot.pk), "tenant": snapshot.user_id},
+        )
         vectors = [None] * len(pieces)
         failed = True
 
@@ -134,4 +142,11 @@ def document_index(*, document_id: uuid.UUID | str, force: bool = False) -> Inde
             index_state=IndexState.FAILED if failed else IndexState.INDEXED,
             indexed_hash=source_hash,
         )
+    logger.info(
+        "indexed document %s: %d chunks%s",
+        snapshot.pk,
+        len(pieces),
+        " without embeddings" if failed else "",
+        extra={"document_id": str(snapshot.pk), "tenant": snapshot.user_id},
+    )
     return IndexOutcome.FAILED if failed else IndexOutcome.INDEXED

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import connection
 from psycopg.types.json import Jsonb
 
+from ironclaw_site.metrics import RUNTIME_WRITES
 from workspace.errors import DocumentNotFound, DocumentTooLarge, PatchFailed
 from workspace.models import Document
 from workspace.services.content import content_hash
@@ -151,6 +152,7 @@ def runtime_write(
             row = cursor.fetchone()
     if row is None:  # deleted between the two statements: report the write as not applied
         raise DocumentNotFound.for_path(path)
+    RUNTIME_WRITES.inc()
     values = dict(zip((field.attname for field in _WRITTEN_FIELDS), row, strict=True))
     values["content"] = content
     return _document_from_row(tuple(values[attname] for attname in _DOCUMENT_FIELDS))
@@ -170,6 +172,7 @@ def runtime_append(*, user_id: str, path: str, content: str) -> Document:
             f"Appending would make the document larger than {limit} bytes.",
             details={"limit": limit},
         )
+    RUNTIME_WRITES.inc()
     return _document_from_row(row)
 
 
@@ -188,6 +191,7 @@ def runtime_patch(
         cursor.execute(_RUNTIME_PATCH_SQL, params)
         row = cursor.fetchone()
         if row is not None:
+            RUNTIME_WRITES.inc()
             return _document_from_row(row), int(row[-1])
         cursor.execute(
             "SELECT strpos(content, %s) > 0 FROM workspace_document "

@@ -13,12 +13,11 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
+from prometheus_client import multiprocess
 
 from conversations.tasks import RUN_THREAD_QUEUE
+from ironclaw_site.jobs import BACKGROUND_QUEUES
 
-# Every queue but the turns': indexing, and "default" where periodic maintenance (the lease
-# sweeper, the stalled-job retry) runs. A new queue must be added here or no worker serves it.
-BACKGROUND_QUEUES = ("indexing", "default")
 # Children that are Procrastinate workers (their --name): /readyz checks their heartbeats.
 WORKER_NAMES = ("turns", "background")
 
@@ -73,6 +72,15 @@ def child_commands(
             "background",
         ]
     return commands
+
+
+def metrics_folder_reset(folder: Path) -> Path:
+    """Create the metrics folder, or empty it of a previous run's files (counters must start from
+    zero with the processes that write them). Only the metric files: the folder may be shared."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return folder
 
 
 def exit_reason(returncode: int) -> str:
@@ -157,6 +165,8 @@ class Command(BaseCommand):
             "READYZ_WORKERS": ",".join(name for name in commands if name in WORKER_NAMES),
             **({} if options["no_worker"] else {"READYZ_REQUIRE_WORKER": "true"}),
             **os.environ,
+            # Every child records its metrics here, so a scrape of any web process sums them all.
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_folder_reset(Path(settings.METRICS_DIR))),
         }
         embedded = self._embedded_server_watch()
 
@@ -232,6 +242,9 @@ class Command(BaseCommand):
         returncode = child.process.poll()
         if returncode is None:
             return
+        # Its gauges ("in use now") no longer count; its counters and histograms still do.
+        metrics_folder = self.child_env["PROMETHEUS_MULTIPROC_DIR"]
+        multiprocess.mark_process_dead(child.process.pid, metrics_folder)
         wait = child.schedule_restart(now)
         self.stderr.write(
             f"{child.name} {exit_reason(returncode)} after {now - child.started_at:.1f} s; "

@@ -1,0 +1,84 @@
+"""Log formatting: one JSON object per line (``LOG_FORMAT=json``) or readable text.
+
+Every line has time, level, logger and message, plus the request id and tenant of the request or
+job it was written in (``ironclaw_site.log_context``) and any ``extra`` the caller passed
+(``route``, ``status``, ``duration_ms``, ``thread_id`` ...).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+from ironclaw_site.log_context import current_request_id, current_tenant
+
+# LogRecord's own attributes; anything else on a record came from ``extra``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "request_id",
+    "tenant",
+}
+
+
+class LogContextFilter(logging.Filter):
+    """Add the current request id and tenant to a record, unless the caller passed its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = current_request_id()
+        if getattr(record, "tenant", None) is None:
+            record.tenant = current_tenant()
+        return True
+
+
+def _iso_time(record: logging.LogRecord) -> str:
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+class JsonLogFormatter(JsonFormatter):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s %(request_id)s %(tenant)s",
+            rename_fields={"levelname": "level", "name": "logger"},
+            **kwargs,
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        log_data["time"] = _iso_time(record)
+        super().add_fields(log_data, record, message_dict)
+
+
+class TextLogFormatter(logging.Formatter):
+    """``time LEVEL logger [request_id tenant] message key=value ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        context = " ".join(
+            str(value)
+            for value in (getattr(record, "request_id", None), getattr(record, "tenant", None))
+            if value
+        )
+        # Scalars only: libraries pass whole objects as extras (Procrastinate a job's dict), which
+        # the JSON lines keep and a person reading text does not want on every line.
+        extras = " ".join(
+            f"{key}={value}"
+            for key, value in vars(record).items()
+            if key not in _RECORD_ATTRIBUTES
+            and not key.startswith("_")
+            and isinstance(value, str | int | float)
+        )
+        line = (
+            f"{_iso_time(record)} {record.levelname} {record.name}"
+            f"{f' [{context}]' if context else ''} {record.getMessage()}"
+            f"{f' {extras}' if extras else ''}"
+        )
+        if record.exc_info:
+            line = f"{line}\n{self.formatException(record.exc_info)}"
+        if record.stack_info:
+            line = f"{line}\n{self.formatStack(record.stack_info)}"
+        return line

@@ -1,0 +1,124 @@
+"""Prometheus metrics every process records: requests, pools, turns, embeddings, writes.
+
+Every web and worker process records into ``PROMETHEUS_MULTIPROC_DIR`` (``manage.py serve`` gives
+its children one, ``METRICS_DIR``), and a scrape of any web process sums them all
+(``ironclaw_site.metrics_endpoint``). Recording is in memory or a memory-mapped file: never a
+database statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import psycopg_pool
+from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from conversations.models import Thread
+
+REQUEST_DURATION = Histogram(
+    "ironclaw_http_request_duration_seconds",
+    "HTTP requests by route (the URL pattern, never the raw path), method and status.",
+    ["route", "method", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+# "livesum": the sum over the processes alive now; a dead process's files are removed by serve.
+DB_POOL_IN_USE = Gauge(
+    "ironclaw_db_pool_connections_in_use",
+    "Pooled database connections lent out, summed over processes.",
+    multiprocess_mode="livesum",
+)
+DB_POOL_OPEN = Gauge(
+    "ironclaw_db_pool_connections_open",
+    "Database connections the pools hold open (in use or idle), summed over processes.",
+    multiprocess_mode="livesum",
+)
+DB_POOL_WAITING = Gauge(
+    "ironclaw_db_pool_requests_waiting",
+    "Callers waiting for a pooled connection, summed over processes.",
+    multiprocess_mode="livesum",
+)
+DB_POOL_TIMEOUTS = Counter(
+    "ironclaw_db_pool_timeouts",
+    "Requests answered 503 because no pooled connection came within DATABASE_POOL_TIMEOUT.",
+)
+TURNS = Counter("ironclaw_turns", "Thread runs ended, by outcome kind.", ["outcome"])
+_TURN_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+TURN_DURATION = Histogram(
+    "ironclaw_turn_duration_seconds",
+    "A thread's end to end time, from enqueued to finished.",
+    buckets=_TURN_BUCKETS,
+)
+TURN_MODEL_TIME = Histogram(
+    "ironclaw_turn_model_seconds",
+    "Time a thread spent waiting for the model.",
+    buckets=_TURN_BUCKETS,
+)
+TURN_OVERHEAD = Histogram(
+    "ironclaw_turn_overhead_seconds",
+    "A thread's end to end time minus its model time: queueing, claims, checkpoints, writes.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+EMBEDDING_ERRORS = Counter(
+    "ironclaw_embedding_errors", "Indexing runs whose embedding call failed."
+)
+WORKSPACE_WRITES = Counter(
+    "ironclaw_workspace_writes",
+    "Workspace writes by kind: runtime (one upsert, never indexed) or document.",
+    ["kind"],
+)
+# Bound once: the hot paths skip the label lookup, and both series exist from the start.
+RUNTIME_WRITES = WORKSPACE_WRITES.labels(kind="runtime")
+DOCUMENT_WRITES = WORKSPACE_WRITES.labels(kind="document")
+
+
+def pool_gauges_update(*args: Any, **kwargs: Any) -> None:
+    """Record this process's pool figures (in memory, no statement). Connected to
+    ``request_finished`` after Django returns the request's connection, and run after each job."""
+    # Imported here: settings import this module (the worker middleware below).
+    from django.db import connections
+
+    pool = type(connections["default"])._connection_pools.get("default")  # type: ignore[attr-defined]
+    # Not created yet: reading connection.pool would create it.
+    if pool is None:
+        return
+    stats = pool.get_stats()
+    size = stats.get("pool_size", 0)
+    DB_POOL_OPEN.set(size)
+    DB_POOL_IN_USE.set(size - stats.get("pool_available", 0))
+    DB_POOL_WAITING.set(stats.get("requests_waiting", 0))
+
+
+async def pool_gauges_update_after_job(
+    call_next: Callable[[], Awaitable[Any]], context: Any, worker: Any
+) -> Any:
+    """Procrastinate worker middleware: the pool figures once the job gave its connection back
+    (Django's cleanup is a task middleware, inside this one)."""
+    try:
+        return await call_next()
+    finally:
+        pool_gauges_update()
+
+
+def turn_observe(thread: Thread) -> None:
+    """Count a run's outcome and, when the thread finished, its end to end, model and overhead
+    times. Called after the outcome's transaction commits, in whichever process recorded it."""
+    TURNS.labels(outcome=str((thread.outcome or {}).get("kind", "unknown"))).inc()
+    if thread.finished_at is None or thread.enqueued_at is None:
+        return
+    # enqueued_at comes from the database clock, finished_at from this process's: never below 0.
+    end_to_end = max(0.0, (thread.finished_at - thread.enqueued_at).total_seconds())
+    model = thread.model_time_ms / 1000
+    TURN_DURATION.observe(end_to_end)
+    TURN_MODEL_TIME.observe(model)
+    TURN_OVERHEAD.observe(max(0.0, end_to_end - model))
+
+
+def database_unavailable_count(error: BaseException) -> None:
+    """Count a 503 whose cause was an exhausted pool."""
+    while error is not None:
+        if isinstance(error, psycopg_pool.PoolTimeout):
+            DB_POOL_TIMEOUTS.inc()
+            return
+        error = error.__cause__  # type: ignore[assignment]

@@ -1,0 +1,147 @@
+"""``GET /metrics``: every process's metrics plus the database's state, for Prometheus.
+
+Figures that are the database's state (threads by state, jobs by queue, indexing backlog) are not
+recorded by anybody: ``SystemStatusCollector`` reads them at scrape time with the few indexed
+queries of ``system_status()``, so they cost API requests nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Iterator
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from conversations.services import RUN_THREAD_QUEUE
+from ironclaw_site.api.exceptions import error_body
+from ironclaw_site.jobs import BACKGROUND_QUEUES
+from ironclaw_site.system_status import system_status
+
+
+class SystemStatusCollector:
+    """The database's state at scrape time, from ``system_status()``."""
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "ironclaw_system_status_up", "1 when the database answered this scrape's queries."
+        )
+        try:
+            status = system_status()
+        except DatabaseError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+
+        threads = GaugeMetricFamily("ironclaw_threads", "Live threads by state.", labels=["state"])
+        for state, count in status.threads_by_state.items():
+            threads.add_metric([state], count)
+        yield threads
+        yield GaugeMetricFamily(
+            "ironclaw_thread_leases_expired",
+            "Running threads whose lease has expired (the sweeper requeues them).",
+            value=status.expired_leases,
+        )
+
+        jobs = GaugeMetricFamily(
+            "ironclaw_jobs",
+            "Jobs by queue and status (waiting, doing, failed).",
+            labels=["queue", "status"],
+        )
+        oldest = GaugeMetricFamily(
+            "ironclaw_jobs_oldest_waiting_seconds",
+            "Age of each queue's oldest waiting job (0 when none waits).",
+            labels=["queue"],
+        )
+        by_queue = {queue.queue: queue for queue in status.queues}
+        # Every queue a worker serves has its series, 0 included, so an alert sees it from the
+        # start rather than only once a job waits.
+        for name in sorted({RUN_THREAD_QUEUE, *BACKGROUND_QUEUES} | set(by_queue)):
+            queue = by_queue.get(name)
+            jobs.add_metric([name, "waiting"], queue.waiting if queue else 0)
+            jobs.add_metric([name, "doing"], queue.doing if queue else 0)
+            jobs.add_metric([name, "failed"], queue.failed if queue else 0)
+            oldest.add_metric([name], (queue.oldest_waiting_seconds or 0.0) if queue else 0.0)
+        yield jobs
+        yield oldest
+        yield GaugeMetricFamily(
+            "ironclaw_indexing_backlog_documents",
+            "Documents written but not yet chunked and embedded.",
+            value=status.indexing_backlog,
+        )
+        yield GaugeMetricFamily(
+            "ironclaw_embedding_errors_last_hour",
+            "Documents whose indexing ended without embeddings in the last hour.",
+            value=status.embedding_errors_last_hour,
+        )
+        runtime = GaugeMetricFamily(
+            "ironclaw_runtime_documents_indexed",
+            "Runtime documents with chunks or versions (must be 0).",
+            labels=["has"],
+        )
+        runtime.add_metric(["chunks"], status.runtime_documents_with_chunks)
+        runtime.add_metric(["versions"], status.runtime_documents_with_versions)
+        yield runtime
+
+
+class _ProcessRegistry:
+    """This process's own metrics, when there is no multiprocess folder (one process)."""
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(REGISTRY.collect())
+
+
+def metrics_exposition() -> tuple[bytes, str]:
+    """The text a scrape gets: every process's metrics and the database's state."""
+    registry = CollectorRegistry(auto_describe=False)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        registry.register(_ProcessRegistry())
+    registry.register(SystemStatusCollector())
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
+def _refusal(request: HttpRequest) -> JsonResponse | None:
+    """None when the client may scrape: a loopback client, or one with ``METRICS_TOKEN``."""
+    if request.META.get("REMOTE_ADDR") in _LOOPBACK:
+        return None
+    token: str | None = settings.METRICS_TOKEN
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if token is None or scheme.lower() != "bearer" or not presented:
+        return JsonResponse(
+            error_body(
+                "metrics_forbidden",
+                "Metrics are served to loopback clients, or to others with "
+                "'Authorization: Bearer <METRICS_TOKEN>' when METRICS_TOKEN is set.",
+            ),
+            status=403,
+        )
+    # Constant time: the comparison must not tell a prober how much of its guess was right.
+    if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        refused = JsonResponse(
+            error_body("invalid_token", "The metrics token is not valid."), status=401
+        )
+        refused["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return refused
+    return None
+
+
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    refused = _refusal(request)
+    if refused is not None:
+        return refused
+    body, content_type = metrics_exposition()
+    return HttpResponse(body, content_type=content_type)
