@@ -111,11 +111,20 @@ def metrics_exposition() -> tuple[bytes, str]:
 
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+# A reverse proxy on the same host connects from loopback for every client; these headers say the
+# request came through one, so it needs the token like any other remote client.
+_FORWARDING_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+
+
+def _is_local_scraper(request: HttpRequest) -> bool:
+    return request.META.get("REMOTE_ADDR") in _LOOPBACK and not any(
+        header in request.META for header in _FORWARDING_HEADERS
+    )
 
 
 def _refusal(request: HttpRequest) -> JsonResponse | None:
     """None when the client may scrape: a loopback client, or one with ``METRICS_TOKEN``."""
-    if request.META.get("REMOTE_ADDR") in _LOOPBACK:
+    if _is_local_scraper(request):
         return None
     token: str | None = settings.METRICS_TOKEN
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")

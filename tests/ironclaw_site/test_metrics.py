@@ -40,6 +40,31 @@ def test_metrics_answer_an_ipv6_loopback_client(client: Client) -> None:
     assert response.status_code == 200
 
 
+@pytest.mark.parametrize(
+    "forwarded",
+    [
+        {"X-Forwarded-For": REMOTE},
+        {"Forwarded": f"for={REMOTE}"},
+        {"X-Real-IP": REMOTE},
+    ],
+)
+def test_metrics_treat_a_request_forwarded_by_a_local_proxy_as_remote(
+    client: Client, settings: SettingsWrapper, forwarded: dict[str, str]
+) -> None:
+    settings.METRICS_TOKEN = "s3cret-token"
+
+    refused = client.get("/metrics", REMOTE_ADDR="127.0.0.1", headers=forwarded)
+    allowed = client.get(
+        "/metrics",
+        REMOTE_ADDR="127.0.0.1",
+        headers={**forwarded, "Authorization": "Bearer s3cret-token"},
+    )
+
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "metrics_forbidden"
+    assert allowed.status_code == 200
+
+
 def test_metrics_refuse_a_remote_client_when_no_token_is_configured(
     client: Client, settings: SettingsWrapper
 ) -> None:
