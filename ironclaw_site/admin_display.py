@@ -36,7 +36,7 @@ def changelist_url(url_name: str, **filters: Any) -> str:
 
 
 def duration_text(duration: datetime.timedelta | None) -> str:
-    """A duration for people: "850 ms", "42 s", "3 min 5 s", "2 h 4 min", "3 d 2 h"."""
+    """A duration for people: "850 ms", "1.5 s", "42 s", "3 min 5 s", "2 h 4 min", "3 d 2 h"."""
     if duration is None:
         return "-"
     seconds = duration.total_seconds()
@@ -44,6 +44,8 @@ def duration_text(duration: datetime.timedelta | None) -> str:
     seconds = abs(seconds)
     if seconds < 1:
         return f"{sign}{seconds * 1000:.0f} ms"
+    if seconds < 10:
+        return f"{sign}{seconds:.1f} s"
     if seconds < 60:
         return f"{sign}{seconds:.0f} s"
     minutes, second = divmod(int(seconds), 60)
