@@ -54,7 +54,8 @@ def diff_html(diff: str) -> SafeString:
         rows.append((_DIFF_LINE_STYLES.get(marker, ""), line))
     return format_html(
         '<pre class="diff" style="white-space: pre-wrap; margin: 0">{}</pre>',
-        format_html_join("\n", '<span style="display: block; {}">{}</span>', rows),
+        # Block spans, no newline between them: <pre> would render it as an extra blank line.
+        format_html_join("", '<span style="display: block; {}">{}</span>', rows),
     )
 
 
