@@ -142,3 +142,20 @@ def test_view_site_link_is_gone(admin_client: Client) -> None:
 
 
 DASHBOARD_QUERIES = 15
+
+
+def test_job_list_has_no_filter_growing_with_threads_and_lists_a_threads_jobs(
+    admin_client: Client,
+) -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    other = message_handle(user_id="alice", channel="other", content="hello")
+
+    listing = admin_client.get("/admin/procrastinate/procrastinatejob/")
+    one_thread = admin_client.get(
+        "/admin/procrastinate/procrastinatejob/", {"queueing_lock": f"thread-run:{sent.thread_id}"}
+    )
+
+    assert listing.status_code == 200
+    assert "queueing_lock=" not in listing.content.decode()  # no filter link per lock
+    assert str(sent.thread_id) in one_thread.content.decode()
+    assert str(other.thread_id) not in one_thread.content.decode()
