@@ -8,13 +8,14 @@ from django.http import HttpRequest
 
 from accounts.models import ApiKey
 from accounts.services import api_key_revoke
+from ironclaw_site.admin import TenantPrefixFilter
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ("name", "user_id", "is_service", "prefix", "created_at", "revoked_at")
-    list_filter = ("is_service", ("revoked_at", admin.EmptyFieldListFilter))
-    search_fields = ("name", "user_id__startswith", "prefix")
+    list_filter = ("is_service", ("revoked_at", admin.EmptyFieldListFilter), TenantPrefixFilter)
+    search_fields = ("name", "prefix")
     show_full_result_count = False
     readonly_fields = ("prefix", "user_id", "is_service", "created_at", "revoked_at")
     fields = ("name", "user_id", "is_service", "prefix", "created_at", "revoked_at")

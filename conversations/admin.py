@@ -37,7 +37,7 @@ from conversations.services import (
     thread_run_queueing_lock,
     thread_stop,
 )
-from ironclaw_site.admin import ReadOnlyAdmin, ReadOnlyInline
+from ironclaw_site.admin import ReadOnlyAdmin, ReadOnlyInline, TenantPrefixFilter
 from ironclaw_site.admin_display import (
     SHORT_ID_LENGTH,
     change_link,
@@ -135,10 +135,9 @@ class ConversationAdmin(_NoDeleteAdmin):
         "created_at",
         "updated_at",
     )
-    list_filter = ("busy_policy",)
-    # Tenant by prefix ("ali" finds alice): served by the (user_id, ...) indexes.
-    search_fields = ("=id", "user_id__startswith", "channel")
-    search_help_text = "A whole conversation id, a tenant id's beginning, or part of a channel."
+    list_filter = ("busy_policy", TenantPrefixFilter)
+    search_fields = ("=id", "channel")
+    search_help_text = "A whole conversation id, or part of a channel (tenants: the filter)."
     readonly_fields = (
         "id",
         "user_id",
@@ -219,8 +218,9 @@ class ConversationAdmin(_NoDeleteAdmin):
 @admin.register(ChannelUserIndex)
 class ChannelUserIndexAdmin(_SystemRowsAdmin):
     list_display = ("channel", "user_id", "conversation_link", "updated_at")
-    search_fields = ("user_id__startswith", "channel")
-    search_help_text = "A tenant id's beginning, or part of a channel."
+    list_filter = (TenantPrefixFilter,)
+    search_fields = ("channel",)
+    search_help_text = "Part of a channel (tenants: the filter)."
     raw_id_fields = ("conversation",)
     readonly_fields = ("user_id", "channel", "conversation", "updated_at")
     show_full_result_count = False
@@ -287,9 +287,10 @@ class ThreadAdmin(_SystemRowsAdmin):
         "kind",
         "tracked",
         "cancel_requested",
+        TenantPrefixFilter,
     )
-    search_fields = ("=id", "user_id__startswith", "=lease_owner")
-    search_help_text = "A whole thread id, a tenant id's beginning, or a worker id."
+    search_fields = ("=id", "=lease_owner")
+    search_help_text = "A whole thread id, or a worker id (tenants: the filter)."
     raw_id_fields = ("conversation",)
     ordering = ("-created_at",)
     show_full_result_count = False
@@ -570,9 +571,9 @@ class ConversationEntryAdmin(_SystemRowsAdmin):
         "created_at",
         "delivered_at",
     )
-    list_filter = ("sender",)
-    search_fields = ("=conversation__id", "user_id__startswith")
-    search_help_text = "A whole conversation id, or a tenant id's beginning."
+    list_filter = ("sender", TenantPrefixFilter)
+    search_fields = ("=conversation__id",)
+    search_help_text = "A whole conversation id (tenants: the filter)."
     raw_id_fields = ("conversation", "thread")
     readonly_fields = [field.name for field in ConversationEntry._meta.fields]
     ordering = ("conversation", "seq")

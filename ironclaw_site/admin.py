@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from procrastinate.contrib.django.admin import ProcrastinateJobAdmin
 from procrastinate.contrib.django.models import ProcrastinateJob
@@ -52,3 +53,47 @@ class OperatorsJobAdmin(ProcrastinateJobAdmin):
 
 admin.site.unregister(ProcrastinateJob)
 admin.site.register(ProcrastinateJob, OperatorsJobAdmin)
+
+
+# Above every character a tenant id can hold: "ali" <= user_id < "ali\U0010ffff" is "starts with".
+_PREFIX_END = "\U0010ffff"
+
+
+class TenantPrefixFilter(admin.SimpleListFilter):
+    """A text box in the filter sidebar: rows whose tenant id starts with what was typed.
+
+    A range on ``user_id`` rather than ``LIKE 'ali%'``: the tenant indexes serve it under any
+    code-point-ordered collation (the embedded database's C.UTF-8), where LIKE would scan. The
+    ``startswith`` beside it keeps the answer exact under any other collation. Not part of the
+    search box on purpose: OR-ed with its other fields, the index could not be used.
+    """
+
+    title = "tenant (user id starts with)"
+    parameter_name = "tenant"
+    template = "admin/tenant_prefix_filter.html"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return []
+
+    def has_output(self) -> bool:
+        return True
+
+    def choices(self, changelist: Any) -> Any:
+        yield {
+            "value": self.value() or "",
+            # The other filters and the search stay applied when a tenant is typed.
+            "kept": [
+                (name, value)
+                for name, value in changelist.params.items()
+                if name != self.parameter_name
+            ],
+            "clear_url": changelist.get_query_string(remove=[self.parameter_name]),
+        }
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        prefix = (self.value() or "").strip()
+        if not prefix:
+            return queryset
+        return queryset.filter(
+            user_id__gte=prefix, user_id__lt=prefix + _PREFIX_END, user_id__startswith=prefix
+        )

@@ -7,7 +7,6 @@ join what they show, and chunk search uses the full-text index rather than a LIK
 from __future__ import annotations
 
 import difflib
-import re
 from typing import Any, cast
 
 from django.contrib import admin, messages
@@ -20,7 +19,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
-from ironclaw_site.admin import ReadOnlyAdmin
+from ironclaw_site.admin import ReadOnlyAdmin, TenantPrefixFilter
 from ironclaw_site.admin_display import change_link
 from workspace import services
 from workspace.models import Chunk, Document, DocumentQuerySet, DocumentVersion
@@ -92,10 +91,15 @@ class HasVersionsFilter(_RowsExistFilter):
 class DocumentAdmin(ReadOnlyAdmin):
     # Read-only: a write must go through the services (paths, versions, indexing), as the API's do.
     list_display = ("path", "user_id", "is_runtime", "size_display", "index_state", "updated_at")
-    list_filter = ("is_runtime", "index_state", HasChunksFilter, HasVersionsFilter)
-    # Tenant by prefix ("ali" finds alice): served by the (user_id, path) unique index.
-    search_fields = ("user_id__startswith", "path")
-    search_help_text = "A tenant id's beginning, or part of a path."
+    list_filter = (
+        "is_runtime",
+        "index_state",
+        HasChunksFilter,
+        HasVersionsFilter,
+        TenantPrefixFilter,
+    )
+    search_fields = ("path",)
+    search_help_text = "Part of a path (tenants: the filter)."
     show_full_result_count = False
     list_per_page = 50
     ordering = ("user_id", "path")
@@ -239,8 +243,9 @@ class DocumentVersionAdmin(RelatedToDocumentAdmin):
     list_display = ("title", "document_link", "user_id", "changed_by", "created_at")
     list_select_related = ("document",)
     raw_id_fields = ("document",)
-    search_fields = ("user_id__startswith", "document__path")
-    search_help_text = "A tenant id's beginning, or part of a document path."
+    list_filter = (TenantPrefixFilter,)
+    search_fields = ("document__path",)
+    search_help_text = "Part of a document path (tenants: the filter)."
     show_full_result_count = False
     readonly_fields = (
         "document_link",
@@ -303,10 +308,6 @@ class HasEmbeddingFilter(admin.SimpleListFilter):
         return queryset
 
 
-# "tenant:alice" at the start of a chunk search narrows it to one tenant (workspace_chunk_user).
-_TENANT_SEARCH = re.compile(r"^\s*tenant:(\S+)\s*")
-
-
 @admin.register(Chunk)
 class ChunkAdmin(RelatedToDocumentAdmin):
     list_display = (
@@ -318,10 +319,14 @@ class ChunkAdmin(RelatedToDocumentAdmin):
         "short_content",
     )
     list_select_related = ("document",)
-    list_filter = (("document__is_runtime", admin.BooleanFieldListFilter), HasEmbeddingFilter)
+    list_filter = (
+        ("document__is_runtime", admin.BooleanFieldListFilter),
+        HasEmbeddingFilter,
+        TenantPrefixFilter,
+    )
     raw_id_fields = ("document",)
     search_fields = ("content",)
-    search_help_text = 'Words of the text (full-text); start with "tenant:<user id>" for a tenant.'
+    search_help_text = "Words of the text, full-text (tenants: the filter)."
     show_full_result_count = False
     readonly_fields = (
         "document_link",
@@ -345,10 +350,6 @@ class ChunkAdmin(RelatedToDocumentAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Chunk], search_term: str
     ) -> tuple[QuerySet[Chunk], bool]:
-        tenant = _TENANT_SEARCH.match(search_term)
-        if tenant:
-            queryset = queryset.filter(user_id=tenant.group(1))
-            search_term = search_term[tenant.end() :]
         # Full-text through the GIN index instead of an ILIKE scan of every chunk.
         if not search_term.strip():
             return queryset, False

@@ -279,9 +279,14 @@ def test_conversation_page_links_to_all_its_threads(admin_client: Client) -> Non
     assert str(sent.thread_id) in threads.content.decode()
 
 
-def test_tenant_search_matches_the_beginning_of_the_id(admin_client: Client) -> None:
+def test_tenant_filter_matches_the_beginning_of_the_id(admin_client: Client) -> None:
     sent = message_handle(user_id="alice-42", channel="web", content="hello")
 
-    response = admin_client.get("/admin/conversations/thread/", {"q": "alice"})
+    other = message_handle(user_id="bob", channel="web", content="hello")
 
-    assert str(sent.thread_id) in response.content.decode()
+    response = admin_client.get("/admin/conversations/thread/", {"tenant": "alice"})
+
+    html = response.content.decode()
+    assert str(sent.thread_id) in html
+    assert str(other.thread_id) not in html
+    assert 'name="tenant" value="alice"' in html

@@ -186,7 +186,7 @@ def test_chunk_list_filters_by_tenant_runtime_and_embedding(admin_client: Client
     Chunk.objects.filter(user_id="bob").update(embedding=None)
     url = reverse("admin:workspace_chunk_changelist")
 
-    by_tenant = admin_client.get(url, {"q": "tenant:bob love"}).content.decode()
+    by_tenant = admin_client.get(url, {"tenant": "bo", "q": "love"}).content.decode()
     unembedded = admin_client.get(url, {"embedded": "no"}).content.decode()
     runtime = admin_client.get(url, {"document__is_runtime__exact": "1"}).content.decode()
 
@@ -197,9 +197,15 @@ def test_chunk_list_filters_by_tenant_runtime_and_embedding(admin_client: Client
     assert "Ferns love shade" not in runtime
 
 
-def test_document_tenant_search_matches_the_beginning_of_the_id(admin_client: Client) -> None:
+def test_document_tenant_filter_matches_the_beginning_of_the_id(admin_client: Client) -> None:
     services.document_write(user_id="alice-42", path="a.md", content="one")
+    services.document_write(user_id="bob", path="b.md", content="one")
 
-    response = admin_client.get(reverse("admin:workspace_document_changelist"), {"q": "alice"})
+    response = admin_client.get(
+        reverse("admin:workspace_document_changelist"), {"tenant": "alice", "q": ".md"}
+    )
 
-    assert "a.md" in response.content.decode()
+    html = response.content.decode()
+    assert "a.md" in html
+    assert "b.md" not in html
+    assert '<input type="hidden" name="q" value=".md">' in html
