@@ -37,7 +37,12 @@ from conversations.services import (
     thread_run_queueing_lock,
     thread_stop,
 )
-from ironclaw_site.admin import ReadOnlyAdmin, ReadOnlyInline, TenantPrefixFilter
+from ironclaw_site.admin import (
+    BoundedCountPaginator,
+    ReadOnlyAdmin,
+    ReadOnlyInline,
+    TenantPrefixFilter,
+)
 from ironclaw_site.admin_display import (
     SHORT_ID_LENGTH,
     change_link,
@@ -163,6 +168,7 @@ class ConversationAdmin(_NoDeleteAdmin):
     )
     ordering = ("-created_at",)
     show_full_result_count = False
+    paginator = BoundedCountPaginator
     inlines = (ThreadInline, EntryInline)
     actions = ("clear_conversations",)
 
