@@ -373,6 +373,14 @@ class ThreadAdmin(_SystemRowsAdmin):
         ),
     )
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Thread]:
+        threads = super().get_queryset(request)
+        match = request.resolver_match
+        if match is not None and match.url_name == "conversations_thread_changelist":
+            # A list row shows none of these, and model calls alone can be 100 JSON objects.
+            return threads.defer("goal", "model_calls", "metadata")
+        return threads
+
     @admin.display(description="thread", ordering="pk")
     def thread_id(self, thread: Thread) -> SafeString:
         return short_id(thread.pk)

@@ -5,7 +5,9 @@ import uuid
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from conversations.admin import ADMIN_INLINE_ENTRIES
@@ -290,3 +292,20 @@ def test_tenant_filter_matches_the_beginning_of_the_id(admin_client: Client) -> 
     assert str(sent.thread_id) in html
     assert str(other.thread_id) not in html
     assert 'name="tenant" value="alice"' in html
+
+
+def test_thread_list_does_not_load_model_calls_or_goals(admin_client: Client) -> None:
+    message_handle(user_id="alice", channel="web", content="hello")
+
+    with CaptureQueriesContext(connection) as captured:
+        response = admin_client.get("/admin/conversations/thread/")
+
+    rows = [
+        query["sql"]
+        for query in captured
+        if "conversations_thread" in query["sql"] and "COUNT(" not in query["sql"].upper()
+    ]
+    assert response.status_code == 200
+    assert len(rows) == 1
+    assert '"model_calls"' not in rows[0]
+    assert '"goal"' not in rows[0]
