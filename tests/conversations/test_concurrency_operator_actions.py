@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 
 import pytest
+from django.db import connection
 from django.test import override_settings
 
 from conversations.errors import LeaseNotHeld, OutcomeAlreadyRecorded
@@ -21,6 +23,14 @@ from tests.conversations.helpers import mark_run_jobs_taken, run_jobs_for
 from tests.support.concurrency import run_together
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_jobs_left_behind() -> Iterator[None]:
+    """Procrastinate's tables are not flushed between transactional tests: leave them empty."""
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM procrastinate_jobs")
 
 
 @override_settings(CONVERSATION_LOCK_TIMEOUT_MS=20_000)

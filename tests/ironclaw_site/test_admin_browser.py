@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,16 +66,20 @@ class Scene:
     document_id: str
 
 
+def _purge_jobs() -> None:
+    # Procrastinate's tables are not flushed between transactional tests.
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM procrastinate_jobs")
+
+
 @pytest.fixture
-def scene(settings: SettingsWrapper) -> Scene:
+def scene(settings: SettingsWrapper) -> Iterator[Scene]:
     """Two tenants' conversations, a finished thread with timings, a thread stuck running on a
     dead worker, a document with three versions and its chunks."""
     settings.WORKSPACE_INDEXING = "inline"
     settings.EMBEDDING_PROVIDER = "hashing"
     settings.EMBEDDING_DIMENSIONS = 64
-    with connection.cursor() as cursor:
-        # Procrastinate's tables are not flushed between transactional tests.
-        cursor.execute("DELETE FROM procrastinate_jobs")
+    _purge_jobs()
     get_user_model().objects.create_superuser("operator", "ops@example.com", PASSWORD)
 
     finished = message_handle(user_id="alice", channel="web", content="Summarise my notes")
@@ -100,12 +105,13 @@ def scene(settings: SettingsWrapper) -> Scene:
     ):
         services.document_write(user_id="alice", path="notes/plants.md", content=content)
     document = Document.objects.get(path="notes/plants.md")
-    return Scene(
+    yield Scene(
         conversation_id=str(stuck.conversation_id),
         stuck_thread_id=str(stuck.thread_id),
         finished_thread_id=str(finished.thread_id),
         document_id=str(document.pk),
     )
+    _purge_jobs()
 
 
 def _shot(page: Page, name: str) -> None:

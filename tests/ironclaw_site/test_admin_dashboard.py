@@ -25,6 +25,14 @@ from workspace.models import IndexState
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def _no_earlier_jobs() -> None:
+    """Transactional tests leave their jobs behind (Procrastinate's tables are not flushed): the
+    queue figures count this test's jobs only (the delete is rolled back with the test)."""
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM procrastinate_jobs")
+
+
 def _figures(html: str) -> dict[str, tuple[str, str]]:
     """data-figure name -> (href, value) of every linked figure on the dashboard."""
     return {
