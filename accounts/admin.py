@@ -1,18 +1,22 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts.models import ApiKey
 from accounts.services import api_key_revoke
+from ironclaw_site.admin import TenantPrefixFilter
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ("name", "user_id", "is_service", "prefix", "created_at", "revoked_at")
-    list_filter = ("is_service", ("revoked_at", admin.EmptyFieldListFilter))
-    search_fields = ("name", "user_id", "prefix")
+    list_filter = ("is_service", ("revoked_at", admin.EmptyFieldListFilter), TenantPrefixFilter)
+    search_fields = ("name", "prefix")
+    show_full_result_count = False
     readonly_fields = ("prefix", "user_id", "is_service", "created_at", "revoked_at")
     fields = ("name", "user_id", "is_service", "prefix", "created_at", "revoked_at")
     ordering = ("-created_at",)
@@ -20,6 +24,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # A key's plain text is shown exactly once, by `manage.py create_api_key`.
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Deleting a key would erase who used it; revoking (the action) keeps the row.
         return False
 
     @admin.action(description="Revoke selected API keys")

@@ -210,6 +210,13 @@ class Thread(models.Model):
                 name="thread_running_lease_idx",
                 condition=Q(state="running"),
             ),
+            # Live threads only (terminal ones are the bulk of the table): the dashboard's count
+            # by state and the admin's "waiting longer than" filter.
+            models.Index(
+                fields=["state", "updated_at"],
+                name="thread_live_state_idx",
+                condition=Q(state__in=["created", "running", "waiting", "suspended"]),
+            ),
             # threads/next: the oldest thread waiting for an engine.
             models.Index(
                 fields=["created_at"], name="thread_claimable_idx", condition=Q(state="created")

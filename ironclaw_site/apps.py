@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 
 
 class IronclawSiteConfig(AppConfig):
@@ -15,3 +16,11 @@ class IronclawSiteConfig(AppConfig):
         # Connected after Django's own close_old_connections, so the request's connection is
         # back in the pool when the figures are read.
         request_finished.connect(pool_gauges_update, dispatch_uid="ironclaw_pool_gauges")
+
+
+class OperatorsAdminConfig(admin_apps.AdminConfig):
+    """Django's admin whose ``admin.site`` is the operators' site (a dashboard on its index)."""
+
+    # Named in INSTALLED_APPS; IronclawSiteConfig stays this module's default.
+    default = False
+    default_site = "ironclaw_site.admin_site.OperatorsAdminSite"

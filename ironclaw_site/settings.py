@@ -61,7 +61,8 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # Django's admin with the operators' site (the dashboard on its index).
+    "ironclaw_site.apps.OperatorsAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -245,6 +246,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# ISO dates in the admin, whatever the locale (ironclaw_site/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["ironclaw_site.formats"]
 
 STATIC_URL = "static/"
 # Created by collectstatic (`make run` runs it), never at import: the source tree may be read-only.

@@ -11,17 +11,26 @@ from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.postgres.search import SearchQuery
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
+from django.utils.safestring import SafeString
 
-from ironclaw_site.admin import ReadOnlyAdmin
+from ironclaw_site.admin import ReadOnlyAdmin, TenantPrefixFilter
+from ironclaw_site.admin_display import change_link
 from workspace import services
 from workspace.models import Chunk, Document, DocumentQuerySet, DocumentVersion
 
 RECENT_VERSIONS_SHOWN = 20
+
+_DIFF_LINE_STYLES = {
+    "+": "background: #e6ffec; color: #116329;",
+    "-": "background: #ffebe9; color: #82071e;",
+    "@": "background: #eef2f7; color: #555;",
+}
 
 
 def unified_diff(before: str, after: str, *, before_label: str, after_label: str) -> str:
@@ -36,12 +45,61 @@ def unified_diff(before: str, after: str, *, before_label: str, after_label: str
     return "\n".join(lines) or "(no textual difference)"
 
 
+def diff_html(diff: str) -> SafeString:
+    """A unified diff with added lines green and removed lines red."""
+    rows = []
+    for line in diff.splitlines():
+        marker = "" if line.startswith(("+++", "---")) else line[:1]
+        rows.append((_DIFF_LINE_STYLES.get(marker, ""), line))
+    return format_html(
+        '<pre class="diff" style="white-space: pre-wrap; margin: 0">{}</pre>',
+        # Block spans, no newline between them: <pre> would render it as an extra blank line.
+        format_html_join("", '<span style="display: block; {}">{}</span>', rows),
+    )
+
+
+class _RowsExistFilter(admin.SimpleListFilter):
+    """Documents that have (or have no) rows of ``related`` (an EXISTS per listed page)."""
+
+    related: type[Chunk] | type[DocumentVersion]
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "yes"), ("no", "no")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        exists = Exists(self.related.objects.filter(document=OuterRef("pk")))
+        if self.value() == "yes":
+            return queryset.filter(exists)
+        if self.value() == "no":
+            return queryset.filter(~exists)
+        return queryset
+
+
+class HasChunksFilter(_RowsExistFilter):
+    title = "has chunks"
+    parameter_name = "chunks"
+    related = Chunk
+
+
+class HasVersionsFilter(_RowsExistFilter):
+    title = "has versions"
+    parameter_name = "versions"
+    related = DocumentVersion
+
+
 @admin.register(Document)
 class DocumentAdmin(ReadOnlyAdmin):
     # Read-only: a write must go through the services (paths, versions, indexing), as the API's do.
     list_display = ("path", "user_id", "is_runtime", "size_display", "index_state", "updated_at")
-    list_filter = ("is_runtime", "index_state")
-    search_fields = ("=user_id", "path")
+    list_filter = (
+        "is_runtime",
+        "index_state",
+        HasChunksFilter,
+        HasVersionsFilter,
+        TenantPrefixFilter,
+    )
+    search_fields = ("path",)
+    search_help_text = "Part of a path (tenants: the filter)."
     show_full_result_count = False
     list_per_page = 50
     ordering = ("user_id", "path")
@@ -58,8 +116,34 @@ class DocumentAdmin(ReadOnlyAdmin):
         "recent_versions",
         "created_at",
         "updated_at",
+        "metadata",
+        "content",
     )
-    fields = (*readonly_fields[:9], "metadata", "content", *readonly_fields[9:])
+    fieldsets = (
+        (
+            f"Latest {RECENT_VERSIONS_SHOWN} versions, each diffed to the next",
+            {"fields": ("recent_versions",)},
+        ),
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "user_id",
+                    "path",
+                    "is_runtime",
+                    "index_state",
+                    "size_display",
+                    "chunks_link",
+                    "content_hash",
+                    "indexed_hash",
+                    "created_at",
+                    "updated_at",
+                )
+            },
+        ),
+        ("Content and metadata", {"classes": ("collapse",), "fields": ("metadata", "content")}),
+    )
     actions = ("reindex", "purge_runtime_chunks")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Document]:
@@ -82,7 +166,7 @@ class DocumentAdmin(ReadOnlyAdmin):
         )
         return format_html('<a href="{}">{} chunk(s)</a>', url, count)
 
-    @admin.display(description=f"latest {RECENT_VERSIONS_SHOWN} versions (diff to the next)")
+    @admin.display(description="versions")
     def recent_versions(self, document: Document) -> str:
         versions = list(
             DocumentVersion.objects.filter(document=document).order_by("-version")[
@@ -103,15 +187,22 @@ class DocumentAdmin(ReadOnlyAdmin):
                 after_label=newer_label,
             )
             url = reverse("admin:workspace_documentversion_change", args=[version.pk])
-            rows.append((url, version.version, version.created_at, version.changed_by, diff))
+            rows.append(
+                (
+                    url,
+                    version.version,
+                    formats.localize(timezone.localtime(version.created_at)),
+                    version.changed_by,
+                    diff_html(diff),
+                )
+            )
             newer_content, newer_label = version.content, f"v{version.version}"
         return format_html(
-            "<table><tr><th>version</th><th>saved</th><th>changed by</th><th>diff</th></tr>"
-            "{}</table>",
+            '<table class="versions"><tr><th>version</th><th>saved</th><th>changed by</th>'
+            "<th>diff to the next</th></tr>{}</table>",
             format_html_join(
                 "",
-                '<tr><td><a href="{}">v{}</a></td><td>{}</td><td>{}</td>'
-                '<td><pre style="white-space: pre-wrap">{}</pre></td></tr>',
+                '<tr><td><a href="{}">v{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>',
                 rows,
             ),
         )
@@ -138,19 +229,26 @@ class DocumentAdmin(ReadOnlyAdmin):
 
 class RelatedToDocumentAdmin(ReadOnlyAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        # The joined document is shown by path; never drag its (up to 5 MiB) content along.
-        return super().get_queryset(request).defer("document__content")
+        # Rows are shown by their document's path (lists and pages: one join, not a query per
+        # row); never drag the document's (up to 5 MiB) content along.
+        return super().get_queryset(request).select_related("document").defer("document__content")
+
+    @admin.display(description="document", ordering="document__path")
+    def document_link(self, row: DocumentVersion | Chunk) -> SafeString:
+        return change_link("admin:workspace_document_change", row.document_id, row.document.path)
 
 
 @admin.register(DocumentVersion)
 class DocumentVersionAdmin(RelatedToDocumentAdmin):
-    list_display = ("document", "version", "user_id", "changed_by", "created_at")
+    list_display = ("title", "document_link", "user_id", "changed_by", "created_at")
     list_select_related = ("document",)
     raw_id_fields = ("document",)
-    search_fields = ("=user_id", "document__path")
+    list_filter = (TenantPrefixFilter,)
+    search_fields = ("document__path",)
+    search_help_text = "Part of a document path (tenants: the filter)."
     show_full_result_count = False
     readonly_fields = (
-        "document",
+        "document_link",
         "user_id",
         "version",
         "content_hash",
@@ -160,6 +258,21 @@ class DocumentVersionAdmin(RelatedToDocumentAdmin):
         "content",
     )
     fields = readonly_fields
+
+    @admin.display(description="version", ordering="version")
+    def title(self, version: DocumentVersion) -> str:
+        return version_title(version)
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        version = self.get_object(request, object_id)
+        title = {"title": version_title(version), "subtitle": None} if version else {}
+        return super().change_view(request, object_id, form_url, {**title, **(extra_context or {})})
 
     @admin.display(description="diff from the previous version")
     def diff_to_previous(self, version: DocumentVersion) -> str:
@@ -172,26 +285,51 @@ class DocumentVersionAdmin(RelatedToDocumentAdmin):
         )
         if previous is None:
             return "first version"
-        return format_html(
-            '<pre style="white-space: pre-wrap">{}</pre>',
+        return diff_html(
             unified_diff(
                 previous.content,
                 version.content,
                 before_label=f"v{previous.version}",
                 after_label=f"v{version.version}",
-            ),
+            )
         )
+
+
+class HasEmbeddingFilter(admin.SimpleListFilter):
+    title = "has embedding"
+    parameter_name = "embedded"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "yes"), ("no", "no")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() in ("yes", "no"):
+            return queryset.filter(embedding__isnull=self.value() == "no")
+        return queryset
 
 
 @admin.register(Chunk)
 class ChunkAdmin(RelatedToDocumentAdmin):
-    list_display = ("document", "chunk_index", "user_id", "embedding_model", "short_content")
+    list_display = (
+        "chunk_id",
+        "document_link",
+        "chunk_index",
+        "user_id",
+        "embedding_model",
+        "short_content",
+    )
     list_select_related = ("document",)
+    list_filter = (
+        ("document__is_runtime", admin.BooleanFieldListFilter),
+        HasEmbeddingFilter,
+        TenantPrefixFilter,
+    )
     raw_id_fields = ("document",)
     search_fields = ("content",)
+    search_help_text = "Words of the text, full-text (tenants: the filter)."
     show_full_result_count = False
     readonly_fields = (
-        "document",
+        "document_link",
         "user_id",
         "chunk_index",
         "source_hash",
@@ -200,6 +338,10 @@ class ChunkAdmin(RelatedToDocumentAdmin):
         "content",
     )
     fields = readonly_fields
+
+    @admin.display(description="chunk", ordering="pk")
+    def chunk_id(self, chunk: Chunk) -> str:
+        return f"#{chunk.pk}"
 
     @admin.display(description="content")
     def short_content(self, chunk: Chunk) -> str:
@@ -213,3 +355,8 @@ class ChunkAdmin(RelatedToDocumentAdmin):
             return queryset, False
         query = SearchQuery(search_term, search_type="websearch", config="english")
         return queryset.filter(content_tsv=query), False
+
+
+def version_title(version: DocumentVersion) -> str:
+    """A version named as people look for it: its document's path and number."""
+    return f"{version.document.path} v{version.version}"

@@ -4,7 +4,8 @@
   ``conversation_busy_policy_set``, ``conversation_clear``;
 - ``messages``: ``message_handle`` (spawn a thread, inject into, resume or queue behind one);
 - ``threads``: ``thread_claim``, ``thread_lease_renew``, ``thread_inbox_take``,
-  ``thread_suspend``, ``thread_outcome_record``, ``thread_leases_sweep``.
+  ``thread_suspend``, ``thread_outcome_record``, ``thread_leases_sweep``; and the operators'
+  ``thread_request_cancel``, ``thread_stop``, ``thread_requeue``.
 Reads are in ``conversations.selectors`` (``conversation_list``, ``conversation_get``, ...).
 
 Locking policy (parents before children, one short transaction per call, nothing slow inside;
@@ -33,6 +34,7 @@ from conversations.services.results import (
     ClaimedThread,
     ClearResult,
     MessageResult,
+    OperatorActionResult,
     OutcomeKind,
     OutcomeResult,
     SweepResult,
@@ -46,9 +48,16 @@ from conversations.services.threads import (
     thread_lease_renew,
     thread_leases_sweep,
     thread_outcome_record,
+    thread_request_cancel,
+    thread_requeue,
+    thread_stop,
     thread_suspend,
 )
-from conversations.services.transactions import RUN_THREAD_QUEUE, RUN_THREAD_TASK
+from conversations.services.transactions import (
+    RUN_THREAD_QUEUE,
+    RUN_THREAD_TASK,
+    thread_run_queueing_lock,
+)
 from conversations.services.validation import (
     CHANNEL_PATTERN,
     MAX_SCOPE_LENGTH,
@@ -67,6 +76,7 @@ __all__ = [
     "ClaimedThread",
     "ClearResult",
     "MessageResult",
+    "OperatorActionResult",
     "OutcomeKind",
     "OutcomeResult",
     "SweepResult",
@@ -84,5 +94,9 @@ __all__ = [
     "thread_lease_renew",
     "thread_leases_sweep",
     "thread_outcome_record",
+    "thread_request_cancel",
+    "thread_requeue",
+    "thread_run_queueing_lock",
+    "thread_stop",
     "thread_suspend",
 ]

@@ -89,3 +89,13 @@ class ClearResult:
 class SweepResult:
     requeued: list[uuid.UUID] = field(default_factory=list)
     stopped: list[uuid.UUID] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OperatorActionResult:
+    """What an operator's action did to one thread; ``done`` is False when it was skipped, and
+    ``message`` says what happened or why not."""
+
+    thread_id: uuid.UUID
+    done: bool
+    message: str

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
+from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
@@ -184,3 +185,15 @@ def test_create_api_key_command_rejects_bad_options(args: tuple[str, ...], messa
         call_command("create_api_key", *args, stdout=StringIO(), stderr=StringIO())
 
     assert ApiKey.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_api_keys_can_be_revoked_but_not_deleted_in_the_admin(admin_client: Client) -> None:
+    created = api_key_create(name="bridge", user_id="alice")
+
+    listing = admin_client.get("/admin/accounts/apikey/").content.decode()
+    delete_page = admin_client.get(f"/admin/accounts/apikey/{created.api_key.pk}/delete/")
+
+    assert "revoke_keys" in listing
+    assert "delete_selected" not in listing
+    assert delete_page.status_code == 403

@@ -124,3 +124,88 @@ def test_admin_lists_query_count_does_not_grow_with_rows(
         services.document_write(user_id="alice", path=f"a{number}.md", content="two")
 
     assert queries_for_list() == few
+
+
+def test_document_page_shows_versions_first_and_content_collapsed(admin_client: Client) -> None:
+    for content in ("line one\nline two", "line one\nline 2"):
+        services.document_write(user_id="alice", path="a.md", content=content)
+    document = Document.objects.get(path="a.md")
+
+    html = admin_client.get(
+        reverse("admin:workspace_document_change", args=[document.pk])
+    ).content.decode()
+
+    assert html.index('class="versions"') < html.index("Content and metadata")
+    assert "collapse" in html[html.index("Content and metadata") - 300 :]
+    assert 'background: #ffebe9; color: #82071e;">-line two</span>' in html
+    assert 'background: #e6ffec; color: #116329;">+line 2</span>' in html
+
+
+def test_version_page_is_titled_by_path_and_number(admin_client: Client) -> None:
+    for content in ("alpha", "beta"):
+        services.document_write(user_id="alice", path="notes/a.md", content=content)
+    first = DocumentVersion.objects.get(version=1)
+
+    html = admin_client.get(
+        reverse("admin:workspace_documentversion_change", args=[first.pk])
+    ).content.decode()
+    listing = admin_client.get(reverse("admin:workspace_documentversion_changelist"))
+
+    assert "<h1>notes/a.md v1</h1>" in html
+    assert "notes/a.md v1" in listing.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("changelist", "model"),
+    [
+        ("admin:workspace_document_changelist", Document),
+        ("admin:workspace_documentversion_changelist", DocumentVersion),
+        ("admin:workspace_chunk_changelist", Chunk),
+    ],
+)
+def test_workspace_rows_cannot_be_deleted_from_the_admin(
+    admin_client: Client, changelist: str, model: type[Document | DocumentVersion | Chunk]
+) -> None:
+    services.document_write(user_id="alice", path="a.md", content="one")
+    services.document_write(user_id="alice", path="a.md", content="two")
+    row = model.objects.first()
+    assert row is not None
+
+    listing = admin_client.get(reverse(changelist)).content.decode()
+    delete_page = admin_client.get(
+        reverse(changelist.replace("changelist", "delete"), args=[row.pk])
+    )
+
+    assert "delete_selected" not in listing
+    assert delete_page.status_code == 403
+
+
+def test_chunk_list_filters_by_tenant_runtime_and_embedding(admin_client: Client) -> None:
+    services.document_write(user_id="alice", path="ferns.md", content="Ferns love shade")
+    services.document_write(user_id="bob", path="cacti.md", content="Cacti love sun")
+    Chunk.objects.filter(user_id="bob").update(embedding=None)
+    url = reverse("admin:workspace_chunk_changelist")
+
+    by_tenant = admin_client.get(url, {"tenant": "bo", "q": "love"}).content.decode()
+    unembedded = admin_client.get(url, {"embedded": "no"}).content.decode()
+    runtime = admin_client.get(url, {"document__is_runtime__exact": "1"}).content.decode()
+
+    assert "Cacti love sun" in by_tenant
+    assert "Ferns love shade" not in by_tenant
+    assert "Cacti love sun" in unembedded
+    assert "Ferns love shade" not in unembedded
+    assert "Ferns love shade" not in runtime
+
+
+def test_document_tenant_filter_matches_the_beginning_of_the_id(admin_client: Client) -> None:
+    services.document_write(user_id="alice-42", path="a.md", content="one")
+    services.document_write(user_id="bob", path="b.md", content="one")
+
+    response = admin_client.get(
+        reverse("admin:workspace_document_changelist"), {"tenant": "alice", "q": ".md"}
+    )
+
+    html = response.content.decode()
+    assert "a.md" in html
+    assert "b.md" not in html
+    assert '<input type="hidden" name="q" value=".md">' in html

@@ -1,0 +1,153 @@
+"""Every admin list and page runs a fixed number of queries, however many rows it shows.
+
+Each page is built once with one row (or one related row) and once with 30; both must run the
+pinned number of queries. A change that adds a query per row fails here, as does one that adds
+a query to a page: re-pin it on purpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from django.db import connection
+from django.db.models import Model
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from procrastinate.contrib.django.models import ProcrastinateJob
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from accounts.models import ApiKey
+from accounts.services import api_key_create
+from conversations.models import ChannelUserIndex, ConversationEntry, Thread
+from conversations.services import message_handle
+from tests.conversations.factories import ConversationFactory, ThreadFactory
+from workspace import services
+from workspace.models import Chunk, Document, DocumentVersion
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _index_inline(settings: SettingsWrapper) -> None:
+    """Documents get their chunks as they are written."""
+    settings.WORKSPACE_INDEXING = "inline"
+    settings.EMBEDDING_PROVIDER = "hashing"
+    settings.EMBEDDING_DIMENSIONS = 64
+
+
+MANY = 30
+
+
+def _conversations(rows: int) -> None:
+    for number in range(rows):
+        message_handle(user_id=f"user-{number}", channel="web", content=f"hello {number}")
+
+
+def _documents(rows: int) -> None:
+    for number in range(rows):
+        services.document_write(user_id="alice", path=f"notes/{number}.md", content="one two")
+        services.document_write(user_id="alice", path=f"notes/{number}.md", content="one three")
+
+
+def _api_keys(rows: int) -> None:
+    for number in range(rows):
+        api_key_create(name=f"key {number}", user_id=f"user-{number}")
+
+
+def _changelist(name: str, build: Callable[[int], None]) -> Callable[[int], str]:
+    def page(rows: int) -> str:
+        build(rows)
+        return reverse(f"admin:{name}_changelist")
+
+    return page
+
+
+def _conversation_with(rows: int) -> str:
+    """A conversation with ``rows`` threads and about 2 x ``rows`` entries."""
+    conversation = ConversationFactory.create()
+    for _ in range(rows - 1):
+        ThreadFactory.create(conversation=conversation, tracked=False, state="completed")
+    message_handle(user_id="alice", channel=conversation.channel, content="first")
+    for number in range(rows):
+        message_handle(user_id="alice", channel=conversation.channel, content=f"more {number}")
+    return reverse("admin:conversations_conversation_change", args=[conversation.pk])
+
+
+def _thread_with(rows: int) -> str:
+    """A thread with ``rows`` messages injected into it."""
+    sent = message_handle(user_id="alice", channel="web", content="first")
+    for number in range(rows):
+        message_handle(user_id="alice", channel="web", content=f"more {number}")
+    return reverse("admin:conversations_thread_change", args=[sent.thread_id])
+
+
+def _document_with(rows: int) -> str:
+    for number in range(rows + 1):
+        services.document_write(
+            user_id="alice", path="a.md", content=f"version {number}\n" + "words " * 400
+        )
+    return reverse("admin:workspace_document_change", args=[Document.objects.get().pk])
+
+
+def _row_page(name: str, build: Callable[[int], None], model: type[Model]) -> Callable[[int], str]:
+    def page(rows: int) -> str:
+        build(rows)
+        first = model._default_manager.order_by("pk").values_list("pk", flat=True)[0]
+        return reverse(f"admin:{name}_change", args=[first])
+
+    return page
+
+
+# Queries a page runs, whatever the number of rows: session, user, then the page's own.
+PAGES: dict[str, tuple[Callable[[int], str], int]] = {
+    "conversation list": (_changelist("conversations_conversation", _conversations), 4),
+    "thread list": (_changelist("conversations_thread", _conversations), 4),
+    "entry list": (_changelist("conversations_conversationentry", _conversations), 4),
+    "channel index list": (_changelist("conversations_channeluserindex", _conversations), 4),
+    "job list": (_changelist("procrastinate_procrastinatejob", _conversations), 8),
+    "document list": (_changelist("workspace_document", _documents), 4),
+    "version list": (_changelist("workspace_documentversion", _documents), 4),
+    "chunk list": (_changelist("workspace_chunk", _documents), 4),
+    "api key list": (_changelist("accounts_apikey", _api_keys), 4),
+    "conversation page": (_conversation_with, 7),
+    "thread page": (_thread_with, 5),
+    "entry page": (
+        _row_page("conversations_conversationentry", _conversations, ConversationEntry),
+        5,
+    ),
+    "channel index page": (
+        _row_page("conversations_channeluserindex", _conversations, ChannelUserIndex),
+        4,
+    ),
+    "job page": (_row_page("procrastinate_procrastinatejob", _conversations, ProcrastinateJob), 5),
+    "document page": (_document_with, 6),
+    "version page": (_row_page("workspace_documentversion", _documents, DocumentVersion), 5),
+    "chunk page": (_row_page("workspace_chunk", _documents, Chunk), 3),
+    "api key page": (_row_page("accounts_apikey", _api_keys, ApiKey), 3),
+    "thread page of a finished thread": (
+        _row_page("conversations_thread", _conversations, Thread),
+        5,
+    ),
+}
+
+
+def _queries(client: Client, url: str) -> int:
+    client.get(url)  # warm the session and content-type caches
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(url)
+    assert response.status_code == 200, url
+    return len(captured)
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_admin_page_query_count_is_pinned_and_does_not_grow_with_rows(
+    admin_client: Client, page: str
+) -> None:
+    build, pinned = PAGES[page]
+    few = _queries(admin_client, build(1))
+
+    many = _queries(admin_client, build(MANY))
+
+    assert (few, many) == (pinned, pinned)
