@@ -17,6 +17,9 @@ class MeView(APIView):
         key_name = serializers.CharField()
         service = serializers.BooleanField()
 
+        class Meta:
+            ref_name = "MeOutput"
+
     @extend_schema(responses=OutputSerializer, operation_id="me", summary="Who the caller is")
     def get(self, request: Request) -> Response:
         principal: ApiPrincipal = request.user  # type: ignore[assignment]
