@@ -1,0 +1,55 @@
+"""A live web server for the client's tests: threads wait for an external engine (nothing in
+the server runs them), so the tests and the example engine play the engine over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.db import connection
+from ironclaw_client import Client, RetryPolicy
+
+from accounts.services import CreatedApiKey
+from tests.support.servers import app_server, database_url
+
+EXTERNAL_RUNNER = "conversations.runners.wait_for_external_engine"
+# Short lock waits, so a held row lock answers 409 *_busy quickly.
+LIVE_ENV = {
+    "THREAD_RUNNER": EXTERNAL_RUNNER,
+    "CONVERSATION_LOCK_TIMEOUT_MS": "200",
+    # Search finds a document as soon as it is written (no indexing worker runs here).
+    "WORKSPACE_INDEXING": "inline",
+}
+# Quick retries: the tests exercise the loop, not the production pacing.
+TEST_RETRY = RetryPolicy(max_attempts=4, max_seconds=10, base_delay=0.05, max_delay=0.5)
+
+
+def live_env(**extra: str) -> dict[str, str]:
+    return {"DATABASE_URL": database_url(connection.settings_dict), **LIVE_ENV, **extra}
+
+
+@pytest.fixture(scope="module")
+def live_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
+    """One server per test module (each test's keys and rows are its own: the test database is
+    flushed after every transactional test)."""
+    with app_server(live_env(), threads=8) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def make_client(
+    live_url: str, make_api_key: Callable[..., CreatedApiKey]
+) -> Iterator[Callable[..., Client]]:
+    """A client with a fresh key: ``make_client("alice")`` or ``make_client(service=True)``."""
+    clients: list[Client] = []
+
+    def make(user_id: str | None = "alice", *, service: bool = False) -> Client:
+        key = make_api_key(user_id, service=service)
+        client = Client(live_url, key.raw_key, retry=TEST_RETRY, timeout=15)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
