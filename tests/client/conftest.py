@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import connection
 from ironclaw_client import Client, RetryPolicy
@@ -53,3 +54,19 @@ def make_client(
     yield make
     for client in clients:
         client.close()
+
+
+def psycopg_params() -> dict[str, Any]:
+    settings_dict = connection.settings_dict
+    return {
+        "host": settings_dict["HOST"] or None,
+        "port": settings_dict["PORT"] or None,
+        "user": settings_dict["USER"],
+        "password": settings_dict["PASSWORD"] or None,
+        "dbname": settings_dict["NAME"],
+    }
+
+
+def hold_row(holder: psycopg.Connection, table: str, row_id: str) -> None:
+    """Lock one row in the holder's open transaction (released by its rollback)."""
+    holder.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE", [row_id])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import psycopg
@@ -15,7 +14,7 @@ from django.db import connection
 from ironclaw_client import Busy, Client, RetryPolicy, Unavailable
 
 from accounts.services import CreatedApiKey
-from tests.client.conftest import live_env
+from tests.client.conftest import hold_row, live_env, psycopg_params
 from tests.support.servers import TcpProxy, app_server, database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,17 +24,6 @@ def _upstream() -> str | tuple[str, int]:
     settings_dict = connection.settings_dict
     host, port = settings_dict["HOST"] or "localhost", int(settings_dict["PORT"] or 5432)
     return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
-
-
-def _psycopg_params() -> dict[str, Any]:
-    settings_dict = connection.settings_dict
-    return {
-        "host": settings_dict["HOST"] or None,
-        "port": settings_dict["PORT"] or None,
-        "user": settings_dict["USER"],
-        "password": settings_dict["PASSWORD"] or None,
-        "dbname": settings_dict["NAME"],
-    }
 
 
 class CountingClient:
@@ -124,12 +112,8 @@ def test_an_outage_longer_than_the_budget_raises_unavailable_and_writes_are_not_
 
 @pytest.fixture
 def lock_holder() -> Iterator[psycopg.Connection]:
-    with psycopg.connect(**_psycopg_params()) as holder:
+    with psycopg.connect(**psycopg_params()) as holder:
         yield holder
-
-
-def _hold_row(holder: psycopg.Connection, table: str, row_id: str) -> None:
-    holder.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE", [row_id])
 
 
 def test_a_busy_thread_is_retried_until_its_lock_is_released(
@@ -142,7 +126,7 @@ def test_a_busy_thread_is_retried_until_its_lock_is_released(
         live_url, key, RetryPolicy(max_attempts=20, max_seconds=20, base_delay=0.2, max_delay=0.5)
     )
     sent = counting.client.send_message("web", "hi")
-    _hold_row(lock_holder, "conversations_thread", sent["thread_id"])
+    hold_row(lock_holder, "conversations_thread", sent["thread_id"])
     releaser = threading.Timer(1.0, lock_holder.rollback)
     releaser.start()
     counting.paths.clear()
@@ -164,7 +148,7 @@ def test_a_busy_conversation_is_retried_even_for_a_message_until_the_budget_is_s
         live_url, key, RetryPolicy(max_attempts=3, max_seconds=20, base_delay=0.05, max_delay=0.1)
     )
     sent = counting.client.send_message("web", "first")
-    _hold_row(lock_holder, "conversations_conversation", sent["conversation_id"])
+    hold_row(lock_holder, "conversations_conversation", sent["conversation_id"])
     counting.paths.clear()
 
     with pytest.raises(Busy) as busy:
