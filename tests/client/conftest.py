@@ -34,7 +34,9 @@ def live_env(**extra: str) -> dict[str, str]:
 def live_url(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
     """One server per test module (each test's keys and rows are its own: the test database is
     flushed after every transactional test)."""
-    with app_server(live_env(), threads=8) as base_url:
+    # Every long-poll (entries, threads/next) holds a web thread while it waits: enough for ten
+    # engine workers and ten users waiting for replies at once.
+    with app_server(live_env(), threads=32) as base_url:
         yield base_url
 
 
