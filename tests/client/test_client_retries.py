@@ -11,7 +11,7 @@ import httpx
 import psycopg
 import pytest
 from django.db import connection
-from ironclaw_client import Busy, Client, RetryPolicy, Unavailable
+from ironclaw_client import NO_RETRY, Busy, Client, RateLimited, RetryPolicy, Unavailable
 
 from accounts.services import CreatedApiKey
 from tests.client.conftest import hold_row, live_env, psycopg_params
@@ -160,3 +160,36 @@ def test_a_busy_conversation_is_retried_even_for_a_message_until_the_budget_is_s
     assert busy.value.retry_after == 1
     assert counting.paths == ["/api/v1/messages"] * 4
     assert after["seq"] == sent["seq"] + 2
+
+
+def test_a_rate_limited_call_waits_for_retry_after_then_passes(
+    make_api_key: Callable[..., CreatedApiKey],
+) -> None:
+    key = make_api_key("alice").raw_key
+    # 60 a minute: a burst of 60, then a token a second (Retry-After: 1).
+    with app_server(live_env(RATE_LIMIT_PER_MINUTE="60")) as base_url:
+        impatient = Client(base_url, key, retry=NO_RETRY)
+        limited = _spend_the_burst(impatient)
+        counting = CountingClient(
+            base_url, key, RetryPolicy(max_attempts=5, max_seconds=10, base_delay=0.05)
+        )
+        _spend_the_burst(impatient)
+        started = time.monotonic()
+
+        me = counting.client.me()
+
+        elapsed = time.monotonic() - started
+    assert (limited.status, limited.code) == (429, "rate_limited")
+    assert limited.retry_after == 1
+    assert me["user_id"] == "alice"
+    assert len(counting.paths) >= 2
+    assert elapsed >= 0.9
+
+
+def _spend_the_burst(client: Client) -> RateLimited:
+    for _ in range(200):
+        try:
+            client.me()
+        except RateLimited as error:
+            return error
+    raise AssertionError("200 calls in a row were never rate limited")
