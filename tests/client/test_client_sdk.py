@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 from ironclaw_client import (
     NO_RETRY,
@@ -19,6 +20,7 @@ from ironclaw_client import (
     usage_body,
 )
 
+from accounts.services import CreatedApiKey
 from conversations.models import Thread
 from workspace.models import Document
 
@@ -228,3 +230,16 @@ def test_errors_are_typed_and_conflicts_are_not_retried(
     assert requests == [f"/api/v1/threads/{sent['thread_id']}/claim", "/api/v1/threads/next"]
     assert "worker_id" in invalid.value.details
     assert unknown.value.status == 401
+
+
+def test_a_client_runs_over_an_httpx_client_the_caller_configured(
+    live_url: str, make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    key = make_api_key("alice").raw_key
+    seen: list[str] = []
+
+    with httpx.Client(event_hooks={"request": [lambda r: seen.append(str(r.url))]}) as http:
+        me = Client(live_url, key, http=http).me()
+
+    assert me["user_id"] == "alice"
+    assert seen == [f"{live_url}/api/v1/me"]

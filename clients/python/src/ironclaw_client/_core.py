@@ -170,3 +170,9 @@ def may_retry_transport(error: httpx.TransportError, call: Call) -> bool:
 def user_id_header(user_id: str) -> bytes:
     # X-User-Id is UTF-8 text; httpx would encode a str header value as ASCII.
     return user_id.encode("utf-8")
+
+
+def absolute_url(base_url: str, url: str) -> str:
+    # Pagination links are absolute already; ours are made absolute so that an httpx client
+    # passed in by the caller needs no base_url of its own.
+    return url if url.startswith(("http://", "https://")) else base_url + url

@@ -103,7 +103,7 @@ class AsyncClient:
             try:
                 response = await self._http.request(
                     call.method,
-                    call.url,
+                    _core.absolute_url(self.base_url, call.url),
                     params=call.params,
                     json=call.body,
                     headers=self._headers(),

@@ -102,7 +102,7 @@ class Client:
             try:
                 response = self._http.request(
                     call.method,
-                    call.url,
+                    _core.absolute_url(self.base_url, call.url),
                     params=call.params,
                     json=call.body,
                     headers=self._headers(),
