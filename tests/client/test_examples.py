@@ -20,6 +20,7 @@ from ironclaw_client import Client
 from accounts.services import CreatedApiKey
 from conversations.models import Thread
 from tests.client.conftest import TEST_RETRY
+from tests.support.chat_server import chat_server
 from tests.support.servers import BASE_DIR
 from workspace.models import Document
 
@@ -134,6 +135,38 @@ def test_the_bridge_prints_the_agents_replies_to_two_piped_lines(
     assert bridge.returncode == 0, bridge.stderr
     assert bridge.stdout.splitlines() == ["echo: hello", "echo: world"]
     assert time.monotonic() - started < 60
+
+
+def test_the_external_engine_takes_a_message_sent_mid_turn_as_a_further_step_of_an_openai_model(
+    live_url: str, make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    service_key = make_api_key(service=True).raw_key
+    alice = Client(live_url, make_api_key("alice").raw_key, retry=TEST_RETRY)
+
+    with (
+        chat_server() as model,
+        external_engine(
+            live_url,
+            service_key,
+            ENGINE_MODEL="openai",
+            ENGINE_BASE_URL=model.url,
+            ENGINE_MODEL_NAME="test-model",
+        ),
+    ):
+        model.gate.clear()
+        first = alice.send_message("web", "m1")
+        model.wait_for_requests(1)
+        second = alice.send_message("web", "m2")
+        model.gate.set()
+        reply = alice.wait_for_reply(first["conversation_id"], after_seq=second["seq"], timeout=30)
+    thread = Thread.objects.get(pk=first["thread_id"])
+    alice.close()
+
+    assert (second["action"], second["thread_id"]) == ("injected", first["thread_id"])
+    assert reply["content"] == "reply to: m1\n\nreply to: m2"
+    assert model.last_user_messages() == ["m1", "m2"]
+    assert (thread.step_count, thread.input_tokens, thread.output_tokens) == (2, 22, 14)
+    assert {request["model"] for request in model.requests} == {"test-model"}
 
 
 @pytest.mark.parametrize("script", ["external_engine.py", "bridge.py"])
