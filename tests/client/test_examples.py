@@ -47,9 +47,15 @@ def external_engine(live_url: str, service_key: str, **env: str) -> Iterator[sub
     try:
         yield process
     finally:
+        # SIGTERM, never a bare kill: a killed engine's threads/next long-poll goes on in the
+        # server and may claim the next test's thread for a worker that is gone.
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         log.seek(0)
         output = log.read()
         log.close()
