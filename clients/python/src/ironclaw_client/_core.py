@@ -64,7 +64,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
-        backoff = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        backoff = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         # Jitter spreads out clients refused together, so they do not return together.
         backoff *= random.uniform(0.5, 1.0)
         return max(backoff, retry_after or 0.0)
