@@ -1,0 +1,44 @@
+"""Python client for the ironclaw REST API: ``Client`` (sync) and ``AsyncClient`` (asyncio)."""
+
+from __future__ import annotations
+
+from ironclaw_client._core import NO_RETRY, OPERATIONS, RetryPolicy, usage_body
+from ironclaw_client.async_client import AsyncClient, AsyncLease
+from ironclaw_client.client import Client, Lease
+from ironclaw_client.errors import (
+    ApiError,
+    AuthenticationError,
+    Busy,
+    Conflict,
+    IronclawError,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    RateLimited,
+    TransportError,
+    Unavailable,
+    ValidationError,
+)
+
+__all__ = [
+    "NO_RETRY",
+    "OPERATIONS",
+    "ApiError",
+    "AsyncClient",
+    "AsyncLease",
+    "AuthenticationError",
+    "Busy",
+    "Client",
+    "Conflict",
+    "IronclawError",
+    "Lease",
+    "NotFound",
+    "PayloadTooLarge",
+    "PermissionDenied",
+    "RateLimited",
+    "RetryPolicy",
+    "TransportError",
+    "Unavailable",
+    "ValidationError",
+    "usage_body",
+]

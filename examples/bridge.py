@@ -1,0 +1,111 @@
+"""A minimal channel bridge: each line read from stdin is a user message on one channel, and the
+agent's replies are printed to stdout as they are written (a follow of the conversation).
+
+A line is sent once the previous one has its reply (turn-taking, so a piped script reads each
+reply after its own line); at the end of input the bridge waits for the last reply and exits.
+
+Environment:
+  IRONCLAW_URL       the server (http://127.0.0.1:8000)
+  IRONCLAW_API_KEY   a tenant key, or a service key with --user
+
+    IRONCLAW_URL=http://127.0.0.1:8000 IRONCLAW_API_KEY=... python examples/bridge.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from collections.abc import Sequence
+
+from ironclaw_client import Client, IronclawError
+
+
+class Replies:
+    """The highest seq of an agent entry seen so far, for the sender to wait on."""
+
+    def __init__(self) -> None:
+        self.last_agent_seq = 0
+        self.failure: BaseException | None = None
+        self._changed = threading.Condition()
+
+    def seen(self, seq: int) -> None:
+        with self._changed:
+            self.last_agent_seq = max(self.last_agent_seq, seq)
+            self._changed.notify_all()
+
+    def failed(self, error: BaseException) -> None:
+        with self._changed:
+            self.failure = error
+            self._changed.notify_all()
+
+    def wait_after(self, seq: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self.last_agent_seq > seq or self.failure is not None, timeout
+            )
+
+
+def follow(
+    client: Client, conversation_id: str, after_seq: int, replies: Replies, stop: threading.Event
+) -> None:
+    try:
+        for entry in client.follow(conversation_id, after_seq=after_seq, stop=stop):
+            if entry["sender"] == "agent":
+                print(entry["content"], flush=True)
+                replies.seen(entry["seq"])
+            elif entry["sender"] == "system":
+                print(f"[{entry['content']}]", file=sys.stderr, flush=True)
+    except IronclawError as error:
+        replies.failed(error)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--channel", default="cli", help="the channel key (default: cli)")
+    parser.add_argument("--user", help="the tenant, when IRONCLAW_API_KEY is a service key")
+    parser.add_argument(
+        "--reply-timeout", type=float, default=120, help="seconds to wait for each reply"
+    )
+    options = parser.parse_args(argv)
+    url, key = os.environ.get("IRONCLAW_URL"), os.environ.get("IRONCLAW_API_KEY")
+    if not url or not key:
+        parser.error("set IRONCLAW_URL and IRONCLAW_API_KEY")
+    client = Client(url, key, user_id=options.user)
+    replies, stop = Replies(), threading.Event()
+    follower: threading.Thread | None = None
+    try:
+        for line in sys.stdin:
+            text = line.rstrip("\n")
+            if not text.strip():
+                continue
+            sent = client.send_message(options.channel, text)
+            if follower is None:
+                follower = threading.Thread(
+                    target=follow,
+                    args=(client, sent["conversation_id"], sent["seq"] - 1, replies, stop),
+                    daemon=True,
+                )
+                follower.start()
+            if not replies.wait_after(sent["seq"], options.reply_timeout):
+                print(f"no reply within {options.reply_timeout} s", file=sys.stderr)
+                return 1
+            if replies.failure is not None:
+                print(f"error: {replies.failure}", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        return 130
+    except IronclawError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        # The follower (a daemon) ends with the process; its long-poll is not waited for.
+        stop.set()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

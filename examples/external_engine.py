@@ -1,0 +1,367 @@
+"""An agent engine outside the server: it serves every tenant's threads over the REST API with
+the ironclaw client, so the server can run with THREAD_RUNNER set to
+``conversations.runners.wait_for_external_engine`` (or ``manage.py serve --no-engine``).
+
+Each of ENGINE_CONCURRENCY workers long-polls ``threads/next`` with a service key; a claimed
+thread's turn heartbeats its lease in the background, calls the model, checkpoints its runtime
+state into the thread's own tenant's workspace (engine/.runtime/threads/<id>.json) after every
+step, takes messages injected meanwhile as further steps, and records the outcome with its usage.
+SIGINT or SIGTERM stops taking new threads; turns in progress finish, then the process exits.
+
+Environment:
+  IRONCLAW_URL             the server (http://127.0.0.1:8000)
+  IRONCLAW_API_KEY         a service key (manage.py create_api_key engine --service)
+  ENGINE_MODEL             echo (default) or openai
+  ENGINE_ECHO_LATENCY_MS   the echo model's stand-in for model time (default 0)
+  ENGINE_BASE_URL          an OpenAI-compatible server (openai model)
+  ENGINE_API_KEY           its key (optional for local servers)
+  ENGINE_MODEL_NAME        the model to ask (default gpt-4o-mini)
+  ENGINE_CONCURRENCY       turns at once (default 4)
+  ENGINE_MAX_ITERATIONS    model calls per turn at most (default 8)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from ironclaw_client import (
+    ApiError,
+    Client,
+    Conflict,
+    IronclawError,
+    RetryPolicy,
+    TransportError,
+    usage_body,
+)
+from ironclaw_client.models import Entry, ThreadNextOutput
+
+logger = logging.getLogger("external_engine")
+ChatMessage = dict[str, str]
+# The conversation history a turn shows the model: its last entries, not the whole log.
+HISTORY_ENTRIES = 40
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    text: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class Model(Protocol):
+    name: str
+
+    def complete(self, messages: list[ChatMessage]) -> ModelReply: ...
+
+
+def _approximate_tokens(text: str) -> int:
+    # About four characters a token; the echo model has no tokenizer.
+    return max(1, len(text) // 4) if text else 0
+
+
+class EchoModel:
+    """Repeats the user messages it has not answered yet, after ``latency_ms``."""
+
+    name = "echo"
+
+    def __init__(self, latency_ms: int):
+        self.latency_ms = latency_ms
+
+    def complete(self, messages: list[ChatMessage]) -> ModelReply:
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000)
+        unanswered: list[str] = []
+        for message in messages:
+            if message["role"] == "assistant":
+                unanswered = []
+            elif message["role"] == "user":
+                unanswered.append(message["content"])
+        text = "echo: " + "\n".join(unanswered) if unanswered else "echo: (nothing new)"
+        return ModelReply(
+            text=text,
+            input_tokens=sum(_approximate_tokens(message["content"]) for message in messages),
+            output_tokens=_approximate_tokens(text),
+        )
+
+
+class OpenAIModel:
+    """Any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, llama.cpp)."""
+
+    name = "openai"
+
+    def __init__(self, *, base_url: str, api_key: str | None, model: str):
+        import openai
+
+        # A local server often needs no key, but the client refuses to start without one.
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed")
+        self.model = model
+
+    def complete(self, messages: list[ChatMessage]) -> ModelReply:
+        wire: list[Any] = [{"role": m["role"], "content": m["content"]} for m in messages]
+        response = self.client.chat.completions.create(model=self.model, messages=wire)
+        text = (response.choices[0].message.content or "") if response.choices else ""
+        usage = response.usage
+        return ModelReply(
+            text=text,
+            input_tokens=usage.prompt_tokens if usage else 0,
+            output_tokens=usage.completion_tokens if usage else 0,
+        )
+
+
+@dataclass
+class Turn:
+    """One claimed thread's run: what goes into its checkpoint and its outcome's usage."""
+
+    thread_id: str
+    user_id: str
+    conversation_id: str | None
+    worker_id: str
+    messages: list[ChatMessage]
+    replies: list[str] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model_ms: float = 0.0
+
+    def event(self, name: str, **data: Any) -> None:
+        self.events.append({"at": _now(), "event": name, **data})
+
+    def checkpoint(self) -> str:
+        return json.dumps(
+            {
+                "thread_id": self.thread_id,
+                "user_id": self.user_id,
+                "conversation_id": self.conversation_id,
+                "worker_id": self.worker_id,
+                "steps": self.steps,
+                "events": self.events,
+                "updated_at": _now(),
+            },
+            indent=1,
+        )
+
+    def usage(self) -> dict[str, Any]:
+        return usage_body(
+            steps=len(self.steps),
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            model_ms=self.model_ms,
+        )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _chat_messages(entries: Sequence[Entry]) -> list[ChatMessage]:
+    roles = {"user": "user", "agent": "assistant"}
+    return [
+        {"role": roles[entry["sender"]], "content": entry["content"]}
+        for entry in entries
+        if entry["sender"] in roles
+    ]
+
+
+class Engine:
+    def __init__(
+        self,
+        client: Client,
+        model: Model,
+        *,
+        concurrency: int,
+        max_iterations: int,
+        poll_seconds: float,
+        heartbeat_seconds: float,
+        lease_seconds: int,
+    ):
+        self.client = client
+        self.model = model
+        self.concurrency = concurrency
+        self.max_iterations = max_iterations
+        self.poll_seconds = poll_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.lease_seconds = lease_seconds
+        self.stopping = threading.Event()
+        self.prefix = f"{socket.gethostname()}-{os.getpid()}"
+
+    def run(self) -> None:
+        workers = [
+            threading.Thread(target=self._work, args=(f"{self.prefix}-{n}",), name=f"worker-{n}")
+            for n in range(self.concurrency)
+        ]
+        for worker in workers:
+            worker.start()
+        logger.info("serving with %d workers, model %s", self.concurrency, self.model.name)
+        for worker in workers:
+            worker.join()
+        logger.info("stopped")
+
+    def _work(self, worker_id: str) -> None:
+        pause = 0.5
+        while not self.stopping.is_set():
+            try:
+                claimed = self.client.next_thread(
+                    worker_id, wait_seconds=self.poll_seconds, lease_seconds=self.lease_seconds
+                )
+            except (ApiError, TransportError) as error:
+                # The client already retried what was safe; back off and ask again.
+                logger.warning("%s: threads/next failed: %s", worker_id, error)
+                self.stopping.wait(pause)
+                pause = min(pause * 2, 10)
+                continue
+            pause = 0.5
+            if claimed is not None:
+                self._serve(worker_id, claimed)
+
+    def _serve(self, worker_id: str, claimed: ThreadNextOutput) -> None:
+        started = time.monotonic()
+        thread, user_id = claimed["thread"], claimed["user_id"]
+        tenant = self.client.for_user(user_id)
+        try:
+            self._turn(tenant, worker_id, claimed)
+        except IronclawError as error:
+            # The lease lapses and the server's sweeper hands the thread to another engine.
+            logger.error("thread %s of %s: %s", thread["id"], user_id, error)
+            return
+        logger.info(
+            "thread %s of %s served in %.0f ms",
+            thread["id"],
+            user_id,
+            (time.monotonic() - started) * 1000,
+        )
+
+    def _turn(self, tenant: Client, worker_id: str, claimed: ThreadNextOutput) -> None:
+        thread = claimed["thread"]
+        turn = Turn(
+            thread_id=thread["id"],
+            user_id=claimed["user_id"],
+            conversation_id=thread["conversation_id"],
+            worker_id=worker_id,
+            messages=self._history(tenant, thread["conversation_id"], thread["goal"]),
+        )
+        turn.event("claimed", inbox=len(claimed["inbox"]))
+        checkpoint_path = f"engine/.runtime/threads/{turn.thread_id}.json"
+        with tenant.keep_alive(
+            turn.thread_id,
+            worker_id,
+            interval=self.heartbeat_seconds,
+            lease_seconds=self.lease_seconds,
+        ) as lease:
+            outcome: dict[str, Any] = {"kind": "max_iterations"}
+            for step in range(self.max_iterations):
+                if lease.cancel_requested:
+                    outcome = {"kind": "stopped"}
+                    break
+                model_started = time.monotonic()
+                try:
+                    reply = self.model.complete(turn.messages)
+                except Exception as error:  # any model failure fails the turn, never the engine
+                    outcome = {"kind": "failed", "error": f"{type(error).__name__}: {error}"}
+                    turn.event("model_failed", error=str(error))
+                    break
+                model_ms = (time.monotonic() - model_started) * 1000
+                turn.model_ms += model_ms
+                turn.input_tokens += reply.input_tokens
+                turn.output_tokens += reply.output_tokens
+                turn.replies.append(reply.text)
+                turn.messages.append({"role": "assistant", "content": reply.text})
+                turn.steps.append(
+                    {
+                        "step": step + 1,
+                        "at": _now(),
+                        "model_ms": round(model_ms, 1),
+                        "input_tokens": reply.input_tokens,
+                        "output_tokens": reply.output_tokens,
+                    }
+                )
+                tenant.write_document(checkpoint_path, turn.checkpoint())
+                # Messages sent while the model worked belong to this turn: one more step.
+                injected = tenant.take_inbox(turn.thread_id, worker_id)
+                if not injected:
+                    outcome = {"kind": "completed", "response": "\n\n".join(turn.replies)}
+                    break
+                turn.messages.extend(_chat_messages(injected))
+                turn.event("injected", count=len(injected))
+            if lease.lost is not None:
+                logger.warning("thread %s: lease lost (%s)", turn.thread_id, lease.lost.code)
+                return
+        turn.event("outcome", kind=outcome["kind"])
+        tenant.write_document(checkpoint_path, turn.checkpoint())
+        try:
+            tenant.record_outcome(turn.thread_id, worker_id, usage=turn.usage(), **outcome)
+        except Conflict as error:
+            logger.warning("thread %s: outcome refused (%s)", turn.thread_id, error.code)
+
+    def _history(self, tenant: Client, conversation_id: str | None, goal: str) -> list[ChatMessage]:
+        if conversation_id is None:
+            return [{"role": "user", "content": goal}]
+        last_seq = tenant.get_conversation(conversation_id)["last_seq"]
+        entries = list(
+            tenant.entries(conversation_id, after_seq=max(0, last_seq - HISTORY_ENTRIES))
+        )
+        return _chat_messages(entries) or [{"role": "user", "content": goal}]
+
+
+def _model_from_environment() -> Model:
+    if os.environ.get("ENGINE_MODEL", "echo") == "openai":
+        return OpenAIModel(
+            base_url=os.environ.get("ENGINE_BASE_URL", "https://api.openai.com/v1"),
+            api_key=os.environ.get("ENGINE_API_KEY"),
+            model=os.environ.get("ENGINE_MODEL_NAME", "gpt-4o-mini"),
+        )
+    return EchoModel(latency_ms=int(os.environ.get("ENGINE_ECHO_LATENCY_MS", "0")))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--poll-seconds", type=float, default=5.0, help="threads/next long-poll")
+    parser.add_argument("--heartbeat-seconds", type=float, default=10.0)
+    parser.add_argument("--lease-seconds", type=int, default=30)
+    parser.add_argument("--log-level", default="INFO")
+    options = parser.parse_args(argv)
+    logging.basicConfig(
+        level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    url, key = os.environ.get("IRONCLAW_URL"), os.environ.get("IRONCLAW_API_KEY")
+    if not url or not key:
+        parser.error("set IRONCLAW_URL and IRONCLAW_API_KEY (a service key)")
+    client = Client(url, key, retry=RetryPolicy(max_attempts=6, max_seconds=30))
+    engine = Engine(
+        client,
+        _model_from_environment(),
+        concurrency=int(os.environ.get("ENGINE_CONCURRENCY", "4")),
+        max_iterations=int(os.environ.get("ENGINE_MAX_ITERATIONS", "8")),
+        poll_seconds=options.poll_seconds,
+        heartbeat_seconds=options.heartbeat_seconds,
+        lease_seconds=options.lease_seconds,
+    )
+
+    def stop(signum: int, frame: object) -> None:
+        logger.info("%s: finishing the turns in progress", signal.Signals(signum).name)
+        engine.stopping.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    with client:
+        engine.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Retries against real refusals: a database outage (503, the link cut by a TCP proxy) and a
+held row lock (409 ``*_busy``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import psycopg
+import pytest
+from django.db import connection
+from ironclaw_client import NO_RETRY, Busy, Client, RateLimited, RetryPolicy, Unavailable
+
+from accounts.services import CreatedApiKey
+from tests.client.conftest import hold_row, live_env, psycopg_params
+from tests.support.servers import TcpProxy, app_server, database_url
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _upstream() -> str | tuple[str, int]:
+    settings_dict = connection.settings_dict
+    host, port = settings_dict["HOST"] or "localhost", int(settings_dict["PORT"] or 5432)
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+
+
+class CountingClient:
+    """A client whose HTTP requests are counted (by httpx's own event hook)."""
+
+    def __init__(self, base_url: str, key: str, retry: RetryPolicy):
+        self.paths: list[str] = []
+        self.http = httpx.Client(
+            base_url=base_url,
+            timeout=15,
+            event_hooks={"request": [lambda request: self.paths.append(request.url.path)]},
+        )
+        self.client = Client(base_url, key, retry=retry, http=self.http)
+
+
+@pytest.fixture
+def proxied_server() -> Iterator[tuple[str, TcpProxy]]:
+    proxy = TcpProxy(_upstream())
+    proxy.start()
+    env = live_env(
+        DATABASE_URL=database_url(connection.settings_dict, host="127.0.0.1", port=proxy.port),
+        DATABASE_POOL_TIMEOUT="2",
+        DATABASE_CONNECT_TIMEOUT="2",
+        DATABASE_FAIL_FAST_SECONDS="0.5",
+    )
+    try:
+        with app_server(env) as base_url:
+            yield base_url, proxy
+    finally:
+        proxy.stop()
+
+
+def test_a_read_during_an_outage_is_retried_until_the_database_returns(
+    proxied_server: tuple[str, TcpProxy], make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    base_url, proxy = proxied_server
+    counting = CountingClient(
+        base_url,
+        make_api_key("alice").raw_key,
+        RetryPolicy(max_attempts=30, max_seconds=30, base_delay=0.2, max_delay=1),
+    )
+    assert counting.client.me()["user_id"] == "alice"
+    proxy.stop()
+    restorer = threading.Timer(2.0, proxy.start)
+    restorer.start()
+    started = time.monotonic()
+
+    me = counting.client.me()
+
+    elapsed = time.monotonic() - started
+    restorer.join()
+    assert me["user_id"] == "alice"
+    assert elapsed >= 1.5
+    assert len(counting.paths) >= 3
+
+
+def test_an_outage_longer_than_the_budget_raises_unavailable_and_writes_are_not_retried(
+    proxied_server: tuple[str, TcpProxy], make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    base_url, proxy = proxied_server
+    counting = CountingClient(
+        base_url,
+        make_api_key("alice").raw_key,
+        RetryPolicy(max_attempts=100, max_seconds=4, base_delay=0.1, max_delay=0.3),
+    )
+    assert counting.client.me()["user_id"] == "alice"
+    proxy.stop()
+    started = time.monotonic()
+
+    with pytest.raises(Unavailable) as read_error:
+        counting.client.read_document("notes.md")
+    read_elapsed = time.monotonic() - started
+    read_attempts = len(counting.paths) - 1
+    with pytest.raises(Unavailable) as write_error:
+        counting.client.append_document("notes.md", "once")
+    append_attempts = len(counting.paths) - 1 - read_attempts
+
+    assert (read_error.value.status, read_error.value.code) == (503, "database_unavailable")
+    assert read_error.value.retry_after is not None
+    # Retry-After (1 s) paces the attempts; the budget (4 s of waiting) ends them.
+    assert read_attempts >= 2
+    assert 2 <= read_elapsed < 10
+    assert write_error.value.status == 503
+    assert append_attempts == 1
+
+
+@pytest.fixture
+def lock_holder() -> Iterator[psycopg.Connection]:
+    with psycopg.connect(**psycopg_params()) as holder:
+        yield holder
+
+
+def test_a_busy_thread_is_retried_until_its_lock_is_released(
+    live_url: str,
+    make_api_key: Callable[..., CreatedApiKey],
+    lock_holder: psycopg.Connection,
+) -> None:
+    key = make_api_key("alice").raw_key
+    counting = CountingClient(
+        live_url, key, RetryPolicy(max_attempts=20, max_seconds=20, base_delay=0.2, max_delay=0.5)
+    )
+    sent = counting.client.send_message("web", "hi")
+    hold_row(lock_holder, "conversations_thread", sent["thread_id"])
+    releaser = threading.Timer(1.0, lock_holder.rollback)
+    releaser.start()
+    counting.paths.clear()
+
+    thread = counting.client.claim_thread(sent["thread_id"], "engine-1")
+
+    releaser.join()
+    assert thread["lease_owner"] == "engine-1"
+    assert len(counting.paths) >= 2
+
+
+def test_a_busy_conversation_is_retried_even_for_a_message_until_the_budget_is_spent(
+    live_url: str,
+    make_api_key: Callable[..., CreatedApiKey],
+    lock_holder: psycopg.Connection,
+) -> None:
+    key = make_api_key("alice").raw_key
+    counting = CountingClient(
+        live_url, key, RetryPolicy(max_attempts=3, max_seconds=20, base_delay=0.05, max_delay=0.1)
+    )
+    sent = counting.client.send_message("web", "first")
+    hold_row(lock_holder, "conversations_conversation", sent["conversation_id"])
+    counting.paths.clear()
+
+    with pytest.raises(Busy) as busy:
+        counting.client.send_message("web", "second")
+    lock_holder.rollback()
+    after = counting.client.send_message("web", "third")
+
+    assert (busy.value.status, busy.value.code) == (409, "conversation_busy")
+    assert busy.value.retry_after == 1
+    assert counting.paths == ["/api/v1/messages"] * 4
+    assert after["seq"] == sent["seq"] + 2
+
+
+def test_a_rate_limited_call_waits_for_retry_after_then_passes(
+    make_api_key: Callable[..., CreatedApiKey],
+) -> None:
+    key = make_api_key("alice").raw_key
+    # 60 a minute: a burst of 60, then a token a second (Retry-After: 1).
+    with app_server(live_env(RATE_LIMIT_PER_MINUTE="60")) as base_url:
+        impatient = Client(base_url, key, retry=NO_RETRY)
+        limited = _spend_the_burst(impatient)
+        counting = CountingClient(
+            base_url, key, RetryPolicy(max_attempts=5, max_seconds=10, base_delay=0.05)
+        )
+        _spend_the_burst(impatient)
+        started = time.monotonic()
+
+        me = counting.client.me()
+
+        elapsed = time.monotonic() - started
+    assert (limited.status, limited.code) == (429, "rate_limited")
+    assert limited.retry_after == 1
+    assert me["user_id"] == "alice"
+    assert len(counting.paths) >= 2
+    assert elapsed >= 0.9
+
+
+def _spend_the_burst(client: Client) -> RateLimited:
+    for _ in range(200):
+        try:
+            client.me()
+        except RateLimited as error:
+            return error
+    raise AssertionError("200 calls in a row were never rate limited")
