@@ -20,9 +20,9 @@ from ironclaw_client.models import (
     ConversationClearOutput,
     ConversationDetailOutput,
     Entry,
+    MeOutput,
     MessageCreateOutput,
     ModeEnum,
-    Output,
     Thread,
     ThreadNextOutput,
     ThreadOutcomeInputKindEnum,
@@ -134,8 +134,8 @@ class AsyncClient:
                 return
             call = Call("GET", page["next"], idempotent=True, timeout=call.timeout)
 
-    async def me(self) -> Output:
-        return cast(Output, await self._send(Call("GET", f"{API}/me", idempotent=True)))
+    async def me(self) -> MeOutput:
+        return cast(MeOutput, await self._send(Call("GET", f"{API}/me", idempotent=True)))
 
     async def send_message(
         self, channel: str, content: str, *, scope: str | None = None

@@ -19,9 +19,9 @@ from ironclaw_client.models import (
     ConversationClearOutput,
     ConversationDetailOutput,
     Entry,
+    MeOutput,
     MessageCreateOutput,
     ModeEnum,
-    Output,
     Thread,
     ThreadNextOutput,
     ThreadOutcomeInputKindEnum,
@@ -133,8 +133,8 @@ class Client:
                 return
             call = Call("GET", page["next"], idempotent=True, timeout=call.timeout)
 
-    def me(self) -> Output:
-        return cast(Output, self._send(Call("GET", f"{API}/me", idempotent=True)))
+    def me(self) -> MeOutput:
+        return cast(MeOutput, self._send(Call("GET", f"{API}/me", idempotent=True)))
 
     def send_message(
         self, channel: str, content: str, *, scope: str | None = None

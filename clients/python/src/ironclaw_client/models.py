@@ -23,11 +23,11 @@ __all__ = [
     "GateRequest",
     "HeartbeatInputRequest",
     "LeaseInputRequest",
+    "MeOutput",
     "MessageCreateInputRequest",
     "MessageCreateOutput",
     "ModeEnum",
     "NullEnum",
-    "Output",
     "PaginatedWorkspaceListEntryList",
     "PaginatedWorkspaceTreeEntryList",
     "PaginatedWorkspaceVersionList",
@@ -167,6 +167,12 @@ class LeaseInputRequest(TypedDict):
     lease_seconds: NotRequired[int]
 
 
+class MeOutput(TypedDict):
+    user_id: str
+    key_name: str
+    service: bool
+
+
 class MessageCreateInputRequest(TypedDict):
     channel: str
     content: str
@@ -179,12 +185,6 @@ class MessageCreateOutput(TypedDict):
     action: ActionEnum
     seq: int
     interrupted_thread_id: str | None
-
-
-class Output(TypedDict):
-    user_id: str
-    key_name: str
-    service: bool
 
 
 class PaginatedWorkspaceListEntryList(TypedDict):
