@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from django.db import connection, connections
@@ -108,22 +108,43 @@ class _Listener:
 _listener = _Listener()
 
 
+def client_gone(request: Any) -> Callable[[], bool]:
+    """Whether the client of ``request`` has hung up, as the web server sees it.
+
+    waitress (with ``channel_request_lookahead``) puts ``waitress.client_disconnected`` in the
+    WSGI environ; elsewhere (the test client, another server) the answer is always "no".
+    """
+    disconnected = request.META.get("waitress.client_disconnected")
+    return disconnected if callable(disconnected) else _never
+
+
+def _never() -> bool:
+    return False
+
+
 def wait_for(
     channel: str,
     key: str,
     *,
     timeout: float,
     check: Callable[[], T | None],
+    abandoned: Callable[[], bool] = _never,
 ) -> T | None:
     """Call ``check`` until it returns something or ``timeout`` seconds pass, waking on
     notifications for ``key`` (or any key) on ``channel``. The calling thread's database
-    connection is returned to the pool between checks."""
+    connection is returned to the pool between checks.
+
+    ``abandoned`` is asked before every check: once it says the client has gone,
+    the wait ends with None, so a check with effects (a claim) is never made for nobody and the
+    thread serves someone else."""
     if timeout <= 0:
         return check()
     deadline = time.monotonic() + timeout
     with _listener.waiting(channel, key) as woken:
         # Registered before the first check: a notification sent after it is not missed.
         while True:
+            if abandoned():
+                return None
             found = check()
             remaining = deadline - time.monotonic()
             if found is not None or remaining <= 0:

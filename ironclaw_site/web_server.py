@@ -155,6 +155,10 @@ def serve(
         # Idle keep-alive connections and slow clients cost a buffer each, not a thread; the
         # default of 100 would let 100 slow clients stop accepting altogether.
         connection_limit=1000,
+        # Keep reading a connection while its request is served, so a client that hangs up
+        # mid-long-poll is seen (environ["waitress.client_disconnected"]) and its wait ends
+        # without claiming a thread for nobody.
+        channel_request_lookahead=1,
         max_request_header_size=max_header_bytes,
         max_request_body_size=max_body_bytes,
         ident="ironclaw_site",

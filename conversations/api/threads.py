@@ -17,7 +17,7 @@ from conversations.api import examples
 from conversations.api.serializers import EntrySerializer, ThreadSerializer, UsageSerializer
 from conversations.api.views import MAX_WAIT_SECONDS, THREAD_TAG, _errors
 from ironclaw_site.api.fields import TextField
-from ironclaw_site.notify import ANY, THREADS_CHANNEL, wait_for
+from ironclaw_site.notify import ANY, THREADS_CHANNEL, client_gone, wait_for
 
 # 409 of the operations that lock the thread row itself (claim, heartbeat, inbox, next).
 THREAD_BUSY = (
@@ -108,8 +108,14 @@ class ThreadNextView(APIView):
                 lease_seconds=values.get("lease_seconds"),
             )
 
+        # An engine that died mid-poll must not be handed a thread it will never run (it would
+        # sit leased until the lease ran out).
         claimed = wait_for(
-            THREADS_CHANNEL, tenant or ANY, timeout=values["wait_seconds"], check=claim
+            THREADS_CHANNEL,
+            tenant or ANY,
+            timeout=values["wait_seconds"],
+            check=claim,
+            abandoned=client_gone(request),
         )
         if claimed is None:
             return Response(status=status.HTTP_204_NO_CONTENT)

@@ -23,7 +23,7 @@ from ironclaw_site.api.cursor_pagination import (
 )
 from ironclaw_site.api.fields import TextField
 from ironclaw_site.api.schema import ErrorSerializer
-from ironclaw_site.notify import ENTRIES_CHANNEL, wait_for
+from ironclaw_site.notify import ENTRIES_CHANNEL, client_gone, wait_for
 
 TAG = ["conversations"]
 THREAD_TAG = ["threads"]
@@ -242,6 +242,8 @@ class ConversationEntriesView(APIView):
                 str(conversation_id),
                 timeout=filters["wait_seconds"],
                 check=lambda: True if entries.exists() else None,
+                # A client that hung up frees its web thread now, not at the timeout.
+                abandoned=client_gone(request),
             )
         paginator = SeqPagination()
         page = paginator.paginate_queryset(entries, request, view=self)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
@@ -19,6 +21,7 @@ from rest_framework.test import APIClient
 from accounts.services import CreatedApiKey
 from conversations.models import Thread
 from conversations.services import message_handle, thread_claim
+from tests.support.serve import call
 from tests.support.servers import app_server, database_url, http_request
 from workspace.models import DocumentVersion
 
@@ -237,3 +240,45 @@ def test_the_entries_long_poll_answers_soon_after_a_reply_commits(
     assert [entry["content"] for entry in answered["body"]["results"]] == ["the reply"]  # type: ignore[index]
     # Woken by the commit's notification, not by the one-second fallback poll.
     assert answered["at"] - committed < 0.5  # type: ignore[operator]
+
+
+def _hang_up_mid_long_poll(base: str, key: str, body: dict[str, object]) -> None:
+    """Send POST threads/next as an engine would, then die (close the socket) while it waits."""
+    address = urlsplit(base)
+    payload = json.dumps(body).encode()
+    with socket.create_connection((address.hostname, address.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /api/v1/threads/next HTTP/1.1\r\n"
+            + f"Host: {address.hostname}\r\nAuthorization: Bearer {key}\r\n".encode()
+            + f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        time.sleep(0.5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_next_long_poll_whose_engine_died_claims_nothing_for_it(
+    make_api_key: Callable[..., CreatedApiKey],
+) -> None:
+    key = make_api_key(service=True).raw_key
+    env = {"DATABASE_URL": database_url(connection.settings_dict), "THREAD_RUNNER": EXTERNAL}
+    with app_server(env, threads=4) as base:
+        _hang_up_mid_long_poll(base, key, {"worker_id": "dead-engine", "wait_seconds": 20})
+        time.sleep(0.3)
+        # The commit's notification wakes the dead engine's wait first.
+        sent = message_handle(user_id="alice", channel="web", content="anyone there?")
+        time.sleep(1.5)
+        left = Thread.objects.get(id=sent.thread_id)
+        assert (left.state, left.lease_owner) == ("created", "")
+
+        status, claimed = call(
+            base,
+            key,
+            "POST",
+            "/api/v1/threads/next",
+            {"worker_id": "live-engine", "wait_seconds": 5},
+        )
+
+    assert status == 200
+    assert claimed["thread"]["id"] == str(sent.thread_id)
+    assert Thread.objects.get(id=sent.thread_id).lease_owner == "live-engine"
