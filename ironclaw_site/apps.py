@@ -11,6 +11,7 @@ class IronclawSiteConfig(AppConfig):
     def ready(self) -> None:
         from django.core.signals import request_finished
 
+        from ironclaw_site import checks  # noqa: F401  (registers the system checks)
         from ironclaw_site.metrics import pool_gauges_update
 
         # Connected after Django's own close_old_connections, so the request's connection is

@@ -6,6 +6,7 @@ Every variable is documented in ``.env.example`` and the README. Bad values rais
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -154,8 +155,59 @@ def _proxy_ssl_header() -> tuple[str, str] | None:
     return header, raw[1]
 
 
+# The web server (waitress) drops X-Forwarded-* and Forwarded headers from every peer but
+# WEB_TRUSTED_PROXY, so a client can never claim HTTPS, a host or an address. From that proxy it
+# takes the client's address (REMOTE_ADDR), scheme and host from the headers named here.
+_KNOWN_PROXY_HEADERS = {
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-by",
+    "forwarded",
+}
+
+
+def _trusted_proxy() -> str | None:
+    value = env_optional_str("WEB_TRUSTED_PROXY")
+    if value is None or value == "*":
+        return value
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            "WEB_TRUSTED_PROXY must be the IP address the reverse proxy connects from (or * when "
+            f"only proxies can reach the web port); got {value!r}."
+        ) from None
+    return value
+
+
+def _trusted_proxy_headers() -> list[str]:
+    names = [
+        name.lower()
+        for name in env_list(
+            "WEB_TRUSTED_PROXY_HEADERS",
+            ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"],
+        )
+    ]
+    unknown = sorted(set(names) - _KNOWN_PROXY_HEADERS)
+    if unknown or not names or ("forwarded" in names and len(names) > 1):
+        raise ImproperlyConfigured(
+            "WEB_TRUSTED_PROXY_HEADERS must be either forwarded alone or some of "
+            "x-forwarded-for, x-forwarded-proto, x-forwarded-host, x-forwarded-port, "
+            f"x-forwarded-by; got {','.join(names)!r}."
+        )
+    return names
+
+
+WEB_TRUSTED_PROXY = _trusted_proxy()
+WEB_TRUSTED_PROXY_HEADERS = _trusted_proxy_headers()
+# Proxies in a chain (each appends to X-Forwarded-For): the client is this many hops back.
+WEB_TRUSTED_PROXY_COUNT = env_int("WEB_TRUSTED_PROXY_COUNT", 1, minimum=1, maximum=16)
+
 # Trust the proxy's word that a request came over HTTPS. Only behind a proxy that always sets (or
-# strips) this header: otherwise a client could claim HTTPS itself.
+# strips) this header: otherwise a client could claim HTTPS itself. With `serve`, WEB_TRUSTED_PROXY
+# is what makes the header reach Django (and sets the scheme by itself).
 SECURE_PROXY_SSL_HEADER = _proxy_ssl_header()
 # Take the host from the proxy's X-Forwarded-Host (still checked against ALLOWED_HOSTS).
 USE_X_FORWARDED_HOST = env_bool("USE_X_FORWARDED_HOST", False)

@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
@@ -141,6 +142,9 @@ def serve(
     request_timeout: float,
     max_header_bytes: int,
     max_body_bytes: int,
+    trusted_proxy: str | None = None,
+    trusted_proxy_headers: Sequence[str] = (),
+    trusted_proxy_count: int = 1,
 ) -> None:
     """Serve ``application`` until SIGTERM or SIGINT; requests in flight get a few seconds."""
     listener = listening_socket(host, port)
@@ -162,6 +166,17 @@ def serve(
         max_request_header_size=max_header_bytes,
         max_request_body_size=max_body_bytes,
         ident="ironclaw_site",
+        # Forwarding headers count only from this peer (their client address, scheme and host
+        # become the request's); from any other peer they are dropped before the app sees them.
+        **(
+            {
+                "trusted_proxy": trusted_proxy,
+                "trusted_proxy_headers": set(trusted_proxy_headers),
+                "trusted_proxy_count": trusted_proxy_count,
+            }
+            if trusted_proxy
+            else {}
+        ),
     )
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(threads)

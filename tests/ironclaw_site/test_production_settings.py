@@ -143,6 +143,10 @@ def test_the_embedded_run_keeps_its_generated_key_under_the_var_dir(tmp_path: Pa
         ("USE_X_FORWARDED_HOST", "2", "USE_X_FORWARDED_HOST must be a boolean"),
         ("JOBS_RETENTION_DAYS", "-1", "JOBS_RETENTION_DAYS must be at least 0"),
         ("READYZ_REQUIRE_WORKER", "always", "READYZ_REQUIRE_WORKER must be a boolean"),
+        ("WEB_TRUSTED_PROXY", "proxy.internal", "WEB_TRUSTED_PROXY must be the IP address"),
+        ("WEB_TRUSTED_PROXY_HEADERS", "x-real-ip", "WEB_TRUSTED_PROXY_HEADERS must be"),
+        ("WEB_TRUSTED_PROXY_HEADERS", "forwarded,x-forwarded-for", "WEB_TRUSTED_PROXY_HEADERS"),
+        ("WEB_TRUSTED_PROXY_COUNT", "0", "WEB_TRUSTED_PROXY_COUNT must be at least 1"),
     ],
 )
 def test_a_bad_production_setting_stops_start_up_naming_it(
@@ -184,3 +188,13 @@ def test_probes_answer_plain_http_while_everything_else_redirects_to_https(
     assert api.status_code == 301
     assert api["Location"] == "https://testserver/api/v1/conversations"
     assert behind_tls.status_code == 200
+
+
+def test_a_proxy_ssl_header_without_a_trusted_proxy_is_a_warning_naming_both() -> None:
+    result = _manage(
+        "check",
+        env={"SECRET_KEY": "k" * 60, "SECURE_PROXY_SSL_HEADER": "HTTP_X_FORWARDED_PROTO,https"},
+    )
+
+    assert "ironclaw_site.W001" in result.stderr
+    assert "WEB_TRUSTED_PROXY" in result.stderr

@@ -38,6 +38,9 @@ class Command(BaseCommand):
                 request_timeout=settings.WEB_REQUEST_TIMEOUT,
                 max_header_bytes=settings.WEB_MAX_HEADER_BYTES,
                 max_body_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE,
+                trusted_proxy=settings.WEB_TRUSTED_PROXY,
+                trusted_proxy_headers=settings.WEB_TRUSTED_PROXY_HEADERS,
+                trusted_proxy_count=settings.WEB_TRUSTED_PROXY_COUNT,
             )
         except OSError as error:
             raise CommandError(f"Cannot serve on {options['host']}:{port}: {error}") from None
