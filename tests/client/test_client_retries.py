@@ -56,17 +56,27 @@ def proxied_server() -> Iterator[tuple[str, TcpProxy]]:
         proxy.stop()
 
 
+def _connected_then_cut_off(
+    proxied_server: tuple[str, TcpProxy],
+    make_api_key: Callable[..., CreatedApiKey],
+    retry: RetryPolicy,
+) -> tuple[CountingClient, TcpProxy]:
+    """Alice's client, seen to reach the server, then the server's database link cut."""
+    base_url, proxy = proxied_server
+    counting = CountingClient(base_url, make_api_key("alice").raw_key, retry)
+    assert counting.client.me()["user_id"] == "alice"
+    proxy.stop()
+    return counting, proxy
+
+
 def test_a_read_during_an_outage_is_retried_until_the_database_returns(
     proxied_server: tuple[str, TcpProxy], make_api_key: Callable[..., CreatedApiKey]
 ) -> None:
-    base_url, proxy = proxied_server
-    counting = CountingClient(
-        base_url,
-        make_api_key("alice").raw_key,
+    counting, proxy = _connected_then_cut_off(
+        proxied_server,
+        make_api_key,
         RetryPolicy(max_attempts=30, max_seconds=30, base_delay=0.2, max_delay=1),
     )
-    assert counting.client.me()["user_id"] == "alice"
-    proxy.stop()
     restorer = threading.Timer(2.0, proxy.start)
     restorer.start()
     started = time.monotonic()
@@ -83,14 +93,11 @@ def test_a_read_during_an_outage_is_retried_until_the_database_returns(
 def test_an_outage_longer_than_the_budget_raises_unavailable_and_writes_are_not_retried(
     proxied_server: tuple[str, TcpProxy], make_api_key: Callable[..., CreatedApiKey]
 ) -> None:
-    base_url, proxy = proxied_server
-    counting = CountingClient(
-        base_url,
-        make_api_key("alice").raw_key,
+    counting, _ = _connected_then_cut_off(
+        proxied_server,
+        make_api_key,
         RetryPolicy(max_attempts=100, max_seconds=4, base_delay=0.1, max_delay=0.3),
     )
-    assert counting.client.me()["user_id"] == "alice"
-    proxy.stop()
     started = time.monotonic()
 
     with pytest.raises(Unavailable) as read_error:

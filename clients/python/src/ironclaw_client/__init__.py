@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ironclaw_client._core import NO_RETRY, OPERATIONS, RetryPolicy, usage_body
+from ironclaw_client._core import NO_RETRY, RetryPolicy, usage_body
+from ironclaw_client._operations import OPERATIONS
 from ironclaw_client.async_client import AsyncClient, AsyncLease
 from ironclaw_client.client import Client, Lease
 from ironclaw_client.errors import (

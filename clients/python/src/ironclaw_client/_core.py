@@ -1,55 +1,38 @@
-"""What the sync and async clients share: the operation table, request building, the retry
-policy and turning responses into data or typed errors. No I/O happens here."""
+"""What the sync and async clients share besides their operations (``_operations``): the call,
+the retry policy and its decisions, turning responses into data or typed errors, the client's
+settings and headers, and what a lease's heartbeats decide. No I/O happens here: ``Client`` and
+``AsyncClient`` only send, wait and sleep."""
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Generic, Self, TypeVar, cast
 
 import httpx
 
-from ironclaw_client.errors import ApiError, Busy, RateLimited, Unavailable, error_for
+from ironclaw_client import models
+from ironclaw_client.errors import (
+    ApiError,
+    Busy,
+    RateLimited,
+    TransportError,
+    Unavailable,
+    error_for,
+)
+
+T = TypeVar("T")
 
 API = "/api/v1"
 # The server caps a long-poll at this many seconds (conversations' and threads' wait_seconds).
 MAX_WAIT_SECONDS = 30.0
 # A long-poll's HTTP timeout is its wait plus this margin, so the wait never looks like a hang.
 LONG_POLL_MARGIN_SECONDS = 10.0
-
-# Every operation of the API and the client method serving it; a test checks this table against
-# the server's OpenAPI schema both ways.
-OPERATIONS: dict[tuple[str, str], str] = {
-    ("GET", "/api/v1/me"): "me",
-    ("POST", "/api/v1/messages"): "send_message",
-    ("GET", "/api/v1/conversations"): "conversations",
-    ("POST", "/api/v1/conversations/new"): "new_conversation",
-    ("GET", "/api/v1/conversations/{conversation_id}"): "get_conversation",
-    ("GET", "/api/v1/conversations/{conversation_id}/entries"): "entries",
-    ("POST", "/api/v1/conversations/{conversation_id}/clear"): "clear_conversation",
-    ("POST", "/api/v1/conversations/{conversation_id}/policy"): "set_busy_policy",
-    ("POST", "/api/v1/threads/next"): "next_thread",
-    ("GET", "/api/v1/threads/{thread_id}"): "get_thread",
-    ("POST", "/api/v1/threads/{thread_id}/claim"): "claim_thread",
-    ("POST", "/api/v1/threads/{thread_id}/heartbeat"): "heartbeat",
-    ("POST", "/api/v1/threads/{thread_id}/suspend"): "suspend_thread",
-    ("POST", "/api/v1/threads/{thread_id}/inbox"): "take_inbox",
-    ("POST", "/api/v1/threads/{thread_id}/outcome"): "record_outcome",
-    ("GET", "/api/v1/workspace/documents/{path}"): "read_document",
-    ("PUT", "/api/v1/workspace/documents/{path}"): "write_document",
-    ("DELETE", "/api/v1/workspace/documents/{path}"): "delete_document",
-    ("POST", "/api/v1/workspace/documents/{path}/append"): "append_document",
-    ("POST", "/api/v1/workspace/documents/{path}/patch"): "patch_document",
-    ("GET", "/api/v1/workspace/documents/{path}/versions"): "document_versions",
-    ("GET", "/api/v1/workspace/documents/{path}/versions/{version}"): "document_version",
-    ("POST", "/api/v1/workspace/documents/{path}/versions/{version}/restore"): "restore_document",
-    ("GET", "/api/v1/workspace/list"): "list_folder",
-    ("GET", "/api/v1/workspace/tree"): "tree",
-    ("POST", "/api/v1/workspace/search"): "search",
-}
+HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
+ClientT = TypeVar("ClientT")
 
 
 @dataclass(frozen=True)
@@ -74,23 +57,26 @@ NO_RETRY = RetryPolicy(max_attempts=1, max_seconds=0)
 
 
 @dataclass(frozen=True)
-class Call:
-    """One API call. ``idempotent``: repeating it leaves the same state, so an ambiguous failure
-    (503, or the connection lost after the request was sent) may be retried; every call is
-    retried when the server refused it before acting (429, 409 ``*_busy``, no connection)."""
+class Call(Generic[T]):
+    """One API call, answered by a ``T``. ``idempotent``: repeating it leaves the same state, so
+    an ambiguous failure (503, or the connection lost after the request was sent) may be
+    retried; every call is retried when the server refused it before acting (429, 409
+    ``*_busy``, no connection). ``wait_seconds``: a long-poll's wait, which its HTTP timeout
+    outlasts. ``answer_field``: the answer is this field of the response's JSON."""
 
     method: str
     url: str
     idempotent: bool
     params: Mapping[str, Any] | None = None
     body: Any = None
-    timeout: float | None = None
+    wait_seconds: float | None = None
     expected_empty: frozenset[int] = field(default_factory=frozenset)
+    answer_field: str | None = None
 
-
-def document_url(path: str, suffix: str = "") -> str:
-    # Slashes stay: a document path is a folder path. Everything else is percent-encoded.
-    return f"{API}/workspace/documents/{quote(path, safe='/')}{suffix}"
+    def http_timeout(self, timeout: float) -> float:
+        if self.wait_seconds is None:
+            return timeout
+        return max(timeout, self.wait_seconds + LONG_POLL_MARGIN_SECONDS)
 
 
 def usage_body(
@@ -111,15 +97,6 @@ def usage_body(
     }
 
 
-def compact(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields the caller set (None means "not sent", so server defaults apply)."""
-    return {name: value for name, value in values.items() if value is not None}
-
-
-def long_poll_timeout(wait_seconds: float, timeout: float) -> float:
-    return max(timeout, wait_seconds + LONG_POLL_MARGIN_SECONDS)
-
-
 def retry_after_seconds(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if value is None:
@@ -131,12 +108,13 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
         return None
 
 
-def decode(response: httpx.Response, call: Call) -> Any:
-    """The response's JSON (None for an expected empty answer), or raise its typed error."""
+def decode(response: httpx.Response, call: Call[T]) -> T:
+    """The call's answer (None for an expected empty response), or raise its typed error."""
     if response.status_code in call.expected_empty:
-        return None
+        return cast(T, None)
     if response.is_success:
-        return response.json() if response.content else None
+        answer: Any = response.json() if response.content else None
+        return cast(T, answer[call.answer_field] if call.answer_field else answer)
     try:
         body: Any = response.json()
     except ValueError:
@@ -154,17 +132,45 @@ def is_refusal(error: ApiError) -> bool:
     return isinstance(error, RateLimited | Busy)
 
 
-def may_retry_error(error: ApiError, call: Call) -> bool:
+def may_retry_error(error: ApiError, call: Call[Any]) -> bool:
     if is_refusal(error):
         return True
     return isinstance(error, Unavailable) and call.idempotent
 
 
-def may_retry_transport(error: httpx.TransportError, call: Call) -> bool:
+def may_retry_transport(error: httpx.TransportError, call: Call[Any]) -> bool:
     # A failed connect never reached the server; anything later may have been acted on.
     if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
         return True
     return call.idempotent
+
+
+class Attempts:
+    """One call's attempts under a retry policy: the client sends, and after each failure asks
+    ``wait_after`` how long to sleep before sending again."""
+
+    def __init__(self, policy: RetryPolicy, call: Call[Any]):
+        self.policy = policy
+        self.call = call
+        self.count = 0
+        self.started = time.monotonic()
+
+    def wait_after(self, error: ApiError | httpx.TransportError) -> float:
+        """Seconds to wait before the next attempt; raises the failure instead when the call
+        may not be repeated or the policy's attempts or seconds are spent."""
+        self.count += 1
+        if isinstance(error, ApiError):
+            may_retry, retry_after = may_retry_error(error, self.call), error.retry_after
+        else:
+            may_retry, retry_after = may_retry_transport(error, self.call), None
+        if may_retry:
+            delay = self.policy.delay(self.count, retry_after)
+            spent = time.monotonic() - self.started
+            if self.count < self.policy.max_attempts and spent + delay <= self.policy.max_seconds:
+                return delay
+        if isinstance(error, ApiError):
+            raise error
+        raise TransportError(str(error) or type(error).__name__) from error
 
 
 def user_id_header(user_id: str) -> bytes:
@@ -176,3 +182,94 @@ def absolute_url(base_url: str, url: str) -> str:
     # Pagination links are absolute already; ours are made absolute so that an httpx client
     # passed in by the caller needs no base_url of its own.
     return url if url.startswith(("http://", "https://")) else base_url + url
+
+
+class ClientSettings(Generic[HttpT]):
+    """What ``Client`` and ``AsyncClient`` hold alike: where and as whom they call, how they
+    retry, and the httpx client whose requests they build."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        user_id: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        http: HttpT | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.user_id = user_id
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self._api_key = api_key
+        self._owns_http = http is None
+        self._http: HttpT = http or self._open_http()
+
+    def _open_http(self) -> HttpT:
+        raise NotImplementedError
+
+    def for_user(self, user_id: str) -> Self:
+        """The same key acting for ``user_id`` (a tenant key may only name its own tenant)."""
+        return type(self)(
+            self.base_url,
+            self._api_key,
+            user_id=user_id,
+            retry=self.retry,
+            timeout=self.timeout,
+            http=self._http,
+        )
+
+    def _headers(self) -> dict[bytes, bytes]:
+        headers = {b"Authorization": f"Bearer {self._api_key}".encode()}
+        if self.user_id is not None:
+            headers[b"X-User-Id"] = user_id_header(self.user_id)
+        return headers
+
+    def _request(self, call: Call[Any]) -> httpx.Request:
+        return self._http.build_request(
+            call.method,
+            absolute_url(self.base_url, call.url),
+            params=call.params,
+            json=call.body,
+            headers=self._headers(),
+            timeout=call.http_timeout(self.timeout),
+        )
+
+
+class LeaseState(Generic[ClientT]):
+    """What ``Lease`` (a thread) and ``AsyncLease`` (a task) know and decide about the lease
+    whose thread they heartbeat."""
+
+    def __init__(
+        self,
+        client: ClientT,
+        thread_id: str,
+        worker_id: str,
+        *,
+        interval: float,
+        lease_seconds: int | None,
+    ):
+        self.client = client
+        self.thread_id = thread_id
+        self.worker_id = worker_id
+        self.interval = interval
+        self.lease_seconds = lease_seconds
+        self.beats = 0
+        self.cancel_requested = False
+        self.lost: ApiError | None = None
+        self.last_error: Exception | None = None
+
+    def _beat_answered(self, thread: models.Thread) -> None:
+        self.beats += 1
+        self.cancel_requested = bool(thread["cancel_requested"])
+
+    def _beat_failed(self, error: ApiError | TransportError) -> bool:
+        """Whether to beat again: not once the lease is gone."""
+        if isinstance(error, ApiError) and error.code in {"lease_not_held", "thread_not_found"}:
+            self.lost = error
+            return False
+        # Anything else (an outage past the retry budget) is retried next beat: the lease
+        # outlives a few missed ones.
+        self.last_error = error
+        return True

@@ -1,276 +1,144 @@
-"""The asyncio client: the same operations as ``Client``, awaited."""
+"""The asyncio client: the same operations as ``Client``, awaited. It sends the calls of
+``_operations`` with ``httpx.AsyncClient``, sleeps between retries with ``asyncio.sleep`` and
+heartbeats a lease from a task."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Mapping
-from types import TracebackType
-from typing import Any, cast
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any, TypeVar
 
 import httpx
 
-from ironclaw_client import _core
-from ironclaw_client._core import API, MAX_WAIT_SECONDS, Call, RetryPolicy, compact, document_url
+from ironclaw_client import _core, _operations, models
+from ironclaw_client._core import MAX_WAIT_SECONDS, Call
 from ironclaw_client.errors import ApiError, TransportError
-from ironclaw_client.models import (
-    BusyPolicyEnum,
-    Conversation,
-    ConversationClearOutput,
-    ConversationDetailOutput,
-    Entry,
-    MeOutput,
-    MessageCreateOutput,
-    ModeEnum,
-    Thread,
-    ThreadNextOutput,
-    ThreadOutcomeInputKindEnum,
-    ThreadOutcomeOutput,
-    WorkspaceDocument,
-    WorkspaceListEntry,
-    WorkspacePatchResult,
-    WorkspaceSearchResponse,
-    WorkspaceTreeEntry,
-    WorkspaceVersion,
-    WorkspaceVersionDetail,
-)
+
+T = TypeVar("T")
 
 
-class AsyncClient:
-    """The ironclaw REST API over one connection pool.
+class AsyncClient(_core.ClientSettings[httpx.AsyncClient]):
+    """``Client``'s twin for asyncio: the same methods, constructor and retries, over one
+    ``httpx.AsyncClient``; calls are awaited, iterators are async iterators, ``keep_alive`` is
+    an ``async with`` and ``close`` is awaited (or use ``async with AsyncClient(...)``)."""
 
-    ``Client(base_url, api_key)``; with a service key, ``client.for_user("alice")`` is alice's
-    view (it sends ``X-User-Id``) sharing the pool. Refused calls are retried by ``retry`` (see
-    the package README for which calls are retried on which answers).
-    """
-
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        *,
-        user_id: str | None = None,
-        retry: RetryPolicy | None = None,
-        timeout: float = 30.0,
-        http: httpx.AsyncClient | None = None,
-    ):
-        self.base_url = base_url.rstrip("/")
-        self.user_id = user_id
-        self.retry = retry or RetryPolicy()
-        self.timeout = timeout
-        self._api_key = api_key
-        self._owns_http = http is None
-        self._http = http or httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
-
-    def for_user(self, user_id: str) -> AsyncClient:
-        """The same key acting for ``user_id`` (a tenant key may only name its own tenant)."""
-        return AsyncClient(
-            self.base_url,
-            self._api_key,
-            user_id=user_id,
-            retry=self.retry,
-            timeout=self.timeout,
-            http=self._http,
-        )
+    def _open_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout)
 
     async def close(self) -> None:
+        """Close the connection pool, unless the caller passed it in (``http=``)."""
         if self._owns_http:
             await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def _headers(self) -> dict[bytes, bytes]:
-        headers = {b"Authorization": f"Bearer {self._api_key}".encode()}
-        if self.user_id is not None:
-            headers[b"X-User-Id"] = _core.user_id_header(self.user_id)
-        return headers
-
-    async def _send(self, call: Call) -> Any:
-        started = time.monotonic()
-        attempt = 0
+    async def _send(self, call: Call[T]) -> T:
+        attempts = _core.Attempts(self.retry, call)
         while True:
-            attempt += 1
             try:
-                response = await self._http.request(
-                    call.method,
-                    _core.absolute_url(self.base_url, call.url),
-                    params=call.params,
-                    json=call.body,
-                    headers=self._headers(),
-                    timeout=call.timeout or self.timeout,
-                )
-                return _core.decode(response, call)
-            except ApiError as error:
-                if not _core.may_retry_error(error, call):
-                    raise
-                failure: Exception = error
-                retry_after = error.retry_after
-            except httpx.TransportError as error:
-                if not _core.may_retry_transport(error, call):
-                    raise TransportError(str(error) or type(error).__name__) from error
-                failure, retry_after = TransportError(str(error) or type(error).__name__), None
-            delay = self.retry.delay(attempt, retry_after)
-            spent = time.monotonic() - started
-            if attempt >= self.retry.max_attempts or spent + delay > self.retry.max_seconds:
-                raise failure
+                return _core.decode(await self._http.send(self._request(call)), call)
+            except (ApiError, httpx.TransportError) as error:
+                delay = attempts.wait_after(error)
             await asyncio.sleep(delay)
 
-    async def _pages(self, call: Call) -> AsyncIterator[dict[str, Any]]:
-        """Every page of a paginated list, following its ``next`` links."""
-        while True:
-            page = await self._send(call)
-            yield page
-            if not page.get("next"):
-                return
-            call = Call("GET", page["next"], idempotent=True, timeout=call.timeout)
+    async def _items(self, stream: _operations.Stream[T]) -> AsyncGenerator[T, None]:
+        while (call := stream.next_call()) is not None:
+            for item in stream.take(await self._send(call)):
+                yield item
 
-    async def me(self) -> MeOutput:
-        return cast(MeOutput, await self._send(Call("GET", f"{API}/me", idempotent=True)))
+    async def me(self) -> models.MeOutput:
+        """``GET /api/v1/me``: the user the key acts for, and whether it is a service key."""
+        return await self._send(_operations.me())
 
     async def send_message(
         self, channel: str, content: str, *, scope: str | None = None
-    ) -> MessageCreateOutput:
-        """Post a user message. Not retried after an ambiguous failure: the API has no
-        idempotency key, so a repeat could be a second message."""
-        body = compact({"channel": channel, "content": content, "scope": scope})
-        return cast(
-            MessageCreateOutput,
-            await self._send(Call("POST", f"{API}/messages", idempotent=False, body=body)),
-        )
+    ) -> models.MessageCreateOutput:
+        """Post a user message; never repeated after an ambiguous failure (no idempotency key)."""
+        return await self._send(_operations.send_message(channel, content, scope=scope))
 
-    async def conversations(
+    def conversations(
         self, *, channel: str | None = None, page_size: int | None = None
-    ) -> AsyncIterator[Conversation]:
+    ) -> AsyncIterator[models.Conversation]:
         """Every conversation, newest first, across pages."""
-        params = compact({"channel": channel, "limit": page_size})
-        call = Call("GET", f"{API}/conversations", idempotent=True, params=params)
-        async for page in self._pages(call):
-            for item in page["results"]:
-                yield item
+        return self._items(_operations.conversations(channel=channel, page_size=page_size))
 
-    async def new_conversation(self, channel: str, *, scope: str | None = None) -> Conversation:
-        body = compact({"channel": channel, "scope": scope})
-        call = Call("POST", f"{API}/conversations/new", idempotent=False, body=body)
-        return cast(Conversation, await self._send(call))
+    async def new_conversation(
+        self, channel: str, *, scope: str | None = None
+    ) -> models.Conversation:
+        """Start an empty conversation in ``channel``; later messages to the channel go to it."""
+        return await self._send(_operations.new_conversation(channel, scope=scope))
 
-    async def get_conversation(self, conversation_id: str) -> ConversationDetailOutput:
-        call = Call("GET", f"{API}/conversations/{conversation_id}", idempotent=True)
-        return cast(ConversationDetailOutput, await self._send(call))
+    async def get_conversation(self, conversation_id: str) -> models.ConversationDetailOutput:
+        """The conversation with its active threads."""
+        return await self._send(_operations.get_conversation(conversation_id))
 
-    async def clear_conversation(self, conversation_id: str) -> ConversationClearOutput:
-        call = Call("POST", f"{API}/conversations/{conversation_id}/clear", idempotent=False)
-        return cast(ConversationClearOutput, await self._send(call))
+    async def clear_conversation(self, conversation_id: str) -> models.ConversationClearOutput:
+        """Delete the conversation's entries; never repeated after an ambiguous failure."""
+        return await self._send(_operations.clear_conversation(conversation_id))
 
     async def set_busy_policy(
-        self, conversation_id: str, busy_policy: BusyPolicyEnum | None
-    ) -> Conversation:
-        call = Call(
-            "POST",
-            f"{API}/conversations/{conversation_id}/policy",
-            idempotent=True,
-            body={"busy_policy": busy_policy},
-        )
-        return cast(Conversation, await self._send(call))
+        self, conversation_id: str, busy_policy: models.BusyPolicyEnum | None
+    ) -> models.Conversation:
+        """What a message does while a thread runs: inject, queue, reject or interrupt."""
+        return await self._send(_operations.set_busy_policy(conversation_id, busy_policy))
 
-    async def _entries_page(
-        self, conversation_id: str, after_seq: int, wait_seconds: float
-    ) -> dict[str, Any]:
-        wait_seconds = min(max(wait_seconds, 0.0), MAX_WAIT_SECONDS)
-        call = Call(
-            "GET",
-            f"{API}/conversations/{conversation_id}/entries",
-            idempotent=True,
-            params={"after_seq": after_seq, "wait_seconds": wait_seconds},
-            timeout=_core.long_poll_timeout(wait_seconds, self.timeout),
-        )
-        return cast(dict[str, Any], await self._send(call))
-
-    async def entries(
+    def entries(
         self, conversation_id: str, *, after_seq: int = 0, page_size: int | None = None
-    ) -> AsyncIterator[Entry]:
+    ) -> AsyncIterator[models.Entry]:
         """The conversation's entries after ``after_seq`` in seq order, across pages."""
-        params = compact({"after_seq": after_seq, "limit": page_size})
-        call = Call(
-            "GET", f"{API}/conversations/{conversation_id}/entries", idempotent=True, params=params
-        )
-        async for page in self._pages(call):
-            for item in page["results"]:
-                yield item
+        stream = _operations.entries(conversation_id, after_seq=after_seq, page_size=page_size)
+        return self._items(stream)
 
-    async def follow(
+    def follow(
         self,
         conversation_id: str,
         *,
         after_seq: int = 0,
         wait_seconds: float = MAX_WAIT_SECONDS,
         stop: asyncio.Event | None = None,
-    ) -> AsyncIterator[Entry]:
-        """Every entry after ``after_seq`` as it is written, for as long as the caller iterates
-        (or until ``stop`` is set): a loop of ``wait_seconds`` long-polls."""
-        while stop is None or not stop.is_set():
-            page = await self._entries_page(conversation_id, after_seq, wait_seconds)
-            for entry in page["results"]:
-                after_seq = max(after_seq, entry["seq"])
-                yield entry
+    ) -> AsyncIterator[models.Entry]:
+        """Each entry after ``after_seq`` as it is written, by long-polls, until ``stop`` is set."""
+        return self._items(
+            _operations.NewEntries(
+                conversation_id, after_seq=after_seq, wait_seconds=wait_seconds, stop=stop
+            )
+        )
 
     async def wait_for_reply(
         self, conversation_id: str, *, after_seq: int = 0, timeout: float = 60.0
-    ) -> Entry:
+    ) -> models.Entry:
         """The first agent entry after ``after_seq``; ``TimeoutError`` after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no agent reply in {conversation_id} within {timeout} s")
-            page = await self._entries_page(
-                conversation_id, after_seq, min(remaining, MAX_WAIT_SECONDS)
-            )
-            for entry in page["results"]:
-                after_seq = max(after_seq, entry["seq"])
-                if entry["sender"] == "agent":
-                    return cast(Entry, entry)
+        replies = _operations.AgentReplies(conversation_id, after_seq=after_seq, timeout=timeout)
+        # Closed here, not whenever the event loop finalizes an abandoned async generator.
+        async with contextlib.aclosing(self._items(replies)) as agent_entries:
+            return await anext(agent_entries)
 
     async def next_thread(
         self, worker_id: str, *, wait_seconds: float = 0, lease_seconds: int | None = None
-    ) -> ThreadNextOutput | None:
-        """Claim the oldest thread waiting for an engine (with its inbox), or None when none
-        came within ``wait_seconds``. A service key without a user serves every tenant."""
-        wait_seconds = min(max(wait_seconds, 0.0), MAX_WAIT_SECONDS)
-        body = compact(
-            {"worker_id": worker_id, "wait_seconds": wait_seconds, "lease_seconds": lease_seconds}
+    ) -> models.ThreadNextOutput | None:
+        """Claim the oldest waiting thread (any tenant's for a service key without a user)."""
+        return await self._send(
+            _operations.next_thread(
+                worker_id, wait_seconds=wait_seconds, lease_seconds=lease_seconds
+            )
         )
-        call = Call(
-            "POST",
-            f"{API}/threads/next",
-            idempotent=False,
-            body=body,
-            timeout=_core.long_poll_timeout(wait_seconds, self.timeout),
-            expected_empty=frozenset({204}),
-        )
-        return cast(ThreadNextOutput | None, await self._send(call))
 
-    async def get_thread(self, thread_id: str) -> Thread:
-        return cast(
-            Thread, await self._send(Call("GET", f"{API}/threads/{thread_id}", idempotent=True))
-        )
+    async def get_thread(self, thread_id: str) -> models.Thread:
+        """The thread: its state, lease, usage counters and outcome."""
+        return await self._send(_operations.get_thread(thread_id))
 
     async def claim_thread(
         self, thread_id: str, worker_id: str, *, lease_seconds: int | None = None
-    ) -> Thread:
-        """Take the lease. Retried freely: the lease holder claiming again keeps its lease."""
-        body = compact({"worker_id": worker_id, "lease_seconds": lease_seconds})
-        call = Call("POST", f"{API}/threads/{thread_id}/claim", idempotent=True, body=body)
-        return cast(Thread, await self._send(call))
+    ) -> models.Thread:
+        """Take the lease; retried freely, as the holder claiming again keeps its lease."""
+        return await self._send(
+            _operations.claim_thread(thread_id, worker_id, lease_seconds=lease_seconds)
+        )
 
     async def heartbeat(
         self,
@@ -279,18 +147,11 @@ class AsyncClient:
         *,
         lease_seconds: int | None = None,
         usage: Mapping[str, Any] | None = None,
-    ) -> Thread:
-        """Extend the lease; ``usage`` (see ``usage_body``) adds to the thread's counters, so a
-        heartbeat with usage is only retried when the server refused it before acting."""
-        body = compact(
-            {
-                "worker_id": worker_id,
-                "lease_seconds": lease_seconds,
-                "usage": dict(usage) if usage else None,
-            }
+    ) -> models.Thread:
+        """Extend the lease; ``usage`` (see ``usage_body``) adds to the thread's counters."""
+        return await self._send(
+            _operations.heartbeat(thread_id, worker_id, lease_seconds=lease_seconds, usage=usage)
         )
-        call = Call("POST", f"{API}/threads/{thread_id}/heartbeat", idempotent=not usage, body=body)
-        return cast(Thread, await self._send(call))
 
     def keep_alive(
         self,
@@ -300,176 +161,113 @@ class AsyncClient:
         interval: float = 10.0,
         lease_seconds: int | None = None,
     ) -> AsyncLease:
-        """A context manager that heartbeats the thread from a background thread while its
-        block runs; ``lease.cancel_requested`` turns true when the thread is interrupted."""
+        """An ``async with`` block's ``AsyncLease``: a task heartbeats while the block runs."""
         return AsyncLease(
             self, thread_id, worker_id, interval=interval, lease_seconds=lease_seconds
         )
 
-    async def suspend_thread(self, thread_id: str, worker_id: str) -> Thread:
-        call = Call(
-            "POST",
-            f"{API}/threads/{thread_id}/suspend",
-            idempotent=False,
-            body={"worker_id": worker_id},
-        )
-        return cast(Thread, await self._send(call))
+    async def suspend_thread(self, thread_id: str, worker_id: str) -> models.Thread:
+        """Park the running thread and give up its lease; the next user message resumes it."""
+        return await self._send(_operations.suspend_thread(thread_id, worker_id))
 
-    async def take_inbox(self, thread_id: str, worker_id: str) -> list[Entry]:
-        """The thread's undelivered user messages, each returned once: a repeat after a lost
-        answer would return nothing, so this is only retried on refusals."""
-        call = Call(
-            "POST",
-            f"{API}/threads/{thread_id}/inbox",
-            idempotent=False,
-            body={"worker_id": worker_id},
-        )
-        answer = await self._send(call)
-        return cast(list[Entry], answer["entries"])
+    async def take_inbox(self, thread_id: str, worker_id: str) -> list[models.Entry]:
+        """The thread's undelivered user messages, each handed out once."""
+        return await self._send(_operations.take_inbox(thread_id, worker_id))
 
     async def record_outcome(
         self,
         thread_id: str,
         worker_id: str,
-        kind: ThreadOutcomeInputKindEnum,
+        kind: models.ThreadOutcomeInputKindEnum,
         *,
         response: str | None = None,
         error: str | None = None,
         gate: Mapping[str, str] | None = None,
         usage: Mapping[str, Any] | None = None,
-    ) -> ThreadOutcomeOutput:
-        body = compact(
-            {
-                "worker_id": worker_id,
-                "kind": kind,
-                "response": response,
-                "error": error,
-                "gate": dict(gate) if gate else None,
-                "usage": dict(usage) if usage else None,
-            }
+    ) -> models.ThreadOutcomeOutput:
+        """End the run as ``kind`` with its response, error or gate, and its total usage."""
+        return await self._send(
+            _operations.record_outcome(
+                thread_id, worker_id, kind, response=response, error=error, gate=gate, usage=usage
+            )
         )
-        call = Call("POST", f"{API}/threads/{thread_id}/outcome", idempotent=False, body=body)
-        return cast(ThreadOutcomeOutput, await self._send(call))
 
-    async def read_document(self, path: str) -> WorkspaceDocument:
-        return cast(
-            WorkspaceDocument, await self._send(Call("GET", document_url(path), idempotent=True))
-        )
+    async def read_document(self, path: str) -> models.WorkspaceDocument:
+        """The workspace document at ``path``, with its content and metadata."""
+        return await self._send(_operations.read_document(path))
 
     async def write_document(
         self, path: str, content: str, *, metadata: Mapping[str, Any] | None = None
-    ) -> WorkspaceDocument:
-        body = compact({"content": content, "metadata": dict(metadata) if metadata else None})
-        call = Call("PUT", document_url(path), idempotent=True, body=body)
-        return cast(WorkspaceDocument, await self._send(call))
+    ) -> models.WorkspaceDocument:
+        """Create or replace the document at ``path``; the old content stays as a version."""
+        return await self._send(_operations.write_document(path, content, metadata=metadata))
 
     async def delete_document(self, path: str) -> None:
         """Delete; a retry after an attempt that took effect raises ``NotFound``."""
-        call = Call("DELETE", document_url(path), idempotent=True, expected_empty=frozenset({204}))
-        await self._send(call)
+        return await self._send(_operations.delete_document(path))
 
-    async def append_document(self, path: str, content: str) -> WorkspaceDocument:
-        call = Call(
-            "POST", document_url(path, "/append"), idempotent=False, body={"content": content}
-        )
-        return cast(WorkspaceDocument, await self._send(call))
+    async def append_document(self, path: str, content: str) -> models.WorkspaceDocument:
+        """Add ``content`` to the document's end; never repeated after an ambiguous failure."""
+        return await self._send(_operations.append_document(path, content))
 
     async def patch_document(
         self, path: str, old: str, new: str, *, replace_all: bool = False
-    ) -> WorkspacePatchResult:
-        body = {"old": old, "new": new, "replace_all": replace_all}
-        call = Call("POST", document_url(path, "/patch"), idempotent=False, body=body)
-        return cast(WorkspacePatchResult, await self._send(call))
+    ) -> models.WorkspacePatchResult:
+        """Replace ``old`` by ``new`` in the document (every occurrence with ``replace_all``)."""
+        return await self._send(_operations.patch_document(path, old, new, replace_all=replace_all))
 
-    async def document_versions(
+    def document_versions(
         self, path: str, *, page_size: int | None = None
-    ) -> AsyncIterator[WorkspaceVersion]:
+    ) -> AsyncIterator[models.WorkspaceVersion]:
         """The document's versions, newest first, across pages."""
-        params = compact({"limit": page_size})
-        call = Call("GET", document_url(path, "/versions"), idempotent=True, params=params)
-        async for page in self._pages(call):
-            for item in page["results"]:
-                yield item
+        return self._items(_operations.document_versions(path, page_size=page_size))
 
-    async def document_version(self, path: str, version: int) -> WorkspaceVersionDetail:
-        call = Call("GET", document_url(path, f"/versions/{int(version)}"), idempotent=True)
-        return cast(WorkspaceVersionDetail, await self._send(call))
+    async def document_version(self, path: str, version: int) -> models.WorkspaceVersionDetail:
+        """Version ``version`` of the document, with its content."""
+        return await self._send(_operations.document_version(path, version))
 
-    async def restore_document(self, path: str, version: int) -> WorkspaceDocument:
-        call = Call(
-            "POST", document_url(path, f"/versions/{int(version)}/restore"), idempotent=True
-        )
-        return cast(WorkspaceDocument, await self._send(call))
+    async def restore_document(self, path: str, version: int) -> models.WorkspaceDocument:
+        """Write version ``version``'s content back as the document's newest version."""
+        return await self._send(_operations.restore_document(path, version))
 
-    async def list_folder(
+    def list_folder(
         self, path: str = "", *, page_size: int | None = None
-    ) -> AsyncIterator[WorkspaceListEntry]:
+    ) -> AsyncIterator[models.WorkspaceListEntry]:
         """The folder's immediate children (folders are derived from document paths)."""
-        params = compact({"path": path, "limit": page_size})
-        call = Call("GET", f"{API}/workspace/list", idempotent=True, params=params)
-        async for page in self._pages(call):
-            for item in page["results"]:
-                yield item
+        return self._items(_operations.list_folder(path, page_size=page_size))
 
-    async def tree(
+    def tree(
         self, path: str = "", *, page_size: int | None = None
-    ) -> AsyncIterator[WorkspaceTreeEntry]:
+    ) -> AsyncIterator[models.WorkspaceTreeEntry]:
         """Every document at or below ``path``, in path order."""
-        params = compact({"path": path, "limit": page_size})
-        call = Call("GET", f"{API}/workspace/tree", idempotent=True, params=params)
-        async for page in self._pages(call):
-            for item in page["results"]:
-                yield item
+        return self._items(_operations.tree(path, page_size=page_size))
 
     async def search(
         self,
         query: str,
         *,
         limit: int | None = None,
-        mode: ModeEnum | None = None,
+        mode: models.ModeEnum | None = None,
         min_score: float | None = None,
-    ) -> WorkspaceSearchResponse:
-        body = compact({"query": query, "limit": limit, "mode": mode, "min_score": min_score})
-        call = Call("POST", f"{API}/workspace/search", idempotent=True, body=body)
-        return cast(WorkspaceSearchResponse, await self._send(call))
+    ) -> models.WorkspaceSearchResponse:
+        """The documents matching ``query``, best first (``mode``: hybrid, fts or vector)."""
+        return await self._send(
+            _operations.search(query, limit=limit, mode=mode, min_score=min_score)
+        )
 
 
-class AsyncLease:
+class AsyncLease(_core.LeaseState[AsyncClient]):
     """Heartbeats a thread every ``interval`` seconds from an asyncio task while the ``async
     with`` block runs. ``cancel_requested`` reports an interrupt; ``lost`` is set (and the
     heartbeats stop) when the lease was taken away (409 ``lease_not_held``)."""
 
-    def __init__(
-        self,
-        client: AsyncClient,
-        thread_id: str,
-        worker_id: str,
-        *,
-        interval: float,
-        lease_seconds: int | None,
-    ):
-        self.client = client
-        self.thread_id = thread_id
-        self.worker_id = worker_id
-        self.interval = interval
-        self.lease_seconds = lease_seconds
-        self.beats = 0
-        self.cancel_requested = False
-        self.lost: ApiError | None = None
-        self.last_error: Exception | None = None
-        self._task: asyncio.Task[None] | None = None
+    _task: asyncio.Task[None]
 
     async def __aenter__(self) -> AsyncLease:
         self._task = asyncio.create_task(self._run(), name=f"lease-{self.thread_id}")
         return self
 
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        assert self._task is not None
+    async def __aexit__(self, *exc_info: object) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -481,16 +279,8 @@ class AsyncLease:
                 thread = await self.client.heartbeat(
                     self.thread_id, self.worker_id, lease_seconds=self.lease_seconds
                 )
-            except ApiError as error:
-                if error.code in {"lease_not_held", "thread_not_found"}:
-                    self.lost = error
-                    return
-                # Anything else (an outage past the retry budget) is retried next beat: the
-                # lease outlives a few missed ones.
-                self.last_error = error
-                continue
-            except TransportError as error:
-                self.last_error = error
-                continue
-            self.beats += 1
-            self.cancel_requested = bool(thread["cancel_requested"])
+            except (ApiError, TransportError) as error:
+                if self._beat_failed(error):
+                    continue
+                return
+            self._beat_answered(thread)
