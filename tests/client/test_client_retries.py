@@ -1,11 +1,12 @@
-"""Retries against real refusals: a database outage (503, the link cut by a TCP proxy) and a
-held row lock (409 ``*_busy``)."""
+"""Retries against real refusals: a database outage (503, the link cut by a TCP proxy), an
+exhausted connection pool (503, its only connection held), and a held row lock (409 ``*_busy``)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 import psycopg
@@ -15,7 +16,9 @@ from ironclaw_client import NO_RETRY, Busy, Client, RateLimited, RetryPolicy, Un
 
 from accounts.services import CreatedApiKey
 from tests.client.conftest import hold_row, live_env, psycopg_params
-from tests.support.servers import TcpProxy, app_server, database_url
+from tests.support.locks import wait_for_lock_waiter
+from tests.support.metrics import metric_sample
+from tests.support.servers import HttpResult, TcpProxy, app_server, database_url, http_request
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,6 +118,87 @@ def test_an_outage_longer_than_the_budget_raises_unavailable_and_writes_are_not_
     assert 2 <= read_elapsed < 10
     assert write_error.value.status == 503
     assert append_attempts == 1
+
+
+@contextmanager
+def _only_pooled_connection_held(base_url: str, key: str) -> Iterator[psycopg.Connection]:
+    """The server's only pooled connection taken by a request blocked on a lock: the test's
+    ``ACCESS EXCLUSIVE`` lock on ``accounts_apikey``, which every authenticated request reads.
+    Meanwhile any other request waits ``DATABASE_POOL_TIMEOUT`` for a connection, then is
+    answered 503. Yields the lock's holder: its rollback (or the block's end) frees the pool."""
+    # Warm the single pooled connection so the blocked request does not pay to open it.
+    assert http_request(f"{base_url}/readyz").status == 200
+    blocked: list[HttpResult] = []
+    auth = {"Authorization": f"Bearer {key}"}
+    with (
+        psycopg.connect(**psycopg_params()) as holder,
+        psycopg.connect(**psycopg_params(), autocommit=True) as monitor,
+    ):
+        holder.execute("LOCK TABLE accounts_apikey IN ACCESS EXCLUSIVE MODE")
+        request = threading.Thread(
+            target=lambda: blocked.append(http_request(f"{base_url}/api/v1/me", headers=auth))
+        )
+        request.start()
+        try:
+            wait_for_lock_waiter(monitor)
+            yield holder
+        finally:
+            holder.rollback()
+            request.join(timeout=30)
+    assert [result.status for result in blocked] == [200]
+
+
+def test_a_503_from_a_held_pool_is_retried_for_a_read_and_never_for_a_message(
+    make_api_key: Callable[..., CreatedApiKey],
+) -> None:
+    alice, bob = make_api_key("alice").raw_key, make_api_key("bob").raw_key
+    env = live_env(DATABASE_POOL_SIZE="1", DATABASE_POOL_TIMEOUT="1")
+    with app_server(env, threads=2) as base_url:
+        # Each attempt waits the pool timeout (1 s) for its 503, whose Retry-After (1 s) paces
+        # the next: a 3 s budget ends after two attempts, long before the pool is freed.
+        short = CountingClient(
+            base_url, alice, RetryPolicy(max_attempts=20, max_seconds=3, base_delay=0.2)
+        )
+        patient = CountingClient(
+            base_url, alice, RetryPolicy(max_attempts=20, max_seconds=20, base_delay=0.2)
+        )
+        with _only_pooled_connection_held(base_url, bob) as holder:
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as short_error:
+                short.client.me()
+            short_elapsed = time.monotonic() - started
+
+            with pytest.raises(Unavailable) as message_error:
+                patient.client.send_message("web", "hi")
+            message_paths = list(patient.paths)
+            patient.paths.clear()
+
+            releaser = threading.Timer(2.0, holder.rollback)
+            releaser.start()
+            try:
+                started = time.monotonic()
+                me = patient.client.me()
+                patient_elapsed = time.monotonic() - started
+            finally:
+                releaser.cancel()
+                releaser.join()
+        scrape = http_request(f"{base_url}/metrics")
+
+    assert (short_error.value.status, short_error.value.code) == (503, "database_unavailable")
+    assert short_error.value.retry_after == 1
+    assert short.paths == ["/api/v1/me"] * len(short.paths)
+    assert len(short.paths) >= 2
+    assert 2.5 <= short_elapsed < 6
+    # A 503 leaves it unknown whether a message was written: sent once, the error left to the
+    # caller, however much budget the policy has.
+    assert (message_error.value.status, message_error.value.code) == (503, "database_unavailable")
+    assert message_paths == ["/api/v1/messages"]
+    assert me["user_id"] == "alice"
+    assert len(patient.paths) >= 2
+    assert patient_elapsed >= 1.5
+    # Every attempt but the last successful read was a real pool timeout answered 503.
+    pool_timeouts = len(short.paths) + len(message_paths) + len(patient.paths) - 1
+    assert metric_sample(scrape.body, "ironclaw_db_pool_timeouts_total") == pool_timeouts
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 from django.db import connection
 
 from accounts.services import CreatedApiKey
+from tests.support.locks import wait_for_lock_waiter
 from tests.support.metrics import metric_sample
 from tests.support.servers import (
     HttpResult,
@@ -36,19 +37,6 @@ def _psycopg_params() -> dict[str, Any]:
         "dbname": settings_dict["NAME"],
         "autocommit": True,
     }
-
-
-def _wait_for_lock_waiter(monitor: psycopg.Connection, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        waiting = monitor.execute(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        ).fetchone()
-        if waiting and waiting[0] > 0:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the first request never started waiting on the table lock")
 
 
 def test_exhausted_pool_answers_503_within_the_pool_timeout(
@@ -81,7 +69,7 @@ def test_exhausted_pool_answers_503_within_the_pool_timeout(
 
             blocked = threading.Thread(target=call_me, args=("blocked", first_key))
             blocked.start()
-            _wait_for_lock_waiter(monitor)
+            wait_for_lock_waiter(monitor)
 
             call_me("starved", second_key)
             holder.rollback()
