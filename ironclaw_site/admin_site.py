@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -120,18 +120,12 @@ def _figures(status: SystemStatus) -> tuple[list[Figure], list[dict[str, Any]], 
 
 def dashboard() -> Dashboard:
     """The dashboard's figures; a slow or failing database leaves them out and says why."""
-    # Outside the bounded transaction below: readiness() reports its own database errors, and
+    # Before the bounded status transaction: readiness() reports its own database errors, and
     # one met inside a transaction would abort it for the queries after.
     verdict = readiness()
     board = Dashboard(readiness=verdict)
     try:
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT set_config('statement_timeout', %s, true)",
-                    [f"{DASHBOARD_STATEMENT_TIMEOUT_MS}ms"],
-                )
-            status = system_status()
+        status = system_status(statement_timeout_ms=DASHBOARD_STATEMENT_TIMEOUT_MS)
     except DatabaseError as error:
         logger.warning("admin dashboard: system status unavailable: %s", error)
         board.unavailable = (

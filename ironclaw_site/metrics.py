@@ -17,6 +17,14 @@ from prometheus_client import Counter, Gauge, Histogram
 if TYPE_CHECKING:
     from conversations.models import Thread
 
+# Any token is a valid HTTP method: labelled as sent, a client could mint a series per request.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str | None) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
 REQUEST_DURATION = Histogram(
     "ironclaw_http_request_duration_seconds",
     "HTTP requests by route (the URL pattern, never the raw path), method and status.",

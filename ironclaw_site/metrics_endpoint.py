@@ -8,11 +8,15 @@ queries of ``system_status()``, so they cost API requests nothing.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -22,7 +26,43 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from conversations.services import RUN_THREAD_QUEUE
 from ironclaw_site.api.exceptions import error_body
 from ironclaw_site.jobs import BACKGROUND_QUEUES
-from ironclaw_site.system_status import system_status
+from ironclaw_site.system_status import SystemStatus, system_status
+
+logger = logging.getLogger(__name__)
+
+
+# A scrape answers within this long whatever the database does (Prometheus gives a scrape 10 s by
+# default; a late answer would lose every process's metrics just when they matter).
+STATUS_DEADLINE_S = 2.0
+# And the status queries themselves give up after this long (a locked table, a slow server).
+STATUS_STATEMENT_TIMEOUT_MS = 1500
+
+# One reader thread, one read in flight: a hung database holds that thread, not one per scrape.
+_status_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics-status")
+_status_lock = threading.Lock()
+_status_in_flight: Future[SystemStatus] | None = None
+
+
+def _status_read() -> SystemStatus:
+    try:
+        return system_status(statement_timeout_ms=STATUS_STATEMENT_TIMEOUT_MS)
+    finally:
+        # The reader thread's own connection goes back to the pool after every read.
+        connection.close()
+
+
+def status_within_deadline() -> SystemStatus | None:
+    """The database's state, or None when it did not answer within STATUS_DEADLINE_S."""
+    global _status_in_flight
+    with _status_lock:
+        if _status_in_flight is None or _status_in_flight.done():
+            _status_in_flight = _status_reader.submit(_status_read)
+        in_flight = _status_in_flight
+    try:
+        return in_flight.result(timeout=STATUS_DEADLINE_S)
+    except (FutureTimeout, DatabaseError) as error:
+        logger.warning("metrics: database state unavailable (%s)", type(error).__name__)
+        return None
 
 
 class SystemStatusCollector:
@@ -30,11 +70,11 @@ class SystemStatusCollector:
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
-            "ironclaw_system_status_up", "1 when the database answered this scrape's queries."
+            "ironclaw_system_status_up",
+            f"1 when the database answered this scrape's queries within {STATUS_DEADLINE_S:g} s.",
         )
-        try:
-            status = system_status()
-        except DatabaseError:
+        status = status_within_deadline()
+        if status is None:
             up.add_metric([], 0)
             yield up
             return

@@ -14,7 +14,7 @@ from ironclaw_site.api.exceptions import (
 )
 from ironclaw_site.database_breaker import failing_fast
 from ironclaw_site.log_context import REQUEST_ID_HEADER, log_context, request_id_accept
-from ironclaw_site.metrics import REQUEST_DURATION, database_unavailable_count
+from ironclaw_site.metrics import REQUEST_DURATION, database_unavailable_count, method_label
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("ironclaw_site.access")
@@ -46,7 +46,7 @@ class RequestLogMiddleware:
             # The pattern, never the path: one series per route, whatever the ids in the URL.
             route = (match.route or match.view_name) if match else UNMATCHED_ROUTE
             REQUEST_DURATION.labels(
-                route=route, method=request.method, status=str(response.status_code)
+                route=route, method=method_label(request.method), status=str(response.status_code)
             ).observe(duration)
             duration_ms = round(duration * 1000, 1)
             access_logger.info(

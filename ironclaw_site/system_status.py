@@ -7,10 +7,11 @@ for or failed at indexing. Call it from a request or a scrape, never from a hot 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count, Exists, OuterRef
 from django.utils import timezone
 
@@ -116,11 +117,20 @@ def document_counts() -> dict[str, int]:
     }
 
 
-def system_status() -> SystemStatus:
-    threads_by_state, expired = thread_counts()
-    return SystemStatus(
-        threads_by_state=threads_by_state,
-        expired_leases=expired,
-        queues=queue_statuses(),
-        **document_counts(),
-    )
+def system_status(*, statement_timeout_ms: int | None = None) -> SystemStatus:
+    """Read every figure; with ``statement_timeout_ms``, in one transaction whose statements give
+    up after that long (a locked table or a slow database raises DatabaseError, not a hang)."""
+    with transaction.atomic() if statement_timeout_ms else nullcontext():
+        if statement_timeout_ms:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('statement_timeout', %s, true)",
+                    [f"{statement_timeout_ms}ms"],
+                )
+        threads_by_state, expired = thread_counts()
+        return SystemStatus(
+            threads_by_state=threads_by_state,
+            expired_leases=expired,
+            queues=queue_statuses(),
+            **document_counts(),
+        )

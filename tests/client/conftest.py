@@ -58,17 +58,6 @@ def make_client(
         client.close()
 
 
-def psycopg_params() -> dict[str, Any]:
-    settings_dict = connection.settings_dict
-    return {
-        "host": settings_dict["HOST"] or None,
-        "port": settings_dict["PORT"] or None,
-        "user": settings_dict["USER"],
-        "password": settings_dict["PASSWORD"] or None,
-        "dbname": settings_dict["NAME"],
-    }
-
-
 def hold_row(holder: psycopg.Connection, table: str, row_id: str) -> None:
     """Lock one row in the holder's open transaction (released by its rollback)."""
     holder.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE", [row_id])

@@ -14,7 +14,8 @@ from ironclaw_client import AsyncClient, NotFound, RetryPolicy, usage_body
 from ironclaw_client.models import Entry, Thread
 
 from accounts.services import CreatedApiKey
-from tests.client.conftest import TEST_RETRY, hold_row, psycopg_params
+from tests.client.conftest import TEST_RETRY, hold_row
+from tests.support.locks import psycopg_params
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

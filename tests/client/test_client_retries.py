@@ -15,8 +15,8 @@ from django.db import connection
 from ironclaw_client import NO_RETRY, Busy, Client, RateLimited, RetryPolicy, Unavailable
 
 from accounts.services import CreatedApiKey
-from tests.client.conftest import hold_row, live_env, psycopg_params
-from tests.support.locks import wait_for_lock_waiter
+from tests.client.conftest import hold_row, live_env
+from tests.support.locks import psycopg_params, wait_for_lock_waiter
 from tests.support.metrics import metric_sample
 from tests.support.servers import HttpResult, TcpProxy, app_server, database_url, http_request
 

@@ -6,14 +6,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 import pytest
 from django.db import connection
 
 from accounts.services import CreatedApiKey
-from tests.support.locks import wait_for_lock_waiter
+from tests.support.locks import psycopg_params, wait_for_lock_waiter
 from tests.support.metrics import metric_sample
 from tests.support.servers import (
     HttpResult,
@@ -25,18 +24,6 @@ from tests.support.servers import (
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def _psycopg_params() -> dict[str, Any]:
-    settings_dict = connection.settings_dict
-    return {
-        "host": settings_dict["HOST"] or None,
-        "port": settings_dict["PORT"] or None,
-        "user": settings_dict["USER"],
-        "password": settings_dict["PASSWORD"] or None,
-        "dbname": settings_dict["NAME"],
-        "autocommit": True,
-    }
 
 
 def test_exhausted_pool_answers_503_within_the_pool_timeout(
@@ -54,8 +41,8 @@ def test_exhausted_pool_answers_503_within_the_pool_timeout(
         # Warm the single pooled connection so the first request below does not pay to open it.
         assert http_request(f"{base_url}/readyz").status == 200
         with (
-            psycopg.connect(**_psycopg_params()) as holder,
-            psycopg.connect(**_psycopg_params()) as monitor,
+            psycopg.connect(**psycopg_params(), autocommit=True) as holder,
+            psycopg.connect(**psycopg_params(), autocommit=True) as monitor,
         ):
             # The first request takes the only pooled connection and blocks on this lock, so the
             # pool is exhausted for as long as we hold it.

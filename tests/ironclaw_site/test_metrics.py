@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 
 import pytest
@@ -13,6 +14,8 @@ from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings as SettingsWrapper
 from rest_framework.test import APIClient
 
+from ironclaw_site.metrics_endpoint import STATUS_DEADLINE_S
+from tests.support.locks import table_locked
 from tests.support.metrics import metric_sample
 from tests.support.servers import free_port
 from workspace.services import document_write
@@ -177,3 +180,43 @@ def test_runtime_and_document_writes_are_counted_by_kind() -> None:
 
     assert writes("runtime") - runtime_before == 2
     assert writes("document") - document_before == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_scrape_answers_in_time_while_the_database_cannot_and_recovers_after(
+    client: Client,
+) -> None:
+    with table_locked("conversations_thread"):
+        started = time.monotonic()
+        blocked = client.get("/metrics", REMOTE_ADDR="127.0.0.1")
+        waited = time.monotonic() - started
+
+    assert blocked.status_code == 200
+    text = blocked.content.decode()
+    assert metric_sample(text, "ironclaw_system_status_up") == 0
+    # The process's own series are still there: the scrape is not lost with the database.
+    assert "ironclaw_http_request_duration_seconds" in text
+    # Well inside Prometheus's default 10 s scrape timeout (a blocked read once took 22 s).
+    assert waited < STATUS_DEADLINE_S + 2
+
+    # The lock is gone: within a few scrapes the database answers again.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        again = client.get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
+        if metric_sample(again, "ironclaw_system_status_up") == 1:
+            break
+        time.sleep(0.2)
+    assert metric_sample(again, "ironclaw_system_status_up") == 1
+
+
+def test_a_made_up_method_is_one_series_not_one_per_method(client: Client) -> None:
+    for method in ("QQ123", "BREW", "X" * 200):
+        client.generic(method, "/api/v1/me", REMOTE_ADDR="127.0.0.1")
+
+    text = client.get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
+
+    methods = set(
+        re.findall(r'ironclaw_http_request_duration_seconds_count\{[^}]*method="([^"]*)"', text)
+    )
+    assert "other" in methods
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}

@@ -1,10 +1,38 @@
-"""Wait, from a separate connection, until some backend is blocked on a lock the test holds."""
+"""Locks held from a connection of the test's own, outside Django: to block the code under test
+on them, and to wait until something is blocked."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import psycopg
+from django.db import connection
+
+
+def psycopg_params() -> dict[str, Any]:
+    """Connection parameters of the test database, for a psycopg connection of the test's own."""
+    settings_dict = connection.settings_dict
+    return {
+        "host": settings_dict["HOST"] or None,
+        "port": settings_dict["PORT"] or None,
+        "user": settings_dict["USER"],
+        "password": settings_dict["PASSWORD"] or None,
+        "dbname": settings_dict["NAME"],
+    }
+
+
+@contextmanager
+def table_locked(table: str) -> Iterator[psycopg.Connection]:
+    """Hold ACCESS EXCLUSIVE on ``table`` (no reads either) until the block ends."""
+    with psycopg.connect(**psycopg_params()) as holder:
+        holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield holder
+        finally:
+            holder.rollback()
 
 
 def wait_for_lock_waiter(monitor: psycopg.Connection, timeout: float = 10) -> None:
