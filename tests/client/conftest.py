@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from django.db import connection
@@ -47,9 +48,11 @@ def make_client(
     """A client with a fresh key: ``make_client("alice")`` or ``make_client(service=True)``."""
     clients: list[Client] = []
 
-    def make(user_id: str | None = "alice", *, service: bool = False) -> Client:
+    def make(
+        user_id: str | None = "alice", *, service: bool = False, http: httpx.Client | None = None
+    ) -> Client:
         key = make_api_key(user_id, service=service)
-        client = Client(live_url, key.raw_key, retry=TEST_RETRY, timeout=15)
+        client = Client(live_url, key.raw_key, retry=TEST_RETRY, timeout=15, http=http)
         clients.append(client)
         return client
 

@@ -14,6 +14,7 @@ from ironclaw_client import (
     AuthenticationError,
     Client,
     Conflict,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     ValidationError,
@@ -207,6 +208,34 @@ def test_a_service_view_names_a_non_ascii_tenant(make_client: MakeClient) -> Non
 
     assert zoe.me()["user_id"] == "zoë"
     assert Document.objects.filter(user_id="zoë", path="hello.md").exists()
+
+
+def test_a_path_or_tenant_that_would_reach_elsewhere_is_refused_before_sending(
+    make_client: MakeClient,
+) -> None:
+    sent: list[str] = []
+    http = httpx.Client(event_hooks={"request": [lambda request: sent.append(request.url.path)]})
+    alice = make_client("alice", http=http)
+    service = make_client(service=True, http=http)
+
+    # Resolved by the HTTP client, these would list conversations, read the tree, or write
+    # "evil.md" while meaning "notes/../evil.md".
+    for path in ("../../conversations", "../tree", "notes/../evil.md", "./x.md", "", "/"):
+        with pytest.raises(InvalidArgument):
+            alice.read_document(path)
+    with pytest.raises(InvalidArgument):
+        alice.write_document("notes/../evil.md", "E")
+    with pytest.raises(InvalidArgument):
+        alice.read_document("\ud800.md")
+    for name in ("alice\r\nX-Evil: 1", " alice", "", "bob\x00"):
+        with pytest.raises(InvalidArgument):
+            service.for_user(name)
+
+    assert sent == []
+    assert not Document.objects.filter(path__contains="evil").exists()
+    # Dots inside a name are just characters.
+    alice.write_document("notes/v1..2.md", "ok")
+    assert alice.read_document("notes/v1..2.md")["content"] == "ok"
 
 
 def test_errors_are_typed_and_conflicts_are_not_retried(

@@ -18,6 +18,7 @@ from ironclaw_client import models
 from ironclaw_client.errors import (
     ApiError,
     Busy,
+    InvalidArgument,
     RateLimited,
     TransportError,
     Unavailable,
@@ -139,6 +140,9 @@ def may_retry_error(error: ApiError, call: Call[Any]) -> bool:
 
 
 def may_retry_transport(error: httpx.TransportError, call: Call[Any]) -> bool:
+    # Our own request was malformed: sending it again fails the same way.
+    if isinstance(error, httpx.LocalProtocolError):
+        return False
     # A failed connect never reached the server; anything later may have been acted on.
     if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
         return True
@@ -174,8 +178,22 @@ class Attempts:
 
 
 def user_id_header(user_id: str) -> bytes:
-    # X-User-Id is UTF-8 text; httpx would encode a str header value as ASCII.
-    return user_id.encode("utf-8")
+    # X-User-Id is UTF-8 text; httpx would encode a str header value as ASCII. A header value
+    # cannot carry control characters or edge whitespace (HTTP strips or refuses them): refused
+    # here with the reason, not sent and retried as if the network had failed.
+    if (
+        not user_id
+        or user_id != user_id.strip()
+        or any(ord(c) < 32 or ord(c) == 127 for c in user_id)
+    ):
+        raise InvalidArgument(
+            f"user_id {user_id!r} must be non-empty text without control characters or "
+            "leading or trailing spaces"
+        )
+    try:
+        return user_id.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidArgument(f"user_id {user_id!r} is not valid Unicode text") from error
 
 
 def absolute_url(base_url: str, url: str) -> str:
@@ -199,6 +217,8 @@ class ClientSettings(Generic[HttpT]):
         http: HttpT | None = None,
     ):
         self.base_url = base_url.rstrip("/")
+        if user_id is not None:
+            user_id_header(user_id)  # refuses a name no header can carry, now rather than later
         self.user_id = user_id
         self.retry = retry or RetryPolicy()
         self.timeout = timeout

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from ironclaw_client import models
 from ironclaw_client._core import API, MAX_WAIT_SECONDS, Call
+from ironclaw_client.errors import InvalidArgument
 
 T = TypeVar("T")
 Page = dict[str, Any]
@@ -50,8 +51,20 @@ OPERATIONS: dict[tuple[str, str], str] = {
 
 
 def document_url(path: str, suffix: str = "") -> str:
-    # Slashes stay: a document path is a folder path. Everything else is percent-encoded.
-    return f"{API}/workspace/documents/{quote(path, safe='/')}{suffix}"
+    # Slashes stay: a document path is a folder path. Everything else is percent-encoded. A "." or
+    # ".." segment is refused, not sent: the HTTP client would resolve it and the call would reach
+    # another endpoint with this key (read_document("../../conversations") lists conversations).
+    segments = path.strip("/").split("/")
+    if not path.strip("/") or any(segment in {".", ".."} for segment in segments):
+        raise InvalidArgument(
+            f"document path {path!r} is empty or has '.' or '..' segments; name the document "
+            "by its path from the workspace root"
+        )
+    try:
+        quoted = quote(path, safe="/")
+    except UnicodeEncodeError as error:
+        raise InvalidArgument(f"document path {path!r} is not valid Unicode text") from error
+    return f"{API}/workspace/documents/{quoted}{suffix}"
 
 
 def compact(values: Mapping[str, Any]) -> dict[str, Any]:

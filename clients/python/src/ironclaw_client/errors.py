@@ -9,6 +9,11 @@ class IronclawError(Exception):
     """Base of every error this package raises."""
 
 
+class InvalidArgument(IronclawError, ValueError):
+    """Refused by the client before anything was sent: an argument the API cannot take as meant
+    (a document path with ``.`` or ``..`` segments, a tenant name with line breaks)."""
+
+
 class TransportError(IronclawError):
     """The server could not be reached, or the connection broke before an answer arrived."""
 
