@@ -8,7 +8,7 @@ from typing import Any, cast
 from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
 from django.utils.functional import cached_property
 from procrastinate.contrib.django.admin import ProcrastinateJobAdmin
 from procrastinate.contrib.django.models import ProcrastinateJob
@@ -69,6 +69,15 @@ class OperatorsJobAdmin(ProcrastinateJobAdmin):
     show_full_result_count = False
     paginator = BoundedCountPaginator
 
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        # The status column is a PostgreSQL enum: an unknown value in the URL would be a
+        # DataError (a 500), where Django answers a bad filter by redirecting with ?e=1.
+        known = {value for value, _ in ProcrastinateJob._meta.get_field("status").choices or ()}
+        for name in ("status", "status__exact"):
+            if name in request.GET and request.GET[name] not in known:
+                return HttpResponseRedirect(f"{request.path}?e=1")
+        return super().changelist_view(request, extra_context)
+
 
 admin.site.unregister(ProcrastinateJob)
 admin.site.register(ProcrastinateJob, OperatorsJobAdmin)
@@ -110,7 +119,8 @@ class TenantPrefixFilter(admin.SimpleListFilter):
         }
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        prefix = (self.value() or "").strip()
+        # A NUL cannot be in a PostgreSQL text value: dropped rather than a DataError (a 500).
+        prefix = (self.value() or "").replace("\x00", "").strip()
         if not prefix:
             return queryset
         return queryset.filter(

@@ -11,6 +11,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from django.http import HttpRequest
 from pythonjsonlogger.json import JsonFormatter
 
 from ironclaw_site.log_context import current_request_id, current_tenant
@@ -25,14 +26,32 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, No
 
 
 class LogContextFilter(logging.Filter):
-    """Add the current request id and tenant to a record, unless the caller passed its own."""
+    """Add the current request id and tenant to a record, unless the caller passed its own.
+
+    Django's ``django.request`` lines (404s, 500s) pass the request object itself: it becomes
+    ``METHOD /path`` without the query string, which may hold a secret someone put there, and it
+    gives the line the request's id (written after the request's log context ended)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        request = getattr(record, "request", None)
+        if isinstance(request, HttpRequest):
+            record.request = f"{request.method} {request.path}"
+            if getattr(record, "request_id", None) is None:
+                record.request_id = getattr(request, "request_id", None)
         if getattr(record, "request_id", None) is None:
             record.request_id = current_request_id()
         if getattr(record, "tenant", None) is None:
             record.tenant = current_tenant()
         return True
+
+
+# Control characters in a text line's message are escaped: a request path with a line break must
+# not start a line of its own that reads like another record.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
 
 
 def _iso_time(record: logging.LogRecord) -> str:
@@ -74,7 +93,7 @@ class TextLogFormatter(logging.Formatter):
         )
         line = (
             f"{_iso_time(record)} {record.levelname} {record.name}"
-            f"{f' [{context}]' if context else ''} {record.getMessage()}"
+            f"{f' [{context}]' if context else ''} {record.getMessage().translate(_ESCAPES)}"
             f"{f' {extras}' if extras else ''}"
         )
         if record.exc_info:

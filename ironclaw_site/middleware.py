@@ -38,6 +38,8 @@ class RequestLogMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request_id = request_id_accept(request.headers.get(REQUEST_ID_HEADER))
+        # For lines Django writes about this request after its log context has ended.
+        request.request_id = request_id  # type: ignore[attr-defined]
         started = time.perf_counter()
         with log_context(request_id=request_id):
             response = self.get_response(request)

@@ -213,3 +213,20 @@ def test_long_lists_stop_counting_at_the_limit(
     assert "3 threads" in response.content.decode()
     assert len(counts) == 1
     assert "LIMIT 3" in counts[0]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/conversations/thread/?tenant=%00",
+        "/admin/workspace/chunk/?tenant=ali%00ce",
+        "/admin/procrastinate/procrastinatejob/?status=x",
+        "/admin/procrastinate/procrastinatejob/?status__exact=bogus",
+    ],
+)
+def test_hostile_filter_values_are_not_server_errors(admin_client: Client, url: str) -> None:
+    response = admin_client.get(url)
+
+    assert response.status_code in {200, 302}
+    if response.status_code == 302:
+        assert response["Location"].endswith("?e=1")

@@ -137,8 +137,9 @@ def test_prune_jobs_uses_the_retention_setting_and_a_rerun_finds_nothing(
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--days", "0"], "--days must be at least 1, got 0."),
-        (["--days", "-3"], "--days must be at least 1, got -3."),
+        (["--days", "0"], "--days must be between 1 and 36500, got 0."),
+        (["--days", "-3"], "--days must be between 1 and 36500, got -3."),
+        (["--days", "999999999"], "--days must be between 1 and 36500, got 999999999."),
         (["--days", "7", "--batch-size", "0"], "--batch-size must be at least 1, got 0."),
     ],
 )

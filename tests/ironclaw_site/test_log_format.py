@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from ironclaw_site.log_context import log_context, tenant_set
 from ironclaw_site.log_format import JsonLogFormatter, LogContextFilter, TextLogFormatter
@@ -56,3 +57,28 @@ def test_a_caller_s_own_tenant_wins_over_the_context() -> None:
         record = _record("claimed", tenant="carol")
 
     assert json.loads(JsonLogFormatter().format(record))["tenant"] == "carol"
+
+
+def test_a_text_line_cannot_be_split_into_a_forged_record_by_its_message() -> None:
+    path = "/nope\n2026-11-29T04:00:00.000+00:00 INFO ironclaw_site.access FAKE\r\x1b[2J"
+    record = _record("GET %s 404")
+    record.args = (path,)
+
+    line = TextLogFormatter().format(record)
+
+    assert "\n" not in line
+    assert "\r" not in line
+    assert "\x1b" not in line
+    assert "/nope\\n2026-11-29T04:00:00.000+00:00 INFO ironclaw_site.access FAKE\\r\\x1b[2J" in line
+
+
+def test_django_s_request_lines_carry_the_request_id_and_no_query_string(rf: Any) -> None:
+    request = rf.get("/api/v1/workspace/documents/x", {"api_key": "ick_secret"})
+    request.request_id = "req-9"
+
+    record = _record("Not Found: /api/v1/workspace/documents/x", request=request, status_code=404)
+    line = json.loads(JsonLogFormatter().format(record))
+
+    assert line["request"] == "GET /api/v1/workspace/documents/x"
+    assert line["request_id"] == "req-9"
+    assert "ick_secret" not in json.dumps(line)

@@ -7,6 +7,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ironclaw_site.jobs import JOBS_PRUNE_BATCH_SIZE, finished_jobs_prune
 
+# A hundred years: beyond it the cut-off date is out of range.
+MAX_DAYS = 36_500
+
 
 class Command(BaseCommand):
     help = (
@@ -39,8 +42,8 @@ class Command(BaseCommand):
                     "JOBS_RETENTION_DAYS is 0 (keep finished jobs for ever); pass --days N to "
                     "prune anyway."
                 )
-        if days < 1:
-            raise CommandError(f"--days must be at least 1, got {days}.")
+        if not 1 <= days <= MAX_DAYS:
+            raise CommandError(f"--days must be between 1 and {MAX_DAYS}, got {days}.")
         if options["batch_size"] < 1:
             raise CommandError(f"--batch-size must be at least 1, got {options['batch_size']}.")
         result = finished_jobs_prune(
