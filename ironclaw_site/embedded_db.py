@@ -19,6 +19,7 @@ by itself.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -119,10 +120,27 @@ def _refuse_old_folder(folder: Path) -> None:
         raise ImproperlyConfigured(old_data_folder_message(folder, version))
 
 
+def _forget_dead_users(folder: Path) -> None:
+    """Drop processes that died without saying so from the server's list of users.
+
+    pgserver stops the server when the last process on its list exits, but a process killed with
+    SIGKILL (or by the OOM killer) never takes itself off: the list never empties and the server
+    outlives every process of the checkout. Each process that joins prunes the dead first."""
+    users = folder / ".handle_pids.json"
+    try:
+        pids = json.loads(users.read_text() or "[]")
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and _process_alive(pid)]
+    if alive != pids:
+        users.write_text(json.dumps(alive))
+
+
 def start_embedded_database(folder: Path, database: str) -> EmbeddedDatabase:
     """Start (or join) the embedded server in ``folder`` and make sure ``database`` exists."""
     folder = folder.expanduser().resolve()
     _refuse_old_folder(folder)
+    _forget_dead_users(folder)
     pgserver = _pgserver()
     folder.parent.mkdir(parents=True, exist_ok=True)
     if (folder / "PG_VERSION").exists() and not _has_our_config(folder):

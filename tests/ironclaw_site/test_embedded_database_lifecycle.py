@@ -9,8 +9,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from django.conf import settings
 
@@ -260,3 +262,48 @@ def test_upgrade_embedded_database_moves_a_postgres_16_folder_to_18_and_keeps_th
     assert seen["max_connections"] >= 300
     assert seen["vector"].startswith("0.8")
     assert seen["nearest"] == 1
+
+
+_JOIN = """
+import sys, time
+from pathlib import Path
+from ironclaw_site.embedded_db import start_embedded_database
+
+start_embedded_database(Path(sys.argv[1]), "ironclaw")
+print("joined", flush=True)
+if sys.argv[2] == "stay":
+    time.sleep(600)
+"""
+
+
+@needs_embedded_package
+def test_the_server_stops_with_its_last_user_even_after_one_was_sigkilled(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "pgdata"
+    env = _embedded_env(tmp_path)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", _JOIN, str(folder), "stay"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert killed.stdout is not None
+        assert killed.stdout.readline().strip() == "joined"
+        postmaster = int((folder / "postmaster.pid").read_text().splitlines()[0])
+    finally:
+        # SIGKILL: no exit handler runs, so it never takes itself off the server's user list.
+        killed.kill()
+        killed.wait()
+        if killed.stdout:
+            killed.stdout.close()
+
+    last = _run(env, "-c", _JOIN, str(folder), "leave", timeout=120)
+
+    assert last.returncode == 0, last.stderr
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(postmaster) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not psutil.pid_exists(postmaster), "the server outlived every process that used it"
