@@ -26,8 +26,12 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher
 from waitress.utilities import BadRequest
 
 from ironclaw_site.api.exceptions import error_body
+from ironclaw_site.metrics import REQUEST_DURATION
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("ironclaw_site.access")
+# The route label of requests the web server answered itself (malformed, too large, too slow).
+REFUSED_ROUTE = "refused"
 
 # The server's own errors, by status, as the API names them.
 ERROR_CODES = {
@@ -57,6 +61,20 @@ class JsonErrorTask(ErrorTask):
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
+        # Refused before the app saw it: the access line and the request series come from here.
+        REQUEST_DURATION.labels(
+            route=REFUSED_ROUTE, method="other", status=str(error.code)
+        ).observe(0.0)
+        access_logger.info(
+            "refused by the web server: %s %s",
+            error.code,
+            error.reason,
+            extra={
+                "route": REFUSED_ROUTE,
+                "status": error.code,
+                "client": self.channel.addr[0] if self.channel.addr else None,
+            },
+        )
 
 
 def _sentence(text: str) -> str:

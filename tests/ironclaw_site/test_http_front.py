@@ -17,6 +17,7 @@ from django.db import connection
 
 from accounts.services import CreatedApiKey
 from conversations.models import ConversationEntry
+from tests.support.metrics import metric_sample
 from tests.support.servers import app_server, database_url, http_request
 from workspace.paths import MAX_PATH_BYTES
 
@@ -284,3 +285,37 @@ def test_unknown_route_outside_the_api_is_json(front: Front) -> None:
     response = exchange(front, request_bytes("GET", "/no-such-page"))
 
     assert_json_error(response, 404, "not_found")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_the_web_server_refuses_itself_are_logged_and_counted(tmp_path: Path) -> None:
+    log_file = tmp_path / "server.log"
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
+    }
+    with app_server(env, threads=2, log_file=log_file) as base_url:
+        port = urlsplit(base_url).port
+        assert port is not None
+        refused = Front(base_url, port, log_file)
+        malformed = exchange(refused, b"NOT AN HTTP REQUEST\r\n\r\n")
+        too_large = exchange(
+            refused, request_bytes("POST", "/api/v1/messages", {"Content-Length": str(10**12)})
+        )
+        scrape = exchange(refused, request_bytes("GET", "/metrics")).body
+
+    assert (malformed.status, too_large.status) == (400, 413)
+    lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.startswith("{")]
+    access = [line for line in lines if line.get("route") == "refused"]
+    assert sorted(line["status"] for line in access) == [400, 413]
+    assert all(line["logger"] == "ironclaw_site.access" for line in access)
+    for status in ("400", "413"):
+        count = metric_sample(
+            scrape,
+            "ironclaw_http_request_duration_seconds_count",
+            route="refused",
+            method="other",
+            status=status,
+        )
+        assert count == 1
