@@ -6,7 +6,13 @@ admin) with HTML pages by default; clients of this service parse JSON.
 
 from __future__ import annotations
 
-from django.http import HttpRequest, JsonResponse
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.csrf import csrf_failure as django_csrf_failure
+from django.views.decorators.csrf import csrf_exempt
 
 from ironclaw_site.api.exceptions import error_body
 
@@ -27,3 +33,37 @@ def page_not_found(request: HttpRequest, exception: Exception) -> JsonResponse:
 
 def server_error(request: HttpRequest) -> JsonResponse:
     return JsonResponse(error_body("internal_error", "An unexpected error occurred."), status=500)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A refused CSRF check: the admin's own page for a browser in the admin, JSON elsewhere."""
+    if request.path.startswith("/admin/"):
+        return django_csrf_failure(request, reason)
+    return JsonResponse(
+        error_body("csrf_failed", f"Cross-site request refused: {reason}"), status=403
+    )
+
+
+def method_not_allowed(request: HttpRequest, allowed: list[str]) -> JsonResponse:
+    response = JsonResponse(
+        error_body(
+            "method_not_allowed",
+            f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}.",
+        ),
+        status=405,
+    )
+    response["Allow"] = ", ".join(allowed)
+    return response
+
+
+def get_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A plain view for GET and HEAD (probes, metrics): any other method is a JSON 405, never
+    Django's HTML CSRF page (nothing here takes a form, so there is nothing to forge)."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.method not in ("GET", "HEAD"):
+            return method_not_allowed(request, ["GET", "HEAD"])
+        return view(request, *args, **kwargs)
+
+    return csrf_exempt(wrapped)

@@ -18,9 +18,9 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.http import require_GET
 
 from ironclaw_site.api.exceptions import RETRY_AFTER_SECONDS, error_body
+from ironclaw_site.error_views import get_only
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +129,12 @@ def readiness() -> Readiness:
     return Readiness(True, "ready", "ready", checks)
 
 
-@require_GET
+@get_only
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
+@get_only
 def readyz(request: HttpRequest) -> JsonResponse:
     verdict = readiness()
     if verdict.ready:

@@ -18,13 +18,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from conversations.services import RUN_THREAD_QUEUE
 from ironclaw_site.api.exceptions import error_body
+from ironclaw_site.error_views import get_only
 from ironclaw_site.jobs import BACKGROUND_QUEUES
 from ironclaw_site.system_status import SystemStatus, system_status
 
@@ -187,7 +187,7 @@ def _refusal(request: HttpRequest) -> JsonResponse | None:
     return None
 
 
-@require_GET
+@get_only
 def metrics(request: HttpRequest) -> HttpResponse:
     refused = _refusal(request)
     if refused is not None:

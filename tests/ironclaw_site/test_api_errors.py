@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from django.db import OperationalError, connection
@@ -140,3 +142,29 @@ def test_a_job_deferred_on_a_lost_connection_is_a_503_not_a_500() -> None:
     assert response.status_code == 503
     assert response.data["error"]["code"] == "database_unavailable"
     connection.close()
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_probes_and_metrics_refuse_other_methods_with_a_json_405(path: str) -> None:
+    # A browser-like client that enforces CSRF: before, a POST got Django's HTML CSRF page.
+    client = Client(enforce_csrf_checks=True)
+
+    posted = client.post(path, REMOTE_ADDR="127.0.0.1")
+    head = client.head(path, REMOTE_ADDR="127.0.0.1")
+
+    assert posted.status_code == 405
+    assert posted.json()["error"]["code"] == "method_not_allowed"
+    assert posted["Allow"] == "GET, HEAD"
+    assert head.status_code == 200
+
+
+def test_a_refused_csrf_check_outside_the_admin_is_json(rf: Any) -> None:
+    from ironclaw_site.error_views import csrf_failure
+
+    response = csrf_failure(rf.post("/somewhere"), reason="CSRF cookie not set.")
+    admin_page = csrf_failure(rf.post("/admin/login/"), reason="CSRF cookie not set.")
+
+    assert response.status_code == 403
+    assert json.loads(response.content)["error"]["code"] == "csrf_failed"
+    assert admin_page.status_code == 403
+    assert admin_page["Content-Type"].startswith("text/html")
