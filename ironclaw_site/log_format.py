@@ -14,7 +14,7 @@ from typing import Any
 from django.http import HttpRequest
 from pythonjsonlogger.json import JsonFormatter
 
-from ironclaw_site.log_context import current_request_id, current_tenant
+from ironclaw_site.log_context import JOB_REQUEST_ID_ARG, current_request_id, current_tenant
 
 # LogRecord's own attributes; anything else on a record came from ``extra``.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -39,7 +39,7 @@ class LogContextFilter(logging.Filter):
             if getattr(record, "request_id", None) is None:
                 record.request_id = getattr(request, "request_id", None)
         if getattr(record, "request_id", None) is None:
-            record.request_id = current_request_id()
+            record.request_id = current_request_id() or _job_request_id(record)
         if getattr(record, "tenant", None) is None:
             record.tenant = current_tenant()
         return True
@@ -52,6 +52,15 @@ _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)} | {
     ord("\r"): "\\r",
     ord("\t"): "\\t",
 }
+
+
+def _job_request_id(record: logging.LogRecord) -> str | None:
+    """The request id a job carries, for Procrastinate's own lines about it ("Starting job",
+    "Job ended"), written outside the job's log context with the job as an extra."""
+    job = getattr(record, "job", None)
+    kwargs = job.get("task_kwargs") if isinstance(job, dict) else None
+    request_id = kwargs.get(JOB_REQUEST_ID_ARG) if isinstance(kwargs, dict) else None
+    return request_id if isinstance(request_id, str) else None
 
 
 def _iso_time(record: logging.LogRecord) -> str:

@@ -82,3 +82,12 @@ def test_django_s_request_lines_carry_the_request_id_and_no_query_string(rf: Any
     assert line["request"] == "GET /api/v1/workspace/documents/x"
     assert line["request_id"] == "req-9"
     assert "ick_secret" not in json.dumps(line)
+
+
+def test_procrastinate_s_own_job_lines_carry_the_job_s_request_id() -> None:
+    job = {"id": 4, "task_kwargs": {"thread_id": "t1", "_request_id": "req-7"}}
+    record = _record("Starting job conversations.tasks.run_thread[4]", job=job)
+    untraced = _record("Starting job x[5]", job={"id": 5, "task_kwargs": {}})
+
+    assert json.loads(JsonLogFormatter().format(record))["request_id"] == "req-7"
+    assert json.loads(JsonLogFormatter().format(untraced))["request_id"] is None
