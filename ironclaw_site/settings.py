@@ -614,6 +614,9 @@ WEB_THREADS = env_int("WEB_THREADS", 40, minimum=1, maximum=1024)
 # A request (headers and body) not received whole within this many seconds is answered 408; a
 # connection that sends nothing for as long is closed.
 WEB_REQUEST_TIMEOUT = env_int("WEB_REQUEST_TIMEOUT", 30, minimum=1, maximum=3600)
+# `serve` kills (and so restarts) a web process that has not shown it serves for this long: its
+# I/O loop stopped, or no request thread came free (a long-poll holds one for 30 s at most).
+WEB_HANG_SECONDS = env_int("WEB_HANG_SECONDS", 90, minimum=3, maximum=3600)
 # The request line and headers together; room for the longest workspace path percent-encoded.
 WEB_MAX_HEADER_BYTES = env_int(
     "WEB_MAX_HEADER_BYTES", 65_536, minimum=16_384, maximum=16 * 1024 * 1024

@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -121,11 +122,43 @@ class DeadlineChannel(HTTPChannel):
                 self.server.add_task(self)
 
 
+class LivenessProbe:
+    """Shows ``serve`` that this process still serves, by touching ``path``.
+
+    The I/O loop queues the probe every second (from ``maintenance``) and a request thread runs
+    it like a request: the file stays fresh only while the loop turns and a request thread gets
+    free within a while. A process stopped, deadlocked or with every thread stuck stops touching
+    it, and ``serve`` kills it (its share of the port's connections would otherwise hang)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.queued = False
+
+    def service(self) -> None:
+        try:
+            self.path.touch()
+        finally:
+            self.queued = False
+
+    def cancel(self) -> None:
+        self.queued = False
+
+    def defer(self) -> None:
+        pass
+
+
 class DeadlineServer(TcpWSGIServer):
     channel_class = DeadlineChannel
 
-    def __init__(self, *args: Any, request_timeout: float, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        request_timeout: float,
+        liveness: LivenessProbe | None = None,
+        **kwargs: Any,
+    ):
         self.request_timeout = request_timeout
+        self.liveness = liveness
         super().__init__(*args, **kwargs)
 
     def maintenance(self, now: float) -> None:
@@ -134,6 +167,9 @@ class DeadlineServer(TcpWSGIServer):
         for channel in list(self.active_channels.values()):
             if isinstance(channel, DeadlineChannel) and channel.is_receiving_past(deadline):
                 channel.answer_request_timeout(self.request_timeout)
+        if self.liveness is not None and not self.liveness.queued:
+            self.liveness.queued = True
+            self.task_dispatcher.add_task(self.liveness)
         super().maintenance(now)
 
 
@@ -163,6 +199,7 @@ def serve(
     trusted_proxy: str | None = None,
     trusted_proxy_headers: Sequence[str] = (),
     trusted_proxy_count: int = 1,
+    liveness_file: Path | None = None,
 ) -> None:
     """Serve ``application`` until SIGTERM or SIGINT; requests in flight get a few seconds."""
     listener = listening_socket(host, port)
@@ -207,6 +244,7 @@ def serve(
         bind_socket=False,
         sockinfo=(listener.family, listener.type, listener.proto, listener.getsockname()),
         request_timeout=request_timeout,
+        liveness=LivenessProbe(liveness_file) if liveness_file else None,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -81,6 +81,34 @@ def test_serve_restarts_a_sigkilled_turn_worker_and_the_api_stays_up(
     assert "turns killed by SIGKILL" in output
 
 
+def test_serve_kills_and_restarts_a_web_process_that_is_alive_but_not_serving(
+    make_api_key: Callable[..., CreatedApiKey],
+) -> None:
+    key = make_api_key("alice").raw_key
+    env = {"DATABASE_URL": database_url(connection.settings_dict), "WEB_HANG_SECONDS": "3", **ECHO}
+
+    with serve_process(env) as serve:
+        web = serve.child("serve_web")
+        # A healthy web process keeps showing it serves: nothing is killed past the limit.
+        time.sleep(5)
+        kept = serve.child("serve_web")
+        # Frozen: its socket still takes its share of connections, none of them answered.
+        web.send_signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        new_web = _wait_for_new_child(serve, "serve_web", web.pid, timeout=30)
+        replaced_after = time.monotonic() - frozen_at
+        wait_until_ready(serve.base_url, timeout=30)
+        _, reply = send_and_await_reply(serve.base_url, key, "after the freeze")
+        output = serve.output()
+
+    print(f"frozen web process replaced after {replaced_after:.1f} s")
+    assert kept.pid == web.pid
+    assert new_web.pid != web.pid
+    assert reply["content"] == "echo: after the freeze"
+    assert "web1 has not served for" in output
+    assert "web1 killed by SIGKILL" in output
+
+
 def test_serve_rides_out_a_two_second_database_outage(
     make_api_key: Callable[..., CreatedApiKey],
 ) -> None:

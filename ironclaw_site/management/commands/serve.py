@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from prometheus_client import multiprocess
 
 from conversations.tasks import RUN_THREAD_QUEUE
 from ironclaw_site.jobs import BACKGROUND_QUEUES
+from ironclaw_site.management.commands.serve_web import LIVENESS_ENV
 
 # Children that are Procrastinate workers (their --name): /readyz checks their heartbeats.
 WORKER_NAMES = ("turns", "background")
@@ -104,10 +107,25 @@ class Supervised:
     backoff: float = RESTART_BACKOFF_INITIAL_S
     restarts: int = 0
 
+    # A web process touches this file while it serves (serve_web's LivenessProbe).
+    liveness_file: Path | None = None
+
     def start(self, env: dict[str, str]) -> None:
+        if self.liveness_file is not None:
+            self.liveness_file.unlink(missing_ok=True)
+            env = {**env, LIVENESS_ENV: str(self.liveness_file)}
         self.process = subprocess.Popen(self.argv, cwd=settings.BASE_DIR, env=env)
         self.started_at = time.monotonic()
         self.restart_at = None
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since this web process last showed it serves (since its start, if never)."""
+        assert self.liveness_file is not None
+        try:
+            touched_ago = time.time() - self.liveness_file.stat().st_mtime
+        except FileNotFoundError:
+            touched_ago = float("inf")
+        return min(touched_ago, now - self.started_at)
 
     def schedule_restart(self, now: float) -> float:
         """Plan the next start after an exit; return the wait."""
@@ -159,6 +177,10 @@ class Command(BaseCommand):
             with_engine=not options["no_engine"],
         )
         children = [Supervised(name, argv) for name, argv in commands.items()]
+        liveness_folder = Path(tempfile.mkdtemp(prefix="ironclaw-serve-"))
+        for child in children:
+            if child.name.startswith("web"):
+                child.liveness_file = liveness_folder / f"{child.name}.alive"
         # /readyz in the web process then reports a missing worker of the ones serve runs.
         # An operator's own values in the environment win.
         self.child_env = {
@@ -194,6 +216,7 @@ class Command(BaseCommand):
             time.sleep(POLL_INTERVAL_S)
 
         self._stop_children(children)
+        shutil.rmtree(liveness_folder, ignore_errors=True)
         self.stdout.write("Stopped.")
 
     def _embedded_server_watch(self) -> EmbeddedServerWatch | None:
@@ -241,6 +264,15 @@ class Command(BaseCommand):
             return
         returncode = child.process.poll()
         if returncode is None:
+            if child.liveness_file is not None:
+                silent = child.silent_for(now)
+                if silent > settings.WEB_HANG_SECONDS:
+                    # Alive but not serving: its share of the port's connections would hang.
+                    self.stderr.write(
+                        f"{child.name} has not served for {silent:.0f} s "
+                        f"(WEB_HANG_SECONDS={settings.WEB_HANG_SECONDS}); killing it."
+                    )
+                    child.process.kill()
             return
         # Its gauges ("in use now") no longer count; its counters and histograms still do.
         metrics_folder = self.child_env["PROMETHEUS_MULTIPROC_DIR"]

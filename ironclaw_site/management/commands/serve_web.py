@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ironclaw_site import web_server
+
+# The file this process touches while it serves, named by `serve` (one per web process).
+LIVENESS_ENV = "IRONCLAW_WEB_LIVENESS_FILE"
 
 
 class Command(BaseCommand):
@@ -41,6 +46,10 @@ class Command(BaseCommand):
                 trusted_proxy=settings.WEB_TRUSTED_PROXY,
                 trusted_proxy_headers=settings.WEB_TRUSTED_PROXY_HEADERS,
                 trusted_proxy_count=settings.WEB_TRUSTED_PROXY_COUNT,
+                # Set by `serve` for each web process it supervises (see LivenessProbe).
+                liveness_file=Path(liveness)
+                if (liveness := os.environ.get(LIVENESS_ENV))
+                else None,
             )
         except OSError as error:
             raise CommandError(f"Cannot serve on {options['host']}:{port}: {error}") from None
