@@ -284,3 +284,43 @@ def _spend_the_burst(client: Client) -> RateLimited:
         except RateLimited as error:
             return error
     raise AssertionError("200 calls in a row were never rate limited")
+
+
+def test_follow_rides_out_an_outage_longer_than_any_retry_budget(
+    proxied_server: tuple[str, TcpProxy], make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    base_url, proxy = proxied_server
+    key = make_api_key("alice").raw_key
+    # No retries at all: only the stream itself can ride the outage out.
+    follower_client = Client(base_url, key, retry=NO_RETRY)
+    sender = Client(base_url, key, retry=RetryPolicy(max_attempts=30, max_seconds=30))
+    sent = sender.send_message("web", "before the outage")
+    seen: list[str] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def follow() -> None:
+        try:
+            for entry in follower_client.follow(
+                sent["conversation_id"], after_seq=sent["seq"], wait_seconds=1, stop=stop
+            ):
+                seen.append(entry["content"])
+        except BaseException as error:  # reported by the assertion below
+            failures.append(error)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    proxy.stop()
+    time.sleep(3)  # the follower's long-polls fail: 503s while the database is unreachable
+    proxy.start()
+    sender.me()  # a read, retried until the server has its database back
+    sender.send_message("web", "after the outage")
+    deadline = time.monotonic() + 20
+    while "after the outage" not in seen and time.monotonic() < deadline and not failures:
+        time.sleep(0.1)
+    stop.set()
+    follower.join(timeout=15)
+
+    assert failures == []
+    assert seen.count("after the outage") == 1
+    assert "before the outage" not in seen

@@ -13,7 +13,11 @@ from urllib.parse import quote
 
 from ironclaw_client import models
 from ironclaw_client._core import API, MAX_WAIT_SECONDS, Call
-from ironclaw_client.errors import InvalidArgument
+from ironclaw_client.errors import InvalidArgument, IronclawError, TransportError, Unavailable
+
+# A stream following a conversation asks again after an outage this long, doubling up to the max.
+OUTAGE_WAIT_INITIAL_S = 0.5
+OUTAGE_WAIT_MAX_S = 10.0
 
 T = TypeVar("T")
 Page = dict[str, Any]
@@ -86,6 +90,11 @@ class Stream(ABC, Generic[T]):
     @abstractmethod
     def take(self, page: Page) -> list[T]: ...
 
+    def after_failure(self, error: IronclawError) -> float | None:
+        """Seconds to wait before asking again after ``error`` (its retries spent), or None to
+        raise it. A list raises; a stream that follows a conversation rides out outages."""
+        return None
+
 
 class Pages(Stream[T]):
     """A paginated list, page by page along each page's ``next`` link."""
@@ -122,6 +131,15 @@ class NewEntries(Stream[models.Entry]):
         self.after_seq = after_seq
         self.wait_seconds = wait_seconds
         self.stop = stop
+        self.outage_wait = OUTAGE_WAIT_INITIAL_S
+
+    def after_failure(self, error: IronclawError) -> float | None:
+        # A server restart or a database outage outlasts any retry budget; reading again from
+        # the last entry seen loses nothing and repeats nothing, so the stream waits it out.
+        if not isinstance(error, Unavailable | TransportError):
+            return None
+        wait, self.outage_wait = self.outage_wait, min(self.outage_wait * 2, OUTAGE_WAIT_MAX_S)
+        return wait
 
     def next_call(self) -> Call[Page] | None:
         if self.stop is not None and self.stop.is_set():
@@ -139,6 +157,7 @@ class NewEntries(Stream[models.Entry]):
         )
 
     def take(self, page: Page) -> list[models.Entry]:
+        self.outage_wait = OUTAGE_WAIT_INITIAL_S
         entries = cast(list[models.Entry], page["results"])
         for entry in entries:
             self.after_seq = max(self.after_seq, entry["seq"])

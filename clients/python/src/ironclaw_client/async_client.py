@@ -13,7 +13,7 @@ import httpx
 
 from ironclaw_client import _core, _operations, models
 from ironclaw_client._core import MAX_WAIT_SECONDS, Call
-from ironclaw_client.errors import ApiError, TransportError
+from ironclaw_client.errors import ApiError, IronclawError, TransportError
 
 T = TypeVar("T")
 
@@ -48,7 +48,15 @@ class AsyncClient(_core.ClientSettings[httpx.AsyncClient]):
 
     async def _items(self, stream: _operations.Stream[T]) -> AsyncGenerator[T, None]:
         while (call := stream.next_call()) is not None:
-            for item in stream.take(await self._send(call)):
+            try:
+                page = await self._send(call)
+            except IronclawError as error:
+                wait = stream.after_failure(error)
+                if wait is None:
+                    raise
+                await asyncio.sleep(wait)
+                continue
+            for item in stream.take(page):
                 yield item
 
     async def me(self) -> models.MeOutput:

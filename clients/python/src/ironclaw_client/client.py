@@ -12,7 +12,7 @@ import httpx
 
 from ironclaw_client import _core, _operations, models
 from ironclaw_client._core import MAX_WAIT_SECONDS, Call
-from ironclaw_client.errors import ApiError, TransportError
+from ironclaw_client.errors import ApiError, IronclawError, TransportError
 
 T = TypeVar("T")
 
@@ -50,7 +50,15 @@ class Client(_core.ClientSettings[httpx.Client]):
 
     def _items(self, stream: _operations.Stream[T]) -> Iterator[T]:
         while (call := stream.next_call()) is not None:
-            yield from stream.take(self._send(call))
+            try:
+                page = self._send(call)
+            except IronclawError as error:
+                wait = stream.after_failure(error)
+                if wait is None:
+                    raise
+                time.sleep(wait)
+                continue
+            yield from stream.take(page)
 
     def me(self) -> models.MeOutput:
         """``GET /api/v1/me``: the user the key acts for, and whether it is a service key."""
