@@ -14,6 +14,7 @@ Environment:
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import threading
@@ -74,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     url, key = os.environ.get("IRONCLAW_URL"), os.environ.get("IRONCLAW_API_KEY")
     if not url or not key:
         parser.error("set IRONCLAW_URL and IRONCLAW_API_KEY")
+    # Bytes that are not UTF-8 become U+FFFD: the line is still sent, never a traceback.
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        sys.stdin.reconfigure(errors="replace")
     client = Client(url, key, user_id=options.user)
     replies, stop = Replies(), threading.Event()
     follower: threading.Thread | None = None

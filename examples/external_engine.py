@@ -38,11 +38,14 @@ from typing import Any, Protocol
 
 from ironclaw_client import (
     ApiError,
+    AuthenticationError,
     Client,
     Conflict,
     IronclawError,
     RetryPolicy,
     TransportError,
+    Unavailable,
+    ValidationError,
     usage_body,
 )
 from ironclaw_client.models import Entry, ThreadNextOutput
@@ -51,6 +54,8 @@ logger = logging.getLogger("external_engine")
 ChatMessage = dict[str, str]
 # The conversation history a turn shows the model: its last entries, not the whole log.
 HISTORY_ENTRIES = 40
+# A turn's outcome is asked again this many times while the server is unreachable (about a minute).
+OUTCOME_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,11 @@ class Engine:
                     outcome = {"kind": "failed", "error": f"{type(error).__name__}: {error}"}
                     turn.event("model_failed", error=str(error))
                     break
+                if lease.lost is not None:
+                    break  # stopped or taken over while the model worked: write nothing more
+                if lease.cancel_requested:
+                    outcome = {"kind": "stopped"}
+                    break
                 model_ms = (time.monotonic() - model_started) * 1000
                 turn.model_ms += model_ms
                 turn.input_tokens += reply.input_tokens
@@ -300,29 +310,88 @@ class Engine:
                 return
         turn.event("outcome", kind=outcome["kind"])
         tenant.write_document(checkpoint_path, turn.checkpoint())
-        try:
-            tenant.record_outcome(turn.thread_id, worker_id, usage=turn.usage(), **outcome)
-        except Conflict as error:
-            logger.warning("thread %s: outcome refused (%s)", turn.thread_id, error.code)
+        self._record_outcome(tenant, turn, outcome)
+
+    def _record_outcome(self, tenant: Client, turn: Turn, outcome: dict[str, Any]) -> None:
+        """Record the outcome, asking again while the server is unreachable: the client never
+        repeats it after a 503 (a repeat could count usage twice), but given up, the turn would
+        wait for its lease to lapse and run again. A repeat that finds the outcome already
+        recorded (the first attempt did land) is refused with a conflict, which ends it."""
+        pause = 1.0
+        for attempt in range(1, OUTCOME_ATTEMPTS + 1):
+            try:
+                tenant.record_outcome(turn.thread_id, turn.worker_id, usage=turn.usage(), **outcome)
+                return
+            except Conflict as error:
+                logger.warning("thread %s: outcome refused (%s)", turn.thread_id, error.code)
+                return
+            except (Unavailable, TransportError) as error:
+                if attempt == OUTCOME_ATTEMPTS:
+                    raise
+                logger.warning(
+                    "thread %s: outcome not recorded (%s); again in %.0f s",
+                    turn.thread_id,
+                    error,
+                    pause,
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, 10.0)
 
     def _history(self, tenant: Client, conversation_id: str | None, goal: str) -> list[ChatMessage]:
         if conversation_id is None:
             return [{"role": "user", "content": goal}]
         last_seq = tenant.get_conversation(conversation_id)["last_seq"]
-        entries = list(
-            tenant.entries(conversation_id, after_seq=max(0, last_seq - HISTORY_ENTRIES))
-        )
+        entries = [
+            entry
+            for entry in tenant.entries(
+                conversation_id, after_seq=max(0, last_seq - HISTORY_ENTRIES)
+            )
+            # A user message not yet delivered is in this thread's inbox: it comes as a step of
+            # its own (take_inbox), and would otherwise reach the model twice.
+            if not (entry["sender"] == "user" and entry["delivered_at"] is None)
+        ]
         return _chat_messages(entries) or [{"role": "user", "content": goal}]
 
 
+class ConfigurationError(Exception):
+    """A setting the engine cannot run with; main() prints it and exits 2."""
+
+
+def _int_setting(name: str, default: int, *, minimum: int) -> int:
+    raw = os.environ.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def _model_from_environment() -> Model:
-    if os.environ.get("ENGINE_MODEL", "echo") == "openai":
+    kind = os.environ.get("ENGINE_MODEL", "echo")
+    if kind not in ("echo", "openai"):
+        raise ConfigurationError(f"ENGINE_MODEL must be echo or openai, got {kind!r}")
+    if kind == "openai":
         return OpenAIModel(
             base_url=os.environ.get("ENGINE_BASE_URL", "https://api.openai.com/v1"),
             api_key=os.environ.get("ENGINE_API_KEY"),
             model=os.environ.get("ENGINE_MODEL_NAME", "gpt-4o-mini"),
         )
-    return EchoModel(latency_ms=int(os.environ.get("ENGINE_ECHO_LATENCY_MS", "0")))
+    return EchoModel(latency_ms=_int_setting("ENGINE_ECHO_LATENCY_MS", 0, minimum=0))
+
+
+def _check_key(client: Client) -> None:
+    """Raise AuthenticationError or TransportError unless the server takes the key. A service key
+    acts for no tenant of its own, so ``me`` answers it 400 ``missing_user_id``: that is the
+    answer wanted here. A tenant key works too, for its own tenant's threads only."""
+    try:
+        me = client.me()
+    except ValidationError as error:
+        if error.code != "missing_user_id":
+            raise
+        return
+    logger.warning("IRONCLAW_API_KEY is a tenant key: serving %s's threads only", me["user_id"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -341,16 +410,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     url, key = os.environ.get("IRONCLAW_URL"), os.environ.get("IRONCLAW_API_KEY")
     if not url or not key:
         parser.error("set IRONCLAW_URL and IRONCLAW_API_KEY (a service key)")
+    if not options.heartbeat_seconds < options.lease_seconds:
+        parser.error("--heartbeat-seconds must be shorter than --lease-seconds")
     client = Client(url, key, retry=RetryPolicy(max_attempts=6, max_seconds=30))
-    engine = Engine(
-        client,
-        _model_from_environment(),
-        concurrency=int(os.environ.get("ENGINE_CONCURRENCY", "4")),
-        max_iterations=int(os.environ.get("ENGINE_MAX_ITERATIONS", "8")),
-        poll_seconds=options.poll_seconds,
-        heartbeat_seconds=options.heartbeat_seconds,
-        lease_seconds=options.lease_seconds,
-    )
+    try:
+        engine = Engine(
+            client,
+            _model_from_environment(),
+            concurrency=_int_setting("ENGINE_CONCURRENCY", 4, minimum=1),
+            max_iterations=_int_setting("ENGINE_MAX_ITERATIONS", 8, minimum=1),
+            poll_seconds=options.poll_seconds,
+            heartbeat_seconds=options.heartbeat_seconds,
+            lease_seconds=options.lease_seconds,
+        )
+        # A wrong key or URL is said now, once, rather than retried in every worker for ever.
+        _check_key(client)
+    except ConfigurationError as error:
+        print(f"external_engine: {error}", file=sys.stderr)
+        return 2
+    except (AuthenticationError, TransportError) as error:
+        print(f"external_engine: cannot use {url} with IRONCLAW_API_KEY: {error}", file=sys.stderr)
+        return 2
 
     def stop(signum: int, frame: object) -> None:
         logger.info("%s: finishing the turns in progress", signal.Signals(signum).name)

@@ -3,6 +3,7 @@ external engine: they speak only HTTP, through the client."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
+from types import ModuleType
 
 import pytest
 from ironclaw_client import Client
@@ -188,3 +190,74 @@ def test_the_examples_explain_their_configuration(script: str) -> None:
     assert shown.returncode == 0
     assert "IRONCLAW_URL" in shown.stdout
     assert "IRONCLAW_API_KEY" in shown.stdout
+
+
+def _example_module(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_engine_s_history_leaves_out_messages_still_in_the_inbox(
+    live_url: str, make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    engine_module = _example_module("external_engine")
+    engine_client = Client(live_url, make_api_key(service=True).raw_key, retry=TEST_RETRY)
+    alice = Client(live_url, make_api_key("alice").raw_key, retry=TEST_RETRY)
+    first = alice.send_message("web", "m1")
+    claimed = engine_client.next_thread("engine-1", wait_seconds=5)
+    assert claimed is not None
+    # Sent after the claim, before the engine reads the history: it waits in the inbox, and the
+    # engine takes it as a step of its own after the first model call.
+    second = alice.send_message("web", "m2")
+    engine = engine_module.Engine(
+        engine_client,
+        engine_module.EchoModel(latency_ms=0),
+        concurrency=1,
+        max_iterations=4,
+        poll_seconds=1,
+        heartbeat_seconds=1,
+        lease_seconds=30,
+    )
+
+    history = engine._history(
+        engine_client.for_user("alice"), first["conversation_id"], claimed["thread"]["goal"]
+    )
+    alice.close()
+    engine_client.close()
+
+    assert second["action"] == "injected"
+    assert [message["content"] for message in history if message["role"] == "user"] == ["m1"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ENGINE_MODEL": "nope"}, "ENGINE_MODEL must be echo or openai"),
+        ({"ENGINE_CONCURRENCY": "0"}, "ENGINE_CONCURRENCY must be at least 1"),
+        ({"ENGINE_ECHO_LATENCY_MS": "abc"}, "ENGINE_ECHO_LATENCY_MS must be a whole number"),
+        ({"IRONCLAW_API_KEY": "ick_not_a_key"}, "cannot use"),
+    ],
+)
+def test_the_engine_refuses_a_bad_configuration_in_one_line(
+    live_url: str,
+    make_api_key: Callable[..., CreatedApiKey],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    settings = {"IRONCLAW_URL": live_url, "IRONCLAW_API_KEY": make_api_key(service=True).raw_key}
+    refused = subprocess.run(
+        [sys.executable, str(EXAMPLES / "external_engine.py")],
+        env=_env(**{**settings, **env}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert refused.returncode == 2
+    assert message in refused.stderr
+    assert "Traceback" not in refused.stderr
