@@ -230,9 +230,10 @@ class TcpProxy:
 
     def _pipe(self, client: socket.socket, upstream: socket.socket) -> None:
         selector = selectors.DefaultSelector()
-        selector.register(client, selectors.EVENT_READ, upstream)
-        selector.register(upstream, selectors.EVENT_READ, client)
         try:
+            # stop() may have closed the pair already (a cut right after the accept).
+            selector.register(client, selectors.EVENT_READ, upstream)
+            selector.register(upstream, selectors.EVENT_READ, client)
             while self._running.is_set():
                 for key, _ in selector.select(timeout=0.2):
                     data = key.fileobj.recv(65536)  # type: ignore[union-attr]
