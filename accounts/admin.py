@@ -8,7 +8,7 @@ from django.http import HttpRequest
 
 from accounts.models import ApiKey
 from accounts.services import api_key_revoke
-from ironclaw_site.admin import TenantPrefixFilter
+from core.admin import TenantPrefixFilter
 
 
 @admin.register(ApiKey)

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from accounts.models import ApiKey
 from accounts.services import hash_api_key
 from accounts.tenancy import user_id_problem
-from ironclaw_site.log_context import tenant_set
+from core.log_context import tenant_set
 
 USER_ID_HEADER = "X-User-Id"
 

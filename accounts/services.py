@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, RateLimitBucket
 from accounts.tenancy import user_id_problem
-from ironclaw_site.errors import InvalidInput, NotFound
+from core.errors import InvalidInput, NotFound
 
 KEY_PREFIX = "ick_"
 

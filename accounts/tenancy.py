@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ironclaw_site.text import has_control_characters
+from core.text import has_control_characters
 
 MAX_USER_ID_LENGTH = 255
 

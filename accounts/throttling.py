@@ -9,7 +9,7 @@ from rest_framework.throttling import BaseThrottle
 
 from accounts.authentication import ApiPrincipal
 from accounts.services import rate_limit_take
-from ironclaw_site.errors import RateLimited
+from core.errors import RateLimited
 
 
 class ApiKeyRateThrottle(BaseThrottle):

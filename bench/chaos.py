@@ -297,7 +297,7 @@ def _drain(timeout: float) -> bool:
 
     from conversations.models import Thread
     from conversations.services import thread_leases_sweep
-    from ironclaw_site.jobs import stalled_jobs_retry
+    from operations.jobs import stalled_jobs_retry
     from workspace.models import Document
 
     deadline = time.monotonic() + timeout

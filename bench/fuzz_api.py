@@ -1,6 +1,6 @@
 """Long API fuzz run: schemathesis over every operation of a live server, thousands of cases.
 
-The same runs as the suite's ``tests/ironclaw_site/test_api_fuzz.py`` (a tenant key; a service
+The same runs as the suite's ``tests/operations/test_api_fuzz.py`` (a tenant key; a service
 key acting for a tenant; a service key serving every tenant on ``threads/next``), with many more
 examples per operation, random seeds (printed, so a failure can be replayed with ``--seed``) and
 two concurrent schemathesis workers, against the web server on a scratch database (created, migrated

@@ -37,13 +37,13 @@ from conversations.services import (
     thread_run_queueing_lock,
     thread_stop,
 )
-from ironclaw_site.admin import (
+from core.admin import (
     BoundedCountPaginator,
     ReadOnlyAdmin,
     ReadOnlyInline,
     TenantPrefixFilter,
 )
-from ironclaw_site.admin_display import (
+from core.admin_display import (
     SHORT_ID_LENGTH,
     change_link,
     changelist_url,
@@ -51,7 +51,7 @@ from ironclaw_site.admin_display import (
     short_id,
     truncated,
 )
-from ironclaw_site.errors import ApplicationError
+from core.errors import ApplicationError
 
 # A conversation page shows this many of its latest entries and threads; a link lists the rest.
 ADMIN_INLINE_ENTRIES = 20

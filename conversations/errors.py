@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ironclaw_site.errors import Busy, Conflict, NotFound, PayloadTooLarge
+from core.errors import Busy, Conflict, NotFound, PayloadTooLarge
 
 
 class ConversationBusy(Busy):

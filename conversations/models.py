@@ -16,7 +16,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from ironclaw_site.db import RowLockQuerySet
+from core.db import RowLockQuerySet
 
 
 class BusyPolicy(models.TextChoices):

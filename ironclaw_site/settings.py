@@ -1,7 +1,7 @@
 """Settings for ironclaw_site: one file, driven by environment variables.
 
 Every variable is documented in ``.env.example`` and the README. Bad values raise
-``ImproperlyConfigured`` naming the variable (see ``ironclaw_site.config``).
+``ImproperlyConfigured`` naming the variable (see ``ironclaw_site.env``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from typing import Any
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from ironclaw_site.config import (
+from core.log_context import job_log_context, job_log_context_async
+from core.metrics import pool_gauges_update_after_job
+from ironclaw_site.env import (
     env_bool,
     env_choice,
     env_float,
@@ -24,8 +26,6 @@ from ironclaw_site.config import (
     env_optional_str,
     env_str,
 )
-from ironclaw_site.log_context import job_log_context, job_log_context_async
-from ironclaw_site.metrics import pool_gauges_update_after_job
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("IRONCLAW_VAR_DIR", str(BASE_DIR / "var")))
@@ -60,12 +60,12 @@ SECRET_KEY = _secret_key()
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 # A refused CSRF check outside the admin is the API's JSON 403, not Django's HTML page.
-CSRF_FAILURE_VIEW = "ironclaw_site.error_views.csrf_failure"
+CSRF_FAILURE_VIEW = "core.error_views.csrf_failure"
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     # Django's admin with the operators' site (the dashboard on its index).
-    "ironclaw_site.apps.OperatorsAdminConfig",
+    "operations.apps.OperatorsAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -77,7 +77,7 @@ INSTALLED_APPS = [
     "pgtrigger",
     "procrastinate.contrib.django",
     "axes",
-    "ironclaw_site",
+    "operations",
     "accounts",
     "conversations",
     "workspace",
@@ -85,11 +85,11 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "ironclaw_site.middleware.RequestLogMiddleware",
-    "ironclaw_site.middleware.UnknownHostMiddleware",
+    "core.middleware.RequestLogMiddleware",
+    "core.middleware.UnknownHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "ironclaw_site.middleware.DatabaseUnavailableMiddleware",
+    "core.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -254,8 +254,8 @@ def _database_settings() -> dict[str, Any]:
             config["PORT"] = options.pop("port", config.get("PORT", ""))
     else:
         # The embedded server: nothing starts here. The backend starts or joins it when this
-        # process first needs a connection, and fills HOST and PORT in (ironclaw_site.embedded_db).
-        from ironclaw_site.embedded_db import SETTINGS_KEY
+        # process first needs a connection, and fills HOST and PORT in (core.embedded_db).
+        from core.embedded_db import SETTINGS_KEY
 
         config = {
             "ENGINE": "django.db.backends.postgresql",
@@ -267,9 +267,9 @@ def _database_settings() -> dict[str, Any]:
             "OPTIONS": {},
             SETTINGS_KEY: {"DATA_DIR": str(EMBEDDED_DATABASE_DIR), "NAME": EMBEDDED_DATABASE_NAME},
         }
-    # Django's backend with a circuit breaker in front of the pool (ironclaw_site.database_breaker),
+    # Django's backend with a circuit breaker in front of the pool (core.database_breaker),
     # which also starts the embedded server on first use.
-    config["ENGINE"] = "ironclaw_site.postgresql"
+    config["ENGINE"] = "core.postgresql"
     config["OPTIONS"].setdefault("connect_timeout", DATABASE_CONNECT_TIMEOUT)
     config["OPTIONS"]["pool"] = {
         "min_size": min(2, DATABASE_POOL_SIZE),
@@ -320,11 +320,11 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.BearerKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["ironclaw_site.api.parsers.SafeJSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.api.parsers.SafeJSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50, minimum=1, maximum=1000),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "ironclaw_site.api.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "core.api.exceptions.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["accounts.throttling.ApiKeyRateThrottle"],
     "UNAUTHENTICATED_USER": None,
 }
@@ -351,7 +351,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "ironclaw_site.api.schema.add_common_error_responses",
+        "core.api.schema.add_common_error_responses",
         "accounts.schema.document_rate_limits",
         "accounts.schema.document_tenant_header",
     ],
@@ -571,10 +571,10 @@ LOG_FORMAT = env_choice("LOG_FORMAT", "json", ("json", "text"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"log_context": {"()": "ironclaw_site.log_format.LogContextFilter"}},
+    "filters": {"log_context": {"()": "core.log_format.LogContextFilter"}},
     "formatters": {
-        "json": {"()": "ironclaw_site.log_format.JsonLogFormatter"},
-        "text": {"()": "ironclaw_site.log_format.TextLogFormatter"},
+        "json": {"()": "core.log_format.JsonLogFormatter"},
+        "text": {"()": "core.log_format.TextLogFormatter"},
     },
     "handlers": {
         "console": {

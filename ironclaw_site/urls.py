@@ -4,8 +4,8 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from ironclaw_site import health, metrics_endpoint
-from ironclaw_site.api.views import ApiNotFoundView
+from core.api.views import ApiNotFoundView
+from operations import health, metrics_endpoint
 
 api_v1 = [
     path("", include("accounts.api.urls")),
@@ -24,7 +24,7 @@ urlpatterns = [
     re_path(r"^api/", ApiNotFoundView.as_view(), name="api-not-found"),
 ]
 
-handler400 = "ironclaw_site.error_views.bad_request"
-handler403 = "ironclaw_site.error_views.permission_denied"
-handler404 = "ironclaw_site.error_views.page_not_found"
-handler500 = "ironclaw_site.error_views.server_error"
+handler400 = "core.error_views.bad_request"
+handler403 = "core.error_views.permission_denied"
+handler404 = "core.error_views.page_not_found"
+handler500 = "core.error_views.server_error"

@@ -19,8 +19,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
 
-from ironclaw_site.admin import ReadOnlyAdmin, TenantPrefixFilter
-from ironclaw_site.admin_display import change_link
+from core.admin import ReadOnlyAdmin, TenantPrefixFilter
+from core.admin_display import change_link
 from workspace import services
 from workspace.models import Chunk, Document, DocumentQuerySet, DocumentVersion
 

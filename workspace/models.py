@@ -15,7 +15,7 @@ from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from pgvector.django import VectorField
 
-from ironclaw_site.db import RowLockQuerySet
+from core.db import RowLockQuerySet
 from workspace.paths import CONFIG_NAME
 
 # Raised by the triggers below; SQLSTATE 23000 reaches Django as an IntegrityError.

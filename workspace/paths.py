@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from ironclaw_site.text import has_control_characters
+from core.text import has_control_characters
 from workspace.errors import InvalidPath
 
 MAX_PATH_CHARACTERS = 1024

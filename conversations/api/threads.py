@@ -16,8 +16,8 @@ from conversations import selectors, services
 from conversations.api import examples
 from conversations.api.serializers import EntrySerializer, ThreadSerializer, UsageSerializer
 from conversations.api.views import MAX_WAIT_SECONDS, THREAD_TAG, _errors
-from ironclaw_site.api.fields import TextField
-from ironclaw_site.notify import ANY, THREADS_CHANNEL, client_gone, wait_for
+from core.api.fields import TextField
+from core.notify import ANY, THREADS_CHANNEL, client_gone, wait_for
 
 # 409 of the operations that lock the thread row itself (claim, heartbeat, inbox, next).
 THREAD_BUSY = (

@@ -16,14 +16,14 @@ from conversations import selectors, services
 from conversations.api import examples
 from conversations.api.serializers import ConversationSerializer, EntrySerializer, ThreadSerializer
 from conversations.models import BusyPolicy
-from ironclaw_site.api.cursor_pagination import (
+from core.api.cursor_pagination import (
     NewestFirstPagination,
     SeqPagination,
     page_serializer,
 )
-from ironclaw_site.api.fields import TextField
-from ironclaw_site.api.schema import ErrorSerializer
-from ironclaw_site.notify import ENTRIES_CHANNEL, client_gone, wait_for
+from core.api.fields import TextField
+from core.api.schema import ErrorSerializer
+from core.notify import ENTRIES_CHANNEL, client_gone, wait_for
 
 TAG = ["conversations"]
 THREAD_TAG = ["threads"]

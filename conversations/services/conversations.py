@@ -21,7 +21,7 @@ from conversations.models import (
 from conversations.services.results import ClearResult
 from conversations.services.transactions import locked_transaction, thread_lock
 from conversations.services.validation import channel_key, check_user_id
-from ironclaw_site.errors import InvalidInput
+from core.errors import InvalidInput
 
 logger = logging.getLogger(__name__)
 

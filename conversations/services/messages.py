@@ -24,7 +24,7 @@ from conversations.services.transactions import (
     thread_run_enqueue,
 )
 from conversations.services.validation import channel_key, check_content, check_user_id
-from ironclaw_site.db import violated_constraint
+from core.db import violated_constraint
 
 
 def message_handle(

@@ -24,6 +24,7 @@ from conversations.errors import (
     ThreadNotClaimable,
     ThreadNotFound,
 )
+from conversations.metrics import turn_observe
 from conversations.models import (
     MAX_MODEL_CALLS_KEPT,
     Conversation,
@@ -55,8 +56,7 @@ from conversations.services.validation import (
     check_worker_id,
     lease_duration,
 )
-from ironclaw_site.db import lock_waits_bounded, update_returning
-from ironclaw_site.metrics import turn_observe
+from core.db import lock_waits_bounded, update_returning
 
 logger = logging.getLogger(__name__)
 

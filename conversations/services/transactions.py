@@ -23,9 +23,9 @@ from conversations.models import (
     EntrySender,
     Thread,
 )
-from ironclaw_site.db import bounded_transaction, lock_timeout_bound
-from ironclaw_site.errors import Conflict
-from ironclaw_site.log_context import job_args
+from core.db import bounded_transaction, lock_timeout_bound
+from core.errors import Conflict
+from core.log_context import job_args
 
 # The task conversations.tasks registers to run a thread; THREAD_RUNNER says what it runs.
 RUN_THREAD_TASK = "conversations.tasks.run_thread"

@@ -10,8 +10,8 @@ from django.conf import settings
 from accounts.tenancy import user_id_problem
 from conversations.errors import MessageTooLarge
 from conversations.services.results import OUTCOME_KINDS, ThreadOutcome, ThreadUsage
-from ironclaw_site.errors import InvalidInput
-from ironclaw_site.text import has_control_characters
+from core.errors import InvalidInput
+from core.text import has_control_characters
 
 CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_SCOPE_LENGTH = 128

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
 from accounts.services import CreatedApiKey, api_key_create, api_key_revoke
-from ironclaw_site.errors import InvalidInput
+from core.errors import InvalidInput
 
 pytestmark = pytest.mark.django_db
 

@@ -18,7 +18,7 @@ from conversations.services import (
     thread_outcome_record,
     thread_suspend,
 )
-from ironclaw_site.errors import InvalidInput
+from core.errors import InvalidInput
 from tests.conversations.helpers import entries_of, run_jobs_for
 
 pytestmark = pytest.mark.django_db

@@ -23,9 +23,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import request_changed_by, request_user_id
-from ironclaw_site.api.fields import StrictBooleanField, TextField
-from ironclaw_site.api.pagination import StrictLimitOffsetPagination
-from ironclaw_site.api.schema import ErrorSerializer
+from core.api.fields import StrictBooleanField, TextField
+from core.api.pagination import StrictLimitOffsetPagination
+from core.api.schema import ErrorSerializer
 from workspace import selectors, services
 from workspace.api import examples
 from workspace.api.serializers import DocumentSerializer, VersionSerializer

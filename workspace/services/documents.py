@@ -14,10 +14,10 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from ironclaw_site.db import bounded_transaction
-from ironclaw_site.metrics import DOCUMENT_WRITES
+from core.db import bounded_transaction
 from workspace.errors import DocumentBusy, DocumentNotFound, PatchFailed, VersionNotFound
 from workspace.metadata import flag_is_set
+from workspace.metrics import DOCUMENT_WRITES
 from workspace.models import Chunk, Document, DocumentVersion, IndexState
 from workspace.paths import is_runtime_path, normalise_path
 from workspace.selectors import effective_metadata

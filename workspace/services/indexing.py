@@ -12,11 +12,11 @@ from django.db import transaction
 from procrastinate.contrib.django import app
 from procrastinate.exceptions import AlreadyEnqueued
 
-from ironclaw_site.log_context import job_args
-from ironclaw_site.metrics import EMBEDDING_ERRORS
+from core.log_context import job_args
 from workspace.chunking import chunk_text
 from workspace.embeddings import EmbeddingError, embedding_provider
 from workspace.metadata import flag_is_set
+from workspace.metrics import EMBEDDING_ERRORS
 from workspace.models import Chunk, Document, IndexState
 from workspace.paths import is_runtime_path
 from workspace.selectors import effective_metadata

@@ -13,8 +13,8 @@ from django.conf import settings
 from django.db import connection
 from psycopg.types.json import Jsonb
 
-from ironclaw_site.metrics import RUNTIME_WRITES
 from workspace.errors import DocumentNotFound, DocumentTooLarge, PatchFailed
+from workspace.metrics import RUNTIME_WRITES
 from workspace.models import Document
 from workspace.services.content import content_hash
 

@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.services import api_key_create
-from ironclaw_site.errors import InvalidInput
+from core.errors import InvalidInput
 
 
 class Command(BaseCommand):

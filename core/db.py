@@ -1,0 +1,122 @@
+"""Database plumbing shared by every app: bounded transactions, row locks, constraint names.
+
+Each service opens one short transaction; a row lock it waits for is bounded so a request gets a
+409 instead of a stall. The bound is transaction-scoped (``SET LOCAL`` semantics), so a pooled or
+PgBouncer connection never carries it into the next request. A hot path sets it inside its first
+statement (``lock_timeout_bound``) instead of spending a round trip on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Self, TypeVar, cast
+
+import psycopg.errors
+from django.db import IntegrityError, OperationalError, connection, models, transaction
+from django.db.models.expressions import RawSQL
+from django.db.models.sql import UpdateQuery
+
+from core.errors import Conflict
+
+_SET_LOCK_TIMEOUT = "set_config('lock_timeout', %s, true)"
+
+
+def lock_timeout_bound(lock_timeout_ms: int) -> RawSQL:
+    """A filter that bounds the lock waits of the statement it is added to, and of the rest of
+    its transaction, by ``lock_timeout_ms``: the same effect as ``SET LOCAL lock_timeout``
+    without a round trip of its own.
+
+    The uncorrelated subquery becomes a one-time filter that PostgreSQL evaluates before the
+    statement reads its first row, so before it can wait for any row lock, and even when it
+    matches no row.
+    """
+    return RawSQL(
+        f"(SELECT {_SET_LOCK_TIMEOUT}) IS NOT NULL",
+        [f"{lock_timeout_ms}ms"],
+        output_field=models.BooleanField(),
+    )
+
+
+@contextmanager
+def lock_waits_bounded(*, busy: type[Conflict]) -> Iterator[None]:
+    """Turn a lock wait that ran past its bound into ``busy`` (a 409 naming the row)."""
+    try:
+        yield
+    except OperationalError as error:
+        if isinstance(error.__cause__, psycopg.errors.LockNotAvailable):
+            raise busy() from None
+        raise
+
+
+@contextmanager
+def bounded_transaction(
+    *, lock_timeout_ms: int, busy: type[Conflict], bound_by_first_statement: bool = False
+) -> Iterator[None]:
+    """One transaction whose every lock wait is bounded by ``lock_timeout_ms``; a wait past it
+    raises ``busy`` (the conflict naming the row the caller waited for).
+
+    ``bound_by_first_statement``: the caller's first statement carries ``lock_timeout_bound``
+    (checked: a first statement without it raises), which saves the bound's own round trip.
+    """
+    with lock_waits_bounded(busy=busy), transaction.atomic():
+        if not bound_by_first_statement:
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT {_SET_LOCK_TIMEOUT}", [f"{lock_timeout_ms}ms"])
+            yield
+            return
+        with connection.execute_wrapper(_FirstStatementBound()):
+            yield
+
+
+class _FirstStatementBound:
+    """Refuses a transaction's first statement if it does not set the lock timeout: a lock wait
+    before the bound would be unbounded."""
+
+    def __init__(self) -> None:
+        self.checked = False
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if not self.checked:
+            self.checked = True
+            if _SET_LOCK_TIMEOUT not in sql:
+                raise RuntimeError("The first statement of this transaction must set its bound.")
+        return execute(sql, params, many, context)
+
+
+def update_returning(queryset: models.QuerySet[_Row], **values: Any) -> list[_Row]:
+    """``queryset.update(**values)`` returning the updated rows (``UPDATE ... RETURNING``), so a
+    compare-and-set and the read of what it wrote are one statement."""
+    query = cast(UpdateQuery, queryset.query.chain(UpdateQuery))
+    query.add_update_values(values)
+    query.clear_select_clause()
+    compiler = query.get_compiler(queryset.db)
+    # Rewrites filters on related rows as "pk IN (subquery)", as QuerySet.update() does.
+    compiler.pre_sql_setup()
+    update_sql, params = compiler.as_sql()
+    table = connection.ops.quote_name(queryset.model._meta.db_table)
+    # raw() applies each field's converters (jsonb, decimals) as a normal query would.
+    with transaction.mark_for_rollback_on_error(using=queryset.db):
+        return list(
+            queryset.model._default_manager.raw(f"{update_sql} RETURNING {table}.*", params)
+        )
+
+
+def violated_constraint(error: IntegrityError) -> str | None:
+    """The name of the constraint an ``IntegrityError`` violated, when PostgreSQL reports one."""
+    diag = getattr(error.__cause__, "diag", None)
+    return getattr(diag, "constraint_name", None)
+
+
+_Row = TypeVar("_Row", bound=models.Model)
+
+
+class RowLockQuerySet(models.QuerySet[_Row]):
+    def for_update(self, *, skip_locked: bool = False) -> Self:
+        """Lock the selected rows ``FOR NO KEY UPDATE`` until the transaction ends.
+
+        NO KEY UPDATE, not plain FOR UPDATE: it serialises writers of the row but lets other
+        transactions insert rows that reference it (their foreign-key check takes KEY SHARE,
+        which FOR UPDATE would block). ``of=("self",)`` keeps a join from locking other tables.
+        """
+        return self.select_for_update(no_key=True, skip_locked=skip_locked, of=("self",))

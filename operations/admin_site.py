@@ -1,0 +1,148 @@
+"""The operators' admin site: its index is a dashboard of the system's health.
+
+Every figure comes from ``system_status()`` and ``readiness()`` (the same readings as /metrics
+and /readyz) and links to the changelist that lists what it counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.contrib import admin
+from django.db import DatabaseError
+from django.http import HttpRequest
+from django.utils import timezone
+
+from core.admin_display import changelist_url, duration_text
+from operations.health import Readiness, readiness
+from operations.system_status import EMBEDDING_ERROR_WINDOW, SystemStatus, system_status
+
+logger = logging.getLogger(__name__)
+
+# The dashboard gives up on a slow database rather than holding the page (and a connection).
+DASHBOARD_STATEMENT_TIMEOUT_MS = 2000
+
+THREADS = "admin:conversations_thread_changelist"
+JOBS = "admin:procrastinate_procrastinatejob_changelist"
+DOCUMENTS = "admin:workspace_document_changelist"
+
+
+@dataclass(frozen=True)
+class Figure:
+    label: str
+    value: int | str
+    url: str
+    # Anything but the normal value (a failed job, a runtime document with chunks).
+    alarming: bool = False
+
+
+@dataclass
+class Dashboard:
+    readiness: Readiness
+    threads: list[Figure] = field(default_factory=list)
+    queues: list[dict[str, Any]] = field(default_factory=list)
+    documents: list[Figure] = field(default_factory=list)
+    # Why the figures are missing (the database was too slow or failed).
+    unavailable: str = ""
+
+
+def _figures(status: SystemStatus) -> tuple[list[Figure], list[dict[str, Any]], list[Figure]]:
+    threads = [
+        Figure(state, count, changelist_url(THREADS, state__exact=state))
+        for state, count in status.threads_by_state.items()
+    ]
+    threads.append(
+        Figure(
+            "running with an expired lease",
+            status.expired_leases,
+            changelist_url(THREADS, lease="expired"),
+            alarming=status.expired_leases > 0,
+        )
+    )
+    queues = [
+        {
+            "name": queue.queue,
+            "waiting": Figure(
+                "waiting",
+                queue.waiting,
+                changelist_url(JOBS, queue_name__exact=queue.queue, status__exact="todo"),
+            ),
+            "doing": Figure(
+                "doing",
+                queue.doing,
+                changelist_url(JOBS, queue_name__exact=queue.queue, status__exact="doing"),
+            ),
+            "failed": Figure(
+                "failed",
+                queue.failed,
+                changelist_url(JOBS, queue_name__exact=queue.queue, status__exact="failed"),
+                alarming=queue.failed > 0,
+            ),
+            "oldest_waiting": (
+                duration_text(timedelta(seconds=queue.oldest_waiting_seconds))
+                if queue.oldest_waiting_seconds is not None
+                else "-"
+            ),
+        }
+        for queue in status.queues
+    ]
+    since = (timezone.now() - EMBEDDING_ERROR_WINDOW).isoformat()
+    documents = [
+        Figure(
+            "indexing backlog (pending)",
+            status.indexing_backlog,
+            changelist_url(DOCUMENTS, index_state__exact="pending"),
+        ),
+        Figure(
+            "embedding errors in the last hour",
+            status.embedding_errors_last_hour,
+            changelist_url(DOCUMENTS, index_state__exact="failed", updated_at__gte=since),
+            alarming=status.embedding_errors_last_hour > 0,
+        ),
+        Figure(
+            "runtime documents with chunks (should be 0)",
+            status.runtime_documents_with_chunks,
+            changelist_url(DOCUMENTS, is_runtime__exact="1", chunks="yes"),
+            alarming=status.runtime_documents_with_chunks > 0,
+        ),
+        Figure(
+            "runtime documents with versions (should be 0)",
+            status.runtime_documents_with_versions,
+            changelist_url(DOCUMENTS, is_runtime__exact="1", versions="yes"),
+            alarming=status.runtime_documents_with_versions > 0,
+        ),
+    ]
+    return threads, queues, documents
+
+
+def dashboard() -> Dashboard:
+    """The dashboard's figures; a slow or failing database leaves them out and says why."""
+    # Before the bounded status transaction: readiness() reports its own database errors, and
+    # one met inside a transaction would abort it for the queries after.
+    verdict = readiness()
+    board = Dashboard(readiness=verdict)
+    try:
+        status = system_status(statement_timeout_ms=DASHBOARD_STATEMENT_TIMEOUT_MS)
+    except DatabaseError as error:
+        logger.warning("admin dashboard: system status unavailable: %s", error)
+        board.unavailable = (
+            "The figures are unavailable: the database did not answer within "
+            f"{DASHBOARD_STATEMENT_TIMEOUT_MS} ms ({type(error).__name__})."
+        )
+        return board
+    board.threads, board.queues, board.documents = _figures(status)
+    return board
+
+
+class OperatorsAdminSite(admin.AdminSite):
+    site_header = "ironclaw_site operations"
+    site_title = "ironclaw_site admin"
+    index_title = "Dashboard"
+    # The site has no public pages: Django's "View site" link led to a 404.
+    site_url = None
+
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        return super().index(request, {"dashboard": dashboard(), **(extra_context or {})})

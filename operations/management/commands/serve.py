@@ -1,0 +1,283 @@
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
+from prometheus_client import multiprocess
+
+from operations.management.commands.serve_web import LIVENESS_ENV
+from operations.workers import BACKGROUND, TURNS, WORKER_KINDS
+
+# A child that exits is started again after RESTART_BACKOFF_INITIAL_S, doubling after each exit
+# up to RESTART_BACKOFF_MAX_S, so a child that cannot start (a port taken, a bad setting) is
+# retried without spinning. One that ran RESTART_HEALTHY_S before exiting is restarted at once
+# again: a crash after a day of service is not the same failure as the last one.
+RESTART_BACKOFF_INITIAL_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_HEALTHY_S = 60.0
+POLL_INTERVAL_S = 0.2
+STOP_GRACE_S = 15.0
+
+
+def child_commands(
+    *, host: str, port: int, with_workers: bool, with_engine: bool
+) -> dict[str, list[str]]:
+    """The processes ``serve`` runs and keeps running, by name."""
+    # WEB_CONCURRENCY waitress processes share the port (SO_REUSEPORT): see serve_web. Each is
+    # supervised on its own, so one dying leaves the others answering.
+    commands = {
+        f"web{index}": [
+            sys.executable,
+            "manage.py",
+            "serve_web",
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ]
+        for index in range(1, settings.WEB_CONCURRENCY + 1)
+    }
+    if with_workers:
+        # Each is a Procrastinate worker named after its kind: /readyz checks its heartbeats.
+        for kind in (TURNS, BACKGROUND) if with_engine else (BACKGROUND,):
+            commands[kind.name] = [
+                *(sys.executable, "manage.py", "run_worker"),
+                *("--queues", ",".join(kind.queues)),
+                *("--concurrency", str(kind.concurrency)),
+                *("--name", kind.name),
+            ]
+    return commands
+
+
+def metrics_folder_reset(folder: Path) -> Path:
+    """Create the metrics folder, or empty it of a previous run's files (counters must start from
+    zero with the processes that write them). Only the metric files: the folder may be shared."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return folder
+
+
+def exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+@dataclass
+class Supervised:
+    """One child and its restart schedule."""
+
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None
+    backoff: float = RESTART_BACKOFF_INITIAL_S
+    restarts: int = 0
+
+    # A web process touches this file while it serves (serve_web's LivenessProbe).
+    liveness_file: Path | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        if self.liveness_file is not None:
+            self.liveness_file.unlink(missing_ok=True)
+            env = {**env, LIVENESS_ENV: str(self.liveness_file)}
+        self.process = subprocess.Popen(self.argv, cwd=settings.BASE_DIR, env=env)
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def silent_for(self, now: float) -> float:
+        """Seconds since this web process last showed it serves (since its start, if never)."""
+        assert self.liveness_file is not None
+        try:
+            touched_ago = time.time() - self.liveness_file.stat().st_mtime
+        except FileNotFoundError:
+            touched_ago = float("inf")
+        return min(touched_ago, now - self.started_at)
+
+    def schedule_restart(self, now: float) -> float:
+        """Plan the next start after an exit; return the wait."""
+        if now - self.started_at >= RESTART_HEALTHY_S:
+            self.backoff = RESTART_BACKOFF_INITIAL_S
+        wait = self.backoff
+        self.restart_at = now + wait
+        self.backoff = min(self.backoff * 2, RESTART_BACKOFF_MAX_S)
+        return wait
+
+
+@dataclass
+class EmbeddedServerWatch:
+    """The embedded PostgreSQL, started again with backoff when its postmaster dies."""
+
+    folder: Path
+    socket_dir: str
+    retry_at: float = 0.0
+    backoff: float = RESTART_BACKOFF_INITIAL_S
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve the app (WEB_CONCURRENCY waitress processes) and run its workers, in the "
+        "foreground: the turn worker (queue threads, ENGINE_CONCURRENCY turns at once) and the "
+        "background worker (indexing and maintenance), so indexing never delays a turn. A child "
+        "that exits or is killed is started again with backoff, without stopping the others; "
+        "with no DATABASE_URL, so is the embedded PostgreSQL. Ctrl-C (or SIGTERM) stops all."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=settings.HOST, help="address to bind (HOST)")
+        parser.add_argument("--port", type=int, default=settings.PORT, help="port to bind (PORT)")
+        parser.add_argument("--no-worker", action="store_true", help="serve HTTP only")
+        parser.add_argument(
+            "--no-engine",
+            action="store_true",
+            help="run no turn worker: threads wait for external engines (threads/next)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        port: int = options["port"]
+        if not 0 < port < 65536:
+            raise CommandError(f"--port must be between 1 and 65535, got {port}.")
+        commands = child_commands(
+            host=options["host"],
+            port=port,
+            with_workers=not options["no_worker"],
+            with_engine=not options["no_engine"],
+        )
+        children = [Supervised(name, argv) for name, argv in commands.items()]
+        liveness_folder = Path(tempfile.mkdtemp(prefix="ironclaw-serve-"))
+        for child in children:
+            if child.name.startswith("web"):
+                child.liveness_file = liveness_folder / f"{child.name}.alive"
+        # /readyz in the web process then reports a missing worker of the ones serve runs.
+        # An operator's own values in the environment win.
+        self.child_env = {
+            "READYZ_WORKERS": ",".join(name for name in commands if name in WORKER_KINDS),
+            **({} if options["no_worker"] else {"READYZ_REQUIRE_WORKER": "true"}),
+            **os.environ,
+            # Every child records its metrics here, so a scrape of any web process sums them all.
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_folder_reset(Path(settings.METRICS_DIR))),
+        }
+        embedded = self._embedded_server_watch()
+
+        stopping = False
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+
+        for child in children:
+            child.start(self.child_env)
+        self.stdout.write(
+            f"Serving on http://{options['host']}:{port}/ with "
+            f"{', '.join(child.name for child in children)}; Ctrl-C stops."
+        )
+        while not stopping:
+            now = time.monotonic()
+            if embedded is not None:
+                self._watch_embedded_server(embedded, now)
+            for child in children:
+                self._watch_child(child, now)
+            time.sleep(POLL_INTERVAL_S)
+
+        self._stop_children(children)
+        shutil.rmtree(liveness_folder, ignore_errors=True)
+        self.stdout.write("Stopped.")
+
+    def _embedded_server_watch(self) -> EmbeddedServerWatch | None:
+        if not settings.USING_EMBEDDED_DATABASE:
+            return None
+        from core.embedded_db import embedded_database_settings_resolve
+
+        # Started (or joined) here, before any child: serve holds it for as long as it runs, so
+        # children that exit and start again never stop it, and the watch learns its socket.
+        embedded_database_settings_resolve(connection.settings_dict)
+        return EmbeddedServerWatch(
+            folder=Path(settings.EMBEDDED_DATABASE_DIR),
+            socket_dir=str(connection.settings_dict["HOST"]),
+        )
+
+    def _watch_embedded_server(self, watch: EmbeddedServerWatch, now: float) -> None:
+        from core.embedded_db import (
+            EmbeddedRestartFailed,
+            embedded_database_restart_if_dead,
+        )
+
+        if now < watch.retry_at:
+            return
+        try:
+            restarted = embedded_database_restart_if_dead(watch.folder, watch.socket_dir)
+        except EmbeddedRestartFailed as error:
+            self.stderr.write(
+                f"embedded PostgreSQL is down and did not start ({error}); "
+                f"retrying in {watch.backoff:.1f} s"
+            )
+            watch.retry_at = now + watch.backoff
+            watch.backoff = min(watch.backoff * 2, RESTART_BACKOFF_MAX_S)
+            return
+        if restarted:
+            self.stderr.write("embedded PostgreSQL had died; it runs again.")
+        watch.backoff = RESTART_BACKOFF_INITIAL_S
+
+    def _watch_child(self, child: Supervised, now: float) -> None:
+        assert child.process is not None
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                child.restarts += 1
+                child.start(self.child_env)
+                self.stderr.write(f"{child.name} started again (restart {child.restarts}).")
+            return
+        returncode = child.process.poll()
+        if returncode is None:
+            if child.liveness_file is not None:
+                silent = child.silent_for(now)
+                if silent > settings.WEB_HANG_SECONDS:
+                    # Alive but not serving: its share of the port's connections would hang.
+                    self.stderr.write(
+                        f"{child.name} has not served for {silent:.0f} s "
+                        f"(WEB_HANG_SECONDS={settings.WEB_HANG_SECONDS}); killing it."
+                    )
+                    child.process.kill()
+            return
+        # Its gauges ("in use now") no longer count; its counters and histograms still do.
+        metrics_folder = self.child_env["PROMETHEUS_MULTIPROC_DIR"]
+        multiprocess.mark_process_dead(child.process.pid, metrics_folder)
+        wait = child.schedule_restart(now)
+        self.stderr.write(
+            f"{child.name} {exit_reason(returncode)} after {now - child.started_at:.1f} s; "
+            f"starting it again in {wait:.1f} s."
+        )
+
+    def _stop_children(self, children: list[Supervised]) -> None:
+        running = [child for child in children if child.process and child.process.poll() is None]
+        for child in running:
+            assert child.process is not None
+            child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in running:
+            assert child.process is not None
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.stderr.write(f"{child.name} did not stop in time; killing it.")
+                child.process.kill()
+                child.process.wait()

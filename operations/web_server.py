@@ -1,0 +1,255 @@
+"""The HTTP front: waitress, with request deadlines and the API's JSON error shape.
+
+Waitress reads every request whole (headers and body, de-chunking ``Transfer-Encoding: chunked``)
+in its I/O thread before an application thread sees it, so a client that trickles its body costs a
+buffer, not a request thread. Two things are added here: a deadline for receiving a request (a
+request still incomplete after ``WEB_REQUEST_TIMEOUT`` seconds is answered 408, however steadily it
+trickles), and the server's own error answers (400, 408, 413, 431, 500) in the JSON shape every
+other error has.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
+from waitress.utilities import BadRequest
+
+from core.api.exceptions import error_body
+from core.metrics import REQUEST_DURATION
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("ironclaw_site.access")
+# The route label of requests the web server answered itself (malformed, too large, too slow).
+REFUSED_ROUTE = "refused"
+
+# The server's own errors, by status, as the API names them.
+ERROR_CODES = {
+    400: "bad_request",
+    408: "request_timeout",
+    413: "payload_too_large",
+    431: "request_header_too_large",
+    500: "internal_error",
+}
+
+
+class RequestTimeout(BadRequest):
+    code = 408
+    reason = "Request Timeout"
+
+
+class JsonErrorTask(ErrorTask):
+    """Answer waitress's own errors (malformed request, limits, timeouts) as JSON."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        body = json.dumps(
+            error_body(ERROR_CODES.get(error.code, "bad_request"), _sentence(error.body))
+        ).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+        # Refused before the app saw it: the access line and the request series come from here.
+        REQUEST_DURATION.labels(
+            route=REFUSED_ROUTE, method="other", status=str(error.code)
+        ).observe(0.0)
+        access_logger.info(
+            "refused by the web server: %s %s",
+            error.code,
+            error.reason,
+            extra={
+                "route": REFUSED_ROUTE,
+                "status": error.code,
+                "client": self.channel.addr[0] if self.channel.addr else None,
+            },
+        )
+
+
+def _sentence(text: str) -> str:
+    text = str(text).strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith(".") else f"{text}."
+
+
+class DeadlineChannel(HTTPChannel):
+    """A connection that notes when each request started arriving."""
+
+    error_task_class = JsonErrorTask
+    request: Any = None
+    request_started_at = 0.0
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None and data:
+            self.request_started_at = time.monotonic()
+        return bool(super().received(data))
+
+    def is_receiving_past(self, deadline: float) -> bool:
+        request = self.request
+        return (
+            request is not None
+            and not request.completed
+            and not self.will_close
+            and self.request_started_at < deadline
+        )
+
+    def answer_request_timeout(self, timeout: float) -> None:
+        """Turn the request still arriving into a 408 (runs in the I/O thread, like received)."""
+        with self.requests_lock:
+            request = self.request
+            if request is None or request.completed:
+                return
+            request.error = RequestTimeout(
+                f"the request was not received within {timeout:g} seconds"
+            )
+            request.completed = True
+            self.request = None
+            self.requests.append(request)
+            if len(self.requests) == 1:
+                # As in received(): with no request in service, the I/O thread starts the task.
+                self.server.add_task(self)
+
+
+class LivenessProbe:
+    """Shows ``serve`` that this process still serves, by touching ``path``.
+
+    The I/O loop queues the probe every second (from ``maintenance``) and a request thread runs
+    it like a request: the file stays fresh only while the loop turns and a request thread gets
+    free within a while. A process stopped, deadlocked or with every thread stuck stops touching
+    it, and ``serve`` kills it (its share of the port's connections would otherwise hang)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.queued = False
+
+    def service(self) -> None:
+        try:
+            self.path.touch()
+        finally:
+            self.queued = False
+
+    def cancel(self) -> None:
+        self.queued = False
+
+    def defer(self) -> None:
+        pass
+
+
+class DeadlineServer(TcpWSGIServer):
+    channel_class = DeadlineChannel
+
+    def __init__(
+        self,
+        *args: Any,
+        request_timeout: float,
+        liveness: LivenessProbe | None = None,
+        **kwargs: Any,
+    ):
+        self.request_timeout = request_timeout
+        self.liveness = liveness
+        super().__init__(*args, **kwargs)
+
+    def maintenance(self, now: float) -> None:
+        # Before waitress's idle check, which would close a stalled connection without a word.
+        deadline = time.monotonic() - self.request_timeout
+        for channel in list(self.active_channels.values()):
+            if isinstance(channel, DeadlineChannel) and channel.is_receiving_past(deadline):
+                channel.answer_request_timeout(self.request_timeout)
+        if self.liveness is not None and not self.liveness.queued:
+            self.liveness.queued = True
+            self.task_dispatcher.add_task(self.liveness)
+        super().maintenance(now)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket that other processes of the same user may bind too.
+
+    ``SO_REUSEPORT`` lets ``WEB_CONCURRENCY`` independent web processes share the port; the
+    kernel spreads connections over them, and one dying does not stop the others.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((host.strip("[]"), port))
+    return listener
+
+
+def serve(
+    application: Any,
+    *,
+    host: str,
+    port: int,
+    threads: int,
+    request_timeout: float,
+    max_header_bytes: int,
+    max_body_bytes: int,
+    trusted_proxy: str | None = None,
+    trusted_proxy_headers: Sequence[str] = (),
+    trusted_proxy_count: int = 1,
+    liveness_file: Path | None = None,
+) -> None:
+    """Serve ``application`` until SIGTERM or SIGINT; requests in flight get a few seconds."""
+    listener = listening_socket(host, port)
+    adjustments = Adjustments(
+        sockets=[listener],
+        threads=threads,
+        # A connection that sends nothing for this long is closed (one mid-request gets its 408
+        # first); long-polls in service are never cut, whatever their length.
+        channel_timeout=request_timeout,
+        # How often deadlines are checked: the 408 comes within a second of its deadline.
+        cleanup_interval=1,
+        # Idle keep-alive connections and slow clients cost a buffer each, not a thread; the
+        # default of 100 would let 100 slow clients stop accepting altogether.
+        connection_limit=1000,
+        # Keep reading a connection while its request is served, so a client that hangs up
+        # mid-long-poll is seen (environ["waitress.client_disconnected"]) and its wait ends
+        # without claiming a thread for nobody.
+        channel_request_lookahead=1,
+        max_request_header_size=max_header_bytes,
+        max_request_body_size=max_body_bytes,
+        ident="ironclaw_site",
+        # Forwarding headers count only from this peer (their client address, scheme and host
+        # become the request's); from any other peer they are dropped before the app sees them.
+        **(
+            {
+                "trusted_proxy": trusted_proxy,
+                "trusted_proxy_headers": set(trusted_proxy_headers),
+                "trusted_proxy_count": trusted_proxy_count,
+            }
+            if trusted_proxy
+            else {}
+        ),
+    )
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.set_thread_count(threads)
+    server = DeadlineServer(
+        application,
+        map={},
+        _sock=listener,
+        dispatcher=dispatcher,
+        adj=adjustments,
+        bind_socket=False,
+        sockinfo=(listener.family, listener.type, listener.proto, listener.getsockname()),
+        request_timeout=request_timeout,
+        liveness=LivenessProbe(liveness_file) if liveness_file else None,
+    )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    logger.info("serving on http://%s:%s with %s threads", host, port, threads)
+    server.run()

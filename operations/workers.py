@@ -1,0 +1,76 @@
+"""The worker kinds, declared once: which queues each serves and how many jobs it runs at once.
+
+``serve`` starts one worker of each kind, ``manage.py worker --kind`` runs one in the foreground,
+``/readyz`` checks each kind's heartbeat and ``/metrics`` lists every queue. Turns never share a
+worker with the other queues, so a burst of indexing never delays a turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.management.base import CommandError
+
+from conversations.tasks import RUN_THREAD_QUEUE
+
+
+@dataclass(frozen=True)
+class WorkerKind:
+    name: str
+    queues: tuple[str, ...]
+    # The setting that sizes it, read when a worker starts (tests override settings).
+    concurrency_setting: str
+
+    @property
+    def concurrency(self) -> int:
+        return int(getattr(settings, self.concurrency_setting))
+
+
+TURNS = WorkerKind("turns", (RUN_THREAD_QUEUE,), "ENGINE_CONCURRENCY")
+# Every queue but the turns': indexing, and "default" where periodic maintenance (the lease
+# sweeper, the stalled-job retry) runs. A new queue must be added here or no worker serves it.
+BACKGROUND = WorkerKind("background", ("indexing", "default"), "BACKGROUND_CONCURRENCY")
+WORKER_KINDS = {kind.name: kind for kind in (TURNS, BACKGROUND)}
+ALL_QUEUES = tuple(queue for kind in WORKER_KINDS.values() for queue in kind.queues)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    kind: str
+    queues: tuple[str, ...]
+    concurrency: int
+
+
+def worker_plan(*, kind: str | None, queues: str | None, concurrency: int | None) -> WorkerPlan:
+    """What one production worker serves: a kind's queues and concurrency, or the queues asked
+    for (whose kind follows from them). Raises CommandError naming the option at fault."""
+    if kind is None and queues is None:
+        raise CommandError("Name what to serve: --kind turns|background or --queue QUEUES.")
+    if queues is not None:
+        asked = tuple(dict.fromkeys(name.strip() for name in queues.split(",") if name.strip()))
+        unknown = [name for name in asked if name not in ALL_QUEUES]
+        if not asked or unknown:
+            raise CommandError(
+                f"--queue must be a comma-separated list of {', '.join(ALL_QUEUES)}; "
+                f"got {queues!r}."
+            )
+        # Turns never share a worker with indexing: a burst of indexing would delay them.
+        if RUN_THREAD_QUEUE in asked and len(asked) > 1:
+            raise CommandError(
+                f"--queue {queues!r} mixes {RUN_THREAD_QUEUE} with other queues; run one worker "
+                f"for {RUN_THREAD_QUEUE} and another for the rest, so indexing never delays a "
+                "turn."
+            )
+        implied = TURNS.name if asked == TURNS.queues else BACKGROUND.name
+        if kind is not None and kind != implied:
+            raise CommandError(f"--kind {kind} does not serve --queue {queues!r}.")
+        kind = implied
+    else:
+        assert kind is not None
+        asked = WORKER_KINDS[kind].queues
+    if concurrency is None:
+        concurrency = WORKER_KINDS[kind].concurrency
+    if not 1 <= concurrency <= 1024:
+        raise CommandError(f"--concurrency must be between 1 and 1024, got {concurrency}.")
+    return WorkerPlan(kind=kind, queues=asked, concurrency=concurrency)

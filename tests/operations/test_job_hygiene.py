@@ -1,0 +1,184 @@
+"""Finished jobs are pruned after JOBS_RETENTION_DAYS, in batches, by a command and a periodic
+task; the periodic maintenance is registered on the default queue."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from procrastinate.contrib.django import app
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from operations.tasks import prune_finished_jobs
+
+pytestmark = pytest.mark.django_db
+
+# Status changes a job goes through to reach each status (Procrastinate's triggers log each one
+# as an event, stamped now; the test then moves the events back in time).
+_PATHS = {
+    "todo": [],
+    "doing": ["doing"],
+    "succeeded": ["doing", "succeeded"],
+    "failed": ["doing", "failed"],
+    "cancelled": ["cancelled"],
+    "aborted": ["doing", "aborted"],
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_other_jobs() -> None:
+    """Jobs left by other (transactional) tests; deleted inside this test's transaction only."""
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM procrastinate_periodic_defers")
+        cursor.execute("DELETE FROM procrastinate_jobs")
+
+
+def _job(status: str, *, last_event_days_ago: float) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name) "
+            "VALUES ('default', 'tests.job') RETURNING id"
+        )
+        job_id: int = cursor.fetchone()[0]
+        for step in _PATHS[status]:
+            if step == "aborted":
+                cursor.execute(
+                    "UPDATE procrastinate_jobs SET abort_requested = true WHERE id = %s", [job_id]
+                )
+            cursor.execute(
+                "UPDATE procrastinate_jobs SET status = %s WHERE id = %s", [step, job_id]
+            )
+        cursor.execute(
+            "UPDATE procrastinate_events SET at = now() - make_interval(days => %s) "
+            "WHERE job_id = %s",
+            [last_event_days_ago, job_id],
+        )
+    return job_id
+
+
+def _remaining_jobs() -> set[int]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM procrastinate_jobs")
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _count(table: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {table}")
+        return int(cursor.fetchone()[0])
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def test_prune_jobs_deletes_old_finished_jobs_with_their_events_in_batches() -> None:
+    old_finished = [
+        _job(status, last_event_days_ago=8)
+        for status in ("succeeded", "failed", "cancelled", "aborted", "succeeded")
+    ]
+    kept = {
+        _job("succeeded", last_event_days_ago=6),
+        _job("todo", last_event_days_ago=30),
+        _job("doing", last_event_days_ago=30),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO procrastinate_periodic_defers (task_name, defer_timestamp, job_id) "
+            "VALUES ('tests.job', 1, %s)",
+            [old_finished[0]],
+        )
+
+    output = run("prune_jobs", "--days", "7", "--batch-size", "2")
+
+    assert "Found 5 finished job(s) older than 7 days." in output
+    assert "Deleted 5 job(s)" in output
+    assert "1 periodic-defer row(s) in 3 batch(es)" in output
+    assert _remaining_jobs() == kept
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM procrastinate_events WHERE job_id = ANY(%s)", [old_finished]
+        )
+        assert cursor.fetchone()[0] == 0
+    assert _count("procrastinate_periodic_defers") == 0
+
+
+def test_prune_jobs_dry_run_counts_and_deletes_nothing() -> None:
+    jobs = {_job("failed", last_event_days_ago=10), _job("succeeded", last_event_days_ago=1)}
+    events = _count("procrastinate_events")
+
+    output = run("prune_jobs", "--days", "7", "--dry-run")
+
+    assert "Found 1 finished job(s) older than 7 days." in output
+    assert "Dry run" in output
+    assert _remaining_jobs() == jobs
+    assert _count("procrastinate_events") == events
+
+
+def test_prune_jobs_uses_the_retention_setting_and_a_rerun_finds_nothing(
+    settings: SettingsWrapper,
+) -> None:
+    settings.JOBS_RETENTION_DAYS = 3
+    recent = _job("succeeded", last_event_days_ago=2)
+    _job("succeeded", last_event_days_ago=4)
+
+    first = run("prune_jobs")
+    second = run("prune_jobs")
+
+    assert "Deleted 1 job(s)" in first
+    assert "Deleted 0 job(s)" in second
+    assert _remaining_jobs() == {recent}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--days", "0"], "--days must be between 1 and 36500, got 0."),
+        (["--days", "-3"], "--days must be between 1 and 36500, got -3."),
+        (["--days", "999999999"], "--days must be between 1 and 36500, got 999999999."),
+        (["--days", "7", "--batch-size", "0"], "--batch-size must be at least 1, got 0."),
+    ],
+)
+def test_prune_jobs_refuses_bad_options_naming_them(arguments: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        run("prune_jobs", *arguments)
+
+
+def test_prune_jobs_without_days_refuses_when_retention_is_forever(
+    settings: SettingsWrapper,
+) -> None:
+    settings.JOBS_RETENTION_DAYS = 0
+
+    with pytest.raises(CommandError, match="JOBS_RETENTION_DAYS is 0"):
+        run("prune_jobs")
+
+
+def test_the_hourly_task_prunes_with_the_setting_and_keeps_everything_at_zero(
+    settings: SettingsWrapper,
+) -> None:
+    old = _job("succeeded", last_event_days_ago=400)
+    settings.JOBS_RETENTION_DAYS = 0
+
+    prune_finished_jobs(timestamp=0)
+    kept_at_zero = _remaining_jobs()
+    settings.JOBS_RETENTION_DAYS = 7
+    prune_finished_jobs(timestamp=0)
+
+    assert kept_at_zero == {old}
+    assert _remaining_jobs() == set()
+
+
+def test_maintenance_is_periodic_on_the_default_queue() -> None:
+    periodic = {
+        task.task.name: (task.cron, task.task.queue)
+        for task in app.periodic_registry.periodic_tasks.values()
+    }
+
+    assert periodic["ironclaw_site.tasks.prune_finished_jobs"] == ("23 * * * *", "default")
+    assert periodic["ironclaw_site.tasks.retry_stalled_jobs"] == ("* * * * *", "default")
+    assert periodic["workspace.tasks.prune_versions"] == ("17 3 * * *", "default")
+    assert periodic["workspace.tasks.workspace_hygiene"] == ("47 3 * * *", "default")
