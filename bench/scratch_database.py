@@ -19,7 +19,7 @@ from psycopg import sql
 
 
 def admin_connection() -> psycopg.Connection:
-    from core.embedded_db import embedded_database_settings_resolve
+    from core.embedded import embedded_database_settings_resolve
 
     database = settings.DATABASES["default"]
     # The embedded server starts on first use; this fills in its socket (a no-op with a URL).

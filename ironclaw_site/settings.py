@@ -254,8 +254,8 @@ def _database_settings() -> dict[str, Any]:
             config["PORT"] = options.pop("port", config.get("PORT", ""))
     else:
         # The embedded server: nothing starts here. The backend starts or joins it when this
-        # process first needs a connection, and fills HOST and PORT in (core.embedded_db).
-        from core.embedded_db import SETTINGS_KEY
+        # process first needs a connection, and fills HOST and PORT in (core.embedded).
+        from core.embedded import SETTINGS_KEY
 
         config = {
             "ENGINE": "django.db.backends.postgresql",

@@ -17,7 +17,7 @@ class OperationsConfig(AppConfig):
         from django.core.signals import request_finished
 
         from core.metrics import pool_gauges_update
-        from ironclaw_site import checks  # noqa: F401  (registers the system checks)
+        from operations import checks  # noqa: F401  (registers the system checks)
 
         # Connected after Django's own close_old_connections, so the request's connection is
         # back in the pool when the figures are read.

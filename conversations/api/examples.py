@@ -1,7 +1,7 @@
 """OpenAPI examples of the main conversation and thread operations.
 
 Copied from real responses (a message posted to a fresh conversation, with the thread left for an
-engine); ``tests/operations/test_openapi.py`` checks each still validates against its schema
+engine); ``tests/ironclaw_site/test_openapi.py`` checks each still validates against its schema
 and has the keys the live endpoint answers with.
 """
 

@@ -12,7 +12,7 @@ import psycopg
 from django.db.backends.postgresql import base
 
 from core.database_breaker import breaker, request_fails_fast
-from core.embedded_db import embedded_database_settings_resolve
+from core.embedded import embedded_database_settings_resolve
 
 
 class DatabaseWrapper(base.DatabaseWrapper):

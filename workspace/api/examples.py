@@ -1,7 +1,7 @@
 """OpenAPI examples of the main workspace operations.
 
 Copied from real responses (one note written, then read and searched with the hashing
-embeddings); ``tests/operations/test_openapi.py`` checks each still validates against its
+embeddings); ``tests/ironclaw_site/test_openapi.py`` checks each still validates against its
 schema and has the keys the live endpoint answers with.
 """
 

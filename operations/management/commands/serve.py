@@ -206,7 +206,7 @@ class Command(BaseCommand):
     def _embedded_server_watch(self) -> EmbeddedServerWatch | None:
         if not settings.USING_EMBEDDED_DATABASE:
             return None
-        from core.embedded_db import embedded_database_settings_resolve
+        from core.embedded import embedded_database_settings_resolve
 
         # Started (or joined) here, before any child: serve holds it for as long as it runs, so
         # children that exit and start again never stop it, and the watch learns its socket.
@@ -217,7 +217,7 @@ class Command(BaseCommand):
         )
 
     def _watch_embedded_server(self, watch: EmbeddedServerWatch, now: float) -> None:
-        from core.embedded_db import (
+        from core.embedded import (
             EmbeddedRestartFailed,
             embedded_database_restart_if_dead,
         )

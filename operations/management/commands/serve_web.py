@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.servers.basehttp import get_internal_wsgi_application
 
 from operations import web_server
 
@@ -32,7 +33,8 @@ class Command(BaseCommand):
             raise CommandError(f"--port must be between 1 and 65535, got {port}.")
         if options["threads"] < 1:
             raise CommandError(f"--threads must be at least 1, got {options['threads']}.")
-        from ironclaw_site.wsgi import application
+        # The project's WSGI_APPLICATION, as runserver finds it (the wiring imports this app).
+        application = get_internal_wsgi_application()
 
         try:
             web_server.serve(

@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from core.embedded_db import (
+from core.embedded import (
     POSTGRES_VERSION,
     EmbeddedUpgradeRefused,
     embedded_database_upgrade,

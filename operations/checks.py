@@ -1,4 +1,4 @@
-"""System checks of settings that are each valid alone but wrong together."""
+"""System checks of settings that are each valid alone but wrong together in `serve`."""
 
 from __future__ import annotations
 

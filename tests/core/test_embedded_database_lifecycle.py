@@ -222,7 +222,7 @@ _READ_UPGRADED = """
 import json, sys
 from pathlib import Path
 import psycopg
-from core.embedded_db import start_embedded_database
+from core.embedded import start_embedded_database
 
 db = start_embedded_database(Path(sys.argv[1]), "ironclaw")
 with psycopg.connect(host=db.socket_dir, port=db.port, user=db.user, dbname=db.name) as conn:
@@ -267,7 +267,7 @@ def test_upgrade_embedded_database_moves_a_postgres_16_folder_to_18_and_keeps_th
 _JOIN = """
 import sys, time
 from pathlib import Path
-from core.embedded_db import start_embedded_database
+from core.embedded import start_embedded_database
 
 start_embedded_database(Path(sys.argv[1]), "ironclaw")
 print("joined", flush=True)

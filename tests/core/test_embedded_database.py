@@ -18,7 +18,7 @@ _PROBE = """
 import json, sys
 from pathlib import Path
 import psycopg
-from core.embedded_db import start_embedded_database
+from core.embedded import start_embedded_database
 
 db = start_embedded_database(Path(sys.argv[1]), sys.argv[2])
 with psycopg.connect(host=db.socket_dir, port=db.port, user=db.user, dbname=db.name) as conn:
