@@ -92,7 +92,7 @@ class BearerKeyAuthentication(BaseAuthentication):
         return principal, api_key
 
     def _tenant_for(self, request: Request, api_key: ApiKey) -> str:
-        requested = requested_user_id(request)
+        requested = user_id_from_header(request)
         if not api_key.is_service:
             if requested is not None and requested != api_key.user_id:
                 raise TenantMismatch()
@@ -112,8 +112,9 @@ class BearerKeyAuthentication(BaseAuthentication):
         return f'{self.keyword} realm="api"'
 
 
-def requested_user_id(request: Request) -> str | None:
-    """The X-User-Id header as the UTF-8 text the client sent, or None without one.
+def user_id_from_header(request: Request) -> str | None:
+    """The X-User-Id header as the UTF-8 text the client sent, or None without one. Untrusted:
+    only a service key may act for it (``request_user_id`` is the tenant authentication settled).
 
     WSGI hands header values over as Latin-1 text (one character per byte), so a UTF-8 ``josé``
     arrives as ``josÃ©``: taken as it is, it would name another tenant. The bytes are decoded as

@@ -1,8 +1,10 @@
 """Conversations benchmark: message throughput and cross-tenant isolation against a global lock.
 
-Baseline = the origin system's behaviour, measured in the same run: the same service calls, but
-serialised by one lock around all conversations (a transaction-scoped advisory lock standing in
-for its process-wide mutex). This design locks only the conversation's own row.
+Baseline = the behaviour of the origin system (the Rust agent platform this service re-creates,
+whose engine-state writes were indexed like documents under one global lock), measured in the same
+run: the same service calls, but serialised by one lock around all conversations (a transaction-
+scoped advisory lock standing in for its process-wide mutex). This design locks only the
+conversation's own row.
 
 Runs against its own database (created, migrated, dropped), never the dev database:
 

@@ -1,8 +1,10 @@
 """Workspace benchmark: runtime vs semantic writes, and search latency, each against a baseline.
 
-Baseline = the origin system's behaviour, measured in the same run: runtime paths indexed like
-documents (``WORKSPACE_RUNTIME_PATHS=""``), so every engine-state write is versioned, chunked and
-embedded in the write path, and its chunks sit in the search index beside the real ones.
+Baseline = the behaviour of the origin system (the Rust agent platform this service re-creates,
+whose engine-state writes were indexed like documents under one global lock), measured in the same
+run: runtime paths indexed like documents (``WORKSPACE_RUNTIME_PATHS=""``), so every engine-state
+write is versioned, chunked and embedded in the write path, and its chunks sit in the search index
+beside the real ones.
 
 Runs against its own database (created, migrated, dropped), never the dev database:
 

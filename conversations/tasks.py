@@ -1,7 +1,9 @@
 """Procrastinate entry points of the conversations app.
 
-``run_thread`` is the stable task name spawning enqueues (the services defer it by that name);
-what it runs is the ``THREAD_RUNNER`` setting, so this app never imports the engine.
+``conversations.tasks.run_thread`` is the stable task name spawning enqueues (the services defer
+it by that name); what it runs is the ``THREAD_RUNNER`` setting, so this app never imports the
+engine. Each job function is named after the service it runs with ``_job``; the registered names
+stay as they were, because queued jobs and periodic ids in the database carry them.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ RUN_THREAD_RETRY = RetryStrategy(
 
 
 @app.task(name=RUN_THREAD_TASK, queue=RUN_THREAD_QUEUE, retry=RUN_THREAD_RETRY)
-def run_thread(thread_id: str) -> None:
+def thread_run_job(thread_id: str) -> None:
     try:
         runner = import_string(settings.THREAD_RUNNER)
     except ImportError as error:
@@ -51,7 +53,7 @@ def run_thread(thread_id: str) -> None:
     name="conversations.tasks.sweep_expired_leases",
     queueing_lock="conversations.sweep_expired_leases",
 )
-def sweep_expired_leases(timestamp: int) -> None:
+def thread_leases_sweep_job(timestamp: int) -> None:
     result = thread_leases_sweep()
     if result.requeued or result.stopped:
         logger.info(

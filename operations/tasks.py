@@ -1,4 +1,8 @@
-"""Periodic maintenance of the job queue (queue ``default``, run by the background worker)."""
+"""Periodic maintenance of the job queue (queue ``default``, run by the background worker).
+
+Each job function is named after the service it runs with ``_job``; the registered task names
+(``ironclaw_site.tasks...``) stay as they were, because periodic ids in the database carry them.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ logger = logging.getLogger(__name__)
     queue="default",
     queueing_lock="ironclaw_site.retry_stalled_jobs",
 )
-def retry_stalled_jobs(timestamp: int) -> None:
+def stalled_jobs_retry_job(timestamp: int) -> None:
     stalled_jobs_retry()
 
 
@@ -28,7 +32,7 @@ def retry_stalled_jobs(timestamp: int) -> None:
     queue="default",
     queueing_lock="ironclaw_site.prune_finished_jobs",
 )
-def prune_finished_jobs(timestamp: int) -> None:
+def finished_jobs_prune_job(timestamp: int) -> None:
     if settings.JOBS_RETENTION_DAYS == 0:
         return
     result = finished_jobs_prune(older_than_days=settings.JOBS_RETENTION_DAYS)

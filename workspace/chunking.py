@@ -1,4 +1,5 @@
-"""Word-window chunking (the origin system's algorithm, sizes from settings).
+"""Word-window chunking (sizes from settings), the algorithm of the origin system: the Rust agent
+platform this service re-creates, whose search results it keeps matching.
 
 A document of at most ``size`` words is one chunk, kept verbatim. A longer one is cut into windows
 of ``size`` words that overlap by ``floor(size * overlap)`` words; a trailing window shorter than

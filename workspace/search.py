@@ -27,12 +27,12 @@ from pgvector import Vector
 
 from workspace.embeddings import EmbeddingError, embedding_provider
 from workspace.errors import InvalidContent
-from workspace.paths import is_runtime_path
-from workspace.vector_index import (
+from workspace.hnsw import (
     HNSW_MAX_DIMENSIONS,
     vector_index_name,
     vector_index_supported,
 )
+from workspace.paths import is_runtime_path
 
 logger = logging.getLogger(__name__)
 

@@ -5,6 +5,9 @@
 ``services.document_index_enqueue`` defers one job per document with a queueing lock, so a burst
 of writes to one document leaves at most one waiting job; the job reads the latest content when it
 runs, and replaces the chunks only if the document still has that content.
+
+Each job function is named after the service it runs with ``_job``; the registered task names
+stay as they were, because queued jobs and periodic ids in the database carry them.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ class IndexingFailed(Exception):
     retry=RetryStrategy(max_attempts=5, exponential_wait=5, retry_exceptions={IndexingFailed}),
     pass_context=False,
 )
-def index_document(document_id: str) -> str:
+def document_index_job(document_id: str) -> str:
     outcome = services.document_index(document_id=document_id)
     if outcome == services.IndexOutcome.FAILED:
         raise IndexingFailed(f"embedding failed for document {document_id}; will retry")
@@ -43,7 +46,7 @@ def index_document(document_id: str) -> str:
     queue="default",
     queueing_lock="workspace.prune_versions",
 )
-def prune_versions(timestamp: int) -> None:
+def versions_prune_job(timestamp: int) -> None:
     result = services.versions_prune(keep=services.VERSIONS_KEPT)
     if result.versions_deleted:
         logger.info(
@@ -60,7 +63,7 @@ def prune_versions(timestamp: int) -> None:
     queue="default",
     queueing_lock="workspace.workspace_hygiene",
 )
-def workspace_hygiene(timestamp: int) -> None:
+def workspace_hygiene_job(timestamp: int) -> None:
     result = services.workspace_hygiene()
     if result.documents_deleted:
         logger.info(

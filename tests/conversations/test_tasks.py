@@ -66,11 +66,11 @@ def test_sweep_task_recovers_expired_leases() -> None:
     Thread.objects.filter(pk=sent.thread_id).update(
         lease_expires_at=timezone.now() - datetime.timedelta(minutes=1)
     )
-    from conversations.tasks import sweep_expired_leases
+    from conversations.tasks import thread_leases_sweep_job
 
     # A worker of an earlier test may have deferred this minute's periodic sweep already.
     with contextlib.suppress(AlreadyEnqueued):
-        app.configure_task(sweep_expired_leases.name).defer(
+        app.configure_task(thread_leases_sweep_job.name).defer(
             timestamp=int(timezone.now().timestamp())
         )
     run_worker_until_empty("default")
@@ -82,12 +82,12 @@ def test_sweep_task_recovers_expired_leases() -> None:
 
 
 def test_sweeper_is_registered_to_run_every_minute() -> None:
-    from conversations.tasks import sweep_expired_leases
+    from conversations.tasks import thread_leases_sweep_job
 
     periodic = [
         task
         for task in app.periodic_registry.periodic_tasks.values()
-        if task.task is sweep_expired_leases
+        if task.task is thread_leases_sweep_job
     ]
 
     assert [task.cron for task in periodic] == ["* * * * *"]

@@ -11,7 +11,7 @@ from django.db import connection
 from procrastinate.contrib.django import app
 from pytest_django.fixtures import Settings as SettingsWrapper
 
-from operations.tasks import prune_finished_jobs
+from operations.tasks import finished_jobs_prune_job
 
 pytestmark = pytest.mark.django_db
 
@@ -163,10 +163,10 @@ def test_the_hourly_task_prunes_with_the_setting_and_keeps_everything_at_zero(
     old = _job("succeeded", last_event_days_ago=400)
     settings.JOBS_RETENTION_DAYS = 0
 
-    prune_finished_jobs(timestamp=0)
+    finished_jobs_prune_job(timestamp=0)
     kept_at_zero = _remaining_jobs()
     settings.JOBS_RETENTION_DAYS = 7
-    prune_finished_jobs(timestamp=0)
+    finished_jobs_prune_job(timestamp=0)
 
     assert kept_at_zero == {old}
     assert _remaining_jobs() == set()

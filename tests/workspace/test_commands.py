@@ -23,7 +23,8 @@ def run(*args: str) -> str:
 
 @pytest.fixture
 def legacy_runtime_documents(settings: SettingsWrapper) -> None:
-    """Engine state written while runtime paths were indexed like documents (the origin bug)."""
+    """Engine state written while runtime paths were indexed like documents (the bug of the
+    system this one re-creates)."""
     settings.WORKSPACE_RUNTIME_PATHS = []
     for tenant in ("alice", "bob"):
         for number in range(3):

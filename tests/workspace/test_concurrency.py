@@ -1,4 +1,5 @@
-"""Real threads, real connections: the races the origin system documented as limitations."""
+"""Real threads, real connections: the races that the origin system (the Rust agent platform this
+service re-creates) documented as limitations."""
 
 from __future__ import annotations
 

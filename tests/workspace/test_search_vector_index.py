@@ -15,12 +15,12 @@ from django.core.management import call_command
 from django.db import connection, transaction
 from pytest_django.fixtures import Settings as SettingsWrapper
 
+from workspace import hnsw
 from workspace import search as search_module
-from workspace import vector_index
 from workspace.embeddings import HashingEmbeddings
+from workspace.hnsw import vector_index_cache_clear, vector_index_name
 from workspace.search import vector_leg, vector_plan_choose, workspace_search
 from workspace.services import vector_index_ensure, vector_index_state
-from workspace.vector_index import vector_index_cache_clear, vector_index_name
 
 DIMENSIONS = 64
 MODEL = HashingEmbeddings(DIMENSIONS).name
@@ -218,11 +218,11 @@ def test_pgvector_without_iterative_scans_falls_back_to_the_exact_scan_and_says_
     indexed: None, settings: SettingsWrapper, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The server's pgvector cannot be downgraded here: pretend the detected version is 0.7.4.
-    vector_index._pgvector_version = (0, 7, 4)
+    hnsw._pgvector_version = (0, 7, 4)
     settings.EMBEDDING_DIMENSIONS = DIMENSIONS
     query = random_unit_vector(random.Random(2))
 
-    with caplog.at_level(logging.WARNING, logger="workspace.vector_index"):
+    with caplog.at_level(logging.WARNING, logger="workspace.hnsw"):
         ids, kind = leg_ids(BIG_TENANT[0], query)
         leg_ids(BIG_TENANT[0], query)
         response = workspace_search(user_id=BIG_TENANT[0], query="chunk 7", mode="vector")

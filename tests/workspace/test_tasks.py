@@ -92,8 +92,8 @@ def test_the_daily_tasks_prune_versions_and_expire_documents_as_the_commands_do(
         updated_at=timezone.now() - timedelta(days=8)
     )
 
-    tasks.prune_versions(timestamp=0)
-    tasks.workspace_hygiene(timestamp=0)
+    tasks.versions_prune_job(timestamp=0)
+    tasks.workspace_hygiene_job(timestamp=0)
 
     document = Document.objects.get(path="notes/log.md")
     assert DocumentVersion.objects.filter(document=document).count() == services.VERSIONS_KEPT

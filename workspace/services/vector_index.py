@@ -1,4 +1,4 @@
-"""Build the HNSW index the vector leg uses for big tenants (see ``workspace.vector_index``)."""
+"""Build the HNSW index the vector leg uses for big tenants (see ``workspace.hnsw``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from django.db import DataError, connection
 from psycopg import sql
 
-from workspace.vector_index import HNSW_MAX_DIMENSIONS, vector_index_name
+from workspace.hnsw import HNSW_MAX_DIMENSIONS, vector_index_name
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workspace.embeddings import embedding_provider
+from workspace.hnsw import pgvector_version, vector_index_supported
 from workspace.services import (
     VectorIndexUnavailable,
     stored_dimensions,
     vector_index_ensure,
 )
-from workspace.vector_index import pgvector_version, vector_index_supported
 
 
 class Command(BaseCommand):
