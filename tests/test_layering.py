@@ -134,3 +134,20 @@ def test_a_violation_and_a_cycle_are_reported(tmp_path: Path) -> None:
 
     assert violations == ["conversations/services.py:2: conversations imports engine"]
     assert cycles == [["conversations", "engine", "conversations"]]
+
+
+MAX_MODULE_LINES = 500
+# Tests and migrations may run long; everything else, benchmarks and the client included, splits.
+SIZE_EXEMPT_PARTS = frozenset({"tests", "migrations", ".venv", "var", "site"})
+
+
+def test_no_module_is_over_500_lines() -> None:
+    root = Path(settings.BASE_DIR)
+    long_modules = {
+        str(source.relative_to(root)): lines
+        for source in root.rglob("*.py")
+        if not SIZE_EXEMPT_PARTS.intersection(source.relative_to(root).parts)
+        and (lines := len(source.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+
+    assert long_modules == {}
