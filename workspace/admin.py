@@ -13,11 +13,12 @@ from django.contrib import admin, messages
 from django.contrib.postgres.search import SearchQuery
 from django.db.models import Exists, OuterRef, QuerySet
 from django.http import HttpRequest
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import formats, timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 from django.utils.http import urlencode
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from core.admin import ReadOnlyAdmin, TenantPrefixFilter
 from core.admin_display import change_link
@@ -25,12 +26,6 @@ from workspace import services
 from workspace.models import Chunk, Document, DocumentQuerySet, DocumentVersion
 
 RECENT_VERSIONS_SHOWN = 20
-
-_DIFF_LINE_STYLES = {
-    "+": "background: #e6ffec; color: #116329;",
-    "-": "background: #ffebe9; color: #82071e;",
-    "@": "background: #eef2f7; color: #555;",
-}
 
 
 def unified_diff(before: str, after: str, *, before_label: str, after_label: str) -> str:
@@ -45,17 +40,18 @@ def unified_diff(before: str, after: str, *, before_label: str, after_label: str
     return "\n".join(lines) or "(no textual difference)"
 
 
+def diff_lines(diff: str) -> list[dict[str, str]]:
+    """A unified diff's lines, each with the marker its colour follows (none for file headers)."""
+    return [
+        {"marker": "" if line.startswith(("+++", "---")) else line[:1], "text": line}
+        for line in diff.splitlines()
+    ]
+
+
 def diff_html(diff: str) -> SafeString:
     """A unified diff with added lines green and removed lines red."""
-    rows = []
-    for line in diff.splitlines():
-        marker = "" if line.startswith(("+++", "---")) else line[:1]
-        rows.append((_DIFF_LINE_STYLES.get(marker, ""), line))
-    return format_html(
-        '<pre class="diff" style="white-space: pre-wrap; margin: 0">{}</pre>',
-        # Block spans, no newline between them: <pre> would render it as an extra blank line.
-        format_html_join("", '<span style="display: block; {}">{}</span>', rows),
-    )
+    html = render_to_string("admin/workspace/diff.html", {"lines": diff_lines(diff)})
+    return mark_safe(html.strip())
 
 
 class _RowsExistFilter(admin.SimpleListFilter):
@@ -188,24 +184,16 @@ class DocumentAdmin(ReadOnlyAdmin):
             )
             url = reverse("admin:workspace_documentversion_change", args=[version.pk])
             rows.append(
-                (
-                    url,
-                    version.version,
-                    formats.localize(timezone.localtime(version.created_at)),
-                    version.changed_by,
-                    diff_html(diff),
-                )
+                {
+                    "url": url,
+                    "version": version.version,
+                    "saved": formats.localize(timezone.localtime(version.created_at)),
+                    "changed_by": version.changed_by,
+                    "diff_lines": diff_lines(diff),
+                }
             )
             newer_content, newer_label = version.content, f"v{version.version}"
-        return format_html(
-            '<table class="versions"><tr><th>version</th><th>saved</th><th>changed by</th>'
-            "<th>diff to the next</th></tr>{}</table>",
-            format_html_join(
-                "",
-                '<tr><td><a href="{}">v{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>',
-                rows,
-            ),
-        )
+        return mark_safe(render_to_string("admin/workspace/document_versions.html", {"rows": rows}))
 
     @admin.action(description="Reindex the selected documents")
     def reindex(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
