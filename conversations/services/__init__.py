@@ -3,10 +3,16 @@
 - ``conversations``: ``conversation_get_or_create``, ``conversation_start_new``,
   ``conversation_busy_policy_set``, ``conversation_clear``;
 - ``messages``: ``message_handle`` (spawn a thread, inject into, resume or queue behind one);
-- ``threads``: ``thread_claim``, ``thread_lease_renew``, ``thread_inbox_take``,
-  ``thread_suspend``, ``thread_outcome_record``, ``thread_leases_sweep``; and the operators'
-  ``thread_request_cancel``, ``thread_stop``, ``thread_requeue``.
-Reads are in ``conversations.selectors`` (``conversation_list``, ``conversation_get``, ...).
+- ``lease``, the engine's side: ``thread_claim``, ``thread_claim_next``, ``thread_lease_renew``,
+  ``thread_inbox_take``, ``thread_suspend``, ``thread_leases_sweep``;
+- ``outcome``: ``thread_outcome_record``, how a run ended;
+- ``operator_actions``: ``thread_request_cancel``, ``thread_stop``, ``thread_requeue``;
+- ``lifecycle``: what those share, spawning a thread (and the follow-up that takes an ended
+  thread's unread and queued messages), cancelling one, giving a lease up.
+Underneath: ``locking`` (the bounded transaction and row locks), ``entry_writer`` (seqs and
+entries), ``run_jobs`` (a thread's run job), ``validation`` and ``values`` (what services take
+and return). Reads are in ``conversations.selectors`` (``conversation_list``, ``conversation_get``,
+...).
 
 Locking policy (parents before children, one short transaction per call, nothing slow inside;
 claim and heartbeat are one statement, their own transaction):
@@ -27,8 +33,33 @@ from conversations.services.conversations import (
     conversation_get_or_create,
     conversation_start_new,
 )
+from conversations.services.lease import (
+    thread_claim,
+    thread_claim_next,
+    thread_inbox_take,
+    thread_lease_renew,
+    thread_leases_sweep,
+    thread_suspend,
+)
 from conversations.services.messages import message_handle
-from conversations.services.results import (
+from conversations.services.operator_actions import (
+    thread_request_cancel,
+    thread_requeue,
+    thread_stop,
+)
+from conversations.services.outcome import thread_outcome_record
+from conversations.services.run_jobs import (
+    RUN_THREAD_QUEUE,
+    RUN_THREAD_TASK,
+    thread_run_queueing_lock,
+)
+from conversations.services.validation import (
+    CHANNEL_PATTERN,
+    MAX_SCOPE_LENGTH,
+    MAX_WORKER_ID_LENGTH,
+    channel_key,
+)
+from conversations.services.values import (
     OUTCOME_KINDS,
     Action,
     ClaimedThread,
@@ -40,29 +71,6 @@ from conversations.services.results import (
     SweepResult,
     ThreadOutcome,
     ThreadUsage,
-)
-from conversations.services.threads import (
-    thread_claim,
-    thread_claim_next,
-    thread_inbox_take,
-    thread_lease_renew,
-    thread_leases_sweep,
-    thread_outcome_record,
-    thread_request_cancel,
-    thread_requeue,
-    thread_stop,
-    thread_suspend,
-)
-from conversations.services.transactions import (
-    RUN_THREAD_QUEUE,
-    RUN_THREAD_TASK,
-    thread_run_queueing_lock,
-)
-from conversations.services.validation import (
-    CHANNEL_PATTERN,
-    MAX_SCOPE_LENGTH,
-    MAX_WORKER_ID_LENGTH,
-    channel_key,
 )
 
 __all__ = [

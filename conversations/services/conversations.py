@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 
 from django.db import connection
@@ -10,20 +9,12 @@ from django.utils import timezone
 
 from conversations import selectors
 from conversations.errors import ConversationNotFound
-from conversations.models import (
-    LIVE_STATES,
-    BusyPolicy,
-    ChannelUserIndex,
-    Conversation,
-    Thread,
-    ThreadState,
-)
-from conversations.services.results import ClearResult
-from conversations.services.transactions import locked_transaction, thread_lock
+from conversations.models import BusyPolicy, ChannelUserIndex, Conversation
+from conversations.services.lifecycle import thread_cancel
+from conversations.services.locking import locked_transaction, thread_lock
 from conversations.services.validation import channel_key, check_user_id
+from conversations.services.values import ClearResult
 from core.errors import InvalidInput
-
-logger = logging.getLogger(__name__)
 
 # The pair's index row and its conversation, or nothing if another transaction holds the pair:
 # ON CONFLICT DO NOTHING (no savepoint) and the conversation inserted only with the index row, so
@@ -152,33 +143,4 @@ def conversation_clear(*, user_id: str, conversation_id: uuid.UUID) -> ClearResu
     conversation.refresh_from_db()
     return ClearResult(
         conversation=conversation, deleted_entries=deleted, untracked_thread_ids=untracked
-    )
-
-
-def thread_cancel(thread: Thread, *, reason: str) -> None:
-    """Untrack a locked thread; stop it now unless a worker holds it (then ask it to stop)."""
-    now = timezone.now()
-    thread.tracked = False
-    thread.cancel_requested = True
-    if thread.state in LIVE_STATES and thread.state != ThreadState.RUNNING:
-        # Nobody runs it: stop it here, and a pending run's claim will be refused.
-        thread.state = ThreadState.STOPPED
-        thread.outcome = {"kind": "stopped", "reason": reason}
-        thread.finished_at = now
-    thread.save(
-        update_fields=[
-            "tracked",
-            "cancel_requested",
-            "state",
-            "outcome",
-            "finished_at",
-            "updated_at",
-        ]
-    )
-    logger.info(
-        "thread %s interrupted (%s): %s",
-        thread.pk,
-        reason,
-        "stopped" if thread.state == ThreadState.STOPPED else "its worker is asked to stop",
-        extra={"thread_id": str(thread.pk), "tenant": thread.user_id, "reason": reason},
     )

@@ -5,25 +5,18 @@ from __future__ import annotations
 from django.db import IntegrityError
 
 from conversations.errors import ConversationBusy, MessageRejected
-from conversations.models import (
-    BusyPolicy,
-    Conversation,
-    ConversationEntry,
-    EntrySender,
-    Thread,
-    ThreadKind,
-    ThreadState,
-)
-from conversations.services.conversations import conversation_create, thread_cancel
-from conversations.services.results import MessageResult
-from conversations.services.transactions import (
-    EntryWriter,
+from conversations.models import BusyPolicy, Conversation, EntrySender, Thread, ThreadState
+from conversations.services.conversations import conversation_create
+from conversations.services.entry_writer import EntryWriter
+from conversations.services.lifecycle import thread_cancel, thread_follow_up_spawn, thread_spawn
+from conversations.services.locking import (
     conversation_lock_by_channel,
     locked_transaction,
     thread_lock,
-    thread_run_enqueue,
 )
+from conversations.services.run_jobs import thread_run_enqueue
 from conversations.services.validation import channel_key, check_content, check_user_id
+from conversations.services.values import MessageResult
 from core.db import violated_constraint
 
 
@@ -91,13 +84,15 @@ def _message_apply(conversation: Conversation, content: str) -> MessageResult:
         # Messages injected into the interrupted thread that it never took (sent while the
         # policy was still inject) would otherwise never reach any thread: its later outcome
         # adds nothing. They join the new goal with any queued ones, in seq order.
-        unread = ConversationEntry.objects.undelivered_for(interrupted)
-        queued = conversation.entries.queued()
-        carried = sorted([*unread, *queued], key=lambda earlier: earlier.seq)
-        thread, entry = thread_spawn(conversation, writer, new_message=content, carried=carried)
+        follow_up = thread_follow_up_spawn(conversation, writer, interrupted, new_message=content)
+        assert follow_up is not None  # a new message always spawns
         writer.flush()
         return MessageResult(
-            conversation.id, thread.id, "spawned", entry.seq, interrupted_thread_id=interrupted.id
+            conversation.id,
+            follow_up.thread.id,
+            "spawned",
+            follow_up.last_entry.seq,
+            interrupted_thread_id=interrupted.id,
         )
 
     entry = writer.add(EntrySender.USER, content, thread=live)
@@ -111,40 +106,3 @@ def _message_apply(conversation: Conversation, content: str) -> MessageResult:
         # Paused on a gate with nobody running it: this message may resolve the gate.
         thread_run_enqueue(live.id)
     return MessageResult(conversation.id, live.id, "injected", entry.seq)
-
-
-def thread_spawn(
-    conversation: Conversation,
-    writer: EntryWriter,
-    *,
-    new_message: str | None = None,
-    carried: list[ConversationEntry] | None = None,
-) -> tuple[Thread, ConversationEntry]:
-    """Create a tracked foreground thread whose goal is the carried and/or new user messages.
-
-    Caller holds the conversation lock and flushes ``writer``. Returns the thread and the last
-    user entry of its goal.
-    """
-    now = writer.now
-    # Messages queued behind a thread that is gone (policy changed, thread interrupted) join the
-    # next goal rather than waiting forever.
-    earlier = (
-        carried if carried is not None else list(conversation.entries.queued().order_by("seq"))
-    )
-    writer.deliver(earlier)
-    thread = Thread(
-        user_id=conversation.user_id,
-        conversation=conversation,
-        kind=ThreadKind.FOREGROUND,
-        tracked=True,
-        enqueued_at=now,
-    )
-    goal = list(earlier)
-    if new_message is not None:
-        goal.append(writer.add(EntrySender.USER, new_message, thread=thread, delivered_at=now))
-    thread.goal = "\n\n".join(entry.content for entry in goal)
-    thread.metadata = {"goal_entry_seqs": [entry.seq for entry in goal]}
-    thread.save(force_insert=True)
-    writer.add(EntrySender.SYSTEM, "Thread started", thread=thread)
-    thread_run_enqueue(thread.id, new_thread=True)
-    return thread, goal[-1]

@@ -9,7 +9,7 @@ from django.conf import settings
 
 from accounts.tenancy import user_id_problem
 from conversations.errors import MessageTooLarge
-from conversations.services.results import OUTCOME_KINDS, ThreadOutcome, ThreadUsage
+from conversations.services.values import OUTCOME_KINDS, ThreadOutcome, ThreadUsage
 from core.errors import InvalidInput
 from core.text import has_control_characters
 

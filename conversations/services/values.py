@@ -1,4 +1,5 @@
-"""What the conversation services take and return."""
+"""The values the conversation services take (an outcome, a usage report) and return (what a
+call did: a message's action, a claim, an outcome, a clear, a sweep, an operator's action)."""
 
 from __future__ import annotations
 

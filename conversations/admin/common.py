@@ -1,0 +1,28 @@
+"""What the conversations app's admin pages share: rows are never deleted by hand, rows only the
+services write are never edited, and moments are shown in the operator's time zone."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+from django.utils import formats, timezone
+
+from core.admin import ReadOnlyAdmin
+
+
+class NoDeleteAdmin(admin.ModelAdmin):
+    # Deleting rows would break invariants (gap-free seqs, tracked threads need their
+    # conversation, entries protect their threads): operators clear conversations instead.
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class SystemRowsAdmin(NoDeleteAdmin, ReadOnlyAdmin):
+    """Rows only the services write: shown, never added, changed or deleted by hand."""
+
+
+def when(moment: datetime.datetime | None) -> str:
+    return formats.localize(timezone.localtime(moment)) if moment else "-"

@@ -1,0 +1,182 @@
+"""Conversations (with their latest threads and entries inline) and the (channel, user) index."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from conversations.admin.common import NoDeleteAdmin, SystemRowsAdmin
+from conversations.models import ChannelUserIndex, Conversation, ConversationEntry, Thread
+from conversations.services import conversation_busy_policy_set, conversation_clear
+from core.admin import BoundedCountPaginator, ReadOnlyInline, TenantPrefixFilter
+from core.admin_display import change_link, changelist_url, short_id
+from core.errors import ApplicationError
+
+# A conversation page shows this many of its latest entries and threads; a link lists the rest.
+ADMIN_INLINE_ENTRIES = 20
+ADMIN_INLINE_THREADS = 20
+
+
+class _LatestRowsFormSet(BaseInlineFormSet):
+    """Only the latest rows, oldest first: a long conversation's page used to render (and load)
+    every entry and thread it ever had."""
+
+    latest_first: str
+    shown_order: str
+    limit: int
+
+    def get_queryset(self) -> QuerySet[Any]:
+        if not hasattr(self, "_latest"):
+            latest = super().get_queryset().order_by(self.latest_first).values("pk")[: self.limit]
+            self._latest = self.model.objects.filter(pk__in=latest).order_by(self.shown_order)
+        return self._latest
+
+
+class _LatestEntriesFormSet(_LatestRowsFormSet):
+    latest_first, shown_order, limit = "-seq", "seq", ADMIN_INLINE_ENTRIES
+
+
+class _LatestThreadsFormSet(_LatestRowsFormSet):
+    latest_first, shown_order, limit = "-created_at", "-created_at", ADMIN_INLINE_THREADS
+
+
+class EntryInline(ReadOnlyInline):
+    model = ConversationEntry
+    formset = _LatestEntriesFormSet
+    verbose_name_plural = f"latest {ADMIN_INLINE_ENTRIES} conversation entries"
+    fields = ("seq", "sender", "content", "thread_link", "created_at", "delivered_at")
+    readonly_fields = fields
+    ordering = ("seq",)
+
+    @admin.display(description="thread")
+    def thread_link(self, entry: ConversationEntry) -> SafeString:
+        # From the foreign key column: rendering the joined thread cost one query per entry.
+        return change_link("admin:conversations_thread_change", entry.thread_id)
+
+
+class ThreadInline(ReadOnlyInline):
+    model = Thread
+    fk_name = "conversation"
+    formset = _LatestThreadsFormSet
+    verbose_name_plural = f"latest {ADMIN_INLINE_THREADS} threads"
+    fields = ("thread_link", "kind", "state", "tracked", "lease_owner", "lease_expires_at")
+    readonly_fields = fields
+    ordering = ("-created_at",)
+    show_change_link = False
+
+    @admin.display(description="thread")
+    def thread_link(self, thread: Thread) -> SafeString:
+        return change_link("admin:conversations_thread_change", thread.pk)
+
+
+@admin.register(Conversation)
+class ConversationAdmin(NoDeleteAdmin):
+    list_display = (
+        "conversation_id",
+        "user_id",
+        "channel",
+        "busy_policy",
+        "last_seq",
+        "created_at",
+        "updated_at",
+    )
+    list_filter = ("busy_policy", TenantPrefixFilter)
+    search_fields = ("=id", "channel")
+    search_help_text = "A whole conversation id, or part of a channel (tenants: the filter)."
+    readonly_fields = (
+        "id",
+        "user_id",
+        "channel",
+        "last_seq",
+        "metadata",
+        "created_at",
+        "updated_at",
+        "threads_link",
+        "entries_link",
+    )
+    fields = (
+        "id",
+        "user_id",
+        "channel",
+        "busy_policy",
+        "last_seq",
+        "threads_link",
+        "entries_link",
+        "metadata",
+        "created_at",
+        "updated_at",
+    )
+    ordering = ("-created_at",)
+    show_full_result_count = False
+    paginator = BoundedCountPaginator
+    inlines = (ThreadInline, EntryInline)
+    actions = ("clear_conversations",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Conversations start with a message (or conversations/new) so the index stays right.
+        return False
+
+    @admin.display(description="conversation", ordering="pk")
+    def conversation_id(self, conversation: Conversation) -> SafeString:
+        return short_id(conversation.pk)
+
+    @admin.display(description="threads")
+    def threads_link(self, conversation: Conversation) -> SafeString:
+        count = Thread.objects.filter(conversation=conversation).count()
+        url = changelist_url("admin:conversations_thread_changelist", conversation=conversation.pk)
+        return format_html('<a href="{}">all {} threads →</a>', url, count)
+
+    @admin.display(description="entries")
+    def entries_link(self, conversation: Conversation) -> SafeString:
+        count = ConversationEntry.objects.filter(conversation=conversation).count()
+        url = changelist_url(
+            "admin:conversations_conversationentry_changelist", conversation=conversation.pk
+        )
+        return format_html('<a href="{}">all {} entries →</a>', url, count)
+
+    def save_model(self, request: HttpRequest, obj: Conversation, form: Any, change: bool) -> None:
+        conversation_busy_policy_set(
+            user_id=obj.user_id, conversation_id=obj.id, busy_policy=obj.busy_policy or None
+        )
+
+    @admin.action(description="Clear conversation (delete entries, cancel threads)")
+    def clear_conversations(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
+        cleared = entries = cancelled = 0
+        for conversation in queryset.order_by("pk"):
+            try:
+                result = conversation_clear(
+                    user_id=conversation.user_id, conversation_id=conversation.id
+                )
+            except ApplicationError as error:
+                self.message_user(request, f"{conversation.id}: {error.message}", messages.ERROR)
+                continue
+            cleared += 1
+            entries += result.deleted_entries
+            cancelled += len(result.untracked_thread_ids)
+        self.message_user(
+            request,
+            f"Cleared {cleared} conversations: {entries} entries deleted, "
+            f"{cancelled} threads cancelled.",
+            messages.SUCCESS,
+        )
+
+
+@admin.register(ChannelUserIndex)
+class ChannelUserIndexAdmin(SystemRowsAdmin):
+    list_display = ("channel", "user_id", "conversation_link", "updated_at")
+    list_filter = (TenantPrefixFilter,)
+    search_fields = ("channel",)
+    search_help_text = "Part of a channel (tenants: the filter)."
+    raw_id_fields = ("conversation",)
+    readonly_fields = ("user_id", "channel", "conversation", "updated_at")
+    show_full_result_count = False
+
+    @admin.display(description="conversation")
+    def conversation_link(self, row: ChannelUserIndex) -> SafeString:
+        return change_link("admin:conversations_conversation_change", row.conversation_id)

@@ -1,0 +1,135 @@
+"""The sections of a thread's admin page that are more than a field: its outcome, the phases of
+its run, its model calls, its latest entries and run jobs. Each is a template under
+``admin/conversations/thread/``; a row's cells are built here, its markup there."""
+
+from __future__ import annotations
+
+import datetime
+
+from django.contrib import admin
+from django.template.loader import render_to_string
+from django.utils.dateparse import parse_datetime
+from django.utils.safestring import SafeString, mark_safe
+from procrastinate.contrib.django.models import ProcrastinateJob
+
+from conversations.admin.common import when
+from conversations.models import ConversationEntry, Thread
+from conversations.services import thread_run_queueing_lock
+from core.admin_display import change_link, changelist_url, duration_text, truncated
+
+# A thread page shows this many of its latest entries and run jobs.
+THREAD_PAGE_ENTRIES = 20
+THREAD_PAGE_JOBS = 10
+
+
+class ThreadPageSections:
+    """The thread admin's read-only sections (named in its ``readonly_fields``)."""
+
+    @admin.display(description="outcome")
+    def outcome_rendered(self, thread: Thread) -> SafeString:
+        outcome = thread.outcome or {}
+        if not outcome:
+            return mark_safe("none yet")
+        rows: list[tuple[str, str]] = [("kind", str(outcome.get("kind", "")))]
+        if outcome.get("reported_kind"):
+            rows.append(("reported by the engine", str(outcome["reported_kind"])))
+        gate = outcome.get("gate")
+        if isinstance(gate, dict):
+            rows.append(("gate", str(gate.get("name") or "")))
+            rows.append(("gated action", str(gate.get("action") or "")))
+        for key in ("error", "reason", "worker_id"):
+            if outcome.get(key):
+                rows.append((key.replace("_", " "), str(outcome[key])))
+        recorded = parse_datetime(str(outcome.get("recorded_at") or ""))
+        if recorded is not None:
+            rows.append(("recorded", when(recorded)))
+        return render_to_string(
+            "admin/conversations/thread/outcome.html",
+            {"rows": rows, "response": outcome.get("response")},
+        )
+
+    @admin.display(description="phases")
+    def timings(self, thread: Thread) -> SafeString:
+        phases = [
+            ("created", thread.created_at),
+            ("enqueued", thread.enqueued_at),
+            ("claimed (latest)", thread.claimed_at),
+            ("started (first claim)", thread.started_at),
+            ("finished", thread.finished_at),
+        ]
+        start = thread.enqueued_at or thread.created_at
+        rows = [
+            (name, when(moment), duration_text(moment - start) if moment else "-")
+            for name, moment in phases
+        ]
+        model = datetime.timedelta(milliseconds=thread.model_time_ms)
+        total = (thread.finished_at - start) if thread.finished_at else None
+        overhead = max(total - model, datetime.timedelta(0)) if total is not None else None
+        return render_to_string(
+            "admin/conversations/thread/timings.html",
+            {
+                "rows": rows,
+                "model_time": duration_text(model),
+                "overhead": duration_text(overhead),
+                "queue_wait": duration_text(thread.claimed_at - start)
+                if thread.claimed_at and thread.claimed_at >= start
+                else "-",
+            },
+        )
+
+    @admin.display(description="model calls")
+    def model_calls_table(self, thread: Thread) -> SafeString:
+        calls = thread.model_calls or []
+        if not calls:
+            return mark_safe("none")
+        rows = []
+        previous_end: datetime.datetime | None = None
+        for call in calls:
+            started = parse_datetime(str(call.get("started_at") or ""))
+            ended = parse_datetime(str(call.get("ended_at") or ""))
+            took = ended - started if started and ended else None
+            gap = started - previous_end if started and previous_end else None
+            rows.append(
+                (call.get("step", ""), when(started), duration_text(took), duration_text(gap))
+            )
+            previous_end = ended
+        return render_to_string("admin/conversations/thread/model_calls.html", {"rows": rows})
+
+    @admin.display(description=f"latest {THREAD_PAGE_ENTRIES} entries")
+    def thread_entries(self, thread: Thread) -> SafeString:
+        entries = list(
+            ConversationEntry.objects.filter(thread=thread)
+            .order_by("-seq")
+            .only("pk", "seq", "sender", "content", "created_at")[:THREAD_PAGE_ENTRIES]
+        )
+        url = changelist_url("admin:conversations_conversationentry_changelist", thread=thread.pk)
+        if not entries:
+            return mark_safe("none")
+        rows = [
+            (entry.seq, entry.sender, truncated(entry.content, 200), when(entry.created_at))
+            for entry in reversed(entries)
+        ]
+        return render_to_string(
+            "admin/conversations/thread/entries.html", {"rows": rows, "all_url": url}
+        )
+
+    @admin.display(description="jobs")
+    def run_jobs(self, thread: Thread) -> SafeString:
+        lock = thread_run_queueing_lock(thread.pk)
+        jobs = list(
+            ProcrastinateJob.objects.filter(queueing_lock=lock)
+            .order_by("-id")
+            .values_list("id", "status", "attempts")[:THREAD_PAGE_JOBS]
+        )
+        url = changelist_url("admin:procrastinate_procrastinatejob_changelist", queueing_lock=lock)
+        rows = [
+            (
+                change_link("admin:procrastinate_procrastinatejob_change", job_id, f"#{job_id}"),
+                status,
+                attempts,
+            )
+            for job_id, status, attempts in jobs
+        ]
+        return render_to_string(
+            "admin/conversations/thread/run_jobs.html", {"rows": rows, "all_url": url}
+        )

@@ -1,0 +1,283 @@
+"""The engine's side of a thread's life, under a lease: claim (one thread, or the oldest waiting),
+lease renewal (the heartbeat), inbox, suspend, and the sweeper of expired leases. How a run
+ends is recorded by ``outcome``."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Q, Subquery
+from django.db.models.functions import Coalesce, Now
+from django.utils import timezone
+
+from conversations import selectors
+from conversations.errors import LeaseNotHeld, ThreadBusy, ThreadNotClaimable
+from conversations.models import ConversationEntry, EntrySender, Thread, ThreadState
+from conversations.services.lifecycle import lease_released_fields, thread_lease_release
+from conversations.services.locking import (
+    lock_bound,
+    locked_transaction,
+    thread_lock_with_conversation,
+)
+from conversations.services.run_jobs import thread_run_enqueue
+from conversations.services.validation import check_usage, check_worker_id, lease_duration
+from conversations.services.values import ClaimedThread, SweepResult, ThreadUsage
+from core.db import lock_waits_bounded, update_returning
+
+logger = logging.getLogger(__name__)
+
+
+def _lease_taken(worker_id: str, duration: datetime.timedelta) -> dict[str, Any]:
+    """The update that hands a thread's lease to ``worker_id`` (claim and claim-next)."""
+    # Lease times come from the database clock, so web and worker machines whose clocks
+    # disagree still agree on who holds a lease.
+    return {
+        "state": ThreadState.RUNNING,
+        "lease_owner": worker_id,
+        "lease_expires_at": Now() + duration,
+        "claim_count": F("claim_count") + 1,
+        "started_at": Coalesce(F("started_at"), Now()),
+        "claimed_at": Now(),
+        "updated_at": Now(),
+    }
+
+
+def thread_claim(
+    *, user_id: str, thread_id: uuid.UUID, worker_id: str, lease_seconds: int | None = None
+) -> Thread:
+    """Take the thread's lease (compare-and-set; one of racing claimers wins, others get 409).
+
+    Claimable: created, waiting, suspended, or running with an expired lease or the same owner.
+    """
+    check_worker_id(worker_id)
+    duration = lease_duration(lease_seconds)
+    claimable = (
+        Q(state__in=[ThreadState.CREATED, ThreadState.WAITING, ThreadState.SUSPENDED])
+        | Q(state=ThreadState.RUNNING, lease_expires_at__lt=Now())
+        | Q(state=ThreadState.RUNNING, lease_owner=worker_id)
+    )
+    # One statement, no transaction block: the compare-and-set returns the row it wrote, and the
+    # lock timeout it sets lasts for the statement's own transaction.
+    with lock_waits_bounded(busy=ThreadBusy):
+        claimed = update_returning(
+            Thread.objects.filter(
+                lock_bound(), claimable, pk=thread_id, user_id=user_id, cancel_requested=False
+            ),
+            **_lease_taken(worker_id, duration),
+        )
+    if claimed:
+        _log_claim(claimed[0])
+        return claimed[0]
+    thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
+    raise ThreadNotClaimable(
+        f"The thread is {thread.state}"
+        + (", cancelled" if thread.cancel_requested else "")
+        + (f", leased by {thread.lease_owner!r}" if thread.lease_owner else "")
+        + "; it cannot be claimed.",
+        details={"state": thread.state, "cancel_requested": thread.cancel_requested},
+    )
+
+
+def thread_lease_renew(
+    *,
+    user_id: str,
+    thread_id: uuid.UUID,
+    worker_id: str,
+    lease_seconds: int | None = None,
+    usage: ThreadUsage | None = None,
+) -> Thread:
+    """Extend the lease (compare-and-set on the holder), adding ``usage`` (the increase since the
+    last report) to the thread's counters. The result shows ``cancel_requested``, which is how a
+    running engine learns it was interrupted."""
+    check_worker_id(worker_id)
+    duration = lease_duration(lease_seconds)
+    if usage is not None:
+        check_usage(usage)
+    # Owner and state are the whole check: the sweeper and other claimers change both, so a
+    # match means nobody took the thread over, even if the lease lapsed a moment ago.
+    # Bounded like claim (one statement that sets its own lock timeout): the UPDATE waits for the
+    # thread row while an outcome, inbox take or interrupt holds it, and that wait must be
+    # bounded too.
+    with lock_waits_bounded(busy=ThreadBusy):
+        renewed = update_returning(
+            Thread.objects.filter(
+                lock_bound(),
+                pk=thread_id,
+                user_id=user_id,
+                state=ThreadState.RUNNING,
+                lease_owner=worker_id,
+            ),
+            lease_expires_at=Now() + duration,
+            updated_at=Now(),
+            **(_usage_increments(usage) if usage is not None else {}),
+        )
+    if renewed:
+        return renewed[0]
+    thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
+    raise LeaseNotHeld(details={"state": thread.state})
+
+
+def thread_inbox_take(
+    *, user_id: str, thread_id: uuid.UUID, worker_id: str
+) -> list[ConversationEntry]:
+    """Return the thread's undelivered user messages in seq order and mark them delivered.
+
+    Locks the thread row (then its entries), so two takes never return the same message.
+    """
+    check_worker_id(worker_id)
+    with locked_transaction(busy=ThreadBusy):
+        thread = selectors.thread_get_for_update(user_id=user_id, thread_id=thread_id)
+        if thread.state != ThreadState.RUNNING or thread.lease_owner != worker_id:
+            raise LeaseNotHeld(details={"state": thread.state})
+        return _inbox_take_locked(thread)
+
+
+def _inbox_take_locked(thread: Thread) -> list[ConversationEntry]:
+    """Mark the locked thread's undelivered user messages delivered and return them."""
+    # One UPDATE ... RETURNING: it locks each entry it marks, and a racing take that waited for
+    # one re-checks "undelivered" and skips it, so no message is returned twice.
+    entries = update_returning(
+        ConversationEntry.objects.undelivered_for(thread), delivered_at=timezone.now()
+    )
+    return sorted(entries, key=lambda entry: entry.seq)
+
+
+def thread_claim_next(
+    *, user_id: str | None, worker_id: str, lease_seconds: int | None = None
+) -> ClaimedThread | None:
+    """Claim the oldest thread waiting for an engine (of ``user_id``, or of any tenant when it is
+    None) and take its inbox, in one transaction; None when there is none.
+
+    Waiting for an engine: ``created`` (new, or requeued by the sweeper), or paused (waiting,
+    suspended) with a message for it. ``SKIP LOCKED``: racing engines each get a different thread
+    and never queue behind one another's claim.
+    """
+    check_worker_id(worker_id)
+    duration = lease_duration(lease_seconds)
+    tenant = Q(user_id=user_id) if user_id is not None else Q()
+    with locked_transaction(busy=ThreadBusy, bound_by_first_statement=True):
+        candidates = Thread.objects.for_update(skip_locked=True).filter(
+            tenant, cancel_requested=False
+        )
+        # Two statements at most, not one OR: the first is served by the partial index on created
+        # threads. Each picks, locks and claims its thread at once (UPDATE ... WHERE pk = the
+        # locked candidate ... RETURNING).
+        waiting_for_engine = [
+            candidates.filter(state=ThreadState.CREATED),
+            candidates.filter(
+                state__in=[ThreadState.WAITING, ThreadState.SUSPENDED],
+                entries__sender=EntrySender.USER,
+                entries__delivered_at__isnull=True,
+            ),
+        ]
+        for oldest in waiting_for_engine:
+            claimed = update_returning(
+                Thread.objects.filter(
+                    lock_bound(),
+                    pk=Subquery(oldest.order_by("created_at").values("pk")[:1]),
+                ),
+                **_lease_taken(worker_id, duration),
+            )
+            if claimed:
+                _log_claim(claimed[0])
+                return ClaimedThread(thread=claimed[0], inbox=_inbox_take_locked(claimed[0]))
+        return None
+
+
+def _log_claim(thread: Thread) -> None:
+    logger.info(
+        "thread %s claimed by %s (claim %d)",
+        thread.pk,
+        thread.lease_owner,
+        thread.claim_count,
+        extra={
+            "thread_id": str(thread.pk),
+            "tenant": thread.user_id,
+            "worker_id": thread.lease_owner,
+            "claim_count": thread.claim_count,
+        },
+    )
+
+
+def _usage_increments(usage: ThreadUsage) -> dict[str, Any]:
+    """Counter updates for a compare-and-set UPDATE (F() so concurrent reports add up)."""
+    return {
+        "step_count": F("step_count") + usage.steps,
+        "input_tokens": F("input_tokens") + usage.input_tokens,
+        "output_tokens": F("output_tokens") + usage.output_tokens,
+        "tokens_used": F("tokens_used") + usage.input_tokens + usage.output_tokens,
+        "cost_usd": F("cost_usd") + Decimal(str(usage.cost_usd)),
+        "model_time_ms": F("model_time_ms") + round(usage.model_ms),
+    }
+
+
+def thread_suspend(*, user_id: str, thread_id: uuid.UUID, worker_id: str) -> Thread:
+    """The lease holder parks a running thread; the next user message resumes it.
+
+    Locks the conversation, then the thread: a message injected after the engine's last inbox
+    read is either committed before (a run is enqueued to take it, so it is not stranded in a
+    parked thread) or sees the thread suspended and resumes it.
+    """
+    check_worker_id(worker_id)
+    with locked_transaction(bound_by_first_statement=True):
+        _, thread = thread_lock_with_conversation(user_id, thread_id)
+        if thread.state != ThreadState.RUNNING or thread.lease_owner != worker_id:
+            raise LeaseNotHeld(details={"state": thread.state})
+        released = thread_lease_release(thread, state=ThreadState.SUSPENDED)
+        thread.save(update_fields=[*released, "updated_at"])
+        if ConversationEntry.objects.undelivered_for(thread).exists():
+            thread_run_enqueue(thread.id)
+    return thread
+
+
+def thread_leases_sweep(
+    *, now: datetime.datetime | None = None, batch_size: int = 100
+) -> SweepResult:
+    """Return running threads whose lease expired to ``created`` and enqueue them again.
+
+    A thread that was asked to stop is stopped instead. One transaction per batch; rows locked by
+    a live transaction (a heartbeat, an outcome) are skipped and seen by the next sweep.
+    """
+    expired_before = now or Now()
+    result = SweepResult()
+    while True:
+        with transaction.atomic():
+            expired = list(
+                Thread.objects.for_update(skip_locked=True)
+                .filter(state=ThreadState.RUNNING, lease_expires_at__lt=expired_before)
+                .order_by("pk")
+                .values_list("pk", "cancel_requested", "user_id")[:batch_size]
+            )
+            requeue = [pk for pk, cancelled, _ in expired if not cancelled]
+            stop = [pk for pk, cancelled, _ in expired if cancelled]
+            if requeue:
+                Thread.objects.filter(pk__in=requeue).update(
+                    **lease_released_fields(ThreadState.CREATED),
+                    enqueued_at=Now(),
+                    updated_at=Now(),
+                )
+                for pk in requeue:
+                    thread_run_enqueue(pk)
+            if stop:
+                Thread.objects.filter(pk__in=stop).update(
+                    **lease_released_fields(ThreadState.STOPPED),
+                    outcome={"kind": "stopped", "reason": "lease expired after cancellation"},
+                    finished_at=Now(),
+                    updated_at=Now(),
+                )
+        for pk, cancelled, tenant in expired:
+            logger.warning(
+                "lease of thread %s expired: %s",
+                pk,
+                "stopped (it was cancelled)" if cancelled else "back to created",
+                extra={"thread_id": str(pk), "tenant": tenant, "lease_expired": True},
+            )
+        result.requeued.extend(requeue)
+        result.stopped.extend(stop)
+        if len(expired) < batch_size:
+            return result

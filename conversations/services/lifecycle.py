@@ -1,0 +1,142 @@
+"""A thread's start and end as its conversation sees them: spawning a tracked thread, cancelling
+one, giving its lease up, and carrying the messages it never took into a follow-up thread."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils import timezone
+
+from conversations.models import (
+    LIVE_STATES,
+    Conversation,
+    ConversationEntry,
+    EntrySender,
+    Thread,
+    ThreadKind,
+    ThreadState,
+)
+from conversations.services.entry_writer import EntryWriter
+from conversations.services.run_jobs import thread_run_enqueue
+
+logger = logging.getLogger(__name__)
+
+
+def thread_spawn(
+    conversation: Conversation,
+    writer: EntryWriter,
+    *,
+    new_message: str | None = None,
+    carried: list[ConversationEntry] | None = None,
+) -> tuple[Thread, ConversationEntry]:
+    """Create a tracked foreground thread whose goal is the carried and/or new user messages.
+
+    Caller holds the conversation lock and flushes ``writer``. Returns the thread and the last
+    user entry of its goal.
+    """
+    now = writer.now
+    # Messages queued behind a thread that is gone (policy changed, thread interrupted) join the
+    # next goal rather than waiting forever.
+    earlier = (
+        carried if carried is not None else list(conversation.entries.queued().order_by("seq"))
+    )
+    writer.deliver(earlier)
+    thread = Thread(
+        user_id=conversation.user_id,
+        conversation=conversation,
+        kind=ThreadKind.FOREGROUND,
+        tracked=True,
+        enqueued_at=now,
+    )
+    goal = list(earlier)
+    if new_message is not None:
+        goal.append(writer.add(EntrySender.USER, new_message, thread=thread, delivered_at=now))
+    thread.goal = "\n\n".join(entry.content for entry in goal)
+    thread.metadata = {"goal_entry_seqs": [entry.seq for entry in goal]}
+    thread.save(force_insert=True)
+    writer.add(EntrySender.SYSTEM, "Thread started", thread=thread)
+    thread_run_enqueue(thread.id, new_thread=True)
+    return thread, goal[-1]
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """The thread spawned to take over from one that ended, and what its goal took."""
+
+    thread: Thread
+    # The last user entry of its goal: the new message when there is one.
+    last_entry: ConversationEntry
+    # How many earlier messages (unread by the ended thread, or queued) joined its goal.
+    carried: int
+
+
+def thread_follow_up_spawn(
+    conversation: Conversation,
+    writer: EntryWriter,
+    ended: Thread,
+    *,
+    new_message: str | None = None,
+) -> FollowUp | None:
+    """Spawn the thread that takes over from ``ended`` (finished, stopped or interrupted): its goal
+    is the messages ``ended`` never took and those queued in the conversation, in seq order, then
+    ``new_message``. None when there is nothing to carry and no new message.
+
+    Caller holds the conversation lock, then ``ended``'s, and flushes ``writer``.
+    """
+    # One statement: each half is served by its own partial index.
+    unread = ConversationEntry.objects.undelivered_for(ended).union(
+        conversation.entries.queued(), all=True
+    )
+    carried = sorted(unread, key=lambda entry: entry.seq)
+    if not carried and new_message is None:
+        return None
+    thread, last_entry = thread_spawn(
+        conversation, writer, new_message=new_message, carried=carried
+    )
+    return FollowUp(thread=thread, last_entry=last_entry, carried=len(carried))
+
+
+def lease_released_fields(state: str) -> dict[str, Any]:
+    """A thread that gives its lease up for ``state``: nobody holds it and nothing expires (the
+    values of an UPDATE of many rows; ``thread_lease_release`` sets them on one)."""
+    return {"state": state, "lease_owner": "", "lease_expires_at": None}
+
+
+def thread_lease_release(thread: Thread, *, state: str) -> list[str]:
+    """Give a locked thread's lease up and put it in ``state`` (the caller saves it); returns the
+    fields changed, for ``update_fields``."""
+    released = lease_released_fields(state)
+    for name, value in released.items():
+        setattr(thread, name, value)
+    return list(released)
+
+
+def thread_cancel(thread: Thread, *, reason: str) -> None:
+    """Untrack a locked thread; stop it now unless a worker holds it (then ask it to stop)."""
+    now = timezone.now()
+    thread.tracked = False
+    thread.cancel_requested = True
+    if thread.state in LIVE_STATES and thread.state != ThreadState.RUNNING:
+        # Nobody runs it: stop it here, and a pending run's claim will be refused.
+        thread.state = ThreadState.STOPPED
+        thread.outcome = {"kind": "stopped", "reason": reason}
+        thread.finished_at = now
+    thread.save(
+        update_fields=[
+            "tracked",
+            "cancel_requested",
+            "state",
+            "outcome",
+            "finished_at",
+            "updated_at",
+        ]
+    )
+    logger.info(
+        "thread %s interrupted (%s): %s",
+        thread.pk,
+        reason,
+        "stopped" if thread.state == ThreadState.STOPPED else "its worker is asked to stop",
+        extra={"thread_id": str(thread.pk), "tenant": thread.user_id, "reason": reason},
+    )

@@ -1,0 +1,77 @@
+"""The bounded transaction every service runs in, and its row locks in the policy's order
+(conversation, then thread: see the package docstring)."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import AbstractContextManager
+
+from django.conf import settings
+from django.db.models import Subquery
+from django.db.models.expressions import RawSQL
+
+from conversations.errors import ConversationBusy, ThreadNotFound
+from conversations.models import ChannelUserIndex, Conversation, Thread
+from core.db import bounded_transaction, lock_timeout_bound
+from core.errors import Conflict
+
+
+def locked_transaction(
+    busy: type[Conflict] = ConversationBusy, *, bound_by_first_statement: bool = False
+) -> AbstractContextManager[None]:
+    """One transaction whose every lock wait is bounded by ``CONVERSATION_LOCK_TIMEOUT_MS``;
+    a wait past it raises ``busy`` (the row the caller waits for: conversation or thread).
+
+    ``bound_by_first_statement``: the first statement is one of the locks below (or carries
+    ``lock_bound()``), which sets the bound without a round trip of its own.
+    """
+    return bounded_transaction(
+        lock_timeout_ms=settings.CONVERSATION_LOCK_TIMEOUT_MS,
+        busy=busy,
+        bound_by_first_statement=bound_by_first_statement,
+    )
+
+
+def lock_bound() -> RawSQL:
+    """The conversation lock timeout, set by the statement this filter is added to."""
+    return lock_timeout_bound(settings.CONVERSATION_LOCK_TIMEOUT_MS)
+
+
+def conversation_lock(conversation_id: uuid.UUID) -> Conversation:
+    # NO KEY UPDATE: serialises writers of this conversation but lets other transactions insert
+    # rows that reference it (their FK check takes KEY SHARE, which FOR UPDATE would block).
+    return Conversation.objects.for_update().filter(lock_bound()).get(pk=conversation_id)
+
+
+def conversation_lock_by_channel(user_id: str, key: str) -> Conversation | None:
+    """Look the (user, channel) index up and lock the conversation it names, in one statement;
+    None when the pair has no conversation yet."""
+    current = ChannelUserIndex.objects.filter(user_id=user_id, channel=key)
+    return (
+        Conversation.objects.for_update()
+        .filter(lock_bound(), pk=Subquery(current.values("conversation_id")[:1]))
+        .first()
+    )
+
+
+def thread_lock(thread_id: uuid.UUID) -> Thread:
+    return Thread.objects.for_update().filter(lock_bound()).get(pk=thread_id)
+
+
+def thread_lock_with_conversation(
+    user_id: str, thread_id: uuid.UUID
+) -> tuple[Conversation | None, Thread]:
+    """Lock the tenant's thread's conversation, then the thread (the policy's order)."""
+    tenant_thread = Thread.objects.filter(pk=thread_id, user_id=user_id)
+    # No row: the thread is unknown (found out below) or has no conversation. If the
+    # conversation was deleted meanwhile, the thread outlives it (its foreign key is now null)
+    # rather than the call failing.
+    conversation = (
+        Conversation.objects.for_update()
+        .filter(lock_bound(), pk=Subquery(tenant_thread.values("conversation_id")))
+        .first()
+    )
+    thread = Thread.objects.for_update().filter(pk=thread_id, user_id=user_id).first()
+    if thread is None:
+        raise ThreadNotFound()
+    return conversation, thread

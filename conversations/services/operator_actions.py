@@ -1,0 +1,135 @@
+"""What an operator may do to a thread, whoever runs it: request its cancellation, stop it now,
+or requeue it. Each says what it did, or why it skipped the thread."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import BooleanField, ExpressionWrapper, Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from conversations.errors import ThreadBusy, ThreadNotFound
+from conversations.models import Conversation, EntrySender, Thread, ThreadKind, ThreadState
+from conversations.services.entry_writer import EntryWriter
+from conversations.services.lifecycle import thread_follow_up_spawn, thread_lease_release
+from conversations.services.locking import (
+    lock_bound,
+    locked_transaction,
+    thread_lock_with_conversation,
+)
+from conversations.services.run_jobs import thread_run_enqueue
+from conversations.services.values import OperatorActionResult
+
+OPERATOR_STOP_REASON = "stopped by an operator"
+
+
+def thread_stop(
+    *, user_id: str, thread_id: uuid.UUID, reason: str = OPERATOR_STOP_REASON
+) -> OperatorActionResult:
+    """Stop a live thread now, whoever runs it: stopped, lease cleared, untracked with a system
+    entry, and its unread messages carried to a follow-up thread as any outcome does.
+
+    Locks the conversation, then the thread, as outcomes do: a worker's outcome racing with it
+    either commits first (the thread is terminal: skipped) or finds it stopped (409).
+    """
+    with locked_transaction(bound_by_first_statement=True):
+        conversation, thread = thread_lock_with_conversation(user_id, thread_id)
+        if thread.is_terminal:
+            return OperatorActionResult(thread.id, False, f"already {thread.state}")
+        return _thread_stop_locked(conversation, thread, reason)
+
+
+def _thread_stop_locked(
+    conversation: Conversation | None, thread: Thread, reason: str
+) -> OperatorActionResult:
+    was_state, was_tracked, lease_owner = thread.state, thread.tracked, thread.lease_owner
+    now = timezone.now()
+    thread_lease_release(thread, state=ThreadState.STOPPED)
+    thread.cancel_requested = True
+    thread.tracked = False
+    thread.finished_at = now
+    thread.outcome = {"kind": "stopped", "reason": reason, "recorded_at": now.isoformat()}
+    # Saved before any follow-up is inserted: the one-tracked-thread index checks each row.
+    thread.save()
+    done = [f"stopped (was {was_state}" + (f", leased by {lease_owner}" if lease_owner else "")]
+    # An untracked thread's end adds nothing to its conversation (interrupted or cleared).
+    if conversation is not None and was_tracked:
+        writer = EntryWriter(conversation)
+        writer.add(EntrySender.SYSTEM, "Thread stopped by an operator", thread=thread)
+        done.append("conversation untracked")
+        if thread.kind == ThreadKind.FOREGROUND:
+            follow_up = thread_follow_up_spawn(conversation, writer, thread)
+            if follow_up is not None:
+                done.append(
+                    f"{follow_up.carried} unread message(s) moved to thread {follow_up.thread.id}"
+                )
+        writer.flush()
+    return OperatorActionResult(thread.id, True, ", ".join(done) + ")")
+
+
+def thread_request_cancel(*, user_id: str, thread_id: uuid.UUID) -> OperatorActionResult:
+    """Ask a running thread's engine to stop: it sees ``cancel_requested`` at its next heartbeat
+    and records "stopped" (or the lease sweeper stops it once its lease runs out).
+
+    A live thread nobody runs is stopped at once (no engine would ever see the request: a
+    cancelled thread cannot be claimed). Locks the conversation, then the thread.
+    """
+    with locked_transaction(bound_by_first_statement=True):
+        conversation, thread = thread_lock_with_conversation(user_id, thread_id)
+        if thread.is_terminal:
+            return OperatorActionResult(thread.id, False, f"already {thread.state}")
+        if thread.state != ThreadState.RUNNING:
+            return _thread_stop_locked(conversation, thread, "cancelled by an operator")
+        if thread.cancel_requested:
+            return OperatorActionResult(thread.id, False, "cancellation already requested")
+        thread.cancel_requested = True
+        thread.save(update_fields=["cancel_requested", "updated_at"])
+    return OperatorActionResult(
+        thread.id, True, f"cancellation requested from {thread.lease_owner or 'its engine'}"
+    )
+
+
+def thread_requeue(*, user_id: str, thread_id: uuid.UUID) -> OperatorActionResult:
+    """Give a thread stuck without a run a new one: a created thread's run job is deferred again
+    (unless one is waiting); a running thread whose lease expired goes back to created first, as
+    the lease sweeper would do.
+
+    Locks the thread row only (a thread-only operation, like the sweeper); the job is deferred in
+    the same transaction.
+    """
+    with locked_transaction(ThreadBusy, bound_by_first_statement=True):
+        thread = (
+            Thread.objects.for_update()
+            .filter(lock_bound(), pk=thread_id, user_id=user_id)
+            # The database's clock decides, as it does for claims and the sweeper.
+            .annotate(
+                lease_expired=ExpressionWrapper(
+                    Q(lease_expires_at__lt=Now()), output_field=BooleanField()
+                )
+            )
+            .first()
+        )
+        if thread is None:
+            raise ThreadNotFound()
+        if thread.cancel_requested:
+            return OperatorActionResult(
+                thread.id, False, "cancellation requested: a run would be refused; stop it"
+            )
+        requeued_from = ""
+        if thread.state == ThreadState.RUNNING:
+            if not getattr(thread, "lease_expired", False):
+                return OperatorActionResult(
+                    thread.id, False, f"running with a live lease held by {thread.lease_owner}"
+                )
+            released = thread_lease_release(thread, state=ThreadState.CREATED)
+            thread.enqueued_at = timezone.now()
+            thread.save(update_fields=[*released, "enqueued_at", "updated_at"])
+            requeued_from = "back to created (its lease had expired), "
+        elif thread.state != ThreadState.CREATED:
+            return OperatorActionResult(thread.id, False, f"{thread.state}: nothing to requeue")
+        if not thread_run_enqueue(thread.id):
+            return OperatorActionResult(
+                thread.id, bool(requeued_from), requeued_from + "a run job was already waiting"
+            )
+    return OperatorActionResult(thread.id, True, requeued_from + "run job deferred")

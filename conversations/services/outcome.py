@@ -1,0 +1,161 @@
+"""How a thread's run ends, as its engine reports it: the outcome and what the run cost recorded
+on the thread, the entries that say so, and the follow-up thread that takes the messages it
+never read."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from decimal import Decimal
+from functools import partial
+
+from django.db import transaction
+from django.utils import timezone
+
+from conversations.errors import InvalidThreadTransition, LeaseNotHeld, OutcomeAlreadyRecorded
+from conversations.metrics import turn_observe
+from conversations.models import (
+    MAX_MODEL_CALLS_KEPT,
+    ConversationEntry,
+    EntrySender,
+    Thread,
+    ThreadKind,
+    ThreadState,
+)
+from conversations.services.entry_writer import EntryWriter
+from conversations.services.lifecycle import thread_follow_up_spawn, thread_lease_release
+from conversations.services.locking import locked_transaction, thread_lock_with_conversation
+from conversations.services.run_jobs import thread_run_enqueue
+from conversations.services.validation import check_outcome, check_usage
+from conversations.services.values import OutcomeResult, ThreadOutcome, ThreadUsage
+
+logger = logging.getLogger(__name__)
+
+_OUTCOME_STATE = {
+    "completed": ThreadState.COMPLETED,
+    "stopped": ThreadState.STOPPED,
+    "max_iterations": ThreadState.STOPPED,
+    "failed": ThreadState.FAILED,
+    "gate_paused": ThreadState.WAITING,
+}
+
+
+def _usage_add(thread: Thread, usage: ThreadUsage) -> None:
+    """Add a run's usage to a locked thread before it is saved."""
+    thread.step_count += usage.steps
+    thread.input_tokens += usage.input_tokens
+    thread.output_tokens += usage.output_tokens
+    thread.tokens_used += usage.input_tokens + usage.output_tokens
+    thread.cost_usd += Decimal(str(usage.cost_usd))
+    thread.model_time_ms += round(usage.model_ms)
+    thread.model_calls = [*thread.model_calls, *usage.model_calls][-MAX_MODEL_CALLS_KEPT:]
+
+
+def _outcome_entry_text(outcome: ThreadOutcome) -> tuple[EntrySender, str] | None:
+    if outcome.kind == "completed":
+        return (EntrySender.AGENT, outcome.response) if outcome.response else None
+    if outcome.kind == "stopped":
+        return EntrySender.SYSTEM, "Thread stopped"
+    if outcome.kind == "max_iterations":
+        return EntrySender.SYSTEM, "Thread reached max iterations"
+    if outcome.kind == "failed":
+        return EntrySender.SYSTEM, f"Thread failed: {outcome.error}"
+    return (
+        EntrySender.SYSTEM,
+        f"Gate '{outcome.gate_name}' paused execution of action: {outcome.gate_action}",
+    )
+
+
+def thread_outcome_record(
+    *,
+    user_id: str,
+    thread_id: uuid.UUID,
+    outcome: ThreadOutcome,
+    worker_id: str | None = None,
+    usage: ThreadUsage | None = None,
+) -> OutcomeResult:
+    """Record how a thread's run ended (and what the run cost) and write the conversation
+    entries that say so.
+
+    Locks the conversation, then the thread. Undelivered messages for the thread (sent after its
+    last inbox read) and queued messages become a follow-up thread in the same transaction.
+    """
+    check_outcome(outcome)
+    if usage is not None:
+        check_usage(usage)
+    with locked_transaction(bound_by_first_statement=True):
+        conversation, thread = thread_lock_with_conversation(user_id, thread_id)
+        _check_outcome_allowed(thread, outcome, worker_id)
+        # Counted and logged once the outcome is durable, whichever return below ends it.
+        transaction.on_commit(partial(_outcome_observe, thread))
+        if usage is not None:
+            _usage_add(thread, usage)
+        now = timezone.now()
+        recorded = {**outcome.as_json(), "recorded_at": now.isoformat(), "worker_id": worker_id}
+
+        if thread.cancel_requested and not thread.tracked:
+            # Interrupted or cleared: the conversation has moved on; the run only ends here.
+            thread_lease_release(thread, state=ThreadState.STOPPED)
+            thread.outcome = {**recorded, "kind": "stopped", "reported_kind": outcome.kind}
+            thread.finished_at = now
+            thread.save()
+            return OutcomeResult(thread=thread, entries=[])
+
+        was_tracked = thread.tracked
+        thread_lease_release(thread, state=_OUTCOME_STATE[outcome.kind])
+        thread.outcome = recorded
+        if outcome.kind != "gate_paused":
+            thread.tracked = False
+            thread.finished_at = now
+        # Saved before any follow-up is inserted: the one-tracked-thread index checks each row.
+        thread.save()
+        if conversation is None:
+            return OutcomeResult(thread=thread, entries=[])
+
+        writer = EntryWriter(conversation)
+        text = _outcome_entry_text(outcome)
+        if text is not None:
+            writer.add(text[0], text[1], thread=thread)
+
+        follow_up = None
+        if outcome.kind == "gate_paused":
+            if ConversationEntry.objects.undelivered_for(thread).exists():
+                # Messages wait in the paused thread's inbox; a run must pick them up.
+                thread_run_enqueue(thread.id)
+        elif was_tracked and thread.kind == ThreadKind.FOREGROUND:
+            follow_up = thread_follow_up_spawn(conversation, writer, thread)
+        entries = writer.flush()
+    return OutcomeResult(
+        thread=thread, entries=entries, follow_up=follow_up.thread if follow_up else None
+    )
+
+
+def _outcome_observe(thread: Thread) -> None:
+    turn_observe(thread)
+    outcome = thread.outcome or {}
+    logger.info(
+        "thread %s ended: %s",
+        thread.pk,
+        outcome.get("kind"),
+        extra={
+            "thread_id": str(thread.pk),
+            "tenant": thread.user_id,
+            "outcome": outcome.get("kind"),
+            "state": thread.state,
+            "model_time_ms": thread.model_time_ms,
+        },
+    )
+
+
+def _check_outcome_allowed(thread: Thread, outcome: ThreadOutcome, worker_id: str | None) -> None:
+    if thread.is_terminal:
+        raise OutcomeAlreadyRecorded(details={"state": thread.state})
+    if thread.state == ThreadState.RUNNING:
+        if worker_id != thread.lease_owner:
+            raise LeaseNotHeld(details={"state": thread.state})
+        return
+    if outcome.kind not in ("stopped", "failed"):
+        raise InvalidThreadTransition(
+            f"A {thread.state} thread can only be recorded as stopped or failed; claim it first.",
+            details={"state": thread.state},
+        )
