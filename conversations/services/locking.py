@@ -37,15 +37,11 @@ def lock_bound() -> RawSQL:
     return lock_timeout_bound(settings.CONVERSATION_LOCK_TIMEOUT_MS)
 
 
-def conversation_lock(conversation_id: uuid.UUID) -> Conversation:
-    # NO KEY UPDATE: serialises writers of this conversation but lets other transactions insert
-    # rows that reference it (their FK check takes KEY SHARE, which FOR UPDATE would block).
-    return Conversation.objects.for_update().filter(lock_bound()).get(pk=conversation_id)
-
-
 def conversation_lock_by_channel(user_id: str, key: str) -> Conversation | None:
     """Look the (user, channel) index up and lock the conversation it names, in one statement;
     None when the pair has no conversation yet."""
+    # NO KEY UPDATE: serialises writers of this conversation but lets other transactions insert
+    # rows that reference it (their FK check takes KEY SHARE, which FOR UPDATE would block).
     current = ChannelUserIndex.objects.filter(user_id=user_id, channel=key)
     return (
         Conversation.objects.for_update()
