@@ -301,8 +301,6 @@ ensure_not_above(
 )
 # Threads of one process: a turn holds no database connection while its model works.
 ENGINE_CONCURRENCY = env_int("ENGINE_CONCURRENCY", 32, minimum=1, maximum=1024)
-# "global": one database-wide lock across each turn's state writes (the benchmark's baseline).
-ENGINE_CHECKPOINT_LOCK = env_choice("ENGINE_CHECKPOINT_LOCK", "none", ("none", "global"))
 
 # --- Workers and readiness --------------------------------------------------------------------
 
