@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,15 @@ def env_log_level(name: str, default: str) -> str:
             f"{name} must be one of {', '.join(_LOG_LEVELS)}; got {value!r}."
         )
     return value
+
+
+def log_format_default() -> str:
+    """text for a person at a terminal (`make run`), json for anything that collects the logs."""
+    stream = sys.stderr
+    try:
+        return "text" if stream is not None and stream.isatty() else "json"
+    except ValueError:  # a closed stream
+        return "json"
 
 
 def env_origins(name: str, default: Iterable[str]) -> list[str]:

@@ -38,6 +38,7 @@ from ironclaw_site.env import (
     env_str,
     env_url,
     env_workspace_paths,
+    log_format_default,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -383,8 +384,8 @@ ensure_some_weight(
 # --- Logging ----------------------------------------------------------------------------------
 
 LOG_LEVEL = env_log_level("LOG_LEVEL", "INFO")
-# json: one object per line, for a log collector; text: the same, readable by a person.
-LOG_FORMAT = env_choice("LOG_FORMAT", "json", ("json", "text"))
+# Unset: text for a person at a terminal, json (one object per line) for a log collector.
+LOG_FORMAT = env_choice("LOG_FORMAT", log_format_default(), ("json", "text"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
