@@ -2,6 +2,8 @@
 
 Every reader raises ``ImproperlyConfigured`` naming the variable, so a bad deployment fails at
 start-up with a message an operator can act on instead of a traceback deep inside a request.
+Each variable is described in docs/settings.md; ``REQUESTED`` lets a test hold that page (and
+``.env.example``) to exactly the variables the settings read.
 """
 
 from __future__ import annotations
@@ -20,8 +22,12 @@ from django.core.exceptions import ImproperlyConfigured
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
+# Every variable a reader was asked for, whether or not it was set.
+REQUESTED: set[str] = set()
+
 
 def _raw(name: str) -> str | None:
+    REQUESTED.add(name)
     value = os.environ.get(name)
     return None if value is None else value.strip()
 

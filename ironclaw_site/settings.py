@@ -1,6 +1,6 @@
 """Settings for ironclaw_site: one file, driven by environment variables.
 
-``.env.example`` and the README describe every variable. The readers in
+docs/settings.md describes every variable (``.env.example`` lists them to copy). The readers in
 ``ironclaw_site.env`` parse and validate them: a bad value raises ``ImproperlyConfigured`` naming
 the variable. This file only assigns.
 """
@@ -120,7 +120,7 @@ TEMPLATES = [
 ]
 
 # --- HTTPS and the reverse proxy (production) -------------------------------------------------
-# The defaults suit `make run` on plain HTTP; README "Production" has the values behind a TLS proxy.
+# The defaults suit `make run` on plain HTTP; docs/settings.md has the values behind a TLS proxy.
 
 # The web server takes X-Forwarded-* / Forwarded from this peer only, so no client can claim HTTPS.
 WEB_TRUSTED_PROXY = env_proxy_address("WEB_TRUSTED_PROXY")
