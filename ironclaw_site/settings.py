@@ -42,9 +42,9 @@ from ironclaw_site.env import (
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(env_str("IRONCLAW_VAR_DIR", str(BASE_DIR / "var")))
-
+# First, so that every variable (IRONCLAW_VAR_DIR too) may come from .env; the environment wins.
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+VAR_DIR = Path(env_str("IRONCLAW_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
 _database_url = env_postgres_url("DATABASE_URL")
