@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-installed-stamp
 
-.PHONY: install run test lint check-requirements format bench clean
+.PHONY: install run test lint check-requirements format docs docs-build bench clean
 
 install: $(STAMP)
 
@@ -38,6 +38,16 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The documentation site (mkdocs.yml, docs/): served with live reload beside `make run`'s port, or
+# built into site/ with --strict, so a broken link or anchor fails (CI runs docs-build).
+DOCS_ADDR ?= 127.0.0.1:8001
+
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr $(DOCS_ADDR)
+
+docs-build: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 # The benchmarks' extra packages (matplotlib, the LangGraph peer) stay out of `make test` and `make run`.
 $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
@@ -47,4 +57,4 @@ bench: $(BENCH_STAMP)
 	@for script in bench/workspace.py bench/search.py bench/conversations.py bench/turns.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -10,7 +10,7 @@ SIGINT or SIGTERM stops taking new threads; turns in progress finish, then the p
 
 Environment:
   IRONCLAW_URL             the server (http://127.0.0.1:8000)
-  IRONCLAW_API_KEY         a service key (manage.py create_api_key engine --service)
+  IRONCLAW_API_KEY         a service key (manage.py create_api_key --service --name engine)
   ENGINE_MODEL             echo (default) or openai
   ENGINE_ECHO_LATENCY_MS   the echo model's stand-in for model time (default 0)
   ENGINE_BASE_URL          an OpenAI-compatible server (openai model)

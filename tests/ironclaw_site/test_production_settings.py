@@ -19,11 +19,11 @@ BASE_DIR = Path(settings.BASE_DIR)
 
 
 def _production_env() -> dict[str, str]:
-    """The ```dotenv block of the README's Production section, as documented."""
-    readme = (BASE_DIR / "README.md").read_text()
-    section = readme.split("\n## Production\n", 1)[1].split("\n## ", 1)[0]
+    """The ```dotenv block of the Production section of docs/deployment.md, as documented."""
+    page = (BASE_DIR / "docs" / "deployment.md").read_text()
+    section = page.split("\n## Production\n", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```dotenv\n(.*?)```", section, re.DOTALL)
-    assert block is not None, "README's Production section lost its ```dotenv block"
+    assert block is not None, "docs/deployment.md's Production section lost its ```dotenv block"
     pairs = [line.split("=", 1) for line in block.group(1).splitlines() if line.strip()]
     return {name: value for name, value in pairs}
 

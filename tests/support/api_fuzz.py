@@ -36,7 +36,7 @@ EXCLUDED_CHECKS = {
     # query validation is tracked with the other validation findings, not here.
     "negative_data_rejection": "lenient query parameters (limit=null)",
     # documents/{path} serves GET, PUT and DELETE for any path, so PUT documents/x/append writes
-    # the document "x/append" (README: "A method an action does not serve belongs to the
+    # the document "x/append" (docs/workspace.md: "A method an action does not serve belongs to the
     # document"), where this check expects a 405.
     "unsupported_method": "documents/{path} owns the methods its sub-resources do not serve",
 }
