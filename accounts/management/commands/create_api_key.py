@@ -22,7 +22,11 @@ class Command(BaseCommand):
             action="store_true",
             help="create a service key (engines, bridges) that may act for any tenant",
         )
-        parser.add_argument("--name", default=None, help="a label for the key (default: 'default')")
+        parser.add_argument(
+            "--name",
+            default=None,
+            help="a label for the key (default: 'default', or 'service' with --service)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         user_id: str | None = options["user_id"]
