@@ -15,7 +15,7 @@ minus the model's time). Two configurations, each on a fresh database, in the sa
 - baseline, built like the origin before its fix: runtime paths indexed and versioned inline
   (WORKSPACE_RUNTIME_PATHS="", WORKSPACE_INDEXING=inline) through an embeddings API that takes
   50 ms per text (a loopback server), DATABASE_POOL_SIZE=10, and every checkpoint under one
-  database-wide lock (ENGINE_CHECKPOINT_LOCK=global, the origin's global mutex).
+  database-wide lock (THREAD_RUNNER=bench.baseline_runner.run_thread: the origin's global mutex).
 
     .venv/bin/python bench/turns.py            # quick: well under a minute
     .venv/bin/python bench/turns.py --full     # 30 tenants x 5 turns, 1 s model, 50 KB state
@@ -76,7 +76,6 @@ DEFAULTED = (
     "DATABASE_POOL_TIMEOUT",
     "WORKSPACE_RUNTIME_PATHS",
     "WORKSPACE_INDEXING",
-    "ENGINE_CHECKPOINT_LOCK",
     "EMBEDDING_BASE_URL",
     "EMBEDDING_API_KEY",
     "EMBEDDING_DIMENSIONS",
@@ -723,7 +722,6 @@ def main() -> int:
                 **base_env(load),
                 "EMBEDDING_PROVIDER": "hashing",
                 "WORKSPACE_INDEXING": "queue",
-                "ENGINE_CHECKPOINT_LOCK": "none",
             }
             results["ours"] = summarise(run_configuration("ours", ours_env, load, log), load)
             if OURS_ONLY:
@@ -744,7 +742,7 @@ def main() -> int:
                     # 10 s fails turns at 30 tenants), as bench/conversations.py does with its
                     # lock timeout.
                     "DATABASE_POOL_TIMEOUT": str(min(300, max(10, math.ceil(load.turn_timeout)))),
-                    "ENGINE_CHECKPOINT_LOCK": "global",
+                    "THREAD_RUNNER": "bench.baseline_runner.run_thread",
                 }
                 turns = run_configuration("baseline", baseline_env, load, log)
                 print(
