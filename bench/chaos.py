@@ -25,20 +25,29 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
+# Run as a script, this folder comes first on the path: the checkout must come before it, or
+# bench/conversations.py would stand in for the conversations app.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support.serve import (
+    Page,
+    ServeNotReady,
+    ServeProcess,
+    await_reply,
+    call,
+    post_message,
+    ready_within,
+    serve_running,
+)
 
 # Faults in the order they are dealt, cycled over the run.
 FAULTS = ("web", "turns", "database", "background", "web", "turns", "database")
@@ -63,9 +72,6 @@ class Report:
 def _call(
     base: str, key: str, method: str, path: str, body: dict[str, Any] | None = None
 ) -> tuple[int, Any]:
-    # Imported here: tests.support reads Django's settings, which must see this run's environment.
-    from tests.support.serve import call
-
     return call(base, key, method, path, body, timeout=30)
 
 
@@ -103,13 +109,7 @@ class Tenant(threading.Thread):
             count += 1
             content = f"tenant {self.n} message {count}"
             try:
-                status, sent = _call(
-                    self.base,
-                    self.key,
-                    "POST",
-                    "/api/v1/messages",
-                    {"channel": "web", "content": content},
-                )
+                status, sent = post_message(self.base, self.key, content, timeout=30)
             except OSError:
                 # The request may or may not have committed: it must then be stored at most once.
                 self.unknown.append(content)
@@ -147,21 +147,12 @@ def _await_reply(
     timeout: float,
 ) -> bool:
     """Long-poll the conversation until the agent's entry after ``sent`` appears."""
-    after = sent["seq"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        path = (
-            f"/api/v1/conversations/{sent['conversation_id']}/entries"
-            f"?after_seq={after}&wait_seconds=5"
-        )
-        result = retrying(lambda: _call(base, key, "GET", path))  # noqa: B023
-        if result is None or result[0] != 200:
-            return False
-        for entry in result[1]["results"]:
-            after = entry["seq"]
-            if entry["sender"] == "agent":
-                return True
-    return False
+
+    def fetch(path: str, wait: int) -> Page | None:
+        result = retrying(lambda: _call(base, key, "GET", path))
+        return result[1] if result is not None and result[0] == 200 else None
+
+    return await_reply(fetch, sent, timeout=timeout) is not None
 
 
 def _probe_reply(base: str, key: str, timeout: float) -> float | None:
@@ -182,13 +173,7 @@ def _probe_reply(base: str, key: str, timeout: float) -> float | None:
         return None
 
     posted = retrying(
-        lambda: _call(
-            base,
-            key,
-            "POST",
-            "/api/v1/messages",
-            {"channel": "probe", "content": f"probe {started}"},
-        )
+        lambda: post_message(base, key, f"probe {started}", channel="probe", timeout=30)
     )
     if posted is None or posted[0] != 202:
         return None
@@ -197,32 +182,7 @@ def _probe_reply(base: str, key: str, timeout: float) -> float | None:
     return time.monotonic() - started
 
 
-def _readyz(base: str) -> int:
-    try:
-        with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-    except OSError:
-        return 0
-
-
-def _wait_ready(base: str, timeout: float) -> float | None:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if _readyz(base) == 200:
-            return time.monotonic() - started
-        time.sleep(0.1)
-    return None
-
-
-def _children(serve: subprocess.Popen[bytes]) -> list[Any]:
-    import psutil
-
-    return psutil.Process(serve.pid).children(recursive=True)
-
-
-def _victim(serve: subprocess.Popen[bytes], kind: str, data_dir: Path) -> int | None:
+def _victim(serve: ServeProcess, kind: str, data_dir: Path) -> int | None:
     """The pid to SIGKILL for a fault of ``kind``."""
     if kind == "database":
         pid_file = data_dir / "postmaster.pid"
@@ -230,20 +190,16 @@ def _victim(serve: subprocess.Popen[bytes], kind: str, data_dir: Path) -> int | 
             return int(pid_file.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return None
-    for child in _children(serve):
-        try:
-            line = " ".join(child.cmdline())
-        except Exception:
-            continue
-        if kind == "web" and "serve_web" in line:
-            return int(child.pid)  # one of the web processes (the others keep the port)
-        if kind in ("turns", "background") and f"--name {kind}" in line:
-            return int(child.pid)
-    return None
+    # For web, one of the web processes (the others keep the port).
+    marker = "serve_web" if kind == "web" else f"--name {kind}"
+    try:
+        return int(serve.child(marker).pid)
+    except LookupError:
+        return None
 
 
 def _deal_faults(
-    serve: subprocess.Popen[bytes],
+    serve: ServeProcess,
     base: str,
     data_dir: Path,
     *,
@@ -269,7 +225,7 @@ def _deal_faults(
         # after the fault gets the agent's reply (the whole path: web, database, turn worker).
         killed = time.monotonic()
         time.sleep(0.2)
-        ready = _wait_ready(base, timeout=60)
+        ready = ready_within(base, timeout=60)
         ready_s = None if ready is None else 0.2 + ready
         answered = _probe_reply(base, probe_key, timeout=60)
         reply_s = None if answered is None else time.monotonic() - killed
@@ -427,54 +383,39 @@ def main() -> int:
 
         connection.close()
 
-        from tests.support.servers import free_port
-
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
         log = (var / "serve.log").open("w+")
-        serve = subprocess.Popen(
-            [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=BASE_DIR,
-            env={**os.environ},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
         report = Report()
         try:
-            if _wait_ready(base, timeout=90) is None:
-                raise SystemExit("serve did not become ready within 90 s")
-            print(
-                f"chaos: {options.tenants} tenants, {faults} faults over {options.seconds:.0f} s, "
-                f"echo {options.echo_ms} ms",
-                flush=True,
-            )
-            stop = threading.Event()
-            tenants = [Tenant(n, base, keys[n], stop, report) for n in range(options.tenants)]
-            for tenant in tenants:
-                tenant.start()
-            _deal_faults(
-                serve,
-                base,
-                data_dir,
-                count=faults,
-                seconds=options.seconds,
-                report=report,
-                probe_key=probe_key,
-            )
-            stop.set()
-            for tenant in tenants:
-                tenant.join(timeout=90)
-            drained = _drain(timeout=120)
-            if not drained:
-                report.problems.append("the service did not drain within 120 s")
-            _check(tenants, report)
+            with serve_running(dict(os.environ), log=log, ready_timeout=90) as serve:
+                base = serve.base_url
+                print(
+                    f"chaos: {options.tenants} tenants, {faults} faults over "
+                    f"{options.seconds:.0f} s, echo {options.echo_ms} ms",
+                    flush=True,
+                )
+                stop = threading.Event()
+                tenants = [Tenant(n, base, keys[n], stop, report) for n in range(options.tenants)]
+                for tenant in tenants:
+                    tenant.start()
+                _deal_faults(
+                    serve,
+                    base,
+                    data_dir,
+                    count=faults,
+                    seconds=options.seconds,
+                    report=report,
+                    probe_key=probe_key,
+                )
+                stop.set()
+                for tenant in tenants:
+                    tenant.join(timeout=90)
+                drained = _drain(timeout=120)
+                if not drained:
+                    report.problems.append("the service did not drain within 120 s")
+                _check(tenants, report)
+        except ServeNotReady as error:
+            raise SystemExit(f"serve did not become ready: {error}") from None
         finally:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(serve.pid, signal.SIGKILL)
             if report.problems:
                 log.seek(0)
                 tail = log.read().splitlines()[-40:]

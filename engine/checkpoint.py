@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
+from django.db import transaction
 from django.utils import timezone
 
 from conversations.services import ThreadUsage
+from workspace.models import Document
+from workspace.services import document_write
 
 CHECKPOINT_VERSION = 1
 
@@ -107,3 +111,55 @@ class TurnState:
                 for s in steps
             ],
         )
+
+
+def checkpoint_load(*, user_id: str, thread_id: uuid.UUID | str) -> TurnState | None:
+    """The thread's last checkpoint (None when it has none, or one this version cannot read)."""
+    stored = (
+        Document.objects.filter(user_id=user_id, path=thread_checkpoint_path(thread_id))
+        .values_list("content", flat=True)
+        .first()
+    )
+    return TurnState.from_json(stored) if stored else None
+
+
+def checkpoint_save(
+    state: TurnState, *, user_id: str, changed_by: str, conversation_too: bool = False
+) -> None:
+    """Write the turn's state into ``user_id``'s workspace (one upsert per document: runtime
+    paths are never indexed). A step's checkpoint alone is one statement, in autocommit."""
+    # user_id is the thread's owner, never state.user_id: a checkpoint's content is only JSON in
+    # a workspace document, and must not choose whose workspace the next write lands in.
+    # savepoint=False: inside a caller's transaction (the inbox take, a wrapper's lock) the
+    # writes commit or roll back with it, and a savepoint would only add round trips.
+    with transaction.atomic(savepoint=False) if conversation_too else nullcontext():
+        document_write(
+            user_id=user_id,
+            path=thread_checkpoint_path(state.thread_id),
+            content=state.to_json(),
+            changed_by=changed_by,
+        )
+        if conversation_too and state.conversation_id:
+            document_write(
+                user_id=user_id,
+                path=conversation_checkpoint_path(state.conversation_id),
+                content=json.dumps(
+                    {
+                        "conversation_id": state.conversation_id,
+                        "thread_id": state.thread_id,
+                        "status": state.status,
+                        "steps": len(state.steps),
+                        "updated_at": now_iso(),
+                    }
+                ),
+                changed_by=changed_by,
+            )
+
+
+class CheckpointSave(Protocol):
+    """How a turn writes its checkpoints: ``checkpoint_save``, or a wrapper around it (the turns
+    benchmark's baseline takes a global lock first)."""
+
+    def __call__(
+        self, state: TurnState, *, user_id: str, changed_by: str, conversation_too: bool = False
+    ) -> None: ...

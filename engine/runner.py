@@ -16,14 +16,12 @@ the pool.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from contextlib import nullcontext
 from typing import Any
 
 from django.conf import settings
@@ -44,10 +42,11 @@ from conversations.services import (
     thread_outcome_record,
 )
 from engine.checkpoint import (
+    CheckpointSave,
     TurnState,
-    conversation_checkpoint_path,
+    checkpoint_load,
+    checkpoint_save,
     now_iso,
-    thread_checkpoint_path,
 )
 from engine.model_clients import (
     ChatMessage,
@@ -57,7 +56,6 @@ from engine.model_clients import (
     model_client_from_settings,
 )
 from workspace.models import Document
-from workspace.services import document_write
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +66,6 @@ PROMPT_DOCUMENTS = (
     ("USER.md", "User Context"),
     ("MEMORY.md", "Long-Term Memory"),
 )
-# A lock id of our own for the benchmark's baseline (ENGINE_CHECKPOINT_LOCK=global).
-_GLOBAL_CHECKPOINT_LOCK = 0x1C1A_0001
 _CLAIM_ATTEMPTS = 3
 
 
@@ -84,7 +80,13 @@ class _TurnEnded(Exception):
 class Turn:
     """One run of a thread by this worker (a Procrastinate job on the ``threads`` queue)."""
 
-    def __init__(self, thread: Thread, *, model: ModelClient | None = None):
+    def __init__(
+        self,
+        thread: Thread,
+        *,
+        model: ModelClient | None = None,
+        checkpoint_save: CheckpointSave = checkpoint_save,
+    ):
         self.thread = thread
         self.user_id = thread.user_id
         self.model = model or model_client_from_settings()
@@ -97,6 +99,7 @@ class Turn:
         self._wake = threading.Event()
         self._context: list[ChatMessage] | None = None
         self._stop_heartbeat = threading.Event()
+        self._checkpoint_save = checkpoint_save
 
     # --- Lifecycle -----------------------------------------------------------------------------
 
@@ -169,14 +172,7 @@ class Turn:
     # --- State ---------------------------------------------------------------------------------
 
     def _resume_or_start(self) -> TurnState:
-        stored = (
-            Document.objects.filter(
-                user_id=self.user_id, path=thread_checkpoint_path(self.thread.id)
-            )
-            .values_list("content", flat=True)
-            .first()
-        )
-        state = TurnState.from_json(stored) if stored else None
+        state = checkpoint_load(user_id=self.user_id, thread_id=self.thread.id)
         if state is not None and state.status == "running":
             state.event("resumed", worker_id=self.worker_id, steps_done=len(state.steps))
             return state
@@ -218,34 +214,12 @@ class Turn:
         return state
 
     def _checkpoint(self, state: TurnState, *, conversation_too: bool = False) -> None:
-        """Write the turn's state (one upsert per document: runtime paths are never indexed).
-        A step's checkpoint alone is one statement, in autocommit."""
-        needs_transaction = conversation_too or settings.ENGINE_CHECKPOINT_LOCK == "global"
-        with transaction.atomic() if needs_transaction else nullcontext():
-            if settings.ENGINE_CHECKPOINT_LOCK == "global":
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_GLOBAL_CHECKPOINT_LOCK])
-            document_write(
-                user_id=self.user_id,
-                path=thread_checkpoint_path(state.thread_id),
-                content=state.to_json(),
-                changed_by=self.worker_id,
-            )
-            if conversation_too and state.conversation_id:
-                document_write(
-                    user_id=self.user_id,
-                    path=conversation_checkpoint_path(state.conversation_id),
-                    content=json.dumps(
-                        {
-                            "conversation_id": state.conversation_id,
-                            "thread_id": state.thread_id,
-                            "status": state.status,
-                            "steps": len(state.steps),
-                            "updated_at": now_iso(),
-                        }
-                    ),
-                    changed_by=self.worker_id,
-                )
+        self._checkpoint_save(
+            state,
+            user_id=self.user_id,
+            changed_by=self.worker_id,
+            conversation_too=conversation_too,
+        )
 
     def _take_inbox(self, state: TurnState) -> None:
         """Take injected messages; the checkpoint recording them commits with the take."""
@@ -436,9 +410,10 @@ def _deadline(state: TurnState) -> float:
     return started.timestamp() + settings.ENGINE_TURN_TIMEOUT_S
 
 
-def run_thread(*, thread_id: str) -> None:
-    """``THREAD_RUNNER``: run one turn of the thread (a no-op if it is finished or leased)."""
+def run_thread(*, thread_id: str, checkpoint_save: CheckpointSave = checkpoint_save) -> None:
+    """``THREAD_RUNNER``: run one turn of the thread (a no-op if it is finished or leased).
+    ``checkpoint_save`` writes the turn's checkpoints; a runner of its own may wrap it."""
     thread = Thread.objects.filter(pk=thread_id).first()
     if thread is None or thread.is_terminal:
         return
-    Turn(thread).run()
+    Turn(thread, checkpoint_save=checkpoint_save).run()

@@ -14,9 +14,9 @@ from rest_framework.test import APIClient
 
 from conversations.models import ConversationEntry, Thread
 from operations.jobs import stalled_jobs_retry
+from tests.support.embeddings_server import running_embeddings_server
 from tests.support.servers import database_url, worker_process
 from tests.support.worker import run_worker_until_empty
-from tests.workspace.embeddings_server import running_embeddings_server
 from workspace import services as workspace_services
 from workspace.models import Document, IndexState
 

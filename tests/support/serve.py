@@ -1,5 +1,9 @@
-"""``manage.py serve`` in its own process (web, workers, supervision), and an HTTP client that
-posts a message and waits for the agent's reply."""
+"""The harness the tests and the benchmarks share: ``manage.py serve`` in its own process (web,
+workers, supervision) until /readyz answers 200, and an HTTP client that posts a message and
+waits for the agent's reply.
+
+Nothing here reads Django's settings, so a benchmark can import it before it configures them.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +16,32 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
 import psutil
 
 from tests.support.servers import BASE_DIR, free_port, http_request
+
+# What the tests' ``serve`` runs unless they say otherwise: small, so several fit on a laptop.
+TEST_DEFAULTS = {
+    "LOG_LEVEL": "WARNING",
+    "LOG_FORMAT": "text",
+    "WEB_CONCURRENCY": "1",
+    "WEB_THREADS": "8",
+    "ENGINE_CONCURRENCY": "4",
+}
+STOP_TIMEOUT_SECONDS = 30
+# The longest long-poll a waiter asks for when it waits for as long as it has left.
+LONG_POLL_MAX_SECONDS = 30
+
+Page = Mapping[str, Any]
+
+
+class ServeNotReady(Exception):
+    """serve exited, or /readyz did not answer 200 in time."""
 
 
 @dataclass
@@ -30,13 +52,24 @@ class ServeProcess:
 
     def child(self, marker: str) -> psutil.Process:
         """The live child whose command line contains ``marker`` (``--name turns``, serve_web)."""
-        for child in psutil.Process(self.process.pid).children():
+        for child in self.children():
             try:
-                if marker in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                if marker in " ".join(child.cmdline()):
                     return child
             except psutil.NoSuchProcess:
                 continue
         raise LookupError(f"no live child of serve runs {marker!r}")
+
+    def children(self) -> list[psutil.Process]:
+        """serve's live children (web processes and workers), zombies left out."""
+        alive = []
+        for child in psutil.Process(self.process.pid).children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return alive
 
     def output(self) -> str:
         self.log.flush()
@@ -44,60 +77,84 @@ class ServeProcess:
         return self.log.read()
 
 
+def readyz_status(base_url: str) -> int:
+    """/readyz's status, 0 when nothing answers."""
+    try:
+        return http_request(f"{base_url}/readyz", timeout=5).status
+    except OSError:
+        return 0
+
+
+def ready_within(base_url: str, timeout: float) -> float | None:
+    """Seconds until /readyz answered 200, polled every 0.1 s; None when not within ``timeout``."""
+    started = time.monotonic()
+    while readyz_status(base_url) != 200:
+        if time.monotonic() - started > timeout:
+            return None
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
 def wait_until_ready(base_url: str, *, timeout: float) -> float:
     """Poll /readyz until it answers 200; return how long that took."""
-    started = time.monotonic()
-    while True:
-        try:
-            if http_request(f"{base_url}/readyz", timeout=5).status == 200:
-                return time.monotonic() - started
-        except OSError:
-            pass
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"/readyz did not answer 200 within {timeout} s")
-        time.sleep(0.1)
+    took = ready_within(base_url, timeout)
+    if took is None:
+        raise AssertionError(f"/readyz did not answer 200 within {timeout} s")
+    return took
 
 
 @contextmanager
-def serve_process(env: Mapping[str, str], *, ready_timeout: float = 60) -> Iterator[ServeProcess]:
-    """Run ``manage.py serve`` (web + turn worker + background worker) until /readyz is 200."""
+def serve_running(
+    env: Mapping[str, str], *, log: IO[str], ready_timeout: float = 60
+) -> Iterator[ServeProcess]:
+    """Run ``manage.py serve`` with exactly ``env``, its output to ``log``, until /readyz is 200;
+    raise ServeNotReady if it is not within ``ready_timeout`` or serve exits first."""
     port = free_port()
-    full_env = {
-        **os.environ,
-        "LOG_LEVEL": "WARNING",
-        "LOG_FORMAT": "text",
-        "WEB_CONCURRENCY": "1",
-        "WEB_THREADS": "8",
-        "ENGINE_CONCURRENCY": "4",
-        **env,
-    }
-    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in the finally below)
+    # A session of its own: a terminal's Ctrl-C reaches the caller only, whose exit stops serve
+    # (and serve its children), and a serve that will not stop is killed with all it started.
     process = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
         cwd=BASE_DIR,
-        env=full_env,
+        env=dict(env),
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
     serve = ServeProcess(process, f"http://127.0.0.1:{port}", log)
     try:
-        try:
-            wait_until_ready(serve.base_url, timeout=ready_timeout)
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n{serve.output()}") from None
+        deadline = time.monotonic() + ready_timeout
+        while readyz_status(serve.base_url) != 200:
+            if process.poll() is not None:
+                raise ServeNotReady(f"serve exited with status {process.returncode} before ready")
+            if time.monotonic() > deadline:
+                raise ServeNotReady(f"/readyz did not answer 200 within {ready_timeout} s")
+            time.sleep(0.1)
         yield serve
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
-                for child in psutil.Process(process.pid).children(recursive=True):
-                    child.kill()
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        log.close()
+
+
+@contextmanager
+def serve_process(env: Mapping[str, str], *, ready_timeout: float = 60) -> Iterator[ServeProcess]:
+    """Run ``manage.py serve`` (web + turn worker + background worker) until /readyz is 200,
+    with this process's environment, TEST_DEFAULTS and ``env``."""
+    full_env = {**os.environ, **TEST_DEFAULTS, **env}
+    with tempfile.TemporaryFile("w+") as log, ExitStack() as running:
+        try:
+            serve = running.enter_context(
+                serve_running(full_env, log=log, ready_timeout=ready_timeout)
+            )
+        except ServeNotReady as error:
+            log.seek(0)
+            raise AssertionError(f"{error}\n{log.read()}") from None
+        yield serve
 
 
 def call(
@@ -128,35 +185,81 @@ def call(
             return error.code, raw.decode(errors="replace")
 
 
+def post_message(
+    base_url: str, key: str, content: str, *, channel: str = "web", timeout: float = 60
+) -> tuple[int, Any]:
+    """POST /api/v1/messages: 202 and the entry (its seq, conversation_id, thread_id) when taken."""
+    body = {"channel": channel, "content": content}
+    return call(base_url, key, "POST", "/api/v1/messages", body, timeout=timeout)
+
+
+def await_reply(
+    fetch: Callable[[str, int], Page | None],
+    sent: Mapping[str, Any],
+    *,
+    timeout: float,
+    wait_seconds: int | None = 5,
+    poll_interval: float = 0.0,
+    on_entry: Callable[[Page], None] | None = None,
+) -> dict[str, Any] | None:
+    """Long-poll the entries after the message ``sent`` until the agent's reply; return it, or
+    None when ``timeout`` passes or ``fetch`` gives up.
+
+    ``fetch(path, wait)`` GETs a page of entries (long-polling ``wait`` seconds) or returns None;
+    how it retries or fails is the caller's. ``wait_seconds`` None asks for the time left, up to
+    LONG_POLL_MAX_SECONDS. A page answered in under half its wait without the reply is followed
+    by a ``poll_interval`` sleep, for a server that does not honour the long-poll. ``on_entry``
+    sees every other entry (and may raise to end the wait).
+    """
+    after = int(sent["seq"])
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        wait = (
+            wait_seconds
+            if wait_seconds is not None
+            else max(1, min(LONG_POLL_MAX_SECONDS, int(remaining)))
+        )
+        asked = time.monotonic()
+        page = fetch(
+            f"/api/v1/conversations/{sent['conversation_id']}/entries"
+            f"?after_seq={after}&wait_seconds={wait}",
+            wait,
+        )
+        if page is None:
+            return None
+        for entry in page["results"]:
+            if entry["sender"] == "agent":
+                return dict(entry)
+            if on_entry is not None:
+                on_entry(entry)
+            after = max(after, int(entry["seq"]))
+        if poll_interval and time.monotonic() - asked < wait / 2:
+            time.sleep(poll_interval)
+    return None
+
+
 def send_and_await_reply(
     base_url: str, key: str, content: str, *, timeout: float = 30
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Post a message (retrying 503s while the service heals); return it and the agent's reply."""
     deadline = time.monotonic() + timeout
     while True:
-        status, sent = call(
-            base_url, key, "POST", "/api/v1/messages", {"channel": "web", "content": content}
-        )
+        status, sent = post_message(base_url, key, content)
         if status == 202:
             break
         assert status == 503, sent
         assert time.monotonic() < deadline, f"message refused until the deadline: {sent}"
         time.sleep(0.2)
-    after = sent["seq"]
-    while time.monotonic() < deadline:
-        status, page = call(
-            base_url,
-            key,
-            "GET",
-            f"/api/v1/conversations/{sent['conversation_id']}/entries"
-            f"?after_seq={after}&wait_seconds=5",
-        )
+
+    def fetch(path: str, wait: int) -> Page:
+        status, page = call(base_url, key, "GET", path)
         if status == 503:
             time.sleep(0.2)
-            continue
+            return {"results": []}
         assert status == 200, page
-        for entry in page["results"]:
-            after = entry["seq"]
-            if entry["sender"] == "agent":
-                return sent, entry
-    raise AssertionError(f"no agent reply to {content!r} within {timeout} s")
+        return dict(page)
+
+    reply = await_reply(fetch, sent, timeout=deadline - time.monotonic())
+    if reply is None:
+        raise AssertionError(f"no agent reply to {content!r} within {timeout} s")
+    return sent, reply

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from django.conf import settings
-
-BASE_DIR = Path(settings.BASE_DIR)
+# The checkout, found without Django's settings: benchmarks import these helpers before they
+# configure them.
+BASE_DIR = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 from pytest_django.fixtures import Settings as SettingsWrapper
 
-from tests.workspace.embeddings_server import FakeEmbeddingsServer, running_embeddings_server
+from tests.support.embeddings_server import FakeEmbeddingsServer, running_embeddings_server
 
 
 @pytest.fixture(autouse=True)

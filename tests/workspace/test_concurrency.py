@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from tests.support.concurrency import run_together_or_raise
-from tests.workspace.embeddings_server import FakeEmbeddingsServer
+from tests.support.embeddings_server import FakeEmbeddingsServer
 from workspace import services
 from workspace.chunking import chunk_text
 from workspace.errors import DocumentBusy

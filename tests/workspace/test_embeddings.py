@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.embeddings_server import FakeEmbeddingsServer
 from tests.support.servers import free_port
-from tests.workspace.embeddings_server import FakeEmbeddingsServer
 from workspace.embeddings import EmbeddingError, HashingEmbeddings, OpenAIEmbeddings
 
 

@@ -1,0 +1,266 @@
+"""The turns benchmark's driver: one configuration's service under ``manage.py serve`` on a
+scratch database, and its tenants each posting messages and waiting for the agent's replies."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import psutil
+
+from bench.scratch_database import scratch_database
+from bench.turns_load import Load
+from tests.support.serve import (
+    Page,
+    ServeNotReady,
+    ServeProcess,
+    await_reply,
+    call,
+    post_message,
+    serve_running,
+)
+from tests.support.servers import database_url
+
+STARTUP_TIMEOUT_SECONDS = 60
+# Until the server honours wait_seconds it answers at once; then the driver polls this often.
+POLL_INTERVAL_SECONDS = 0.05
+MONITOR_INTERVAL_SECONDS = 0.5
+# System entries that end a thread without an agent reply (others, "Thread started", are news).
+ENDED_WITHOUT_REPLY = ("Thread failed", "Thread stopped", "Thread reached", "Gate ")
+
+
+class BenchFailure(Exception):
+    """The run cannot go on; the message says why, and the services' log tail follows it."""
+
+
+class Services:
+    """One configuration's serve: the web processes and both workers. A child that exits fails
+    the run (serve would start it again, and the figures would include the restart)."""
+
+    def __init__(self, label: str, serve: ServeProcess):
+        self.label = label
+        self.serve = serve
+        self.base_url = serve.base_url
+        self.children = {child.pid: _child_name(child) for child in serve.children()}
+        self.failure: str | None = None
+        self.polls = 0  # entries requests; about one a turn when the long-poll is honoured
+
+    def check(self) -> None:
+        """Raise if serve or one of its children died, or the monitor found a failed turn job.
+        Cheap: it runs before every poll, inside the turns' measured time."""
+        code = self.serve.process.poll()
+        if code is not None:
+            raise BenchFailure(f"{self.label}: serve exited with status {code}")
+        if self.failure:
+            raise BenchFailure(self.failure)
+
+    def watch(self, stop: threading.Event) -> None:
+        """The monitor: children still alive, and no failed turn job (a runner that raised
+        leaves its thread waiting forever)."""
+        from django.db import connection
+
+        try:
+            while not stop.wait(MONITOR_INTERVAL_SECONDS):
+                alive = {child.pid for child in self.serve.children()}
+                gone = [name for pid, name in self.children.items() if pid not in alive]
+                if gone:
+                    self.failure = f"{self.label}: the {gone[0]} exited (its output is in the log)"
+                    return
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT count(*) FROM procrastinate_jobs "
+                        "WHERE queue_name = 'threads' AND status = 'failed'"
+                    )
+                    (failed,) = cursor.fetchone() or (0,)
+                if failed:
+                    self.failure = (
+                        f"{self.label}: {failed} run_thread job(s) failed in the turn worker "
+                        "(the runner raised; its traceback is in the log)"
+                    )
+                    return
+        except Exception as error:  # the database going away ends the run elsewhere
+            self.failure = self.failure or f"{self.label}: monitor: {error!r}"
+        finally:
+            connection.close()
+
+
+def _child_name(child: psutil.Process) -> str:
+    argv = child.cmdline()
+    kind = argv[argv.index("--name") + 1] if "--name" in argv else "web"
+    return f"{kind} process (pid {child.pid})"
+
+
+@contextmanager
+def running_services(label: str, env: Mapping[str, str], log: IO[str]) -> Iterator[Services]:
+    log.write(f"\n===== {label}: manage.py serve\n")
+    log.flush()
+    try:
+        with serve_running(env, log=log, ready_timeout=STARTUP_TIMEOUT_SECONDS) as serve:
+            services = Services(label, serve)
+            stop_monitor = threading.Event()
+            monitor = threading.Thread(target=services.watch, args=(stop_monitor,), daemon=True)
+            monitor.start()
+            try:
+                yield services
+            finally:
+                stop_monitor.set()
+                monitor.join(timeout=5)
+    except ServeNotReady as error:
+        raise BenchFailure(f"{label}: {error}") from None
+    finally:
+        log.write(f"===== {label}: stopped\n")
+        log.flush()
+
+
+@dataclass
+class Turn:
+    tenant: int
+    number: int
+    thread_id: str
+    seconds: float  # post sent -> agent entry seen
+    sent_at: float  # wall clock, for the server's timestamps
+    seen_at: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def one_turn(
+    services: Services, key: str, content: str, what: str, timeout: float
+) -> tuple[str, float, float, float]:
+    """Post a message and wait for the reply: thread id, seconds, and wall clock sent/seen."""
+    base_url, label = services.base_url, services.label
+    sent_at = time.time()
+    started = time.perf_counter()
+    status, posted = post_message(base_url, key, content, timeout=30)
+    if status != 202:
+        raise BenchFailure(f"{label}: {what}: POST messages answered {status}: {posted}")
+
+    def fetch(path: str, wait: int) -> Page:
+        services.check()
+        services.polls += 1
+        try:
+            status, page = call(base_url, key, "GET", path, timeout=wait + 15)
+        except OSError as error:
+            raise BenchFailure(f"{label}: {what}: entries request failed: {error}") from None
+        if status != 200:
+            raise BenchFailure(f"{label}: {what}: entries answered HTTP {status}: {page}")
+        return dict(page)
+
+    def ended(entry: Page) -> None:
+        if entry["sender"] == "system" and entry["content"].startswith(ENDED_WITHOUT_REPLY):
+            raise BenchFailure(
+                f"{label}: {what}: the thread ended without a reply: {entry['content']!r}"
+            )
+
+    reply = await_reply(
+        fetch,
+        posted,
+        timeout=timeout,
+        wait_seconds=None,
+        poll_interval=POLL_INTERVAL_SECONDS,
+        on_entry=ended,
+    )
+    if reply is None:
+        thread_id = posted["thread_id"]
+        status, thread = call(base_url, key, "GET", f"/api/v1/threads/{thread_id}", timeout=10)
+        state = (
+            {k: thread.get(k) for k in ("state", "claim_count", "step_count", "outcome")}
+            if isinstance(thread, dict)
+            else thread
+        )
+        raise BenchFailure(
+            f"{label}: {what}: no agent reply within {timeout:.0f} s "
+            f"(thread {thread_id}: HTTP {status} {state})"
+        )
+    seconds = time.perf_counter() - started
+    return str(reply.get("thread_id") or posted["thread_id"]), seconds, sent_at, time.time()
+
+
+def drive(services: Services, keys: list[str], load: Load) -> list[Turn]:
+    """Every tenant in its own thread, released together; all turns, or the first failure."""
+    turns: list[Turn] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(keys) + 1)
+
+    def tenant(number: int, key: str) -> None:
+        try:
+            barrier.wait()
+            for index in range(load.turns):
+                what = f"tenant {number} turn {index + 1}"
+                thread_id, seconds, sent_at, seen_at = one_turn(
+                    services, key, f"turn {index + 1} of tenant {number}", what, load.turn_timeout
+                )
+                with lock:
+                    turns.append(Turn(number, index + 1, thread_id, seconds, sent_at, seen_at))
+                if errors:
+                    return
+        except BaseException as error:
+            with lock:
+                errors.append(error)
+
+    threads = [
+        threading.Thread(target=tenant, args=(number, key), daemon=True)
+        for number, key in enumerate(keys)
+    ]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    for thread in threads:
+        while thread.is_alive():  # joined in slices, so Ctrl-C reaches the main thread
+            thread.join(0.2)
+            if errors:
+                raise errors[0]
+    if errors:
+        raise errors[0]
+    return turns
+
+
+def run_configuration(label: str, env: dict[str, str], load: Load, log: IO[str]) -> list[Turn]:
+    """One configuration on its own scratch database: services up, warm-up turn, measured turns."""
+    with (
+        scratch_database(f"ironclaw_bench_turns_{label}") as name,
+        tempfile.TemporaryDirectory(prefix="ironclaw-bench-metrics-") as metrics_dir,
+    ):
+        from django.conf import settings
+
+        from accounts.services import api_key_create
+
+        env = {
+            **env,
+            "DATABASE_URL": database_url(settings.DATABASES["default"]),
+            # With DATABASE_URL the settings require SECRET_KEY: serve shares this process's.
+            "SECRET_KEY": settings.SECRET_KEY,
+            # serve empties its metrics folder: one of its own, never the checkout's var/.
+            "METRICS_DIR": metrics_dir,
+        }
+        keys = [
+            api_key_create(name="bench", user_id=f"bench-tenant-{n}").raw_key
+            for n in range(load.tenants + 1)
+        ]
+        print(
+            f"  {label}: database {name}; starting serve (web, turn and background workers)",
+            flush=True,
+        )
+        with running_services(label, env, log) as services:
+            # Imports, pools and job fetching warmed up, on a tenant of its own.
+            one_turn(services, keys[-1], "warm-up", "warm-up turn", load.turn_timeout)
+            started = time.perf_counter()
+            turns = drive(services, keys[:-1], load)
+            elapsed = time.perf_counter() - started
+            for turn in turns:
+                path = f"/api/v1/threads/{turn.thread_id}"
+                status, detail = call(services.base_url, keys[turn.tenant], "GET", path, timeout=30)
+                if status == 200 and isinstance(detail, dict):
+                    turn.detail = detail
+            polls = services.polls
+        print(
+            f"  {label}: {len(turns)} turns in {elapsed:.1f} s; "
+            f"{polls / (len(turns) + 1):.1f} entries requests per turn",
+            flush=True,
+        )
+        return turns
