@@ -123,13 +123,13 @@ def main() -> int:
                 seconds_per_input=EMBEDDING_SECONDS_PER_INPUT
             ) as embedder:
                 env = baseline_env(load, f"{embedder.url}/v1")
-                turns = run_configuration("baseline", env, load, log)
+                run = run_configuration("baseline", env, load, log)
                 print(
                     f"  baseline: the embeddings server embedded {embedder.inputs} texts in "
                     f"{len(embedder.requests)} requests",
                     flush=True,
                 )
-            results["baseline"] = summarise(turns, load)
+            results["baseline"] = summarise(run, load)
         except (BenchFailure, KeyboardInterrupt) as error:
             log.flush()
             reason = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.turns_cpu import format_cpu
 from bench.turns_load import CHART_PATH, RESULTS_DIR, Load
-from bench.turns_service import Turn
+from bench.turns_service import Run
 
 
 def field_of(detail: Mapping[str, Any], name: str) -> Any:
@@ -48,6 +49,7 @@ class Summary:
     overhead: list[float]
     model_from_server: int
     phases: dict[str, float]  # mean ms of each gap the server's timings allow
+    cpu_ms_per_turn: dict[str, float]  # by role
 
     def row(self, values: list[float]) -> list[float]:
         return [percentile(values, p) * 1000 for p in (0.5, 0.95, 0.99)] + [
@@ -65,7 +67,8 @@ PHASES = (
 )
 
 
-def summarise(turns: list[Turn], load: Load) -> Summary:
+def summarise(run: Run, load: Load) -> Summary:
+    turns = run.turns
     e2e: list[float] = []
     overhead: list[float] = []
     from_server = 0
@@ -107,7 +110,7 @@ def summarise(turns: list[Turn], load: Load) -> Summary:
             gap("last model call->finished", spans[-1][1], finished)
         gap("finished->reply seen", finished, turn.seen_at)
     phases = {phase: statistics.fmean(values) for phase, values in gaps.items() if values}
-    return Summary(e2e, overhead, from_server, phases)
+    return Summary(e2e, overhead, from_server, phases, run.cpu_ms_per_turn)
 
 
 def print_table(label: str, summary: Summary, load: Load) -> None:
@@ -128,6 +131,7 @@ def print_table(label: str, summary: Summary, load: Load) -> None:
                 print(f"  {phase:<28}{summary.phases[phase]:10.1f}")
     else:
         print("mean gaps: the server reports no thread timings yet (claimed_at, model_calls...)")
+    print(f"CPU per turn: {format_cpu(summary.cpu_ms_per_turn)}")
 
 
 def print_ratios(ours: Summary, baseline: Summary) -> None:
@@ -141,6 +145,10 @@ def print_ratios(ours: Summary, baseline: Summary) -> None:
         for mine, theirs in zip(ours.row(ours_values), baseline.row(base_values), strict=True):
             cells.append(f"x{theirs / mine:.2f}" if mine > 0 else "n/a")
         print(f"{name:<14}" + "".join(f"{cell:>10}" for cell in cells))
+    ours_cpu = sum(v for k, v in ours.cpu_ms_per_turn.items() if k != "client")
+    base_cpu = sum(v for k, v in baseline.cpu_ms_per_turn.items() if k != "client")
+    if ours_cpu > 0:
+        print(f"{'CPU per turn':<14}{f'x{base_cpu / ours_cpu:.2f}':>10}")
 
 
 def save_chart(results: dict[str, Summary], load: Load) -> Path:

@@ -14,6 +14,7 @@ from typing import IO, Any
 import psutil
 
 from bench.scratch_database import scratch_database
+from bench.turns_cpu import CpuMeter, cpu_per_turn
 from bench.turns_load import Load
 from tests.support.serve import (
     Page,
@@ -30,6 +31,8 @@ STARTUP_TIMEOUT_SECONDS = 60
 # Until the server honours wait_seconds it answers at once; then the driver polls this often.
 POLL_INTERVAL_SECONDS = 0.05
 MONITOR_INTERVAL_SECONDS = 0.5
+# How long the idle service is watched, before the first message, for the CPU it burns anyway.
+IDLE_SECONDS = 3.0
 # System entries that end a thread without an agent reply (others, "Thread started", are news).
 ENDED_WITHOUT_REPLY = ("Thread failed", "Thread stopped", "Thread reached", "Gate ")
 
@@ -220,8 +223,26 @@ def drive(services: Services, keys: list[str], load: Load) -> list[Turn]:
     return turns
 
 
-def run_configuration(label: str, env: dict[str, str], load: Load, log: IO[str]) -> list[Turn]:
-    """One configuration on its own scratch database: services up, warm-up turn, measured turns."""
+@dataclass
+class Run:
+    turns: list[Turn]
+    cpu_ms_per_turn: dict[str, float]  # by role (bench/turns_cpu.py)
+
+
+def _postmaster_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (backend,) = cursor.fetchone() or (0,)
+    parent = psutil.Process(backend).parent()
+    assert parent is not None
+    return parent.pid
+
+
+def run_configuration(label: str, env: dict[str, str], load: Load, log: IO[str]) -> Run:
+    """One configuration on its own scratch database: services up, warm-up turn, measured turns
+    with the CPU of every process read before and after."""
     with (
         scratch_database(f"ironclaw_bench_turns_{label}") as name,
         tempfile.TemporaryDirectory(prefix="ironclaw-bench-metrics-") as metrics_dir,
@@ -249,9 +270,13 @@ def run_configuration(label: str, env: dict[str, str], load: Load, log: IO[str])
         with running_services(label, env, log) as services:
             # Imports, pools and job fetching warmed up, on a tenant of its own.
             one_turn(services, keys[-1], "warm-up", "warm-up turn", load.turn_timeout)
+            meter = CpuMeter(serve_pid=services.serve.process.pid, postmaster_pid=_postmaster_pid())
+            idle = meter.idle_rates(IDLE_SECONDS)
+            before = meter.sample()
             started = time.perf_counter()
             turns = drive(services, keys[:-1], load)
             elapsed = time.perf_counter() - started
+            cpu = cpu_per_turn(before, meter.sample(), idle, len(turns))
             for turn in turns:
                 path = f"/api/v1/threads/{turn.thread_id}"
                 status, detail = call(services.base_url, keys[turn.tenant], "GET", path, timeout=30)
@@ -263,4 +288,4 @@ def run_configuration(label: str, env: dict[str, str], load: Load, log: IO[str])
             f"{polls / (len(turns) + 1):.1f} entries requests per turn",
             flush=True,
         )
-        return turns
+        return Run(turns, cpu)
