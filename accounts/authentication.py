@@ -12,6 +12,7 @@ from rest_framework.request import Request
 from accounts.models import ApiKey
 from accounts.services import hash_api_key
 from accounts.tenancy import user_id_problem
+from core.db import FixedSelect
 from core.log_context import tenant_set
 
 USER_ID_HEADER = "X-User-Id"
@@ -56,6 +57,10 @@ class ApiPrincipal:
     is_anonymous = False
 
 
+# Every API request runs it: written once rather than built by the ORM each time.
+_ACTIVE_KEY = FixedSelect(ApiKey, "key_hash = %s AND revoked_at IS NULL")
+
+
 class BearerKeyAuthentication(BaseAuthentication):
     keyword = "Bearer"
 
@@ -76,9 +81,7 @@ class BearerKeyAuthentication(BaseAuthentication):
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid API key.") from None
 
-        api_key = ApiKey.objects.filter(
-            key_hash=hash_api_key(raw_key), revoked_at__isnull=True
-        ).first()
+        api_key = _ACTIVE_KEY.first([hash_api_key(raw_key)])
         if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         principal = ApiPrincipal(

@@ -8,6 +8,7 @@ from django.db.models import Prefetch, QuerySet
 
 from conversations.errors import ConversationNotFound, ThreadNotFound
 from conversations.models import Conversation, ConversationEntry, Thread
+from core.db import fixed_exists
 
 
 def conversation_list(*, user_id: str, channel: str | None = None) -> QuerySet[Conversation]:
@@ -44,16 +45,34 @@ def _tenant_conversation(
         raise ConversationNotFound() from None
 
 
+# The long-poll asks these on every request and every wake-up: SQL written once, not built by the
+# ORM each time (see core.db.FixedSelect).
+_CONVERSATION_OF_TENANT = (
+    "SELECT 1 FROM conversations_conversation WHERE id = %s AND user_id = %s LIMIT 1"
+)
+_ENTRY_AFTER = (
+    "SELECT 1 FROM conversations_conversationentry"
+    " WHERE conversation_id = %s AND user_id = %s AND seq > %s LIMIT 1"
+)
+
+
 def entry_list(
     *, user_id: str, conversation_id: uuid.UUID, after_seq: int | None = None
 ) -> QuerySet[ConversationEntry]:
     """A conversation's entries in seq order, optionally only those after ``after_seq``."""
-    if not Conversation.objects.filter(pk=conversation_id, user_id=user_id).exists():
+    if not fixed_exists(_CONVERSATION_OF_TENANT, [conversation_id, user_id]):
         raise ConversationNotFound()
     entries = ConversationEntry.objects.filter(conversation_id=conversation_id, user_id=user_id)
     if after_seq is not None:
         entries = entries.filter(seq__gt=after_seq)
     return entries.order_by("seq")
+
+
+def entry_after_exists(*, user_id: str, conversation_id: uuid.UUID, after_seq: int | None) -> bool:
+    """Whether the conversation has an entry after ``after_seq`` (any entry, for None)."""
+    return fixed_exists(
+        _ENTRY_AFTER, [conversation_id, user_id, -1 if after_seq is None else after_seq]
+    )
 
 
 def thread_get(*, user_id: str, thread_id: uuid.UUID) -> Thread:

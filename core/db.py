@@ -8,9 +8,9 @@ statement (``lock_timeout_bound``) instead of spending a round trip on it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Generic, Self, TypeVar, cast
 
 import psycopg.errors
 from django.db import IntegrityError, OperationalError, connection, models, transaction
@@ -36,6 +36,11 @@ def lock_timeout_bound(lock_timeout_ms: int) -> RawSQL:
         [f"{lock_timeout_ms}ms"],
         output_field=models.BooleanField(),
     )
+
+
+# The same bound as lock_timeout_bound, for SQL written by hand (FixedSelect): its parameter is
+# f"{lock_timeout_ms}ms".
+LOCK_TIMEOUT_BOUND_SQL = f"(SELECT {_SET_LOCK_TIMEOUT}) IS NOT NULL"
 
 
 @contextmanager
@@ -120,3 +125,58 @@ class RowLockQuerySet(models.QuerySet[_Row]):
         which FOR UPDATE would block). ``of=("self",)`` keeps a join from locking other tables.
         """
         return self.select_for_update(no_key=True, skip_locked=skip_locked, of=("self",))
+
+
+class FixedSelect(Generic[_Row]):
+    """A SELECT of one model's rows whose SQL is written once, for the hottest reads.
+
+    The ORM builds and compiles a query on every call: about 0.4 ms of CPU for a one-row lookup by
+    a unique key, three times what executing it costs this process. ``where`` and ``tail``
+    (ORDER BY, LIMIT, a row lock) are SQL with ``%s`` placeholders. Rows come back as model
+    instances with every field loaded and converted as the ORM would (``from_db_value``).
+    """
+
+    def __init__(self, model: type[_Row], where: str, *, tail: str = "") -> None:
+        self.model = model
+        fields = model._meta.concrete_fields
+        quote = connection.ops.quote_name
+        table = quote(model._meta.db_table)
+        columns = ", ".join(f"{table}.{quote(field.column)}" for field in fields)
+        self.sql = f"SELECT {columns} FROM {table} WHERE {where} {tail}".rstrip()
+        self.attnames = [field.attname for field in fields]
+        self.converters = [
+            (index, field.from_db_value)
+            for index, field in enumerate(fields)
+            if hasattr(field, "from_db_value")
+        ]
+
+    def all(self, params: Sequence[Any]) -> list[_Row]:
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, params)
+            return [self._instance(row) for row in cursor.fetchall()]
+
+    def first(self, params: Sequence[Any]) -> _Row | None:
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, params)
+            row = cursor.fetchone()
+        return None if row is None else self._instance(row)
+
+    def _instance(self, row: Sequence[Any]) -> _Row:
+        values = list(row)
+        for index, convert in self.converters:
+            values[index] = convert(values[index], None, connection)
+        return self.model.from_db(connection.alias, self.attnames, values)
+
+
+def fixed_exists(sql: str, params: Sequence[Any]) -> bool:
+    """Whether ``SELECT 1 ... LIMIT 1`` SQL written once finds a row (see ``FixedSelect``)."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone() is not None
+
+
+def server_bound_cursor() -> Any:
+    """A cursor of this thread's connection that binds parameters server-side (see
+    ``core.postgresql.base.DatabaseWrapper.server_bound_cursor``): for statements whose values are
+    large, such as runtime writes of engine checkpoints."""
+    return cast(Any, connection).server_bound_cursor()

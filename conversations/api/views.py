@@ -231,17 +231,25 @@ class ConversationEntriesView(APIView):
     )
     def get(self, request: Request, conversation_id: UUID) -> Response:
         filters = _query_params(self.FilterSerializer, request)
+        user_id = request_user_id(request)
         entries = selectors.entry_list(
-            user_id=request_user_id(request),
-            conversation_id=conversation_id,
-            after_seq=filters.get("after_seq"),
+            user_id=user_id, conversation_id=conversation_id, after_seq=filters.get("after_seq")
         )
         if filters["wait_seconds"] > 0 and "cursor" not in request.query_params:
+
+            def entry_exists() -> bool | None:
+                found = selectors.entry_after_exists(
+                    user_id=user_id,
+                    conversation_id=conversation_id,
+                    after_seq=filters.get("after_seq"),
+                )
+                return True if found else None
+
             wait_for(
                 ENTRIES_CHANNEL,
                 str(conversation_id),
                 timeout=filters["wait_seconds"],
-                check=lambda: True if entries.exists() else None,
+                check=entry_exists,
                 # A client that hung up frees its web thread now, not at the timeout.
                 abandoned=client_gone(request),
             )

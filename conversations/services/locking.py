@@ -12,7 +12,7 @@ from django.db.models.expressions import RawSQL
 
 from conversations.errors import ConversationBusy, ThreadNotFound
 from conversations.models import ChannelUserIndex, Conversation, Thread
-from core.db import bounded_transaction, lock_timeout_bound
+from core.db import LOCK_TIMEOUT_BOUND_SQL, FixedSelect, bounded_transaction, lock_timeout_bound
 from core.errors import Conflict
 
 
@@ -54,20 +54,32 @@ def thread_lock(thread_id: uuid.UUID) -> Thread:
     return Thread.objects.for_update().filter(lock_bound()).get(pk=thread_id)
 
 
+# Both locks of every engine write (inbox, outcome...): SQL written once, since the ORM spends more
+# CPU building these two statements than PostgreSQL spends running them (bench/lookups.py).
+_CONVERSATION_OF_THREAD_LOCK = FixedSelect(
+    Conversation,
+    f"{LOCK_TIMEOUT_BOUND_SQL} AND id = (SELECT conversation_id FROM conversations_thread"
+    " WHERE id = %s AND user_id = %s)",
+    tail='LIMIT 1 FOR NO KEY UPDATE OF "conversations_conversation"',
+)
+_THREAD_LOCK = FixedSelect(
+    Thread,
+    "id = %s AND user_id = %s",
+    tail='LIMIT 1 FOR NO KEY UPDATE OF "conversations_thread"',
+)
+
+
 def thread_lock_with_conversation(
     user_id: str, thread_id: uuid.UUID
 ) -> tuple[Conversation | None, Thread]:
     """Lock the tenant's thread's conversation, then the thread (the policy's order)."""
-    tenant_thread = Thread.objects.filter(pk=thread_id, user_id=user_id)
     # No row: the thread is unknown (found out below) or has no conversation. If the
     # conversation was deleted meanwhile, the thread outlives it (its foreign key is now null)
-    # rather than the call failing.
-    conversation = (
-        Conversation.objects.for_update()
-        .filter(lock_bound(), pk=Subquery(tenant_thread.values("conversation_id")))
-        .first()
+    # rather than the call failing. The first statement sets the transaction's lock bound.
+    conversation = _CONVERSATION_OF_THREAD_LOCK.first(
+        [f"{settings.CONVERSATION_LOCK_TIMEOUT_MS}ms", thread_id, user_id]
     )
-    thread = Thread.objects.for_update().filter(pk=thread_id, user_id=user_id).first()
+    thread = _THREAD_LOCK.first([thread_id, user_id])
     if thread is None:
         raise ThreadNotFound()
     return conversation, thread

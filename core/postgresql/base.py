@@ -10,9 +10,15 @@ from typing import Any
 
 import psycopg
 from django.db.backends.postgresql import base
+from django.db.backends.postgresql.psycopg_any import register_tzloader
+from django.db.backends.utils import CursorWrapper
+from psycopg import adapters
+from psycopg.pq import Format
 
 from core.database_breaker import breaker, request_fails_fast
 from core.embedded import embedded_database_settings_resolve
+
+_TIMESTAMPTZ_OID = adapters.types["timestamptz"].oid
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -31,6 +37,25 @@ class DatabaseWrapper(base.DatabaseWrapper):
             if request_fails_fast() and not self._reachable():
                 breaker.record_failure()
             raise
+
+    def server_bound_cursor(self) -> CursorWrapper:
+        """A cursor that sends its parameters apart from the SQL text (server-side binding).
+
+        Django's cursors bind client-side: Python escapes every value into the SQL text and
+        PostgreSQL parses it back out, which for a 50 KB checkpoint is most of the write's cost.
+        This one is made and wrapped as Django makes its own (query counts, execute wrappers,
+        error translation, the connection's time zone) and never prepares a statement, as the
+        connection's prepare_threshold is None.
+        """
+        self.close_if_health_check_failed()
+        self.ensure_connection()
+        with self.wrap_database_errors:
+            cursor = psycopg.Cursor(self.connection)
+            tzloader = self.connection.adapters.get_loader(_TIMESTAMPTZ_OID, Format.TEXT)
+            if self.timezone != tzloader.timezone:
+                register_tzloader(self.timezone, cursor)
+            # Django's own wrapping of a new cursor (private, stable since Django 1.x).
+            return self._prepare_cursor(cursor)  # type: ignore[attr-defined]
 
     def _direct_params(self) -> dict[str, Any]:
         params = dict(self.get_connection_params())

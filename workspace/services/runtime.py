@@ -1,5 +1,8 @@
 """Runtime paths (engine state): each operation is one SQL statement on the document row.
 
+The statements bind their values server-side: a checkpoint's content travels as a parameter
+instead of being escaped into the SQL text and parsed back out of it.
+
 No metadata lookup, version, chunk, embedding or lock beyond the row; a second statement runs only
 when the first returned no row, to read the row or to say why nothing changed.
 """
@@ -13,6 +16,7 @@ from django.conf import settings
 from django.db import connection
 from psycopg.types.json import Jsonb
 
+from core.db import server_bound_cursor
 from workspace.errors import DocumentNotFound, DocumentTooLarge, PatchFailed
 from workspace.metrics import RUNTIME_WRITES
 from workspace.models import Document
@@ -140,7 +144,7 @@ def runtime_write(
         "metadata": Jsonb(metadata or {}),
         "metadata_given": metadata is not None,
     }
-    with connection.cursor() as cursor:
+    with server_bound_cursor() as cursor:
         cursor.execute(_RUNTIME_WRITE_SQL, params)
         row = cursor.fetchone()
         if row is None:
@@ -163,7 +167,7 @@ def runtime_append(*, user_id: str, path: str, content: str) -> Document:
         **_new_row_params(user_id=user_id, path=path, content=content),
         "limit": settings.WORKSPACE_MAX_DOCUMENT_BYTES,
     }
-    with connection.cursor() as cursor:
+    with server_bound_cursor() as cursor:
         cursor.execute(_RUNTIME_APPEND_SQL, params)
         row = cursor.fetchone()
     if row is None:
@@ -187,7 +191,7 @@ def runtime_patch(
         "replace_all": replace_all,
         "limit": settings.WORKSPACE_MAX_DOCUMENT_BYTES,
     }
-    with connection.cursor() as cursor:
+    with server_bound_cursor() as cursor:
         cursor.execute(_RUNTIME_PATCH_SQL, params)
         row = cursor.fetchone()
         if row is not None:
