@@ -1,29 +1,33 @@
 """The turns benchmark's baseline runner: ``THREAD_RUNNER=bench.baseline_runner.run_thread``.
 
 It runs the reference engine's turn unchanged, except that every checkpoint is written under one
-database-wide lock, as the origin system held one global mutex across all conversations' state
-writes. Only ``bench/turns.py`` names it; the engine knows nothing of the lock.
+process-wide mutex, as the origin system held one lock (an in-process RwLock) across all
+conversations' state writes. Like the origin's, the mutex is taken before any database work, and a
+turn waiting for it holds no database connection. Only ``bench/turns.py`` names it; the engine
+knows nothing of the lock.
 """
 
 from __future__ import annotations
 
-from django.db import connection, transaction
+import threading
+
+from django.db import connection
 
 from engine import runner
 from engine.checkpoint import TurnState, checkpoint_save
 
-# A lock id of our own, so the baseline never waits on an advisory lock the service takes.
-GLOBAL_CHECKPOINT_LOCK = 0x1C1A_0001
+# Every turn of the turn worker runs in a thread of one process: one mutex for them all.
+_GLOBAL_MUTEX = threading.Lock()
 
 
 def checkpoint_save_globally_locked(
     state: TurnState, *, user_id: str, changed_by: str, conversation_too: bool = False
 ) -> None:
-    # A transaction's lock: held until the checkpoint commits (with the inbox take when the
-    # checkpoint records one), as the origin's mutex was held across the write.
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [GLOBAL_CHECKPOINT_LOCK])
+    # A waiter returns its pooled connection first (the next statement takes one again), so a
+    # queue of waiting turns never starves the others' claims and lease renewals.
+    if not connection.in_atomic_block:
+        connection.close()
+    with _GLOBAL_MUTEX:
         checkpoint_save(
             state, user_id=user_id, changed_by=changed_by, conversation_too=conversation_too
         )

@@ -12,11 +12,13 @@ Per turn: end-to-end time (message posted -> agent entry seen by the client) and
 minus the model's time). Two configurations, each on a fresh database, in the same run:
 
 - ours: the defaults (engine state in runtime paths: one upsert, never indexed; indexing queued;
-  a database pool of DATABASE_POOL_SIZE's default; hashing embeddings).
+  a database pool of DATABASE_POOL_SIZE's default), with the same embeddings API as the baseline,
+  which it should never call: engine state is not embedded.
 - baseline, built like the origin before its fix: runtime paths indexed and versioned inline
   (WORKSPACE_RUNTIME_PATHS="", WORKSPACE_INDEXING=inline) through an embeddings API that takes
   50 ms per text (a loopback server), DATABASE_POOL_SIZE=10, and every checkpoint under one
-  database-wide lock (THREAD_RUNNER=bench.baseline_runner.run_thread: the origin's global mutex).
+  process-wide mutex taken before any database work, holding no connection while it waits
+  (THREAD_RUNNER=bench.baseline_runner.run_thread: the origin's global lock).
 
     .venv/bin/python bench/turns.py            # quick: well under a minute
     .venv/bin/python bench/turns.py --full     # 30 tenants x 5 turns, 1 s model, 50 KB state
@@ -113,23 +115,26 @@ def main() -> int:
         flush=True,
     )
     results: dict[str, Summary] = {}
-    with LOG_PATH.open("w") as log:
+    with (
+        LOG_PATH.open("w") as log,
+        running_embeddings_server(seconds_per_input=EMBEDDING_SECONDS_PER_INPUT) as embedder,
+    ):
+        url = f"{embedder.url}/v1"
         try:
-            results["ours"] = summarise(run_configuration("ours", ours_env(load), load, log), load)
-            if ours_only:
-                print_table("ours", results["ours"], load)
-                return 0
-            with running_embeddings_server(
-                seconds_per_input=EMBEDDING_SECONDS_PER_INPUT
-            ) as embedder:
-                env = baseline_env(load, f"{embedder.url}/v1")
-                run = run_configuration("baseline", env, load, log)
+            for label, env in (
+                ("ours", ours_env(load, url)),
+                ("baseline", baseline_env(load, url)),
+            ):
+                inputs, requests = embedder.inputs, len(embedder.requests)
+                results[label] = summarise(run_configuration(label, env, load, log), load)
                 print(
-                    f"  baseline: the embeddings server embedded {embedder.inputs} texts in "
-                    f"{len(embedder.requests)} requests",
+                    f"  {label}: the embeddings API was asked for {embedder.inputs - inputs} "
+                    f"texts in {len(embedder.requests) - requests} requests",
                     flush=True,
                 )
-            results["baseline"] = summarise(run, load)
+                if ours_only:
+                    print_table("ours", results["ours"], load)
+                    return 0
         except (BenchFailure, KeyboardInterrupt) as error:
             log.flush()
             reason = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)

@@ -86,8 +86,19 @@ def base_env(load: Load) -> dict[str, str]:
     }
 
 
-def ours_env(load: Load) -> dict[str, str]:
-    return {**base_env(load), "EMBEDDING_PROVIDER": "hashing", "WORKSPACE_INDEXING": "queue"}
+def _embedder_env(embeddings_url: str) -> dict[str, str]:
+    return {
+        "EMBEDDING_PROVIDER": "openai",
+        "EMBEDDING_BASE_URL": embeddings_url,
+        "EMBEDDING_API_KEY": "bench",
+        "EMBEDDING_DIMENSIONS": "256",
+    }
+
+
+def ours_env(load: Load, embeddings_url: str) -> dict[str, str]:
+    """The defaults, with the same embeddings API as the baseline: engine state is never
+    embedded, so it should see no call."""
+    return {**base_env(load), **_embedder_env(embeddings_url), "WORKSPACE_INDEXING": "queue"}
 
 
 def baseline_env(load: Load, embeddings_url: str) -> dict[str, str]:
@@ -95,12 +106,9 @@ def baseline_env(load: Load, embeddings_url: str) -> dict[str, str]:
     embeddings API, a small pool, every checkpoint under one global lock (the runner's)."""
     return {
         **base_env(load),
+        **_embedder_env(embeddings_url),
         "WORKSPACE_RUNTIME_PATHS": "",
         "WORKSPACE_INDEXING": "inline",
-        "EMBEDDING_PROVIDER": "openai",
-        "EMBEDDING_BASE_URL": embeddings_url,
-        "EMBEDDING_API_KEY": "bench",
-        "EMBEDDING_DIMENSIONS": "256",
         "DATABASE_POOL_SIZE": "10",
         # Turns queue for the small pool behind the global lock; that wait is what the baseline
         # measures, so let it last as long as a turn may (the default 10 s fails turns at 30

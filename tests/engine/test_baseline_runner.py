@@ -1,5 +1,5 @@
 """The turns benchmark's baseline runner: the reference turn, its checkpoints written under one
-database-wide lock through the runner's checkpoint hook."""
+process-wide mutex (the origin's) through the runner's checkpoint hook."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
-from django.db import connection
 from pytest_django.fixtures import Settings as SettingsWrapper
 
-from bench.baseline_runner import GLOBAL_CHECKPOINT_LOCK, run_thread
+from bench import baseline_runner
+from bench.baseline_runner import run_thread
 from conversations.models import ConversationEntry, Thread
 from conversations.services import message_handle
 from engine.checkpoint import thread_checkpoint_path
@@ -19,7 +19,7 @@ from workspace.models import Document
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_the_baseline_runner_answers_and_its_checkpoints_wait_for_the_global_lock(
+def test_the_baseline_runner_answers_and_its_checkpoints_wait_for_the_global_mutex(
     settings: SettingsWrapper,
 ) -> None:
     settings.ENGINE_MODEL = "echo"
@@ -28,18 +28,16 @@ def test_the_baseline_runner_answers_and_its_checkpoints_wait_for_the_global_loc
     checkpoint = Document.objects.filter(
         user_id="alice", path=thread_checkpoint_path(sent.thread_id)
     )
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s)", [GLOBAL_CHECKPOINT_LOCK])
+    baseline_runner._GLOBAL_MUTEX.acquire()
     runner = threading.Thread(target=run_thread, kwargs={"thread_id": str(sent.thread_id)})
     runner.start()
     try:
         time.sleep(1)
-        # Claimed, but its first checkpoint waits for the lock this test holds.
+        # Claimed, but its first checkpoint waits for the mutex this test holds.
         assert Thread.objects.get(pk=sent.thread_id).state == "running"
         assert not checkpoint.exists()
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [GLOBAL_CHECKPOINT_LOCK])
+        baseline_runner._GLOBAL_MUTEX.release()
         runner.join(timeout=30)
 
     assert Thread.objects.get(pk=sent.thread_id).state == "completed"
