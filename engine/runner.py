@@ -129,10 +129,14 @@ class Turn:
                     thread_id=self.thread.id,
                     worker_id=self.worker_id,
                     lease_seconds=self.lease_seconds,
+                    # A paused thread runs again only for a message: not for a run queued
+                    # before an engine paused it.
+                    runnable_only=True,
                 )
                 return True
             except ThreadNotClaimable as error:
-                # Finished, cancelled, or leased by a live worker: this job has nothing to do.
+                # Finished, cancelled, leased by a live worker, or paused with nothing new to
+                # read: this job has nothing to do.
                 logger.info("thread %s not claimed: %s", self.thread.id, error.message)
                 return False
             except ThreadBusy:

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Q, Subquery
+from django.db.models import Exists, F, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
@@ -48,16 +48,34 @@ def _lease_taken(worker_id: str, duration: datetime.timedelta) -> dict[str, Any]
 
 
 def thread_claim(
-    *, user_id: str, thread_id: uuid.UUID, worker_id: str, lease_seconds: int | None = None
+    *,
+    user_id: str,
+    thread_id: uuid.UUID,
+    worker_id: str,
+    lease_seconds: int | None = None,
+    runnable_only: bool = False,
 ) -> Thread:
     """Take the thread's lease (compare-and-set; one of racing claimers wins, others get 409).
 
     Claimable: created, waiting, suspended, or running with an expired lease or the same owner.
+    ``runnable_only`` (the built-in runner's queued runs): a waiting or suspended thread only with
+    a message for it, as ``thread_claim_next`` picks them; a run queued earlier must not take up a
+    thread that an engine paused meanwhile and nobody has spoken to since.
     """
     check_worker_id(worker_id)
     duration = lease_duration(lease_seconds)
+    paused = Q(state__in=[ThreadState.WAITING, ThreadState.SUSPENDED])
+    if runnable_only:
+        paused &= Q(
+            Exists(
+                ConversationEntry.objects.filter(
+                    thread=OuterRef("pk"), sender=EntrySender.USER, delivered_at__isnull=True
+                )
+            )
+        )
     claimable = (
-        Q(state__in=[ThreadState.CREATED, ThreadState.WAITING, ThreadState.SUSPENDED])
+        Q(state=ThreadState.CREATED)
+        | paused
         | Q(state=ThreadState.RUNNING, lease_expires_at__lt=Now())
         | Q(state=ThreadState.RUNNING, lease_owner=worker_id)
     )
