@@ -127,22 +127,15 @@ class RowLockQuerySet(models.QuerySet[_Row]):
         return self.select_for_update(no_key=True, skip_locked=skip_locked, of=("self",))
 
 
-class FixedSelect(Generic[_Row]):
-    """A SELECT of one model's rows whose SQL is written once, for the hottest reads.
+class ModelRows(Generic[_Row]):
+    """Model instances from rows of SQL written by hand: every concrete column, in the order
+    ``columns()`` lists them, converted as the ORM would (``from_db_value``)."""
 
-    The ORM builds and compiles a query on every call: about 0.4 ms of CPU for a one-row lookup by
-    a unique key, three times what executing it costs this process. ``where`` and ``tail``
-    (ORDER BY, LIMIT, a row lock) are SQL with ``%s`` placeholders. Rows come back as model
-    instances with every field loaded and converted as the ORM would (``from_db_value``).
-    """
-
-    def __init__(self, model: type[_Row], where: str, *, tail: str = "") -> None:
+    def __init__(self, model: type[_Row]) -> None:
         self.model = model
         fields = model._meta.concrete_fields
-        quote = connection.ops.quote_name
-        table = quote(model._meta.db_table)
-        columns = ", ".join(f"{table}.{quote(field.column)}" for field in fields)
-        self.sql = f"SELECT {columns} FROM {table} WHERE {where} {tail}".rstrip()
+        self.table = connection.ops.quote_name(model._meta.db_table)
+        self._columns = [connection.ops.quote_name(field.column) for field in fields]
         self.attnames = [field.attname for field in fields]
         self.converters = [
             (index, field.from_db_value)
@@ -150,22 +143,41 @@ class FixedSelect(Generic[_Row]):
             if hasattr(field, "from_db_value")
         ]
 
+    def columns(self, alias: str | None = None) -> str:
+        prefix = f"{alias or self.table}."
+        return ", ".join(prefix + column for column in self._columns)
+
+    def instance(self, row: Sequence[Any]) -> _Row:
+        values = list(row)
+        for index, convert in self.converters:
+            values[index] = convert(values[index], None, connection)
+        return self.model.from_db(connection.alias, self.attnames, values)
+
+
+class FixedSelect(Generic[_Row]):
+    """A SELECT of one model's rows whose SQL is written once, for the hottest reads.
+
+    The ORM builds and compiles a query on every call: about 0.4 ms of CPU for a one-row lookup by
+    a unique key, three times what executing it costs this process (bench/lookups.py). ``where``
+    and ``tail`` (ORDER BY, LIMIT, a row lock) are SQL with ``%s`` placeholders. Rows come back
+    as model instances with every field loaded and converted as the ORM would.
+    """
+
+    def __init__(self, model: type[_Row], where: str, *, tail: str = "") -> None:
+        self.rows = ModelRows(model)
+        self.sql = f"SELECT {self.rows.columns()} FROM {self.rows.table} WHERE {where} {tail}"
+        self.sql = self.sql.rstrip()
+
     def all(self, params: Sequence[Any]) -> list[_Row]:
         with connection.cursor() as cursor:
             cursor.execute(self.sql, params)
-            return [self._instance(row) for row in cursor.fetchall()]
+            return [self.rows.instance(row) for row in cursor.fetchall()]
 
     def first(self, params: Sequence[Any]) -> _Row | None:
         with connection.cursor() as cursor:
             cursor.execute(self.sql, params)
             row = cursor.fetchone()
-        return None if row is None else self._instance(row)
-
-    def _instance(self, row: Sequence[Any]) -> _Row:
-        values = list(row)
-        for index, convert in self.converters:
-            values[index] = convert(values[index], None, connection)
-        return self.model.from_db(connection.alias, self.attnames, values)
+        return None if row is None else self.rows.instance(row)
 
 
 def fixed_exists(sql: str, params: Sequence[Any]) -> bool:
