@@ -1,7 +1,8 @@
 """Lookups benchmark: the reads every API request makes, as the ORM builds them and as fixed SQL.
 
-The authentication lookup runs on every request, and the entries long-poll checks the
-conversation and whether an entry arrived on every request and every wake-up. Both ways are
+The authentication lookup runs on every request, the entries long-poll checks the conversation
+and whether an entry arrived on every request and every wake-up, and every message locks its
+conversation through the channel index (in a transaction, as the service does). Both ways are
 timed in the same run on the same connection, as CPU time of this process (what a web process
 spends; PostgreSQL's side is the same statement either way):
 
@@ -39,12 +40,31 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3000)
     iterations = parser.parse_args().iterations
     with scratch_database("ironclaw_bench_lookups") as name:
+        from django.db import transaction
+        from django.db.models import Subquery
+
         from accounts.authentication import _ACTIVE_KEY
         from accounts.models import ApiKey
         from accounts.services import api_key_create, hash_api_key
         from conversations import selectors
-        from conversations.models import Conversation, ConversationEntry
+        from conversations.models import ChannelUserIndex, Conversation, ConversationEntry
         from conversations.services import message_handle
+        from conversations.services.locking import conversation_lock_by_channel, lock_bound
+
+        def in_transaction(read: Callable[[], object]) -> Callable[[], object]:
+            def call() -> object:
+                with transaction.atomic():
+                    return read()
+
+            return call
+
+        def channel_lock_by_orm() -> object:
+            current = ChannelUserIndex.objects.filter(user_id="alice", channel="web")
+            return (
+                Conversation.objects.for_update()
+                .filter(lock_bound(), pk=Subquery(current.values("conversation_id")[:1]))
+                .first()
+            )
 
         key_hash = hash_api_key(api_key_create(name="bench", user_id="alice").raw_key)
         sent = message_handle(user_id="alice", channel="web", content="hello")
@@ -73,6 +93,13 @@ def main() -> None:
                 ),
             ),
         ]
+        cases.append(
+            (
+                "conversation lock by channel (messages)",
+                in_transaction(channel_lock_by_orm),
+                in_transaction(lambda: conversation_lock_by_channel("alice", "web")),
+            )
+        )
         print(f"lookups on {name}: CPU of this process per call, {iterations} calls each")
         print(f"  {'lookup':<40}{'ORM us':>9}{'fixed us':>10}{'ORM/fixed':>11}")
         for label, orm, fixed in cases:

@@ -7,7 +7,6 @@ import uuid
 from contextlib import AbstractContextManager
 
 from django.conf import settings
-from django.db.models import Subquery
 from django.db.models.expressions import RawSQL
 
 from conversations.errors import ConversationBusy, ThreadNotFound
@@ -37,16 +36,22 @@ def lock_bound() -> RawSQL:
     return lock_timeout_bound(settings.CONVERSATION_LOCK_TIMEOUT_MS)
 
 
+# Every message takes it: SQL written once (see _CONVERSATION_OF_THREAD_LOCK below).
+_CONVERSATION_BY_CHANNEL_LOCK = FixedSelect(
+    Conversation,
+    f"{LOCK_TIMEOUT_BOUND_SQL} AND id = (SELECT conversation_id"
+    f" FROM {ChannelUserIndex._meta.db_table} WHERE user_id = %s AND channel = %s LIMIT 1)",
+    tail='LIMIT 1 FOR NO KEY UPDATE OF "conversations_conversation"',
+)
+
+
 def conversation_lock_by_channel(user_id: str, key: str) -> Conversation | None:
     """Look the (user, channel) index up and lock the conversation it names, in one statement;
     None when the pair has no conversation yet."""
     # NO KEY UPDATE: serialises writers of this conversation but lets other transactions insert
     # rows that reference it (their FK check takes KEY SHARE, which FOR UPDATE would block).
-    current = ChannelUserIndex.objects.filter(user_id=user_id, channel=key)
-    return (
-        Conversation.objects.for_update()
-        .filter(lock_bound(), pk=Subquery(current.values("conversation_id")[:1]))
-        .first()
+    return _CONVERSATION_BY_CHANNEL_LOCK.first(
+        [f"{settings.CONVERSATION_LOCK_TIMEOUT_MS}ms", user_id, key]
     )
 
 
