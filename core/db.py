@@ -20,6 +20,13 @@ from django.db.models.sql import UpdateQuery
 from core.errors import Conflict
 
 _SET_LOCK_TIMEOUT = "set_config('lock_timeout', %s, true)"
+# lock_timeout_bound's filter, for SQL written by hand (FixedSelect); its one parameter is
+# lock_timeout_value(ms).
+LOCK_TIMEOUT_BOUND_SQL = f"(SELECT {_SET_LOCK_TIMEOUT}) IS NOT NULL"
+
+
+def lock_timeout_value(lock_timeout_ms: int) -> str:
+    return f"{lock_timeout_ms}ms"
 
 
 def lock_timeout_bound(lock_timeout_ms: int) -> RawSQL:
@@ -32,15 +39,10 @@ def lock_timeout_bound(lock_timeout_ms: int) -> RawSQL:
     matches no row.
     """
     return RawSQL(
-        f"(SELECT {_SET_LOCK_TIMEOUT}) IS NOT NULL",
-        [f"{lock_timeout_ms}ms"],
+        LOCK_TIMEOUT_BOUND_SQL,
+        [lock_timeout_value(lock_timeout_ms)],
         output_field=models.BooleanField(),
     )
-
-
-# The same bound as lock_timeout_bound, for SQL written by hand (FixedSelect): its parameter is
-# f"{lock_timeout_ms}ms".
-LOCK_TIMEOUT_BOUND_SQL = f"(SELECT {_SET_LOCK_TIMEOUT}) IS NOT NULL"
 
 
 @contextmanager
@@ -67,7 +69,7 @@ def bounded_transaction(
     with lock_waits_bounded(busy=busy), transaction.atomic():
         if not bound_by_first_statement:
             with connection.cursor() as cursor:
-                cursor.execute(f"SELECT {_SET_LOCK_TIMEOUT}", [f"{lock_timeout_ms}ms"])
+                cursor.execute(f"SELECT {_SET_LOCK_TIMEOUT}", [lock_timeout_value(lock_timeout_ms)])
             yield
             return
         with connection.execute_wrapper(_FirstStatementBound()):
@@ -129,7 +131,8 @@ class RowLockQuerySet(models.QuerySet[_Row]):
 
 class ModelRows(Generic[_Row]):
     """Model instances from rows of SQL written by hand: every concrete column, in the order
-    ``columns()`` lists them, converted as the ORM would (``from_db_value``)."""
+    ``columns()`` lists them, converted as the ORM would (``from_db_value``). Columns a row has
+    after the model's are the caller's to read."""
 
     def __init__(self, model: type[_Row]) -> None:
         self.model = model
@@ -148,7 +151,7 @@ class ModelRows(Generic[_Row]):
         return ", ".join(prefix + column for column in self._columns)
 
     def instance(self, row: Sequence[Any]) -> _Row:
-        values = list(row)
+        values = list(row[: len(self.attnames)])
         for index, convert in self.converters:
             values[index] = convert(values[index], None, connection)
         return self.model.from_db(connection.alias, self.attnames, values)

@@ -10,7 +10,6 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q, Subquery
 from django.db.models.functions import Coalesce, Now
@@ -22,6 +21,7 @@ from conversations.models import ConversationEntry, EntrySender, Thread, ThreadS
 from conversations.services.lifecycle import lease_released_fields, thread_lease_release
 from conversations.services.locking import (
     lock_bound,
+    lock_bound_value,
     locked_transaction,
     thread_lock_with_conversation,
 )
@@ -93,8 +93,15 @@ def thread_claim(
     """
     check_worker_id(worker_id)
     duration = lease_duration(lease_seconds)
-    bound = f"{settings.CONVERSATION_LOCK_TIMEOUT_MS}ms"
-    params: list[Any] = [worker_id, duration, bound, thread_id, user_id, runnable_only, worker_id]
+    params: list[Any] = [
+        worker_id,
+        duration,
+        lock_bound_value(),
+        thread_id,
+        user_id,
+        runnable_only,
+        worker_id,
+    ]
     # One statement, no transaction block: the compare-and-set returns the row it wrote, and the
     # lock timeout it sets lasts for the statement's own transaction.
     with (

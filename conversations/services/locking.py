@@ -11,7 +11,13 @@ from django.db.models.expressions import RawSQL
 
 from conversations.errors import ConversationBusy, ThreadNotFound
 from conversations.models import ChannelUserIndex, Conversation, Thread
-from core.db import LOCK_TIMEOUT_BOUND_SQL, FixedSelect, bounded_transaction, lock_timeout_bound
+from core.db import (
+    LOCK_TIMEOUT_BOUND_SQL,
+    FixedSelect,
+    bounded_transaction,
+    lock_timeout_bound,
+    lock_timeout_value,
+)
 from core.errors import Conflict
 
 
@@ -36,6 +42,11 @@ def lock_bound() -> RawSQL:
     return lock_timeout_bound(settings.CONVERSATION_LOCK_TIMEOUT_MS)
 
 
+def lock_bound_value() -> str:
+    """The parameter of ``LOCK_TIMEOUT_BOUND_SQL`` in SQL written by hand: the same bound."""
+    return lock_timeout_value(settings.CONVERSATION_LOCK_TIMEOUT_MS)
+
+
 # Every message takes it: SQL written once (see _CONVERSATION_OF_THREAD_LOCK below).
 _CONVERSATION_BY_CHANNEL_LOCK = FixedSelect(
     Conversation,
@@ -50,9 +61,7 @@ def conversation_lock_by_channel(user_id: str, key: str) -> Conversation | None:
     None when the pair has no conversation yet."""
     # NO KEY UPDATE: serialises writers of this conversation but lets other transactions insert
     # rows that reference it (their FK check takes KEY SHARE, which FOR UPDATE would block).
-    return _CONVERSATION_BY_CHANNEL_LOCK.first(
-        [f"{settings.CONVERSATION_LOCK_TIMEOUT_MS}ms", user_id, key]
-    )
+    return _CONVERSATION_BY_CHANNEL_LOCK.first([lock_bound_value(), user_id, key])
 
 
 def thread_lock(thread_id: uuid.UUID) -> Thread:
@@ -81,9 +90,7 @@ def thread_lock_with_conversation(
     # No row: the thread is unknown (found out below) or has no conversation. If the
     # conversation was deleted meanwhile, the thread outlives it (its foreign key is now null)
     # rather than the call failing. The first statement sets the transaction's lock bound.
-    conversation = _CONVERSATION_OF_THREAD_LOCK.first(
-        [f"{settings.CONVERSATION_LOCK_TIMEOUT_MS}ms", thread_id, user_id]
-    )
+    conversation = _CONVERSATION_OF_THREAD_LOCK.first([lock_bound_value(), thread_id, user_id])
     thread = _THREAD_LOCK.first([thread_id, user_id])
     if thread is None:
         raise ThreadNotFound()

@@ -13,31 +13,21 @@ import uuid
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
 from psycopg.types.json import Jsonb
 
-from core.db import server_bound_cursor
+from core.db import ModelRows, server_bound_cursor
 from workspace.errors import DocumentNotFound, DocumentTooLarge, PatchFailed
 from workspace.metrics import RUNTIME_WRITES
 from workspace.models import Document
 from workspace.services.content import content_hash
 
-_DOCUMENT_FIELDS = [field.attname for field in Document._meta.concrete_fields]
-_DOCUMENT_COLUMNS = ", ".join(f"d.{field.column}" for field in Document._meta.concrete_fields)
+_DOCUMENTS = ModelRows(Document)
+_DOCUMENT_COLUMNS = _DOCUMENTS.columns("d")
 # A write knows the content it wrote (an unchanged row has the same hash, so the same content):
 # it does not read the document's largest column back.
 _WRITTEN_FIELDS = [field for field in Document._meta.concrete_fields if field.name != "content"]
 _WRITTEN_COLUMNS = ", ".join(f"d.{field.column}" for field in _WRITTEN_FIELDS)
 _SQL_HASH = "'sha256:' || encode(sha256(convert_to({}, 'UTF8')), 'hex')"
-
-
-def _document_from_row(row: tuple[Any, ...]) -> Document:
-    # Raw SQL skips the ORM's converters (jsonb arrives as text): apply the fields' own.
-    values = [
-        field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") else value
-        for field, value in zip(Document._meta.concrete_fields, row, strict=False)
-    ]
-    return Document.from_db(connection.alias, _DOCUMENT_FIELDS, values)
 
 
 # The CTE returns the row whether or not it changed, so an unchanged write is still one statement.
@@ -159,7 +149,7 @@ def runtime_write(
     RUNTIME_WRITES.inc()
     values = dict(zip((field.attname for field in _WRITTEN_FIELDS), row, strict=True))
     values["content"] = content
-    return _document_from_row(tuple(values[attname] for attname in _DOCUMENT_FIELDS))
+    return _DOCUMENTS.instance([values[attname] for attname in _DOCUMENTS.attnames])
 
 
 def runtime_append(*, user_id: str, path: str, content: str) -> Document:
@@ -177,7 +167,7 @@ def runtime_append(*, user_id: str, path: str, content: str) -> Document:
             details={"limit": limit},
         )
     RUNTIME_WRITES.inc()
-    return _document_from_row(row)
+    return _DOCUMENTS.instance(row)
 
 
 def runtime_patch(
@@ -196,7 +186,7 @@ def runtime_patch(
         row = cursor.fetchone()
         if row is not None:
             RUNTIME_WRITES.inc()
-            return _document_from_row(row), int(row[-1])
+            return _DOCUMENTS.instance(row), int(row[-1])
         cursor.execute(
             "SELECT strpos(content, %s) > 0 FROM workspace_document "
             "WHERE user_id = %s AND path = %s",
