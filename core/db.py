@@ -161,7 +161,8 @@ class FixedSelect(Generic[_Row]):
     """A SELECT of one model's rows whose SQL is written once, for the hottest reads.
 
     The ORM builds and compiles a query on every call: about 0.4 ms of CPU for a one-row lookup by
-    a unique key, three times what executing it costs this process (bench/lookups.py). ``where``
+    a unique key, four times what the same statement costs this process written once
+    (bench/lookups.py). ``where``
     and ``tail`` (ORDER BY, LIMIT, a row lock) are SQL with ``%s`` placeholders. Rows come back
     as model instances with every field loaded and converted as the ORM would.
     """
@@ -170,11 +171,6 @@ class FixedSelect(Generic[_Row]):
         self.rows = ModelRows(model)
         self.sql = f"SELECT {self.rows.columns()} FROM {self.rows.table} WHERE {where} {tail}"
         self.sql = self.sql.rstrip()
-
-    def all(self, params: Sequence[Any]) -> list[_Row]:
-        with connection.cursor() as cursor:
-            cursor.execute(self.sql, params)
-            return [self.rows.instance(row) for row in cursor.fetchall()]
 
     def first(self, params: Sequence[Any]) -> _Row | None:
         with connection.cursor() as cursor:
