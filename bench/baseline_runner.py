@@ -13,6 +13,7 @@ import threading
 
 from django.db import connection
 
+from conversations.models import Thread
 from engine import runner
 from engine.checkpoint import TurnState, checkpoint_save
 
@@ -33,6 +34,8 @@ def checkpoint_save_globally_locked(
         )
 
 
-def run_thread(*, thread_id: str) -> None:
+def run_thread(*, thread: Thread, worker_id: str) -> None:
     """``THREAD_RUNNER`` for the baseline: the reference turn, its checkpoints globally locked."""
-    runner.run_thread(thread_id=thread_id, checkpoint_save=checkpoint_save_globally_locked)
+    runner.run_thread(
+        thread=thread, worker_id=worker_id, checkpoint_save=checkpoint_save_globally_locked
+    )

@@ -201,11 +201,6 @@ _RAW_THREAD_SQL = (
     " updated_at) VALUES (%s, %s, %s, 'foreground', 'created', %s, true, '', false, 0, 0, 0, 0, 0,"
     " 0, 0, now(), '[]', %s, now(), now())"
 )
-_RAW_DEFER_SQL = (
-    "SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[ROW('threads',"
-    " 'conversations.tasks.run_thread', 0, NULL, %s, %s::jsonb, NULL)]"
-    "::procrastinate_job_to_defer_v1[]))"
-)
 _RAW_UPSERT_SQL = (
     "INSERT INTO workspace_document AS d (id, user_id, path, content, content_hash, metadata,"
     " is_runtime, index_state, indexed_hash, created_at, updated_at)"
@@ -298,13 +293,6 @@ def raw_case(case: str, iterations: int) -> Callable[[int], list[float]]:
                                 user_id,
                                 seq,
                                 new_thread,
-                            ],
-                        )
-                        raw.execute(
-                            _RAW_DEFER_SQL,
-                            [
-                                f"thread-run:{new_thread}",
-                                json.dumps({"thread_id": str(new_thread)}),
                             ],
                         )
                 latencies.append(time.perf_counter() - started)

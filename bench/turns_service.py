@@ -76,14 +76,13 @@ class Services:
                     return
                 with connection.cursor() as cursor:
                     cursor.execute(
-                        "SELECT count(*) FROM procrastinate_jobs "
-                        "WHERE queue_name = 'threads' AND status = 'failed'"
+                        "SELECT count(*) FROM conversations_thread WHERE state = 'failed'"
                     )
                     (failed,) = cursor.fetchone() or (0,)
                 if failed:
                     self.failure = (
-                        f"{self.label}: {failed} run_thread job(s) failed in the turn worker "
-                        "(the runner raised; its traceback is in the log)"
+                        f"{self.label}: {failed} turn(s) failed (their outcome's error is on the "
+                        "thread; the log has the rest)"
                     )
                     return
         except Exception as error:  # the database going away ends the run elsewhere

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
@@ -28,6 +28,8 @@ THREADS_CHANNEL = "ironclaw_threads"
 CHANNELS = (ENTRIES_CHANNEL, THREADS_CHANNEL)
 # A waiter re-checks at least this often, whatever the listener's health.
 POLL_INTERVAL_S = 1.0
+# How often the listener looks up from its connection to see whether it should stop.
+STOP_CHECK_S = 1.0
 # Any key on a channel: a waiter for every tenant's threads.
 ANY = "*"
 
@@ -39,6 +41,16 @@ class _Listener:
         self._lock = threading.Lock()
         self._waiters: dict[tuple[str, str], set[threading.Event]] = defaultdict(set)
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Close the listening connection and end its thread (the next waiter starts another)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopping.set()
+            thread.join(timeout=2 * STOP_CHECK_S + 1)
+            self._stopping.clear()
 
     def _ensure_started(self) -> None:
         with self._lock:
@@ -86,7 +98,7 @@ class _Listener:
 
     def _run(self) -> None:
         backoff = 0.5
-        while True:
+        while not self._stopping.is_set():
             try:
                 with self._connect() as listen:
                     for channel in CHANNELS:
@@ -94,18 +106,30 @@ class _Listener:
                     backoff = 0.5
                     # Anything committed while we were not listening: let waiters look again.
                     self._wake_all()
-                    for notice in listen.notifies():
-                        self._wake(notice.channel, notice.payload)
+                    while not self._stopping.is_set():
+                        for notice in listen.notifies(timeout=STOP_CHECK_S):
+                            self._wake(notice.channel, notice.payload)
             except Exception as error:
                 logger.warning(
                     "notification listener lost its connection (%s); reconnecting", error
                 )
                 self._wake_all()
-                time.sleep(backoff)
+                self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
 
 _listener = _Listener()
+
+
+def listening(channel: str, key: str) -> AbstractContextManager[threading.Event]:
+    """An event set by every notification for ``key`` on ``channel`` (every key with ``ANY``),
+    and whenever the listener (re)connects; the caller clears it before it looks again."""
+    return _listener.waiting(channel, key)
+
+
+def listener_stop() -> None:
+    """Stop this process's listener (tests that must drop their database call it)."""
+    _listener.stop()
 
 
 def client_gone(request: Any) -> Callable[[], bool]:

@@ -1,12 +1,13 @@
 """The reference thread runner: one agent turn, durable across worker crashes.
 
-A turn claims the thread's lease, takes its inbox, calls the model step by step and records the
-outcome. After every step it checkpoints its state into the thread's own tenant's workspace
-(``engine/.runtime/threads/<thread_id>.json``: the turn's messages, steps and events), and taking
-the inbox commits in the same transaction as the checkpoint that records what was taken. So a
-worker killed at any point loses nothing: when the lease expires the sweeper requeues the thread,
-the next worker resumes from the checkpoint, and a step whose reply was checkpointed is never sent
-to the model again (only the step in flight when the worker died is repeated).
+The turn worker claims a runnable thread (its lease) and hands it to a turn, which takes its
+inbox, calls the model step by step and records the outcome. After every step it checkpoints its
+state into the thread's own tenant's workspace (``engine/.runtime/threads/<thread_id>.json``: the
+turn's messages, steps and events), and taking the inbox commits in the same transaction as the
+checkpoint that records what was taken. So a worker killed at any point loses nothing: when the
+lease expires the sweeper requeues the thread, the next worker resumes from the checkpoint, and a
+step whose reply was checkpointed is never sent to the model again (only the step in flight when
+the worker died is repeated).
 
 No database connection is held while the model runs: the turn closes it (returning it to the
 pool) before every model call, so turns in flight are bounded by ``ENGINE_CONCURRENCY``, not by
@@ -17,11 +18,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from typing import Any
 
 from django.conf import settings
@@ -36,6 +34,7 @@ from conversations.errors import (
 from conversations.models import ConversationEntry, EntrySender, Thread
 from conversations.services import (
     ThreadOutcome,
+    lease_owner_id,
     thread_claim,
     thread_inbox_take,
     thread_lease_renew,
@@ -78,19 +77,26 @@ class _TurnEnded(Exception):
 
 
 class Turn:
-    """One run of a thread by this worker (a Procrastinate job on the ``threads`` queue)."""
+    """One run of a thread by this worker.
+
+    ``worker_id``: the lease owner of a thread the turn worker has claimed already (the usual
+    way, from the threads queue). Without it the turn claims the thread itself under an id of its
+    own, if it is runnable.
+    """
 
     def __init__(
         self,
         thread: Thread,
         *,
+        worker_id: str | None = None,
         model: ModelClient | None = None,
         checkpoint_save: CheckpointSave = checkpoint_save,
     ):
         self.thread = thread
         self.user_id = thread.user_id
         self.model = model or model_client_from_settings()
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._claimed = worker_id is not None
+        self.worker_id = worker_id or lease_owner_id()
         self.lease_seconds = settings.ENGINE_LEASE_SECONDS
         self._cancelled = threading.Event()
         self._lease_lost = threading.Event()
@@ -104,7 +110,7 @@ class Turn:
     # --- Lifecycle -----------------------------------------------------------------------------
 
     def run(self) -> None:
-        if not self._claim():
+        if not self._claimed and not self._claim():
             return
         heartbeat = threading.Thread(
             target=self._heartbeat, name=f"lease-{self.thread.id}", daemon=True
@@ -129,19 +135,17 @@ class Turn:
                     thread_id=self.thread.id,
                     worker_id=self.worker_id,
                     lease_seconds=self.lease_seconds,
-                    # A paused thread runs again only for a message: not for a run queued
-                    # before an engine paused it.
+                    # A paused thread runs again only for a message for it.
                     runnable_only=True,
                 )
                 return True
             except ThreadNotClaimable as error:
                 # Finished, cancelled, leased by a live worker, or paused with nothing new to
-                # read: this job has nothing to do.
+                # read: there is nothing to run.
                 logger.info("thread %s not claimed: %s", self.thread.id, error.message)
                 return False
             except ThreadBusy:
                 time.sleep(0.2 * (attempt + 1))
-        # Failing the job lets its retry strategy run it again later.
         raise ThreadBusy()
 
     def _heartbeat(self) -> None:
@@ -414,10 +418,10 @@ def _deadline(state: TurnState) -> float:
     return started.timestamp() + settings.ENGINE_TURN_TIMEOUT_S
 
 
-def run_thread(*, thread_id: str, checkpoint_save: CheckpointSave = checkpoint_save) -> None:
-    """``THREAD_RUNNER``: run one turn of the thread (a no-op if it is finished or leased).
-    ``checkpoint_save`` writes the turn's checkpoints; a runner of its own may wrap it."""
-    thread = Thread.objects.filter(pk=thread_id).first()
-    if thread is None or thread.is_terminal:
-        return
-    Turn(thread, checkpoint_save=checkpoint_save).run()
+def run_thread(
+    *, thread: Thread, worker_id: str, checkpoint_save: CheckpointSave = checkpoint_save
+) -> None:
+    """``THREAD_RUNNER``: run one turn of ``thread``, which the turn worker has just claimed for
+    ``worker_id`` (its lease owner). ``checkpoint_save`` writes the turn's checkpoints; a runner
+    of its own may wrap it."""
+    Turn(thread, worker_id=worker_id, checkpoint_save=checkpoint_save).run()

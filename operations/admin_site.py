@@ -16,6 +16,8 @@ from django.db import DatabaseError
 from django.http import HttpRequest
 from django.utils import timezone
 
+from conversations.models import ThreadState
+from conversations.services import THREADS_QUEUE
 from core.admin_display import changelist_url, duration_text
 from operations.health import Readiness, readiness
 from operations.system_status import EMBEDDING_ERROR_WINDOW, SystemStatus, system_status
@@ -49,6 +51,14 @@ class Dashboard:
     unavailable: str = ""
 
 
+def _queue_url(queue: str, job_status: str, thread_state: str) -> str:
+    """The list behind a queue's figure: its jobs in that status, or for the threads queue (the
+    thread rows) its threads in the matching state."""
+    if queue == THREADS_QUEUE:
+        return changelist_url(THREADS, state__exact=thread_state)
+    return changelist_url(JOBS, queue_name__exact=queue, status__exact=job_status)
+
+
 def _figures(status: SystemStatus) -> tuple[list[Figure], list[dict[str, Any]], list[Figure]]:
     threads = [
         Figure(state, count, changelist_url(THREADS, state__exact=state))
@@ -66,19 +76,15 @@ def _figures(status: SystemStatus) -> tuple[list[Figure], list[dict[str, Any]], 
         {
             "name": queue.queue,
             "waiting": Figure(
-                "waiting",
-                queue.waiting,
-                changelist_url(JOBS, queue_name__exact=queue.queue, status__exact="todo"),
+                "waiting", queue.waiting, _queue_url(queue.queue, "todo", ThreadState.CREATED)
             ),
             "doing": Figure(
-                "doing",
-                queue.doing,
-                changelist_url(JOBS, queue_name__exact=queue.queue, status__exact="doing"),
+                "doing", queue.doing, _queue_url(queue.queue, "doing", ThreadState.RUNNING)
             ),
             "failed": Figure(
                 "failed",
                 queue.failed,
-                changelist_url(JOBS, queue_name__exact=queue.queue, status__exact="failed"),
+                _queue_url(queue.queue, "failed", ThreadState.FAILED),
                 alarming=queue.failed > 0,
             ),
             "oldest_waiting": (

@@ -16,6 +16,7 @@ from django.db.models import Count, Exists, OuterRef
 from django.utils import timezone
 
 from conversations.models import LIVE_STATES, Thread, ThreadState
+from conversations.services import THREADS_QUEUE
 from workspace.models import Chunk, Document, DocumentVersion, IndexState
 
 EMBEDDING_ERROR_WINDOW = timedelta(hours=1)
@@ -23,7 +24,9 @@ EMBEDDING_ERROR_WINDOW = timedelta(hours=1)
 
 @dataclass(frozen=True)
 class QueueStatus:
-    """One Procrastinate queue: jobs by status and how long its oldest waiting job has waited."""
+    """One queue: jobs by status and how long its oldest waiting job has waited. The threads
+    queue's jobs are threads: waiting = created, doing = running (a turn's failure is its
+    thread's outcome, not a failed job)."""
 
     queue: str
     waiting: int = 0
@@ -67,7 +70,33 @@ def thread_counts() -> tuple[dict[str, int], int]:
 
 
 def queue_statuses() -> list[QueueStatus]:
-    """Jobs waiting (todo), doing and failed per queue; finished jobs are not counted."""
+    """Jobs waiting (todo), doing and failed per queue, the threads queue included; finished
+    jobs are not counted."""
+    return sorted([threads_queue_status(), *job_queue_statuses()], key=lambda q: q.queue)
+
+
+def threads_queue_status() -> QueueStatus:
+    """The threads queue, read from the thread rows (served by thread_live_state_idx)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FILTER (WHERE state = %(created)s AND NOT cancel_requested),"
+            " count(*) FILTER (WHERE state = %(running)s),"
+            " extract(epoch FROM now() - min(coalesce(enqueued_at, created_at))"
+            "   FILTER (WHERE state = %(created)s AND NOT cancel_requested))"
+            " FROM conversations_thread WHERE state IN (%(created)s, %(running)s)",
+            {"created": ThreadState.CREATED, "running": ThreadState.RUNNING},
+        )
+        waiting, doing, oldest = cursor.fetchone()
+    return QueueStatus(
+        queue=THREADS_QUEUE,
+        waiting=waiting,
+        doing=doing,
+        oldest_waiting_seconds=max(0.0, float(oldest)) if oldest is not None else None,
+    )
+
+
+def job_queue_statuses() -> list[QueueStatus]:
+    """Procrastinate's queues."""
     with connection.cursor() as cursor:
         # Job ids grow with time, so a queue's oldest unscheduled waiting job is its smallest id,
         # and its deferral time is that job's first event (the jobs table has no timestamp).
@@ -81,12 +110,14 @@ def queue_statuses() -> list[QueueStatus]:
             "    min(scheduled_at) FILTER (WHERE status = 'todo' AND scheduled_at <= now())"
             "      AS oldest_scheduled"
             "  FROM procrastinate_jobs WHERE status IN ('todo', 'doing', 'failed')"
+            "    AND queue_name <> %s"
             "  GROUP BY queue_name"
             ") "
             "SELECT queue_name, waiting, doing, failed, extract(epoch FROM now() - least("
             "  oldest_scheduled,"
             "  (SELECT min(at) FROM procrastinate_events WHERE job_id = per_queue.oldest_id)"
-            ")) FROM per_queue ORDER BY queue_name"
+            ")) FROM per_queue ORDER BY queue_name",
+            [THREADS_QUEUE],
         )
         return [
             QueueStatus(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.management.base import CommandError
 
-from conversations.tasks import RUN_THREAD_QUEUE
+from conversations.services import THREADS_QUEUE
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,20 @@ class WorkerKind:
         return int(getattr(settings, self.concurrency_setting))
 
 
-TURNS = WorkerKind("turns", (RUN_THREAD_QUEUE,), "ENGINE_CONCURRENCY")
+# Which kind each worker is (operations.models.WorkerName), recorded when it registers: first the
+# names of workers Procrastinate has deleted (stopped, or pruned at this worker's start) go.
+WORKER_NAME_PRUNE_SQL = (
+    "DELETE FROM ironclaw_site_workername name WHERE NOT EXISTS "
+    "(SELECT 1 FROM procrastinate_workers worker WHERE worker.id = name.worker_id)"
+)
+WORKER_NAME_INSERT_SQL = (
+    "INSERT INTO ironclaw_site_workername (worker_id, name, registered_at) "
+    "VALUES (%(worker_id)s, %(name)s, now()) ON CONFLICT (worker_id) DO NOTHING"
+)
+
+# The turns worker serves the threads queue, which is the thread rows (operations.turn_worker);
+# the others are Procrastinate queues.
+TURNS = WorkerKind("turns", (THREADS_QUEUE,), "ENGINE_CONCURRENCY")
 # Every queue but the turns': indexing, and "default" where periodic maintenance (the lease
 # sweeper, the stalled-job retry) runs. A new queue must be added here or no worker serves it.
 BACKGROUND = WorkerKind("background", ("indexing", "default"), "BACKGROUND_CONCURRENCY")
@@ -56,10 +69,10 @@ def worker_plan(*, kind: str | None, queues: str | None, concurrency: int | None
                 f"got {queues!r}."
             )
         # Turns never share a worker with indexing: a burst of indexing would delay them.
-        if RUN_THREAD_QUEUE in asked and len(asked) > 1:
+        if THREADS_QUEUE in asked and len(asked) > 1:
             raise CommandError(
-                f"--queue {queues!r} mixes {RUN_THREAD_QUEUE} with other queues; run one worker "
-                f"for {RUN_THREAD_QUEUE} and another for the rest, so indexing never delays a "
+                f"--queue {queues!r} mixes {THREADS_QUEUE} with other queues; run one worker "
+                f"for {THREADS_QUEUE} and another for the rest, so indexing never delays a "
                 "turn."
             )
         implied = TURNS.name if asked == TURNS.queues else BACKGROUND.name

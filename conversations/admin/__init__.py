@@ -18,7 +18,7 @@ from conversations.admin.conversations import (
     ThreadInline,
 )
 from conversations.admin.entries import ConversationEntryAdmin
-from conversations.admin.thread_page import THREAD_PAGE_ENTRIES, THREAD_PAGE_JOBS
+from conversations.admin.thread_page import THREAD_PAGE_ENTRIES
 from conversations.admin.threads import (
     WAITING_MINUTES,
     ExpiredLeaseFilter,
@@ -30,7 +30,6 @@ __all__ = [
     "ADMIN_INLINE_ENTRIES",
     "ADMIN_INLINE_THREADS",
     "THREAD_PAGE_ENTRIES",
-    "THREAD_PAGE_JOBS",
     "WAITING_MINUTES",
     "ChannelUserIndexAdmin",
     "ConversationAdmin",

@@ -1,5 +1,5 @@
 """The sections of a thread's admin page that are more than a field: its outcome, the phases of
-its run, its model calls, its latest entries and run jobs. Each is a template under
+its run, its model calls and its latest entries. Each is a template under
 ``admin/conversations/thread/``; a row's cells are built here, its markup there."""
 
 from __future__ import annotations
@@ -10,16 +10,13 @@ from django.contrib import admin
 from django.template.loader import render_to_string
 from django.utils.dateparse import parse_datetime
 from django.utils.safestring import SafeString, mark_safe
-from procrastinate.contrib.django.models import ProcrastinateJob
 
 from conversations.admin.common import when
 from conversations.models import ConversationEntry, Thread
-from conversations.services import thread_run_queueing_lock
-from core.admin_display import change_link, changelist_url, duration_text, truncated
+from core.admin_display import changelist_url, duration_text, truncated
 
-# A thread page shows this many of its latest entries and run jobs.
+# A thread page shows this many of its latest entries.
 THREAD_PAGE_ENTRIES = 20
-THREAD_PAGE_JOBS = 10
 
 
 class ThreadPageSections:
@@ -111,25 +108,4 @@ class ThreadPageSections:
         ]
         return render_to_string(
             "admin/conversations/thread/entries.html", {"rows": rows, "all_url": url}
-        )
-
-    @admin.display(description="jobs")
-    def run_jobs(self, thread: Thread) -> SafeString:
-        lock = thread_run_queueing_lock(thread.pk)
-        jobs = list(
-            ProcrastinateJob.objects.filter(queueing_lock=lock)
-            .order_by("-id")
-            .values_list("id", "status", "attempts")[:THREAD_PAGE_JOBS]
-        )
-        url = changelist_url("admin:procrastinate_procrastinatejob_changelist", queueing_lock=lock)
-        rows = [
-            (
-                change_link("admin:procrastinate_procrastinatejob_change", job_id, f"#{job_id}"),
-                status,
-                attempts,
-            )
-            for job_id, status, attempts in jobs
-        ]
-        return render_to_string(
-            "admin/conversations/thread/run_jobs.html", {"rows": rows, "all_url": url}
         )

@@ -120,7 +120,6 @@ class ThreadAdmin(ThreadPageSections, SystemRowsAdmin):
         "cost_usd",
         "model_time_ms",
         "thread_entries",
-        "run_jobs",
         "outcome",
         "metadata",
         "created_at",
@@ -159,7 +158,6 @@ class ThreadAdmin(ThreadPageSections, SystemRowsAdmin):
             },
         ),
         ("Entries", {"fields": ("thread_entries",)}),
-        ("Run jobs", {"fields": ("run_jobs",)}),
         (
             "Raw",
             {

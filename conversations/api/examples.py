@@ -79,7 +79,7 @@ THREAD_RESPONSE = OpenApiExample(
         "output_tokens": 0,
         "cost_usd": 0.0,
         "model_time_ms": 0,
-        "metadata": {"goal_entry_seqs": [1]},
+        "metadata": {"goal_entry_seqs": [1], "request_id": "0f6c2d1e9b8a4c3d"},
         "created_at": "2026-11-29T03:35:49.676149Z",
         "updated_at": "2026-11-29T03:35:49.676152Z",
         "enqueued_at": CREATED_AT,

@@ -3,16 +3,17 @@
 - ``conversations``: ``conversation_get_or_create``, ``conversation_start_new``,
   ``conversation_busy_policy_set``, ``conversation_clear``;
 - ``messages``: ``message_handle`` (spawn a thread, inject into, resume or queue behind one);
-- ``lease``, the engine's side: ``thread_claim``, ``thread_claim_next``, ``thread_lease_renew``,
-  ``thread_inbox_take``, ``thread_suspend``, ``thread_leases_sweep``;
+- ``lease``, the engine's side: ``thread_claim``, ``thread_claim_next`` (external engines),
+  ``thread_claim_runnable`` (turn workers), ``thread_lease_renew``, ``thread_inbox_take``,
+  ``thread_suspend``, ``thread_leases_sweep``;
 - ``outcome``: ``thread_outcome_record``, how a run ended;
 - ``operator_actions``: ``thread_request_cancel``, ``thread_stop``, ``thread_requeue``;
 - ``lifecycle``: what those share, spawning a thread (and the follow-up that takes an ended
   thread's unread and queued messages), cancelling one, giving a lease up.
 Underneath: ``locking`` (the bounded transaction and row locks), ``entry_writer`` (seqs and
-entries), ``run_jobs`` (a thread's run job), ``validation`` and ``values`` (what services take
-and return). Reads are in ``conversations.selectors`` (``conversation_list``, ``conversation_get``,
-...).
+entries), ``turn_queue`` (the thread rows as the queue of turns), ``validation`` and ``values``
+(what services take and return). Reads are in ``conversations.selectors``
+(``conversation_list``, ``conversation_get``, ...).
 
 Locking policy (parents before children, one short transaction per call, nothing slow inside;
 claim and heartbeat are one statement, their own transaction):
@@ -36,6 +37,7 @@ from conversations.services.conversations import (
 from conversations.services.lease import (
     thread_claim,
     thread_claim_next,
+    thread_claim_runnable,
     thread_inbox_take,
     thread_lease_renew,
     thread_leases_sweep,
@@ -48,10 +50,10 @@ from conversations.services.operator_actions import (
     thread_stop,
 )
 from conversations.services.outcome import thread_outcome_record
-from conversations.services.run_jobs import (
-    RUN_THREAD_QUEUE,
-    RUN_THREAD_TASK,
-    thread_run_queueing_lock,
+from conversations.services.turn_queue import (
+    THREADS_QUEUE,
+    lease_owner_id,
+    thread_runnable_notify,
 )
 from conversations.services.validation import (
     CHANNEL_PATTERN,
@@ -78,8 +80,7 @@ __all__ = [
     "MAX_SCOPE_LENGTH",
     "MAX_WORKER_ID_LENGTH",
     "OUTCOME_KINDS",
-    "RUN_THREAD_QUEUE",
-    "RUN_THREAD_TASK",
+    "THREADS_QUEUE",
     "Action",
     "ClaimedThread",
     "ClearResult",
@@ -95,16 +96,18 @@ __all__ = [
     "conversation_clear",
     "conversation_get_or_create",
     "conversation_start_new",
+    "lease_owner_id",
     "message_handle",
     "thread_claim",
     "thread_claim_next",
+    "thread_claim_runnable",
     "thread_inbox_take",
     "thread_lease_renew",
     "thread_leases_sweep",
     "thread_outcome_record",
     "thread_request_cancel",
     "thread_requeue",
-    "thread_run_queueing_lock",
+    "thread_runnable_notify",
     "thread_stop",
     "thread_suspend",
 ]

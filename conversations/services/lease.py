@@ -25,10 +25,11 @@ from conversations.services.locking import (
     locked_transaction,
     thread_lock_with_conversation,
 )
-from conversations.services.run_jobs import thread_run_enqueue
+from conversations.services.turn_queue import thread_runnable_notify
 from conversations.services.validation import check_usage, check_worker_id, lease_duration
 from conversations.services.values import ClaimedThread, SweepResult, ThreadUsage
 from core.db import LOCK_TIMEOUT_BOUND_SQL, ModelRows, lock_waits_bounded, update_returning
+from core.log_context import log_context
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,8 @@ def _lease_taken(worker_id: str, duration: datetime.timedelta) -> dict[str, Any]
 
 
 _THREAD_ROWS = ModelRows(Thread)
-# thread_claim's compare-and-set, written once: the ORM spent more CPU building it than
-# PostgreSQL spends running it. The same update as _lease_taken, on the same claimable states.
-_CLAIM_SQL = f"""
-UPDATE conversations_thread AS t SET
+# _lease_taken in SQL, for the claims written once (parameters: the owner, the duration).
+_LEASE_TAKEN_SQL = f"""UPDATE conversations_thread AS t SET
     state = '{ThreadState.RUNNING}',
     lease_owner = %s,
     lease_expires_at = STATEMENT_TIMESTAMP() + %s,
@@ -60,7 +59,11 @@ UPDATE conversations_thread AS t SET
     started_at = COALESCE(t.started_at, STATEMENT_TIMESTAMP()),
     claimed_at = STATEMENT_TIMESTAMP(),
     updated_at = STATEMENT_TIMESTAMP()
-WHERE {LOCK_TIMEOUT_BOUND_SQL}
+"""
+# thread_claim's compare-and-set, written once: the ORM spent more CPU building it than
+# PostgreSQL spends running it. The same update as _lease_taken, on the same claimable states.
+_CLAIM_SQL = f"""
+{_LEASE_TAKEN_SQL}WHERE {LOCK_TIMEOUT_BOUND_SQL}
   AND t.id = %s AND t.user_id = %s AND NOT t.cancel_requested
   AND (
     t.state = '{ThreadState.CREATED}'
@@ -74,6 +77,53 @@ WHERE {LOCK_TIMEOUT_BOUND_SQL}
   )
 RETURNING {_THREAD_ROWS.columns("t")}
 """
+
+
+# thread_claim_runnable: the oldest created thread, else the oldest paused one with a message
+# for it. The second pick runs only when the first finds nothing, so the usual claim is one probe
+# of thread_claimable_idx. SKIP LOCKED: racing workers each get another thread and never wait for
+# one another. The outer state check re-reads the row the pick locked, as a compare-and-set.
+_CLAIM_RUNNABLE_SQL = f"""
+WITH created AS (
+    SELECT c.id FROM conversations_thread c
+    WHERE c.state = '{ThreadState.CREATED}' AND NOT c.cancel_requested
+    ORDER BY c.created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+), paused AS (
+    SELECT c.id FROM conversations_thread c
+    WHERE NOT EXISTS (SELECT 1 FROM created)
+      AND c.state IN ('{ThreadState.WAITING}', '{ThreadState.SUSPENDED}')
+      AND NOT c.cancel_requested
+      AND EXISTS (
+          SELECT 1 FROM conversations_conversationentry e
+          WHERE e.thread_id = c.id AND e.sender = '{EntrySender.USER}'
+            AND e.delivered_at IS NULL)
+    ORDER BY c.created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+)
+{_LEASE_TAKEN_SQL}FROM (SELECT id FROM created UNION ALL SELECT id FROM paused) AS pick
+WHERE t.id = pick.id
+  AND t.state IN ('{ThreadState.CREATED}', '{ThreadState.WAITING}', '{ThreadState.SUSPENDED}')
+  AND NOT t.cancel_requested
+RETURNING {_THREAD_ROWS.columns("t")}
+"""
+
+
+def thread_claim_runnable(*, worker_id: str, lease_seconds: int | None = None) -> Thread | None:
+    """Claim the oldest runnable thread of any tenant for a turn worker, without taking its
+    inbox (the runner takes it in the transaction that checkpoints what it took); None when no
+    thread waits. Runnable: as ``thread_claim_next`` picks them. One statement, no lock waits."""
+    check_worker_id(worker_id)
+    duration = lease_duration(lease_seconds)
+    with transaction.mark_for_rollback_on_error(), connection.cursor() as cursor:
+        params: list[Any] = [worker_id, duration]
+        cursor.execute(_CLAIM_RUNNABLE_SQL, params)
+        claimed = [_THREAD_ROWS.instance(row) for row in cursor.fetchall()]
+    if not claimed:
+        return None
+    thread = claimed[0]
+    # Logged as the request that spawned the thread (the worker is in no request of its own).
+    with log_context(request_id=thread.metadata.get("request_id"), tenant=thread.user_id):
+        _log_claim(thread)
+    return thread
 
 
 def thread_claim(
@@ -261,8 +311,8 @@ def thread_suspend(*, user_id: str, thread_id: uuid.UUID, worker_id: str) -> Thr
     """The lease holder parks a running thread; the next user message resumes it.
 
     Locks the conversation, then the thread: a message injected after the engine's last inbox
-    read is either committed before (a run is enqueued to take it, so it is not stranded in a
-    parked thread) or sees the thread suspended and resumes it.
+    read is either committed before (the suspended thread is runnable with it, so it is not
+    stranded in a parked thread) or sees the thread suspended and resumes it.
     """
     check_worker_id(worker_id)
     with locked_transaction(bound_by_first_statement=True):
@@ -272,14 +322,15 @@ def thread_suspend(*, user_id: str, thread_id: uuid.UUID, worker_id: str) -> Thr
         released = thread_lease_release(thread, state=ThreadState.SUSPENDED)
         thread.save(update_fields=[*released, "updated_at"])
         if ConversationEntry.objects.undelivered_for(thread).exists():
-            thread_run_enqueue(thread.id)
+            thread_runnable_notify(thread)
     return thread
 
 
 def thread_leases_sweep(
     *, now: datetime.datetime | None = None, batch_size: int = 100
 ) -> SweepResult:
-    """Return running threads whose lease expired to ``created`` and enqueue them again.
+    """Return running threads whose lease expired to ``created``: back in the queue (the update's
+    trigger wakes the workers at commit).
 
     A thread that was asked to stop is stopped instead. One transaction per batch; rows locked by
     a live transaction (a heartbeat, an outcome) are skipped and seen by the next sweep.
@@ -302,8 +353,6 @@ def thread_leases_sweep(
                     enqueued_at=Now(),
                     updated_at=Now(),
                 )
-                for pk in requeue:
-                    thread_run_enqueue(pk)
             if stop:
                 Thread.objects.filter(pk__in=stop).update(
                     **lease_released_fields(ThreadState.STOPPED),

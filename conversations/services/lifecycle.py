@@ -20,8 +20,8 @@ from conversations.models import (
     ThreadState,
 )
 from conversations.services.entry_writer import EntryWriter
-from conversations.services.run_jobs import thread_run_enqueue
 from core.db import ModelRows
+from core.log_context import current_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +57,14 @@ def thread_spawn(
         goal.append(writer.add(EntrySender.USER, new_message, thread=thread, delivered_at=now))
     thread.goal = "\n\n".join(entry.content for entry in goal)
     thread.metadata = {"goal_entry_seqs": [entry.seq for entry in goal]}
+    request_id = current_request_id()
+    if request_id:
+        # The turn's log lines carry the id of the request that spawned it.
+        thread.metadata["request_id"] = request_id
     thread.save(force_insert=True)
     writer.add(EntrySender.SYSTEM, "Thread started", thread=thread)
-    thread_run_enqueue(thread.id, new_thread=True)
+    # Nothing to enqueue: a created thread is in the queue, and its insert's trigger wakes the
+    # workers when this transaction commits.
     return thread, goal[-1]
 
 

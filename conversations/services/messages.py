@@ -14,7 +14,7 @@ from conversations.services.locking import (
     locked_transaction,
     thread_lock,
 )
-from conversations.services.run_jobs import thread_run_enqueue
+from conversations.services.turn_queue import thread_runnable_notify
 from conversations.services.validation import channel_key, check_content, check_user_id
 from conversations.services.values import MessageResult
 from core.db import violated_constraint
@@ -99,10 +99,10 @@ def _message_apply(conversation: Conversation, content: str) -> MessageResult:
     if live.state == ThreadState.SUSPENDED:
         writer.add(EntrySender.SYSTEM, "Thread resumed", thread=live)
         writer.flush()
-        thread_run_enqueue(live.id)
+        thread_runnable_notify(live)
         return MessageResult(conversation.id, live.id, "resumed", entry.seq)
     writer.flush()
     if live.state == ThreadState.WAITING:
         # Paused on a gate with nobody running it: this message may resolve the gate.
-        thread_run_enqueue(live.id)
+        thread_runnable_notify(live)
     return MessageResult(conversation.id, live.id, "injected", entry.seq)

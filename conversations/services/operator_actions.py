@@ -18,7 +18,6 @@ from conversations.services.locking import (
     locked_transaction,
     thread_lock_with_conversation,
 )
-from conversations.services.run_jobs import thread_run_enqueue
 from conversations.services.values import OperatorActionResult
 
 OPERATOR_STOP_REASON = "stopped by an operator"
@@ -91,12 +90,10 @@ def thread_request_cancel(*, user_id: str, thread_id: uuid.UUID) -> OperatorActi
 
 
 def thread_requeue(*, user_id: str, thread_id: uuid.UUID) -> OperatorActionResult:
-    """Give a thread stuck without a run a new one: a created thread's run job is deferred again
-    (unless one is waiting); a running thread whose lease expired goes back to created first, as
-    the lease sweeper would do.
+    """Hand a running thread whose lease expired back to the queue (``created``) now, as the
+    lease sweeper would at its next pass. A created thread is already waiting for a worker.
 
-    Locks the thread row only (a thread-only operation, like the sweeper); the job is deferred in
-    the same transaction.
+    Locks the thread row only (a thread-only operation, like the sweeper).
     """
     with locked_transaction(ThreadBusy, bound_by_first_statement=True):
         thread = (
@@ -116,20 +113,18 @@ def thread_requeue(*, user_id: str, thread_id: uuid.UUID) -> OperatorActionResul
             return OperatorActionResult(
                 thread.id, False, "cancellation requested: a run would be refused; stop it"
             )
-        requeued_from = ""
-        if thread.state == ThreadState.RUNNING:
-            if not getattr(thread, "lease_expired", False):
-                return OperatorActionResult(
-                    thread.id, False, f"running with a live lease held by {thread.lease_owner}"
-                )
-            released = thread_lease_release(thread, state=ThreadState.CREATED)
-            thread.enqueued_at = timezone.now()
-            thread.save(update_fields=[*released, "enqueued_at", "updated_at"])
-            requeued_from = "back to created (its lease had expired), "
-        elif thread.state != ThreadState.CREATED:
+        if thread.state == ThreadState.CREATED:
+            return OperatorActionResult(thread.id, False, "created: already waiting for a worker")
+        if thread.state != ThreadState.RUNNING:
             return OperatorActionResult(thread.id, False, f"{thread.state}: nothing to requeue")
-        if not thread_run_enqueue(thread.id):
+        if not getattr(thread, "lease_expired", False):
             return OperatorActionResult(
-                thread.id, bool(requeued_from), requeued_from + "a run job was already waiting"
+                thread.id, False, f"running with a live lease held by {thread.lease_owner}"
             )
-    return OperatorActionResult(thread.id, True, requeued_from + "run job deferred")
+        # Back to created: the update's trigger wakes the workers when this commits.
+        released = thread_lease_release(thread, state=ThreadState.CREATED)
+        thread.enqueued_at = timezone.now()
+        thread.save(update_fields=[*released, "enqueued_at", "updated_at"])
+    return OperatorActionResult(
+        thread.id, True, "back to created (its lease had expired): waiting for a worker"
+    )

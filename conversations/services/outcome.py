@@ -25,7 +25,7 @@ from conversations.models import (
 from conversations.services.entry_writer import EntryWriter
 from conversations.services.lifecycle import thread_follow_up_spawn, thread_lease_release
 from conversations.services.locking import locked_transaction, thread_lock_with_conversation
-from conversations.services.run_jobs import thread_run_enqueue
+from conversations.services.turn_queue import thread_runnable_notify
 from conversations.services.validation import check_outcome, check_usage
 from conversations.services.values import OutcomeResult, ThreadOutcome, ThreadUsage
 
@@ -120,8 +120,8 @@ def thread_outcome_record(
         follow_up = None
         if outcome.kind == "gate_paused":
             if ConversationEntry.objects.undelivered_for(thread).exists():
-                # Messages wait in the paused thread's inbox; a run must pick them up.
-                thread_run_enqueue(thread.id)
+                # Messages wait in the paused thread's inbox: it is runnable again.
+                thread_runnable_notify(thread)
         elif was_tracked and thread.kind == ThreadKind.FOREGROUND:
             follow_up = thread_follow_up_spawn(conversation, writer, thread)
         entries = writer.flush()

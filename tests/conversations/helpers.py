@@ -3,9 +3,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from django.db import connection
+from django.db import transaction
 
 from conversations.models import ConversationEntry
+from conversations.services import thread_claim_runnable
 
 
 def entries_of(conversation_id: uuid.UUID) -> list[tuple[int, str, str, uuid.UUID | None]]:
@@ -17,22 +18,12 @@ def entries_of(conversation_id: uuid.UUID) -> list[tuple[int, str, str, uuid.UUI
     ]
 
 
-def run_jobs_for(thread_id: Any) -> list[str]:
-    """Statuses of the thread's run jobs in procrastinate_jobs, oldest first."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT status FROM procrastinate_jobs WHERE task_name = %s AND args->>'thread_id' = %s"
-            " ORDER BY id",
-            ["conversations.tasks.run_thread", str(thread_id)],
-        )
-        return [row[0] for row in cursor.fetchall()]
-
-
-def mark_run_jobs_taken(thread_id: Any) -> None:
-    """What a worker does when it picks a job up: it leaves the queue (no longer ``todo``)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE procrastinate_jobs SET status = 'doing' WHERE task_name = %s"
-            " AND args->>'thread_id' = %s AND status = 'todo'",
-            ["conversations.tasks.run_thread", str(thread_id)],
-        )
+def waiting_for_a_worker(thread_id: Any) -> bool:
+    """Whether the thread is in the threads queue: a turn worker's claim would take it now. The
+    claims are made (every runnable thread, oldest first) and rolled back."""
+    claimed: list[Any] = []
+    with transaction.atomic():
+        while (thread := thread_claim_runnable(worker_id="probe")) is not None:
+            claimed.append(thread.id)
+        transaction.set_rollback(True)
+    return thread_id in claimed

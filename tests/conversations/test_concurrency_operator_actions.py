@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import datetime
 from functools import partial
 
 import pytest
-from django.db import connection
 from django.test import override_settings
+from django.utils import timezone
 
 from conversations.errors import LeaseNotHeld, OutcomeAlreadyRecorded
 from conversations.models import ConversationEntry, Thread
@@ -19,18 +19,10 @@ from conversations.services import (
     thread_requeue,
     thread_stop,
 )
-from tests.conversations.helpers import mark_run_jobs_taken, run_jobs_for
+from tests.conversations.helpers import waiting_for_a_worker
 from tests.support.concurrency import run_together
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def _no_jobs_left_behind() -> Iterator[None]:
-    """Procrastinate's tables are not flushed between transactional tests: leave them empty."""
-    yield
-    with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM procrastinate_jobs")
 
 
 @override_settings(CONVERSATION_LOCK_TIMEOUT_MS=20_000)
@@ -65,9 +57,12 @@ def test_stop_racing_with_the_outcome_ends_the_thread_once() -> None:
 
 
 @override_settings(CONVERSATION_LOCK_TIMEOUT_MS=20_000)
-def test_concurrent_requeues_defer_one_job() -> None:
+def test_concurrent_requeues_return_the_thread_to_the_queue_once() -> None:
     sent = message_handle(user_id="alice", channel="web", content="hello")
-    mark_run_jobs_taken(sent.thread_id)
+    thread_claim(user_id="alice", thread_id=sent.thread_id, worker_id="crashed")
+    Thread.objects.filter(pk=sent.thread_id).update(
+        lease_expires_at=timezone.now() - datetime.timedelta(seconds=5)
+    )
 
     results, errors = run_together(
         [lambda: thread_requeue(user_id="alice", thread_id=sent.thread_id) for _ in range(4)]
@@ -75,4 +70,4 @@ def test_concurrent_requeues_defer_one_job() -> None:
 
     assert errors == []
     assert sorted(result.done for result in results) == [False, False, False, True]
-    assert run_jobs_for(sent.thread_id) == ["doing", "todo"]
+    assert waiting_for_a_worker(sent.thread_id)

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import pytest
-from django.db import transaction
 from django.test import override_settings
 
 from conversations.errors import MessageRejected, MessageTooLarge
 from conversations.models import ChannelUserIndex, Conversation, ConversationEntry, Thread
 from conversations.services import (
-    MessageResult,
     ThreadOutcome,
     conversation_busy_policy_set,
     conversation_get_or_create,
@@ -19,7 +17,7 @@ from conversations.services import (
     thread_suspend,
 )
 from core.errors import InvalidInput
-from tests.conversations.helpers import entries_of, run_jobs_for
+from tests.conversations.helpers import entries_of, waiting_for_a_worker
 
 pytestmark = pytest.mark.django_db
 
@@ -42,10 +40,10 @@ def test_first_message_spawns_a_thread_with_user_and_started_entries() -> None:
     assert Conversation.objects.get(pk=result.conversation_id).last_seq == 2
 
 
-def test_spawning_enqueues_the_threads_run() -> None:
+def test_a_spawned_thread_waits_for_a_worker() -> None:
     result = message_handle(user_id="alice", channel="web", content="hello")
 
-    assert run_jobs_for(result.thread_id) == ["todo"]
+    assert waiting_for_a_worker(result.thread_id)
 
 
 def test_same_channel_and_user_share_a_conversation_others_do_not() -> None:
@@ -94,7 +92,7 @@ def test_inject_into_a_running_thread() -> None:
     assert (second.action, second.thread_id) == ("injected", first.thread_id)
 
 
-def test_inject_into_a_waiting_thread_enqueues_a_run_to_resolve_its_gate() -> None:
+def test_inject_into_a_waiting_thread_makes_it_runnable_to_resolve_its_gate() -> None:
     first = message_handle(user_id="alice", channel="web", content="hello")
     thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w1")
     thread_outcome_record(
@@ -103,20 +101,20 @@ def test_inject_into_a_waiting_thread_enqueues_a_run_to_resolve_its_gate() -> No
         worker_id="w1",
         outcome=ThreadOutcome(kind="gate_paused", gate_name="approval", gate_action="shell"),
     )
-    _mark_jobs_done(first.thread_id)
+    assert not waiting_for_a_worker(first.thread_id)
 
     second = message_handle(user_id="alice", channel="web", content="approve")
 
     assert (second.action, second.thread_id) == ("injected", first.thread_id)
     assert Thread.objects.get(pk=first.thread_id).state == "waiting"
-    assert run_jobs_for(first.thread_id).count("todo") == 1
+    assert waiting_for_a_worker(first.thread_id)
 
 
 def test_a_suspended_thread_is_resumed_with_the_message() -> None:
     first = message_handle(user_id="alice", channel="web", content="hello")
     thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w1")
     thread_suspend(user_id="alice", thread_id=first.thread_id, worker_id="w1")
-    _mark_jobs_done(first.thread_id)
+    assert not waiting_for_a_worker(first.thread_id)
 
     second = message_handle(user_id="alice", channel="web", content="wake up")
 
@@ -125,33 +123,31 @@ def test_a_suspended_thread_is_resumed_with_the_message() -> None:
         (3, "user", "wake up", first.thread_id),
         (4, "system", "Thread resumed", first.thread_id),
     ]
-    assert run_jobs_for(first.thread_id).count("todo") == 1
+    assert waiting_for_a_worker(first.thread_id)
     assert thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w2").state == (
         "running"
     )
 
 
-def test_suspending_with_an_unread_message_enqueues_a_run_to_take_it() -> None:
+def test_suspending_with_an_unread_message_leaves_it_runnable_to_take_it() -> None:
     first = message_handle(user_id="alice", channel="web", content="hello")
     thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w1")
-    _mark_jobs_done(first.thread_id)
     late = message_handle(user_id="alice", channel="web", content="after the last inbox read")
 
     thread_suspend(user_id="alice", thread_id=first.thread_id, worker_id="w1")
 
     assert late.action == "injected"
     assert Thread.objects.get(pk=first.thread_id).state == "suspended"
-    assert run_jobs_for(first.thread_id).count("todo") == 1
+    assert waiting_for_a_worker(first.thread_id)
 
 
 def test_suspending_with_an_empty_inbox_waits_for_the_next_message() -> None:
     first = message_handle(user_id="alice", channel="web", content="hello")
     thread_claim(user_id="alice", thread_id=first.thread_id, worker_id="w1")
-    _mark_jobs_done(first.thread_id)
 
     thread_suspend(user_id="alice", thread_id=first.thread_id, worker_id="w1")
 
-    assert run_jobs_for(first.thread_id).count("todo") == 0
+    assert not waiting_for_a_worker(first.thread_id)
 
 
 def test_queue_policy_stores_the_message_and_makes_it_the_next_goal() -> None:
@@ -292,25 +288,3 @@ def test_content_over_the_byte_limit_is_too_large() -> None:
 
     assert raised.value.status_code == 413
     assert not Conversation.objects.exists()
-
-
-def _mark_jobs_done(thread_id: object) -> None:
-    from tests.conversations.helpers import mark_run_jobs_taken
-
-    mark_run_jobs_taken(thread_id)
-
-
-def test_the_run_is_enqueued_in_the_messages_transaction() -> None:
-    spawned: list[MessageResult] = []
-
-    def send_then_fail() -> None:
-        with transaction.atomic():
-            spawned.append(message_handle(user_id="alice", channel="web", content="hello"))
-            assert run_jobs_for(spawned[0].thread_id) == ["todo"]
-            raise RuntimeError("the surrounding transaction rolls back")
-
-    with pytest.raises(RuntimeError):
-        send_then_fail()
-
-    assert run_jobs_for(spawned[0].thread_id) == []
-    assert not Thread.objects.exists()

@@ -21,7 +21,7 @@ from conversations.services import (
     thread_requeue,
     thread_stop,
 )
-from tests.conversations.helpers import entries_of, mark_run_jobs_taken, run_jobs_for
+from tests.conversations.helpers import entries_of, waiting_for_a_worker
 
 pytestmark = pytest.mark.django_db
 
@@ -97,7 +97,7 @@ def test_stop_carries_unread_messages_to_a_follow_up_thread() -> None:
     follow_up = Thread.objects.get(tracked=True)
     assert "1 unread message(s) moved to thread" in stopped.message
     assert follow_up.goal == "second"
-    assert run_jobs_for(follow_up.id) == ["todo"]
+    assert waiting_for_a_worker(follow_up.id)
 
 
 def test_request_cancel_flags_a_running_thread_for_its_engine() -> None:
@@ -124,37 +124,27 @@ def test_request_cancel_stops_a_thread_nobody_runs() -> None:
         thread_claim(user_id="alice", thread_id=result.thread_id, worker_id="w1")
 
 
-def test_requeue_returns_an_expired_running_thread_to_created_with_a_new_job() -> None:
+def test_requeue_returns_an_expired_running_thread_to_the_queue() -> None:
     result = _running()
-    mark_run_jobs_taken(result.thread_id)
     _expire_lease(result)
+    assert not waiting_for_a_worker(result.thread_id)
 
     requeued = thread_requeue(user_id="alice", thread_id=result.thread_id)
 
     thread = Thread.objects.get(pk=result.thread_id)
     assert requeued.done
-    assert requeued.message == "back to created (its lease had expired), run job deferred"
+    assert requeued.message == "back to created (its lease had expired): waiting for a worker"
     assert (thread.state, thread.lease_owner, thread.lease_expires_at) == ("created", "", None)
-    assert run_jobs_for(thread.id) == ["doing", "todo"]
+    assert waiting_for_a_worker(thread.id)
 
 
-def test_requeue_defers_a_job_for_a_created_thread_that_lost_it() -> None:
-    result = message_handle(user_id="alice", channel="web", content="hello")
-    mark_run_jobs_taken(result.thread_id)  # its job was taken and died before the claim
-
-    requeued = thread_requeue(user_id="alice", thread_id=result.thread_id)
-
-    assert (requeued.done, requeued.message) == (True, "run job deferred")
-    assert run_jobs_for(result.thread_id) == ["doing", "todo"]
-
-
-def test_requeue_does_not_add_a_second_waiting_job() -> None:
+def test_requeue_leaves_a_created_thread_where_it_is() -> None:
     result = message_handle(user_id="alice", channel="web", content="hello")
 
     requeued = thread_requeue(user_id="alice", thread_id=result.thread_id)
 
-    assert (requeued.done, requeued.message) == (False, "a run job was already waiting")
-    assert run_jobs_for(result.thread_id) == ["todo"]
+    assert (requeued.done, requeued.message) == (False, "created: already waiting for a worker")
+    assert waiting_for_a_worker(result.thread_id)
 
 
 def test_requeue_leaves_a_live_lease_and_a_paused_thread_alone() -> None:

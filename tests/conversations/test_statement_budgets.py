@@ -15,6 +15,7 @@ from conversations.services import (
     message_handle,
     thread_claim,
     thread_claim_next,
+    thread_claim_runnable,
     thread_outcome_record,
 )
 
@@ -28,12 +29,13 @@ def _finished(thread_id: uuid.UUID) -> None:
     )
 
 
-def test_first_message_spawns_in_seven_statements(
+def test_first_message_spawns_in_six_statements(
     django_assert_num_queries: DjangoAssertNumQueries,
 ) -> None:
     # BEGIN, lock by channel (none yet), create the conversation and its index row, insert the
-    # thread, defer its run, entries with the seq bump, COMMIT.
-    with django_assert_num_queries(7):
+    # thread (the queue's entry: its trigger wakes the workers), entries with the seq bump,
+    # COMMIT.
+    with django_assert_num_queries(6):
         result = message_handle(user_id="alice", channel="web", content="hello")
 
     assert result.action == "spawned"
@@ -51,17 +53,29 @@ def test_inject_is_five_statements(django_assert_num_queries: DjangoAssertNumQue
     assert (result.action, result.seq) == ("injected", 3)
 
 
-def test_a_later_spawn_is_eight_statements(
+def test_a_later_spawn_is_seven_statements(
     django_assert_num_queries: DjangoAssertNumQueries,
 ) -> None:
     _finished(message_handle(user_id="alice", channel="web", content="hello").thread_id)
 
-    # BEGIN, resolve and lock, live thread, queued messages, insert the thread, defer its run,
-    # entries with the seq bump, COMMIT.
-    with django_assert_num_queries(8):
+    # BEGIN, resolve and lock, live thread, queued messages, insert the thread, entries with the
+    # seq bump, COMMIT.
+    with django_assert_num_queries(7):
         result = message_handle(user_id="alice", channel="web", content="again")
 
     assert result.action == "spawned"
+
+
+def test_a_turn_workers_claim_is_one_statement(
+    django_assert_num_queries: DjangoAssertNumQueries,
+) -> None:
+    spawned = message_handle(user_id="alice", channel="web", content="hello")
+
+    with django_assert_num_queries(1):
+        claimed = thread_claim_runnable(worker_id="w1")
+
+    assert claimed is not None
+    assert (claimed.pk, claimed.state) == (spawned.thread_id, "running")
 
 
 def test_claim_is_one_statement(django_assert_num_queries: DjangoAssertNumQueries) -> None:

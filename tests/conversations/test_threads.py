@@ -28,7 +28,7 @@ from conversations.services import (
     thread_leases_sweep,
     thread_outcome_record,
 )
-from tests.conversations.helpers import entries_of, mark_run_jobs_taken, run_jobs_for
+from tests.conversations.helpers import entries_of, waiting_for_a_worker
 
 pytestmark = pytest.mark.django_db
 
@@ -266,7 +266,7 @@ def test_message_after_last_inbox_read_is_carried_by_a_follow_up_thread() -> Non
         (5, "agent", "answer to early", result.thread_id),
         (6, "system", "Thread started", follow_up.id),
     ]
-    assert run_jobs_for(follow_up.id) == ["todo"]
+    assert waiting_for_a_worker(follow_up.id)
 
 
 def test_interrupted_threads_later_outcome_is_stopped_and_adds_nothing() -> None:
@@ -317,31 +317,19 @@ def test_clear_deletes_entries_and_untracks_threads() -> None:
     assert Conversation.objects.get(pk=result.conversation_id).last_seq == 5
 
 
-def test_expired_lease_returns_the_thread_to_created_and_enqueues_it_again() -> None:
+def test_expired_lease_returns_the_thread_to_the_queue() -> None:
     result = _running()
-    mark_run_jobs_taken(result.thread_id)  # the worker that claimed it took its job
     Thread.objects.filter(pk=result.thread_id).update(
         lease_expires_at=timezone.now() - datetime.timedelta(seconds=5)
     )
+    assert not waiting_for_a_worker(result.thread_id)
 
     swept = thread_leases_sweep()
 
     thread = Thread.objects.get(pk=result.thread_id)
     assert swept.requeued == [thread.id]
     assert (thread.state, thread.lease_owner, thread.lease_expires_at) == ("created", "", None)
-    assert run_jobs_for(thread.id) == ["doing", "todo"]
-
-
-def test_sweep_does_not_enqueue_a_second_waiting_run() -> None:
-    result = _running()
-    Thread.objects.filter(pk=result.thread_id).update(
-        lease_expires_at=timezone.now() - datetime.timedelta(seconds=5)
-    )
-
-    thread_leases_sweep()
-
-    assert run_jobs_for(result.thread_id) == ["todo"]
-    assert Thread.objects.get(pk=result.thread_id).state == "created"
+    assert waiting_for_a_worker(thread.id)
 
 
 def test_sweep_leaves_live_leases_alone() -> None:

@@ -132,8 +132,8 @@ def test_a_job_deferred_on_a_lost_connection_is_a_503_not_a_500() -> None:
     with contextlib.suppress(OperationalError), connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
     with pytest.raises(ConnectorException) as raised:
-        app.configure_task(name="conversations.tasks.run_thread", queue="threads").defer(
-            thread_id=str(uuid.uuid4())
+        app.configure_task(name="workspace.index_document", queue="indexing").defer(
+            document_id=str(uuid.uuid4())
         )
 
     response = api_exception_handler(raised.value, {})

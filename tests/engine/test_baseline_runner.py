@@ -12,7 +12,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from bench import baseline_runner
 from bench.baseline_runner import run_thread
 from conversations.models import ConversationEntry, Thread
-from conversations.services import message_handle
+from conversations.services import message_handle, thread_claim_runnable
 from engine.checkpoint import thread_checkpoint_path
 from workspace.models import Document
 
@@ -29,7 +29,11 @@ def test_the_baseline_runner_answers_and_its_checkpoints_wait_for_the_global_mut
         user_id="alice", path=thread_checkpoint_path(sent.thread_id)
     )
     baseline_runner._GLOBAL_MUTEX.acquire()
-    runner = threading.Thread(target=run_thread, kwargs={"thread_id": str(sent.thread_id)})
+    claimed = thread_claim_runnable(worker_id="baseline")
+    assert claimed is not None
+    runner = threading.Thread(
+        target=run_thread, kwargs={"thread": claimed, "worker_id": "baseline"}
+    )
     runner.start()
     try:
         time.sleep(1)

@@ -13,15 +13,12 @@ from django.test import override_settings
 
 from conversations.models import ConversationEntry, Thread
 from conversations.services import (
-    ThreadOutcome,
     conversation_busy_policy_set,
     message_handle,
-    thread_claim,
-    thread_outcome_record,
 )
 from engine.checkpoint import conversation_checkpoint_path, thread_checkpoint_path
 from engine.model_clients import ChatMessage, EchoModel, ModelClient, ModelError, ModelReply
-from engine.runner import Turn, run_thread
+from engine.runner import Turn
 from workspace.models import Chunk, Document, DocumentVersion
 from workspace.services import document_write
 
@@ -244,40 +241,3 @@ def test_a_resumed_turn_does_not_send_checkpointed_steps_again() -> None:
     assert finished.state == "completed"
     assert _agent_entries(sent.conversation_id) == ["second part"]
     assert finished.step_count == 2
-
-
-def test_run_thread_does_nothing_for_a_finished_or_leased_thread() -> None:
-    sent = message_handle(user_id="alice", channel="web", content="hello")
-    thread_claim(user_id="alice", thread_id=sent.thread_id, worker_id="someone-else")
-
-    run_thread(thread_id=str(sent.thread_id))
-
-    thread = Thread.objects.get(pk=sent.thread_id)
-    assert (thread.state, thread.lease_owner) == ("running", "someone-else")
-    assert _agent_entries(sent.conversation_id) == []
-
-
-def test_run_thread_leaves_a_thread_paused_at_a_gate_alone_until_a_message_comes() -> None:
-    # An external engine claims the thread its spawn queued a run for, and pauses it at a gate.
-    sent = message_handle(user_id="alice", channel="web", content="deploy it")
-    thread_claim(user_id="alice", thread_id=sent.thread_id, worker_id="external")
-    thread_outcome_record(
-        user_id="alice",
-        thread_id=sent.thread_id,
-        outcome=ThreadOutcome(kind="gate_paused", gate_name="approval", gate_action="deploy"),
-        worker_id="external",
-    )
-
-    # The run queued at spawn comes up now: nothing new was said, so there is nothing to run.
-    run_thread(thread_id=str(sent.thread_id))
-
-    paused = Thread.objects.get(pk=sent.thread_id)
-    assert (paused.state, paused.claim_count) == ("waiting", 1)
-    assert _agent_entries(sent.conversation_id) == []
-
-    # A message for it makes it runnable again, and the run it queues answers.
-    message_handle(user_id="alice", channel="web", content="approved")
-    run_thread(thread_id=str(sent.thread_id))
-
-    assert Thread.objects.get(pk=sent.thread_id).state == "completed"
-    assert len(_agent_entries(sent.conversation_id)) == 1

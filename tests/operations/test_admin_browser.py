@@ -135,14 +135,15 @@ def test_operator_reads_the_admin_and_stops_a_stuck_thread(scene: Scene) -> None
             page.fill("#id_password", PASSWORD)
             page.click("input[type=submit]")
 
-            # Live threads: bob's (created, its job not picked up) and the stuck one (running).
+            # Live threads: bob's (created, no worker runs here) and the stuck one (running).
             expect(page.locator("#readiness")).to_be_visible()
             expect(page.locator("[data-figure=threads-created]")).to_have_text("1")
             expect(page.locator("[data-figure=threads-running]")).to_have_text("1")
             expired = page.locator("[data-figure=threads-running-with-an-expired-lease]")
             expect(expired).to_have_text("1")
-            # Three run jobs deferred (one per spawned thread), none picked up.
-            expect(page.locator("[data-figure=queue-threads-waiting]")).to_have_text("3")
+            # The threads queue is the thread rows: bob's waits, the stuck one is doing.
+            expect(page.locator("[data-figure=queue-threads-waiting]")).to_have_text("1")
+            expect(page.locator("[data-figure=queue-threads-doing]")).to_have_text("1")
             expect(
                 page.locator("[data-figure=documents-runtime-documents-with-chunks-should-be-0]")
             ).to_have_text("0")

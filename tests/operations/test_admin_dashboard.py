@@ -11,14 +11,12 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
-from procrastinate.contrib.django.models import ProcrastinateJob
 
 from conversations.models import Thread
-from conversations.services import message_handle, thread_claim, thread_run_queueing_lock
+from conversations.services import message_handle, thread_claim
 from core import admin as ironclaw_admin
 from core.admin import TenantPrefixFilter
 from operations import admin_site
-from tests.conversations.helpers import mark_run_jobs_taken
 from tests.support.locks import table_locked
 from tests.workspace.factories import ChunkFactory, DocumentFactory, DocumentVersionFactory
 from workspace.models import IndexState
@@ -86,9 +84,14 @@ def test_dashboard_shows_live_threads_queues_and_indexing(admin_client: Client) 
         "/admin/conversations/thread/?lease=expired",
         "1",
     )
+    # The threads queue is the thread rows: two created (waiting), one running.
     assert figures["queue-threads-waiting"] == (
-        "/admin/procrastinate/procrastinatejob/?queue_name__exact=threads&status__exact=todo",
-        "3",
+        "/admin/conversations/thread/?state__exact=created",
+        "2",
+    )
+    assert figures["queue-threads-doing"] == (
+        "/admin/conversations/thread/?state__exact=running",
+        "1",
     )
     assert figures["documents-indexing-backlog-pending"][1] == "1"
     assert figures["documents-embedding-errors-in-the-last-hour"][1] == "1"
@@ -153,7 +156,7 @@ def test_view_site_link_is_gone(admin_client: Client) -> None:
     assert "View site" not in response.content.decode()
 
 
-DASHBOARD_QUERIES = 15
+DASHBOARD_QUERIES = 16
 
 
 def test_job_list_has_no_filter_growing_with_threads_and_lists_a_threads_jobs(
@@ -183,19 +186,6 @@ def test_tenant_filter_is_served_by_the_tenant_index(rf: Any) -> None:
         plan = tenant.queryset(request, Thread.objects.all()).explain()
 
     assert "thread_user_newest_idx" in plan
-
-
-def test_a_threads_run_jobs_are_found_through_an_index() -> None:
-    sent = message_handle(user_id="alice", channel="web", content="hello")
-    mark_run_jobs_taken(sent.thread_id)  # no longer todo: procrastinate's own index drops it
-
-    with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        plan = ProcrastinateJob.objects.filter(
-            queueing_lock=thread_run_queueing_lock(sent.thread_id)
-        ).explain()
-
-    assert "ironclaw_jobs_queueing_lock_idx" in plan
 
 
 def test_long_lists_stop_counting_at_the_limit(

@@ -7,6 +7,7 @@ a query to a page: re-pin it on purpose.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -15,6 +16,7 @@ from django.db.models import Model
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from procrastinate.contrib.django import app
 from procrastinate.contrib.django.models import ProcrastinateJob
 from pytest_django.fixtures import Settings as SettingsWrapper
 
@@ -49,6 +51,12 @@ def _documents(rows: int) -> None:
     for number in range(rows):
         services.document_write(user_id="alice", path=f"notes/{number}.md", content="one two")
         services.document_write(user_id="alice", path=f"notes/{number}.md", content="one three")
+
+
+def _jobs(rows: int) -> None:
+    index = app.configure_task(name=services.INDEX_DOCUMENT_TASK, queue="indexing")
+    for _ in range(rows):
+        index.defer(document_id=str(uuid.uuid4()))
 
 
 def _api_keys(rows: int) -> None:
@@ -106,13 +114,13 @@ PAGES: dict[str, tuple[Callable[[int], str], int]] = {
     "thread list": (_changelist("conversations_thread", _conversations), 4),
     "entry list": (_changelist("conversations_conversationentry", _conversations), 4),
     "channel index list": (_changelist("conversations_channeluserindex", _conversations), 4),
-    "job list": (_changelist("procrastinate_procrastinatejob", _conversations), 8),
+    "job list": (_changelist("procrastinate_procrastinatejob", _jobs), 8),
     "document list": (_changelist("workspace_document", _documents), 4),
     "version list": (_changelist("workspace_documentversion", _documents), 4),
     "chunk list": (_changelist("workspace_chunk", _documents), 4),
     "api key list": (_changelist("accounts_apikey", _api_keys), 4),
     "conversation page": (_conversation_with, 7),
-    "thread page": (_thread_with, 5),
+    "thread page": (_thread_with, 4),
     "entry page": (
         _row_page("conversations_conversationentry", _conversations, ConversationEntry),
         5,
@@ -121,14 +129,14 @@ PAGES: dict[str, tuple[Callable[[int], str], int]] = {
         _row_page("conversations_channeluserindex", _conversations, ChannelUserIndex),
         4,
     ),
-    "job page": (_row_page("procrastinate_procrastinatejob", _conversations, ProcrastinateJob), 5),
+    "job page": (_row_page("procrastinate_procrastinatejob", _jobs, ProcrastinateJob), 5),
     "document page": (_document_with, 6),
     "version page": (_row_page("workspace_documentversion", _documents, DocumentVersion), 5),
     "chunk page": (_row_page("workspace_chunk", _documents, Chunk), 3),
     "api key page": (_row_page("accounts_apikey", _api_keys, ApiKey), 3),
     "thread page of a finished thread": (
         _row_page("conversations_thread", _conversations, Thread),
-        5,
+        4,
     ),
 }
 

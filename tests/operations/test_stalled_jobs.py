@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from django.db import connection
 from procrastinate.contrib.django.models import ProcrastinateJob
 from pytest_django.fixtures import Settings as SettingsWrapper
-from rest_framework.test import APIClient
 
-from conversations.models import ConversationEntry, Thread
 from operations.jobs import stalled_jobs_retry
 from tests.support.embeddings_server import running_embeddings_server
 from tests.support.servers import database_url, worker_process
@@ -83,36 +81,3 @@ def test_an_indexing_job_killed_mid_embedding_is_retried_and_the_document_indexe
     assert requeued.status == "todo"
     assert ProcrastinateJob.objects.get(pk=job.pk).status == "succeeded"
     assert Document.objects.get(pk=document.pk).index_state == IndexState.INDEXED
-
-
-def test_a_turn_killed_mid_model_call_is_run_again_and_answered(
-    settings: SettingsWrapper, tenant_client: Callable[[str], APIClient]
-) -> None:
-    settings.ENGINE_MODEL = "echo"
-    settings.ENGINE_ECHO_LATENCY_MS = 50
-    env = {
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "ENGINE_MODEL": "echo",
-        "ENGINE_ECHO_LATENCY_MS": "60000",
-        "ENGINE_LEASE_SECONDS": "1",
-        "ENGINE_HEARTBEAT_SECONDS": "0.2",
-        **FAST_HEARTBEATS,
-    }
-    sent = tenant_client("alice").post(
-        "/api/v1/messages", {"channel": "web", "content": "still there?"}, format="json"
-    )
-    assert sent.status_code == 202, sent.json()
-    thread_id = sent.json()["thread_id"]
-    with worker_process(env, queues="threads", concurrency=1) as worker:
-        job = _wait_for_job("conversations.tasks.run_thread", "doing")
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
-    time.sleep(1.5)
-
-    retried = stalled_jobs_retry()
-    run_worker_until_empty("threads")
-
-    assert job.pk in retried
-    assert Thread.objects.get(pk=thread_id).state == "completed"
-    replies = ConversationEntry.objects.filter(thread_id=thread_id, sender="agent")
-    assert [entry.content for entry in replies] == ["echo: still there?"]

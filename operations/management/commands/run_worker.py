@@ -18,6 +18,10 @@ from procrastinate.contrib.django import app
 from procrastinate.contrib.django.utils import connector_params
 from procrastinate.worker import Worker
 
+from conversations.services import THREADS_QUEUE
+from operations.turn_worker import TurnWorker
+from operations.workers import WORKER_NAME_INSERT_SQL, WORKER_NAME_PRUNE_SQL
+
 logger = logging.getLogger(__name__)
 
 # Connections the worker itself uses to fetch, finish and listen for jobs; task code uses Django's
@@ -35,7 +39,8 @@ DEFAULT_WORKER_NAME = "worker"
 
 class Command(BaseCommand):
     help = (
-        "Run a Procrastinate worker on the given queues with N jobs at once. Unlike "
+        "Run a worker on the given queues with N jobs at once: the turn worker for the threads "
+        "queue, a Procrastinate worker for the others. Unlike "
         "`procrastinate worker`, jobs deferred by task code stay in the task's own transaction, "
         "N sync jobs really run at once (one thread each), and a database outage does not end "
         "it: the worker is started again (with backoff) until the database answers."
@@ -63,8 +68,24 @@ class Command(BaseCommand):
             raise CommandError(f"--concurrency must be between 1 and 1024, got {concurrency}.")
         name: str = options["name"] or DEFAULT_WORKER_NAME
 
+        if THREADS_QUEUE in queues:
+            if len(queues) > 1:
+                raise CommandError(
+                    f"--queues {options['queues']!r}: the {THREADS_QUEUE} queue is served by a "
+                    "worker of its own (the thread rows are its queue); run another for the rest."
+                )
+            self.stdout.write(f"Turn worker {name} with {concurrency} turns at once.")
+            _turns_until_stopped(name=name, concurrency=concurrency)
+            return
         self.stdout.write(f"Worker {name} on {', '.join(queues)} with {concurrency} jobs at once.")
         asyncio.run(_work_until_stopped(queues=queues, concurrency=concurrency, name=name))
+
+
+def _turns_until_stopped(*, name: str, concurrency: int) -> None:
+    worker = TurnWorker(name=name, concurrency=concurrency)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: worker.stop())
+    worker.run()
 
 
 async def _work_until_stopped(*, queues: list[str], concurrency: int, name: str) -> None:
@@ -163,14 +184,7 @@ async def _record_worker_name(
         await asyncio.sleep(0.01)
     if worker.worker_id is None:
         return
-    # Rows whose worker Procrastinate deleted (stopped, or pruned at this worker's start).
+    await connector.execute_query_async(WORKER_NAME_PRUNE_SQL)
     await connector.execute_query_async(
-        "DELETE FROM ironclaw_site_workername name WHERE NOT EXISTS "
-        "(SELECT 1 FROM procrastinate_workers worker WHERE worker.id = name.worker_id)"
-    )
-    await connector.execute_query_async(
-        "INSERT INTO ironclaw_site_workername (worker_id, name, registered_at) "
-        "VALUES (%(worker_id)s, %(name)s, now()) ON CONFLICT (worker_id) DO NOTHING",
-        worker_id=worker.worker_id,
-        name=name,
+        WORKER_NAME_INSERT_SQL, worker_id=worker.worker_id, name=name
     )

@@ -1,0 +1,196 @@
+"""The turn worker: runs the built-in engine's turns, taking threads straight from their rows.
+
+The threads queue is the thread table (``conversations.services.turn_queue``): a worker claims the
+oldest runnable thread with one ``UPDATE ... FOR UPDATE SKIP LOCKED`` statement
+(``thread_claim_runnable``, the same rows external engines claim from), and hands it to
+``THREAD_RUNNER`` in one of its ``concurrency`` threads. No job row is written, fetched or
+finished: the claim is the only hand-off, and the thread's lease is the only record of who runs it.
+
+It is woken by ``NOTIFY ironclaw_threads`` (through the process's one listening connection,
+``core.notify``) when a thread becomes runnable and when one of its own turns ends; it also looks
+once a second, so a notification lost while the listener reconnects delays a turn by at most
+that. A database outage is waited out with backoff. Its heartbeat is a row of Procrastinate's
+``procrastinate_workers`` named in ``ironclaw_site_workername``, like every worker's, so
+``/readyz`` and the admin see it as they see the others.
+
+A turn whose runner raises keeps its lease until it expires; the lease sweeper then puts the
+thread back in the queue and the next turn resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+from django.utils.module_loading import import_string
+
+from conversations.models import Thread
+from conversations.runners import runner_claims_threads
+from conversations.services import lease_owner_id, thread_claim_runnable
+from core.log_context import log_context
+from core.notify import ANY, THREADS_CHANNEL, listening
+from operations.workers import WORKER_NAME_INSERT_SQL, WORKER_NAME_PRUNE_SQL
+
+logger = logging.getLogger(__name__)
+
+# How often an idle worker looks for runnable threads without being notified.
+POLL_INTERVAL_S = 1.0
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 10.0
+
+Runner = Callable[..., Any]
+
+
+def thread_runner() -> Runner:
+    """The ``THREAD_RUNNER`` callable; ImproperlyConfigured naming the setting if it is none."""
+    try:
+        runner = import_string(settings.THREAD_RUNNER)
+    except ImportError as error:
+        raise ImproperlyConfigured(
+            f"THREAD_RUNNER {settings.THREAD_RUNNER!r} cannot be imported: {error}"
+        ) from error
+    if not callable(runner):
+        raise ImproperlyConfigured(f"THREAD_RUNNER {settings.THREAD_RUNNER!r} is not callable.")
+    return runner
+
+
+class TurnWorker:
+    def __init__(self, *, name: str, concurrency: int):
+        self.name = name
+        self.concurrency = concurrency
+        self.worker_id: int | None = None
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._next_heartbeat = 0.0
+
+    def stop(self) -> None:
+        """Claim nothing more; ``run`` returns once the turns in flight have ended."""
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        runner = thread_runner()
+        claims = runner_claims_threads(runner)
+        if not claims:
+            logger.info("THREAD_RUNNER leaves threads to external engines: claiming none")
+        backoff = BACKOFF_INITIAL_S
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="turn")
+        try:
+            with listening(THREADS_CHANNEL, ANY) as notified:
+                self._wake = notified
+                if self._stopping.is_set():
+                    notified.set()
+                while not self._stopping.is_set():
+                    notified.clear()
+                    try:
+                        self._heartbeat()
+                        if claims:
+                            self._claim_into(pool, runner)
+                        backoff = BACKOFF_INITIAL_S
+                        timeout = min(POLL_INTERVAL_S, self._next_heartbeat - time.monotonic())
+                    except Exception as error:
+                        logger.warning(
+                            "turn worker %s: %s; trying again in %.1f s", self.name, error, backoff
+                        )
+                        timeout, backoff = backoff, min(backoff * 2, BACKOFF_MAX_S)
+                    finally:
+                        connection.close()
+                    notified.wait(max(0.0, timeout))
+        finally:
+            # Turns in flight end as they would have (each records its outcome).
+            pool.shutdown(wait=True)
+            self._unregister()
+
+    def drain(self) -> int:
+        """Run runnable threads one after another in this thread until none is left; returns
+        how many ran (for tests and one-off use)."""
+        runner = thread_runner()
+        ran = 0
+        while (thread := self._claim()) is not None:
+            self._run_turn(runner, *thread)
+            ran += 1
+        return ran
+
+    # --- Claims --------------------------------------------------------------------------------
+
+    def _claim(self) -> tuple[Thread, str] | None:
+        worker_id = lease_owner_id()
+        # The engine's lease, which its turns renew (ENGINE_HEARTBEAT_SECONDS).
+        thread = thread_claim_runnable(
+            worker_id=worker_id, lease_seconds=settings.ENGINE_LEASE_SECONDS
+        )
+        return None if thread is None else (thread, worker_id)
+
+    def _claim_into(self, pool: ThreadPoolExecutor, runner: Runner) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                if self._in_flight >= self.concurrency:
+                    return
+            claimed = self._claim()
+            if claimed is None:
+                return
+            with self._lock:
+                self._in_flight += 1
+            pool.submit(self._run_turn, runner, *claimed)
+
+    def _run_turn(self, runner: Runner, thread: Thread, worker_id: str) -> None:
+        metadata = thread.metadata if isinstance(thread.metadata, dict) else {}
+        request_id = metadata.get("request_id")
+        try:
+            with log_context(request_id=request_id, tenant=thread.user_id):
+                runner(thread=thread, worker_id=worker_id)
+        except Exception:
+            logger.exception(
+                "turn of thread %s failed; its lease lapses and the sweeper requeues it",
+                thread.pk,
+                extra={"thread_id": str(thread.pk), "tenant": thread.user_id},
+            )
+        finally:
+            connection.close()
+            with self._lock:
+                self._in_flight = max(0, self._in_flight - 1)
+            self._wake.set()
+
+    # --- Heartbeat -----------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        with connection.cursor() as cursor:
+            beat = 0
+            if self.worker_id is not None:
+                cursor.execute(
+                    "UPDATE procrastinate_workers SET last_heartbeat = now() WHERE id = %s",
+                    [self.worker_id],
+                )
+                beat = cursor.rowcount
+            if not beat:
+                # First beat, or the row was pruned as stalled (a long outage): register again.
+                cursor.execute("SELECT worker_id FROM procrastinate_register_worker_v1()")
+                (self.worker_id,) = cursor.fetchone()
+                cursor.execute(WORKER_NAME_PRUNE_SQL)
+                cursor.execute(
+                    WORKER_NAME_INSERT_SQL, {"worker_id": self.worker_id, "name": self.name}
+                )
+        self._next_heartbeat = now + settings.WORKER_HEARTBEAT_SECONDS
+
+    def _unregister(self) -> None:
+        if self.worker_id is None:
+            return
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT procrastinate_unregister_worker_v1(%s)", [self.worker_id])
+        except Exception as error:
+            logger.warning("turn worker %s: could not unregister: %s", self.name, error)
+        finally:
+            connection.close()

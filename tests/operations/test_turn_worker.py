@@ -1,0 +1,275 @@
+"""The turn worker in-process: it takes runnable threads from their rows and hands them to
+THREAD_RUNNER, on the real database, with real threads racing."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import OperationalError, connection, transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from conversations.models import ConversationEntry, Thread
+from conversations.services import (
+    ThreadOutcome,
+    message_handle,
+    thread_claim,
+    thread_leases_sweep,
+    thread_outcome_record,
+)
+from core.notify import listener_stop
+from engine.checkpoint import thread_checkpoint_path
+from operations.models import WorkerName
+from operations.turn_worker import TurnWorker
+from tests.conversations.helpers import waiting_for_a_worker
+from tests.support.concurrency import run_together
+from tests.support.servers import database_url, worker_process
+from workspace.models import Document
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RUNS: list[tuple[str, str, str, str]] = []
+_RUNS_LOCK = threading.Lock()
+
+
+@pytest.fixture(autouse=True)
+def _listener_stopped() -> Iterator[None]:
+    """A worker started here listens on a connection of this process: close it after the test,
+    or the test database could not be dropped."""
+    yield
+    listener_stop()
+
+
+def record_run(*, thread: Thread, worker_id: str) -> None:
+    """A runner that only notes what it was handed (thread, its state and lease, worker)."""
+    with _RUNS_LOCK:
+        RUNS.append((str(thread.pk), thread.state, thread.lease_owner, worker_id))
+
+
+def fail_with_a_database_error(*, thread: Thread, worker_id: str) -> None:
+    raise OperationalError("the database went away")
+
+
+def _agent_entries(conversation_id: Any) -> list[str]:
+    return list(
+        ConversationEntry.objects.filter(conversation_id=conversation_id, sender="agent")
+        .order_by("seq")
+        .values_list("content", flat=True)
+    )
+
+
+@override_settings(THREAD_RUNNER="tests.operations.test_turn_worker.record_run")
+def test_a_spawned_thread_is_claimed_and_handed_to_the_runner_once() -> None:
+    RUNS.clear()
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+
+    ran = TurnWorker(name="turns", concurrency=1).drain()
+
+    ((thread_id, state, lease_owner, worker_id),) = RUNS
+    assert (ran, thread_id, state) == (1, str(sent.thread_id), "running")
+    # The runner holds the lease the worker claimed: its outcome and heartbeats are accepted.
+    assert lease_owner == worker_id == Thread.objects.get(pk=sent.thread_id).lease_owner
+    assert TurnWorker(name="turns", concurrency=1).drain() == 0
+
+
+@override_settings(ENGINE_ECHO_LATENCY_MS=0)
+def test_the_default_runner_is_the_reference_engine_and_answers() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+
+    TurnWorker(name="turns", concurrency=1).drain()
+
+    assert Thread.objects.get(pk=sent.thread_id).state == "completed"
+    assert _agent_entries(sent.conversation_id) == ["echo: hello"]
+
+
+@override_settings(ENGINE_ECHO_LATENCY_MS=0)
+def test_a_thread_paused_at_a_gate_runs_again_only_for_a_message() -> None:
+    # An external engine claims the thread and pauses it at a gate.
+    sent = message_handle(user_id="alice", channel="web", content="deploy it")
+    thread_claim(user_id="alice", thread_id=sent.thread_id, worker_id="external")
+    thread_outcome_record(
+        user_id="alice",
+        thread_id=sent.thread_id,
+        outcome=ThreadOutcome(kind="gate_paused", gate_name="approval", gate_action="deploy"),
+        worker_id="external",
+    )
+
+    # Nothing new was said: nothing to run.
+    assert TurnWorker(name="turns", concurrency=1).drain() == 0
+    paused = Thread.objects.get(pk=sent.thread_id)
+    assert (paused.state, paused.claim_count) == ("waiting", 1)
+
+    # A message for it makes it runnable, and the worker's turn answers.
+    message_handle(user_id="alice", channel="web", content="approved")
+    assert TurnWorker(name="turns", concurrency=1).drain() == 1
+
+    assert Thread.objects.get(pk=sent.thread_id).state == "completed"
+    assert len(_agent_entries(sent.conversation_id)) == 1
+
+
+@override_settings(THREAD_RUNNER="tests.operations.test_turn_worker.record_run")
+def test_leased_cancelled_and_finished_threads_are_not_claimed() -> None:
+    RUNS.clear()
+    leased = message_handle(user_id="alice", channel="a", content="one")
+    thread_claim(user_id="alice", thread_id=leased.thread_id, worker_id="someone-else")
+    cancelled = message_handle(user_id="alice", channel="b", content="two")
+    Thread.objects.filter(pk=cancelled.thread_id).update(cancel_requested=True)
+
+    assert TurnWorker(name="turns", concurrency=1).drain() == 0
+    assert RUNS == []
+    assert Thread.objects.get(pk=leased.thread_id).lease_owner == "someone-else"
+
+
+@override_settings(THREAD_RUNNER="tests.operations.test_turn_worker.record_run")
+def test_racing_workers_hand_each_thread_to_exactly_one_of_them() -> None:
+    RUNS.clear()
+    sent = [message_handle(user_id=f"tenant-{n}", channel="web", content="hi") for n in range(24)]
+
+    results, errors = run_together(
+        [TurnWorker(name="turns", concurrency=1).drain for _ in range(4)]
+    )
+
+    assert errors == []
+    assert sum(results) == 24
+    runs = collections.Counter(thread_id for thread_id, *_ in RUNS)
+    assert runs == {str(message.thread_id): 1 for message in sent}
+
+
+@override_settings(
+    THREAD_RUNNER="tests.operations.test_turn_worker.fail_with_a_database_error",
+    ENGINE_LEASE_SECONDS=1,
+)
+def test_a_turn_that_raises_is_not_lost_its_lease_lapses_and_the_sweeper_requeues_it() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+
+    assert TurnWorker(name="turns", concurrency=1).drain() == 1
+
+    thread = Thread.objects.get(pk=sent.thread_id)
+    assert thread.state == "running"
+    Thread.objects.filter(pk=sent.thread_id).update(
+        lease_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    )
+    assert thread_leases_sweep().requeued == [thread.pk]
+    assert waiting_for_a_worker(sent.thread_id)
+
+
+def test_the_claim_is_served_by_the_index_of_created_threads() -> None:
+    from conversations.services.lease import _CLAIM_RUNNABLE_SQL
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        # An empty test table is scanned whatever the indexes: ask whether an index can serve it.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        params: list[Any] = ["probe", datetime.timedelta(seconds=30)]
+        cursor.execute("EXPLAIN " + _CLAIM_RUNNABLE_SQL, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+
+    assert "thread_claimable_idx" in plan
+
+
+def _serve(worker: TurnWorker) -> threading.Thread:
+    def run() -> None:
+        try:
+            worker.run()
+        finally:
+            connection.close()
+
+    serving = threading.Thread(target=run, name="turn-worker")
+    serving.start()
+    return serving
+
+
+def _wait_until(condition: Any, *, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.02)
+
+
+@override_settings(ENGINE_ECHO_LATENCY_MS=0, WORKER_HEARTBEAT_SECONDS=0.2)
+def test_a_running_worker_answers_new_messages_and_heartbeats_under_its_kind() -> None:
+    worker = TurnWorker(name="turns", concurrency=4)
+    serving = _serve(worker)
+    try:
+        _wait_until(lambda: WorkerName.objects.filter(name="turns").exists())
+        sent = [
+            message_handle(user_id="alice", channel=f"c{n}", content=f"hello {n}") for n in range(6)
+        ]
+        for message in sent:
+            _wait_until(lambda m=message: bool(_agent_entries(m.conversation_id)))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT last_heartbeat > now() - interval '5 seconds' FROM procrastinate_workers"
+                " WHERE id = %s",
+                [worker.worker_id],
+            )
+            assert cursor.fetchone() == (True,)
+    finally:
+        worker.stop()
+        serving.join(timeout=15)
+    assert not serving.is_alive()
+    # Stopped: its heartbeat row is gone, so /readyz no longer counts it.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM procrastinate_workers WHERE id = %s", [worker.worker_id]
+        )
+        assert cursor.fetchone() == (0,)
+    assert [_agent_entries(message.conversation_id) for message in sent] == [
+        [f"echo: hello {n}"] for n in range(6)
+    ]
+
+
+@override_settings(THREAD_RUNNER="conversations.runners.wait_for_external_engine")
+def test_with_external_engines_the_worker_claims_nothing() -> None:
+    worker = TurnWorker(name="turns", concurrency=1)
+    serving = _serve(worker)
+    try:
+        sent = message_handle(user_id="alice", channel="web", content="hello")
+        _wait_until(lambda: WorkerName.objects.filter(name="turns").exists())
+        time.sleep(1.5)  # more than a poll interval: the worker looked, and left it
+        assert Thread.objects.get(pk=sent.thread_id).state == "created"
+    finally:
+        worker.stop()
+        serving.join(timeout=15)
+    assert waiting_for_a_worker(sent.thread_id)
+
+
+def test_the_threads_queue_is_served_by_a_worker_of_its_own() -> None:
+    with pytest.raises(CommandError, match="threads queue is served by a worker of its own"):
+        call_command("run_worker", queues="threads,indexing", concurrency=1, name="mixed")
+
+
+@override_settings(ENGINE_ECHO_LATENCY_MS=50, ENGINE_LEASE_SECONDS=1)
+def test_a_turn_worker_killed_mid_model_call_loses_nothing() -> None:
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "ENGINE_MODEL": "echo",
+        "ENGINE_ECHO_LATENCY_MS": "60000",
+        "ENGINE_LEASE_SECONDS": "1",
+        "ENGINE_HEARTBEAT_SECONDS": "0.2",
+    }
+    sent = message_handle(user_id="alice", channel="web", content="still there?")
+    with worker_process(env, queues="threads", concurrency=1) as worker:
+        # Its first checkpoint is written just before the (minute-long) model call.
+        _wait_until(
+            lambda: Document.objects.filter(path=thread_checkpoint_path(sent.thread_id)).exists()
+        )
+        time.sleep(0.3)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    time.sleep(1.5)  # the killed worker's lease lapses
+
+    assert thread_leases_sweep().requeued == [sent.thread_id]
+    assert TurnWorker(name="turns", concurrency=1).drain() == 1
+
+    thread = Thread.objects.get(pk=sent.thread_id)
+    assert (thread.state, thread.claim_count) == ("completed", 2)
+    assert _agent_entries(sent.conversation_id) == ["echo: still there?"]
