@@ -48,8 +48,9 @@ def database_settings(
     }
     # The pool owns connection reuse: Django requires CONN_MAX_AGE=0 with it.
     config["CONN_MAX_AGE"] = 0
-    # With a pool, Django turns this into psycopg_pool's check on checkout: a restarted server
-    # costs one reconnect, not one failed request per stale pooled connection.
+    # With a pool, a check on checkout (core.postgresql's, a round trip only when the socket
+    # says the server has spoken): a restarted server costs one reconnect, not one failed
+    # request per stale pooled connection.
     config["CONN_HEALTH_CHECKS"] = True
     config["TEST"] = {"NAME": f"test_{config['NAME']}"}
     return config

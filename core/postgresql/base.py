@@ -9,14 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base
 from django.db.backends.postgresql.psycopg_any import register_tzloader
 from django.db.backends.utils import CursorWrapper
 from psycopg import adapters
 from psycopg.pq import Format
+from psycopg_pool import ConnectionPool
 
 from core.database_breaker import breaker, request_fails_fast
 from core.embedded import embedded_database_settings_resolve
+from core.postgresql.pool_check import pool_connection_check
 
 _TIMESTAMPTZ_OID = adapters.types["timestamptz"].oid
 
@@ -26,6 +30,34 @@ class DatabaseWrapper(base.DatabaseWrapper):
         # Every connection, the pool's included, is made from these parameters.
         embedded_database_settings_resolve(self.settings_dict)
         return super().get_connection_params()
+
+    @property
+    def pool(self) -> ConnectionPool | None:
+        """Django's pool (``OPTIONS["pool"]``), made as Django makes it, except that its check on
+        checkout (``CONN_HEALTH_CHECKS``) is ``pool_connection_check``: no round trip while the
+        connection's socket is quiet."""
+        pool_options = self.settings_dict["OPTIONS"].get("pool")
+        if self.alias == NO_DB_ALIAS or not pool_options:
+            return None
+        # Django's class-wide pools by alias and its connection set-up (private, stable since
+        # Django 5.1 brought the pool).
+        pools: dict[str, ConnectionPool] = self._connection_pools  # type: ignore[attr-defined]
+        if self.alias not in pools:
+            if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+                raise ImproperlyConfigured("Pooling doesn't support persistent connections.")
+            connect_kwargs = self.get_connection_params()
+            # Autocommit, as Django's: it sets the mode it wants when it takes a connection.
+            connect_kwargs["autocommit"] = True
+            pool = ConnectionPool(
+                kwargs=connect_kwargs,
+                open=False,
+                configure=self._configure_connection,  # type: ignore[attr-defined]
+                check=pool_connection_check if self.settings_dict["CONN_HEALTH_CHECKS"] else None,
+                **({} if pool_options is True else pool_options),
+            )
+            # As Django's: of threads racing to make the pool, the first to set it wins.
+            pools.setdefault(self.alias, pool)
+        return pools[self.alias]
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         breaker.before_connect(self._probe)
