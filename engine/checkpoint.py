@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from conversations.services import ThreadUsage
-from workspace.models import Document
 from workspace.services import document_write
 
 CHECKPOINT_VERSION = 1
@@ -115,12 +114,13 @@ class TurnState:
 
 def checkpoint_load(*, user_id: str, thread_id: uuid.UUID | str) -> TurnState | None:
     """The thread's last checkpoint (None when it has none, or one this version cannot read)."""
-    stored = (
-        Document.objects.filter(user_id=user_id, path=thread_checkpoint_path(thread_id))
-        .values_list("content", flat=True)
-        .first()
-    )
-    return TurnState.from_json(stored) if stored else None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT content FROM workspace_document WHERE user_id = %s AND path = %s",
+            [user_id, thread_checkpoint_path(thread_id)],
+        )
+        row = cursor.fetchone()
+    return TurnState.from_json(row[0]) if row and row[0] else None
 
 
 def checkpoint_save(

@@ -31,7 +31,7 @@ from conversations.errors import (
     ThreadBusy,
     ThreadNotClaimable,
 )
-from conversations.models import ConversationEntry, EntrySender, Thread
+from conversations.models import EntrySender, Thread
 from conversations.services import (
     ThreadOutcome,
     lease_owner_id,
@@ -40,6 +40,7 @@ from conversations.services import (
     thread_lease_renew,
     thread_outcome_record,
 )
+from core.db import fixed_exists
 from engine.checkpoint import (
     CheckpointSave,
     TurnState,
@@ -54,7 +55,6 @@ from engine.model_clients import (
     ModelReply,
     model_client_from_settings,
 )
-from workspace.models import Document
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,30 @@ PROMPT_DOCUMENTS = (
     ("MEMORY.md", "Long-Term Memory"),
 )
 _CLAIM_ATTEMPTS = 3
+
+# The turn's reads, written once (the ORM spent more CPU building them than PostgreSQL spends
+# running them). Undelivered: ConversationEntry.objects.undelivered_for, served by the index
+# entry_undelivered_by_thread.
+_UNDELIVERED_SQL = (
+    "SELECT 1 FROM conversations_conversationentry WHERE thread_id = %s"
+    f" AND sender = '{EntrySender.USER}' AND delivered_at IS NULL LIMIT 1"
+)
+_GOAL_SQL = (
+    "SELECT seq, content FROM conversations_conversationentry"
+    " WHERE conversation_id = %s AND seq = ANY(%s) ORDER BY seq"
+)
+_PROMPT_DOCUMENTS_SQL = (
+    "SELECT path, content FROM workspace_document WHERE user_id = %s AND path = ANY(%s)"
+)
+# The conversation's user and agent entries before the turn's first message (all when the turn
+# has none), newest first.
+_HISTORY_SQL = (
+    "SELECT sender, content FROM conversations_conversationentry"
+    " WHERE conversation_id = %(conversation)s"
+    f" AND sender IN ('{EntrySender.USER}', '{EntrySender.AGENT}')"
+    " AND (%(before)s::integer IS NULL OR seq < %(before)s)"
+    " ORDER BY seq DESC LIMIT %(limit)s"
+)
 
 
 class _TurnEnded(Exception):
@@ -202,17 +226,11 @@ class Turn:
             started_at=now_iso(),
         )
         seqs = self.thread.metadata.get("goal_entry_seqs") or []
-        goal = (
-            []
-            if self.thread.conversation_id is None
-            else list(
-                ConversationEntry.objects.filter(
-                    conversation_id=self.thread.conversation_id, seq__in=seqs
-                )
-                .order_by("seq")
-                .values_list("seq", "content")
-            )
-        )
+        goal: list[tuple[int, str]] = []
+        if self.thread.conversation_id is not None and seqs:
+            with connection.cursor() as cursor:
+                cursor.execute(_GOAL_SQL, [self.thread.conversation_id, seqs])
+                goal = cursor.fetchall()
         if goal:
             state.messages = [{"role": "user", "content": c, "seq": s} for s, c in goal]
         else:
@@ -234,7 +252,7 @@ class Turn:
         # One indexed read usually finds nothing; only then is the locking take worth its
         # round trips. A message committed after this read is not lost: the outcome's
         # transaction hands it to a follow-up thread.
-        if not ConversationEntry.objects.undelivered_for(self.thread).exists():
+        if not fixed_exists(_UNDELIVERED_SQL, [self.thread.id]):
             return
         with transaction.atomic():
             entries = thread_inbox_take(
@@ -356,11 +374,9 @@ class Turn:
         return messages
 
     def _system_prompt(self) -> str:
-        found = dict(
-            Document.objects.filter(
-                user_id=self.user_id, path__in=[path for path, _ in PROMPT_DOCUMENTS]
-            ).values_list("path", "content")
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(_PROMPT_DOCUMENTS_SQL, [self.user_id, [p for p, _ in PROMPT_DOCUMENTS]])
+            found = dict(cursor.fetchall())
         sections = [
             f"## {title}\n\n{found[path].strip()}"
             for path, title in PROMPT_DOCUMENTS
@@ -373,17 +389,16 @@ class Turn:
         if not state.conversation_id or settings.ENGINE_HISTORY_ENTRIES == 0:
             return []
         seqs = [message["seq"] for message in state.messages if "seq" in message]
-        entries = ConversationEntry.objects.filter(
-            conversation_id=state.conversation_id,
-            sender__in=[EntrySender.USER, EntrySender.AGENT],
-        )
-        if seqs:
-            entries = entries.filter(seq__lt=min(seqs))
-        recent = list(
-            entries.order_by("-seq").values_list("sender", "content")[
-                : settings.ENGINE_HISTORY_ENTRIES
-            ]
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _HISTORY_SQL,
+                {
+                    "conversation": state.conversation_id,
+                    "before": min(seqs) if seqs else None,
+                    "limit": settings.ENGINE_HISTORY_ENTRIES,
+                },
+            )
+            recent = cursor.fetchall()
         return [
             {"role": "user" if sender == EntrySender.USER else "assistant", "content": content}
             for sender, content in reversed(recent)
