@@ -178,6 +178,11 @@ class FixedSelect(Generic[_Row]):
             row = cursor.fetchone()
         return None if row is None else self.rows.instance(row)
 
+    def all(self, params: Sequence[Any]) -> list[_Row]:
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, params)
+            return [self.rows.instance(row) for row in cursor.fetchall()]
+
 
 def fixed_exists(sql: str, params: Sequence[Any]) -> bool:
     """Whether ``SELECT 1 ... LIMIT 1`` SQL written once finds a row (see ``FixedSelect``)."""

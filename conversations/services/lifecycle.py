@@ -20,10 +20,20 @@ from conversations.models import (
     ThreadState,
 )
 from conversations.services.entry_writer import EntryWriter
-from core.db import ModelRows
+from core.db import FixedSelect, ModelRows
 from core.log_context import current_request_id
 
 logger = logging.getLogger(__name__)
+
+
+# Messages queued behind a live thread (ConversationEntry.objects.queued(), served by
+# entry_queued_by_conversation): read by every spawn, so SQL written once.
+_QUEUED = FixedSelect(
+    ConversationEntry,
+    f"conversation_id = %s AND sender = '{EntrySender.USER}' AND thread_id IS NULL"
+    " AND delivered_at IS NULL",
+    tail="ORDER BY seq",
+)
 
 
 def thread_spawn(
@@ -41,9 +51,7 @@ def thread_spawn(
     now = writer.now
     # Messages queued behind a thread that is gone (policy changed, thread interrupted) join the
     # next goal rather than waiting forever.
-    earlier = (
-        carried if carried is not None else list(conversation.entries.queued().order_by("seq"))
-    )
+    earlier = carried if carried is not None else _QUEUED.all([conversation.id])
     writer.deliver(earlier)
     thread = Thread(
         user_id=conversation.user_id,
