@@ -76,8 +76,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         Django's cursors bind client-side: Python escapes every value into the SQL text and
         PostgreSQL parses it back out, which for a 50 KB checkpoint is most of the write's cost.
         This one is made and wrapped as Django makes its own (query counts, execute wrappers,
-        error translation, the connection's time zone) and never prepares a statement, as the
-        connection's prepare_threshold is None.
+        error translation, the connection's time zone). Its statements are prepared after the
+        connection's ``prepare_threshold`` executions (``DATABASE_PREPARED_STATEMENTS``).
         """
         self.close_if_health_check_failed()
         self.ensure_connection()

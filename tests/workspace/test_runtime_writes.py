@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from pytest_django import DjangoAssertNumQueries
 from pytest_django.fixtures import Settings as SettingsWrapper
 
+from ironclaw_site.database import database_settings
 from tests.workspace.factories import ChunkFactory, DocumentFactory, DocumentVersionFactory
 from workspace import selectors, services
 from workspace.errors import DocumentNotFound, DocumentTooLarge, PatchFailed
@@ -176,3 +179,27 @@ def test_a_path_that_stops_being_runtime_is_versioned_and_indexed_again(
     assert document.index_state == IndexState.INDEXED
     assert list(DocumentVersion.objects.values_list("content", flat=True)) == ["now a document"]
     assert Chunk.objects.filter(document=document).count() == 1
+
+
+def test_a_connections_repeated_runtime_write_is_a_prepared_statement() -> None:
+    for step in range(6):
+        services.document_write(user_id="alice", path=RUNTIME, content=f'{{"step": {step}}}')
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements"
+            " WHERE statement LIKE '%%INSERT INTO workspace_document%%'"
+        )
+        (prepared,) = cursor.fetchone()
+    assert prepared == 1
+
+
+def test_prepared_statements_can_be_turned_off_for_a_pooler() -> None:
+    options = {"url_config": None, "embedded_dir": Path("x"), "embedded_name": "x"}
+    sizes = {"pool_size": 2, "pool_timeout": 1, "connect_timeout": 1}
+
+    on = database_settings(**options, **sizes)  # type: ignore[arg-type]
+    off = database_settings(**options, **sizes, prepared_statements=False)  # type: ignore[arg-type]
+
+    assert on["OPTIONS"]["prepare_threshold"] == 5
+    assert off["OPTIONS"]["prepare_threshold"] is None
