@@ -162,9 +162,10 @@ class FixedSelect(Generic[_Row]):
 
     The ORM builds and compiles a query on every call: about 0.4 ms of CPU for a one-row lookup by
     a unique key, four times what the same statement costs this process written once
-    (bench/lookups.py). ``where``
-    and ``tail`` (ORDER BY, LIMIT, a row lock) are SQL with ``%s`` placeholders. Rows come back
-    as model instances with every field loaded and converted as the ORM would.
+    (bench/lookups.py). ``where`` and ``tail`` (ORDER BY, LIMIT, a row lock) are SQL with ``%s``
+    placeholders. Rows come back as model instances with every field loaded and converted as the
+    ORM would. The statement is bound server-side, so a connection prepares it once it has run it
+    a few times (``DATABASE_PREPARED_STATEMENTS``) and PostgreSQL no longer parses and plans it.
     """
 
     def __init__(self, model: type[_Row], where: str, *, tail: str = "") -> None:
@@ -173,20 +174,20 @@ class FixedSelect(Generic[_Row]):
         self.sql = self.sql.rstrip()
 
     def first(self, params: Sequence[Any]) -> _Row | None:
-        with connection.cursor() as cursor:
+        with server_bound_cursor() as cursor:
             cursor.execute(self.sql, params)
             row = cursor.fetchone()
         return None if row is None else self.rows.instance(row)
 
     def all(self, params: Sequence[Any]) -> list[_Row]:
-        with connection.cursor() as cursor:
+        with server_bound_cursor() as cursor:
             cursor.execute(self.sql, params)
             return [self.rows.instance(row) for row in cursor.fetchall()]
 
 
 def fixed_exists(sql: str, params: Sequence[Any]) -> bool:
     """Whether ``SELECT 1 ... LIMIT 1`` SQL written once finds a row (see ``FixedSelect``)."""
-    with connection.cursor() as cursor:
+    with server_bound_cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone() is not None
 
@@ -194,5 +195,6 @@ def fixed_exists(sql: str, params: Sequence[Any]) -> bool:
 def server_bound_cursor() -> Any:
     """A cursor of this thread's connection that binds parameters server-side (see
     ``core.postgresql.base.DatabaseWrapper.server_bound_cursor``): for statements whose values are
-    large, such as runtime writes of engine checkpoints."""
+    large, such as runtime writes of engine checkpoints, and for the hot statements written once,
+    which a connection then prepares."""
     return cast(Any, connection).server_bound_cursor()

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from conversations.services import ThreadUsage
+from core.db import server_bound_cursor
 from workspace.services import document_write
 
 CHECKPOINT_VERSION = 1
@@ -114,7 +115,7 @@ class TurnState:
 
 def checkpoint_load(*, user_id: str, thread_id: uuid.UUID | str) -> TurnState | None:
     """The thread's last checkpoint (None when it has none, or one this version cannot read)."""
-    with connection.cursor() as cursor:
+    with server_bound_cursor() as cursor:
         cursor.execute(
             "SELECT content FROM workspace_document WHERE user_id = %s AND path = %s",
             [user_id, thread_checkpoint_path(thread_id)],

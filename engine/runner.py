@@ -40,7 +40,7 @@ from conversations.services import (
     thread_lease_renew,
     thread_outcome_record,
 )
-from core.db import fixed_exists
+from core.db import fixed_exists, server_bound_cursor
 from engine.checkpoint import (
     CheckpointSave,
     TurnState,
@@ -228,7 +228,7 @@ class Turn:
         seqs = self.thread.metadata.get("goal_entry_seqs") or []
         goal: list[tuple[int, str]] = []
         if self.thread.conversation_id is not None and seqs:
-            with connection.cursor() as cursor:
+            with server_bound_cursor() as cursor:
                 cursor.execute(_GOAL_SQL, [self.thread.conversation_id, seqs])
                 goal = cursor.fetchall()
         if goal:
@@ -374,7 +374,7 @@ class Turn:
         return messages
 
     def _system_prompt(self) -> str:
-        with connection.cursor() as cursor:
+        with server_bound_cursor() as cursor:
             cursor.execute(_PROMPT_DOCUMENTS_SQL, [self.user_id, [p for p, _ in PROMPT_DOCUMENTS]])
             found = dict(cursor.fetchall())
         sections = [
@@ -389,7 +389,7 @@ class Turn:
         if not state.conversation_id or settings.ENGINE_HISTORY_ENTRIES == 0:
             return []
         seqs = [message["seq"] for message in state.messages if "seq" in message]
-        with connection.cursor() as cursor:
+        with server_bound_cursor() as cursor:
             cursor.execute(
                 _HISTORY_SQL,
                 {

@@ -9,6 +9,7 @@ from django.db import connection
 from django.utils import timezone
 
 from conversations.models import Conversation, ConversationEntry, EntrySender, Thread
+from core.db import server_bound_cursor
 
 _ENTRY_TABLE = ConversationEntry._meta.db_table
 _CONVERSATION_TABLE = Conversation._meta.db_table
@@ -81,7 +82,7 @@ class EntryWriter:
                 ).update(delivered_at=self.now)
                 self.delivered = []
             return []
-        with connection.cursor() as cursor:
+        with server_bound_cursor() as cursor:
             cursor.execute(
                 _FLUSH_SQL,
                 {

@@ -10,7 +10,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, Q, Subquery
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
@@ -28,7 +28,13 @@ from conversations.services.locking import (
 from conversations.services.turn_queue import thread_runnable_notify
 from conversations.services.validation import check_usage, check_worker_id, lease_duration
 from conversations.services.values import ClaimedThread, SweepResult, ThreadUsage
-from core.db import LOCK_TIMEOUT_BOUND_SQL, ModelRows, lock_waits_bounded, update_returning
+from core.db import (
+    LOCK_TIMEOUT_BOUND_SQL,
+    ModelRows,
+    lock_waits_bounded,
+    server_bound_cursor,
+    update_returning,
+)
 from core.log_context import log_context
 
 logger = logging.getLogger(__name__)
@@ -113,7 +119,7 @@ def thread_claim_runnable(*, worker_id: str, lease_seconds: int | None = None) -
     thread waits. Runnable: as ``thread_claim_next`` picks them. One statement, no lock waits."""
     check_worker_id(worker_id)
     duration = lease_duration(lease_seconds)
-    with transaction.mark_for_rollback_on_error(), connection.cursor() as cursor:
+    with transaction.mark_for_rollback_on_error(), server_bound_cursor() as cursor:
         params: list[Any] = [worker_id, duration]
         cursor.execute(_CLAIM_RUNNABLE_SQL, params)
         claimed = [_THREAD_ROWS.instance(row) for row in cursor.fetchall()]
@@ -157,7 +163,7 @@ def thread_claim(
     with (
         lock_waits_bounded(busy=ThreadBusy),
         transaction.mark_for_rollback_on_error(),
-        connection.cursor() as cursor,
+        server_bound_cursor() as cursor,
     ):
         cursor.execute(_CLAIM_SQL, params)
         claimed = [_THREAD_ROWS.instance(row) for row in cursor.fetchall()]

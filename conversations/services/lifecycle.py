@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection
 from django.utils import timezone
 
 from conversations.models import (
@@ -20,7 +19,7 @@ from conversations.models import (
     ThreadState,
 )
 from conversations.services.entry_writer import EntryWriter
-from core.db import FixedSelect, ModelRows
+from core.db import FixedSelect, ModelRows, server_bound_cursor
 from core.log_context import current_request_id
 
 logger = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ def thread_follow_up_spawn(
 
     Caller holds the conversation lock, then ``ended``'s, and flushes ``writer``.
     """
-    with connection.cursor() as cursor:
+    with server_bound_cursor() as cursor:
         cursor.execute(_CARRIED_SQL, [ended.pk, conversation.pk])
         carried = [_ENTRY_ROWS.instance(row) for row in cursor.fetchall()]
     if not carried and new_message is None:
