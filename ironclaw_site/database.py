@@ -38,10 +38,11 @@ def database_settings(
     # which also starts the embedded server on first use.
     config["ENGINE"] = "core.postgresql"
     config["OPTIONS"].setdefault("connect_timeout", connect_timeout)
-    # Statements bound server-side (core.db.server_bound_cursor: the runtime writes) are prepared
-    # on a connection's fifth execution, sparing PostgreSQL their parse and plan: a 50 KB
-    # checkpoint write takes about a third less time. Django's own cursors bind client-side and
-    # never prepare; workspace search never does either (its plan depends on the tenant).
+    # Statements bound server-side (core.db.server_bound_cursor: the runtime writes and the hot
+    # statements written once) are prepared on a connection's fifth execution, sparing PostgreSQL
+    # their parse and plan: a 50 KB checkpoint write takes about a third less time. Django's own
+    # cursors bind client-side and never prepare; search never does (its plan depends on the
+    # tenant).
     config["OPTIONS"].setdefault("prepare_threshold", 5 if prepared_statements else None)
     config["OPTIONS"]["pool"] = {
         "min_size": min(2, pool_size),

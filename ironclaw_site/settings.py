@@ -147,8 +147,8 @@ DATABASE_POOL_TIMEOUT = env_int("DATABASE_POOL_TIMEOUT", 10, minimum=1, maximum=
 DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 5, minimum=1, maximum=300)
 # Spares every request the pool timeout while the database is known to be down.
 DATABASE_FAIL_FAST_SECONDS = env_float("DATABASE_FAIL_FAST_SECONDS", 1.0, minimum=0.0, maximum=60.0)
-# Server-side prepared statements for the statements bound server-side (runtime writes); off for a
-# pooler that cannot keep them (PgBouncer before 1.21 in transaction mode).
+# Prepared statements for the statements bound server-side (runtime writes, hot fixed SQL); off
+# for a pooler that cannot keep them (PgBouncer before 1.21 in transaction mode).
 DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 EMBEDDED_DATABASE_DIR = Path(env_str("EMBEDDED_DATABASE_DIR", str(VAR_DIR / "pgdata")))
 EMBEDDED_DATABASE_NAME = env_str("EMBEDDED_DATABASE_NAME", "ironclaw")
