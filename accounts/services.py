@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import DateTimeField, ExpressionWrapper
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from accounts.models import ApiKey, RateLimitBucket
 from accounts.tenancy import user_id_problem
+from core.db import server_bound_cursor
 from core.errors import InvalidInput, NotFound
 
 KEY_PREFIX = "ick_"
@@ -148,7 +148,8 @@ def rate_limit_take(*, api_key_id: int, user_id: str, is_service: bool) -> RateL
     if not buckets:
         return None
     sql = _TAKE_KEY_THEN_TENANT_SQL if len(buckets) == 2 else _TAKE_ONE_SQL
-    with connection.cursor() as cursor:
+    # Bound server-side: every request runs it, so each connection prepares it.
+    with server_bound_cursor() as cursor:
         cursor.execute(sql, [value for name, _, limit in buckets for value in (name, limit)])
         rows = {name: (capacity, tokens, allowed) for name, capacity, tokens, allowed in cursor}
     for name, scope, _ in buckets:
