@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from django.db import DatabaseError
 from procrastinate import RetryStrategy
 from procrastinate.contrib.django import app
 
@@ -26,10 +27,17 @@ class IndexingFailed(Exception):
     """Raised after storing vector-less chunks, so Procrastinate retries the embedding later."""
 
 
+# Retried on a failed embedding and on the database failing under it (a restart, a connection
+# cut): without it the job would end failed and its document stay pending.
+INDEX_DOCUMENT_RETRY = RetryStrategy(
+    max_attempts=5, exponential_wait=5, retry_exceptions={IndexingFailed, DatabaseError}
+)
+
+
 @app.task(
     name=services.INDEX_DOCUMENT_TASK,
     queue="indexing",
-    retry=RetryStrategy(max_attempts=5, exponential_wait=5, retry_exceptions={IndexingFailed}),
+    retry=INDEX_DOCUMENT_RETRY,
     pass_context=False,
 )
 def document_index_job(document_id: str) -> str:

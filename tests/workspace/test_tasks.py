@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.utils import timezone
 from procrastinate.contrib.django.models import ProcrastinateJob
 from pytest_django.fixtures import Settings as SettingsWrapper
@@ -102,3 +103,20 @@ def test_the_daily_tasks_prune_versions_and_expire_documents_as_the_commands_do(
         "AGENTS.md",
         "notes/log.md",
     ]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [tasks.IndexingFailed("embedding failed"), OperationalError("the server closed it")],
+)
+def test_an_indexing_job_failing_on_its_embedding_or_the_database_is_retried(
+    error: Exception,
+) -> None:
+    # Without a retry the job ends failed and its document stays pending for good.
+    assert tasks.INDEX_DOCUMENT_RETRY.get_retry_decision(exception=error, job=_job()) is not None
+
+
+def _job() -> Any:
+    from procrastinate.jobs import Job
+
+    return Job(id=1, queue="indexing", lock=None, queueing_lock=None, task_name="t", attempts=0)
