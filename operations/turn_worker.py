@@ -1,7 +1,7 @@
 """The turn worker: runs the built-in engine's turns, taking threads straight from their rows.
 
 The threads queue is the thread table (``conversations.services.turn_queue``): a worker claims the
-oldest runnable thread with one ``UPDATE ... FOR UPDATE SKIP LOCKED`` statement
+runnable thread that has waited longest with one ``UPDATE ... FOR UPDATE SKIP LOCKED`` statement
 (``thread_claim_runnable``, the same rows external engines claim from), and hands it to
 ``THREAD_RUNNER`` in one of its ``concurrency`` threads. No job row is written, fetched or
 finished: the claim is the only hand-off, and the thread's lease is the only record of who runs it.

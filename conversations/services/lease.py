@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Q, Subquery
+from django.db.models import F
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
@@ -85,48 +85,68 @@ RETURNING {_THREAD_ROWS.columns("t")}
 """
 
 
-# thread_claim_runnable: the oldest created thread, else the oldest paused one with a message
-# for it. The second pick runs only when the first finds nothing, so the usual claim is one probe
-# of thread_claimable_idx. SKIP LOCKED: racing workers each get another thread and never wait for
-# one another. The outer state check re-reads the row the pick locked, as a compare-and-set.
+# thread_claim_runnable: whichever has waited longer, the oldest created thread (waiting since
+# its spawn or requeue) or the paused one whose oldest unread message came first, so a message
+# to a paused thread is never starved by a stream of new threads. Each pick is LIMIT 1 with SKIP
+# LOCKED: racing workers each get another thread and never wait for one another (the pick that
+# loses is unlocked when the statement ends). The created pick is one probe of
+# thread_claimable_idx; the paused one walks the waiting and suspended threads
+# (thread_live_state_idx), one probe of entry_undelivered_by_thread each. The outer state check
+# re-reads the row the pick locked, as a compare-and-set; the statement also sets the lock bound
+# of its transaction (thread_claim_next takes the inbox next in the same one).
 _CLAIM_RUNNABLE_SQL = f"""
 WITH created AS (
-    SELECT c.id FROM conversations_thread c
+    SELECT c.id, COALESCE(c.enqueued_at, c.created_at) AS since FROM conversations_thread c
     WHERE c.state = '{ThreadState.CREATED}' AND NOT c.cancel_requested
+      AND (%s::text IS NULL OR c.user_id = %s)
     ORDER BY c.created_at LIMIT 1 FOR UPDATE SKIP LOCKED
 ), paused AS (
-    SELECT c.id FROM conversations_thread c
-    WHERE NOT EXISTS (SELECT 1 FROM created)
-      AND c.state IN ('{ThreadState.WAITING}', '{ThreadState.SUSPENDED}')
+    SELECT c.id, (
+        SELECT min(e.created_at) FROM conversations_conversationentry e
+        WHERE e.thread_id = c.id AND e.sender = '{EntrySender.USER}' AND e.delivered_at IS NULL
+    ) AS since
+    FROM conversations_thread c
+    WHERE c.state IN ('{ThreadState.WAITING}', '{ThreadState.SUSPENDED}')
       AND NOT c.cancel_requested
+      AND (%s::text IS NULL OR c.user_id = %s)
       AND EXISTS (
           SELECT 1 FROM conversations_conversationentry e
           WHERE e.thread_id = c.id AND e.sender = '{EntrySender.USER}'
             AND e.delivered_at IS NULL)
-    ORDER BY c.created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+    ORDER BY since LIMIT 1 FOR UPDATE OF c SKIP LOCKED
 )
-{_LEASE_TAKEN_SQL}FROM (SELECT id FROM created UNION ALL SELECT id FROM paused) AS pick
-WHERE t.id = pick.id
+{_LEASE_TAKEN_SQL}FROM (
+    SELECT id FROM (SELECT * FROM created UNION ALL SELECT * FROM paused) AS candidate
+    ORDER BY since LIMIT 1
+) AS pick
+WHERE t.id = pick.id AND {LOCK_TIMEOUT_BOUND_SQL}
   AND t.state IN ('{ThreadState.CREATED}', '{ThreadState.WAITING}', '{ThreadState.SUSPENDED}')
   AND NOT t.cancel_requested
 RETURNING {_THREAD_ROWS.columns("t")}
 """
 
 
-def thread_claim_runnable(*, worker_id: str, lease_seconds: int | None = None) -> Thread | None:
-    """Claim the oldest runnable thread of any tenant for a turn worker, without taking its
-    inbox (the runner takes it in the transaction that checkpoints what it took); None when no
-    thread waits. Runnable: as ``thread_claim_next`` picks them. One statement, no lock waits."""
+def thread_claim_runnable(
+    *, worker_id: str, lease_seconds: int | None = None, user_id: str | None = None
+) -> Thread | None:
+    """Claim the runnable thread (of ``user_id``, or of any tenant when it is None) that has
+    waited longest, without taking its inbox; None when no thread waits. Runnable: created, or
+    paused (waiting, suspended) with a message for it, and not asked to stop. One statement, no
+    lock waits.
+
+    Turn workers call it alone (the runner takes the inbox in the transaction that checkpoints
+    what it took); ``thread_claim_next`` takes the inbox with it, for external engines."""
     check_worker_id(worker_id)
     duration = lease_duration(lease_seconds)
     with transaction.mark_for_rollback_on_error(), server_bound_cursor() as cursor:
-        params: list[Any] = [worker_id, duration]
+        # The bound lasts for the statement's transaction: the caller's, or its own.
+        params: list[Any] = [user_id] * 4 + [worker_id, duration, lock_bound_value()]
         cursor.execute(_CLAIM_RUNNABLE_SQL, params)
         claimed = [_THREAD_ROWS.instance(row) for row in cursor.fetchall()]
     if not claimed:
         return None
     thread = claimed[0]
-    # Logged as the request that spawned the thread (the worker is in no request of its own).
+    # Logged as the request that spawned the thread (a worker is in no request of its own).
     with log_context(request_id=thread.metadata.get("request_id"), tenant=thread.user_id):
         _log_claim(thread)
     return thread
@@ -247,43 +267,19 @@ def _inbox_take_locked(thread: Thread) -> list[ConversationEntry]:
 def thread_claim_next(
     *, user_id: str | None, worker_id: str, lease_seconds: int | None = None
 ) -> ClaimedThread | None:
-    """Claim the oldest thread waiting for an engine (of ``user_id``, or of any tenant when it is
-    None) and take its inbox, in one transaction; None when there is none.
+    """Claim the thread waiting longest for an engine (of ``user_id``, or of any tenant when it
+    is None) and take its inbox, in one transaction; None when there is none.
 
-    Waiting for an engine: ``created`` (new, or requeued by the sweeper), or paused (waiting,
-    suspended) with a message for it. ``SKIP LOCKED``: racing engines each get a different thread
-    and never queue behind one another's claim.
+    The same claim as the turn workers' (``thread_claim_runnable``): ``SKIP LOCKED``, so racing
+    engines each get a different thread and never queue behind one another's claim.
     """
-    check_worker_id(worker_id)
-    duration = lease_duration(lease_seconds)
-    tenant = Q(user_id=user_id) if user_id is not None else Q()
     with locked_transaction(busy=ThreadBusy, bound_by_first_statement=True):
-        candidates = Thread.objects.for_update(skip_locked=True).filter(
-            tenant, cancel_requested=False
+        claimed = thread_claim_runnable(
+            worker_id=worker_id, lease_seconds=lease_seconds, user_id=user_id
         )
-        # Two statements at most, not one OR: the first is served by the partial index on created
-        # threads. Each picks, locks and claims its thread at once (UPDATE ... WHERE pk = the
-        # locked candidate ... RETURNING).
-        waiting_for_engine = [
-            candidates.filter(state=ThreadState.CREATED),
-            candidates.filter(
-                state__in=[ThreadState.WAITING, ThreadState.SUSPENDED],
-                entries__sender=EntrySender.USER,
-                entries__delivered_at__isnull=True,
-            ),
-        ]
-        for oldest in waiting_for_engine:
-            claimed = update_returning(
-                Thread.objects.filter(
-                    lock_bound(),
-                    pk=Subquery(oldest.order_by("created_at").values("pk")[:1]),
-                ),
-                **_lease_taken(worker_id, duration),
-            )
-            if claimed:
-                _log_claim(claimed[0])
-                return ClaimedThread(thread=claimed[0], inbox=_inbox_take_locked(claimed[0]))
-        return None
+        if claimed is None:
+            return None
+        return ClaimedThread(thread=claimed, inbox=_inbox_take_locked(claimed))
 
 
 def _log_claim(thread: Thread) -> None:

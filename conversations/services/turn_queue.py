@@ -2,9 +2,9 @@
 
 A thread waits for a worker while it is ``created`` (spawned, or requeued by the sweeper or an
 operator) or paused (``waiting``, ``suspended``) with a user message it has not taken. Turn
-workers take the oldest with ``SKIP LOCKED`` (``thread_claim_runnable``), external engines with
-``POST /api/v1/threads/next`` (``thread_claim_next``): one queue, so a claim is the only hand-off
-and the two can never disagree about what may run.
+workers take the one waiting longest with ``SKIP LOCKED`` (``thread_claim_runnable``), external
+engines with ``POST /api/v1/threads/next`` (``thread_claim_next``): one queue, so a claim is the
+only hand-off and the two can never disagree about what may run.
 
 Both are woken by ``NOTIFY ironclaw_threads`` (payload: the tenant), sent at commit: by a trigger
 when a thread becomes ``created``, and by ``thread_runnable_notify`` when a paused thread gets a

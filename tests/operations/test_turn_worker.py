@@ -23,6 +23,7 @@ from conversations.services import (
     ThreadOutcome,
     message_handle,
     thread_claim,
+    thread_claim_next,
     thread_leases_sweep,
     thread_outcome_record,
 )
@@ -168,7 +169,7 @@ def test_the_claim_is_served_by_the_index_of_created_threads() -> None:
     with transaction.atomic(), connection.cursor() as cursor:
         # An empty test table is scanned whatever the indexes: ask whether an index can serve it.
         cursor.execute("SET LOCAL enable_seqscan = off")
-        params: list[Any] = ["probe", datetime.timedelta(seconds=30)]
+        params: list[Any] = [None] * 4 + ["probe", datetime.timedelta(seconds=30), "1s"]
         cursor.execute("EXPLAIN " + _CLAIM_RUNNABLE_SQL, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
 
@@ -273,3 +274,49 @@ def test_a_turn_worker_killed_mid_model_call_loses_nothing() -> None:
     thread = Thread.objects.get(pk=sent.thread_id)
     assert (thread.state, thread.claim_count) == ("completed", 2)
     assert _agent_entries(sent.conversation_id) == ["echo: still there?"]
+
+
+@override_settings(THREAD_RUNNER="tests.operations.test_turn_worker.record_run")
+def test_the_thread_that_has_waited_longest_is_claimed_first_paused_or_new() -> None:
+    # A thread paused at a gate, then spoken to; then a new conversation's thread is spawned.
+    paused = message_handle(user_id="alice", channel="gate", content="deploy it")
+    thread_claim(user_id="alice", thread_id=paused.thread_id, worker_id="external")
+    thread_outcome_record(
+        user_id="alice",
+        thread_id=paused.thread_id,
+        outcome=ThreadOutcome(kind="gate_paused", gate_name="approval", gate_action="deploy"),
+        worker_id="external",
+    )
+    message_handle(user_id="alice", channel="gate", content="approved")
+    newer = message_handle(user_id="bob", channel="web", content="hello")
+    RUNS.clear()
+
+    TurnWorker(name="turns", concurrency=1).drain()
+
+    # The approval came first: a stream of new threads never starves a paused one.
+    assert [thread_id for thread_id, *_ in RUNS] == [str(paused.thread_id), str(newer.thread_id)]
+
+
+def test_external_engines_claim_in_the_same_order_and_get_the_inbox_with_it() -> None:
+    paused = message_handle(user_id="alice", channel="gate", content="deploy it")
+    thread_claim(user_id="alice", thread_id=paused.thread_id, worker_id="external")
+    thread_outcome_record(
+        user_id="alice",
+        thread_id=paused.thread_id,
+        outcome=ThreadOutcome(kind="gate_paused", gate_name="approval", gate_action="deploy"),
+        worker_id="external",
+    )
+    message_handle(user_id="alice", channel="gate", content="approved")
+    newer = message_handle(user_id="alice", channel="web", content="hello")
+
+    first = thread_claim_next(user_id="alice", worker_id="engine")
+    second = thread_claim_next(user_id="alice", worker_id="engine")
+
+    assert first is not None
+    assert second is not None
+    assert (first.thread.pk, [entry.content for entry in first.inbox]) == (
+        paused.thread_id,
+        ["approved"],
+    )
+    assert second.thread.pk == newer.thread_id
+    assert thread_claim_next(user_id="bob", worker_id="engine") is None
