@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.db.models import Prefetch, QuerySet
 
 from conversations.errors import ConversationNotFound, ThreadNotFound
 from conversations.models import Conversation, ConversationEntry, Thread
-from core.db import fixed_exists
+from core.db import fixed_exists, server_bound_cursor
 
 
 def conversation_list(*, user_id: str, channel: str | None = None) -> QuerySet[Conversation]:
@@ -56,16 +57,42 @@ _ENTRY_AFTER = (
 )
 
 
+# The first page of entry_list, which every long-poll answers with.
+_ENTRY_FIRST_PAGE = (
+    "SELECT id, seq, sender, content, thread_id, created_at, delivered_at"
+    " FROM conversations_conversationentry"
+    " WHERE conversation_id = %s AND user_id = %s AND seq > %s ORDER BY seq LIMIT %s"
+)
+
+
+def conversation_check(*, user_id: str, conversation_id: uuid.UUID) -> None:
+    """Raise ConversationNotFound unless the tenant has this conversation."""
+    if not fixed_exists(_CONVERSATION_OF_TENANT, [conversation_id, user_id]):
+        raise ConversationNotFound()
+
+
 def entry_list(
     *, user_id: str, conversation_id: uuid.UUID, after_seq: int | None = None
 ) -> QuerySet[ConversationEntry]:
     """A conversation's entries in seq order, optionally only those after ``after_seq``."""
-    if not fixed_exists(_CONVERSATION_OF_TENANT, [conversation_id, user_id]):
-        raise ConversationNotFound()
+    conversation_check(user_id=user_id, conversation_id=conversation_id)
     entries = ConversationEntry.objects.filter(conversation_id=conversation_id, user_id=user_id)
     if after_seq is not None:
         entries = entries.filter(seq__gt=after_seq)
     return entries.order_by("seq")
+
+
+def entry_first_rows(
+    *, user_id: str, conversation_id: uuid.UUID, after_seq: int | None, limit: int
+) -> list[tuple[Any, ...]]:
+    """The first ``limit`` rows of ``entry_list`` (the caller has checked the conversation):
+    id, seq, sender, content, thread_id, created_at, delivered_at."""
+    with server_bound_cursor() as cursor:
+        cursor.execute(
+            _ENTRY_FIRST_PAGE,
+            [conversation_id, user_id, -1 if after_seq is None else after_seq, limit],
+        )
+        return list(cursor.fetchall())
 
 
 def entry_after_exists(*, user_id: str, conversation_id: uuid.UUID, after_seq: int | None) -> bool:

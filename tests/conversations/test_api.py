@@ -497,3 +497,58 @@ def test_first_entry_of_a_spawn_is_never_delivered_before_it_was_created(
     entry = ConversationEntry.objects.get(conversation_id=sent["conversation_id"], seq=sent["seq"])
     assert entry.delivered_at is not None
     assert entry.delivered_at >= entry.created_at
+
+
+@pytest.mark.parametrize(
+    ("query", "pages"),
+    [
+        ({}, 1),
+        ({"limit": 3}, 3),
+        ({"limit": 2, "after_seq": 2}, 3),
+        ({"limit": 4, "after_seq": 5}, 1),
+        ({"limit": 20, "after_seq": 13}, 1),
+        ({"after_seq": 99}, 1),
+    ],
+)
+def test_the_first_entries_page_renders_as_drf_s_cursor_paging_would(
+    alice: APIClient, query: dict[str, Any], pages: int
+) -> None:
+    # Eight entries: a message and its thread's system line, then six messages queued behind the
+    # live thread (no thread, undelivered).
+    sent = _send(alice, "first")
+    _post(alice, f"conversations/{sent['conversation_id']}/policy", {"busy_policy": "queue"})
+    for n in range(6):
+        _send(alice, f"more {n}")
+    url = f"/api/v1/conversations/{sent['conversation_id']}/entries"
+
+    fast = alice.get(url, query)
+    expected = _drf_first_page(url, query, sent["conversation_id"])
+
+    assert fast.status_code == 200
+    assert fast.json() == expected
+    # Its next link leads on through DRF's cursor paging, page by page to the end.
+    seen, page = 1, fast.json()
+    while page["next"]:
+        page = alice.get(page["next"]).json()
+        seen += 1
+    assert seen == pages
+
+
+def _drf_first_page(url: str, query: dict[str, Any], conversation_id: str) -> Any:
+    """The first page as DRF's CursorPagination and EntrySerializer render entry_list."""
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from conversations import selectors
+    from conversations.api.serializers import EntrySerializer
+    from core.api.cursor_pagination import SeqPagination
+
+    request = Request(APIRequestFactory().get(url, query))
+    entries = selectors.entry_list(
+        user_id="alice",
+        conversation_id=uuid.UUID(conversation_id),
+        after_seq=query.get("after_seq"),
+    )
+    paginator = SeqPagination()
+    page = paginator.paginate_queryset(entries, request)
+    return paginator.get_paginated_response(EntrySerializer(page, many=True).data).data
