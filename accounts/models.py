@@ -65,3 +65,37 @@ class RateLimitBucket(models.Model):
 
     def __str__(self) -> str:
         return f"{self.bucket}: {self.tokens:.1f}/{self.capacity}"
+
+
+class IdempotencyKey(models.Model):
+    """A client's ``Idempotency-Key`` and the response of the request that first sent it.
+
+    Scoped to the API key and the tenant it acted for (``""`` for a service key acting for no
+    tenant). The row is inserted in the same transaction as the request's work, so a crash
+    leaves both or neither; a repeat of the key replays ``response_body`` while the row is newer
+    than ``IDEMPOTENCY_TTL_HOURS``. ``fingerprint`` is the SHA-256 of the method, the path and
+    the body, so the same key with another request is refused rather than replayed.
+    """
+
+    # db_index=False: the unique constraint's index leads with api_key already.
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+", db_index=False)
+    user_id = models.CharField(max_length=255, blank=True)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)
+    response_status = models.PositiveSmallIntegerField()
+    # The response's JSON as rendered (text, not jsonb: a replay keeps its key order).
+    response_body = models.TextField(blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "idempotency key"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_key", "user_id", "key"], name="idempotencykey_unique_per_key_tenant"
+            ),
+        ]
+        # The hourly prune deletes by age.
+        indexes = [models.Index(fields=["created_at"], name="idempotencykey_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.user_id or 'any tenant'}, {self.response_status})"

@@ -208,6 +208,11 @@ RATE_LIMIT_TENANT_PER_MINUTE = env_int(
     "RATE_LIMIT_TENANT_PER_MINUTE", 1200, minimum=0, maximum=1_000_000
 )
 
+# Idempotency-Key: how long a stored response is replayed, and how long a repeat waits for the
+# first request with its key to finish before a 409 idempotency_in_progress.
+IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1, maximum=24 * 30)
+IDEMPOTENCY_WAIT_SECONDS = env_float("IDEMPOTENCY_WAIT_SECONDS", 10.0, minimum=0.1, maximum=60.0)
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "ironclaw_site API",
     "DESCRIPTION": "State service for a multi-tenant AI agent platform: conversations, threads "

@@ -12,11 +12,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import request_tenant_or_any, request_user_id
+from accounts.idempotency import idempotent, idempotent_call, idempotent_run
 from conversations import selectors, services
 from conversations.api import examples
 from conversations.api.serializers import EntrySerializer, ThreadSerializer, UsageSerializer
 from conversations.api.views import MAX_WAIT_SECONDS, THREAD_TAG, _errors
 from core.api.fields import TextField
+from core.api.schema import IDEMPOTENCY_KEY_PARAMETER
 from core.notify import ANY, THREADS_CHANNEL, client_gone, wait_for
 
 # 409 of the operations that lock the thread row itself (claim, heartbeat, inbox, next).
@@ -88,6 +90,7 @@ class ThreadNextView(APIView):
         tags=THREAD_TAG,
         operation_id="thread_next",
         summary="Claim the oldest thread waiting for an engine",
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
         request=InputSerializer,
         responses={
             200: OutputSerializer,
@@ -101,25 +104,33 @@ class ThreadNextView(APIView):
         values = data.validated_data
         tenant = request_tenant_or_any(request)
 
-        def claim() -> services.ClaimedThread | None:
-            return services.thread_claim_next(
+        def claim() -> Response | None:
+            claimed = services.thread_claim_next(
                 user_id=tenant,
                 worker_id=values["worker_id"],
                 lease_seconds=values.get("lease_seconds"),
             )
+            return None if claimed is None else Response(self.OutputSerializer(claimed).data)
+
+        # With a key, each check is a transaction of its own with the key's row: only the check
+        # that claims keeps it, and a repeat after a lost answer gets the same thread back.
+        call = idempotent_call(request)
+
+        def check() -> Response | None:
+            return claim() if call is None else idempotent_run(call, claim)
 
         # An engine that died mid-poll must not be handed a thread it will never run (it would
         # sit leased until the lease ran out).
-        claimed = wait_for(
+        answered = wait_for(
             THREADS_CHANNEL,
             tenant or ANY,
             timeout=values["wait_seconds"],
-            check=claim,
+            check=check,
             abandoned=client_gone(request),
         )
-        if claimed is None:
+        if answered is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(self.OutputSerializer(claimed).data)
+        return answered
 
 
 class ThreadClaimView(APIView):
@@ -142,6 +153,7 @@ class ThreadClaimView(APIView):
             ),
         },
     )
+    @idempotent
     def post(self, request: Request, thread_id: UUID) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -171,6 +183,7 @@ class ThreadHeartbeatView(APIView):
             ),
         },
     )
+    @idempotent
     def post(self, request: Request, thread_id: UUID) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -205,6 +218,7 @@ class ThreadSuspendView(APIView):
             ),
         },
     )
+    @idempotent
     def post(self, request: Request, thread_id: UUID) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -243,6 +257,7 @@ class ThreadInboxView(APIView):
             ),
         },
     )
+    @idempotent
     def post(self, request: Request, thread_id: UUID) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -296,6 +311,7 @@ class ThreadOutcomeView(APIView):
             ),
         },
     )
+    @idempotent
     def post(self, request: Request, thread_id: UUID) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

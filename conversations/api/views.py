@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import request_user_id
+from accounts.idempotency import idempotent
 from conversations import selectors, services
 from conversations.api import examples
 from conversations.api.serializers import ConversationSerializer, EntrySerializer, ThreadSerializer
@@ -76,6 +77,7 @@ class MessageCreateView(APIView):
             ),
         },
     )
+    @idempotent
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -136,6 +138,7 @@ class ConversationNewView(APIView):
         request=InputSerializer,
         responses={201: ConversationSerializer, **_errors(bad_request="A field is invalid.")},
     )
+    @idempotent
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -184,6 +187,7 @@ class ConversationPolicySetView(APIView):
             **_errors(bad_request="Unknown policy.", not_found="Unknown or another tenant's."),
         },
     )
+    @idempotent
     def post(self, request: Request, conversation_id: UUID) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -326,6 +330,7 @@ class ConversationClearView(APIView):
             **_errors(not_found="Unknown conversation.", conflict="conversation_busy."),
         },
     )
+    @idempotent
     def post(self, request: Request, conversation_id: UUID) -> Response:
         result = services.conversation_clear(
             user_id=request_user_id(request), conversation_id=conversation_id

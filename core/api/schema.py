@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import serializers
 
 
@@ -28,6 +29,25 @@ COMMON_ERROR_RESPONSES = {
 }
 BODY_ERROR_RESPONSES = {"413": "The request body is over the configured limit."}
 
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_PARAMETER = OpenApiParameter(
+    IDEMPOTENCY_KEY_HEADER,
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="1-255 printable ASCII characters, new for each logical request (a UUID). A "
+    "repeat with the same key and body within `IDEMPOTENCY_TTL_HOURS` does nothing and gets "
+    "the first response back, with `Idempotent-Replayed: true`; while the first is still "
+    "running, the repeat waits for it. Only successful responses are kept.",
+)
+# Answers of an operation that takes the header, beside its own.
+IDEMPOTENCY_ERROR_RESPONSES = {
+    "409": "`idempotency_in_progress`: a request with this `Idempotency-Key` is still running "
+    "after `IDEMPOTENCY_WAIT_SECONDS` (with `Retry-After`).",
+    "422": "`idempotency_key_reused`: this `Idempotency-Key` was sent with another method, path "
+    "or body.",
+}
+
 
 def add_common_error_responses(
     result: dict[str, Any], generator: Any, request: Any, public: bool
@@ -49,5 +69,14 @@ def add_common_error_responses(
             responses = operation["responses"]
             for status, description in statuses.items():
                 responses.setdefault(status, {"content": error, "description": description})
+            if any(
+                parameter.get("in") == "header" and parameter.get("name") == IDEMPOTENCY_KEY_HEADER
+                for parameter in operation.get("parameters", [])
+            ):
+                for status, description in IDEMPOTENCY_ERROR_RESPONSES.items():
+                    if status in responses:
+                        responses[status]["description"] += f" Or {description}"
+                    else:
+                        responses[status] = {"content": error, "description": description}
             operation["responses"] = dict(sorted(responses.items()))
     return result

@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import request_changed_by, request_user_id
+from accounts.idempotency import idempotent
 from core.api.fields import StrictBooleanField, TextField
 from core.api.pagination import StrictLimitOffsetPagination
 from core.api.schema import ErrorSerializer
@@ -197,6 +198,7 @@ class DocumentAppendView(DocumentActionView):
         responses={200: DocumentSerializer, **_errors(400, 409, 413)},
         description="Append content on a new line, creating the document if needed.",
     )
+    @idempotent
     def post(self, request: Request, path: str) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -235,6 +237,7 @@ class DocumentPatchView(DocumentActionView):
         responses={200: OutputSerializer, **_errors(400, 404, 409, 413)},
         description="Replace the first occurrence of `old` (or all with `replace_all`).",
     )
+    @idempotent
     def post(self, request: Request, path: str) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -298,6 +301,7 @@ class DocumentRestoreView(DocumentActionView):
         description="Write version n back as the current content (the current content becomes "
         "a new version).",
     )
+    @idempotent
     def post(self, request: Request, path: str, version: int) -> Response:
         user_id = request_user_id(request)
         document = services.document_restore(
