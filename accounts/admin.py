@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.models import ApiKey
+from accounts.models import ApiKey, IdempotencyKey
 from accounts.services import api_key_revoke
 from core.admin import TenantPrefixFilter
 
@@ -37,3 +37,21 @@ class ApiKeyAdmin(admin.ModelAdmin):
             api_key_revoke(api_key_id=api_key.pk)
             revoked += 1
         self.message_user(request, f"Revoked {revoked} API keys.", messages.SUCCESS)
+
+
+@admin.register(IdempotencyKey)
+class IdempotencyKeyAdmin(admin.ModelAdmin):
+    """Read-only: the rows are the API's record of what it answered; the hourly job prunes them."""
+
+    list_display = ("key", "api_key", "user_id", "response_status", "created_at")
+    list_filter = ("response_status", TenantPrefixFilter)
+    search_fields = ("=key",)
+    list_select_related = ("api_key",)
+    show_full_result_count = False
+    ordering = ("-created_at",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

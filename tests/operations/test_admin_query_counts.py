@@ -16,11 +16,12 @@ from django.db.models import Model
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 from procrastinate.contrib.django import app
 from procrastinate.contrib.django.models import ProcrastinateJob
 from pytest_django.fixtures import Settings as SettingsWrapper
 
-from accounts.models import ApiKey
+from accounts.models import ApiKey, IdempotencyKey
 from accounts.services import api_key_create
 from conversations.models import ChannelUserIndex, ConversationEntry, Thread
 from conversations.services import message_handle
@@ -62,6 +63,22 @@ def _jobs(rows: int) -> None:
 def _api_keys(rows: int) -> None:
     for number in range(rows):
         api_key_create(name=f"key {number}", user_id=f"user-{number}")
+
+
+def _idempotency_keys(rows: int) -> None:
+    api_key = api_key_create(name="engine", user_id="alice").api_key
+    IdempotencyKey.objects.bulk_create(
+        IdempotencyKey(
+            api_key=api_key,
+            user_id="alice",
+            key=f"key-{number}",
+            fingerprint="0" * 64,
+            response_status=202,
+            response_body="{}",
+            created_at=timezone.now(),
+        )
+        for number in range(rows)
+    )
 
 
 def _changelist(name: str, build: Callable[[int], None]) -> Callable[[int], str]:
@@ -134,6 +151,11 @@ PAGES: dict[str, tuple[Callable[[int], str], int]] = {
     "version page": (_row_page("workspace_documentversion", _documents, DocumentVersion), 5),
     "chunk page": (_row_page("workspace_chunk", _documents, Chunk), 3),
     "api key page": (_row_page("accounts_apikey", _api_keys, ApiKey), 3),
+    "idempotency key list": (_changelist("accounts_idempotencykey", _idempotency_keys), 5),
+    "idempotency key page": (
+        _row_page("accounts_idempotencykey", _idempotency_keys, IdempotencyKey),
+        4,
+    ),
     "thread page of a finished thread": (
         _row_page("conversations_thread", _conversations, Thread),
         4,

@@ -61,9 +61,11 @@ NO_RETRY = RetryPolicy(max_attempts=1, max_seconds=0)
 class Call(Generic[T]):
     """One API call, answered by a ``T``. ``idempotent``: repeating it leaves the same state, so
     an ambiguous failure (503, or the connection lost after the request was sent) may be
-    retried; every call is retried when the server refused it before acting (429, 409
-    ``*_busy``, no connection). ``wait_seconds``: a long-poll's wait, which its HTTP timeout
-    outlasts. ``answer_field``: the answer is this field of the response's JSON."""
+    retried; so may a call with an ``idempotency_key`` (sent as ``Idempotency-Key``: the server
+    does the work once and answers a repeat with the first answer). Every call is retried when
+    the server refused it before acting (429, 409 ``*_busy``, no connection). ``wait_seconds``:
+    a long-poll's wait, which its HTTP timeout outlasts. ``answer_field``: the answer is this
+    field of the response's JSON."""
 
     method: str
     url: str
@@ -73,6 +75,12 @@ class Call(Generic[T]):
     wait_seconds: float | None = None
     expected_empty: frozenset[int] = field(default_factory=frozenset)
     answer_field: str | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def repeatable(self) -> bool:
+        """Whether an attempt that may have been acted on can be sent again."""
+        return self.idempotent or self.idempotency_key is not None
 
     def http_timeout(self, timeout: float) -> float:
         if self.wait_seconds is None:
@@ -136,7 +144,7 @@ def is_refusal(error: ApiError) -> bool:
 def may_retry_error(error: ApiError, call: Call[Any]) -> bool:
     if is_refusal(error):
         return True
-    return isinstance(error, Unavailable) and call.idempotent
+    return isinstance(error, Unavailable) and call.repeatable
 
 
 def may_retry_transport(error: httpx.TransportError, call: Call[Any]) -> bool:
@@ -146,7 +154,7 @@ def may_retry_transport(error: httpx.TransportError, call: Call[Any]) -> bool:
     # A failed connect never reached the server; anything later may have been acted on.
     if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
         return True
-    return call.idempotent
+    return call.repeatable
 
 
 class Attempts:
@@ -240,10 +248,12 @@ class ClientSettings(Generic[HttpT]):
             http=self._http,
         )
 
-    def _headers(self) -> dict[bytes, bytes]:
+    def _headers(self, call: Call[Any]) -> dict[bytes, bytes]:
         headers = {b"Authorization": f"Bearer {self._api_key}".encode()}
         if self.user_id is not None:
             headers[b"X-User-Id"] = user_id_header(self.user_id)
+        if call.idempotency_key is not None:
+            headers[b"Idempotency-Key"] = call.idempotency_key.encode("ascii")
         return headers
 
     def _request(self, call: Call[Any]) -> httpx.Request:
@@ -252,7 +262,7 @@ class ClientSettings(Generic[HttpT]):
             absolute_url(self.base_url, call.url),
             params=call.params,
             json=call.body,
-            headers=self._headers(),
+            headers=self._headers(call),
             timeout=call.http_timeout(self.timeout),
         )
 

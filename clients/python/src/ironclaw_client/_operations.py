@@ -6,6 +6,7 @@ list or of a loop of long-polls, and takes the items out of each answer. No I/O 
 from __future__ import annotations
 
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -185,6 +186,11 @@ class AgentReplies(NewEntries):
         return [entry for entry in super().take(page) if entry["sender"] == "agent"]
 
 
+def new_key() -> str:
+    """An ``Idempotency-Key`` for one logical call: every retry of that call sends it."""
+    return str(uuid.uuid4())
+
+
 def me() -> Call[models.MeOutput]:
     return Call("GET", f"{API}/me", idempotent=True)
 
@@ -192,10 +198,9 @@ def me() -> Call[models.MeOutput]:
 def send_message(
     channel: str, content: str, *, scope: str | None
 ) -> Call[models.MessageCreateOutput]:
-    # Not repeated after an ambiguous failure: the API has no idempotency key, so a repeat could
-    # be a second message.
+    # Repeated after an ambiguous failure under its idempotency key: stored once.
     body = compact({"channel": channel, "content": content, "scope": scope})
-    return Call("POST", f"{API}/messages", idempotent=False, body=body)
+    return Call("POST", f"{API}/messages", idempotent=False, body=body, idempotency_key=new_key())
 
 
 def conversations(*, channel: str | None, page_size: int | None) -> Pages[models.Conversation]:
@@ -205,7 +210,8 @@ def conversations(*, channel: str | None, page_size: int | None) -> Pages[models
 
 def new_conversation(channel: str, *, scope: str | None) -> Call[models.Conversation]:
     body = compact({"channel": channel, "scope": scope})
-    return Call("POST", f"{API}/conversations/new", idempotent=False, body=body)
+    url = f"{API}/conversations/new"
+    return Call("POST", url, idempotent=False, body=body, idempotency_key=new_key())
 
 
 def get_conversation(conversation_id: str) -> Call[models.ConversationDetailOutput]:
@@ -213,8 +219,9 @@ def get_conversation(conversation_id: str) -> Call[models.ConversationDetailOutp
 
 
 def clear_conversation(conversation_id: str) -> Call[models.ConversationClearOutput]:
-    # A repeat would clear the messages sent in between.
-    return Call("POST", f"{API}/conversations/{conversation_id}/clear", idempotent=False)
+    # A repeat without the key would clear the messages sent in between.
+    url = f"{API}/conversations/{conversation_id}/clear"
+    return Call("POST", url, idempotent=False, idempotency_key=new_key())
 
 
 def set_busy_policy(
@@ -233,8 +240,8 @@ def entries(conversation_id: str, *, after_seq: int, page_size: int | None) -> P
 def next_thread(
     worker_id: str, *, wait_seconds: float, lease_seconds: int | None
 ) -> Call[models.ThreadNextOutput | None]:
-    """Not repeated after an ambiguous failure: a lost answer leaves a thread leased to this
-    worker until the lease expires (then the sweeper requeues it)."""
+    """Repeated after an ambiguous failure under its idempotency key: a claim whose answer was
+    lost is answered again with the same thread, instead of leaving it leased to nobody."""
     wait_seconds = clamp_wait(wait_seconds)
     body = compact(
         {"worker_id": worker_id, "wait_seconds": wait_seconds, "lease_seconds": lease_seconds}
@@ -246,6 +253,7 @@ def next_thread(
         body=body,
         wait_seconds=wait_seconds,
         expected_empty=frozenset({204}),
+        idempotency_key=new_key(),
     )
 
 
@@ -268,8 +276,8 @@ def heartbeat(
     lease_seconds: int | None,
     usage: Mapping[str, Any] | None,
 ) -> Call[models.Thread]:
-    # Usage adds to the thread's counters, so a heartbeat with usage is repeated only when the
-    # server refused it before acting.
+    # Usage adds to the thread's counters: a heartbeat with usage is repeated after an ambiguous
+    # failure only under its idempotency key, which counts it once.
     body = compact(
         {
             "worker_id": worker_id,
@@ -277,17 +285,20 @@ def heartbeat(
             "usage": dict(usage) if usage else None,
         }
     )
-    return Call("POST", f"{API}/threads/{thread_id}/heartbeat", idempotent=not usage, body=body)
+    url = f"{API}/threads/{thread_id}/heartbeat"
+    key = new_key() if usage else None
+    return Call("POST", url, idempotent=not usage, body=body, idempotency_key=key)
 
 
 def suspend_thread(thread_id: str, worker_id: str) -> Call[models.Thread]:
-    # A repeat answers lease_not_held.
+    # Without the key, a repeat would answer lease_not_held.
     body = {"worker_id": worker_id}
-    return Call("POST", f"{API}/threads/{thread_id}/suspend", idempotent=False, body=body)
+    url = f"{API}/threads/{thread_id}/suspend"
+    return Call("POST", url, idempotent=False, body=body, idempotency_key=new_key())
 
 
 def take_inbox(thread_id: str, worker_id: str) -> Call[list[models.Entry]]:
-    # Messages are handed out once: a repeat after a lost answer would return nothing.
+    # Messages are handed out once: a repeat under the same key gets the same ones back.
     body = {"worker_id": worker_id}
     return Call(
         "POST",
@@ -295,6 +306,7 @@ def take_inbox(thread_id: str, worker_id: str) -> Call[list[models.Entry]]:
         idempotent=False,
         body=body,
         answer_field="entries",
+        idempotency_key=new_key(),
     )
 
 
@@ -308,7 +320,7 @@ def record_outcome(
     gate: Mapping[str, str] | None,
     usage: Mapping[str, Any] | None,
 ) -> Call[models.ThreadOutcomeOutput]:
-    # A repeat answers outcome_already_recorded.
+    # Without the key, a repeat would answer outcome_already_recorded.
     body = compact(
         {
             "worker_id": worker_id,
@@ -319,7 +331,8 @@ def record_outcome(
             "usage": dict(usage) if usage else None,
         }
     )
-    return Call("POST", f"{API}/threads/{thread_id}/outcome", idempotent=False, body=body)
+    url = f"{API}/threads/{thread_id}/outcome"
+    return Call("POST", url, idempotent=False, body=body, idempotency_key=new_key())
 
 
 def read_document(path: str) -> Call[models.WorkspaceDocument]:
@@ -340,14 +353,16 @@ def delete_document(path: str) -> Call[None]:
 
 def append_document(path: str, content: str) -> Call[models.WorkspaceDocument]:
     body = {"content": content}
-    return Call("POST", document_url(path, "/append"), idempotent=False, body=body)
+    url = document_url(path, "/append")
+    return Call("POST", url, idempotent=False, body=body, idempotency_key=new_key())
 
 
 def patch_document(
     path: str, old: str, new: str, *, replace_all: bool
 ) -> Call[models.WorkspacePatchResult]:
     body = {"old": old, "new": new, "replace_all": replace_all}
-    return Call("POST", document_url(path, "/patch"), idempotent=False, body=body)
+    url = document_url(path, "/patch")
+    return Call("POST", url, idempotent=False, body=body, idempotency_key=new_key())
 
 
 def document_versions(path: str, *, page_size: int | None) -> Pages[models.WorkspaceVersion]:
@@ -360,9 +375,9 @@ def document_version(path: str, version: int) -> Call[models.WorkspaceVersionDet
 
 
 def restore_document(path: str, version: int) -> Call[models.WorkspaceDocument]:
-    # Writes version n back: a repeat writes the same content again.
+    # Writes version n back: a repeat without the key would add another version.
     url = document_url(path, f"/versions/{int(version)}/restore")
-    return Call("POST", url, idempotent=True)
+    return Call("POST", url, idempotent=True, idempotency_key=new_key())
 
 
 def list_folder(path: str, *, page_size: int | None) -> Pages[models.WorkspaceListEntry]:

@@ -66,7 +66,7 @@ class AsyncClient(_core.ClientSettings[httpx.AsyncClient]):
     async def send_message(
         self, channel: str, content: str, *, scope: str | None = None
     ) -> models.MessageCreateOutput:
-        """Post a user message; never repeated after an ambiguous failure (no idempotency key)."""
+        """Post a user message; retried under one idempotency key, so it is stored once."""
         return await self._send(_operations.send_message(channel, content, scope=scope))
 
     def conversations(
@@ -86,7 +86,7 @@ class AsyncClient(_core.ClientSettings[httpx.AsyncClient]):
         return await self._send(_operations.get_conversation(conversation_id))
 
     async def clear_conversation(self, conversation_id: str) -> models.ConversationClearOutput:
-        """Delete the conversation's entries; never repeated after an ambiguous failure."""
+        """Delete the conversation's entries; retried under one idempotency key."""
         return await self._send(_operations.clear_conversation(conversation_id))
 
     async def set_busy_policy(
@@ -215,7 +215,7 @@ class AsyncClient(_core.ClientSettings[httpx.AsyncClient]):
         return await self._send(_operations.delete_document(path))
 
     async def append_document(self, path: str, content: str) -> models.WorkspaceDocument:
-        """Add ``content`` to the document's end; never repeated after an ambiguous failure."""
+        """Add ``content`` to the document's end; retried under one idempotency key."""
         return await self._send(_operations.append_document(path, content))
 
     async def patch_document(

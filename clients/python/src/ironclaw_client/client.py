@@ -67,7 +67,7 @@ class Client(_core.ClientSettings[httpx.Client]):
     def send_message(
         self, channel: str, content: str, *, scope: str | None = None
     ) -> models.MessageCreateOutput:
-        """Post a user message; never repeated after an ambiguous failure (no idempotency key)."""
+        """Post a user message; retried under one idempotency key, so it is stored once."""
         return self._send(_operations.send_message(channel, content, scope=scope))
 
     def conversations(
@@ -85,7 +85,7 @@ class Client(_core.ClientSettings[httpx.Client]):
         return self._send(_operations.get_conversation(conversation_id))
 
     def clear_conversation(self, conversation_id: str) -> models.ConversationClearOutput:
-        """Delete the conversation's entries; never repeated after an ambiguous failure."""
+        """Delete the conversation's entries; retried under one idempotency key."""
         return self._send(_operations.clear_conversation(conversation_id))
 
     def set_busy_policy(
@@ -210,7 +210,7 @@ class Client(_core.ClientSettings[httpx.Client]):
         return self._send(_operations.delete_document(path))
 
     def append_document(self, path: str, content: str) -> models.WorkspaceDocument:
-        """Add ``content`` to the document's end; never repeated after an ambiguous failure."""
+        """Add ``content`` to the document's end; retried under one idempotency key."""
         return self._send(_operations.append_document(path, content))
 
     def patch_document(

@@ -59,7 +59,8 @@ class Conflict(ApiError):
 
 
 class Busy(Conflict):
-    """409 ``*_busy``: a row lock was not granted in time; the same request will likely pass."""
+    """409 ``*_busy``: a row lock was not granted in time, or ``idempotency_in_progress``: the
+    first request with this idempotency key still runs. The same request will likely pass."""
 
 
 class PayloadTooLarge(ApiError):
@@ -98,6 +99,8 @@ def error_for(
     else:
         code, message, details = f"http_{status}", fallback_text[:500], {}
     cls = _BY_STATUS.get(status, ApiError)
-    if status == 409 and code.endswith("_busy"):
+    # idempotency_in_progress: the first request with this key still runs; the repeat will be
+    # answered with its response.
+    if status == 409 and (code.endswith("_busy") or code == "idempotency_in_progress"):
         cls = Busy
     return cls(status=status, code=code, message=message, details=details, retry_after=retry_after)
