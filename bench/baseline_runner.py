@@ -22,7 +22,12 @@ _GLOBAL_MUTEX = threading.Lock()
 
 
 def checkpoint_save_globally_locked(
-    state: TurnState, *, user_id: str, changed_by: str, conversation_too: bool = False
+    state: TurnState,
+    *,
+    user_id: str,
+    changed_by: str,
+    conversation_too: bool = False,
+    lease_epoch: int | None = None,
 ) -> None:
     # A waiter returns its pooled connection first (the next statement takes one again), so a
     # queue of waiting turns never starves the others' claims and lease renewals.
@@ -30,7 +35,11 @@ def checkpoint_save_globally_locked(
         connection.close()
     with _GLOBAL_MUTEX:
         checkpoint_save(
-            state, user_id=user_id, changed_by=changed_by, conversation_too=conversation_too
+            state,
+            user_id=user_id,
+            changed_by=changed_by,
+            conversation_too=conversation_too,
+            lease_epoch=lease_epoch,
         )
 
 

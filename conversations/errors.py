@@ -42,6 +42,17 @@ class LeaseNotHeld(Conflict):
     default_message = "This worker does not hold the thread's lease."
 
 
+class LeaseLost(LeaseNotHeld):
+    """The write named a lease epoch that is no longer the thread's: the lease lapsed and the
+    thread was claimed again (or released), so this writer's work is over."""
+
+    code = "lease_lost"
+    default_message = (
+        "The thread's lease was taken over since this worker claimed it (its lease_epoch is "
+        "stale); stop working on it."
+    )
+
+
 class OutcomeAlreadyRecorded(Conflict):
     code = "outcome_already_recorded"
     default_message = "The thread's outcome has already been recorded."

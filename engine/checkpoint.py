@@ -13,9 +13,9 @@ from typing import Any, Protocol
 from django.db import transaction
 from django.utils import timezone
 
-from conversations.services import ThreadUsage
+from conversations.services import LEASE_FENCE_SQL, ThreadUsage, lease_fence_params
 from core.db import server_bound_cursor
-from workspace.services import document_write
+from workspace.services import WriteFence, document_write
 
 CHECKPOINT_VERSION = 1
 
@@ -125,10 +125,25 @@ def checkpoint_load(*, user_id: str, thread_id: uuid.UUID | str) -> TurnState | 
 
 
 def checkpoint_save(
-    state: TurnState, *, user_id: str, changed_by: str, conversation_too: bool = False
+    state: TurnState,
+    *,
+    user_id: str,
+    changed_by: str,
+    conversation_too: bool = False,
+    lease_epoch: int | None = None,
 ) -> None:
     """Write the turn's state into ``user_id``'s workspace (one upsert per document: runtime
-    paths are never indexed). A step's checkpoint alone is one statement, in autocommit."""
+    paths are never indexed). A step's checkpoint alone is one statement, in autocommit.
+
+    ``lease_epoch``: the thread's ``claim_count`` when this worker claimed it. The write is
+    then fenced (``WriteFenced``) once anyone has claimed the thread since, in the same
+    statement: a worker that was paused past its lease cannot overwrite its successor's state.
+    """
+    fence = (
+        None
+        if lease_epoch is None
+        else WriteFence(LEASE_FENCE_SQL, lease_fence_params(state.thread_id, lease_epoch))
+    )
     # user_id is the thread's owner, never state.user_id: a checkpoint's content is only JSON in
     # a workspace document, and must not choose whose workspace the next write lands in.
     # savepoint=False: inside a caller's transaction (the inbox take, a wrapper's lock) the
@@ -139,6 +154,7 @@ def checkpoint_save(
             path=thread_checkpoint_path(state.thread_id),
             content=state.to_json(),
             changed_by=changed_by,
+            fence=fence,
         )
         if conversation_too and state.conversation_id:
             document_write(
@@ -154,6 +170,7 @@ def checkpoint_save(
                     }
                 ),
                 changed_by=changed_by,
+                fence=fence,
             )
 
 
@@ -162,5 +179,11 @@ class CheckpointSave(Protocol):
     benchmark's baseline takes a global lock first)."""
 
     def __call__(
-        self, state: TurnState, *, user_id: str, changed_by: str, conversation_too: bool = False
+        self,
+        state: TurnState,
+        *,
+        user_id: str,
+        changed_by: str,
+        conversation_too: bool = False,
+        lease_epoch: int | None = None,
     ) -> None: ...

@@ -55,6 +55,7 @@ from engine.model_clients import (
     ModelReply,
     model_client_from_settings,
 )
+from workspace.errors import WriteFenced
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ class Turn:
                         thread_id=self.thread.id,
                         worker_id=self.worker_id,
                         lease_seconds=self.lease_seconds,
+                        lease_epoch=self.thread.claim_count,
                     )
                 except LeaseNotHeld:
                     self._lease_lost.set()
@@ -240,12 +242,19 @@ class Turn:
         return state
 
     def _checkpoint(self, state: TurnState, *, conversation_too: bool = False) -> None:
-        self._checkpoint_save(
-            state,
-            user_id=self.user_id,
-            changed_by=self.worker_id,
-            conversation_too=conversation_too,
-        )
+        """Write the turn's state, fenced by the lease's epoch: once another worker has claimed
+        the thread, this one's writes are refused and its turn ends (``_LeaseLost``)."""
+        try:
+            self._checkpoint_save(
+                state,
+                user_id=self.user_id,
+                changed_by=self.worker_id,
+                conversation_too=conversation_too,
+                lease_epoch=self.thread.claim_count,
+            )
+        except WriteFenced:
+            self._lease_lost.set()
+            raise _LeaseLost() from None
 
     def _take_inbox(self, state: TurnState) -> None:
         """Take injected messages; the checkpoint recording them commits with the take."""
@@ -256,7 +265,10 @@ class Turn:
             return
         with transaction.atomic():
             entries = thread_inbox_take(
-                user_id=self.user_id, thread_id=self.thread.id, worker_id=self.worker_id
+                user_id=self.user_id,
+                thread_id=self.thread.id,
+                worker_id=self.worker_id,
+                lease_epoch=self.thread.claim_count,
             )
             if entries:
                 state.messages.extend(
@@ -414,6 +426,7 @@ class Turn:
                 outcome=outcome,
                 worker_id=self.worker_id,
                 usage=state.usage(),
+                lease_epoch=self.thread.claim_count,
             )
         except (LeaseNotHeld, OutcomeAlreadyRecorded) as error:
             # The lease lapsed and another worker took the thread over; it records the outcome.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.errors import Busy, InvalidInput, NotFound, PayloadTooLarge
+from core.errors import Busy, Conflict, InvalidInput, NotFound, PayloadTooLarge
 
 
 class InvalidPath(InvalidInput):
@@ -46,3 +46,11 @@ class InvalidContent(InvalidInput):
 class DocumentBusy(Busy):
     code = "document_busy"
     default_message = "The document is being changed by another request; retry shortly."
+
+
+class WriteFenced(Conflict):
+    """A fenced write whose fence found no row: the writer lost the right to write (say, the
+    lease of the thread whose state it checkpoints)."""
+
+    code = "write_fenced"
+    default_message = "The write was refused: its writer no longer holds what it writes under."

@@ -30,7 +30,10 @@ class ThreadSerializer(serializers.Serializer):
     lease_expires_at = serializers.DateTimeField(allow_null=True)
     outcome = serializers.JSONField(allow_null=True)
     cancel_requested = serializers.BooleanField()
-    claim_count = serializers.IntegerField()
+    claim_count = serializers.IntegerField(
+        help_text="Claims so far; the claim's answer is the lease's epoch: send it back as "
+        "`lease_epoch` on every write under the lease."
+    )
     step_count = serializers.IntegerField()
     tokens_used = serializers.IntegerField()
     input_tokens = serializers.IntegerField()

@@ -57,8 +57,20 @@ class LeaseInputSerializer(serializers.Serializer):
     lease_seconds = serializers.IntegerField(required=False, min_value=1)
 
 
+def _lease_epoch_field() -> serializers.IntegerField:
+    return serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=2**31 - 1,
+        help_text="The `claim_count` the claim answered with. Given, the write is refused with "
+        "409 `lease_lost` once anyone has claimed the thread since (the lease lapsed and was "
+        "taken over), even under the same worker_id.",
+    )
+
+
 class HeartbeatInputSerializer(LeaseInputSerializer):
     usage = UsageSerializer(required=False, help_text="Usage since the previous report.")
+    lease_epoch = _lease_epoch_field()
 
 
 class ThreadNextView(APIView):
@@ -179,7 +191,7 @@ class ThreadHeartbeatView(APIView):
             **_errors(
                 bad_request="A field is invalid.",
                 not_found="Unknown thread.",
-                conflict=f"lease_not_held; {THREAD_BUSY}",
+                conflict=f"lease_not_held, lease_lost; {THREAD_BUSY}",
             ),
         },
     )
@@ -203,6 +215,7 @@ class ThreadSuspendView(APIView):
             ref_name = "ThreadSuspendInput"
 
         worker_id = TextField(max_length=255)
+        lease_epoch = _lease_epoch_field()
 
     @extend_schema(
         tags=THREAD_TAG,
@@ -214,7 +227,7 @@ class ThreadSuspendView(APIView):
             **_errors(
                 bad_request="worker_id is invalid.",
                 not_found="Unknown thread.",
-                conflict="lease_not_held; conversation_busy (lock timeout).",
+                conflict="lease_not_held, lease_lost; conversation_busy (lock timeout).",
             ),
         },
     )
@@ -236,6 +249,7 @@ class ThreadInboxView(APIView):
             ref_name = "ThreadInboxInput"
 
         worker_id = TextField(max_length=255)
+        lease_epoch = _lease_epoch_field()
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -253,7 +267,7 @@ class ThreadInboxView(APIView):
             **_errors(
                 bad_request="worker_id is invalid.",
                 not_found="Unknown thread.",
-                conflict=f"lease_not_held; {THREAD_BUSY}",
+                conflict=f"lease_not_held, lease_lost; {THREAD_BUSY}",
             ),
         },
     )
@@ -286,6 +300,7 @@ class ThreadOutcomeView(APIView):
         gate = GateSerializer(required=False, allow_null=True)
         worker_id = TextField(max_length=255)
         usage = UsageSerializer(required=False, help_text="What the run cost, in total.")
+        lease_epoch = _lease_epoch_field()
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -305,8 +320,8 @@ class ThreadOutcomeView(APIView):
             **_errors(
                 bad_request="A field is invalid (failed needs error, gate_paused needs gate).",
                 not_found="Unknown thread.",
-                conflict="outcome_already_recorded, lease_not_held, invalid_thread_transition or "
-                "conversation_busy (lock timeout).",
+                conflict="outcome_already_recorded, lease_not_held, lease_lost, "
+                "invalid_thread_transition or conversation_busy (lock timeout).",
                 too_large="response or error over CONVERSATION_MAX_MESSAGE_BYTES.",
             ),
         },
@@ -330,5 +345,6 @@ class ThreadOutcomeView(APIView):
             outcome=outcome,
             worker_id=values["worker_id"],
             usage=_usage(values.get("usage")),
+            lease_epoch=values.get("lease_epoch"),
         )
         return Response(self.OutputSerializer(result).data)

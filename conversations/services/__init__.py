@@ -35,6 +35,8 @@ from conversations.services.conversations import (
     conversation_start_new,
 )
 from conversations.services.lease import (
+    LEASE_FENCE_SQL,
+    lease_fence_params,
     thread_claim,
     thread_claim_next,
     thread_claim_runnable,
@@ -77,6 +79,7 @@ from conversations.services.values import (
 
 __all__ = [
     "CHANNEL_PATTERN",
+    "LEASE_FENCE_SQL",
     "MAX_SCOPE_LENGTH",
     "MAX_WORKER_ID_LENGTH",
     "OUTCOME_KINDS",
@@ -96,6 +99,7 @@ __all__ = [
     "conversation_clear",
     "conversation_get_or_create",
     "conversation_start_new",
+    "lease_fence_params",
     "lease_owner_id",
     "message_handle",
     "thread_claim",

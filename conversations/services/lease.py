@@ -16,7 +16,7 @@ from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from conversations import selectors
-from conversations.errors import LeaseNotHeld, ThreadBusy, ThreadNotClaimable
+from conversations.errors import LeaseLost, LeaseNotHeld, ThreadBusy, ThreadNotClaimable
 from conversations.models import ConversationEntry, EntrySender, Thread, ThreadState
 from conversations.services.lifecycle import lease_released_fields, thread_lease_release
 from conversations.services.locking import (
@@ -38,6 +38,32 @@ from core.db import (
 from core.log_context import log_context
 
 logger = logging.getLogger(__name__)
+
+# A write's fence on the lease epoch (workspace.WriteFence's SQL, for the engine's checkpoints):
+# a row while nobody has claimed the thread since the writer did. FOR SHARE makes a takeover's
+# claim wait for a write in flight, and a write after the takeover find no row.
+LEASE_FENCE_SQL = (
+    "SELECT 1 FROM conversations_thread"
+    " WHERE id = %(fence_thread_id)s AND claim_count = %(fence_lease_epoch)s FOR SHARE"
+)
+
+
+def lease_fence_params(thread_id: uuid.UUID | str, lease_epoch: int) -> dict[str, Any]:
+    return {"fence_thread_id": thread_id, "fence_lease_epoch": lease_epoch}
+
+
+def lease_check(thread: Thread, worker_id: str | None, lease_epoch: int | None) -> None:
+    """Raise unless ``worker_id`` holds the running thread's lease, and, when the writer names
+    the ``lease_epoch`` it claimed (the thread's ``claim_count`` then), unless nobody has
+    claimed the thread since: a worker whose lease lapsed and was taken over is refused with
+    ``lease_lost`` even when it reuses its worker id."""
+    held = thread.state == ThreadState.RUNNING and thread.lease_owner == worker_id
+    if lease_epoch is None:
+        if not held:
+            raise LeaseNotHeld(details={"state": thread.state})
+        return
+    if not held or thread.claim_count != lease_epoch:
+        raise LeaseLost(details={"state": thread.state, "lease_epoch": thread.claim_count})
 
 
 def _lease_taken(worker_id: str, duration: datetime.timedelta) -> dict[str, Any]:
@@ -207,10 +233,11 @@ def thread_lease_renew(
     worker_id: str,
     lease_seconds: int | None = None,
     usage: ThreadUsage | None = None,
+    lease_epoch: int | None = None,
 ) -> Thread:
-    """Extend the lease (compare-and-set on the holder), adding ``usage`` (the increase since the
-    last report) to the thread's counters. The result shows ``cancel_requested``, which is how a
-    running engine learns it was interrupted."""
+    """Extend the lease (compare-and-set on the holder and, when given, its epoch), adding
+    ``usage`` (the increase since the last report) to the thread's counters. The result shows
+    ``cancel_requested``, which is how a running engine learns it was interrupted."""
     check_worker_id(worker_id)
     duration = lease_duration(lease_seconds)
     if usage is not None:
@@ -228,6 +255,7 @@ def thread_lease_renew(
                 user_id=user_id,
                 state=ThreadState.RUNNING,
                 lease_owner=worker_id,
+                **({} if lease_epoch is None else {"claim_count": lease_epoch}),
             ),
             lease_expires_at=Now() + duration,
             updated_at=Now(),
@@ -236,11 +264,12 @@ def thread_lease_renew(
     if renewed:
         return renewed[0]
     thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
-    raise LeaseNotHeld(details={"state": thread.state})
+    lease_check(thread, worker_id, lease_epoch)
+    raise LeaseNotHeld(details={"state": thread.state})  # held again by now: a lapse between
 
 
 def thread_inbox_take(
-    *, user_id: str, thread_id: uuid.UUID, worker_id: str
+    *, user_id: str, thread_id: uuid.UUID, worker_id: str, lease_epoch: int | None = None
 ) -> list[ConversationEntry]:
     """Return the thread's undelivered user messages in seq order and mark them delivered.
 
@@ -249,8 +278,7 @@ def thread_inbox_take(
     check_worker_id(worker_id)
     with locked_transaction(busy=ThreadBusy):
         thread = selectors.thread_get_for_update(user_id=user_id, thread_id=thread_id)
-        if thread.state != ThreadState.RUNNING or thread.lease_owner != worker_id:
-            raise LeaseNotHeld(details={"state": thread.state})
+        lease_check(thread, worker_id, lease_epoch)
         return _inbox_take_locked(thread)
 
 
@@ -309,7 +337,9 @@ def _usage_increments(usage: ThreadUsage) -> dict[str, Any]:
     }
 
 
-def thread_suspend(*, user_id: str, thread_id: uuid.UUID, worker_id: str) -> Thread:
+def thread_suspend(
+    *, user_id: str, thread_id: uuid.UUID, worker_id: str, lease_epoch: int | None = None
+) -> Thread:
     """The lease holder parks a running thread; the next user message resumes it.
 
     Locks the conversation, then the thread: a message injected after the engine's last inbox
@@ -319,8 +349,7 @@ def thread_suspend(*, user_id: str, thread_id: uuid.UUID, worker_id: str) -> Thr
     check_worker_id(worker_id)
     with locked_transaction(bound_by_first_statement=True):
         _, thread = thread_lock_with_conversation(user_id, thread_id)
-        if thread.state != ThreadState.RUNNING or thread.lease_owner != worker_id:
-            raise LeaseNotHeld(details={"state": thread.state})
+        lease_check(thread, worker_id, lease_epoch)
         released = thread_lease_release(thread, state=ThreadState.SUSPENDED)
         thread.save(update_fields=[*released, "updated_at"])
         if ConversationEntry.objects.undelivered_for(thread).exists():

@@ -23,6 +23,7 @@ from conversations.models import (
     ThreadState,
 )
 from conversations.services.entry_writer import EntryWriter
+from conversations.services.lease import lease_check
 from conversations.services.lifecycle import thread_follow_up_spawn, thread_lease_release
 from conversations.services.locking import locked_transaction, thread_lock_with_conversation
 from conversations.services.turn_queue import thread_runnable_notify
@@ -73,6 +74,7 @@ def thread_outcome_record(
     outcome: ThreadOutcome,
     worker_id: str | None = None,
     usage: ThreadUsage | None = None,
+    lease_epoch: int | None = None,
 ) -> OutcomeResult:
     """Record how a thread's run ended (and what the run cost) and write the conversation
     entries that say so.
@@ -85,7 +87,7 @@ def thread_outcome_record(
         check_usage(usage)
     with locked_transaction(bound_by_first_statement=True):
         conversation, thread = thread_lock_with_conversation(user_id, thread_id)
-        _check_outcome_allowed(thread, outcome, worker_id)
+        _check_outcome_allowed(thread, outcome, worker_id, lease_epoch)
         # Counted and logged once the outcome is durable, whichever return below ends it.
         transaction.on_commit(partial(_outcome_observe, thread))
         if usage is not None:
@@ -147,7 +149,16 @@ def _outcome_observe(thread: Thread) -> None:
     )
 
 
-def _check_outcome_allowed(thread: Thread, outcome: ThreadOutcome, worker_id: str | None) -> None:
+def _check_outcome_allowed(
+    thread: Thread, outcome: ThreadOutcome, worker_id: str | None, lease_epoch: int | None
+) -> None:
+    if lease_epoch is not None:
+        # A writer that names its epoch records only under the lease it claimed: not after a
+        # takeover, nor after the sweeper released its lapsed lease.
+        if thread.is_terminal and thread.claim_count == lease_epoch:
+            raise OutcomeAlreadyRecorded(details={"state": thread.state})
+        lease_check(thread, worker_id, lease_epoch)
+        return
     if thread.is_terminal:
         raise OutcomeAlreadyRecorded(details={"state": thread.state})
     if thread.state == ThreadState.RUNNING:

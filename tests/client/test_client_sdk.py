@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 import httpx
 import pytest
+from django.utils import timezone
 from ironclaw_client import (
     NO_RETRY,
     AuthenticationError,
@@ -23,6 +25,7 @@ from ironclaw_client import (
 
 from accounts.services import CreatedApiKey
 from conversations.models import Thread
+from conversations.services import thread_claim, thread_leases_sweep
 from workspace.models import Document
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -272,3 +275,30 @@ def test_a_client_runs_over_an_httpx_client_the_caller_configured(
 
     assert me["user_id"] == "alice"
     assert seen == [f"{live_url}/api/v1/me"]
+
+
+def test_an_engine_that_lost_its_lease_to_a_takeover_is_told_lease_lost(
+    make_client: Callable[..., Client],
+) -> None:
+    user = make_client("alice")
+    engine = make_client("alice")
+    sent = user.send_message("web", "go")
+    claimed = engine.claim_thread(sent["thread_id"], "engine-1")
+    epoch = claimed["claim_count"]
+    Thread.objects.filter(pk=sent["thread_id"]).update(lease_expires_at=timezone.now())
+    thread_leases_sweep()
+    thread_claim(user_id="alice", thread_id=uuid.UUID(sent["thread_id"]), worker_id="engine-1")
+
+    with engine.keep_alive(
+        sent["thread_id"], "engine-1", interval=0.05, lease_epoch=epoch
+    ) as lease:
+        time.sleep(0.3)
+    with pytest.raises(Conflict) as late:
+        engine.record_outcome(
+            sent["thread_id"], "engine-1", "completed", response="late", lease_epoch=epoch
+        )
+
+    assert lease.lost is not None
+    assert lease.lost.code == "lease_lost"
+    assert (late.value.status, late.value.code) == (409, "lease_lost")
+    assert Thread.objects.get(pk=sent["thread_id"]).state == "running"

@@ -45,6 +45,7 @@ from workspace.services.maintenance import (
     versions_prune,
     workspace_hygiene,
 )
+from workspace.services.runtime import WriteFence
 from workspace.services.vector_index import (
     VectorIndexEnsured,
     VectorIndexUnavailable,
@@ -64,6 +65,7 @@ __all__ = [
     "RuntimeCleanup",
     "VectorIndexEnsured",
     "VectorIndexUnavailable",
+    "WriteFence",
     "content_hash",
     "document_append",
     "document_delete",

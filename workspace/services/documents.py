@@ -15,7 +15,13 @@ from django.conf import settings
 from django.db import connection
 
 from core.db import bounded_transaction
-from workspace.errors import DocumentBusy, DocumentNotFound, PatchFailed, VersionNotFound
+from workspace.errors import (
+    DocumentBusy,
+    DocumentNotFound,
+    PatchFailed,
+    VersionNotFound,
+    WriteFenced,
+)
 from workspace.metadata import flag_is_set
 from workspace.metrics import DOCUMENT_WRITES
 from workspace.models import Chunk, Document, DocumentVersion, IndexState
@@ -23,7 +29,7 @@ from workspace.paths import is_runtime_path, normalise_path
 from workspace.selectors import effective_metadata
 from workspace.services.content import check_metadata, check_size, check_text, content_hash
 from workspace.services.indexing import document_index, document_index_enqueue
-from workspace.services.runtime import runtime_append, runtime_patch, runtime_write
+from workspace.services.runtime import WriteFence, runtime_append, runtime_patch, runtime_write
 
 
 def _document_transaction() -> AbstractContextManager[None]:
@@ -149,9 +155,12 @@ def document_write(
     content: str,
     metadata: dict[str, Any] | None = None,
     changed_by: str | None = None,
+    fence: WriteFence | None = None,
 ) -> Document:
     """Create or replace a document. Runtime paths: one upsert. Others: lock the row, version the
     old content, update, enqueue indexing (or index after commit when WORKSPACE_INDEXING=inline).
+
+    ``fence``: the write is applied only while the fence finds its row (``WriteFenced`` if not).
     """
     normalised = normalise_path(path)
     check_text(content, field="content")
@@ -159,8 +168,15 @@ def document_write(
     if metadata is not None:
         check_metadata(metadata)
     if is_runtime_path(normalised):
-        return runtime_write(user_id=user_id, path=normalised, content=content, metadata=metadata)
+        return runtime_write(
+            user_id=user_id, path=normalised, content=content, metadata=metadata, fence=fence
+        )
     with _document_transaction():
+        if fence is not None:
+            with connection.cursor() as cursor:
+                cursor.execute(fence.sql, fence.params)
+                if cursor.fetchone() is None:
+                    raise WriteFenced(details={"path": normalised})
         document = _lock_or_create_document(user_id=user_id, path=normalised)
         index_due = _apply_change(
             document, content=content, metadata=metadata, changed_by=changed_by or user_id

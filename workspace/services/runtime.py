@@ -9,14 +9,17 @@ when the first returned no row, to read the row or to say why nothing changed.
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from psycopg.types.json import Jsonb
 
 from core.db import ModelRows, server_bound_cursor
-from workspace.errors import DocumentNotFound, DocumentTooLarge, PatchFailed
+from workspace.errors import DocumentNotFound, DocumentTooLarge, PatchFailed, WriteFenced
 from workspace.metrics import RUNTIME_WRITES
 from workspace.models import Document
 from workspace.services.content import content_hash
@@ -33,13 +36,11 @@ _SQL_HASH = "'sha256:' || encode(sha256(convert_to({}, 'UTF8')), 'hex')"
 # The CTE returns the row whether or not it changed, so an unchanged write is still one statement.
 # The fallback SELECT sees the statement's snapshot; it can miss a row another transaction inserted
 # concurrently (then the caller reads once more: the budget's second statement).
-_RUNTIME_WRITE_SQL = f"""
-WITH upserted AS (
+_RUNTIME_UPSERT = """
     INSERT INTO workspace_document AS d
         (id, user_id, path, content, content_hash, metadata, is_runtime, index_state,
          indexed_hash, created_at, updated_at)
-    VALUES (%(id)s, %(user_id)s, %(path)s, %(content)s, %(hash)s, %(metadata)s, true, 'skipped',
-            '', now(), now())
+    {rows}
     ON CONFLICT (user_id, path) DO UPDATE SET
         content = EXCLUDED.content,
         content_hash = EXCLUDED.content_hash,
@@ -51,13 +52,50 @@ WITH upserted AS (
     WHERE d.content_hash IS DISTINCT FROM EXCLUDED.content_hash
        OR NOT d.is_runtime
        OR (%(metadata_given)s AND d.metadata IS DISTINCT FROM EXCLUDED.metadata)
-    RETURNING {_WRITTEN_COLUMNS}
+    RETURNING {columns}
+"""
+_NEW_ROW = (
+    "%(id)s, %(user_id)s, %(path)s, %(content)s, %(hash)s, %(metadata)s, true, 'skipped', '', "
+    "now(), now()"
 )
+_RUNTIME_WRITE_SQL = f"""
+WITH upserted AS ({_RUNTIME_UPSERT.format(rows=f"VALUES ({_NEW_ROW})", columns=_WRITTEN_COLUMNS)})
 SELECT * FROM upserted
 UNION ALL
 SELECT {_WRITTEN_COLUMNS} FROM workspace_document d
 WHERE d.user_id = %(user_id)s AND d.path = %(path)s AND NOT EXISTS (SELECT 1 FROM upserted)
 """
+
+
+@dataclass(frozen=True)
+class WriteFence:
+    """What a write is applied under. ``sql`` is a SELECT that returns a row while the writer
+    may write, and locks the row it reads (``FOR SHARE``), so that whatever takes the right away
+    (an UPDATE of that row) waits for the write's commit, and a write that comes after it finds
+    no row. ``params`` are its named parameters (``%(fence_...)s``). A write whose fence finds no
+    row changes nothing and raises ``WriteFenced``."""
+
+    sql: str
+    params: Mapping[str, Any]
+
+
+@functools.cache
+def _fenced_write_sql(fence_sql: str) -> str:
+    """_RUNTIME_WRITE_SQL under a fence, still one statement: the upsert inserts from the fence's
+    row, and the last column says whether the fence let the write through."""
+    upsert = _RUNTIME_UPSERT.format(rows=f"SELECT {_NEW_ROW} FROM fence", columns=_WRITTEN_COLUMNS)
+    nulls = ", ".join("NULL" for _ in _WRITTEN_FIELDS)
+    return f"""
+WITH fence AS ({fence_sql}), upserted AS ({upsert})
+SELECT *, true FROM upserted
+UNION ALL
+SELECT {_WRITTEN_COLUMNS}, true FROM workspace_document d
+WHERE d.user_id = %(user_id)s AND d.path = %(path)s AND NOT EXISTS (SELECT 1 FROM upserted)
+  AND EXISTS (SELECT 1 FROM fence)
+UNION ALL
+SELECT {nulls}, false WHERE NOT EXISTS (SELECT 1 FROM fence)
+"""
+
 
 _APPENDED = (
     "CASE WHEN d.content = '' THEN EXCLUDED.content "
@@ -127,7 +165,12 @@ def _new_row_params(*, user_id: str, path: str, content: str) -> dict[str, Any]:
 
 
 def runtime_write(
-    *, user_id: str, path: str, content: str, metadata: dict[str, Any] | None
+    *,
+    user_id: str,
+    path: str,
+    content: str,
+    metadata: dict[str, Any] | None,
+    fence: WriteFence | None = None,
 ) -> Document:
     params: dict[str, Any] = {
         **_new_row_params(user_id=user_id, path=path, content=content),
@@ -135,8 +178,15 @@ def runtime_write(
         "metadata_given": metadata is not None,
     }
     with server_bound_cursor() as cursor:
-        cursor.execute(_RUNTIME_WRITE_SQL, params)
-        row = cursor.fetchone()
+        if fence is None:
+            cursor.execute(_RUNTIME_WRITE_SQL, params)
+            row = cursor.fetchone()
+        else:
+            cursor.execute(_fenced_write_sql(fence.sql), {**params, **fence.params})
+            fenced = cursor.fetchone()
+            if fenced is not None and not fenced[-1]:
+                raise WriteFenced(details={"path": path})
+            row = None if fenced is None else fenced[:-1]
         if row is None:
             cursor.execute(
                 f"SELECT {_WRITTEN_COLUMNS} FROM workspace_document d "

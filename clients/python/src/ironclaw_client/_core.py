@@ -279,12 +279,14 @@ class LeaseState(Generic[ClientT]):
         *,
         interval: float,
         lease_seconds: int | None,
+        lease_epoch: int | None = None,
     ):
         self.client = client
         self.thread_id = thread_id
         self.worker_id = worker_id
         self.interval = interval
         self.lease_seconds = lease_seconds
+        self.lease_epoch = lease_epoch
         self.beats = 0
         self.cancel_requested = False
         self.lost: ApiError | None = None
@@ -296,7 +298,11 @@ class LeaseState(Generic[ClientT]):
 
     def _beat_failed(self, error: ApiError | TransportError) -> bool:
         """Whether to beat again: not once the lease is gone."""
-        if isinstance(error, ApiError) and error.code in {"lease_not_held", "thread_not_found"}:
+        if isinstance(error, ApiError) and error.code in {
+            "lease_not_held",
+            "lease_lost",
+            "thread_not_found",
+        }:
             self.lost = error
             return False
         # Anything else (an outage past the retry budget) is retried next beat: the lease

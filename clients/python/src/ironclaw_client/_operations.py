@@ -275,6 +275,7 @@ def heartbeat(
     *,
     lease_seconds: int | None,
     usage: Mapping[str, Any] | None,
+    lease_epoch: int | None = None,
 ) -> Call[models.Thread]:
     # Usage adds to the thread's counters: a heartbeat with usage is repeated after an ambiguous
     # failure only under its idempotency key, which counts it once.
@@ -283,6 +284,7 @@ def heartbeat(
             "worker_id": worker_id,
             "lease_seconds": lease_seconds,
             "usage": dict(usage) if usage else None,
+            "lease_epoch": lease_epoch,
         }
     )
     url = f"{API}/threads/{thread_id}/heartbeat"
@@ -290,16 +292,20 @@ def heartbeat(
     return Call("POST", url, idempotent=not usage, body=body, idempotency_key=key)
 
 
-def suspend_thread(thread_id: str, worker_id: str) -> Call[models.Thread]:
+def suspend_thread(
+    thread_id: str, worker_id: str, *, lease_epoch: int | None = None
+) -> Call[models.Thread]:
     # Without the key, a repeat would answer lease_not_held.
-    body = {"worker_id": worker_id}
+    body = compact({"worker_id": worker_id, "lease_epoch": lease_epoch})
     url = f"{API}/threads/{thread_id}/suspend"
     return Call("POST", url, idempotent=False, body=body, idempotency_key=new_key())
 
 
-def take_inbox(thread_id: str, worker_id: str) -> Call[list[models.Entry]]:
+def take_inbox(
+    thread_id: str, worker_id: str, *, lease_epoch: int | None = None
+) -> Call[list[models.Entry]]:
     # Messages are handed out once: a repeat under the same key gets the same ones back.
-    body = {"worker_id": worker_id}
+    body = compact({"worker_id": worker_id, "lease_epoch": lease_epoch})
     return Call(
         "POST",
         f"{API}/threads/{thread_id}/inbox",
@@ -319,6 +325,7 @@ def record_outcome(
     error: str | None,
     gate: Mapping[str, str] | None,
     usage: Mapping[str, Any] | None,
+    lease_epoch: int | None = None,
 ) -> Call[models.ThreadOutcomeOutput]:
     # Without the key, a repeat would answer outcome_already_recorded.
     body = compact(
@@ -329,6 +336,7 @@ def record_outcome(
             "error": error,
             "gate": dict(gate) if gate else None,
             "usage": dict(usage) if usage else None,
+            "lease_epoch": lease_epoch,
         }
     )
     url = f"{API}/threads/{thread_id}/outcome"

@@ -155,10 +155,19 @@ class AsyncClient(_core.ClientSettings[httpx.AsyncClient]):
         *,
         lease_seconds: int | None = None,
         usage: Mapping[str, Any] | None = None,
+        lease_epoch: int | None = None,
     ) -> models.Thread:
-        """Extend the lease; ``usage`` (see ``usage_body``) adds to the thread's counters."""
+        """Extend the lease; ``usage`` (see ``usage_body``) adds to the thread's counters.
+        ``lease_epoch``: the claim's ``claim_count``; given, a takeover since raises
+        ``Conflict`` ``lease_lost`` (the same for the other writes under a lease)."""
         return await self._send(
-            _operations.heartbeat(thread_id, worker_id, lease_seconds=lease_seconds, usage=usage)
+            _operations.heartbeat(
+                thread_id,
+                worker_id,
+                lease_seconds=lease_seconds,
+                usage=usage,
+                lease_epoch=lease_epoch,
+            )
         )
 
     def keep_alive(
@@ -168,19 +177,33 @@ class AsyncClient(_core.ClientSettings[httpx.AsyncClient]):
         *,
         interval: float = 10.0,
         lease_seconds: int | None = None,
+        lease_epoch: int | None = None,
     ) -> AsyncLease:
         """An ``async with`` block's ``AsyncLease``: a task heartbeats while the block runs."""
         return AsyncLease(
-            self, thread_id, worker_id, interval=interval, lease_seconds=lease_seconds
+            self,
+            thread_id,
+            worker_id,
+            interval=interval,
+            lease_seconds=lease_seconds,
+            lease_epoch=lease_epoch,
         )
 
-    async def suspend_thread(self, thread_id: str, worker_id: str) -> models.Thread:
+    async def suspend_thread(
+        self, thread_id: str, worker_id: str, *, lease_epoch: int | None = None
+    ) -> models.Thread:
         """Park the running thread and give up its lease; the next user message resumes it."""
-        return await self._send(_operations.suspend_thread(thread_id, worker_id))
+        return await self._send(
+            _operations.suspend_thread(thread_id, worker_id, lease_epoch=lease_epoch)
+        )
 
-    async def take_inbox(self, thread_id: str, worker_id: str) -> list[models.Entry]:
+    async def take_inbox(
+        self, thread_id: str, worker_id: str, *, lease_epoch: int | None = None
+    ) -> list[models.Entry]:
         """The thread's undelivered user messages, each handed out once."""
-        return await self._send(_operations.take_inbox(thread_id, worker_id))
+        return await self._send(
+            _operations.take_inbox(thread_id, worker_id, lease_epoch=lease_epoch)
+        )
 
     async def record_outcome(
         self,
@@ -192,11 +215,19 @@ class AsyncClient(_core.ClientSettings[httpx.AsyncClient]):
         error: str | None = None,
         gate: Mapping[str, str] | None = None,
         usage: Mapping[str, Any] | None = None,
+        lease_epoch: int | None = None,
     ) -> models.ThreadOutcomeOutput:
         """End the run as ``kind`` with its response, error or gate, and its total usage."""
         return await self._send(
             _operations.record_outcome(
-                thread_id, worker_id, kind, response=response, error=error, gate=gate, usage=usage
+                thread_id,
+                worker_id,
+                kind,
+                response=response,
+                error=error,
+                gate=gate,
+                usage=usage,
+                lease_epoch=lease_epoch,
             )
         )
 
@@ -285,7 +316,10 @@ class AsyncLease(_core.LeaseState[AsyncClient]):
             await asyncio.sleep(self.interval)
             try:
                 thread = await self.client.heartbeat(
-                    self.thread_id, self.worker_id, lease_seconds=self.lease_seconds
+                    self.thread_id,
+                    self.worker_id,
+                    lease_seconds=self.lease_seconds,
+                    lease_epoch=self.lease_epoch,
                 )
             except (ApiError, TransportError) as error:
                 if self._beat_failed(error):

@@ -152,10 +152,19 @@ class Client(_core.ClientSettings[httpx.Client]):
         *,
         lease_seconds: int | None = None,
         usage: Mapping[str, Any] | None = None,
+        lease_epoch: int | None = None,
     ) -> models.Thread:
-        """Extend the lease; ``usage`` (see ``usage_body``) adds to the thread's counters."""
+        """Extend the lease; ``usage`` (see ``usage_body``) adds to the thread's counters.
+        ``lease_epoch``: the claim's ``claim_count``; given, a takeover since raises
+        ``Conflict`` ``lease_lost`` (the same for the other writes under a lease)."""
         return self._send(
-            _operations.heartbeat(thread_id, worker_id, lease_seconds=lease_seconds, usage=usage)
+            _operations.heartbeat(
+                thread_id,
+                worker_id,
+                lease_seconds=lease_seconds,
+                usage=usage,
+                lease_epoch=lease_epoch,
+            )
         )
 
     def keep_alive(
@@ -165,17 +174,29 @@ class Client(_core.ClientSettings[httpx.Client]):
         *,
         interval: float = 10.0,
         lease_seconds: int | None = None,
+        lease_epoch: int | None = None,
     ) -> Lease:
         """A ``with`` block's ``Lease``: a background thread heartbeats while the block runs."""
-        return Lease(self, thread_id, worker_id, interval=interval, lease_seconds=lease_seconds)
+        return Lease(
+            self,
+            thread_id,
+            worker_id,
+            interval=interval,
+            lease_seconds=lease_seconds,
+            lease_epoch=lease_epoch,
+        )
 
-    def suspend_thread(self, thread_id: str, worker_id: str) -> models.Thread:
+    def suspend_thread(
+        self, thread_id: str, worker_id: str, *, lease_epoch: int | None = None
+    ) -> models.Thread:
         """Park the running thread and give up its lease; the next user message resumes it."""
-        return self._send(_operations.suspend_thread(thread_id, worker_id))
+        return self._send(_operations.suspend_thread(thread_id, worker_id, lease_epoch=lease_epoch))
 
-    def take_inbox(self, thread_id: str, worker_id: str) -> list[models.Entry]:
+    def take_inbox(
+        self, thread_id: str, worker_id: str, *, lease_epoch: int | None = None
+    ) -> list[models.Entry]:
         """The thread's undelivered user messages, each handed out once."""
-        return self._send(_operations.take_inbox(thread_id, worker_id))
+        return self._send(_operations.take_inbox(thread_id, worker_id, lease_epoch=lease_epoch))
 
     def record_outcome(
         self,
@@ -187,11 +208,19 @@ class Client(_core.ClientSettings[httpx.Client]):
         error: str | None = None,
         gate: Mapping[str, str] | None = None,
         usage: Mapping[str, Any] | None = None,
+        lease_epoch: int | None = None,
     ) -> models.ThreadOutcomeOutput:
         """End the run as ``kind`` with its response, error or gate, and its total usage."""
         return self._send(
             _operations.record_outcome(
-                thread_id, worker_id, kind, response=response, error=error, gate=gate, usage=usage
+                thread_id,
+                worker_id,
+                kind,
+                response=response,
+                error=error,
+                gate=gate,
+                usage=usage,
+                lease_epoch=lease_epoch,
             )
         )
 
@@ -281,7 +310,10 @@ class Lease(_core.LeaseState[Client]):
         while not self._stop.wait(self.interval):
             try:
                 thread = self.client.heartbeat(
-                    self.thread_id, self.worker_id, lease_seconds=self.lease_seconds
+                    self.thread_id,
+                    self.worker_id,
+                    lease_seconds=self.lease_seconds,
+                    lease_epoch=self.lease_epoch,
                 )
             except (ApiError, TransportError) as error:
                 if self._beat_failed(error):

@@ -160,6 +160,7 @@ class HeartbeatInputRequest(TypedDict):
     worker_id: str
     lease_seconds: NotRequired[int]
     usage: NotRequired[UsageRequest]
+    lease_epoch: NotRequired[int]
 
 
 class LeaseInputRequest(TypedDict):
@@ -238,6 +239,7 @@ class Thread(TypedDict):
 
 class ThreadInboxInputRequest(TypedDict):
     worker_id: str
+    lease_epoch: NotRequired[int]
 
 
 class ThreadInboxOutput(TypedDict):
@@ -263,6 +265,7 @@ class ThreadOutcomeInputRequest(TypedDict):
     gate: NotRequired[GateRequest | None]
     worker_id: str
     usage: NotRequired[UsageRequest]
+    lease_epoch: NotRequired[int]
 
 
 class ThreadOutcomeOutput(TypedDict):
@@ -273,6 +276,7 @@ class ThreadOutcomeOutput(TypedDict):
 
 class ThreadSuspendInputRequest(TypedDict):
     worker_id: str
+    lease_epoch: NotRequired[int]
 
 
 class UsageRequest(TypedDict):
