@@ -211,6 +211,24 @@ def test_user_id_that_is_not_utf8_is_a_400_saying_to_send_utf8(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("service", [True, False], ids=["service-key", "tenant-key"])
+def test_two_user_id_headers_are_a_400_naming_the_header(
+    front: Front, make_api_key: Callable[..., CreatedApiKey], service: bool
+) -> None:
+    key = make_api_key("alice", service=service).raw_key
+    # The web server joins repeated headers with ", " (RFC 9110 5.3): "bob, alice" reaches Django.
+    request = request_bytes(
+        "GET", "/api/v1/me", {"Authorization": f"Bearer {key}", "X-User-Id": "bob"}
+    ).replace(b"X-User-Id: bob\r\n", b"X-User-Id: bob\r\nX-User-Id: alice\r\n")
+
+    response = exchange(front, request)
+
+    assert response.status == 400, response.body
+    assert response.body["error"]["code"] == "invalid_user_id"
+    assert "X-User-Id" in response.body["error"]["message"]
+
+
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("character", ["文", "😀", "é"], ids=["cjk", "emoji", "latin"])
 def test_longest_workspace_path_of_any_script_fits_the_request_line(
     front: Front, make_api_key: Callable[..., CreatedApiKey], character: str
