@@ -20,6 +20,7 @@ from accounts.services import CreatedApiKey
 from conversations.models import ConversationEntry
 from tests.support.metrics import metric_sample
 from tests.support.servers import app_server, database_url, http_request
+from workspace.models import Document
 from workspace.paths import MAX_PATH_BYTES
 
 REQUEST_TIMEOUT = 3
@@ -344,6 +345,58 @@ def test_head_the_web_server_refuses_itself_gets_headers_only(front: Front) -> N
 
     assert received.startswith(b"HTTP/1.1 413 ")
     assert received.endswith(b"\r\n\r\n"), received
+
+
+DOCUMENTS = "/api/v1/workspace/documents"
+
+
+def document_put(front: Front, key: str, path: str) -> RawResponse:
+    body = json.dumps({"content": "x"}).encode()
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+    }
+    return exchange(front, request_bytes("PUT", f"{DOCUMENTS}/{path}", headers, body))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "path",
+    ["a%FFb", "notes/%C3", "%ED%A0%80.md", "%C0%AF.md", "a%FF/append", "a%FF/versions/1"],
+    ids=["invalid-byte", "truncated", "surrogate", "overlong", "action", "version"],
+)
+def test_a_document_path_that_is_not_utf8_is_a_400_naming_path(
+    front: Front, make_api_key: Callable[..., CreatedApiKey], path: str
+) -> None:
+    key = make_api_key("alice").raw_key
+
+    written = document_put(front, key, path)
+    read = exchange(
+        front,
+        request_bytes("GET", f"{DOCUMENTS}/{path}", {"Authorization": f"Bearer {key}"}),
+    )
+
+    for response in (written, read):
+        assert response.status == 400, response.body
+        assert response.body["error"]["code"] == "invalid_path"
+        assert "path" in response.body["error"]["details"]
+    assert not Document.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_percent_sign_escaped_in_a_document_path_is_a_name_of_its_own(
+    front: Front, make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    key = make_api_key("alice").raw_key
+
+    escaped = document_put(front, key, "a%25FFb")
+    not_utf8 = document_put(front, key, "a%FFb")
+
+    assert escaped.status == 200, escaped.body
+    assert escaped.body["path"] == "a%FFb"
+    assert not_utf8.status == 400, not_utf8.body
+    assert list(Document.objects.values_list("path", "content")) == [("a%FFb", "x")]
 
 
 def test_malformed_request_line_is_a_json_400(front: Front) -> None:
