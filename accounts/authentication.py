@@ -121,11 +121,18 @@ def user_id_from_header(request: Request) -> str | None:
 
     WSGI hands header values over as Latin-1 text (one character per byte), so a UTF-8 ``josé``
     arrives as ``josÃ©``: taken as it is, it would name another tenant. The bytes are decoded as
-    UTF-8 here, and anything that is not UTF-8 is refused rather than guessed at.
+    UTF-8 here, and anything that is not UTF-8 is refused rather than guessed at. The web server
+    joins a repeated header into one value with ", ", so a comma (which no user id contains) is
+    refused for either key, before a tenant key's comparison could call it another tenant.
     """
     raw = request.headers.get(USER_ID_HEADER)
     if raw is None:
         return None
+    if "," in raw:
+        raise InvalidTenant(
+            f"{USER_ID_HEADER} must name one tenant: send the header once (a user id contains "
+            "no comma)."
+        )
     try:
         return raw.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):

@@ -53,8 +53,14 @@ def document_tenant_header(result: dict[str, Any], **kwargs: Any) -> dict[str, A
         "required": False,
         "description": "The tenant the request acts for. Required with a service key (except "
         "on `threads/next`, where leaving it out serves every tenant); a tenant key may omit "
-        "it, and naming another tenant with one is a 403.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_LENGTH},
+        "it, and naming another tenant with one is a 403. Sent once: a repeated header arrives "
+        "comma-joined, and a user id contains no comma (400).",
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_USER_ID_LENGTH,
+            "pattern": "^[^,]*$",
+        },
     }
     for operations in result.get("paths", {}).values():
         for operation in operations.values():

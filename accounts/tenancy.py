@@ -17,4 +17,8 @@ def user_id_problem(value: str) -> str | None:
         return f"must be at most {MAX_USER_ID_LENGTH} characters"
     if has_control_characters(value):
         return "must not contain control characters"
+    if "," in value:
+        # HTTP joins a repeated header's values with commas (RFC 9110 section 5.3): X-User-Id
+        # "bob, alice" may be two headers, and a user id with a comma could not be told apart.
+        return "must not contain a comma"
     return None

@@ -15,6 +15,7 @@ from core.api.exceptions import (
 from core.database_breaker import failing_fast
 from core.log_context import REQUEST_ID_HEADER, log_context, request_id_accept
 from core.metrics import REQUEST_DURATION, database_unavailable_record, method_label
+from core.path_bytes import PATH_NOT_UTF8, PATH_NOT_UTF8_PROBLEM
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("ironclaw_site.access")
@@ -94,6 +95,26 @@ class UnknownHostMiddleware:
             # Django's handler would log the 400 again ("Bad Request: <path>"); this is the line.
             refused._has_been_logged = True  # type: ignore[attr-defined]
             return refused
+        return self.get_response(request)
+
+
+class PathNotUtf8Middleware:
+    """Refuse a URL path that is not UTF-8 (as ``path_bytes_checked`` noted) with a JSON 400
+    naming the path, on every route, before any view could read its lossy text."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.META.get(PATH_NOT_UTF8):
+            return JsonResponse(
+                error_body(
+                    "invalid_path",
+                    f"Invalid path: the URL path {PATH_NOT_UTF8_PROBLEM}.",
+                    {"path": [PATH_NOT_UTF8_PROBLEM]},
+                ),
+                status=400,
+            )
         return self.get_response(request)
 
 

@@ -81,6 +81,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "core.middleware.RequestLogMiddleware",
     "core.middleware.UnknownHostMiddleware",
+    "core.middleware.PathNotUtf8Middleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "core.middleware.DatabaseUnavailableMiddleware",
@@ -350,6 +351,9 @@ ensure_smaller(
     WORKSPACE_CHUNK_WORDS,
 )
 WORKSPACE_INDEXING = env_choice("WORKSPACE_INDEXING", "queue", ("queue", "inline"))
+INDEXING_PENDING_REQUEUE_SECONDS = env_int(
+    "INDEXING_PENDING_REQUEUE_SECONDS", 300, minimum=1, maximum=7 * 24 * 3600
+)
 WORKSPACE_LOCK_TIMEOUT_MS = env_int("WORKSPACE_LOCK_TIMEOUT_MS", 5000, minimum=1, maximum=60_000)
 WORKSPACE_MAX_DOCUMENT_BYTES = env_int(
     "WORKSPACE_MAX_DOCUMENT_BYTES", 5 * 1024 * 1024, minimum=1024, maximum=512 * 1024 * 1024

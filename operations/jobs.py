@@ -13,6 +13,8 @@ idempotent:
   content it read, and skips a document already indexed at that hash.
 - ``sweep_expired_leases`` and ``retry_stalled_jobs``: compare-and-set updates of rows still in
   the state they select (an expired lease, a job still ``doing``).
+- ``requeue_pending_indexing``: defers a job only for a document with none waiting or running,
+  under the document's row lock; a second run finds the job the first deferred.
 - ``prune_finished_jobs``, ``prune_versions`` and ``workspace_hygiene``: deletes of rows that
   still match when the batch runs; a second run finds nothing left to delete.
 """

@@ -2,10 +2,10 @@
 
 Waitress reads every request whole (headers and body, de-chunking ``Transfer-Encoding: chunked``)
 in its I/O thread before an application thread sees it, so a client that trickles its body costs a
-buffer, not a request thread. Two things are added here: a deadline for receiving a request (a
+buffer, not a request thread. Three things are added here: a deadline for receiving a request (a
 request still incomplete after ``WEB_REQUEST_TIMEOUT`` seconds is answered 408, however steadily it
-trickles), and the server's own error answers (400, 408, 413, 431, 500) in the JSON shape every
-other error has.
+trickles), the server's own error answers (400, 408, 413, 431, 500) in the JSON shape every
+other error has, and HEAD responses without a body, whatever the application returned.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
-from waitress.task import ErrorTask, ThreadedTaskDispatcher
+from waitress.task import ErrorTask, Task, ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import BadRequest
 
 from core.api.exceptions import error_body
@@ -49,7 +49,43 @@ class RequestTimeout(BadRequest):
     reason = "Request Timeout"
 
 
-class JsonErrorTask(ErrorTask):
+class HeadersOnlyForHead(Task):
+    """Send a HEAD request's response headers and nothing after them.
+
+    Django serves HEAD with the view's GET and returns the GET's body, and waitress writes it:
+    on a keep-alive connection the client then reads that body as the start of the next response.
+    Dropping it here, where every response passes, means no view has to get HEAD right. The
+    headers stay the GET's, Content-Length included (RFC 9110 section 9.3.2)."""
+
+    @property
+    def is_head(self) -> bool:
+        # A request refused before its request line was parsed has no command.
+        return getattr(self.request, "command", None) == "HEAD"
+
+    def write(self, data: bytes) -> None:
+        # Still called with the body's first chunk: that writes the headers, whose Content-Length
+        # waitress may have just taken from it.
+        super().write(b"" if self.is_head else data)
+
+    def finish(self) -> None:
+        if not self.is_head:
+            super().finish()
+        elif not self.wrote_header:
+            # An empty body: the headers still go. A response without a Content-Length is
+            # announced chunked, as the GET's would be, but gets no terminating chunk either.
+            self.write(b"")
+
+
+class ApplicationTask(HeadersOnlyForHead, WSGITask):
+    def get_environment(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environment()
+        if self.is_head:
+            # A file response would otherwise be sent by waitress straight from the file.
+            environ.pop("wsgi.file_wrapper", None)
+        return environ
+
+
+class JsonErrorTask(HeadersOnlyForHead, ErrorTask):
     """Answer waitress's own errors (malformed request, limits, timeouts) as JSON."""
 
     def execute(self) -> None:
@@ -87,6 +123,7 @@ def _sentence(text: str) -> str:
 class DeadlineChannel(HTTPChannel):
     """A connection that notes when each request started arriving."""
 
+    task_class = ApplicationTask
     error_task_class = JsonErrorTask
     request: Any = None
     request_started_at = 0.0

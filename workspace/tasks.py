@@ -1,6 +1,7 @@
-"""Background indexing (Procrastinate, queue ``indexing``) and the daily workspace maintenance
-(queue ``default``): version pruning and folder hygiene, through the services the
-``prune_versions`` and ``workspace_hygiene`` commands call.
+"""Background indexing (Procrastinate, queue ``indexing``), the sweep that queues it again for
+documents left pending, and the daily workspace maintenance (queue ``default``): version pruning
+and folder hygiene, through the services the ``prune_versions`` and ``workspace_hygiene``
+commands call.
 
 ``services.document_index_enqueue`` defers one job per document with a queueing lock, so a burst
 of writes to one document leaves at most one waiting job; the job reads the latest content when it
@@ -13,7 +14,9 @@ stay as they were, because queued jobs and periodic ids in the database carry th
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import DatabaseError
 from procrastinate import RetryStrategy
 from procrastinate.contrib.django import app
@@ -45,6 +48,26 @@ def document_index_job(document_id: str) -> str:
     if outcome == services.IndexOutcome.FAILED:
         raise IndexingFailed(f"embedding failed for document {document_id}; will retry")
     return outcome
+
+
+# Retries end, and jobs get lost (deleted, or pruned after failing): without this sweep their
+# documents, whose writes were acknowledged, would stay pending until their next write.
+@app.periodic(cron="* * * * *", periodic_id="workspace.requeue_pending_indexing")
+@app.task(
+    name="workspace.tasks.requeue_pending_indexing",
+    queue="default",
+    queueing_lock="workspace.requeue_pending_indexing",
+)
+def pending_documents_requeue_job(timestamp: int) -> None:
+    result = services.pending_documents_requeue(
+        pending_for=timedelta(seconds=settings.INDEXING_PENDING_REQUEUE_SECONDS)
+    )
+    if result.documents_queued:
+        logger.warning(
+            "indexing: queued %d documents again, pending over %d s with no indexing job",
+            result.documents_queued,
+            settings.INDEXING_PENDING_REQUEUE_SECONDS,
+        )
 
 
 # At night, minutes apart, so the two never compete with each other or the hourly job prune.

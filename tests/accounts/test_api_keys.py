@@ -13,6 +13,8 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
 from accounts.services import CreatedApiKey, api_key_create, api_key_revoke
+from conversations.models import ConversationEntry
+from conversations.services import message_handle
 from core.errors import InvalidInput
 
 pytestmark = pytest.mark.django_db
@@ -134,6 +136,32 @@ def test_service_key_with_invalid_x_user_id_is_400_json(api_client: APIClient) -
     response = api_client.get("/api/v1/me")
 
     _assert_error(response, 400, "invalid_user_id")
+
+
+def test_a_user_id_with_a_comma_is_refused_in_x_user_id(api_client: APIClient) -> None:
+    created = api_key_create(name="bridge", is_service=True)
+    api_client.credentials(
+        HTTP_AUTHORIZATION=f"Bearer {created.raw_key}", HTTP_X_USER_ID="bob,alice"
+    )
+
+    response = api_client.get("/api/v1/me")
+
+    error = _assert_error(response, 400, "invalid_user_id")
+    assert "X-User-Id" in str(error["message"])
+
+
+def test_a_user_id_with_a_comma_gets_no_key_and_no_message() -> None:
+    # A repeated X-User-Id header arrives comma-joined: a user id with a comma could never be
+    # told from two, so no key, header or service accepts one.
+    with pytest.raises(InvalidInput) as key_error:
+        api_key_create(name="k", user_id="bob,alice")
+    with pytest.raises(InvalidInput) as message_error:
+        message_handle(user_id="bob, alice", channel="web", content="hello")
+
+    assert "comma" in key_error.value.details["user_id"][0]
+    assert "comma" in message_error.value.details["user_id"][0]
+    assert ApiKey.objects.count() == 0
+    assert ConversationEntry.objects.count() == 0
 
 
 def test_tenant_key_cannot_act_for_another_tenant(api_client: APIClient) -> None:

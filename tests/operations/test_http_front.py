@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import socket
 import time
@@ -19,6 +20,7 @@ from accounts.services import CreatedApiKey
 from conversations.models import ConversationEntry
 from tests.support.metrics import metric_sample
 from tests.support.servers import app_server, database_url, http_request
+from workspace.models import Document
 from workspace.paths import MAX_PATH_BYTES
 
 REQUEST_TIMEOUT = 3
@@ -210,6 +212,24 @@ def test_user_id_that_is_not_utf8_is_a_400_saying_to_send_utf8(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("service", [True, False], ids=["service-key", "tenant-key"])
+def test_two_user_id_headers_are_a_400_naming_the_header(
+    front: Front, make_api_key: Callable[..., CreatedApiKey], service: bool
+) -> None:
+    key = make_api_key("alice", service=service).raw_key
+    # The web server joins repeated headers with ", " (RFC 9110 5.3): "bob, alice" reaches Django.
+    request = request_bytes(
+        "GET", "/api/v1/me", {"Authorization": f"Bearer {key}", "X-User-Id": "bob"}
+    ).replace(b"X-User-Id: bob\r\n", b"X-User-Id: bob\r\nX-User-Id: alice\r\n")
+
+    response = exchange(front, request)
+
+    assert response.status == 400, response.body
+    assert response.body["error"]["code"] == "invalid_user_id"
+    assert "X-User-Id" in response.body["error"]["message"]
+
+
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("character", ["文", "😀", "é"], ids=["cjk", "emoji", "latin"])
 def test_longest_workspace_path_of_any_script_fits_the_request_line(
     front: Front, make_api_key: Callable[..., CreatedApiKey], character: str
@@ -236,6 +256,147 @@ def test_longest_workspace_path_of_any_script_fits_the_request_line(
     assert written.body["path"] == path
     assert restore.status == 404
     assert restore.body["error"]["code"] == "version_not_found"
+
+
+class _Recorded:
+    """Bytes already read from a socket, for http.client to parse as if it read them."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self.data)
+
+
+def head_then_get(
+    front: Front, target: str, headers: Mapping[str, str] | None = None
+) -> tuple[RawResponse, bytes]:
+    """HEAD then GET ``target`` on one keep-alive connection, the GET sent only once the HEAD's
+    headers have arrived; the HEAD's status and headers, and every byte the server sent after
+    them (the GET's response, nothing before it)."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    with connect(front) as sock:
+        sock.sendall(f"HEAD {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {received!r}"
+            received += chunk
+        head_block, rest = received.split(b"\r\n\r\n", 1)
+        sock.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{extra}\r\n".encode()
+        )
+        while chunk := sock.recv(65536):
+            rest += chunk
+    head = http.client.HTTPResponse(_Recorded(head_block + b"\r\n\r\n"), method="HEAD")  # type: ignore[arg-type]
+    head.begin()
+    return RawResponse(head.status, dict(head.getheaders()), None), rest
+
+
+def parse_response(data: bytes) -> RawResponse:
+    response = http.client.HTTPResponse(_Recorded(data))  # type: ignore[arg-type]
+    response.begin()
+    return RawResponse(response.status, dict(response.getheaders()), json.loads(response.read()))
+
+
+def test_head_answers_headers_only_so_the_next_request_on_the_connection_is_read_right(
+    front: Front,
+) -> None:
+    head, after_head = head_then_get(front, "/healthz")
+
+    assert after_head.startswith(b"HTTP/1.1 200 OK\r\n"), after_head[:80]
+    get = parse_response(after_head)
+    assert get.body == {"status": "ok"}
+    assert head.status == 200
+    # The Content-Length the GET has (RFC 9110 9.3.2), though no body follows it.
+    assert head.headers["Content-Length"] == get.headers["Content-Length"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_head_of_an_api_endpoint_sends_no_body(
+    front: Front, make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    key = make_api_key("alice").raw_key
+
+    head, after_head = head_then_get(front, "/api/v1/me", {"Authorization": f"Bearer {key}"})
+
+    assert after_head.startswith(b"HTTP/1.1 200 OK\r\n"), after_head[:80]
+    get = parse_response(after_head)
+    assert get.body["user_id"] == "alice"
+    assert (head.status, head.headers["Content-Type"]) == (200, "application/json")
+    assert head.headers["Content-Length"] == get.headers["Content-Length"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_head_of_an_error_sends_no_body(front: Front) -> None:
+    head, after_head = head_then_get(front, "/api/v1/me")
+
+    assert after_head.startswith(b"HTTP/1.1 401 "), after_head[:80]
+    assert parse_response(after_head).body["error"]["code"] == "not_authenticated"
+    assert head.status == 401
+
+
+def test_head_the_web_server_refuses_itself_gets_headers_only(front: Front) -> None:
+    with connect(front) as sock:
+        sock.sendall(request_bytes("HEAD", "/api/v1/messages", {"Content-Length": str(10**12)}))
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+
+    assert received.startswith(b"HTTP/1.1 413 ")
+    assert received.endswith(b"\r\n\r\n"), received
+
+
+DOCUMENTS = "/api/v1/workspace/documents"
+
+
+def document_put(front: Front, key: str, path: str) -> RawResponse:
+    body = json.dumps({"content": "x"}).encode()
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+        "Content-Length": str(len(body)),
+    }
+    return exchange(front, request_bytes("PUT", f"{DOCUMENTS}/{path}", headers, body))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "path",
+    ["a%FFb", "notes/%C3", "%ED%A0%80.md", "%C0%AF.md", "a%FF/append", "a%FF/versions/1"],
+    ids=["invalid-byte", "truncated", "surrogate", "overlong", "action", "version"],
+)
+def test_a_document_path_that_is_not_utf8_is_a_400_naming_path(
+    front: Front, make_api_key: Callable[..., CreatedApiKey], path: str
+) -> None:
+    key = make_api_key("alice").raw_key
+
+    written = document_put(front, key, path)
+    read = exchange(
+        front,
+        request_bytes("GET", f"{DOCUMENTS}/{path}", {"Authorization": f"Bearer {key}"}),
+    )
+
+    for response in (written, read):
+        assert response.status == 400, response.body
+        assert response.body["error"]["code"] == "invalid_path"
+        assert "path" in response.body["error"]["details"]
+    assert not Document.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_percent_sign_escaped_in_a_document_path_is_a_name_of_its_own(
+    front: Front, make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    key = make_api_key("alice").raw_key
+
+    escaped = document_put(front, key, "a%25FFb")
+    not_utf8 = document_put(front, key, "a%FFb")
+
+    assert escaped.status == 200, escaped.body
+    assert escaped.body["path"] == "a%FFb"
+    assert not_utf8.status == 400, not_utf8.body
+    assert list(Document.objects.values_list("path", "content")) == [("a%FFb", "x")]
 
 
 def test_malformed_request_line_is_a_json_400(front: Front) -> None:

@@ -7,13 +7,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 
+import psycopg
 import pytest
 from django.db import connection, transaction
+from django.utils import timezone
+from procrastinate.contrib.django.models import ProcrastinateJob
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from tests.support.concurrency import run_together_or_raise
 from tests.support.embeddings_server import FakeEmbeddingsServer
+from tests.support.locks import psycopg_params
 from workspace import services
 from workspace.chunking import chunk_text
 from workspace.errors import DocumentBusy
@@ -248,3 +253,32 @@ def test_a_write_waiting_past_the_lock_timeout_is_document_busy_and_changes_noth
     assert waited < 5
     assert Document.objects.get(path="held.md").content == "two"
     assert DocumentVersion.objects.count() == 1
+
+
+def test_the_pending_sweep_leaves_a_document_a_write_holds_and_does_not_wait_for_it(
+    settings: SettingsWrapper, no_queued_jobs: None
+) -> None:
+    settings.WORKSPACE_INDEXING = "queue"
+    for path in ("held.md", "free.md"):
+        services.document_write(user_id="alice", path=path, content=path)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM procrastinate_jobs")
+    Document.objects.update(updated_at=timezone.now() - timedelta(minutes=10))
+    held = Document.objects.get(path="held.md")
+
+    # Another connection holds the row as a write in progress does; that write defers its own job.
+    with psycopg.connect(**psycopg_params()) as writer:
+        writer.execute(
+            "SELECT 1 FROM workspace_document WHERE id = %s FOR NO KEY UPDATE", [held.pk]
+        )
+        # A sweep that waited for the row would fail here rather than hang the test.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '2s'")
+            during = services.pending_documents_requeue(pending_for=timedelta(minutes=5))
+        writer.rollback()
+    after = services.pending_documents_requeue(pending_for=timedelta(minutes=5))
+
+    assert (during.documents_found, during.documents_queued) == (1, 1)
+    assert (after.documents_found, after.documents_queued) == (2, 1)
+    assert ProcrastinateJob.objects.filter(args={"document_id": str(held.pk)}).count() == 1
+    assert ProcrastinateJob.objects.count() == 2

@@ -38,6 +38,7 @@ def load_settings(**env: str) -> subprocess.CompletedProcess[str]:
         ("WORKSPACE_CHUNK_OVERLAP", "0.9"),
         ("WORKSPACE_CHUNK_MIN_WORDS", "900"),
         ("WORKSPACE_INDEXING", "sometimes"),
+        ("INDEXING_PENDING_REQUEUE_SECONDS", "0"),
         ("WORKSPACE_LOCK_TIMEOUT_MS", "0"),
         ("WORKSPACE_RUNTIME_PATHS", "engine/../x/"),
         ("WORKSPACE_MAX_DOCUMENT_BYTES", "-1"),

@@ -4,7 +4,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import OperationalError, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from procrastinate.contrib.django.models import ProcrastinateJob
 from pytest_django.fixtures import Settings as SettingsWrapper
@@ -120,3 +120,92 @@ def _job() -> Any:
     from procrastinate.jobs import Job
 
     return Job(id=1, queue="indexing", lock=None, queueing_lock=None, task_name="t", attempts=0)
+
+
+def _age(*paths: str, seconds: float) -> None:
+    Document.objects.filter(path__in=paths).update(
+        updated_at=timezone.now() - timedelta(seconds=seconds)
+    )
+
+
+def _job_statuses(document: Document) -> list[str]:
+    jobs = ProcrastinateJob.objects.filter(queueing_lock=f"workspace-index:{document.id}")
+    return sorted(job.status for job in jobs)
+
+
+def _set_job_status(document: Document, *steps: str) -> None:
+    # One status change at a time, as a worker makes them (Procrastinate's triggers check each).
+    with connection.cursor() as cursor:
+        for step in steps:
+            cursor.execute(
+                "UPDATE procrastinate_jobs SET status = %s WHERE queueing_lock = %s",
+                [step, f"workspace-index:{document.id}"],
+            )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("queued")
+def test_a_pending_document_whose_job_is_gone_is_queued_again_and_indexed(
+    settings: SettingsWrapper,
+) -> None:
+    settings.INDEXING_PENDING_REQUEUE_SECONDS = 300
+    services.document_write(user_id="alice", path="a.md", content="acknowledged words")
+    # The job is lost (a crash, a prune after it failed): nothing would ever index the document.
+    ProcrastinateJob.objects.all().delete()
+    _age("a.md", seconds=301)
+    run_worker_until_empty("indexing")
+    assert Document.objects.get().index_state == IndexState.PENDING
+
+    tasks.pending_documents_requeue_job(timestamp=0)
+    run_worker_until_empty("indexing")
+
+    document = Document.objects.get()
+    assert document.index_state == IndexState.INDEXED
+    assert list(Chunk.objects.values_list("content", flat=True)) == ["acknowledged words"]
+    assert _job_statuses(document) == ["succeeded"]
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("queued")
+def test_the_sweep_queues_only_documents_pending_too_long_without_a_waiting_or_running_job() -> (
+    None
+):
+    for path in ("waiting.md", "running.md", "failed.md", "recent.md", "indexed.md"):
+        services.document_write(user_id="alice", path=path, content=path)
+    documents = {document.path: document for document in Document.objects.all()}
+    _set_job_status(documents["running.md"], "doing")
+    _set_job_status(documents["failed.md"], "doing", "failed")
+    ProcrastinateJob.objects.filter(
+        queueing_lock__in=[
+            f"workspace-index:{documents[path].id}" for path in ("recent.md", "indexed.md")
+        ]
+    ).delete()
+    Document.objects.filter(path="indexed.md").update(index_state=IndexState.INDEXED)
+    _age("waiting.md", "running.md", "failed.md", "indexed.md", seconds=600)
+
+    first = services.pending_documents_requeue(pending_for=timedelta(seconds=300))
+    second = services.pending_documents_requeue(pending_for=timedelta(seconds=300))
+
+    assert (first.documents_found, first.documents_queued) == (3, 1)
+    assert (second.documents_found, second.documents_queued) == (3, 0)
+    assert {path: _job_statuses(document) for path, document in documents.items()} == {
+        "waiting.md": ["todo"],
+        "running.md": ["doing"],
+        "failed.md": ["failed", "todo"],
+        "recent.md": [],
+        "indexed.md": [],
+    }
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("queued")
+def test_the_sweep_works_in_batches_until_none_is_left() -> None:
+    for number in range(5):
+        services.document_write(user_id="alice", path=f"{number}.md", content="x")
+    ProcrastinateJob.objects.all().delete()
+    _age(*(f"{number}.md" for number in range(5)), seconds=600)
+
+    result = services.pending_documents_requeue(pending_for=timedelta(seconds=300), batch_size=2)
+
+    assert (result.documents_found, result.documents_queued, result.batches) == (5, 5, 3)
+    assert len(_indexing_jobs()) == 5

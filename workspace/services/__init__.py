@@ -31,8 +31,10 @@ from workspace.services.documents import (
 from workspace.services.indexing import (
     INDEX_DOCUMENT_TASK,
     IndexOutcome,
+    PendingRequeue,
     document_index,
     document_index_enqueue,
+    pending_documents_requeue,
 )
 from workspace.services.maintenance import (
     MAX_RETENTION_DAYS,
@@ -61,6 +63,7 @@ __all__ = [
     "HygieneResult",
     "IndexOutcome",
     "PatchResult",
+    "PendingRequeue",
     "PruneResult",
     "RuntimeCleanup",
     "VectorIndexEnsured",
@@ -75,6 +78,7 @@ __all__ = [
     "document_restore",
     "document_write",
     "documents_reindex",
+    "pending_documents_requeue",
     "runtime_chunks_cleanup",
     "stored_dimensions",
     "vector_index_ensure",

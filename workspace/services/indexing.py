@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 from procrastinate.contrib.django import app
 from procrastinate.exceptions import AlreadyEnqueued
 
@@ -37,8 +40,13 @@ class IndexOutcome(StrEnum):
     UP_TO_DATE = "up_to_date"
 
 
-def document_index_enqueue(*, document_id: uuid.UUID) -> None:
-    """Defer the indexing job for a document, at most one waiting job per document.
+def _index_queueing_lock(document_id: uuid.UUID | str) -> str:
+    return f"workspace-index:{document_id}"
+
+
+def document_index_enqueue(*, document_id: uuid.UUID) -> bool:
+    """Defer the indexing job for a document, at most one waiting job per document; False when
+    one was already waiting.
 
     Runs inside the caller's transaction (the job becomes visible when it commits). The queueing
     lock makes a second deferral raise a unique violation, so it gets its own savepoint: the
@@ -50,11 +58,62 @@ def document_index_enqueue(*, document_id: uuid.UUID) -> None:
                 name=INDEX_DOCUMENT_TASK,
                 # An unknown name would otherwise defer to the default queue with no retries.
                 allow_unknown=False,
-                queueing_lock=f"workspace-index:{document_id}",
+                queueing_lock=_index_queueing_lock(document_id),
             ).defer(document_id=str(document_id), **job_args())
     except AlreadyEnqueued:
         # A job for this document has not started yet; it will read the latest content.
-        pass
+        return False
+    return True
+
+
+@dataclass
+class PendingRequeue:
+    documents_found: int = 0
+    documents_queued: int = 0
+    batches: int = 0
+
+
+# The queueing locks, of those asked, that a waiting or running job holds. Every deferral sets
+# one; Procrastinate's unique index on it serves the waiting jobs, and few jobs are running.
+_LIVE_INDEX_JOBS = """
+    SELECT queueing_lock FROM procrastinate_jobs
+    WHERE queueing_lock = ANY(%s) AND status IN ('todo', 'doing')
+"""
+
+
+def pending_documents_requeue(*, pending_for: timedelta, batch_size: int = 500) -> PendingRequeue:
+    """Defer indexing again for documents left ``pending`` (unchanged for ``pending_for``) with
+    no indexing job waiting or running: their job was lost, or failed for good while the database
+    was down. One transaction per batch of documents, locked in pk order with SKIP LOCKED: a
+    document a write holds is left to that write, which defers its own job. A rerun finds the
+    jobs this one deferred waiting, and defers nothing twice.
+    """
+    cutoff = timezone.now() - pending_for
+    summary = PendingRequeue()
+    after: uuid.UUID | None = None
+    while True:
+        with transaction.atomic():
+            # The lock keeps writes of these documents out until the jobs below are deferred, so
+            # a write's job cannot appear (or start running) between the check and the deferral.
+            due = Document.objects.for_update(skip_locked=True).filter(
+                index_state=IndexState.PENDING, is_runtime=False, updated_at__lt=cutoff
+            )
+            if after is not None:
+                due = due.filter(pk__gt=after)
+            ids = list(due.order_by("pk").values_list("pk", flat=True)[:batch_size])
+            if not ids:
+                return summary
+            after = ids[-1]
+            with connection.cursor() as cursor:
+                cursor.execute(_LIVE_INDEX_JOBS, [[_index_queueing_lock(pk) for pk in ids]])
+                live = {row[0] for row in cursor.fetchall()}
+            for document_id in ids:
+                if _index_queueing_lock(document_id) not in live:
+                    summary.documents_queued += document_index_enqueue(document_id=document_id)
+            summary.documents_found += len(ids)
+        summary.batches += 1
+        if len(ids) < batch_size:
+            return summary
 
 
 def _skip_indexing(document_id: uuid.UUID, source_hash: str) -> IndexOutcome:
