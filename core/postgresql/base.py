@@ -18,8 +18,9 @@ from psycopg import adapters
 from psycopg.pq import Format
 from psycopg_pool import ConnectionPool
 
-from core.database_breaker import breaker, request_fails_fast
+from core.database_breaker import DatabaseKnownDown, breaker, request_fails_fast
 from core.embedded import embedded_database_settings_resolve
+from core.postgresql.healing_pool import HealingConnectionPool
 from core.postgresql.pool_check import pool_connection_check
 
 _TIMESTAMPTZ_OID = adapters.types["timestamptz"].oid
@@ -34,8 +35,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
     @property
     def pool(self) -> ConnectionPool | None:
         """Django's pool (``OPTIONS["pool"]``), made as Django makes it, except that its check on
-        checkout (``CONN_HEALTH_CHECKS``) is ``pool_connection_check``: no round trip while the
-        connection's socket is quiet."""
+        checkout (``CONN_HEALTH_CHECKS``) is ``pool_connection_check`` (no round trip while the
+        connection's socket is quiet) and it heals from an outage quickly
+        (``HealingConnectionPool``)."""
         pool_options = self.settings_dict["OPTIONS"].get("pool")
         if self.alias == NO_DB_ALIAS or not pool_options:
             return None
@@ -48,7 +50,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
             connect_kwargs = self.get_connection_params()
             # Autocommit, as Django's: it sets the mode it wants when it takes a connection.
             connect_kwargs["autocommit"] = True
-            pool = ConnectionPool(
+            pool = HealingConnectionPool(
+                reachable=self._reachable,
                 kwargs=connect_kwargs,
                 open=False,
                 configure=self._configure_connection,  # type: ignore[attr-defined]
@@ -63,6 +66,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
         breaker.before_connect(self._probe)
         try:
             return super().get_new_connection(conn_params)
+        except DatabaseKnownDown:
+            # The pool found the database unreachable while a request waited (it probed).
+            breaker.record_failure()
+            raise
         except psycopg.OperationalError:
             # The pool gave up: an outage, or only a pool exhausted by slow requests. A direct
             # connection tells them apart, and only an outage opens the breaker.

@@ -165,6 +165,63 @@ def test_requests_fail_fast_while_the_database_is_known_down_and_recover_by_them
     assert recovered.body["user_id"] == "alice"
 
 
+def test_an_outage_is_noticed_at_once_and_healed_within_two_seconds_of_the_return(
+    make_api_key: Callable[..., CreatedApiKey],
+) -> None:
+    """With the default pool timeout (10 s): the first request after the database went away
+    answers 503 without waiting for the pool, later ones within 100 ms; after an outage long
+    enough for the pool's reconnection backoff to reach 8 s, /readyz is ready within 2 s of the
+    database's return; and when the database goes away again right after (a flap), requests
+    again answer at once, not after the pool timeout."""
+    auth = {"Authorization": f"Bearer {make_api_key('alice').raw_key}"}
+    proxy = TcpProxy(_upstream())
+    proxy.start()
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict, host="127.0.0.1", port=proxy.port),
+        "DATABASE_POOL_TIMEOUT": "10",
+    }
+    try:
+        with app_server(env) as base_url:
+            assert http_request(f"{base_url}/api/v1/me", headers=auth).status == 200
+
+            proxy.stop()
+            first = http_request(f"{base_url}/api/v1/me", headers=auth)
+            during = [http_request(f"{base_url}/api/v1/me", headers=auth) for _ in range(5)]
+            time.sleep(12)  # the pool's attempts back off: 1, 2, 4, 8 s apart without the cap
+            proxy.start()
+            back = time.monotonic()
+            ready = _poll_fast(f"{base_url}/readyz", 200, timeout=15)
+            ready_after = time.monotonic() - back
+
+            proxy.stop()  # and away again
+            flapped = [http_request(f"{base_url}/api/v1/me", headers=auth) for _ in range(3)]
+            proxy.start()
+            healed = _poll_fast(f"{base_url}/api/v1/me", 200, timeout=15, headers=auth)
+    finally:
+        proxy.stop()
+
+    assert first.status == 503
+    assert first.elapsed < 1.0
+    assert [result.status for result in during] == [503] * 5
+    assert max(result.elapsed for result in during) < 0.1
+    assert ready.status == 200
+    assert ready_after < 2.0
+    assert [result.status for result in flapped] == [503] * 3
+    assert max(result.elapsed for result in flapped) < 1.0
+    assert healed.status == 200
+
+
+def _poll_fast(
+    url: str, want: int, timeout: float, headers: dict[str, str] | None = None
+) -> HttpResult:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = http_request(url, headers=headers or {})
+        if result.status == want or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
 def test_readyz_names_a_missing_worker_kind_until_its_worker_runs() -> None:
     env = {
         "DATABASE_URL": database_url(connection.settings_dict),
