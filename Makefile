@@ -30,7 +30,8 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
-# The pinned requirements resolve to wheels for Python 3.12-3.14 on PyPI (skips when offline).
+# The pinned requirements resolve to wheels for Python 3.12-3.14 on PyPI (skips when offline,
+# fails when offline in CI).
 check-requirements: install
 	$(BIN)/python .ci/requirements_resolve.py
 

@@ -7,6 +7,7 @@ an unreachable PyPI is no failure of the requirements.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -28,9 +29,17 @@ def pypi_reachable() -> bool:
 
 def main() -> int:
     if not pypi_reachable():
+        versions = ", ".join(PYTHON_VERSIONS)
+        if os.environ.get("CI"):
+            # In CI an unchecked resolution must not pass for a checked one.
+            print(
+                "FAILED: pypi.org is unreachable, so the resolution of the pinned requirements "
+                f"for Python {versions} could not be checked (CI is set)."
+            )
+            return 1
         print(
             "SKIPPED: pypi.org is unreachable (offline), so the resolution of the pinned "
-            f"requirements for Python {', '.join(PYTHON_VERSIONS)} was not checked."
+            f"requirements for Python {versions} was not checked."
         )
         return 0
     with tempfile.TemporaryDirectory() as target:
