@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
+from django.conf import settings
 from django.db import connection, connections
 
 logger = logging.getLogger(__name__)
@@ -26,8 +27,6 @@ logger = logging.getLogger(__name__)
 ENTRIES_CHANNEL = "ironclaw_entries"
 THREADS_CHANNEL = "ironclaw_threads"
 CHANNELS = (ENTRIES_CHANNEL, THREADS_CHANNEL)
-# A waiter re-checks at least this often, whatever the listener's health.
-POLL_INTERVAL_S = 1.0
 # How often the listener looks up from its connection to see whether it should stop.
 STOP_CHECK_S = 1.0
 # Any key on a channel: a waiter for every tenant's threads.
@@ -174,5 +173,6 @@ def wait_for(
             if found is not None or remaining <= 0:
                 return found
             connection.close()
-            woken.wait(min(remaining, POLL_INTERVAL_S))
+            # Re-checked at least this often, whatever the listener's health.
+            woken.wait(min(remaining, settings.NOTIFY_FALLBACK_POLL_SECONDS))
             woken.clear()

@@ -213,6 +213,11 @@ RATE_LIMIT_TENANT_PER_MINUTE = env_int(
 # first request with its key to finish before a 409 idempotency_in_progress.
 IDEMPOTENCY_TTL_HOURS = env_int("IDEMPOTENCY_TTL_HOURS", 24, minimum=1, maximum=24 * 30)
 IDEMPOTENCY_WAIT_SECONDS = env_float("IDEMPOTENCY_WAIT_SECONDS", 10.0, minimum=0.1, maximum=60.0)
+# Long-polls wake on NOTIFY; a waiter also re-checks this often, in case a notification was lost
+# (the listener reconnecting after a database restart).
+NOTIFY_FALLBACK_POLL_SECONDS = env_float(
+    "NOTIFY_FALLBACK_POLL_SECONDS", 1.0, minimum=0.05, maximum=300.0
+)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "ironclaw_site API",
