@@ -1,14 +1,18 @@
-"""Checkpoints of threads that ended long ago are deleted, in batches; live threads (paused ones
-included) and recent ones keep theirs."""
+"""Checkpoints of threads that ended long ago are deleted, in batches, by a command and an hourly
+task; live threads (paused ones included) and recent ones keep theirs."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime, timedelta
+from io import StringIO
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 from django.utils import timezone
+from prometheus_client import REGISTRY
 from pytest_django import DjangoAssertNumQueries
 from pytest_django.fixtures import Settings as SettingsWrapper
 
@@ -27,6 +31,7 @@ from engine.checkpoint import (
     thread_checkpoint_path,
 )
 from engine.retention import _KINDS, _delete_statement, checkpoints_prune
+from engine.tasks import checkpoints_prune_job
 from tests.conversations.factories import ConversationFactory, ThreadFactory
 from workspace.models import Document
 from workspace.services import document_write
@@ -71,6 +76,12 @@ def _checkpoints_of(thread: Thread, *, written_days_ago: float) -> tuple[str, st
 
 def _paths() -> set[str]:
     return set(Document.objects.values_list("path", flat=True))
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
 
 
 def test_threads_finished_long_ago_lose_their_checkpoints_and_every_other_keeps_them() -> None:
@@ -265,6 +276,80 @@ def test_each_batch_walks_the_checkpoint_index() -> None:
     thread_plan, conversation_plan = plans
     assert "engine_thread_checkpoints_idx" in thread_plan, thread_plan
     assert "engine_conversation_checkpoints_idx" in conversation_plan, conversation_plan
+
+
+def test_dry_run_counts_and_deletes_nothing() -> None:
+    paths = _checkpoints_of(_thread(ThreadState.STOPPED, finished_days_ago=8), written_days_ago=8)
+
+    output = run("prune_checkpoints", "--days", "7", "--dry-run")
+
+    assert "Found 1 thread and 1 conversation checkpoint(s) past 7 days" in output
+    assert "Dry run: nothing deleted." in output
+    assert _paths() == set(paths)
+
+
+def test_prune_checkpoints_uses_the_retention_setting(settings: SettingsWrapper) -> None:
+    settings.RUNTIME_RETENTION_DAYS = 3
+    kept = _checkpoints_of(_thread(ThreadState.COMPLETED, finished_days_ago=2), written_days_ago=2)
+    _checkpoints_of(_thread(ThreadState.COMPLETED, finished_days_ago=4), written_days_ago=4)
+
+    output = run("prune_checkpoints", "-v", "2")
+
+    assert "Found 1 thread and 1 conversation checkpoint(s) past 3 days" in output
+    assert "batch 2: 2 checkpoint(s) so far" in output
+    assert "Deleted 2 checkpoint(s) in 2 batch(es)." in output
+    assert _paths() == set(kept)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--days", "0"], "--days must be between 1 and 36500, got 0."),
+        (["--days", "-3"], "--days must be between 1 and 36500, got -3."),
+        (["--days", "999999999"], "--days must be between 1 and 36500, got 999999999."),
+        (["--days", "7", "--batch-size", "0"], "--batch-size must be at least 1, got 0."),
+    ],
+)
+def test_prune_checkpoints_refuses_bad_options_naming_them(
+    arguments: list[str], message: str
+) -> None:
+    with pytest.raises(CommandError, match=message):
+        run("prune_checkpoints", *arguments)
+
+
+def test_prune_checkpoints_without_days_refuses_when_retention_is_forever(
+    settings: SettingsWrapper,
+) -> None:
+    settings.RUNTIME_RETENTION_DAYS = 0
+
+    with pytest.raises(CommandError, match="RUNTIME_RETENTION_DAYS is 0"):
+        run("prune_checkpoints")
+
+
+def test_the_hourly_task_prunes_with_the_setting_logs_and_counts_and_keeps_all_at_zero(
+    settings: SettingsWrapper, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths = _checkpoints_of(
+        _thread(ThreadState.COMPLETED, finished_days_ago=400), written_days_ago=400
+    )
+
+    def deleted(kind: str) -> float:
+        return REGISTRY.get_sample_value("ironclaw_checkpoints_deleted_total", {"kind": kind}) or 0
+
+    before = deleted("thread"), deleted("conversation")
+    settings.RUNTIME_RETENTION_DAYS = 0
+    checkpoints_prune_job(timestamp=0)
+    kept_at_zero = _paths()
+    settings.RUNTIME_RETENTION_DAYS = 7
+    with caplog.at_level(logging.INFO, logger="engine.tasks"):
+        checkpoints_prune_job(timestamp=0)
+
+    assert kept_at_zero == set(paths)
+    assert _paths() == set()
+    assert (deleted("thread") - before[0], deleted("conversation") - before[1]) == (1, 1)
+    [line] = [record.getMessage() for record in caplog.records]
+    assert line.startswith("checkpoints: deleted 1 thread and 1 conversation checkpoints")
+    assert "past the 7-day retention, in 2 batches" in line
 
 
 @pytest.mark.parametrize(
