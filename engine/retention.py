@@ -31,7 +31,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
@@ -71,8 +71,8 @@ _KINDS = (
 
 # The folder is written into the SQL, never passed as a parameter: the planner then sees that the
 # statement only wants rows of the kind's partial index (engine migration 0001) and walks it, even
-# in a generic plan. The id named by the path is NULL (and the row skipped) for any other name, so
-# the cast never sees text that is not a UUID.
+# in a generic plan. The id named by the path is NULL (and the row skipped) for any other
+# name, so the cast never sees text that is not a UUID.
 _DUE = """
     SELECT {columns} FROM workspace_document d
     CROSS JOIN LATERAL (SELECT substring(d.path FROM %(pattern)s)::uuid AS id) named
@@ -135,18 +135,19 @@ def checkpoints_prune(
     older_than_days: int,
     batch_size: int = CHECKPOINTS_PRUNE_BATCH_SIZE,
     dry_run: bool = False,
+    now: datetime | None = None,
     progress: Callable[[CheckpointsPruneResult], None] | None = None,
 ) -> CheckpointsPruneResult:
     """Delete the thread and conversation checkpoints that are due (see the module's docstring)
     for a cut-off ``older_than_days`` ago, ``batch_size`` at a time, each batch one statement and
     so its own short transaction: an interrupted run leaves nothing half done, and the next one
     resumes. Locks only the rows it deletes, skipping any that a writer holds. ``dry_run`` counts
-    only."""
+    only; ``now`` moves the cut-off with it (the retention benchmark's clock)."""
     if not 1 <= older_than_days <= MAX_RETENTION_DAYS:
         raise ValueError(f"older_than_days must be between 1 and {MAX_RETENTION_DAYS}")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    cutoff = timezone.now() - timedelta(days=older_than_days)
+    cutoff = (now or timezone.now()) - timedelta(days=older_than_days)
     result = CheckpointsPruneResult()
     for kind in _KINDS:
         parameters: dict[str, Any] = {
