@@ -54,8 +54,8 @@ _BEFORE_EVERY_ID = uuid.UUID(int=0)
 class _CheckpointKind:
     name: str
     folder: str
-    # The column of conversations_thread holding the id the checkpoint is named after: the
-    # thread's primary key, or the conversation foreign key's index.
+    # The column of conversations_thread holding the id the checkpoint is named after, both
+    # indexed: the thread's primary key, or its conversation's foreign key.
     thread_column: str
 
     @property
@@ -71,8 +71,9 @@ _KINDS = (
 
 # The folder is written into the SQL, never passed as a parameter: the planner then sees that the
 # statement only wants rows of the kind's partial index (engine migration 0001) and walks it, even
-# in a generic plan. The id named by the path is NULL (and the row skipped) for any other
-# name, so the cast never sees text that is not a UUID.
+# in a generic plan. The id named by the path is NULL (and the row skipped) for any other name, so
+# the cast never sees text that is not a UUID. A finished thread without finished_at (the services
+# always set it) keeps nothing: it counts as finished long ago.
 _DUE = """
     SELECT {columns} FROM workspace_document d
     CROSS JOIN LATERAL (SELECT substring(d.path FROM %(pattern)s)::uuid AS id) named
