@@ -18,14 +18,18 @@ from core.db import server_bound_cursor
 from workspace.services import WriteFence, document_write
 
 CHECKPOINT_VERSION = 1
+# The folders of the checkpoints, one document per thread and per conversation, named by its id.
+# Retention (engine.retention) and its indexes (migration 0001) know them by these prefixes.
+THREAD_CHECKPOINTS = "engine/.runtime/threads/"
+CONVERSATION_CHECKPOINTS = "engine/.runtime/conversations/"
 
 
 def thread_checkpoint_path(thread_id: uuid.UUID | str) -> str:
-    return f"engine/.runtime/threads/{thread_id}.json"
+    return f"{THREAD_CHECKPOINTS}{thread_id}.json"
 
 
 def conversation_checkpoint_path(conversation_id: uuid.UUID | str) -> str:
-    return f"engine/.runtime/conversations/{conversation_id}.json"
+    return f"{CONVERSATION_CHECKPOINTS}{conversation_id}.json"
 
 
 def now_iso() -> str:

@@ -317,6 +317,9 @@ ensure_not_above(
 )
 # Threads of one process: a turn holds no database connection while its model works.
 ENGINE_CONCURRENCY = env_int("ENGINE_CONCURRENCY", 32, minimum=1, maximum=1024)
+# Checkpoints of threads ended this long ago (and not written since) are deleted hourly by the
+# background worker (`manage.py prune_checkpoints` on demand); 0 keeps them for ever.
+RUNTIME_RETENTION_DAYS = env_int("RUNTIME_RETENTION_DAYS", 7, minimum=0, maximum=36_500)
 
 # --- Workers and readiness --------------------------------------------------------------------
 

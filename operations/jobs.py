@@ -15,8 +15,8 @@ idempotent:
   the state they select (an expired lease, a job still ``doing``).
 - ``requeue_pending_indexing``: defers a job only for a document with none waiting or running,
   under the document's row lock; a second run finds the job the first deferred.
-- ``prune_finished_jobs``, ``prune_versions`` and ``workspace_hygiene``: deletes of rows that
-  still match when the batch runs; a second run finds nothing left to delete.
+- ``prune_finished_jobs``, ``prune_versions``, ``workspace_hygiene`` and ``prune_checkpoints``:
+  deletes of rows that still match when the batch runs; a second run finds nothing left to delete.
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ def _start_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ("RATE_LIMIT_TENANT_PER_MINUTE", "lots", "RATE_LIMIT_TENANT_PER_MINUTE must be an integer"),
         ("ADMIN_LOGIN_FAILURE_LIMIT", "0", "ADMIN_LOGIN_FAILURE_LIMIT must be at least 1"),
         ("ADMIN_LOGIN_COOLOFF_MINUTES", "soon", "ADMIN_LOGIN_COOLOFF_MINUTES must be an integer"),
+        ("RUNTIME_RETENTION_DAYS", "-1", "RUNTIME_RETENTION_DAYS must be at least 0"),
+        ("RUNTIME_RETENTION_DAYS", "36501", "RUNTIME_RETENTION_DAYS must be at most 36500"),
     ],
 )
 def test_bad_setting_stops_start_up_naming_the_variable(

@@ -183,3 +183,4 @@ def test_maintenance_is_periodic_on_the_default_queue() -> None:
     assert periodic["workspace.tasks.prune_versions"] == ("17 3 * * *", "default")
     assert periodic["workspace.tasks.workspace_hygiene"] == ("47 3 * * *", "default")
     assert periodic["workspace.tasks.requeue_pending_indexing"] == ("* * * * *", "default")
+    assert periodic["engine.tasks.prune_checkpoints"] == ("41 * * * *", "default")
