@@ -38,6 +38,11 @@ def _start_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ("RATE_LIMIT_TENANT_PER_MINUTE", "lots", "RATE_LIMIT_TENANT_PER_MINUTE must be an integer"),
         ("ADMIN_LOGIN_FAILURE_LIMIT", "0", "ADMIN_LOGIN_FAILURE_LIMIT must be at least 1"),
         ("ADMIN_LOGIN_COOLOFF_MINUTES", "soon", "ADMIN_LOGIN_COOLOFF_MINUTES must be an integer"),
+        (
+            "TURN_WORKER_DEAD_SECONDS",
+            "3",
+            "TURN_WORKER_DEAD_SECONDS (3.0) must be more than twice WORKER_HEARTBEAT_SECONDS",
+        ),
     ],
 )
 def test_bad_setting_stops_start_up_naming_the_variable(
