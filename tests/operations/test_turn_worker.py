@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import json
 import signal
 import threading
 import time
@@ -305,6 +306,49 @@ def test_a_turn_worker_killed_mid_model_call_loses_nothing() -> None:
     thread = Thread.objects.get(pk=sent.thread_id)
     assert (thread.state, thread.claim_count) == ("completed", 2)
     assert _agent_entries(sent.conversation_id) == ["echo: still there?"]
+
+
+def test_a_killed_turn_workers_turn_is_answered_once_by_another_worker_once_it_is_dead() -> None:
+    # Workers on two hosts, as far as they know: no serve to say one died, only its heartbeat.
+    # The lease (30 s) and the minute sweep are far longer than the wait allowed here.
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "ENGINE_MODEL": "echo",
+        "ENGINE_ECHO_LATENCY_MS": "1000",
+        "ENGINE_ECHO_STEPS": "3",
+        "ENGINE_HEARTBEAT_SECONDS": "0.5",
+        "WORKER_HEARTBEAT_SECONDS": "0.5",
+        "TURN_WORKER_DEAD_SECONDS": "2",
+        "TURN_WORKER_SWEEP_SECONDS": "0.5",
+    }
+    with worker_process(env, concurrency=1) as first, worker_process(env, concurrency=1) as second:
+        _wait_until(lambda: WorkerName.objects.filter(name="worker").count() == 2, seconds=60)
+        sent = message_handle(user_id="alice", channel="web", content="still there?")
+        # Step 1 is checkpointed and step 2 is with the model when its worker dies.
+        _wait_until(lambda: _checkpointed_steps(sent.thread_id) == 1)
+        holder = Thread.objects.get(pk=sent.thread_id).lease_owner
+        doomed = first if holder.split(":")[3] == str(first.pid) else second
+        doomed.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        _wait_until(lambda: bool(_agent_entries(sent.conversation_id)), seconds=30)
+        answered_after = time.monotonic() - killed_at
+        time.sleep(1.5)  # longer than a step: a second run would have answered again by now
+
+    print(f"turn worker SIGKILL, heartbeat only: answered {answered_after:.1f} s after the kill")
+    assert answered_after <= 10
+    assert _agent_entries(sent.conversation_id) == ["echo: still there?"]
+    thread = Thread.objects.get(pk=sent.thread_id)
+    assert (thread.state, thread.claim_count) == ("completed", 2)
+    assert [call["step"] for call in thread.model_calls] == [1, 2, 3]
+
+
+def _checkpointed_steps(thread_id: Any) -> int:
+    content = (
+        Document.objects.filter(path=thread_checkpoint_path(thread_id))
+        .values_list("content", flat=True)
+        .first()
+    )
+    return len(json.loads(content)["steps"]) if content else 0
 
 
 @override_settings(THREAD_RUNNER="tests.operations.test_turn_worker.record_run")
