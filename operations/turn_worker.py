@@ -122,10 +122,7 @@ class TurnWorker:
                             if claims:
                                 self._claim_into(pool, runner)
                         backoff = BACKOFF_INITIAL_S
-                        now = time.monotonic()
-                        timeout = min(
-                            POLL_INTERVAL_S, self._next_heartbeat - now, self._next_sweep - now
-                        )
+                        timeout = self._next_wait()
                     except Exception as error:
                         logger.warning(
                             "turn worker %s: %s; trying again in %.1f s", self.name, error, backoff
@@ -153,6 +150,15 @@ class TurnWorker:
     def _busy(self) -> bool:
         with self._lock:
             return self._in_flight > 0
+
+    def _next_wait(self) -> float:
+        """Seconds until the loop has something to do unless it is woken: a look for threads,
+        a heartbeat or a sweep (none once it is stopping)."""
+        now = time.monotonic()
+        wait = min(POLL_INTERVAL_S, self._next_heartbeat - now)
+        if not self._stopping.is_set():
+            wait = min(wait, self._next_sweep - now)
+        return wait
 
     # --- Claims --------------------------------------------------------------------------------
 
