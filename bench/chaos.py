@@ -12,8 +12,10 @@ then checks from the database:
 - no job is left todo or doing (beyond the periodic ones waiting for their minute);
 - every non-runtime document is indexed;
 
-and reports, for each fault, how long until /readyz answered 200 again. Exit status 0 when every
-check holds. The suite runs a short version (tests/test_chaos.py); the long one is:
+and reports, for each fault, how long until /readyz answered 200 again and a new message was
+answered, and for each kill of the turn worker how long the turns it was running took to be
+answered (p50, p95, max: they resume from their checkpoints on the restarted worker). Exit status
+0 when every check holds. The suite runs a short version (tests/test_chaos.py); the long one is:
 
     .venv/bin/python bench/chaos.py --seconds 300 --tenants 30
 """
@@ -38,6 +40,7 @@ from typing import Any
 # bench/conversations.py would stand in for the conversations app.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.chaos_turns import TurnsKill, interrupted_replies, interrupted_turns
 from tests.support.serve import (
     Page,
     ServeNotReady,
@@ -67,6 +70,7 @@ class Report:
     faults: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
+    turns_kills: list[TurnsKill] = field(default_factory=list)
 
 
 def _call(
@@ -224,19 +228,23 @@ def _deal_faults(
         # Recovery, two ways: /readyz says the service is whole, and a message posted right
         # after the fault gets the agent's reply (the whole path: web, database, turn worker).
         killed = time.monotonic()
+        interrupted = interrupted_turns(pid) if kind == "turns" else None
         time.sleep(0.2)
         ready = ready_within(base, timeout=60)
         ready_s = None if ready is None else 0.2 + ready
         answered = _probe_reply(base, probe_key, timeout=60)
         reply_s = None if answered is None else time.monotonic() - killed
-        report.faults.append(
-            {
-                "fault": kind,
-                "pid": pid,
-                "ready_s": None if ready_s is None else round(ready_s, 2),
-                "reply_s": None if answered is None else round(reply_s or 0, 2),
-            }
-        )
+        fault = {
+            "fault": kind,
+            "pid": pid,
+            "ready_s": None if ready_s is None else round(ready_s, 2),
+            "reply_s": None if answered is None else round(reply_s or 0, 2),
+        }
+        report.faults.append(fault)
+        if kind == "turns" and interrupted is None:
+            report.problems.append(f"fault {number + 1} ({kind}): its turns could not be read")
+        elif interrupted is not None:
+            report.turns_kills.append(TurnsKill(fault, *interrupted))
         print(
             f"  fault {number + 1}: SIGKILL {kind} (pid {pid}); /readyz 200 after "
             f"{'never' if ready_s is None else f'{ready_s:.1f} s'}, a new message answered "
@@ -413,6 +421,7 @@ def main() -> int:
                 if not drained:
                     report.problems.append("the service did not drain within 120 s")
                 _check(tenants, report)
+                report.problems += interrupted_replies(report.turns_kills)
         except ServeNotReady as error:
             raise SystemExit(f"serve did not become ready: {error}") from None
         finally:
@@ -423,6 +432,11 @@ def main() -> int:
             log.close()
 
     recoveries = [f["reply_s"] for f in report.faults if f["reply_s"] is not None]
+    interrupted = [
+        f["interrupted_reply_max_s"]
+        for f in report.faults
+        if f.get("interrupted_reply_max_s") is not None
+    ]
     summary = {
         "accepted": report.accepted,
         "replies": report.replies,
@@ -430,6 +444,7 @@ def main() -> int:
         "transport_errors": report.transport_errors,
         "faults": report.faults,
         "max_reply_after_fault_s": max(recoveries) if recoveries else None,
+        "max_interrupted_turn_reply_s": max(interrupted) if interrupted else None,
         **report.checks,
         "problems": report.problems[:20],
     }

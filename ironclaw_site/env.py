@@ -313,13 +313,18 @@ def ensure_smaller(name: str, value: float, other_name: str, other: float) -> No
 
 
 def ensure_stall_outlasts_heartbeats(
-    name: str, stalled: float, heartbeat_name: str, heartbeat: float
+    name: str,
+    stalled: float,
+    heartbeat_name: str,
+    heartbeat: float,
+    *,
+    at_stake: str = "make a live worker's jobs run twice",
 ) -> None:
-    # A heartbeat that arrives a little late must not get a live worker's jobs retried.
+    # A heartbeat that arrives a little late must not get a live worker's work taken from it.
     if stalled <= 2 * heartbeat:
         raise ImproperlyConfigured(
             f"{name} ({stalled}) must be more than twice {heartbeat_name} ({heartbeat}), or a "
-            "slow heartbeat would make a live worker's jobs run twice."
+            f"slow heartbeat would {at_stake}."
         )
 
 

@@ -306,7 +306,8 @@ ENGINE_OUTPUT_COST_PER_MILLION = env_float("ENGINE_OUTPUT_COST_PER_MILLION", 0.0
 ENGINE_HISTORY_ENTRIES = env_int("ENGINE_HISTORY_ENTRIES", 20, minimum=0, maximum=10_000)
 ENGINE_MAX_ITERATIONS = env_int("ENGINE_MAX_ITERATIONS", 10, minimum=1, maximum=10_000)
 ENGINE_TURN_TIMEOUT_S = env_int("ENGINE_TURN_TIMEOUT_S", 300, minimum=1, maximum=86_400)
-# A dead turn worker's turns resume after the lease; the heartbeat is how fast interrupts land.
+# A turn whose worker dies resumes when the lease is given up (at the latest when it expires);
+# the heartbeat is how fast interrupts land.
 ENGINE_LEASE_SECONDS = env_int("ENGINE_LEASE_SECONDS", 30, minimum=1, maximum=3600)
 ENGINE_HEARTBEAT_SECONDS = env_float("ENGINE_HEARTBEAT_SECONDS", 2.0, minimum=0.05, maximum=600.0)
 ensure_not_above(
@@ -325,13 +326,24 @@ RUNTIME_RETENTION_DAYS = env_int("RUNTIME_RETENTION_DAYS", 7, minimum=0, maximum
 
 BACKGROUND_CONCURRENCY = env_int("BACKGROUND_CONCURRENCY", 2, minimum=1, maximum=256)
 # A worker silent for WORKER_STALLED_SECONDS is dead: /readyz misses it, its jobs are retried.
-WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 10.0, minimum=0.1, maximum=600.0)
+WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 2.0, minimum=0.1, maximum=600.0)
 WORKER_STALLED_SECONDS = env_float("WORKER_STALLED_SECONDS", 30.0, minimum=0.5, maximum=3600.0)
 ensure_stall_outlasts_heartbeats(
     "WORKER_STALLED_SECONDS",
     WORKER_STALLED_SECONDS,
     "WORKER_HEARTBEAT_SECONDS",
     WORKER_HEARTBEAT_SECONDS,
+)
+# Every turn worker sweeps leases every TURN_WORKER_SWEEP_SECONDS: expired ones, and those of
+# turn workers silent for TURN_WORKER_DEAD_SECONDS, whose turns then resume within seconds.
+TURN_WORKER_DEAD_SECONDS = env_float("TURN_WORKER_DEAD_SECONDS", 10.0, minimum=0.5, maximum=3600.0)
+TURN_WORKER_SWEEP_SECONDS = env_float("TURN_WORKER_SWEEP_SECONDS", 2.0, minimum=0.1, maximum=3600.0)
+ensure_stall_outlasts_heartbeats(
+    "TURN_WORKER_DEAD_SECONDS",
+    TURN_WORKER_DEAD_SECONDS,
+    "WORKER_HEARTBEAT_SECONDS",
+    WORKER_HEARTBEAT_SECONDS,
+    at_stake="take a live turn worker's turns from it",
 )
 # `manage.py serve` sets both for its web processes from the workers it runs.
 READYZ_WORKERS = env_list("READYZ_WORKERS", [])

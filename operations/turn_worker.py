@@ -13,16 +13,27 @@ that. A database outage is waited out with backoff. Its heartbeat is a row of Pr
 ``procrastinate_workers`` named in ``ironclaw_site_workername``, like every worker's, so
 ``/readyz`` and the admin see it as they see the others.
 
-A turn whose runner raises keeps its lease until it expires; the lease sweeper then puts the
-thread back in the queue and the next turn resumes from its checkpoint.
+Every ``TURN_WORKER_SWEEP_SECONDS`` it sweeps leases (``thread_leases_sweep``, one statement):
+expired ones, and those of turn workers that are dead, so a turn whose worker was killed resumes
+from its checkpoint within seconds. A turn worker is dead when serve saw its process exit (serve
+passes the pid to the worker it starts in its place, ``replaces``), or when its heartbeat is
+older than ``TURN_WORKER_DEAD_SECONDS``. Its turns' lease owners name its heartbeat row
+(``lease_owner_id``). After a database error it judges no heartbeat for
+``TURN_WORKER_DEAD_SECONDS``: an outage silences every worker, and the live ones need that long
+to beat again.
+
+A turn whose runner raises keeps its lease until it expires; the sweep then puts the thread back
+in the queue and the next turn resumes from its checkpoint. A worker asked to stop claims
+nothing more and keeps beating until its turns in flight have ended.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,7 +44,7 @@ from django.utils.module_loading import import_string
 
 from conversations.models import Thread
 from conversations.runners import runner_claims_threads
-from conversations.services import lease_owner_id, thread_claim_runnable
+from conversations.services import lease_owner_id, thread_claim_runnable, thread_leases_sweep
 from core.log_context import log_context
 from core.notify import ANY, THREADS_CHANNEL, listening
 from operations.workers import WORKER_NAME_INSERT_SQL, WORKER_NAME_PRUNE_SQL
@@ -62,15 +73,23 @@ def thread_runner() -> Runner:
 
 
 class TurnWorker:
-    def __init__(self, *, name: str, concurrency: int):
+    """``replaces``: pids of turn workers of this host that died, whose leases this one gives up
+    before its first claim (serve passes the one it saw exit)."""
+
+    def __init__(self, *, name: str, concurrency: int, replaces: Sequence[int] = ()):
         self.name = name
         self.concurrency = concurrency
+        self.replaces = tuple(replaces)
         self.worker_id: int | None = None
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._in_flight = 0
         self._next_heartbeat = 0.0
+        self._next_sweep = 0.0
+        # Heartbeats are judged only from then on (after start-up, and after a database error).
+        self._judge_heartbeats_after = 0.0
+        self._replaced_until = 0.0
 
     def stop(self) -> None:
         """Claim nothing more; ``run`` returns once the turns in flight have ended."""
@@ -84,23 +103,31 @@ class TurnWorker:
             logger.info("THREAD_RUNNER leaves threads to external engines: claiming none")
         backoff = BACKOFF_INITIAL_S
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="turn")
+        # The replaced workers' turns may still hold row locks for a moment after their death
+        # (the sweep skips locked rows): their pids are swept for as long as their heartbeats
+        # would take to go stale.
+        self._replaced_until = time.monotonic() + settings.TURN_WORKER_DEAD_SECONDS
         try:
             with listening(THREADS_CHANNEL, ANY) as notified:
                 self._wake = notified
                 if self._stopping.is_set():
                     notified.set()
-                while not self._stopping.is_set():
+                # Stopping, it beats on until its turns end: a silent worker's turns are taken.
+                while not self._stopping.is_set() or self._busy():
                     notified.clear()
                     try:
                         self._heartbeat()
-                        if claims:
-                            self._claim_into(pool, runner)
+                        if not self._stopping.is_set():
+                            self._sweep()
+                            if claims:
+                                self._claim_into(pool, runner)
                         backoff = BACKOFF_INITIAL_S
-                        timeout = min(POLL_INTERVAL_S, self._next_heartbeat - time.monotonic())
+                        timeout = self._next_wait()
                     except Exception as error:
                         logger.warning(
                             "turn worker %s: %s; trying again in %.1f s", self.name, error, backoff
                         )
+                        self._database_failed()
                         timeout, backoff = backoff, min(backoff * 2, BACKOFF_MAX_S)
                     finally:
                         connection.close()
@@ -120,10 +147,25 @@ class TurnWorker:
             ran += 1
         return ran
 
+    def _busy(self) -> bool:
+        with self._lock:
+            return self._in_flight > 0
+
+    def _next_wait(self) -> float:
+        """Seconds until the loop has something to do unless it is woken: a look for threads,
+        a heartbeat or a sweep (none once it is stopping)."""
+        now = time.monotonic()
+        wait = min(POLL_INTERVAL_S, self._next_heartbeat - now)
+        if not self._stopping.is_set():
+            wait = min(wait, self._next_sweep - now)
+        return wait
+
     # --- Claims --------------------------------------------------------------------------------
 
     def _claim(self) -> tuple[Thread, str] | None:
-        worker_id = lease_owner_id()
+        # Registered (run), the owner names the worker's heartbeat row, so a sweep can tell when
+        # it is dead; draining, the lease only expires.
+        worker_id = lease_owner_id(worker_row=self.worker_id)
         # The engine's lease, which its turns renew (ENGINE_HEARTBEAT_SECONDS).
         thread = thread_claim_runnable(
             worker_id=worker_id, lease_seconds=settings.ENGINE_LEASE_SECONDS
@@ -159,6 +201,39 @@ class TurnWorker:
             with self._lock:
                 self._in_flight = max(0, self._in_flight - 1)
             self._wake.set()
+
+    # --- Lease sweep ---------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Give up expired leases and dead turn workers' leases, when a sweep is due."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + settings.TURN_WORKER_SWEEP_SECONDS
+        dead_after = datetime.timedelta(seconds=settings.TURN_WORKER_DEAD_SECONDS)
+        try:
+            swept = thread_leases_sweep(
+                dead_after=dead_after if now >= self._judge_heartbeats_after else None,
+                dead_pids=self.replaces if now < self._replaced_until else (),
+            )
+        except Exception as error:
+            # Claims go on: a sweep that fails must not stop the turns this worker can run.
+            logger.warning("turn worker %s: lease sweep failed: %s", self.name, error)
+            self._database_failed()
+            connection.close()
+            return
+        if swept.requeued or swept.stopped:
+            logger.info(
+                "turn worker %s: lease sweep: %d threads back to created, %d stopped",
+                self.name,
+                len(swept.requeued),
+                len(swept.stopped),
+            )
+
+    def _database_failed(self) -> None:
+        # Other workers' heartbeats stopped with this one's connection: give them time to beat
+        # again before taking their turns for dead.
+        self._judge_heartbeats_after = time.monotonic() + settings.TURN_WORKER_DEAD_SECONDS
 
     # --- Heartbeat -----------------------------------------------------------------------------
 

@@ -54,3 +54,6 @@ def test_chaos_loses_duplicates_and_strands_nothing_and_heals_each_fault() -> No
     assert all(
         fault["reply_s"] is not None and fault["reply_s"] < 30 for fault in summary["faults"]
     )
+    # The turns the killed turn worker was running resume on its replacement at once.
+    [turns] = [fault for fault in summary["faults"] if fault["fault"] == "turns"]
+    assert turns["interrupted_reply_max_s"] is None or turns["interrupted_reply_max_s"] <= 10

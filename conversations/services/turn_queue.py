@@ -33,6 +33,25 @@ def thread_runnable_notify(thread: Thread) -> None:
         cursor.execute("SELECT pg_notify(%s, %s)", [THREADS_CHANNEL, thread.user_id])
 
 
-def lease_owner_id() -> str:
-    """A lease owner naming this host and process, unique per turn: what turn workers claim as."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+# The lease owner of a registered turn worker's turn:
+# "turn-worker:<its procrastinate_workers id>:<host>:<pid>:<turn>". The lease sweep reads it back
+# (thread_leases_sweep): the id finds the worker's heartbeat, the host and pid the process that
+# serve saw die. External engines may not claim under it, so the sweep never takes their leases
+# for a dead turn worker's.
+TURN_WORKER_OWNER_PREFIX = "turn-worker:"
+TURN_WORKER_OWNER_PATTERN = r"^turn-worker:[0-9]{1,18}:[^:]+:[0-9]{1,10}:[0-9a-f]{8}$"
+
+
+def lease_owner_host() -> str:
+    """This host's name as lease owners carry it (a colon would split the owner wrongly)."""
+    return socket.gethostname().replace(":", "-")
+
+
+def lease_owner_id(*, worker_row: int | None = None) -> str:
+    """A lease owner naming this host and process, unique per turn: what turn workers claim as.
+    ``worker_row``: the turn worker's ``procrastinate_workers`` id, so a sweep can tell when it
+    is dead."""
+    turn = f"{lease_owner_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if worker_row is None:
+        return turn
+    return f"{TURN_WORKER_OWNER_PREFIX}{worker_row}:{turn}"

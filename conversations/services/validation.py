@@ -9,6 +9,7 @@ from django.conf import settings
 
 from accounts.tenancy import user_id_problem
 from conversations.errors import MessageTooLarge
+from conversations.services.turn_queue import TURN_WORKER_OWNER_PREFIX
 from conversations.services.values import OUTCOME_KINDS, ThreadOutcome, ThreadUsage
 from core.errors import InvalidInput
 from core.text import has_control_characters
@@ -50,6 +51,15 @@ def check_worker_id(worker_id: str) -> None:
     _check_label(
         "worker_id", worker_id, max_length=MAX_WORKER_ID_LENGTH, allow_surrounding_whitespace=True
     )
+
+
+def check_engine_worker_id(worker_id: str) -> None:
+    """An engine's lease owner: a label, and not one of the turn workers' own, whose leases the
+    sweep gives up when their worker is dead."""
+    check_worker_id(worker_id)
+    if worker_id.startswith(TURN_WORKER_OWNER_PREFIX):
+        problem = f"must not start with {TURN_WORKER_OWNER_PREFIX!r}, which names turn workers"
+        raise InvalidInput(f"worker_id {problem}.", details={"worker_id": [problem]})
 
 
 def _check_label(

@@ -40,6 +40,11 @@ def _start_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ("ADMIN_LOGIN_COOLOFF_MINUTES", "soon", "ADMIN_LOGIN_COOLOFF_MINUTES must be an integer"),
         ("RUNTIME_RETENTION_DAYS", "-1", "RUNTIME_RETENTION_DAYS must be at least 0"),
         ("RUNTIME_RETENTION_DAYS", "36501", "RUNTIME_RETENTION_DAYS must be at most 36500"),
+        (
+            "TURN_WORKER_DEAD_SECONDS",
+            "3",
+            "TURN_WORKER_DEAD_SECONDS (3.0) must be more than twice WORKER_HEARTBEAT_SECONDS",
+        ),
     ],
 )
 def test_bad_setting_stops_start_up_naming_the_variable(

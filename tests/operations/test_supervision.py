@@ -4,6 +4,8 @@ Each test ends by checking that the echo agent still answers a new message."""
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import signal
 import subprocess
@@ -11,24 +13,34 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from accounts.services import CreatedApiKey
+from conversations.models import ConversationEntry, Thread
+from engine.checkpoint import thread_checkpoint_path
 from tests.support.serve import (
+    Page,
     ServeProcess,
+    await_reply,
     call,
+    post_message,
     send_and_await_reply,
     serve_process,
     wait_until_ready,
 )
 from tests.support.servers import BASE_DIR, TcpProxy, database_url, http_request
+from workspace.models import Document
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ECHO = {"ENGINE_MODEL": "echo", "ENGINE_ECHO_LATENCY_MS": "50"}
+# A turn of three model calls of a second each: long enough to kill its worker in the middle.
+SLOW_ECHO = {"ENGINE_MODEL": "echo", "ENGINE_ECHO_LATENCY_MS": "1000", "ENGINE_ECHO_STEPS": "3"}
 
 
 def _upstream() -> str | tuple[str, int]:
@@ -79,6 +91,66 @@ def test_serve_restarts_a_sigkilled_turn_worker_and_the_api_stays_up(
     assert web_after.pid == web.pid
     assert still_serving
     assert "turns killed by SIGKILL" in output
+
+
+def _checkpoint_steps(user_id: str, thread_id: str) -> list[dict[str, Any]]:
+    content = (
+        Document.objects.filter(user_id=user_id, path=thread_checkpoint_path(thread_id))
+        .values_list("content", flat=True)
+        .first()
+    )
+    return list(json.loads(content)["steps"]) if content else []
+
+
+def _wait_for(condition: Callable[[], bool], *, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.05)
+
+
+def test_a_turn_whose_worker_serve_saw_die_is_answered_once_within_ten_seconds(
+    make_api_key: Callable[..., CreatedApiKey],
+) -> None:
+    key = make_api_key("alice").raw_key
+    # Nothing but the replacement worker can give the turn back this soon: the lease lasts 30 s
+    # and the background worker sweeps expired leases once a minute.
+    env = {"DATABASE_URL": database_url(connection.settings_dict), **SLOW_ECHO}
+
+    with serve_process(env) as serve:
+        status, sent = post_message(serve.base_url, key, "are you still there?")
+        assert status == 202, sent
+        thread_id = sent["thread_id"]
+        # Step 1 is checkpointed and step 2 is with the model when the worker dies.
+        _wait_for(lambda: len(_checkpoint_steps("alice", thread_id)) == 1)
+        serve.child("--name turns").send_signal(signal.SIGKILL)
+        killed_at, killed_wall = time.monotonic(), timezone.now()
+
+        def fetch(path: str, wait: int) -> Page:
+            status, page = call(serve.base_url, key, "GET", path)
+            assert status == 200, page
+            return dict(page)
+
+        reply = await_reply(fetch, sent, timeout=30)
+        answered_after = time.monotonic() - killed_at
+        # Longer than a step: a second run of the turn would have answered again by now.
+        time.sleep(1.5)
+        output = serve.output()
+
+    print(f"turn worker SIGKILL mid-turn: answered {answered_after:.1f} s after the kill")
+    assert reply is not None
+    assert reply["content"] == "echo: are you still there?"
+    assert answered_after <= 10
+    assert "turns killed by SIGKILL" in output
+    assert ConversationEntry.objects.filter(thread_id=thread_id, sender="agent").count() == 1
+    thread = Thread.objects.get(pk=thread_id)
+    assert (thread.state, thread.claim_count) == ("completed", 2)
+    # Step 1 ran once, before the kill; the replacement resumed at step 2 (the call in flight).
+    steps = _checkpoint_steps("alice", thread_id)
+    assert [step["n"] for step in steps] == [1, 2, 3]
+    assert datetime.datetime.fromisoformat(steps[0]["ended_at"]) < killed_wall
+    assert all(datetime.datetime.fromisoformat(s["started_at"]) > killed_wall for s in steps[1:])
+    assert [call["step"] for call in thread.model_calls] == [1, 2, 3]
 
 
 def test_serve_kills_and_restarts_a_web_process_that_is_alive_but_not_serving(

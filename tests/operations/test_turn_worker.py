@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import json
 import signal
 import threading
 import time
@@ -21,9 +22,11 @@ from django.utils import timezone
 from conversations.models import ConversationEntry, Thread
 from conversations.services import (
     ThreadOutcome,
+    lease_owner_id,
     message_handle,
     thread_claim,
     thread_claim_next,
+    thread_claim_runnable,
     thread_leases_sweep,
     thread_outcome_record,
 )
@@ -58,6 +61,35 @@ def record_run(*, thread: Thread, worker_id: str) -> None:
 
 def fail_with_a_database_error(*, thread: Thread, worker_id: str) -> None:
     raise OperationalError("the database went away")
+
+
+TURN_ENDS = threading.Event()
+
+
+def wait_for_the_test(*, thread: Thread, worker_id: str) -> None:
+    """A turn that lasts until the test lets it end."""
+    TURN_ENDS.wait(timeout=30)
+
+
+def _registered_worker(*, silent_for: float) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT worker_id FROM procrastinate_register_worker_v1()")
+        (worker_row,) = cursor.fetchone()
+        cursor.execute(
+            "UPDATE procrastinate_workers SET last_heartbeat = now() - make_interval(secs => %s)"
+            " WHERE id = %s",
+            [silent_for, worker_row],
+        )
+    return int(worker_row)
+
+
+def _last_heartbeat(worker_row: int | None) -> datetime.datetime:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT last_heartbeat FROM procrastinate_workers WHERE id = %s", [worker_row]
+        )
+        (beat,) = cursor.fetchone()
+    return beat
 
 
 def _agent_entries(conversation_id: Any) -> list[str]:
@@ -276,6 +308,49 @@ def test_a_turn_worker_killed_mid_model_call_loses_nothing() -> None:
     assert _agent_entries(sent.conversation_id) == ["echo: still there?"]
 
 
+def test_a_killed_turn_workers_turn_is_answered_once_by_another_worker_once_it_is_dead() -> None:
+    # Workers on two hosts, as far as they know: no serve to say one died, only its heartbeat.
+    # The lease (30 s) and the minute sweep are far longer than the wait allowed here.
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "ENGINE_MODEL": "echo",
+        "ENGINE_ECHO_LATENCY_MS": "1000",
+        "ENGINE_ECHO_STEPS": "3",
+        "ENGINE_HEARTBEAT_SECONDS": "0.5",
+        "WORKER_HEARTBEAT_SECONDS": "0.5",
+        "TURN_WORKER_DEAD_SECONDS": "2",
+        "TURN_WORKER_SWEEP_SECONDS": "0.5",
+    }
+    with worker_process(env, concurrency=1) as first, worker_process(env, concurrency=1) as second:
+        _wait_until(lambda: WorkerName.objects.filter(name="worker").count() == 2, seconds=60)
+        sent = message_handle(user_id="alice", channel="web", content="still there?")
+        # Step 1 is checkpointed and step 2 is with the model when its worker dies.
+        _wait_until(lambda: _checkpointed_steps(sent.thread_id) == 1)
+        holder = Thread.objects.get(pk=sent.thread_id).lease_owner
+        doomed = first if holder.split(":")[3] == str(first.pid) else second
+        doomed.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        _wait_until(lambda: bool(_agent_entries(sent.conversation_id)), seconds=30)
+        answered_after = time.monotonic() - killed_at
+        time.sleep(1.5)  # longer than a step: a second run would have answered again by now
+
+    print(f"turn worker SIGKILL, heartbeat only: answered {answered_after:.1f} s after the kill")
+    assert answered_after <= 10
+    assert _agent_entries(sent.conversation_id) == ["echo: still there?"]
+    thread = Thread.objects.get(pk=sent.thread_id)
+    assert (thread.state, thread.claim_count) == ("completed", 2)
+    assert [call["step"] for call in thread.model_calls] == [1, 2, 3]
+
+
+def _checkpointed_steps(thread_id: Any) -> int:
+    content = (
+        Document.objects.filter(path=thread_checkpoint_path(thread_id))
+        .values_list("content", flat=True)
+        .first()
+    )
+    return len(json.loads(content)["steps"]) if content else 0
+
+
 @override_settings(THREAD_RUNNER="tests.operations.test_turn_worker.record_run")
 def test_the_thread_that_has_waited_longest_is_claimed_first_paused_or_new() -> None:
     # A thread paused at a gate, then spoken to; then a new conversation's thread is spawned.
@@ -320,3 +395,83 @@ def test_external_engines_claim_in_the_same_order_and_get_the_inbox_with_it() ->
     )
     assert second.thread.pk == newer.thread_id
     assert thread_claim_next(user_id="bob", worker_id="engine") is None
+
+
+@override_settings(
+    THREAD_RUNNER="tests.operations.test_turn_worker.record_run",
+    TURN_WORKER_DEAD_SECONDS=5,
+    TURN_WORKER_SWEEP_SECONDS=0.1,
+)
+def test_a_running_worker_takes_over_the_turns_of_a_dead_turn_worker_but_not_of_an_engine() -> None:
+    RUNS.clear()
+    dead = message_handle(user_id="alice", channel="a", content="orphaned")
+    thread_claim_runnable(worker_id=lease_owner_id(worker_row=_registered_worker(silent_for=60)))
+    engine = message_handle(user_id="alice", channel="b", content="the engine's")
+    thread_claim(user_id="alice", thread_id=engine.thread_id, worker_id="engine-1")
+    Thread.objects.filter(pk__in=[dead.thread_id, engine.thread_id]).update(
+        updated_at=timezone.now() - datetime.timedelta(seconds=60)
+    )
+    worker = TurnWorker(name="turns", concurrency=1)
+
+    serving = _serve(worker)
+    try:
+        _wait_until(lambda: any(run[0] == str(dead.thread_id) for run in RUNS), seconds=10)
+    finally:
+        worker.stop()
+        serving.join(timeout=15)
+
+    thread = Thread.objects.get(pk=dead.thread_id)
+    assert (thread.claim_count, thread.lease_owner.split(":")[1]) == (2, str(worker.worker_id))
+    assert Thread.objects.get(pk=engine.thread_id).lease_owner == "engine-1"
+
+
+@override_settings(
+    THREAD_RUNNER="tests.operations.test_turn_worker.record_run",
+    TURN_WORKER_SWEEP_SECONDS=60,
+)
+def test_a_worker_gives_up_the_turns_of_the_worker_it_replaces_before_its_first_claim() -> None:
+    RUNS.clear()
+    # The dead worker's heartbeat and lease renewals are fresh: only serve knows it is gone.
+    owner = lease_owner_id(worker_row=_registered_worker(silent_for=0)).split(":")
+    owner[3] = "4000001"
+    sent = message_handle(user_id="alice", channel="web", content="interrupted")
+    thread_claim_runnable(worker_id=":".join(owner))
+    worker = TurnWorker(name="turns", concurrency=1, replaces=[4000001])
+
+    serving = _serve(worker)
+    try:
+        _wait_until(lambda: bool(RUNS), seconds=10)
+    finally:
+        worker.stop()
+        serving.join(timeout=15)
+
+    assert [run[0] for run in RUNS] == [str(sent.thread_id)]
+    assert Thread.objects.get(pk=sent.thread_id).claim_count == 2
+
+
+@override_settings(
+    THREAD_RUNNER="tests.operations.test_turn_worker.wait_for_the_test",
+    WORKER_HEARTBEAT_SECONDS=0.1,
+)
+def test_a_stopping_worker_beats_until_its_turns_end() -> None:
+    TURN_ENDS.clear()
+    sent = message_handle(user_id="alice", channel="web", content="a long one")
+    worker = TurnWorker(name="turns", concurrency=1)
+    serving = _serve(worker)
+    try:
+        _wait_until(lambda: Thread.objects.get(pk=sent.thread_id).state == "running")
+        worker.stop()
+        stopped_beat = _last_heartbeat(worker.worker_id)
+        time.sleep(0.5)
+
+        assert serving.is_alive()
+        assert _last_heartbeat(worker.worker_id) > stopped_beat
+    finally:
+        TURN_ENDS.set()
+        serving.join(timeout=15)
+    assert not serving.is_alive()
+
+
+def test_only_a_turn_worker_replaces_a_dead_one() -> None:
+    with pytest.raises(CommandError, match="--replaces names a dead turn worker"):
+        call_command("run_worker", queues="indexing", concurrency=1, name="bg", replaces=[1])

@@ -58,6 +58,15 @@ class Command(BaseCommand):
             default=DEFAULT_WORKER_NAME,
             help="worker kind, shown in logs and checked by /readyz (turns, background)",
         )
+        parser.add_argument(
+            "--replaces",
+            type=int,
+            action="append",
+            default=[],
+            metavar="PID",
+            help="a turn worker of this host that died, whose turns go back to the queue before "
+            "the first claim (serve passes the one it saw exit); threads queue only",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         queues = [queue.strip() for queue in options["queues"].split(",") if queue.strip()]
@@ -75,14 +84,19 @@ class Command(BaseCommand):
                     "worker of its own (the thread rows are its queue); run another for the rest."
                 )
             self.stdout.write(f"Turn worker {name} with {concurrency} turns at once.")
-            _turns_until_stopped(name=name, concurrency=concurrency)
+            _turns_until_stopped(name=name, concurrency=concurrency, replaces=options["replaces"])
             return
+        if options["replaces"]:
+            raise CommandError(
+                f"--replaces names a dead turn worker; this worker serves {options['queues']!r}, "
+                f"not the {THREADS_QUEUE} queue."
+            )
         self.stdout.write(f"Worker {name} on {', '.join(queues)} with {concurrency} jobs at once.")
         asyncio.run(_work_until_stopped(queues=queues, concurrency=concurrency, name=name))
 
 
-def _turns_until_stopped(*, name: str, concurrency: int) -> None:
-    worker = TurnWorker(name=name, concurrency=concurrency)
+def _turns_until_stopped(*, name: str, concurrency: int, replaces: list[int]) -> None:
+    worker = TurnWorker(name=name, concurrency=concurrency, replaces=replaces)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: worker.stop())
     worker.run()

@@ -93,12 +93,18 @@ class Supervised:
 
     # A web process touches this file while it serves (serve_web's LivenessProbe).
     liveness_file: Path | None = None
+    # The turn worker's pid when it died: its replacement gives that one's turns back to the
+    # queue at once (run_worker --replaces), instead of waiting for its heartbeat to go stale.
+    replaces: int | None = None
 
     def start(self, env: dict[str, str]) -> None:
         if self.liveness_file is not None:
             self.liveness_file.unlink(missing_ok=True)
             env = {**env, LIVENESS_ENV: str(self.liveness_file)}
-        self.process = subprocess.Popen(self.argv, cwd=settings.BASE_DIR, env=env)
+        argv = list(self.argv)
+        if self.replaces is not None:
+            argv += ["--replaces", str(self.replaces)]
+        self.process = subprocess.Popen(argv, cwd=settings.BASE_DIR, env=env)
         self.started_at = time.monotonic()
         self.restart_at = None
 
@@ -261,6 +267,8 @@ class Command(BaseCommand):
         # Its gauges ("in use now") no longer count; its counters and histograms still do.
         metrics_folder = self.child_env["PROMETHEUS_MULTIPROC_DIR"]
         multiprocess.mark_process_dead(child.process.pid, metrics_folder)
+        if child.name == TURNS.name:
+            child.replaces = child.process.pid
         wait = child.schedule_restart(now)
         self.stderr.write(
             f"{child.name} {exit_reason(returncode)} after {now - child.started_at:.1f} s; "
