@@ -31,7 +31,7 @@ from conversations.services import (
     thread_outcome_record,
 )
 from core.notify import listener_stop
-from engine.checkpoint import thread_checkpoint_path
+from engine.checkpoint import conversation_checkpoint_path, thread_checkpoint_path
 from operations.models import WorkerName
 from operations.turn_worker import TurnWorker
 from tests.conversations.helpers import waiting_for_a_worker
@@ -475,3 +475,56 @@ def test_a_stopping_worker_beats_until_its_turns_end() -> None:
 def test_only_a_turn_worker_replaces_a_dead_one() -> None:
     with pytest.raises(CommandError, match="--replaces names a dead turn worker"):
         call_command("run_worker", queues="indexing", concurrency=1, name="bg", replaces=[1])
+
+
+def test_a_worker_paused_past_its_lease_writes_nothing_after_the_takeover() -> None:
+    """SIGSTOP a turn worker mid-turn; the other worker finds it dead, takes the turn over and
+    answers; SIGCONT the first: every write it then tries (checkpoint, heartbeat, outcome) names
+    its lease epoch and is refused, so the thread, its checkpoints and the conversation are as
+    the successor left them."""
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "ENGINE_MODEL": "echo",
+        "ENGINE_ECHO_LATENCY_MS": "1000",
+        "ENGINE_ECHO_STEPS": "3",
+        "ENGINE_HEARTBEAT_SECONDS": "0.5",
+        "WORKER_HEARTBEAT_SECONDS": "0.5",
+        "TURN_WORKER_DEAD_SECONDS": "2",
+        "TURN_WORKER_SWEEP_SECONDS": "0.5",
+    }
+    with worker_process(env, concurrency=1) as first, worker_process(env, concurrency=1) as second:
+        _wait_until(lambda: WorkerName.objects.filter(name="worker").count() == 2, seconds=60)
+        sent = message_handle(user_id="alice", channel="web", content="are you there?")
+        _wait_until(lambda: _checkpointed_steps(sent.thread_id) == 1)
+        holder = Thread.objects.get(pk=sent.thread_id).lease_owner
+        paused, successor = (
+            (first, second) if holder.split(":")[3] == str(first.pid) else (second, first)
+        )
+        paused.send_signal(signal.SIGSTOP)
+        try:
+            _wait_until(lambda: bool(_agent_entries(sent.conversation_id)), seconds=30)
+            time.sleep(0.5)  # the successor's last checkpoint, after its outcome
+            after_takeover = _checkpoints(sent.thread_id, sent.conversation_id)
+        finally:
+            paused.send_signal(signal.SIGCONT)
+        time.sleep(3.0)  # its model call and heartbeat are long due: it tries its writes now
+        alive = paused.poll() is None
+
+    thread = Thread.objects.get(pk=sent.thread_id)
+    assert (thread.state, thread.claim_count) == ("completed", 2)
+    assert thread.outcome is not None
+    assert thread.outcome["worker_id"].split(":")[3] == str(successor.pid)
+    assert _agent_entries(sent.conversation_id) == ["echo: are you there?"]
+    assert _checkpoints(sent.thread_id, sent.conversation_id) == after_takeover
+    assert after_takeover[0] is not None
+    assert json.loads(after_takeover[0][0])["status"] == "completed"
+    assert alive, "the paused worker should go on serving after its lease was taken over"
+
+
+def _checkpoints(thread_id: Any, conversation_id: Any) -> list[tuple[str, Any] | None]:
+    """The thread's and the conversation's checkpoint: content and when it was written."""
+    paths = (thread_checkpoint_path(thread_id), conversation_checkpoint_path(conversation_id))
+    return [
+        Document.objects.filter(path=path).values_list("content", "updated_at").first()
+        for path in paths
+    ]
