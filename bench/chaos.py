@@ -283,6 +283,31 @@ def _drain(timeout: float) -> bool:
     return False
 
 
+def _stale_checkpoints() -> list[str]:
+    from conversations.models import Thread
+    from engine.checkpoint import thread_checkpoint_path
+    from workspace.models import Document
+
+    finished = Thread.objects.filter(state="completed").values_list("id", "user_id", "outcome")
+    stale = []
+    for thread_id, user_id, outcome in finished.iterator():
+        content = (
+            Document.objects.filter(user_id=user_id, path=thread_checkpoint_path(thread_id))
+            .values_list("content", flat=True)
+            .first()
+        )
+        if not content or not outcome or not outcome.get("worker_id"):
+            continue
+        runs = [
+            event["worker_id"]
+            for event in json.loads(content).get("events", [])
+            if event.get("kind") in ("claimed", "resumed", "continued")
+        ]
+        if runs and runs[-1] != outcome["worker_id"]:
+            stale.append(str(thread_id))
+    return stale
+
+
 def _check(tenants: list[Tenant], report: Report) -> None:
     from django.db import connection
     from django.db.models import Count, Max
@@ -318,6 +343,12 @@ def _check(tenants: list[Tenant], report: Report) -> None:
     problems += [f"thread {t.id} has no outcome" for t in no_outcome]
     problems += [f"thread {row['thread_id']} has {row['n']} agent replies" for row in doubled]
 
+    # A stale write is one a worker made after its lease was taken over: its checkpoint would
+    # carry its own run's history, so the last run recorded in a finished thread's checkpoint
+    # must be the one whose worker recorded the outcome.
+    stale = _stale_checkpoints()
+    problems += [f"thread {t} checkpoint last written by a worker that lost it" for t in stale]
+
     with connection.cursor() as cursor:
         cursor.execute(UNFINISHED_JOBS_SQL)
         stuck_jobs = cursor.fetchone()[0]
@@ -340,6 +371,7 @@ def _check(tenants: list[Tenant], report: Report) -> None:
         "threads": Thread.objects.count(),
         "threads_unfinished": unfinished.count(),
         "threads_with_two_replies": doubled.count(),
+        "stale_checkpoints": len(stale),
         "jobs_stuck": stuck_jobs,
         "documents_unindexed": unindexed,
     }
