@@ -16,6 +16,7 @@ the pool.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import threading
@@ -94,11 +95,15 @@ _HISTORY_SQL = (
 
 
 class _TurnEnded(Exception):
-    """Ends the step loop with an outcome (stopped, failed, max_iterations)."""
+    """Ends the step loop with an outcome (stopped, failed, max_iterations).
 
-    def __init__(self, outcome: ThreadOutcome):
+    ``limit``: the limit that ended the turn, in words, when one did; the reply then says so.
+    """
+
+    def __init__(self, outcome: ThreadOutcome, *, limit: str | None = None):
         super().__init__(outcome.kind)
         self.outcome = outcome
+        self.limit = limit
 
 
 class Turn:
@@ -261,7 +266,7 @@ class Turn:
         # One indexed read usually finds nothing; only then is the locking take worth its
         # round trips. A message committed after this read is not lost: the outcome's
         # transaction hands it to a follow-up thread.
-        if not fixed_exists(_UNDELIVERED_SQL, [self.thread.id]):
+        if not self._inbox_waiting():
             return
         with transaction.atomic():
             entries = thread_inbox_take(
@@ -278,6 +283,9 @@ class Turn:
                 state.event("inbox", seqs=[entry.seq for entry in entries])
                 self._checkpoint(state)
 
+    def _inbox_waiting(self) -> bool:
+        return fixed_exists(_UNDELIVERED_SQL, [self.thread.id])
+
     # --- Steps ---------------------------------------------------------------------------------
 
     def _loop(self, state: TurnState) -> ThreadOutcome:
@@ -286,18 +294,25 @@ class Turn:
             first = True
             while True:
                 self._check_interrupts(deadline)
+                at_limit = len(state.steps) >= settings.ENGINE_MAX_ITERATIONS
                 # The inbox at the start (messages sent before the claim) and after each answer;
-                # working steps do not look, so a step costs one statement (its checkpoint).
-                if first or not state.needs_step:
+                # working steps do not look, so a step costs one statement (its checkpoint). At
+                # the limit it is left alone: taken, it could not be answered, while the outcome
+                # hands what waits there to a follow-up thread, which answers it.
+                if (first or not state.needs_step) and not at_limit:
                     self._take_inbox(state)
-                    first = False
-                if not state.needs_step:
+                first = False
+                if not state.needs_step and not (at_limit and self._inbox_waiting()):
                     return ThreadOutcome(kind="completed", response=state.response)
-                if len(state.steps) >= settings.ENGINE_MAX_ITERATIONS:
-                    return ThreadOutcome(kind="max_iterations")
+                if at_limit:
+                    raise _TurnEnded(
+                        ThreadOutcome(kind="max_iterations"),
+                        limit=f"this turn reached its limit of {settings.ENGINE_MAX_ITERATIONS}"
+                        " model calls",
+                    )
                 self._step(state, deadline)
         except _TurnEnded as ended:
-            return ended.outcome
+            return _with_reply(ended, state)
         except LeaseNotHeld:
             raise _LeaseLost() from None
 
@@ -312,7 +327,8 @@ class Turn:
                     kind="failed",
                     error=f"the turn timed out after {settings.ENGINE_TURN_TIMEOUT_S} s "
                     "(ENGINE_TURN_TIMEOUT_S)",
-                )
+                ),
+                limit=f"this turn ran out of time after {settings.ENGINE_TURN_TIMEOUT_S} s",
             )
 
     def _step(self, state: TurnState, deadline: float) -> None:
@@ -439,6 +455,17 @@ class Turn:
 
 class _LeaseLost(Exception):
     pass
+
+
+def _with_reply(ended: _TurnEnded, state: TurnState) -> ThreadOutcome:
+    """The outcome of a turn that ended before it completed, with the agent's reply: its answers
+    so far, and at a limit a reply in any case, so the user is never left without one. A stopped
+    turn has none: it was interrupted, and the conversation has moved on."""
+    if ended.outcome.kind == "stopped":
+        return ended.outcome
+    if ended.limit is not None:
+        return dataclasses.replace(ended.outcome, response=state.response_at_limit(ended.limit))
+    return dataclasses.replace(ended.outcome, response=state.response or None)
 
 
 def _deadline(state: TurnState) -> float:

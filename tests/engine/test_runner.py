@@ -6,9 +6,11 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from django.db import connection
 from django.test import override_settings
 
 from conversations.models import ConversationEntry, Thread
@@ -33,10 +35,14 @@ class ScriptedModel:
     calls: list[list[ChatMessage]] = field(default_factory=list)
     delay: float = 0.0
     error: Exception | None = None
+    # Called with the call's number while the model works (on the model call's own thread).
+    during: Callable[[int], None] | None = None
     name: str = "scripted"
 
     def complete(self, messages: list[ChatMessage], *, step: int) -> ModelReply:
         self.calls.append(messages)
+        if self.during is not None:
+            self.during(len(self.calls))
         if self.delay:
             time.sleep(self.delay)
         if self.error is not None:
@@ -165,7 +171,38 @@ def test_turn_stops_at_max_iterations() -> None:
     assert thread.outcome is not None
     assert thread.outcome["kind"] == "max_iterations"
     assert len(model.calls) == 2
+    # The agent answers with its last output, and says why it stopped there.
+    assert _agent_entries(sent.conversation_id) == [
+        "more\n\nI stopped before I could finish: this turn reached its limit of 2 model calls."
+    ]
     assert _system_entries(sent.conversation_id)[-1] == "Thread reached max iterations"
+
+
+@override_settings(ENGINE_MAX_ITERATIONS=2)
+def test_a_turn_at_its_limit_answers_what_it_took_and_a_follow_up_takes_the_rest() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="m1")
+
+    def send_next(call: int) -> None:
+        # A steady stream: each model call finds a new message waiting when it ends.
+        try:
+            message_handle(user_id="alice", channel="web", content=f"m{call + 1}")
+        finally:
+            connection.close()
+
+    model = ScriptedModel(during=send_next)
+
+    thread = _run(sent.thread_id, model)
+
+    assert thread.outcome is not None
+    assert (thread.state, thread.outcome["kind"]) == ("stopped", "max_iterations")
+    assert [call[-1]["content"] for call in model.calls] == ["m1", "m2"]
+    assert _agent_entries(sent.conversation_id) == ["answer 1\n\nanswer 2"]
+    assert _system_entries(sent.conversation_id)[-2:] == [
+        "Thread reached max iterations",
+        "Thread started",
+    ]
+    follow_up = Thread.objects.get(conversation_id=sent.conversation_id, tracked=True)
+    assert (follow_up.state, follow_up.goal) == ("created", "m3")
 
 
 @override_settings(ENGINE_TURN_TIMEOUT_S=1)
@@ -179,6 +216,9 @@ def test_turn_fails_when_it_runs_past_its_timeout() -> None:
     assert thread.state == "failed"
     assert "timed out after 1 s" in thread.outcome["error"]  # type: ignore[index]
     assert _system_entries(sent.conversation_id)[-1].startswith("Thread failed: the turn timed out")
+    assert _agent_entries(sent.conversation_id) == [
+        "I stopped before I could finish: this turn ran out of time after 1 s."
+    ]
 
 
 def test_model_error_fails_the_turn_with_the_error_text() -> None:
