@@ -33,6 +33,7 @@ class ScriptedModel:
 
     replies: list[ModelReply] = field(default_factory=list)
     calls: list[list[ChatMessage]] = field(default_factory=list)
+    called_at: list[float] = field(default_factory=list)
     delay: float = 0.0
     error: Exception | None = None
     # Called with the call's number while the model works (on the model call's own thread).
@@ -41,6 +42,7 @@ class ScriptedModel:
 
     def complete(self, messages: list[ChatMessage], *, step: int) -> ModelReply:
         self.calls.append(messages)
+        self.called_at.append(time.monotonic())
         if self.during is not None:
             self.during(len(self.calls))
         if self.delay:
@@ -203,6 +205,73 @@ def test_a_turn_at_its_limit_answers_what_it_took_and_a_follow_up_takes_the_rest
     ]
     follow_up = Thread.objects.get(conversation_id=sent.conversation_id, tracked=True)
     assert (follow_up.state, follow_up.goal) == ("created", "m3")
+
+
+def _send_from_a_thread(contents: list[str], *, every: float) -> threading.Thread:
+    def send() -> None:
+        try:
+            for content in contents:
+                time.sleep(every)
+                message_handle(user_id="alice", channel="web", content=content)
+        finally:
+            connection.close()
+
+    sender = threading.Thread(target=send, name="sender")
+    sender.start()
+    return sender
+
+
+@override_settings(ENGINE_INBOX_DEBOUNCE_MS=300)
+def test_a_burst_injected_while_the_model_works_is_answered_in_one_step_once_quiet() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="m1")
+    senders: list[threading.Thread] = []
+
+    def burst(call: int) -> None:
+        # m2 arrives while the first call works, m3 and m4 in the 200 ms after it.
+        if call == 1:
+            try:
+                message_handle(user_id="alice", channel="web", content="m2")
+            finally:
+                connection.close()
+            senders.append(_send_from_a_thread(["m3", "m4"], every=0.1))
+
+    model = ScriptedModel(during=burst)
+
+    thread = _run(sent.thread_id, model)
+    senders[0].join(timeout=10)
+
+    assert thread.state == "completed"
+    assert len(model.calls) == 2
+    assert [m["content"] for m in model.calls[1] if m["role"] == "user"] == ["m1", "m2", "m3", "m4"]
+    assert _agent_entries(sent.conversation_id) == ["answer 1\n\nanswer 2"]
+    assert Thread.objects.filter(conversation_id=sent.conversation_id).count() == 1
+
+
+@override_settings(ENGINE_INBOX_DEBOUNCE_MS=100, ENGINE_MAX_ITERATIONS=2)
+def test_a_stream_that_never_pauses_holds_a_step_back_at_most_four_debounce_windows() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="m1")
+    senders: list[threading.Thread] = []
+
+    def stream(call: int) -> None:
+        # A message every 50 ms for 5 s, from the first call on.
+        if call == 1:
+            try:
+                message_handle(user_id="alice", channel="web", content="s0")
+            finally:
+                connection.close()
+            senders.append(_send_from_a_thread([f"s{n}" for n in range(1, 100)], every=0.05))
+
+    model = ScriptedModel(during=stream)
+
+    thread = _run(sent.thread_id, model)
+    streaming = senders[0].is_alive()
+    senders[0].join(timeout=30)
+
+    assert streaming
+    assert thread.step_count == 2
+    # It waited for the inbox to fall quiet, up to four 100 ms windows, then answered.
+    assert 0.3 < model.called_at[1] - model.called_at[0] < 2
+    assert _agent_entries(sent.conversation_id) == ["answer 1\n\nanswer 2"]
 
 
 @override_settings(ENGINE_TURN_TIMEOUT_S=1)

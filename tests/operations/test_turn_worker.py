@@ -344,13 +344,16 @@ def _send_every(
     return sender, sent
 
 
-@override_settings(ENGINE_ECHO_LATENCY_MS=100, ENGINE_MAX_ITERATIONS=3)
+@override_settings(
+    ENGINE_ECHO_LATENCY_MS=100, ENGINE_MAX_ITERATIONS=3, ENGINE_INBOX_DEBOUNCE_MS=200
+)
 def test_a_steady_stream_into_one_conversation_gets_every_message_answered() -> None:
     worker = TurnWorker(name="turns", concurrency=2)
     serving = _serve(worker)
     try:
         sender, sent = _send_every(0.05, 4.0, user_id="alice", channel="web")
         sender.join(timeout=30)
+        stream_ended = timezone.now()
         conversation_id = ConversationEntry.objects.get(content=sent[0]).conversation_id
         threads = Thread.objects.filter(conversation_id=conversation_id)
         _wait_until(lambda: not threads.filter(state__in=LIVE_STATES).exists(), seconds=60)
@@ -377,3 +380,6 @@ def test_a_steady_stream_into_one_conversation_gets_every_message_answered() -> 
     assert set(sent) <= echoed
     last = max(entries, key=lambda entry: entry.seq if entry.sender != "system" else 0)
     assert (last.sender, sent[-1] in last.content) == ("agent", True)
+    # Answers came while the stream lasted, not only once it stopped: the debounce holds a step
+    # back only so long.
+    assert any(entry.sender == "agent" and entry.created_at < stream_ended for entry in entries)
