@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -20,7 +21,7 @@ from conversations.services import (
 )
 from engine.checkpoint import conversation_checkpoint_path, thread_checkpoint_path
 from engine.model_clients import ChatMessage, EchoModel, ModelClient, ModelError, ModelReply
-from engine.runner import Turn
+from engine.runner import _NEWEST_UNDELIVERED_SQL, _UNDELIVERED_SQL, Turn
 from workspace.models import Chunk, Document, DocumentVersion
 from workspace.services import document_write
 
@@ -219,6 +220,32 @@ def _send_from_a_thread(contents: list[str], *, every: float) -> threading.Threa
     sender = threading.Thread(target=send, name="sender")
     sender.start()
     return sender
+
+
+def _statements_of_a_turn(model: ModelClient) -> list[str]:
+    """The SQL the turn's own thread sends, as written (the debug log shows prepared statements
+    without their text)."""
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    statements: list[str] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        _run(sent.thread_id, model)
+    return statements
+
+
+def test_a_turn_no_message_reaches_reads_its_inbox_twice_and_a_step_is_one_statement() -> None:
+    one_step = _statements_of_a_turn(EchoModel(latency_ms=0))
+    three_steps = _statements_of_a_turn(EchoModel(latency_ms=0, steps=3))
+
+    # The inbox at the start and after the answer, never during working steps; no debounce read.
+    assert three_steps.count(_UNDELIVERED_SQL) == 2
+    assert _NEWEST_UNDELIVERED_SQL not in three_steps
+    # Each further step is its checkpoint, one statement.
+    assert len(three_steps) == len(one_step) + 2
 
 
 @override_settings(ENGINE_INBOX_DEBOUNCE_MS=300)
