@@ -102,6 +102,17 @@ class TurnState:
         ]
         return "\n\n".join(finals)
 
+    def response_at_limit(self, limit: str) -> str:
+        """The reply of a turn that a limit ends: its answers so far and, when it still owed one,
+        its last working output and a sentence naming ``limit``. Never empty."""
+        parts = [self.response] if self.response else []
+        if self.needs_step or not parts:
+            last = self.messages[-1] if len(self.messages) > self.reply_from else {}
+            if last.get("role") == "assistant" and not last["final"] and last["content"]:
+                parts.append(last["content"])
+            parts.append(f"I stopped before I could finish: {limit}.")
+        return "\n\n".join(parts)
+
     def usage(self) -> ThreadUsage:
         steps = self.steps[self.steps_from :]
         return ThreadUsage(

@@ -16,6 +16,7 @@ the pool.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import threading
@@ -24,6 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
 from conversations.errors import (
     LeaseNotHeld,
@@ -31,7 +33,7 @@ from conversations.errors import (
     ThreadBusy,
     ThreadNotClaimable,
 )
-from conversations.models import EntrySender, Thread
+from conversations.models import ConversationEntry, EntrySender, Thread
 from conversations.services import (
     ThreadOutcome,
     lease_owner_id,
@@ -67,6 +69,9 @@ PROMPT_DOCUMENTS = (
     ("MEMORY.md", "Long-Term Memory"),
 )
 _CLAIM_ATTEMPTS = 3
+# How many ENGINE_INBOX_DEBOUNCE_MS windows a step waits at most for the inbox to fall quiet: a
+# stream that never pauses still gets its answers.
+_DEBOUNCE_MAX_WINDOWS = 4
 
 # The turn's reads, written once (the ORM spent more CPU building them than PostgreSQL spends
 # running them). Undelivered: ConversationEntry.objects.undelivered_for, served by the index
@@ -74,6 +79,11 @@ _CLAIM_ATTEMPTS = 3
 _UNDELIVERED_SQL = (
     "SELECT 1 FROM conversations_conversationentry WHERE thread_id = %s"
     f" AND sender = '{EntrySender.USER}' AND delivered_at IS NULL LIMIT 1"
+)
+# The newest of those messages, for the debounce (the same rows, the same index).
+_NEWEST_UNDELIVERED_SQL = (
+    "SELECT max(created_at) FROM conversations_conversationentry WHERE thread_id = %s"
+    f" AND sender = '{EntrySender.USER}' AND delivered_at IS NULL"
 )
 _GOAL_SQL = (
     "SELECT seq, content FROM conversations_conversationentry"
@@ -94,11 +104,15 @@ _HISTORY_SQL = (
 
 
 class _TurnEnded(Exception):
-    """Ends the step loop with an outcome (stopped, failed, max_iterations)."""
+    """Ends the step loop with an outcome (stopped, failed, max_iterations).
 
-    def __init__(self, outcome: ThreadOutcome):
+    ``limit``: the limit that ended the turn, in words, when one did; the reply then says so.
+    """
+
+    def __init__(self, outcome: ThreadOutcome, *, limit: str | None = None):
         super().__init__(outcome.kind)
         self.outcome = outcome
+        self.limit = limit
 
 
 class Turn:
@@ -256,13 +270,13 @@ class Turn:
             self._lease_lost.set()
             raise _LeaseLost() from None
 
-    def _take_inbox(self, state: TurnState) -> None:
+    def _take_inbox(self, state: TurnState) -> list[ConversationEntry]:
         """Take injected messages; the checkpoint recording them commits with the take."""
         # One indexed read usually finds nothing; only then is the locking take worth its
         # round trips. A message committed after this read is not lost: the outcome's
         # transaction hands it to a follow-up thread.
-        if not fixed_exists(_UNDELIVERED_SQL, [self.thread.id]):
-            return
+        if not self._inbox_waiting():
+            return []
         with transaction.atomic():
             entries = thread_inbox_take(
                 user_id=self.user_id,
@@ -277,6 +291,42 @@ class Turn:
                 )
                 state.event("inbox", seqs=[entry.seq for entry in entries])
                 self._checkpoint(state)
+        return entries
+
+    def _inbox_waiting(self) -> bool:
+        return fixed_exists(_UNDELIVERED_SQL, [self.thread.id])
+
+    def _debounce(self, state: TurnState, taken: list[ConversationEntry], deadline: float) -> None:
+        """Messages came in while the model worked: before the next step, wait until the inbox
+        has been quiet for ``ENGINE_INBOX_DEBOUNCE_MS`` (at most ``_DEBOUNCE_MAX_WINDOWS``
+        windows), then take what came meanwhile, so a burst is answered in one step rather than
+        a step per message. One indexed read a window; the connection is returned meanwhile."""
+        window = settings.ENGINE_INBOX_DEBOUNCE_MS / 1000
+        if not window:
+            return
+        give_up = time.monotonic() + window * _DEBOUNCE_MAX_WINDOWS
+        newest = max(entry.created_at for entry in taken)
+        arrived = False
+        while True:
+            # created_at is the web process's clock: at most one window, however far ahead it is.
+            quiet_for = max(0.0, (timezone.now() - newest).total_seconds())
+            wait = min(window - quiet_for, give_up - time.monotonic())
+            if wait <= 0:
+                break
+            connection.close()
+            self._wake.clear()
+            self._check_interrupts(deadline)
+            self._wake.wait(min(wait, max(0.0, deadline - time.time())))
+            self._check_interrupts(deadline)
+            with server_bound_cursor() as cursor:
+                cursor.execute(_NEWEST_UNDELIVERED_SQL, [self.thread.id])
+                (latest,) = cursor.fetchone()
+            if latest is None:
+                break
+            arrived = True
+            newest = max(newest, latest)
+        if arrived:
+            self._take_inbox(state)
 
     # --- Steps ---------------------------------------------------------------------------------
 
@@ -286,18 +336,27 @@ class Turn:
             first = True
             while True:
                 self._check_interrupts(deadline)
+                at_limit = len(state.steps) >= settings.ENGINE_MAX_ITERATIONS
                 # The inbox at the start (messages sent before the claim) and after each answer;
-                # working steps do not look, so a step costs one statement (its checkpoint).
-                if first or not state.needs_step:
-                    self._take_inbox(state)
-                    first = False
-                if not state.needs_step:
+                # working steps do not look, so a step costs one statement (its checkpoint). At
+                # the limit it is left alone: taken, it could not be answered, while the outcome
+                # hands what waits there to a follow-up thread, which answers it.
+                if (first or not state.needs_step) and not at_limit:
+                    taken = self._take_inbox(state)
+                    if taken:
+                        self._debounce(state, taken, deadline)
+                first = False
+                if not state.needs_step and not (at_limit and self._inbox_waiting()):
                     return ThreadOutcome(kind="completed", response=state.response)
-                if len(state.steps) >= settings.ENGINE_MAX_ITERATIONS:
-                    return ThreadOutcome(kind="max_iterations")
+                if at_limit:
+                    raise _TurnEnded(
+                        ThreadOutcome(kind="max_iterations"),
+                        limit=f"this turn reached its limit of {settings.ENGINE_MAX_ITERATIONS}"
+                        " model calls",
+                    )
                 self._step(state, deadline)
         except _TurnEnded as ended:
-            return ended.outcome
+            return _with_reply(ended, state)
         except LeaseNotHeld:
             raise _LeaseLost() from None
 
@@ -312,7 +371,8 @@ class Turn:
                     kind="failed",
                     error=f"the turn timed out after {settings.ENGINE_TURN_TIMEOUT_S} s "
                     "(ENGINE_TURN_TIMEOUT_S)",
-                )
+                ),
+                limit=f"this turn ran out of time after {settings.ENGINE_TURN_TIMEOUT_S} s",
             )
 
     def _step(self, state: TurnState, deadline: float) -> None:
@@ -439,6 +499,17 @@ class Turn:
 
 class _LeaseLost(Exception):
     pass
+
+
+def _with_reply(ended: _TurnEnded, state: TurnState) -> ThreadOutcome:
+    """The outcome of a turn that ended before it completed, with the agent's reply: its answers
+    so far, and at a limit a reply in any case, so the user is never left without one. A stopped
+    turn has none: it was interrupted, and the conversation has moved on."""
+    if ended.outcome.kind == "stopped":
+        return ended.outcome
+    if ended.limit is not None:
+        return dataclasses.replace(ended.outcome, response=state.response_at_limit(ended.limit))
+    return dataclasses.replace(ended.outcome, response=state.response or None)
 
 
 def _deadline(state: TurnState) -> float:

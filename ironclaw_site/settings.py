@@ -304,6 +304,9 @@ ENGINE_MODEL_MAX_RETRIES = env_int("ENGINE_MODEL_MAX_RETRIES", 2, minimum=0, max
 ENGINE_INPUT_COST_PER_MILLION = env_float("ENGINE_INPUT_COST_PER_MILLION", 0.0, minimum=0.0)
 ENGINE_OUTPUT_COST_PER_MILLION = env_float("ENGINE_OUTPUT_COST_PER_MILLION", 0.0, minimum=0.0)
 ENGINE_HISTORY_ENTRIES = env_int("ENGINE_HISTORY_ENTRIES", 20, minimum=0, maximum=10_000)
+# Messages injected while the model works are answered together, once the inbox has been quiet
+# this long (at most four such waits a step); 0 answers them at once.
+ENGINE_INBOX_DEBOUNCE_MS = env_int("ENGINE_INBOX_DEBOUNCE_MS", 250, minimum=0, maximum=10_000)
 ENGINE_MAX_ITERATIONS = env_int("ENGINE_MAX_ITERATIONS", 10, minimum=1, maximum=10_000)
 ENGINE_TURN_TIMEOUT_S = env_int("ENGINE_TURN_TIMEOUT_S", 300, minimum=1, maximum=86_400)
 # A turn whose worker dies resumes when the lease is given up (at the latest when it expires);

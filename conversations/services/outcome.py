@@ -52,19 +52,25 @@ def _usage_add(thread: Thread, usage: ThreadUsage) -> None:
     thread.model_calls = [*thread.model_calls, *usage.model_calls][-MAX_MODEL_CALLS_KEPT:]
 
 
-def _outcome_entry_text(outcome: ThreadOutcome) -> tuple[EntrySender, str] | None:
-    if outcome.kind == "completed":
-        return (EntrySender.AGENT, outcome.response) if outcome.response else None
+def _outcome_entries(outcome: ThreadOutcome) -> list[tuple[EntrySender, str]]:
+    """The entries an outcome writes: the agent's reply when it carries one, whatever ended the
+    run (a turn cut short at a limit still answers with what it has), then, unless it completed,
+    the system entry that says how the run ended."""
+    entries = [(EntrySender.AGENT, outcome.response)] if outcome.response else []
     if outcome.kind == "stopped":
-        return EntrySender.SYSTEM, "Thread stopped"
-    if outcome.kind == "max_iterations":
-        return EntrySender.SYSTEM, "Thread reached max iterations"
-    if outcome.kind == "failed":
-        return EntrySender.SYSTEM, f"Thread failed: {outcome.error}"
-    return (
-        EntrySender.SYSTEM,
-        f"Gate '{outcome.gate_name}' paused execution of action: {outcome.gate_action}",
-    )
+        entries.append((EntrySender.SYSTEM, "Thread stopped"))
+    elif outcome.kind == "max_iterations":
+        entries.append((EntrySender.SYSTEM, "Thread reached max iterations"))
+    elif outcome.kind == "failed":
+        entries.append((EntrySender.SYSTEM, f"Thread failed: {outcome.error}"))
+    elif outcome.kind == "gate_paused":
+        entries.append(
+            (
+                EntrySender.SYSTEM,
+                f"Gate '{outcome.gate_name}' paused execution of action: {outcome.gate_action}",
+            )
+        )
+    return entries
 
 
 def thread_outcome_record(
@@ -115,9 +121,8 @@ def thread_outcome_record(
             return OutcomeResult(thread=thread, entries=[])
 
         writer = EntryWriter(conversation)
-        text = _outcome_entry_text(outcome)
-        if text is not None:
-            writer.add(text[0], text[1], thread=thread)
+        for sender, text in _outcome_entries(outcome):
+            writer.add(sender, text, thread=thread)
 
         follow_up = None
         if outcome.kind == "gate_paused":

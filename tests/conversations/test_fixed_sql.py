@@ -3,16 +3,19 @@ combination of the columns they filter on: the two must stay in step."""
 
 from __future__ import annotations
 
+import datetime
 import itertools
 
 import pytest
+from django.db import connection
+from django.db.models import Max
 from django.utils import timezone
 
 from conversations.models import ConversationEntry, EntrySender, Thread, ThreadKind, ThreadState
 from conversations.services.lifecycle import _QUEUED
 from conversations.services.messages import _LIVE_THREAD
 from core.db import fixed_exists
-from engine.runner import _UNDELIVERED_SQL
+from engine.runner import _NEWEST_UNDELIVERED_SQL, _UNDELIVERED_SQL
 from tests.conversations.factories import ConversationFactory, EntryFactory, ThreadFactory
 
 pytestmark = pytest.mark.django_db
@@ -74,3 +77,29 @@ def test_the_queued_and_undelivered_reads_match_the_orm() -> None:
     assert undelivered is ConversationEntry.objects.undelivered_for(thread).exists() is True
     ConversationEntry.objects.undelivered_for(thread).update(delivered_at=timezone.now())
     assert fixed_exists(_UNDELIVERED_SQL, [thread.id]) is False
+
+
+def test_the_newest_undelivered_read_matches_the_orm() -> None:
+    conversation = ConversationFactory.create()
+    thread = ThreadFactory.create(conversation=conversation)
+    long_ago = timezone.now() - datetime.timedelta(hours=1)
+    for sender, with_thread, delivered in itertools.product(
+        EntrySender.values, (True, False), (True, False)
+    ):
+        EntryFactory.create(
+            conversation=conversation,
+            sender=sender,
+            thread=thread if with_thread else None,
+            delivered_at=timezone.now() if delivered else None,
+            # Only the one undelivered user message for the thread is old: the read must find it.
+            created_at=long_ago
+            if (sender, with_thread, delivered) == (EntrySender.USER, True, False)
+            else timezone.now(),
+        )
+
+    with connection.cursor() as cursor:
+        cursor.execute(_NEWEST_UNDELIVERED_SQL, [thread.id])
+        (newest,) = cursor.fetchone()
+
+    orm = ConversationEntry.objects.undelivered_for(thread).aggregate(newest=Max("created_at"))
+    assert newest == orm["newest"] == long_ago

@@ -168,6 +168,36 @@ def test_ending_outcomes_add_a_system_entry_and_untrack(
     assert entries_of(result.conversation_id)[-1] == (3, "system", text, thread.id)
 
 
+@pytest.mark.parametrize(
+    ("outcome", "text"),
+    [
+        (
+            ThreadOutcome(kind="max_iterations", response="echo: hello"),
+            "Thread reached max iterations",
+        ),
+        (
+            ThreadOutcome(kind="failed", response="echo: hello", error="the turn timed out"),
+            "Thread failed: the turn timed out",
+        ),
+    ],
+)
+def test_an_outcome_that_carries_a_reply_writes_it_before_the_entry_saying_how_it_ended(
+    outcome: ThreadOutcome, text: str
+) -> None:
+    result = _running()
+
+    recorded = _record(result, outcome)
+
+    thread = Thread.objects.get(pk=result.thread_id)
+    assert entries_of(result.conversation_id)[-2:] == [
+        (3, "agent", "echo: hello", thread.id),
+        (4, "system", text, thread.id),
+    ]
+    assert [entry.sender for entry in recorded.entries] == ["agent", "system"]
+    assert thread.outcome is not None
+    assert (thread.outcome["kind"], thread.outcome["response"]) == (outcome.kind, "echo: hello")
+
+
 def test_gate_paused_outcome_waits_and_stays_tracked() -> None:
     result = _running()
 

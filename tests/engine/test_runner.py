@@ -6,9 +6,12 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import override_settings
 
 from conversations.models import ConversationEntry, Thread
@@ -18,7 +21,7 @@ from conversations.services import (
 )
 from engine.checkpoint import conversation_checkpoint_path, thread_checkpoint_path
 from engine.model_clients import ChatMessage, EchoModel, ModelClient, ModelError, ModelReply
-from engine.runner import Turn
+from engine.runner import _NEWEST_UNDELIVERED_SQL, _UNDELIVERED_SQL, Turn
 from workspace.models import Chunk, Document, DocumentVersion
 from workspace.services import document_write
 
@@ -31,12 +34,18 @@ class ScriptedModel:
 
     replies: list[ModelReply] = field(default_factory=list)
     calls: list[list[ChatMessage]] = field(default_factory=list)
+    called_at: list[float] = field(default_factory=list)
     delay: float = 0.0
     error: Exception | None = None
+    # Called with the call's number while the model works (on the model call's own thread).
+    during: Callable[[int], None] | None = None
     name: str = "scripted"
 
     def complete(self, messages: list[ChatMessage], *, step: int) -> ModelReply:
         self.calls.append(messages)
+        self.called_at.append(time.monotonic())
+        if self.during is not None:
+            self.during(len(self.calls))
         if self.delay:
             time.sleep(self.delay)
         if self.error is not None:
@@ -165,7 +174,131 @@ def test_turn_stops_at_max_iterations() -> None:
     assert thread.outcome is not None
     assert thread.outcome["kind"] == "max_iterations"
     assert len(model.calls) == 2
+    # The agent answers with its last output, and says why it stopped there.
+    assert _agent_entries(sent.conversation_id) == [
+        "more\n\nI stopped before I could finish: this turn reached its limit of 2 model calls."
+    ]
     assert _system_entries(sent.conversation_id)[-1] == "Thread reached max iterations"
+
+
+@override_settings(ENGINE_MAX_ITERATIONS=2)
+def test_a_turn_at_its_limit_answers_what_it_took_and_a_follow_up_takes_the_rest() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="m1")
+
+    def send_next(call: int) -> None:
+        # A steady stream: each model call finds a new message waiting when it ends.
+        try:
+            message_handle(user_id="alice", channel="web", content=f"m{call + 1}")
+        finally:
+            connection.close()
+
+    model = ScriptedModel(during=send_next)
+
+    thread = _run(sent.thread_id, model)
+
+    assert thread.outcome is not None
+    assert (thread.state, thread.outcome["kind"]) == ("stopped", "max_iterations")
+    assert [call[-1]["content"] for call in model.calls] == ["m1", "m2"]
+    assert _agent_entries(sent.conversation_id) == ["answer 1\n\nanswer 2"]
+    assert _system_entries(sent.conversation_id)[-2:] == [
+        "Thread reached max iterations",
+        "Thread started",
+    ]
+    follow_up = Thread.objects.get(conversation_id=sent.conversation_id, tracked=True)
+    assert (follow_up.state, follow_up.goal) == ("created", "m3")
+
+
+def _send_from_a_thread(contents: list[str], *, every: float) -> threading.Thread:
+    def send() -> None:
+        try:
+            for content in contents:
+                time.sleep(every)
+                message_handle(user_id="alice", channel="web", content=content)
+        finally:
+            connection.close()
+
+    sender = threading.Thread(target=send, name="sender")
+    sender.start()
+    return sender
+
+
+def _statements_of_a_turn(model: ModelClient) -> list[str]:
+    """The SQL the turn's own thread sends, as written (the debug log shows prepared statements
+    without their text)."""
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    statements: list[str] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        _run(sent.thread_id, model)
+    return statements
+
+
+def test_a_turn_no_message_reaches_reads_its_inbox_twice_and_a_step_is_one_statement() -> None:
+    one_step = _statements_of_a_turn(EchoModel(latency_ms=0))
+    three_steps = _statements_of_a_turn(EchoModel(latency_ms=0, steps=3))
+
+    # The inbox at the start and after the answer, never during working steps; no debounce read.
+    assert three_steps.count(_UNDELIVERED_SQL) == 2
+    assert _NEWEST_UNDELIVERED_SQL not in three_steps
+    # Each further step is its checkpoint, one statement.
+    assert len(three_steps) == len(one_step) + 2
+
+
+@override_settings(ENGINE_INBOX_DEBOUNCE_MS=300)
+def test_a_burst_injected_while_the_model_works_is_answered_in_one_step_once_quiet() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="m1")
+    senders: list[threading.Thread] = []
+
+    def burst(call: int) -> None:
+        # m2 arrives while the first call works, m3 and m4 in the 200 ms after it.
+        if call == 1:
+            try:
+                message_handle(user_id="alice", channel="web", content="m2")
+            finally:
+                connection.close()
+            senders.append(_send_from_a_thread(["m3", "m4"], every=0.1))
+
+    model = ScriptedModel(during=burst)
+
+    thread = _run(sent.thread_id, model)
+    senders[0].join(timeout=10)
+
+    assert thread.state == "completed"
+    assert len(model.calls) == 2
+    assert [m["content"] for m in model.calls[1] if m["role"] == "user"] == ["m1", "m2", "m3", "m4"]
+    assert _agent_entries(sent.conversation_id) == ["answer 1\n\nanswer 2"]
+    assert Thread.objects.filter(conversation_id=sent.conversation_id).count() == 1
+
+
+@override_settings(ENGINE_INBOX_DEBOUNCE_MS=100, ENGINE_MAX_ITERATIONS=2)
+def test_a_stream_that_never_pauses_holds_a_step_back_at_most_four_debounce_windows() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="m1")
+    senders: list[threading.Thread] = []
+
+    def stream(call: int) -> None:
+        # A message every 50 ms for 5 s, from the first call on.
+        if call == 1:
+            try:
+                message_handle(user_id="alice", channel="web", content="s0")
+            finally:
+                connection.close()
+            senders.append(_send_from_a_thread([f"s{n}" for n in range(1, 100)], every=0.05))
+
+    model = ScriptedModel(during=stream)
+
+    thread = _run(sent.thread_id, model)
+    streaming = senders[0].is_alive()
+    senders[0].join(timeout=30)
+
+    assert streaming
+    assert thread.step_count == 2
+    # It waited for the inbox to fall quiet, up to four 100 ms windows, then answered.
+    assert 0.3 < model.called_at[1] - model.called_at[0] < 2
+    assert _agent_entries(sent.conversation_id) == ["answer 1\n\nanswer 2"]
 
 
 @override_settings(ENGINE_TURN_TIMEOUT_S=1)
@@ -179,6 +312,9 @@ def test_turn_fails_when_it_runs_past_its_timeout() -> None:
     assert thread.state == "failed"
     assert "timed out after 1 s" in thread.outcome["error"]  # type: ignore[index]
     assert _system_entries(sent.conversation_id)[-1].startswith("Thread failed: the turn timed out")
+    assert _agent_entries(sent.conversation_id) == [
+        "I stopped before I could finish: this turn ran out of time after 1 s."
+    ]
 
 
 def test_model_error_fails_the_turn_with_the_error_text() -> None:

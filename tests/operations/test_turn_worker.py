@@ -19,7 +19,7 @@ from django.db import OperationalError, connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from conversations.models import ConversationEntry, Thread
+from conversations.models import LIVE_STATES, ConversationEntry, Thread
 from conversations.services import (
     ThreadOutcome,
     lease_owner_id,
@@ -528,3 +528,66 @@ def _checkpoints(thread_id: Any, conversation_id: Any) -> list[tuple[str, Any] |
         Document.objects.filter(path=path).values_list("content", "updated_at").first()
         for path in paths
     ]
+
+
+def _send_every(
+    interval: float, seconds: float, *, user_id: str, channel: str
+) -> tuple[threading.Thread, list[str]]:
+    """A sender on its own connection: one message every ``interval`` for ``seconds``."""
+    sent: list[str] = []
+
+    def send() -> None:
+        try:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                content = f"message {len(sent) + 1:04d}"
+                message_handle(user_id=user_id, channel=channel, content=content)
+                sent.append(content)
+                time.sleep(interval)
+        finally:
+            connection.close()
+
+    sender = threading.Thread(target=send, name="sender")
+    sender.start()
+    return sender, sent
+
+
+@override_settings(
+    ENGINE_ECHO_LATENCY_MS=100, ENGINE_MAX_ITERATIONS=3, ENGINE_INBOX_DEBOUNCE_MS=200
+)
+def test_a_steady_stream_into_one_conversation_gets_every_message_answered() -> None:
+    worker = TurnWorker(name="turns", concurrency=2)
+    serving = _serve(worker)
+    try:
+        sender, sent = _send_every(0.05, 4.0, user_id="alice", channel="web")
+        sender.join(timeout=30)
+        stream_ended = timezone.now()
+        conversation_id = ConversationEntry.objects.get(content=sent[0]).conversation_id
+        threads = Thread.objects.filter(conversation_id=conversation_id)
+        _wait_until(lambda: not threads.filter(state__in=LIVE_STATES).exists(), seconds=60)
+    finally:
+        worker.stop()
+        serving.join(timeout=15)
+
+    entries = list(ConversationEntry.objects.filter(conversation_id=conversation_id))
+    # Every thread that ended wrote the agent's reply after the last message it was sent.
+    for thread in threads:
+        own = [entry for entry in entries if entry.thread_id == thread.pk]
+        last_user = max(entry.seq for entry in own if entry.sender == "user")
+        replies = [entry.seq for entry in own if entry.sender == "agent"]
+        assert replies, f"thread {thread.pk} ({thread.outcome}) ended without a reply"
+        assert max(replies) > last_user
+    # Every message is answered (the echo model repeats each), and the conversation ends with the
+    # agent's reply to the last ones.
+    echoed = {
+        line.removeprefix("echo: ")
+        for entry in entries
+        if entry.sender == "agent"
+        for line in entry.content.splitlines()
+    }
+    assert set(sent) <= echoed
+    last = max(entries, key=lambda entry: entry.seq if entry.sender != "system" else 0)
+    assert (last.sender, sent[-1] in last.content) == ("agent", True)
+    # Answers came while the stream lasted, not only once it stopped: the debounce holds a step
+    # back only so long.
+    assert any(entry.sender == "agent" and entry.created_at < stream_ended for entry in entries)
