@@ -140,6 +140,8 @@ class Turn:
     input_tokens: int = 0
     output_tokens: int = 0
     model_ms: float = 0.0
+    # The claim's claim_count: the lease's epoch, named on each write under the lease.
+    lease_epoch: int | None = None
 
     def event(self, name: str, **data: Any) -> None:
         self.events.append({"at": _now(), "event": name, **data})
@@ -259,11 +261,15 @@ class Engine:
         )
         turn.event("claimed", inbox=len(claimed["inbox"]))
         checkpoint_path = f"engine/.runtime/threads/{turn.thread_id}.json"
+        # The lease's epoch: named on every write, so that once another worker has taken the
+        # thread over (this one paused past its lease), those writes are refused (lease_lost).
+        turn.lease_epoch = thread["claim_count"]
         with tenant.keep_alive(
             turn.thread_id,
             worker_id,
             interval=self.heartbeat_seconds,
             lease_seconds=self.lease_seconds,
+            lease_epoch=turn.lease_epoch,
         ) as lease:
             outcome: dict[str, Any] = {"kind": "max_iterations"}
             for step in range(self.max_iterations):
@@ -298,8 +304,15 @@ class Engine:
                     }
                 )
                 tenant.write_document(checkpoint_path, turn.checkpoint())
+                if step + 1 == self.max_iterations:
+                    # At the limit, answer with what it has; messages still waiting are left for
+                    # the follow-up thread the outcome starts, which answers them.
+                    outcome = {"kind": "max_iterations", "response": "\n\n".join(turn.replies)}
+                    break
                 # Messages sent while the model worked belong to this turn: one more step.
-                injected = tenant.take_inbox(turn.thread_id, worker_id)
+                injected = tenant.take_inbox(
+                    turn.thread_id, worker_id, lease_epoch=turn.lease_epoch
+                )
                 if not injected:
                     outcome = {"kind": "completed", "response": "\n\n".join(turn.replies)}
                     break
@@ -313,14 +326,21 @@ class Engine:
         self._record_outcome(tenant, turn, outcome)
 
     def _record_outcome(self, tenant: Client, turn: Turn, outcome: dict[str, Any]) -> None:
-        """Record the outcome, asking again while the server is unreachable: the client never
-        repeats it after a 503 (a repeat could count usage twice), but given up, the turn would
-        wait for its lease to lapse and run again. A repeat that finds the outcome already
-        recorded (the first attempt did land) is refused with a conflict, which ends it."""
+        """Record the outcome, asking again while the server is unreachable. The client retries
+        each call under its idempotency key within its retry budget; past it, given up, the turn
+        would wait for its lease to lapse and run again, so an outage longer than the budget is
+        ridden out here. A repeat that finds the outcome already recorded (an earlier attempt
+        did land) is refused with a conflict, which ends it."""
         pause = 1.0
         for attempt in range(1, OUTCOME_ATTEMPTS + 1):
             try:
-                tenant.record_outcome(turn.thread_id, turn.worker_id, usage=turn.usage(), **outcome)
+                tenant.record_outcome(
+                    turn.thread_id,
+                    turn.worker_id,
+                    usage=turn.usage(),
+                    lease_epoch=turn.lease_epoch,
+                    **outcome,
+                )
                 return
             except Conflict as error:
                 logger.warning("thread %s: outcome refused (%s)", turn.thread_id, error.code)
