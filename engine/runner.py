@@ -50,6 +50,7 @@ from engine.checkpoint import (
     checkpoint_save,
     now_iso,
 )
+from engine.context import history_before, system_prompt
 from engine.model_clients import (
     ChatMessage,
     ModelClient,
@@ -61,13 +62,6 @@ from workspace.errors import WriteFenced
 
 logger = logging.getLogger(__name__)
 
-# The tenant's identity files, in the order the system prompt shows them.
-PROMPT_DOCUMENTS = (
-    ("AGENTS.md", "Agent Instructions"),
-    ("SOUL.md", "Core Values"),
-    ("USER.md", "User Context"),
-    ("MEMORY.md", "Long-Term Memory"),
-)
 _CLAIM_ATTEMPTS = 3
 # How many ENGINE_INBOX_DEBOUNCE_MS windows a step waits at most for the inbox to fall quiet: a
 # stream that never pauses still gets its answers.
@@ -88,18 +82,6 @@ _NEWEST_UNDELIVERED_SQL = (
 _GOAL_SQL = (
     "SELECT seq, content FROM conversations_conversationentry"
     " WHERE conversation_id = %s AND seq = ANY(%s) ORDER BY seq"
-)
-_PROMPT_DOCUMENTS_SQL = (
-    "SELECT path, content FROM workspace_document WHERE user_id = %s AND path = ANY(%s)"
-)
-# The conversation's user and agent entries before the turn's first message (all when the turn
-# has none), newest first.
-_HISTORY_SQL = (
-    "SELECT sender, content FROM conversations_conversationentry"
-    " WHERE conversation_id = %(conversation)s"
-    f" AND sender IN ('{EntrySender.USER}', '{EntrySender.AGENT}')"
-    " AND (%(before)s::integer IS NULL OR seq < %(before)s)"
-    " ORDER BY seq DESC LIMIT %(limit)s"
 )
 
 
@@ -436,45 +418,14 @@ class Turn:
     def _model_input(self, state: TurnState) -> list[ChatMessage]:
         if self._context is None:
             # Read once per run: the identity files and the history before the turn.
-            system = self._system_prompt()
+            system = system_prompt(self.user_id)
             self._context = [{"role": "system", "content": system}] if system else []
-            self._context.extend(self._history(state))
+            self._context.extend(history_before(state))
         messages = list(self._context)
         messages.extend(
             {"role": message["role"], "content": message["content"]} for message in state.messages
         )
         return messages
-
-    def _system_prompt(self) -> str:
-        with server_bound_cursor() as cursor:
-            cursor.execute(_PROMPT_DOCUMENTS_SQL, [self.user_id, [p for p, _ in PROMPT_DOCUMENTS]])
-            found = dict(cursor.fetchall())
-        sections = [
-            f"## {title}\n\n{found[path].strip()}"
-            for path, title in PROMPT_DOCUMENTS
-            if found.get(path, "").strip()
-        ]
-        return "\n\n---\n\n".join(sections)
-
-    def _history(self, state: TurnState) -> list[ChatMessage]:
-        """The conversation's entries before this turn (users and agent; system notes left out)."""
-        if not state.conversation_id or settings.ENGINE_HISTORY_ENTRIES == 0:
-            return []
-        seqs = [message["seq"] for message in state.messages if "seq" in message]
-        with server_bound_cursor() as cursor:
-            cursor.execute(
-                _HISTORY_SQL,
-                {
-                    "conversation": state.conversation_id,
-                    "before": min(seqs) if seqs else None,
-                    "limit": settings.ENGINE_HISTORY_ENTRIES,
-                },
-            )
-            recent = cursor.fetchall()
-        return [
-            {"role": "user" if sender == EntrySender.USER else "assistant", "content": content}
-            for sender, content in reversed(recent)
-        ]
 
     # --- Outcome -------------------------------------------------------------------------------
 

@@ -42,9 +42,9 @@ from conversations.services.lease import (
     thread_claim_runnable,
     thread_inbox_take,
     thread_lease_renew,
-    thread_leases_sweep,
     thread_suspend,
 )
+from conversations.services.lease_sweep import thread_leases_sweep
 from conversations.services.messages import message_handle
 from conversations.services.operator_actions import (
     thread_request_cancel,

@@ -1,0 +1,68 @@
+"""What a turn's model sees besides the turn's own messages: the tenant's identity files as the
+system prompt, and the conversation's recent entries before the turn. Read once per run."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from conversations.models import EntrySender
+from core.db import server_bound_cursor
+from engine.checkpoint import TurnState
+from engine.model_clients import ChatMessage
+
+# The tenant's identity files, in the order the system prompt shows them.
+PROMPT_DOCUMENTS = (
+    ("AGENTS.md", "Agent Instructions"),
+    ("SOUL.md", "Core Values"),
+    ("USER.md", "User Context"),
+    ("MEMORY.md", "Long-Term Memory"),
+)
+
+# Written once, as the turn's other reads (the ORM spent more CPU building them than PostgreSQL
+# spends running them).
+_PROMPT_DOCUMENTS_SQL = (
+    "SELECT path, content FROM workspace_document WHERE user_id = %s AND path = ANY(%s)"
+)
+# The conversation's user and agent entries before the turn's first message (all when the turn
+# has none), newest first.
+_HISTORY_SQL = (
+    "SELECT sender, content FROM conversations_conversationentry"
+    " WHERE conversation_id = %(conversation)s"
+    f" AND sender IN ('{EntrySender.USER}', '{EntrySender.AGENT}')"
+    " AND (%(before)s::integer IS NULL OR seq < %(before)s)"
+    " ORDER BY seq DESC LIMIT %(limit)s"
+)
+
+
+def system_prompt(user_id: str) -> str:
+    """The tenant's identity files that exist and are not blank, each under its title."""
+    with server_bound_cursor() as cursor:
+        cursor.execute(_PROMPT_DOCUMENTS_SQL, [user_id, [path for path, _ in PROMPT_DOCUMENTS]])
+        found = dict(cursor.fetchall())
+    sections = [
+        f"## {title}\n\n{found[path].strip()}"
+        for path, title in PROMPT_DOCUMENTS
+        if found.get(path, "").strip()
+    ]
+    return "\n\n---\n\n".join(sections)
+
+
+def history_before(state: TurnState) -> list[ChatMessage]:
+    """The conversation's entries before this turn (users and agent; system notes left out)."""
+    if not state.conversation_id or settings.ENGINE_HISTORY_ENTRIES == 0:
+        return []
+    seqs = [message["seq"] for message in state.messages if "seq" in message]
+    with server_bound_cursor() as cursor:
+        cursor.execute(
+            _HISTORY_SQL,
+            {
+                "conversation": state.conversation_id,
+                "before": min(seqs) if seqs else None,
+                "limit": settings.ENGINE_HISTORY_ENTRIES,
+            },
+        )
+        recent = cursor.fetchall()
+    return [
+        {"role": "user" if sender == EntrySender.USER else "assistant", "content": content}
+        for sender, content in reversed(recent)
+    ]
