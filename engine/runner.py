@@ -9,6 +9,10 @@ lease expires the sweeper requeues the thread, the next worker resumes from the 
 step whose reply was checkpointed is never sent to the model again (only the step in flight when
 the worker died is repeated).
 
+A turn whose worker is stopping (``current_turn_stop``) does not wait for the model: it abandons
+the call in flight (the next run sends it again), records in its checkpoint that it was handed
+back, and returns without an outcome, writing nothing more; the worker then gives its lease back.
+
 No database connection is held while the model runs: the turn closes it (returning it to the
 pool) before every model call, so turns in flight are bounded by ``ENGINE_CONCURRENCY``, not by
 the pool.
@@ -20,6 +24,7 @@ import datetime
 import logging
 import threading
 import time
+from contextlib import nullcontext
 from typing import Any
 
 from django.conf import settings
@@ -32,6 +37,7 @@ from conversations.errors import (
     ThreadNotClaimable,
 )
 from conversations.models import EntrySender, Thread
+from conversations.runners import current_turn_stop
 from conversations.services import (
     ThreadOutcome,
     lease_owner_id,
@@ -131,20 +137,27 @@ class Turn:
         self._context: list[ChatMessage] | None = None
         self._stop_heartbeat = threading.Event()
         self._checkpoint_save = checkpoint_save
+        # The stop request of the turn worker running this turn (None outside one).
+        self._turn_stop = current_turn_stop()
 
     # --- Lifecycle -----------------------------------------------------------------------------
 
     def run(self) -> None:
-        if not self._claimed and not self._claim():
+        if self._worker_stopping() or (not self._claimed and not self._claim()):
+            # Claimed as its worker began to stop: nothing done, nothing to checkpoint.
             return
         heartbeat = threading.Thread(
             target=self._heartbeat, name=f"lease-{self.thread.id}", daemon=True
         )
         heartbeat.start()
         try:
-            state = self._resume_or_start()
-            outcome = self._loop(state)
-            self._finish(state, outcome)
+            with self._turn_stop.waking(self._wake) if self._turn_stop else nullcontext():
+                state = self._resume_or_start()
+                outcome = self._loop(state)
+                if outcome is None:
+                    self._hand_back(state)
+                else:
+                    self._finish(state, outcome)
         except _LeaseLost:
             logger.warning("thread %s: lease lost; another worker has it", self.thread.id)
         finally:
@@ -280,7 +293,8 @@ class Turn:
 
     # --- Steps ---------------------------------------------------------------------------------
 
-    def _loop(self, state: TurnState) -> ThreadOutcome:
+    def _loop(self, state: TurnState) -> ThreadOutcome | None:
+        """Run steps until the turn has an outcome; None when its worker is stopping."""
         deadline = _deadline(state)
         try:
             first = True
@@ -298,6 +312,8 @@ class Turn:
                 self._step(state, deadline)
         except _TurnEnded as ended:
             return ended.outcome
+        except _WorkerStopping:
+            return None
         except LeaseNotHeld:
             raise _LeaseLost() from None
 
@@ -314,6 +330,11 @@ class Turn:
                     "(ENGINE_TURN_TIMEOUT_S)",
                 )
             )
+        if self._worker_stopping():
+            raise _WorkerStopping()
+
+    def _worker_stopping(self) -> bool:
+        return self._turn_stop is not None and self._turn_stop.requested
 
     def _step(self, state: TurnState, deadline: float) -> None:
         messages = self._model_input(state)
@@ -346,8 +367,9 @@ class Turn:
         self._checkpoint(state)
 
     def _call_model(self, messages: list[ChatMessage], *, step: int, deadline: float) -> ModelReply:
-        """Run the model call in its own thread, so an interrupt or the turn timeout ends the
-        turn at once instead of after the call (the call's own timeout bounds the thread)."""
+        """Run the model call in its own thread, so an interrupt, the turn timeout or the worker's
+        stop ends the turn at once instead of after the call (the call's own timeout bounds the
+        thread, which writes nothing: its answer, if it comes, is dropped)."""
         result: dict[str, Any] = {}
         self._wake.clear()
 
@@ -436,9 +458,25 @@ class Turn:
         state.event("outcome", outcome=outcome.kind)
         self._checkpoint(state, conversation_too=True)
 
+    def _hand_back(self, state: TurnState) -> None:
+        """The worker is stopping: checkpoint what the turn has done (every finished step is in
+        it already), then write nothing more. The worker gives the lease back once this returns;
+        the next run resumes from here, sending the abandoned model call again."""
+        state.event("handed_back", worker_id=self.worker_id, steps_done=len(state.steps))
+        self._checkpoint(state)
+        logger.info(
+            "thread %s: its worker is stopping; handed back after %d steps",
+            self.thread.id,
+            len(state.steps),
+        )
+
 
 class _LeaseLost(Exception):
     pass
+
+
+class _WorkerStopping(Exception):
+    """Ends the step loop without an outcome: the turn worker is stopping."""
 
 
 def _deadline(state: TurnState) -> float:
