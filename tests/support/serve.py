@@ -155,6 +155,17 @@ def serve_running(
             processes_kill(started)
 
 
+def processes_alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``processes`` still running (the same processes, not reused pids; zombies, dead
+    but not yet reaped, left out)."""
+    alive = []
+    for process in processes:
+        with suppress(psutil.NoSuchProcess):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+    return alive
+
+
 def processes_kill(processes: list[psutil.Process]) -> None:
     """SIGKILL those of ``processes`` still alive (the same processes, not reused pids)."""
     for process in processes:
