@@ -9,6 +9,10 @@ lease expires the sweeper requeues the thread, the next worker resumes from the 
 step whose reply was checkpointed is never sent to the model again (only the step in flight when
 the worker died is repeated).
 
+A turn whose worker is stopping (``current_turn_stop``) does not wait for the model: it abandons
+the call in flight (the next run sends it again), records in its checkpoint that it was handed
+back, and returns without an outcome, writing nothing more; the worker then gives its lease back.
+
 No database connection is held while the model runs: the turn closes it (returning it to the
 pool) before every model call, so turns in flight are bounded by ``ENGINE_CONCURRENCY``, not by
 the pool.
@@ -21,6 +25,7 @@ import datetime
 import logging
 import threading
 import time
+from contextlib import nullcontext
 from typing import Any
 
 from django.conf import settings
@@ -33,7 +38,8 @@ from conversations.errors import (
     ThreadBusy,
     ThreadNotClaimable,
 )
-from conversations.models import ConversationEntry, EntrySender, Thread
+from conversations.models import ConversationEntry, Thread
+from conversations.runners import current_turn_stop
 from conversations.services import (
     ThreadOutcome,
     lease_owner_id,
@@ -58,6 +64,7 @@ from engine.model_clients import (
     ModelReply,
     model_client_from_settings,
 )
+from engine.reads import GOAL_SQL, NEWEST_UNDELIVERED_SQL, UNDELIVERED_SQL
 from workspace.errors import WriteFenced
 
 logger = logging.getLogger(__name__)
@@ -66,23 +73,6 @@ _CLAIM_ATTEMPTS = 3
 # How many ENGINE_INBOX_DEBOUNCE_MS windows a step waits at most for the inbox to fall quiet: a
 # stream that never pauses still gets its answers.
 _DEBOUNCE_MAX_WINDOWS = 4
-
-# The turn's reads, written once (the ORM spent more CPU building them than PostgreSQL spends
-# running them). Undelivered: ConversationEntry.objects.undelivered_for, served by the index
-# entry_undelivered_by_thread.
-_UNDELIVERED_SQL = (
-    "SELECT 1 FROM conversations_conversationentry WHERE thread_id = %s"
-    f" AND sender = '{EntrySender.USER}' AND delivered_at IS NULL LIMIT 1"
-)
-# The newest of those messages, for the debounce (the same rows, the same index).
-_NEWEST_UNDELIVERED_SQL = (
-    "SELECT max(created_at) FROM conversations_conversationentry WHERE thread_id = %s"
-    f" AND sender = '{EntrySender.USER}' AND delivered_at IS NULL"
-)
-_GOAL_SQL = (
-    "SELECT seq, content FROM conversations_conversationentry"
-    " WHERE conversation_id = %s AND seq = ANY(%s) ORDER BY seq"
-)
 
 
 class _TurnEnded(Exception):
@@ -127,20 +117,27 @@ class Turn:
         self._context: list[ChatMessage] | None = None
         self._stop_heartbeat = threading.Event()
         self._checkpoint_save = checkpoint_save
+        # The stop request of the turn worker running this turn (None outside one).
+        self._turn_stop = current_turn_stop()
 
     # --- Lifecycle -----------------------------------------------------------------------------
 
     def run(self) -> None:
-        if not self._claimed and not self._claim():
+        if self._worker_stopping() or (not self._claimed and not self._claim()):
+            # Claimed as its worker began to stop: nothing done, nothing to checkpoint.
             return
         heartbeat = threading.Thread(
             target=self._heartbeat, name=f"lease-{self.thread.id}", daemon=True
         )
         heartbeat.start()
         try:
-            state = self._resume_or_start()
-            outcome = self._loop(state)
-            self._finish(state, outcome)
+            with self._turn_stop.waking(self._wake) if self._turn_stop else nullcontext():
+                state = self._resume_or_start()
+                outcome = self._loop(state)
+                if outcome is None:
+                    self._hand_back(state)
+                else:
+                    self._finish(state, outcome)
         except _LeaseLost:
             logger.warning("thread %s: lease lost; another worker has it", self.thread.id)
         finally:
@@ -227,7 +224,7 @@ class Turn:
         goal: list[tuple[int, str]] = []
         if self.thread.conversation_id is not None and seqs:
             with server_bound_cursor() as cursor:
-                cursor.execute(_GOAL_SQL, [self.thread.conversation_id, seqs])
+                cursor.execute(GOAL_SQL, [self.thread.conversation_id, seqs])
                 goal = cursor.fetchall()
         if goal:
             state.messages = [{"role": "user", "content": c, "seq": s} for s, c in goal]
@@ -276,7 +273,7 @@ class Turn:
         return entries
 
     def _inbox_waiting(self) -> bool:
-        return fixed_exists(_UNDELIVERED_SQL, [self.thread.id])
+        return fixed_exists(UNDELIVERED_SQL, [self.thread.id])
 
     def _debounce(self, state: TurnState, taken: list[ConversationEntry], deadline: float) -> None:
         """Messages came in while the model worked: before the next step, wait until the inbox
@@ -301,7 +298,7 @@ class Turn:
             self._wake.wait(min(wait, max(0.0, deadline - time.time())))
             self._check_interrupts(deadline)
             with server_bound_cursor() as cursor:
-                cursor.execute(_NEWEST_UNDELIVERED_SQL, [self.thread.id])
+                cursor.execute(NEWEST_UNDELIVERED_SQL, [self.thread.id])
                 (latest,) = cursor.fetchone()
             if latest is None:
                 break
@@ -312,7 +309,8 @@ class Turn:
 
     # --- Steps ---------------------------------------------------------------------------------
 
-    def _loop(self, state: TurnState) -> ThreadOutcome:
+    def _loop(self, state: TurnState) -> ThreadOutcome | None:
+        """Run steps until the turn has an outcome; None when its worker is stopping."""
         deadline = _deadline(state)
         try:
             first = True
@@ -339,6 +337,8 @@ class Turn:
                 self._step(state, deadline)
         except _TurnEnded as ended:
             return _with_reply(ended, state)
+        except _WorkerStopping:
+            return None
         except LeaseNotHeld:
             raise _LeaseLost() from None
 
@@ -356,6 +356,11 @@ class Turn:
                 ),
                 limit=f"this turn ran out of time after {settings.ENGINE_TURN_TIMEOUT_S} s",
             )
+        if self._worker_stopping():
+            raise _WorkerStopping()
+
+    def _worker_stopping(self) -> bool:
+        return self._turn_stop is not None and self._turn_stop.requested
 
     def _step(self, state: TurnState, deadline: float) -> None:
         messages = self._model_input(state)
@@ -388,8 +393,9 @@ class Turn:
         self._checkpoint(state)
 
     def _call_model(self, messages: list[ChatMessage], *, step: int, deadline: float) -> ModelReply:
-        """Run the model call in its own thread, so an interrupt or the turn timeout ends the
-        turn at once instead of after the call (the call's own timeout bounds the thread)."""
+        """Run the model call in its own thread, so an interrupt, the turn timeout or the worker's
+        stop ends the turn at once instead of after the call (the call's own timeout bounds the
+        thread, which writes nothing: its answer, if it comes, is dropped)."""
         result: dict[str, Any] = {}
         self._wake.clear()
 
@@ -447,6 +453,18 @@ class Turn:
         state.event("outcome", outcome=outcome.kind)
         self._checkpoint(state, conversation_too=True)
 
+    def _hand_back(self, state: TurnState) -> None:
+        """The worker is stopping: checkpoint what the turn has done (every finished step is in
+        it already), then write nothing more. The worker gives the lease back once this returns;
+        the next run resumes from here, sending the abandoned model call again."""
+        state.event("handed_back", worker_id=self.worker_id, steps_done=len(state.steps))
+        self._checkpoint(state)
+        logger.info(
+            "thread %s: its worker is stopping; handed back after %d steps",
+            self.thread.id,
+            len(state.steps),
+        )
+
 
 class _LeaseLost(Exception):
     pass
@@ -461,6 +479,10 @@ def _with_reply(ended: _TurnEnded, state: TurnState) -> ThreadOutcome:
     if ended.limit is not None:
         return dataclasses.replace(ended.outcome, response=state.response_at_limit(ended.limit))
     return dataclasses.replace(ended.outcome, response=state.response or None)
+
+
+class _WorkerStopping(Exception):
+    """Ends the step loop without an outcome: the turn worker is stopping."""
 
 
 def _deadline(state: TurnState) -> float:

@@ -23,8 +23,14 @@ older than ``TURN_WORKER_DEAD_SECONDS``. Its turns' lease owners name its heartb
 to beat again.
 
 A turn whose runner raises keeps its lease until it expires; the sweep then puts the thread back
-in the queue and the next turn resumes from its checkpoint. A worker asked to stop claims
-nothing more and keeps beating until its turns in flight have ended.
+in the queue and the next turn resumes from its checkpoint.
+
+A worker asked to stop (SIGTERM, Ctrl-C) claims nothing more and asks its turns to end now
+(``TurnStop``): the reference runner abandons its model call, checkpoints and returns, and the
+worker gives each such turn's lease back (``thread_lease_give_up``) once its runner has returned,
+so nothing of that turn writes after the release. The next claim, here or on any worker, resumes
+it from its checkpoint. It keeps beating until its turns in flight have ended (a runner that
+ignores the request runs to its end).
 """
 
 from __future__ import annotations
@@ -43,8 +49,13 @@ from django.db import connection
 from django.utils.module_loading import import_string
 
 from conversations.models import Thread
-from conversations.runners import runner_claims_threads
-from conversations.services import lease_owner_id, thread_claim_runnable, thread_leases_sweep
+from conversations.runners import TurnStop, runner_claims_threads, turn_stop_scope
+from conversations.services import (
+    lease_owner_id,
+    thread_claim_runnable,
+    thread_lease_give_up,
+    thread_leases_sweep,
+)
 from core.log_context import log_context
 from core.notify import ANY, THREADS_CHANNEL, listening
 from operations.workers import WORKER_NAME_INSERT_SQL, WORKER_NAME_PRUNE_SQL
@@ -82,6 +93,8 @@ class TurnWorker:
         self.replaces = tuple(replaces)
         self.worker_id: int | None = None
         self._stopping = threading.Event()
+        # Asks the turns in flight to end now, unfinished, when the worker stops.
+        self._turn_stop = TurnStop()
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -92,8 +105,10 @@ class TurnWorker:
         self._replaced_until = 0.0
 
     def stop(self) -> None:
-        """Claim nothing more; ``run`` returns once the turns in flight have ended."""
+        """Claim nothing more and ask the turns in flight to end now; ``run`` returns once they
+        have, their leases given back."""
         self._stopping.set()
+        self._turn_stop.request()
         self._wake.set()
 
     def run(self) -> None:
@@ -133,7 +148,7 @@ class TurnWorker:
                         connection.close()
                     notified.wait(max(0.0, timeout))
         finally:
-            # Turns in flight end as they would have (each records its outcome).
+            # Turns in flight end, with their outcome or handed back (see _run_turn).
             pool.shutdown(wait=True)
             self._unregister()
 
@@ -189,7 +204,10 @@ class TurnWorker:
         request_id = metadata.get("request_id")
         try:
             with log_context(request_id=request_id, tenant=thread.user_id):
-                runner(thread=thread, worker_id=worker_id)
+                with turn_stop_scope(self._turn_stop):
+                    runner(thread=thread, worker_id=worker_id)
+                if self._turn_stop.requested:
+                    self._give_back(thread, worker_id)
         except Exception:
             logger.exception(
                 "turn of thread %s failed; its lease lapses and the sweeper requeues it",
@@ -201,6 +219,28 @@ class TurnWorker:
             with self._lock:
                 self._in_flight = max(0, self._in_flight - 1)
             self._wake.set()
+
+    def _give_back(self, thread: Thread, worker_id: str) -> None:
+        """Hand a turn back to the queue after its runner returned while this worker stops.
+
+        Only now: the runner has returned, so nothing of the turn writes after the release (the
+        release keeps the lease epoch, which only the next claim moves, so a fenced write would
+        still pass). A turn that recorded its outcome first holds no lease: nothing changes."""
+        try:
+            thread_lease_give_up(
+                user_id=thread.user_id,
+                thread_id=thread.pk,
+                worker_id=worker_id,
+                lease_epoch=thread.claim_count,
+            )
+        except Exception as error:
+            # The sweep takes it once this worker is known dead (serve's, or its heartbeat's).
+            logger.warning(
+                "thread %s: could not hand it back (%s); the lease sweep will",
+                thread.pk,
+                error,
+                extra={"thread_id": str(thread.pk), "tenant": thread.user_id},
+            )
 
     # --- Lease sweep ---------------------------------------------------------------------------
 

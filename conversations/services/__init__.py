@@ -5,7 +5,8 @@
 - ``messages``: ``message_handle`` (spawn a thread, inject into, resume or queue behind one);
 - ``lease``, the engine's side: ``thread_claim``, ``thread_claim_next`` (external engines),
   ``thread_claim_runnable`` (turn workers), ``thread_lease_renew``, ``thread_inbox_take``,
-  ``thread_suspend``, ``thread_leases_sweep``;
+  ``thread_suspend``, ``thread_lease_give_up`` (a stopping worker hands its turn back);
+- ``lease_sweep``: ``thread_leases_sweep``, which gives back the leases nobody holds any more;
 - ``outcome``: ``thread_outcome_record``, how a run ended;
 - ``operator_actions``: ``thread_request_cancel``, ``thread_stop``, ``thread_requeue``;
 - ``lifecycle``: what those share, spawning a thread (and the follow-up that takes an ended
@@ -41,6 +42,7 @@ from conversations.services.lease import (
     thread_claim_next,
     thread_claim_runnable,
     thread_inbox_take,
+    thread_lease_give_up,
     thread_lease_renew,
     thread_suspend,
 )
@@ -106,6 +108,7 @@ __all__ = [
     "thread_claim_next",
     "thread_claim_runnable",
     "thread_inbox_take",
+    "thread_lease_give_up",
     "thread_lease_renew",
     "thread_leases_sweep",
     "thread_outcome_record",

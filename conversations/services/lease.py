@@ -19,16 +19,15 @@ from django.utils import timezone
 from conversations import selectors
 from conversations.errors import LeaseLost, LeaseNotHeld, ThreadBusy, ThreadNotClaimable
 from conversations.models import ConversationEntry, EntrySender, Thread, ThreadState
-from conversations.services.lifecycle import thread_lease_release
+from conversations.services.lifecycle import lease_released_fields, thread_lease_release
 from conversations.services.locking import (
     lock_bound,
     lock_bound_value,
     locked_transaction,
     thread_lock_with_conversation,
 )
-from conversations.services.turn_queue import (
-    thread_runnable_notify,
-)
+from conversations.services.operator_actions import thread_stop
+from conversations.services.turn_queue import thread_runnable_notify
 from conversations.services.validation import (
     check_engine_worker_id,
     check_usage,
@@ -274,6 +273,56 @@ def thread_lease_renew(
     thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
     lease_check(thread, worker_id, lease_epoch)
     raise LeaseNotHeld(details={"state": thread.state})  # held again by now: a lapse between
+
+
+def thread_lease_give_up(
+    *, user_id: str, thread_id: uuid.UUID, worker_id: str, lease_epoch: int
+) -> bool:
+    """The lease holder hands its running thread back to the queue unfinished (``created``): its
+    worker is stopping, and the next claim resumes the turn from its checkpoint. A compare-and-set
+    on the holder and its epoch, one statement; False when the lease is not held any more (the
+    turn ended, or was taken over). A thread asked to stop meanwhile is stopped instead, as the
+    lease sweep would.
+
+    The caller must write nothing for the thread afterwards: the epoch (``claim_count``) changes
+    only at the next claim, so until then a fenced write of the old epoch would still pass."""
+    check_worker_id(worker_id)
+    with lock_waits_bounded(busy=ThreadBusy):
+        # Bounded like a renewal: the update waits for the row while an inbox take holds it.
+        given_up = Thread.objects.filter(
+            lock_bound(),
+            pk=thread_id,
+            user_id=user_id,
+            state=ThreadState.RUNNING,
+            lease_owner=worker_id,
+            claim_count=lease_epoch,
+            cancel_requested=False,
+        ).update(
+            **lease_released_fields(ThreadState.CREATED),
+            enqueued_at=Now(),
+            updated_at=Now(),
+        )
+    if given_up:
+        # Back to created: the update's trigger wakes the workers at commit.
+        logger.info(
+            "thread %s given back to the queue by %s, which is stopping",
+            thread_id,
+            worker_id,
+            extra={"thread_id": str(thread_id), "tenant": user_id, "worker_id": worker_id},
+        )
+        return True
+    thread = Thread.objects.filter(pk=thread_id, user_id=user_id).first()
+    if (
+        thread is None
+        or not thread.cancel_requested
+        or thread.state != ThreadState.RUNNING
+        or (thread.lease_owner, thread.claim_count) != (worker_id, lease_epoch)
+    ):
+        return False
+    # Asked to stop: back in the queue it would wait for ever (a cancelled thread is not runnable).
+    return thread_stop(
+        user_id=user_id, thread_id=thread_id, reason="its worker stopped after cancellation"
+    ).done
 
 
 def thread_inbox_take(

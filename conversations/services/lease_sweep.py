@@ -1,4 +1,5 @@
-"""The sweep of leases nobody holds any more: expired ones, and a dead turn worker's."""
+"""The lease sweep: give back the leases nobody holds any more, expired ones and those of turn
+workers that are dead, so their threads go back to the queue (or stop, if asked to)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,9 @@ out (``manage.py upgrade_embedded_database``, which runs pg_upgrade and keeps th
 
 ``manage.py serve`` supervises the server: ``embedded_database_restart_if_dead`` starts the
 postmaster again after it died (even of SIGKILL), on the same socket, so every process reconnects
-by itself.
+by itself. A process leaves the server at exit (or ``serve`` when it stops, last, through
+``embedded_database_leave``): the last live user stops the postmaster that runs then, the one
+started again included.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from core.embedded.start import (
     SETTINGS_KEY,
     EmbeddedDatabase,
     embedded_database,
+    embedded_database_leave,
     embedded_database_settings_resolve,
     start_embedded_database,
 )
@@ -46,6 +49,7 @@ __all__ = [
     "EmbeddedUpgradeRefused",
     "data_folder_version",
     "embedded_database",
+    "embedded_database_leave",
     "embedded_database_restart_if_dead",
     "embedded_database_settings_resolve",
     "embedded_database_upgrade",

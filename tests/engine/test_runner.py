@@ -21,7 +21,8 @@ from conversations.services import (
 )
 from engine.checkpoint import conversation_checkpoint_path, thread_checkpoint_path
 from engine.model_clients import ChatMessage, EchoModel, ModelClient, ModelError, ModelReply
-from engine.runner import _NEWEST_UNDELIVERED_SQL, _UNDELIVERED_SQL, Turn
+from engine.reads import NEWEST_UNDELIVERED_SQL, UNDELIVERED_SQL
+from engine.runner import Turn
 from workspace.models import Chunk, Document, DocumentVersion
 from workspace.services import document_write
 
@@ -242,8 +243,8 @@ def test_a_turn_no_message_reaches_reads_its_inbox_twice_and_a_step_is_one_state
     three_steps = _statements_of_a_turn(EchoModel(latency_ms=0, steps=3))
 
     # The inbox at the start and after the answer, never during working steps; no debounce read.
-    assert three_steps.count(_UNDELIVERED_SQL) == 2
-    assert _NEWEST_UNDELIVERED_SQL not in three_steps
+    assert three_steps.count(UNDELIVERED_SQL) == 2
+    assert NEWEST_UNDELIVERED_SQL not in three_steps
     # Each further step is its checkpoint, one statement.
     assert len(three_steps) == len(one_step) + 2
 

@@ -8,8 +8,6 @@ import datetime
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,12 +26,15 @@ from tests.support.serve import (
     ServeProcess,
     await_reply,
     call,
+    embedded_serve_env,
+    manage,
     post_message,
+    postgres_stop,
     send_and_await_reply,
     serve_process,
     wait_until_ready,
 )
-from tests.support.servers import BASE_DIR, TcpProxy, database_url, http_request
+from tests.support.servers import TcpProxy, database_url, http_request
 from workspace.models import Document
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -222,31 +223,6 @@ def test_serve_rides_out_a_two_second_database_outage(
     assert still_serving
 
 
-def _manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def _stop_embedded_server(folder: Path) -> None:
-    pid_file = folder / "postmaster.pid"
-    if not pid_file.exists():
-        return
-    try:
-        postmaster = psutil.Process(int(pid_file.read_text().split("\n", 1)[0]))
-        postmaster.terminate()
-        postmaster.wait(timeout=30)
-    except (psutil.NoSuchProcess, ValueError):
-        pass
-
-
 @pytest.mark.skipif(
     bool(os.environ.get("DATABASE_URL")), reason="DATABASE_URL is set: no embedded database"
 )
@@ -255,16 +231,9 @@ def test_serve_restarts_a_sigkilled_embedded_postgres_without_losing_commits(
 ) -> None:
     # Short: Unix socket paths are limited to about 100 bytes.
     var_dir = Path(tmp_path_factory.mktemp("sv"))
-    env = {
-        **{name: value for name, value in os.environ.items() if name != "DATABASE_URL"},
-        "IRONCLAW_VAR_DIR": str(var_dir),
-        "EMBEDDED_DATABASE_DIR": str(var_dir / "pgdata"),
-        "LOG_LEVEL": "WARNING",
-        "LOG_FORMAT": "text",
-        **ECHO,
-    }
-    _manage(env, "migrate", "--noinput", "-v", "0")
-    key = _manage(env, "create_api_key", "alice").strip().splitlines()[-1]
+    env = embedded_serve_env(var_dir, ECHO)
+    manage(env, "migrate", "--noinput", "-v", "0")
+    key = manage(env, "create_api_key", "alice").strip().splitlines()[-1]
     try:
         with serve_process(env) as serve:
             first, _ = send_and_await_reply(serve.base_url, key, "before the crash")
@@ -287,7 +256,7 @@ def test_serve_restarts_a_sigkilled_embedded_postgres_without_losing_commits(
             )
             output = serve.output()
     finally:
-        _stop_embedded_server(var_dir / "pgdata")
+        postgres_stop(var_dir / "pgdata")
 
     assert new_postmaster != postmaster.pid
     assert "embedded PostgreSQL had died" in output

@@ -470,6 +470,67 @@ def test_a_stopping_worker_beats_until_its_turns_end() -> None:
         TURN_ENDS.set()
         serving.join(timeout=15)
     assert not serving.is_alive()
+    # Its runner returned without an outcome while the worker stopped: handed back.
+    assert waiting_for_a_worker(sent.thread_id)
+
+
+def _checkpoint(thread_id: Any) -> dict[str, Any]:
+    content = Document.objects.get(path=thread_checkpoint_path(thread_id)).content
+    return dict(json.loads(content))
+
+
+@override_settings(ENGINE_ECHO_LATENCY_MS=2000, WORKER_HEARTBEAT_SECONDS=0.2)
+def test_a_stopping_worker_hands_its_turn_back_without_waiting_for_the_model() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="still there?")
+    worker = TurnWorker(name="turns", concurrency=1)
+    serving = _serve(worker)
+    try:
+        # Its first checkpoint is written just before the (two-second) model call.
+        _wait_until(
+            lambda: Document.objects.filter(path=thread_checkpoint_path(sent.thread_id)).exists()
+        )
+        call_ends = time.monotonic() + 2.0
+        time.sleep(0.2)
+        stopping_at = time.monotonic()
+        worker.stop()
+        serving.join(timeout=15)
+        stopped_in = time.monotonic() - stopping_at
+    finally:
+        worker.stop()
+        serving.join(timeout=15)
+    handed_back = Thread.objects.get(pk=sent.thread_id)
+    checkpoint = _checkpoint(sent.thread_id)
+    # The abandoned call ends in its own thread meanwhile; nothing of the turn may write after.
+    time.sleep(max(0.0, call_ends - time.monotonic()) + 0.5)
+    after_the_call = Thread.objects.get(pk=sent.thread_id)
+
+    print(f"turn worker stop mid model call: stopped in {stopped_in:.2f} s")
+    assert stopped_in < 1.5
+    assert (handed_back.state, handed_back.lease_owner, handed_back.claim_count) == (
+        "created",
+        "",
+        1,
+    )
+    assert [event["kind"] for event in checkpoint["events"]] == ["claimed", "handed_back"]
+    assert (checkpoint["status"], checkpoint["steps"]) == ("running", [])
+    assert after_the_call.updated_at == handed_back.updated_at
+    assert _checkpoint(sent.thread_id) == checkpoint
+    assert _agent_entries(sent.conversation_id) == []
+
+    with override_settings(ENGINE_ECHO_LATENCY_MS=0):
+        assert TurnWorker(name="turns", concurrency=1).drain() == 1
+
+    thread = Thread.objects.get(pk=sent.thread_id)
+    assert (thread.state, thread.claim_count) == ("completed", 2)
+    assert _agent_entries(sent.conversation_id) == ["echo: still there?"]
+    assert [call["step"] for call in thread.model_calls] == [1]
+    assert [event["kind"] for event in _checkpoint(sent.thread_id)["events"]] == [
+        "claimed",
+        "handed_back",
+        "resumed",
+        "step",
+        "outcome",
+    ]
 
 
 def test_only_a_turn_worker_replaces_a_dead_one() -> None:

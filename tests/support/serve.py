@@ -17,8 +17,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import psutil
@@ -69,6 +70,15 @@ class ServeProcess:
                     alive.append(child)
             except psutil.NoSuchProcess:
                 continue
+        return alive
+
+    def descendants(self) -> list[psutil.Process]:
+        """Every live process serve started, and theirs, zombies left out."""
+        alive = []
+        for process in psutil.Process(self.process.pid).children(recursive=True):
+            with suppress(psutil.NoSuchProcess):
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(process)
         return alive
 
     def output(self) -> str:
@@ -133,12 +143,35 @@ def serve_running(
         yield serve
     finally:
         if process.poll() is None:
+            # What serve started and did not stop is killed one by one: its children do not
+            # share its process group.
+            started = serve.descendants()
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=STOP_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+            processes_kill(started)
+
+
+def processes_alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``processes`` still running (the same processes, not reused pids; zombies, dead
+    but not yet reaped, left out)."""
+    alive = []
+    for process in processes:
+        with suppress(psutil.NoSuchProcess):
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+    return alive
+
+
+def processes_kill(processes: list[psutil.Process]) -> None:
+    """SIGKILL those of ``processes`` still alive (the same processes, not reused pids)."""
+    for process in processes:
+        with suppress(psutil.NoSuchProcess):
+            if process.is_running():
+                process.kill()
 
 
 @contextmanager
@@ -263,3 +296,68 @@ def send_and_await_reply(
     if reply is None:
         raise AssertionError(f"no agent reply to {content!r} within {timeout} s")
     return sent, reply
+
+
+def manage(env: Mapping[str, str], *args: str, timeout: float = 180) -> str:
+    """Run ``manage.py`` with exactly ``env``; its standard output (it must succeed)."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def embedded_serve_env(var_dir: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without DATABASE_URL, for an embedded PostgreSQL of its own
+    under ``var_dir`` (keep it short: Unix socket paths are limited to about 100 bytes)."""
+    return {
+        **{name: value for name, value in os.environ.items() if name != "DATABASE_URL"},
+        **TEST_DEFAULTS,
+        "IRONCLAW_VAR_DIR": str(var_dir),
+        "EMBEDDED_DATABASE_DIR": str(var_dir / "pgdata"),
+        **extra,
+    }
+
+
+def postmaster_pid(folder: Path) -> int | None:
+    """The pid in ``folder``'s postmaster.pid; None without one."""
+    try:
+        return int((folder / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def postgres_processes(folder: Path) -> list[psutil.Process]:
+    """The live PostgreSQL processes of the data folder ``folder``: any postmaster started on it
+    (whether or not postmaster.pid still names it) and its backends."""
+    data_dir = str(folder.resolve())
+    postmasters = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        with suppress(psutil.Error):
+            if process.info["name"] == "postgres" and any(
+                data_dir in argument for argument in process.info["cmdline"] or []
+            ):
+                postmasters.append(process)
+    found = {}
+    for postmaster in postmasters:
+        with suppress(psutil.Error):
+            for process in [postmaster, *postmaster.children(recursive=True)]:
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    found[process.pid] = process
+    return list(found.values())
+
+
+def postgres_stop(folder: Path) -> None:
+    """Stop whatever PostgreSQL still runs on ``folder`` (a test's clean-up): SIGTERM, then
+    SIGKILL after 30 s."""
+    running = postgres_processes(folder)
+    for process in running:
+        with suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(running, timeout=30)
+    processes_kill(alive)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -28,7 +29,14 @@ RESTART_BACKOFF_INITIAL_S = 0.5
 RESTART_BACKOFF_MAX_S = 30.0
 RESTART_HEALTHY_S = 60.0
 POLL_INTERVAL_S = 0.2
+# How long each group of children (web processes, then workers) may take to stop after SIGTERM
+# before it is killed. A turn worker stops in well under a second: it hands its turns back
+# instead of waiting for their model calls.
 STOP_GRACE_S = 15.0
+STOP_POLL_INTERVAL_S = 0.05
+# Signals that stop serve: Ctrl-C, a supervisor's SIGTERM, and the terminal closing (its
+# children run in sessions of their own, so none of these reaches them but through serve).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def child_commands(
@@ -104,7 +112,11 @@ class Supervised:
         argv = list(self.argv)
         if self.replaces is not None:
             argv += ["--replaces", str(self.replaces)]
-        self.process = subprocess.Popen(argv, cwd=settings.BASE_DIR, env=env)
+        # A session of its own: a terminal's Ctrl-C reaches serve alone, which stops the
+        # children in order (web, workers, database) rather than all at once.
+        self.process = subprocess.Popen(
+            argv, cwd=settings.BASE_DIR, env=env, start_new_session=True
+        )
         self.started_at = time.monotonic()
         self.restart_at = None
 
@@ -116,6 +128,16 @@ class Supervised:
         except FileNotFoundError:
             touched_ago = float("inf")
         return min(touched_ago, now - self.started_at)
+
+    def process_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def dead_pid(self) -> int | None:
+        """The pid of this child's last process if it ended without stopping by itself (killed,
+        or a failure), whether serve saw it die earlier (its restart pending) or killed it."""
+        if self.process is None or self.process.poll() in (None, 0):
+            return None
+        return self.process.pid
 
     def schedule_restart(self, now: float) -> float:
         """Plan the next start after an exit; return the wait."""
@@ -143,7 +165,9 @@ class Command(BaseCommand):
         "foreground: the turn worker (queue threads, ENGINE_CONCURRENCY turns at once) and the "
         "background worker (indexing and maintenance), so indexing never delays a turn. A child "
         "that exits or is killed is started again with backoff, without stopping the others; "
-        "with no DATABASE_URL, so is the embedded PostgreSQL. Ctrl-C (or SIGTERM) stops all."
+        "with no DATABASE_URL, so is the embedded PostgreSQL. Ctrl-C (or SIGTERM) stops all in "
+        "order: web, workers (turns in flight are handed back), then the embedded PostgreSQL; "
+        "a second Ctrl-C kills the children."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -182,32 +206,55 @@ class Command(BaseCommand):
         }
         embedded = self._embedded_server_watch()
 
-        stopping = False
+        # The first signal stops gracefully, the second forces.
+        self.stop_signals = 0
 
         def stop(signum: int, frame: FrameType | None) -> None:
-            nonlocal stopping
-            stopping = True
+            self.stop_signals += 1
 
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, stop)
 
-        for child in children:
-            child.start(self.child_env)
-        self.stdout.write(
-            f"Serving on http://{options['host']}:{port}/ with "
-            f"{', '.join(child.name for child in children)}; Ctrl-C stops."
-        )
-        while not stopping:
-            now = time.monotonic()
-            if embedded is not None:
-                self._watch_embedded_server(embedded, now)
+        try:
             for child in children:
-                self._watch_child(child, now)
-            time.sleep(POLL_INTERVAL_S)
+                child.start(self.child_env)
+            self.stdout.write(
+                f"Serving on http://{options['host']}:{port}/ with "
+                f"{', '.join(child.name for child in children)}; Ctrl-C stops."
+            )
+            while not self.stop_signals:
+                now = time.monotonic()
+                if embedded is not None:
+                    self._watch_embedded_server(embedded, now)
+                for child in children:
+                    self._watch_child(child, now)
+                time.sleep(POLL_INTERVAL_S)
+        finally:
+            # Also after an error of serve's own: no child is left running without it.
+            self._stop(children, embedded)
+            shutil.rmtree(liveness_folder, ignore_errors=True)
 
-        self._stop_children(children)
-        shutil.rmtree(liveness_folder, ignore_errors=True)
-        self.stdout.write("Stopped.")
+    def _stop(self, children: list[Supervised], embedded: EmbeddedServerWatch | None) -> None:
+        """Stop in order: the web processes (no new requests), the workers (the turn worker
+        hands its turns back), then, last, the embedded PostgreSQL they all used."""
+        stopping_at = time.monotonic()
+        self._say(
+            "Stopping: the web processes, then the workers (turns in flight are handed back)"
+            + (", then the embedded PostgreSQL" if embedded is not None else "")
+            + ". Ctrl-C again to force."
+        )
+        self._stop_children([child for child in children if child.liveness_file is not None])
+        workers = [child for child in children if child.liveness_file is None]
+        self._stop_children(workers)
+        self._give_back_dead_turn_workers_turns(workers)
+        if embedded is not None:
+            self._stop_embedded_server(embedded)
+        self._say(f"Stopped in {time.monotonic() - stopping_at:.1f} s.")
+
+    def _say(self, message: str, *, error: bool = False) -> None:
+        """Write a line while stopping; a terminal that closed (SIGHUP) must not end the stop."""
+        with suppress(OSError):
+            (self.stderr if error else self.stdout).write(message)
 
     def _embedded_server_watch(self) -> EmbeddedServerWatch | None:
         if not settings.USING_EMBEDDED_DATABASE:
@@ -276,16 +323,70 @@ class Command(BaseCommand):
         )
 
     def _stop_children(self, children: list[Supervised]) -> None:
+        """SIGTERM the running ``children`` and wait for them; kill those still running after
+        STOP_GRACE_S, or at once after a second stop signal."""
         running = [child for child in children if child.process and child.process.poll() is None]
         for child in running:
             assert child.process is not None
             child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        for child in running:
-            assert child.process is not None
-            try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                self.stderr.write(f"{child.name} did not stop in time; killing it.")
+        while running := [child for child in running if child.process_running()]:
+            if self.stop_signals > 1:
+                self._say(f"Forced: killing {', '.join(child.name for child in running)}.")
+            elif time.monotonic() >= deadline:
+                names = ", ".join(child.name for child in running)
+                self._say(f"{names} did not stop within {STOP_GRACE_S:.0f} s; killing.", error=True)
+            else:
+                time.sleep(STOP_POLL_INTERVAL_S)
+                continue
+            for child in running:
+                assert child.process is not None
                 child.process.kill()
                 child.process.wait()
+
+    def _give_back_dead_turn_workers_turns(self, workers: list[Supervised]) -> None:
+        """Give back the turns of turn workers that did not stop by themselves (killed, crashed,
+        or dead and not started again), as their replacement would have. One that stopped by
+        itself handed its turns back already."""
+        from conversations.services import thread_leases_sweep
+
+        dead = [
+            pid
+            for child in workers
+            if child.name == TURNS.name and (pid := child.dead_pid()) is not None
+        ]
+        if not dead:
+            return
+        try:
+            swept = thread_leases_sweep(dead_pids=dead)
+        except Exception as error:
+            # Their heartbeats stopped: the next start's turn worker takes them once they count
+            # as dead (TURN_WORKER_DEAD_SECONDS).
+            self._say(f"could not give back the killed turn worker's turns: {error}", error=True)
+            return
+        finally:
+            connection.close()
+        if swept.requeued or swept.stopped:
+            self._say(
+                f"{len(swept.requeued)} turns of the killed turn worker are back in the queue"
+                + (f", {len(swept.stopped)} stopped" if swept.stopped else "")
+                + "."
+            )
+
+    def _stop_embedded_server(self, watch: EmbeddedServerWatch) -> None:
+        """Last, once nothing of serve uses it: leave the embedded PostgreSQL, which stops it
+        unless another process of the checkout still uses it (a shell, a test run)."""
+        from core.embedded import embedded_database_leave, embedded_postmaster_alive
+
+        try:
+            stopped = embedded_database_leave(watch.folder)
+        except Exception as error:
+            self._say(f"embedded PostgreSQL did not stop: {error}", error=True)
+            return
+        if stopped:
+            self._say("Embedded PostgreSQL stopped.")
+        elif embedded_postmaster_alive(watch.folder):
+            self._say(
+                "Embedded PostgreSQL left running: another process of the checkout uses it, "
+                "and the last one to exit stops it."
+            )
