@@ -256,19 +256,16 @@ def _deal_faults(
 
 
 def _drain(timeout: float) -> bool:
-    """Let the service finish: sweep expired leases and stalled jobs until nothing is left."""
+    """Wait for the service to finish on its own (its workers sweep leases and stalled jobs;
+    nothing here does it for them) until no turn, job or indexing is left."""
     from django.db import connection
 
     from conversations.models import Thread
-    from conversations.services import thread_leases_sweep
-    from operations.jobs import stalled_jobs_retry
     from workspace.models import Document
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            thread_leases_sweep()
-            stalled_jobs_retry()
             live = Thread.objects.exclude(state__in=["completed", "failed", "stopped"]).count()
             pending = Document.objects.filter(is_runtime=False).exclude(index_state="indexed")
             with connection.cursor() as cursor:
@@ -400,6 +397,7 @@ def main() -> int:
             "ENGINE_HEARTBEAT_SECONDS": "1",
             "WORKER_HEARTBEAT_SECONDS": "1",
             "WORKER_STALLED_SECONDS": "5",
+            "STALLED_JOBS_SWEEP_SECONDS": "1",
             "WEB_CONCURRENCY": "2",
             "RATE_LIMIT_PER_MINUTE": "0",
         }

@@ -341,6 +341,11 @@ ensure_stall_outlasts_heartbeats(
 # turn workers silent for TURN_WORKER_DEAD_SECONDS, whose turns then resume within seconds.
 TURN_WORKER_DEAD_SECONDS = env_float("TURN_WORKER_DEAD_SECONDS", 10.0, minimum=0.5, maximum=3600.0)
 TURN_WORKER_SWEEP_SECONDS = env_float("TURN_WORKER_SWEEP_SECONDS", 2.0, minimum=0.1, maximum=3600.0)
+# Every background worker retries the jobs of dead workers this often (a job left "doing" by a
+# worker whose heartbeat is WORKER_STALLED_SECONDS old).
+STALLED_JOBS_SWEEP_SECONDS = env_float(
+    "STALLED_JOBS_SWEEP_SECONDS", 10.0, minimum=0.1, maximum=3600.0
+)
 ensure_stall_outlasts_heartbeats(
     "TURN_WORKER_DEAD_SECONDS",
     TURN_WORKER_DEAD_SECONDS,

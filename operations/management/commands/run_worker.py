@@ -19,6 +19,7 @@ from procrastinate.contrib.django.utils import connector_params
 from procrastinate.worker import Worker
 
 from conversations.services import THREADS_QUEUE
+from operations.jobs import stalled_jobs_retry
 from operations.turn_worker import TurnWorker
 from operations.workers import WORKER_NAME_INSERT_SQL, WORKER_NAME_PRUNE_SQL
 
@@ -174,6 +175,7 @@ async def _run_one_worker(
         }
         worker = Worker(app=worker_app, **worker_options)
         running = asyncio.ensure_future(worker.run())
+        sweeping = asyncio.ensure_future(_stalled_jobs_retried_until(running))
         try:
             await _record_worker_name(connector, worker, running, name)
         except Exception:
@@ -185,10 +187,32 @@ async def _run_one_worker(
         if not running.done():
             worker.stop()
         await running
+        await sweeping
     finally:
         stopping.cancel()
         with suppress(Exception):
             await worker_app.close_async()
+
+
+async def _stalled_jobs_retried_until(running: asyncio.Future[Any]) -> None:
+    """While the worker runs, put the jobs of dead workers back to ``todo`` every
+    ``STALLED_JOBS_SWEEP_SECONDS``: a killed worker's job runs again within seconds of its
+    worker being known dead, not at the next minute's maintenance job."""
+    while True:
+        await asyncio.wait({running}, timeout=settings.STALLED_JOBS_SWEEP_SECONDS)
+        if running.done():
+            return
+        try:
+            await sync_to_async(_stalled_jobs_retry, thread_sensitive=False)()
+        except Exception as error:  # the database may be away; the worker's own loop says so
+            logger.warning("stalled jobs not swept: %s", error)
+
+
+def _stalled_jobs_retry() -> None:
+    try:
+        stalled_jobs_retry()
+    finally:
+        close_old_connections()
 
 
 async def _record_worker_name(
