@@ -86,6 +86,11 @@ def parse_load() -> tuple[Load, bool]:
     parser.add_argument(
         "--ours-only", action="store_true", help="skip the baseline (to iterate on ours)"
     )
+    parser.add_argument(
+        "--spread",
+        action="store_true",
+        help="start the tenants spread over one model time, not all at once (same rate)",
+    )
     options = parser.parse_args()
     mode = FULL if options.full else QUICK
     values = {
@@ -97,7 +102,8 @@ def parse_load() -> tuple[Load, bool]:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     if values["model_ms"] < values["checkpoints"]:
         parser.error("--model-ms must be at least --checkpoints (1 ms per model call)")
-    return Load(turn_timeout=options.turn_timeout, **values), options.ours_only
+    load = Load(turn_timeout=options.turn_timeout, spread=options.spread, **values)
+    return load, options.ours_only
 
 
 def interrupted(signum: int, frame: FrameType | None) -> None:
@@ -111,7 +117,9 @@ def main() -> int:
     print(
         f"turns: {load.tenants} tenants x {load.turns} turns, model {load.model_ms} ms in "
         f"{load.checkpoints} calls of {load.call_ms} ms, checkpoint growing to ~{load.state_kb} KB "
-        f"({load.step_bytes} bytes per working step), {os.cpu_count()} CPUs; log {LOG_PATH}",
+        f"({load.step_bytes} bytes per working step), "
+        f"{'arrivals spread over one model time' if load.spread else 'all tenants at once'}, "
+        f"{os.cpu_count()} CPUs; log {LOG_PATH}",
         flush=True,
     )
     results: dict[str, Summary] = {}

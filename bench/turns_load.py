@@ -40,6 +40,10 @@ class Load:
     checkpoints: int
     state_kb: int
     turn_timeout: float
+    # Tenants' first messages spread evenly over one model time instead of all at once (later
+    # turns follow each one's reply, so they stay spread): the same rate of turns, without the
+    # synchronised bursts in which the last of 30 arrivals waits for the CPU the 29 before it use.
+    spread: bool = False
 
     @property
     def call_ms(self) -> int:

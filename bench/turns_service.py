@@ -192,6 +192,8 @@ def drive(services: Services, keys: list[str], load: Load) -> list[Turn]:
     def tenant(number: int, key: str) -> None:
         try:
             barrier.wait()
+            if load.spread:
+                time.sleep(load.configured_model_seconds * number / len(keys))
             for index in range(load.turns):
                 what = f"tenant {number} turn {index + 1}"
                 thread_id, seconds, sent_at, seen_at = one_turn(
