@@ -7,9 +7,11 @@ import collections
 import datetime
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -309,25 +311,8 @@ def test_a_turn_worker_killed_mid_model_call_loses_nothing() -> None:
 
 
 def test_a_killed_turn_workers_turn_is_answered_once_by_another_worker_once_it_is_dead() -> None:
-    # Workers on two hosts, as far as they know: no serve to say one died, only its heartbeat.
-    # The lease (30 s) and the minute sweep are far longer than the wait allowed here.
-    env = {
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "ENGINE_MODEL": "echo",
-        "ENGINE_ECHO_LATENCY_MS": "1000",
-        "ENGINE_ECHO_STEPS": "3",
-        "ENGINE_HEARTBEAT_SECONDS": "0.5",
-        "WORKER_HEARTBEAT_SECONDS": "0.5",
-        "TURN_WORKER_DEAD_SECONDS": "2",
-        "TURN_WORKER_SWEEP_SECONDS": "0.5",
-    }
-    with worker_process(env, concurrency=1) as first, worker_process(env, concurrency=1) as second:
-        _wait_until(lambda: WorkerName.objects.filter(name="worker").count() == 2, seconds=60)
-        sent = message_handle(user_id="alice", channel="web", content="still there?")
+    with _two_workers_one_in_a_turn("still there?") as (sent, doomed, _):
         # Step 1 is checkpointed and step 2 is with the model when its worker dies.
-        _wait_until(lambda: _checkpointed_steps(sent.thread_id) == 1)
-        holder = Thread.objects.get(pk=sent.thread_id).lease_owner
-        doomed = first if holder.split(":")[3] == str(first.pid) else second
         doomed.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         _wait_until(lambda: bool(_agent_entries(sent.conversation_id)), seconds=30)
@@ -340,6 +325,35 @@ def test_a_killed_turn_workers_turn_is_answered_once_by_another_worker_once_it_i
     thread = Thread.objects.get(pk=sent.thread_id)
     assert (thread.state, thread.claim_count) == ("completed", 2)
     assert [call["step"] for call in thread.model_calls] == [1, 2, 3]
+
+
+@contextmanager
+def _two_workers_one_in_a_turn(
+    content: str,
+) -> Iterator[tuple[Any, subprocess.Popen[str], subprocess.Popen[str]]]:
+    """Two turn workers, as on two hosts (no serve to say one died, only its heartbeat), and a
+    three-step turn whose step 1 is checkpointed and step 2 is with the model. Yields the sent
+    message, the worker running the turn and the other one. The lease (30 s) and the minute
+    sweep are far longer than the tests wait."""
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "ENGINE_MODEL": "echo",
+        "ENGINE_ECHO_LATENCY_MS": "1000",
+        "ENGINE_ECHO_STEPS": "3",
+        "ENGINE_HEARTBEAT_SECONDS": "0.5",
+        "WORKER_HEARTBEAT_SECONDS": "0.5",
+        "TURN_WORKER_DEAD_SECONDS": "2",
+        "TURN_WORKER_SWEEP_SECONDS": "0.5",
+    }
+    with worker_process(env, concurrency=1) as first, worker_process(env, concurrency=1) as second:
+        _wait_until(lambda: WorkerName.objects.filter(name="worker").count() == 2, seconds=60)
+        sent = message_handle(user_id="alice", channel="web", content=content)
+        _wait_until(lambda: _checkpointed_steps(sent.thread_id) == 1)
+        holder = Thread.objects.get(pk=sent.thread_id).lease_owner
+        running, other = (
+            (first, second) if holder.split(":")[3] == str(first.pid) else (second, first)
+        )
+        yield sent, running, other
 
 
 def _checkpointed_steps(thread_id: Any) -> int:
@@ -543,24 +557,7 @@ def test_a_worker_paused_past_its_lease_writes_nothing_after_the_takeover() -> N
     answers; SIGCONT the first: every write it then tries (checkpoint, heartbeat, outcome) names
     its lease epoch and is refused, so the thread, its checkpoints and the conversation are as
     the successor left them."""
-    env = {
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "ENGINE_MODEL": "echo",
-        "ENGINE_ECHO_LATENCY_MS": "1000",
-        "ENGINE_ECHO_STEPS": "3",
-        "ENGINE_HEARTBEAT_SECONDS": "0.5",
-        "WORKER_HEARTBEAT_SECONDS": "0.5",
-        "TURN_WORKER_DEAD_SECONDS": "2",
-        "TURN_WORKER_SWEEP_SECONDS": "0.5",
-    }
-    with worker_process(env, concurrency=1) as first, worker_process(env, concurrency=1) as second:
-        _wait_until(lambda: WorkerName.objects.filter(name="worker").count() == 2, seconds=60)
-        sent = message_handle(user_id="alice", channel="web", content="are you there?")
-        _wait_until(lambda: _checkpointed_steps(sent.thread_id) == 1)
-        holder = Thread.objects.get(pk=sent.thread_id).lease_owner
-        paused, successor = (
-            (first, second) if holder.split(":")[3] == str(first.pid) else (second, first)
-        )
+    with _two_workers_one_in_a_turn("are you there?") as (sent, paused, successor):
         paused.send_signal(signal.SIGSTOP)
         try:
             _wait_until(lambda: bool(_agent_entries(sent.conversation_id)), seconds=30)
