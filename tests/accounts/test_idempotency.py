@@ -233,6 +233,13 @@ def _conversation_locked(conversation_id: str) -> Iterator[None]:
         holder.rollback()
 
 
+def _alice_in_a_conversation(tenant_client: Tenant) -> tuple[APIClient, str]:
+    """Alice's client, and the conversation her first message (unkeyed) started."""
+    alice = tenant_client("alice")
+    sent = _post(alice, "messages", {"channel": "web", "content": "a"}, None).json()
+    return alice, sent["conversation_id"]
+
+
 def _in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     answers: list[Any] = []
 
@@ -263,10 +270,7 @@ def _wait_for_lock_waiters(count: int) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_repeat_while_the_first_runs_waits_for_it_and_replays(tenant_client: Tenant) -> None:
-    alice = tenant_client("alice")
-    conversation_id = _post(alice, "messages", {"channel": "web", "content": "a"}, None).json()[
-        "conversation_id"
-    ]
+    alice, conversation_id = _alice_in_a_conversation(tenant_client)
     body = {"channel": "web", "content": "b"}
 
     with _conversation_locked(conversation_id):
@@ -285,10 +289,7 @@ def test_a_repeat_while_the_first_runs_waits_for_it_and_replays(tenant_client: T
 
 @pytest.mark.django_db(transaction=True)
 def test_a_repeat_that_waits_too_long_is_a_409_with_retry_after(tenant_client: Tenant) -> None:
-    alice = tenant_client("alice")
-    conversation_id = _post(alice, "messages", {"channel": "web", "content": "a"}, None).json()[
-        "conversation_id"
-    ]
+    alice, conversation_id = _alice_in_a_conversation(tenant_client)
     body = {"channel": "web", "content": "b"}
 
     with override_settings(IDEMPOTENCY_WAIT_SECONDS=0.2, CONVERSATION_LOCK_TIMEOUT_MS=5000):
@@ -308,10 +309,7 @@ def test_a_repeat_that_waits_too_long_is_a_409_with_retry_after(tenant_client: T
 
 @pytest.mark.django_db(transaction=True)
 def test_work_that_fails_rolls_its_key_back_with_it(tenant_client: Tenant) -> None:
-    alice = tenant_client("alice")
-    conversation_id = _post(alice, "messages", {"channel": "web", "content": "a"}, None).json()[
-        "conversation_id"
-    ]
+    alice, conversation_id = _alice_in_a_conversation(tenant_client)
     body = {"channel": "web", "content": "b"}
 
     with override_settings(CONVERSATION_LOCK_TIMEOUT_MS=100):
