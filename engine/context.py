@@ -23,15 +23,25 @@ PROMPT_DOCUMENTS = (
 _PROMPT_DOCUMENTS_SQL = (
     "SELECT path, content FROM workspace_document WHERE user_id = %s AND path = ANY(%s)"
 )
-# The conversation's user and agent entries before the turn's first message (all when the turn
-# has none), newest first.
-_HISTORY_SQL = (
-    "SELECT sender, content FROM conversations_conversationentry"
-    " WHERE conversation_id = %(conversation)s"
-    f" AND sender IN ('{EntrySender.USER}', '{EntrySender.AGENT}')"
-    " AND (%(before)s::integer IS NULL OR seq < %(before)s)"
-    " ORDER BY seq DESC LIMIT %(limit)s"
+# The conversation's user and agent entries before the thread started, newest first, leaving out
+# the turn's own messages. "Before the thread started" is before its first system entry
+# ("Thread started", written with its spawn): a follow-up thread's goal was sent before its
+# predecessor replied, and that reply belongs in the history, before the goal. A thread without
+# one falls back to its first message (all entries when it has none either).
+_HISTORY_SQL = f"""
+WITH bound AS (
+    SELECT COALESCE(
+        (SELECT min(started.seq) FROM conversations_conversationentry started
+         WHERE started.thread_id = %(thread)s AND started.sender = '{EntrySender.SYSTEM}'),
+        %(before)s::integer) AS seq
 )
+SELECT e.sender, e.content FROM conversations_conversationentry e, bound
+WHERE e.conversation_id = %(conversation)s
+  AND e.sender IN ('{EntrySender.USER}', '{EntrySender.AGENT}')
+  AND NOT (e.seq = ANY(%(own)s::integer[]))
+  AND (bound.seq IS NULL OR e.seq < bound.seq)
+ORDER BY e.seq DESC LIMIT %(limit)s
+"""
 
 
 def system_prompt(user_id: str) -> str:
@@ -57,6 +67,8 @@ def history_before(state: TurnState) -> list[ChatMessage]:
             _HISTORY_SQL,
             {
                 "conversation": state.conversation_id,
+                "thread": state.thread_id,
+                "own": seqs,
                 "before": min(seqs) if seqs else None,
                 "limit": settings.ENGINE_HISTORY_ENTRIES,
             },

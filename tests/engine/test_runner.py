@@ -209,6 +209,31 @@ def test_a_turn_at_its_limit_answers_what_it_took_and_a_follow_up_takes_the_rest
     assert (follow_up.state, follow_up.goal) == ("created", "m3")
 
 
+@override_settings(ENGINE_MAX_ITERATIONS=2)
+def test_a_follow_up_thread_sees_the_reply_its_predecessor_gave_before_its_own_messages() -> None:
+    """The follow-up's goal (m3) was sent before its predecessor replied: the model must see that
+    reply in the history, before m3, or it would take m1 and m2 for unanswered."""
+    sent = message_handle(user_id="alice", channel="web", content="m1")
+
+    def send_next(call: int) -> None:
+        try:
+            message_handle(user_id="alice", channel="web", content=f"m{call + 1}")
+        finally:
+            connection.close()
+
+    _run(sent.thread_id, ScriptedModel(during=send_next))
+    follow_up = Thread.objects.get(conversation_id=sent.conversation_id, tracked=True)
+    model = ScriptedModel()
+    _run(follow_up.id, model)
+
+    assert [(m["role"], m["content"]) for m in model.calls[0] if m["role"] != "system"] == [
+        ("user", "m1"),
+        ("user", "m2"),
+        ("assistant", "answer 1\n\nanswer 2"),
+        ("user", "m3"),
+    ]
+
+
 def _send_from_a_thread(contents: list[str], *, every: float) -> threading.Thread:
     def send() -> None:
         try:
