@@ -260,7 +260,6 @@ class Engine:
             messages=self._history(tenant, thread["conversation_id"], thread["goal"]),
         )
         turn.event("claimed", inbox=len(claimed["inbox"]))
-        checkpoint_path = f"engine/.runtime/threads/{turn.thread_id}.json"
         # The lease's epoch: named on every write, so that once another worker has taken the
         # thread over (this one paused past its lease), those writes are refused (lease_lost).
         turn.lease_epoch = thread["claim_count"]
@@ -303,7 +302,14 @@ class Engine:
                         "output_tokens": reply.output_tokens,
                     }
                 )
-                tenant.write_document(checkpoint_path, turn.checkpoint())
+                try:
+                    # Fenced by the lease's epoch: refused once another worker took over.
+                    tenant.write_checkpoint(
+                        turn.thread_id, worker_id, turn.checkpoint(), lease_epoch=turn.lease_epoch
+                    )
+                except Conflict as error:
+                    logger.warning("thread %s: checkpoint refused (%s)", turn.thread_id, error.code)
+                    return
                 if step + 1 == self.max_iterations:
                     # At the limit, answer with what it has; messages still waiting are left for
                     # the follow-up thread the outcome starts, which answers them.
@@ -322,7 +328,13 @@ class Engine:
                 logger.warning("thread %s: lease lost (%s)", turn.thread_id, lease.lost.code)
                 return
         turn.event("outcome", kind=outcome["kind"])
-        tenant.write_document(checkpoint_path, turn.checkpoint())
+        try:
+            tenant.write_checkpoint(
+                turn.thread_id, worker_id, turn.checkpoint(), lease_epoch=turn.lease_epoch
+            )
+        except Conflict as error:
+            logger.warning("thread %s: checkpoint refused (%s)", turn.thread_id, error.code)
+            return
         self._record_outcome(tenant, turn, outcome)
 
     def _record_outcome(self, tenant: Client, turn: Turn, outcome: dict[str, Any]) -> None:

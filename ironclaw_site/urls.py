@@ -10,6 +10,7 @@ from operations import health, metrics_endpoint
 api_v1 = [
     path("", include("accounts.api.urls")),
     path("", include("conversations.api.urls")),
+    path("", include("engine.api.urls")),
     path("workspace/", include("workspace.api.urls")),
 ]
 

@@ -41,6 +41,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/threads/{thread_id}/suspend"): "suspend_thread",
     ("POST", "/api/v1/threads/{thread_id}/inbox"): "take_inbox",
     ("POST", "/api/v1/threads/{thread_id}/outcome"): "record_outcome",
+    ("PUT", "/api/v1/threads/{thread_id}/checkpoint"): "write_checkpoint",
     ("GET", "/api/v1/workspace/documents/{path}"): "read_document",
     ("PUT", "/api/v1/workspace/documents/{path}"): "write_document",
     ("DELETE", "/api/v1/workspace/documents/{path}"): "delete_document",
@@ -341,6 +342,14 @@ def record_outcome(
     )
     url = f"{API}/threads/{thread_id}/outcome"
     return Call("POST", url, idempotent=False, body=body, idempotency_key=new_key())
+
+
+def write_checkpoint(
+    thread_id: str, worker_id: str, content: str, *, lease_epoch: int
+) -> Call[models.WorkspaceDocument]:
+    # Repeated freely: the same content again, and once the lease is lost, lease_lost.
+    body = {"worker_id": worker_id, "content": content, "lease_epoch": lease_epoch}
+    return Call("PUT", f"{API}/threads/{thread_id}/checkpoint", idempotent=True, body=body)
 
 
 def read_document(path: str) -> Call[models.WorkspaceDocument]:

@@ -224,6 +224,15 @@ class Client(_core.ClientSettings[httpx.Client]):
             )
         )
 
+    def write_checkpoint(
+        self, thread_id: str, worker_id: str, content: str, *, lease_epoch: int
+    ) -> models.WorkspaceDocument:
+        """Write the thread's checkpoint under the lease of epoch ``lease_epoch`` (the claim's
+        ``claim_count``); once anyone has claimed the thread since, ``Conflict`` ``lease_lost``."""
+        return self._send(
+            _operations.write_checkpoint(thread_id, worker_id, content, lease_epoch=lease_epoch)
+        )
+
     def read_document(self, path: str) -> models.WorkspaceDocument:
         """The workspace document at ``path``, with its content and metadata."""
         return self._send(_operations.read_document(path))

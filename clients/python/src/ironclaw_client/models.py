@@ -34,6 +34,7 @@ __all__ = [
     "SenderEnum",
     "StateEnum",
     "Thread",
+    "ThreadCheckpointInputRequest",
     "ThreadInboxInputRequest",
     "ThreadInboxOutput",
     "ThreadKindEnum",
@@ -235,6 +236,12 @@ class Thread(TypedDict):
     started_at: str | None
     finished_at: str | None
     model_calls: list[dict[str, Any]]
+
+
+class ThreadCheckpointInputRequest(TypedDict):
+    content: str
+    worker_id: str
+    lease_epoch: int
 
 
 class ThreadInboxInputRequest(TypedDict):
