@@ -248,3 +248,35 @@ def test_a_postmaster_serve_started_again_is_stopped_with_serve(
     assert stopped_in < UNDER_GRACE_SECONDS
     assert left == []
     assert postgres_left == [], output
+
+
+@embedded_only
+def test_a_sigkilled_serve_takes_its_children_and_the_embedded_database_with_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """serve cannot stop anything once SIGKILLed: its children notice (the parent-death signal)
+    and stop as on a SIGTERM, the last of them stopping the embedded PostgreSQL, so the next
+    `make run` finds no web process still on its port and no orphan postmaster."""
+    var_dir = Path(tmp_path_factory.mktemp("sk"))
+    folder = var_dir / "pgdata"
+    env = embedded_serve_env(var_dir, ECHO)
+    manage(env, "migrate", "--noinput", "-v", "0")
+    started: list[psutil.Process] = []
+    try:
+        with serve_process(env) as serve:
+            started = serve.descendants()
+            assert started
+            serve.process.send_signal(signal.SIGKILL)
+            serve.process.wait(timeout=10)
+            killed_at = time.monotonic()
+            _wait_for(
+                lambda: not processes_alive(started) and not postgres_processes(folder),
+                seconds=UNDER_GRACE_SECONDS,
+            )
+            gone_in = time.monotonic() - killed_at
+    finally:
+        processes_kill(started)
+        postgres_stop(folder)
+
+    print(f"serve SIGKILLed: its children and the database gone {gone_in:.1f} s later")
+    assert gone_in < UNDER_GRACE_SECONDS

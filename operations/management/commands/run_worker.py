@@ -19,6 +19,7 @@ from procrastinate.contrib.django.utils import connector_params
 from procrastinate.worker import Worker
 
 from conversations.services import THREADS_QUEUE
+from core.parent_death import stop_with_supervisor
 from operations.jobs import stalled_jobs_retry
 from operations.turn_worker import TurnWorker
 from operations.workers import WORKER_NAME_INSERT_SQL, WORKER_NAME_PRUNE_SQL
@@ -77,6 +78,8 @@ class Command(BaseCommand):
         if not 1 <= concurrency <= 1024:
             raise CommandError(f"--concurrency must be between 1 and 1024, got {concurrency}.")
         name: str = options["name"] or DEFAULT_WORKER_NAME
+        # Under serve: SIGTERMed (a graceful stop) if serve dies without stopping it.
+        stop_with_supervisor()
 
         if THREADS_QUEUE in queues:
             if len(queues) > 1:

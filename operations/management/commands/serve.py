@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from prometheus_client import multiprocess
 
+from core.parent_death import SUPERVISOR_PID_ENV
 from operations.management.commands.serve_web import LIVENESS_ENV
 from operations.workers import BACKGROUND, TURNS, WORKER_KINDS
 
@@ -109,6 +110,8 @@ class Supervised:
         if self.liveness_file is not None:
             self.liveness_file.unlink(missing_ok=True)
             env = {**env, LIVENESS_ENV: str(self.liveness_file)}
+        # The child stops (SIGTERM) when serve dies, even SIGKILLed (core.parent_death).
+        env = {**env, SUPERVISOR_PID_ENV: str(os.getpid())}
         argv = list(self.argv)
         if self.replaces is not None:
             argv += ["--replaces", str(self.replaces)]

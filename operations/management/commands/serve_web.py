@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.servers.basehttp import get_internal_wsgi_application
 
+from core.parent_death import stop_with_supervisor
 from operations import web_server
 
 # The file this process touches while it serves, named by `serve` (one per web process).
@@ -33,6 +34,8 @@ class Command(BaseCommand):
             raise CommandError(f"--port must be between 1 and 65535, got {port}.")
         if options["threads"] < 1:
             raise CommandError(f"--threads must be at least 1, got {options['threads']}.")
+        # Under serve: SIGTERMed (a graceful stop) if serve dies without stopping it.
+        stop_with_supervisor()
         # The project's WSGI_APPLICATION, as runserver finds it (the wiring imports this app).
         application = get_internal_wsgi_application()
 
