@@ -28,8 +28,11 @@ _TIMESTAMPTZ_OID = adapters.types["timestamptz"].oid
 
 class DatabaseWrapper(base.DatabaseWrapper):
     def get_connection_params(self) -> dict[str, Any]:
-        # Every connection, the pool's included, is made from these parameters.
-        embedded_database_settings_resolve(self.settings_dict)
+        # Every connection, the pool's included, is made from these parameters. Starting or
+        # joining the embedded server connects to it: a failure there is Django's error, as any
+        # connection's (a 503, not a 500, while the server restarts).
+        with self.wrap_database_errors:
+            embedded_database_settings_resolve(self.settings_dict)
         return super().get_connection_params()
 
     @property
