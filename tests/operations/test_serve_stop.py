@@ -226,8 +226,11 @@ def test_a_postmaster_serve_started_again_is_stopped_with_serve(
             killed = postmaster_pid(folder)
             assert killed is not None
             os.kill(killed, signal.SIGKILL)
-            wait_until_ready(serve.base_url, timeout=60)
+            # Ready may still be answered before serve notices the death, and postmaster.pid
+            # names the dead postmaster until a new one writes it: wait for the new one.
+            _wait_for(lambda: postmaster_pid(folder) not in (None, killed), seconds=60)
             restarted = postmaster_pid(folder)
+            wait_until_ready(serve.base_url, timeout=60)
             # Reaped, not a zombie any more (init may take its time here), as on most hosts.
             _wait_for(lambda: not psutil.pid_exists(killed))
             started = serve.descendants()
