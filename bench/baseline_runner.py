@@ -10,6 +10,7 @@ knows nothing of the lock.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from django.db import connection
 
@@ -28,6 +29,7 @@ def checkpoint_save_globally_locked(
     changed_by: str,
     conversation_too: bool = False,
     lease_epoch: int | None = None,
+    step: dict[str, Any] | None = None,
 ) -> None:
     # A waiter returns its pooled connection first (the next statement takes one again), so a
     # queue of waiting turns never starves the others' claims and lease renewals.
@@ -40,6 +42,7 @@ def checkpoint_save_globally_locked(
             changed_by=changed_by,
             conversation_too=conversation_too,
             lease_epoch=lease_epoch,
+            step=step,
         )
 
 

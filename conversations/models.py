@@ -16,6 +16,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from conversations import event_sql
 from core.db import RowLockQuerySet
 
 
@@ -192,6 +193,11 @@ class Thread(models.Model):
     claimed_at = models.DateTimeField(null=True, blank=True)
     model_calls = models.JSONField(default=list, blank=True)
     outcome = models.JSONField(null=True, blank=True)
+    # The seq of the conversation entry that announced this thread ("Thread started"): where a
+    # conversation's stream starts following the thread's events.
+    start_seq = models.BigIntegerField(null=True, blank=True, editable=False)
+    # The number of the thread's last event (ThreadEvent.seq), taken under the row's lock.
+    event_seq = models.PositiveIntegerField(default=1, editable=False)
     # e.g. {"goal_entry_seqs": [...]}: which user entries make up the goal.
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -260,6 +266,27 @@ class Thread(models.Model):
                 condition=pgtrigger.Q(new__state="created"),
                 func="PERFORM pg_notify('ironclaw_threads', NEW.user_id); RETURN NULL;",
             ),
+            # Every state change and claim is a ThreadEvent, whatever code path made it.
+            pgtrigger.Trigger(
+                name="thread_event_number",
+                when=pgtrigger.Before,
+                operation=pgtrigger.Update,
+                condition=pgtrigger.Condition(event_sql.THREAD_EVENT_CONDITION),
+                func=event_sql.THREAD_EVENT_NUMBER,
+            ),
+            pgtrigger.Trigger(
+                name="thread_event_spawned",
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                func=event_sql.THREAD_EVENT_SPAWNED,
+            ),
+            pgtrigger.Trigger(
+                name="thread_event_changed",
+                when=pgtrigger.After,
+                operation=pgtrigger.Update,
+                condition=pgtrigger.Condition(event_sql.THREAD_EVENT_CONDITION),
+                func=event_sql.THREAD_EVENT_CHANGED,
+            ),
         ]
 
     def __str__(self) -> str:
@@ -268,6 +295,57 @@ class Thread(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+class ThreadEventKind(models.TextChoices):
+    SPAWNED = "spawned"
+    CLAIMED = "claimed"
+    STEP = "step"
+    RESUMED = "resumed"
+    REQUEUED = "requeued"
+    WAITING = "waiting"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+TERMINAL_EVENT_KINDS = frozenset({"completed", "failed", "stopped"})
+
+
+class ThreadEvent(models.Model):
+    """What happened to a thread, in order: its durable events, which streams replay.
+
+    Written by the thread's triggers (state changes and claims) and by the engine's step
+    checkpoints (``step``), never by hand; numbered per thread under the thread's row lock."""
+
+    id = models.BigAutoField(primary_key=True)
+    user_id = models.CharField(max_length=255)
+    thread = models.ForeignKey(Thread, on_delete=models.CASCADE, related_name="events")
+    # The thread's conversation when the event happened (no key: events outlive nothing).
+    conversation_id = models.UUIDField(null=True, blank=True)
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=ThreadEventKind.choices)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["thread", "seq"], name="thread_event_unique_seq"),
+        ]
+        indexes = [models.Index(fields=["user_id"], name="thread_event_user_idx")]
+        triggers = [
+            pgtrigger.Trigger(
+                name="thread_event_notify",
+                when=pgtrigger.After,
+                operation=pgtrigger.Insert,
+                declare=event_sql.NOTIFY_DECLARE,
+                func=event_sql.THREAD_EVENT_NOTIFY,
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.thread_id} #{self.seq} {self.kind}"
 
 
 class EntrySender(models.TextChoices):
@@ -348,14 +426,14 @@ class ConversationEntry(models.Model):
                     " AND NEW.delivered_at IS DISTINCT FROM OLD.delivered_at"
                 ),
             ),
-            # Wakes clients long-polling the conversation's entries (sent at commit; Postgres
-            # folds a transaction's identical notifications into one).
+            # Wakes clients long-polling the conversation's entries and feeds its streams
+            # (sent at commit, in order).
             pgtrigger.Trigger(
                 name="entry_notify_inserted",
                 when=pgtrigger.After,
                 operation=pgtrigger.Insert,
-                func="PERFORM pg_notify('ironclaw_entries', NEW.conversation_id::text); "
-                "RETURN NULL;",
+                declare=event_sql.NOTIFY_DECLARE,
+                func=event_sql.ENTRY_NOTIFY,
             ),
         ]
 

@@ -107,7 +107,7 @@ class _Listener:
                     self._wake_all()
                     while not self._stopping.is_set():
                         for notice in listen.notifies(timeout=STOP_CHECK_S):
-                            self._wake(notice.channel, notice.payload)
+                            self._wake(notice.channel, notification_key(notice))
             except Exception as error:
                 logger.warning(
                     "notification listener lost its connection (%s); reconnecting", error
@@ -115,6 +115,14 @@ class _Listener:
                 self._wake_all()
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+
+def notification_key(notice: psycopg.Notify) -> str:
+    """Whom a notification is for. An entry's payload is "<conversation id> <entry as JSON>";
+    a claimable thread's is the tenant's user id, whole (it may contain spaces)."""
+    if notice.channel == ENTRIES_CHANNEL:
+        return notice.payload.split(" ", 1)[0]
+    return notice.payload
 
 
 _listener = _Listener()

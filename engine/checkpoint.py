@@ -13,7 +13,15 @@ from typing import Any, Protocol
 from django.db import transaction
 from django.utils import timezone
 
-from conversations.services import LEASE_FENCE_SQL, ThreadUsage, lease_fence_params
+from psycopg.types.json import Jsonb
+
+from conversations.services import (
+    LEASE_FENCE_SQL,
+    STEP_EVENT_SQL,
+    STEP_FENCE_SQL,
+    ThreadUsage,
+    lease_fence_params,
+)
 from core.db import server_bound_cursor
 from workspace.services import WriteFence, document_write
 
@@ -146,6 +154,7 @@ def checkpoint_save(
     changed_by: str,
     conversation_too: bool = False,
     lease_epoch: int | None = None,
+    step: dict[str, Any] | None = None,
 ) -> None:
     """Write the turn's state into ``user_id``'s workspace (one upsert per document: runtime
     paths are never indexed). A step's checkpoint alone is one statement, in autocommit.
@@ -153,12 +162,19 @@ def checkpoint_save(
     ``lease_epoch``: the thread's ``claim_count`` when this worker claimed it. The write is
     then fenced (``WriteFenced``) once anyone has claimed the thread since, in the same
     statement: a worker that was paused past its lease cannot overwrite its successor's state.
+    ``step`` (with ``lease_epoch``): the model step this checkpoint records, which becomes the
+    thread's ``step`` event in the same statement.
     """
-    fence = (
-        None
-        if lease_epoch is None
-        else WriteFence(LEASE_FENCE_SQL, lease_fence_params(state.thread_id, lease_epoch))
-    )
+    fence = None
+    if lease_epoch is not None:
+        params = lease_fence_params(state.thread_id, lease_epoch)
+        fence = (
+            WriteFence(LEASE_FENCE_SQL, params)
+            if step is None
+            else WriteFence(
+                STEP_FENCE_SQL, {**params, "fence_step": Jsonb(step)}, effect=STEP_EVENT_SQL
+            )
+        )
     # user_id is the thread's owner, never state.user_id: a checkpoint's content is only JSON in
     # a workspace document, and must not choose whose workspace the next write lands in.
     # savepoint=False: inside a caller's transaction (the inbox take, a wrapper's lock) the
@@ -201,4 +217,5 @@ class CheckpointSave(Protocol):
         changed_by: str,
         conversation_too: bool = False,
         lease_epoch: int | None = None,
+        step: dict[str, Any] | None = None,
     ) -> None: ...

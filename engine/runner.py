@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -234,7 +234,7 @@ class Turn:
         self._checkpoint(state, conversation_too=True)
         return state
 
-    def _checkpoint(self, state: TurnState, *, conversation_too: bool = False) -> None:
+    def _checkpoint(self, state: TurnState, conversation_too: bool = False, step: Any = None):
         """Write the turn's state, fenced by the lease's epoch: once another worker has claimed
         the thread, this one's writes are refused and its turn ends (``_LeaseLost``)."""
         try:
@@ -244,6 +244,7 @@ class Turn:
                 changed_by=self.worker_id,
                 conversation_too=conversation_too,
                 lease_epoch=self.thread.claim_count,
+                step=step,
             )
         except WriteFenced:
             self._lease_lost.set()
@@ -390,7 +391,7 @@ class Turn:
             {"role": "assistant", "content": reply.text, "step": n, "final": reply.final}
         )
         state.event("step", n=n, model_ms=model_ms)
-        self._checkpoint(state)
+        self._checkpoint(state, step=state.steps[-1])
 
     def _call_model(self, messages: list[ChatMessage], *, step: int, deadline: float) -> ModelReply:
         """Run the model call in its own thread, so an interrupt, the turn timeout or the worker's
@@ -418,8 +419,7 @@ class Turn:
             if isinstance(error, ModelError):
                 raise error
             raise ModelError(f"{type(error).__name__}: {error}") from error
-        reply: ModelReply = result["reply"]
-        return reply
+        return cast(ModelReply, result["reply"])
 
     def _model_input(self, state: TurnState) -> list[ChatMessage]:
         if self._context is None:

@@ -37,6 +37,8 @@ from conversations.services.conversations import (
 )
 from conversations.services.lease import (
     LEASE_FENCE_SQL,
+    STEP_EVENT_SQL,
+    STEP_FENCE_SQL,
     lease_fence_params,
     thread_claim,
     thread_claim_next,
@@ -85,6 +87,8 @@ __all__ = [
     "MAX_SCOPE_LENGTH",
     "MAX_WORKER_ID_LENGTH",
     "OUTCOME_KINDS",
+    "STEP_EVENT_SQL",
+    "STEP_FENCE_SQL",
     "THREADS_QUEUE",
     "Action",
     "ClaimedThread",

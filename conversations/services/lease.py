@@ -55,6 +55,22 @@ LEASE_FENCE_SQL = (
 )
 
 
+# The same fence for a step's checkpoint, which is also the thread's "step" event: the fence
+# takes the event's number from the thread row (locking it, as FOR SHARE would) and the effect
+# records the event (ThreadEvent; its trigger notifies the streams). Still one statement.
+STEP_FENCE_SQL = (
+    "UPDATE conversations_thread SET event_seq = event_seq + 1"
+    " WHERE id = %(fence_thread_id)s AND claim_count = %(fence_lease_epoch)s"
+    " RETURNING id, user_id, conversation_id, event_seq"
+)
+STEP_EVENT_SQL = (
+    "INSERT INTO conversations_threadevent"
+    " (user_id, thread_id, conversation_id, seq, kind, data, created_at)"
+    " SELECT user_id, id, conversation_id, event_seq, 'step', %(fence_step)s, clock_timestamp()"
+    " FROM fence"
+)
+
+
 def lease_fence_params(thread_id: uuid.UUID | str, lease_epoch: int) -> dict[str, Any]:
     return {"fence_thread_id": thread_id, "fence_lease_epoch": lease_epoch}
 

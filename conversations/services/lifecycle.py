@@ -68,8 +68,10 @@ def thread_spawn(
     if request_id:
         # The turn's log lines carry the id of the request that spawned it.
         thread.metadata["request_id"] = request_id
+    # Its seq is allocated now (written by the flush, after the thread): streams of the
+    # conversation follow the thread's events from this entry on.
+    thread.start_seq = writer.add(EntrySender.SYSTEM, "Thread started", thread=thread).seq
     thread.save(force_insert=True)
-    writer.add(EntrySender.SYSTEM, "Thread started", thread=thread)
     # Nothing to enqueue: a created thread is in the queue, and its insert's trigger wakes the
     # workers when this transaction commits.
     return thread, goal[-1]

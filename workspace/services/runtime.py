@@ -69,24 +69,30 @@ WHERE d.user_id = %(user_id)s AND d.path = %(path)s AND NOT EXISTS (SELECT 1 FRO
 
 @dataclass(frozen=True)
 class WriteFence:
-    """What a write is applied under. ``sql`` is a SELECT that returns a row while the writer
-    may write, and locks the row it reads (``FOR SHARE``), so that whatever takes the right away
-    (an UPDATE of that row) waits for the write's commit, and a write that comes after it finds
-    no row. ``params`` are its named parameters (``%(fence_...)s``). A write whose fence finds no
-    row changes nothing and raises ``WriteFenced``."""
+    """What a write is applied under. ``sql`` returns a row while the writer may write, and
+    locks the row it reads (``FOR SHARE``, or an ``UPDATE ... RETURNING``), so that whatever
+    takes the right away (an UPDATE of that row) waits for the write's commit, and a write that
+    comes after it finds no row. ``params`` are its named parameters (``%(fence_...)s``). A
+    write whose fence finds no row changes nothing and raises ``WriteFenced``.
+
+    ``effect``: a data-modifying statement run in the same statement as the write, reading
+    the fence's row (``... FROM fence``): it happens exactly when the write does."""
 
     sql: str
     params: Mapping[str, Any]
+    effect: str = ""
 
 
 @functools.cache
-def _fenced_write_sql(fence_sql: str) -> str:
+def _fenced_write_sql(fence_sql: str, effect: str = "") -> str:
     """_RUNTIME_WRITE_SQL under a fence, still one statement: the upsert inserts from the fence's
     row, and the last column says whether the fence let the write through."""
     upsert = _RUNTIME_UPSERT.format(rows=f"SELECT {_NEW_ROW} FROM fence", columns=_WRITTEN_COLUMNS)
     nulls = ", ".join("NULL" for _ in _WRITTEN_FIELDS)
+    # Data-modifying CTEs run to completion whether or not anything reads them.
+    effect_cte = f", fence_effect AS ({effect})" if effect else ""
     return f"""
-WITH fence AS ({fence_sql}), upserted AS ({upsert})
+WITH fence AS ({fence_sql}){effect_cte}, upserted AS ({upsert})
 SELECT *, true FROM upserted
 UNION ALL
 SELECT {_WRITTEN_COLUMNS}, true FROM workspace_document d
@@ -182,7 +188,7 @@ def runtime_write(
             cursor.execute(_RUNTIME_WRITE_SQL, params)
             row = cursor.fetchone()
         else:
-            cursor.execute(_fenced_write_sql(fence.sql), {**params, **fence.params})
+            cursor.execute(_fenced_write_sql(fence.sql, fence.effect), {**params, **fence.params})
             fenced = cursor.fetchone()
             if fenced is not None and not fenced[-1]:
                 raise WriteFenced(details={"path": path})

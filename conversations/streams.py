@@ -1,0 +1,443 @@
+"""What the event streams of a conversation and of a thread send: their cursors, the replay read
+from the database, and the live delivery of notifications, checked against the cursor.
+
+A conversation's durable events are its entries (numbered by ``seq``) and the events of its
+threads (``ThreadEvent``, numbered per thread). Both numberings are gap-free and in commit order,
+since each is taken under a row lock held to commit (the conversation's, the thread's); no
+global order exists, and none is needed. A conversation stream's cursor is therefore
+
+    ``<entry seq>`` then ``.<start seq>:<event seq>`` for each thread it still follows,
+
+where a thread is named by the seq of the entry that announced it ("Thread started"), and a
+thread whose final event has been sent is dropped. Resuming from it sends the entries after the
+seq, the events after each followed thread's number, and every event of the threads announced
+after the seq; a thread announced at or before the seq and not listed has ended and was seen
+whole. A thread stream's cursor is its event number.
+
+Live delivery takes the rows from the notifications (``conversations.event_sql``) when they
+carry them and come next in order; anything else (a gap, a payload too large to carry, an event
+of a thread whose announcement has not arrived) is settled by reading the database from the
+cursor, so a stream never skips or repeats, however notifications and commits interleave.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection
+from rest_framework import serializers
+
+from conversations.models import TERMINAL_EVENT_KINDS
+from core.db import server_bound_cursor
+from core.notify import ENTRIES_CHANNEL
+
+EVENTS_CHANNEL = "ironclaw_events"
+DELTAS_CHANNEL = "ironclaw_deltas"
+# At most this many rows per read; a stream further behind reads again at once.
+READ_LIMIT = 500
+# Events of threads not announced yet, held per stream until the announcement arrives.
+PENDING_MAX = 200
+
+_CONVERSATION_CURSOR = re.compile(r"\A(\d{1,18})((?:\.\d{1,18}:\d{1,10}){0,64})\Z")
+_THREAD_CURSOR = re.compile(r"\A\d{1,10}\Z")
+_TIME = serializers.DateTimeField()
+
+
+class CursorInvalid(ValueError):
+    """A Last-Event-ID (or ``after``) this stream did not send."""
+
+
+@dataclass
+class ConversationCursor:
+    entry_seq: int = 0
+    # start seq -> the last event seq sent, for the threads followed.
+    threads: dict[int, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.entry_seq}" + "".join(
+            f".{start}:{seen}" for start, seen in sorted(self.threads.items())
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> ConversationCursor:
+        match = _CONVERSATION_CURSOR.match(text.strip())
+        if match is None:
+            raise CursorInvalid(
+                "must be an id this stream sent, e.g. 12 or 12.9:3 (0 replays everything)"
+            )
+        threads: dict[int, int] = {}
+        for part in filter(None, match.group(2).split(".")):
+            start, seen = part.split(":")
+            if int(start) in threads:
+                raise CursorInvalid("names a thread twice")
+            threads[int(start)] = int(seen)
+        entry_seq = int(match.group(1))
+        if any(start > entry_seq for start in threads):
+            raise CursorInvalid("names a thread announced after its entry seq")
+        return cls(entry_seq=entry_seq, threads=threads)
+
+
+def thread_cursor_parse(text: str) -> int:
+    if _THREAD_CURSOR.match(text.strip()) is None:
+        raise CursorInvalid("must be an event number this stream sent, e.g. 3 (0 replays all)")
+    return int(text)
+
+
+# --- Frames ---------------------------------------------------------------------------------------
+
+
+def frame(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
+    """One Server-Sent Event. JSON has no raw newlines, so ``data`` is one line."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"{head}event: {event}\ndata: {body}\n\n".encode()
+
+
+def _time(value: datetime.datetime | str | None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value)
+    rendered: str = _TIME.to_representation(value)
+    return rendered
+
+
+def entry_data(row: dict[str, Any]) -> dict[str, Any]:
+    """An entry as the entries endpoint shows it, from a row or a notification alike."""
+    return {
+        "id": str(row["id"]),
+        "seq": row["seq"],
+        "sender": row["sender"],
+        "content": row["content"],
+        "thread_id": str(row["thread_id"]) if row["thread_id"] else None,
+        "created_at": _time(row["created_at"]),
+        "delivered_at": _time(row["delivered_at"]),
+    }
+
+
+_USAGE_FIELDS = ("input_tokens", "output_tokens", "tokens_used", "cost_usd", "model_time_ms")
+
+
+def thread_event_data(event: dict[str, Any]) -> dict[str, Any]:
+    """A thread event as streams show it: what happened, the thread's state and usage after it
+    (a ``step`` event: the model call instead)."""
+    data = event.get("data") or {}
+    shown: dict[str, Any] = {
+        "thread_id": str(event["thread_id"]),
+        "seq": event["seq"],
+        "type": event["type"],
+        "at": _time(event["at"]),
+    }
+    if event["type"] == "step":
+        shown["step"] = data
+        return shown
+    shown["state"] = data.get("state")
+    shown["claim_count"] = data.get("claim_count")
+    shown["usage"] = {"steps": data.get("step_count")} | {
+        name: data.get(name) for name in _USAGE_FIELDS
+    }
+    if "outcome" in data:
+        shown["outcome"] = data["outcome"]
+    return shown
+
+
+# --- Reads ----------------------------------------------------------------------------------------
+
+_ENTRIES_AFTER_SQL = """
+SELECT e.id, e.seq, e.sender, e.content, e.thread_id, e.created_at, e.delivered_at,
+       t.id IS NOT NULL AS starts_thread
+FROM conversations_conversationentry e
+LEFT JOIN conversations_thread t ON t.id = e.thread_id AND t.start_seq = e.seq
+WHERE e.conversation_id = %(conversation_id)s AND e.seq > %(after)s
+ORDER BY e.seq LIMIT %(limit)s
+"""
+
+# The events after the cursor of the threads it follows, and every event of the threads announced
+# after its seq up to the last entry this read returns (later ones wait for their announcement).
+_CONVERSATION_EVENTS_SQL = """
+SELECT ev.thread_id, ev.seq, ev.kind, ev.data, ev.created_at, t.start_seq
+FROM conversations_thread t
+JOIN conversations_threadevent ev ON ev.thread_id = t.id
+LEFT JOIN unnest(%(starts)s::bigint[], %(seen)s::int[]) AS followed(start_seq, seen)
+       ON followed.start_seq = t.start_seq
+WHERE t.conversation_id = %(conversation_id)s
+  AND CASE WHEN followed.start_seq IS NOT NULL THEN ev.seq > followed.seen
+           ELSE t.start_seq > %(after)s AND t.start_seq <= %(upto)s END
+ORDER BY ev.created_at, ev.thread_id, ev.seq LIMIT %(limit)s
+"""
+
+_THREAD_EVENTS_SQL = """
+SELECT thread_id, seq, kind, data, created_at FROM conversations_threadevent
+WHERE thread_id = %(thread_id)s AND seq > %(after)s ORDER BY seq LIMIT %(limit)s
+"""
+
+_THREAD_STARTS_SQL = """
+SELECT start_seq, id FROM conversations_thread
+WHERE conversation_id = %(conversation_id)s AND start_seq = ANY(%(starts)s::bigint[])
+"""
+
+
+def _rows(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    with server_bound_cursor() as cursor:
+        cursor.execute(sql, params)
+        names = [column.name for column in cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _event_row(row: dict[str, Any]) -> dict[str, Any]:
+    data = row["data"]
+    return {
+        "thread_id": str(row["thread_id"]),
+        "seq": row["seq"],
+        "type": row["kind"],
+        "data": json.loads(data) if isinstance(data, str) else data,
+        "at": row["created_at"],
+    }
+
+
+@dataclass
+class ConversationRead:
+    entries: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    # start seq -> thread id, for the threads the cursor follows.
+    followed: dict[int, str]
+    more: bool
+
+
+def conversation_read(conversation_id: uuid.UUID, cursor: ConversationCursor) -> ConversationRead:
+    """The conversation's durable events after ``cursor`` (at most READ_LIMIT of each kind)."""
+    entries = _rows(
+        _ENTRIES_AFTER_SQL,
+        {"conversation_id": conversation_id, "after": cursor.entry_seq, "limit": READ_LIMIT},
+    )
+    upto = entries[-1]["seq"] if entries else cursor.entry_seq
+    starts = sorted(cursor.threads)
+    events = _rows(
+        _CONVERSATION_EVENTS_SQL,
+        {
+            "conversation_id": conversation_id,
+            "starts": starts,
+            "seen": [cursor.threads[start] for start in starts],
+            "after": cursor.entry_seq,
+            "upto": upto,
+            "limit": READ_LIMIT,
+        },
+    )
+    followed = (
+        {
+            row["start_seq"]: str(row["id"])
+            for row in _rows(
+                _THREAD_STARTS_SQL, {"conversation_id": conversation_id, "starts": starts}
+            )
+        }
+        if starts
+        else {}
+    )
+    return ConversationRead(
+        entries=[{**entry_data(row), "starts_thread": row["starts_thread"]} for row in entries],
+        events=[_event_row(row) for row in events],
+        followed=followed,
+        more=len(entries) == READ_LIMIT or len(events) == READ_LIMIT,
+    )
+
+
+def thread_read(thread_id: uuid.UUID, after: int) -> tuple[list[dict[str, Any]], bool]:
+    rows = _rows(_THREAD_EVENTS_SQL, {"thread_id": thread_id, "after": after, "limit": READ_LIMIT})
+    return [_event_row(row) for row in rows], len(rows) == READ_LIMIT
+
+
+def _closing(read: Callable[[], Any]) -> Callable[[], Any]:
+    """``read`` on a database thread, which holds no connection once it is done."""
+
+    def run() -> Any:
+        try:
+            return read()
+        finally:
+            connection.close()
+
+    return run
+
+
+# --- Live state -----------------------------------------------------------------------------------
+
+
+def _delta(data: dict[str, Any] | None) -> list[bytes]:
+    return [frame("delta", data)] if data else []
+
+
+@dataclass
+class _Followed:
+    start_seq: int
+    seen: int
+
+
+class ConversationStream:
+    """One client's stream of a conversation: its cursor, and what to send next."""
+
+    def __init__(self, conversation_id: uuid.UUID, cursor: ConversationCursor):
+        self.conversation_id = conversation_id
+        key = str(conversation_id)
+        self.topics = ((ENTRIES_CHANNEL, key), (EVENTS_CHANNEL, key), (DELTAS_CHANNEL, key))
+        self.entry_seq = cursor.entry_seq
+        # The cursor's threads by start seq until the first read names them.
+        self._unresolved = dict(cursor.threads)
+        self.followed: dict[str, _Followed] = {}
+        self.pending: dict[str, list[dict[str, Any]]] = {}
+        self._pending_count = 0
+
+    @property
+    def cursor(self) -> ConversationCursor:
+        threads = {f.start_seq: f.seen for f in self.followed.values()} | self._unresolved
+        return ConversationCursor(self.entry_seq, threads)
+
+    # Both return (frames, whether the database must be read).
+    def notified(
+        self, channel: str, key: str, data: dict[str, Any] | None
+    ) -> tuple[list[bytes], bool]:
+        if channel == DELTAS_CHANNEL:
+            return _delta(data), False
+        if data is None or data.get("partial") or self._unresolved:
+            return [], True
+        if channel == ENTRIES_CHANNEL:
+            return self._entry(data)
+        if channel == EVENTS_CHANNEL:
+            return self._event(data)
+        return [], False
+
+    def _entry(self, data: dict[str, Any]) -> tuple[list[bytes], bool]:
+        if data["seq"] <= self.entry_seq:
+            return [], False
+        if data["seq"] != self.entry_seq + 1:
+            return [], True
+        self.entry_seq = data["seq"]
+        starts = (
+            str(data["thread_id"]) if data.get("starts_thread") and data.get("thread_id") else None
+        )
+        if starts is not None:
+            self.followed[starts] = _Followed(start_seq=data["seq"], seen=0)
+        frames = [frame("entry", entry_data(data), str(self.cursor))]
+        if starts is not None:
+            frames.extend(self._resolve_pending(starts))
+        return frames, False
+
+    def _resolve_pending(self, thread_id: str) -> list[bytes]:
+        frames: list[bytes] = []
+        held = self.pending.pop(thread_id, [])
+        self._pending_count -= len(held)
+        for event in sorted(held, key=lambda e: e["seq"]):
+            sent, _ = self._event(event)
+            frames.extend(sent)
+        return frames
+
+    def _event(self, data: dict[str, Any]) -> tuple[list[bytes], bool]:
+        thread_id = str(data["thread_id"])
+        followed = self.followed.get(thread_id)
+        if followed is None:
+            if self._pending_count >= PENDING_MAX:
+                return [], True
+            self.pending.setdefault(thread_id, []).append(data)
+            self._pending_count += 1
+            return [], False
+        if data["seq"] <= followed.seen:
+            return [], False
+        if data["seq"] != followed.seen + 1:
+            return [], True
+        followed.seen = data["seq"]
+        if data["type"] in TERMINAL_EVENT_KINDS:
+            del self.followed[thread_id]
+        return [frame("thread", thread_event_data(data), str(self.cursor))], False
+
+    def read_plan(self) -> Callable[[], ConversationRead]:
+        conversation_id, cursor = self.conversation_id, self.cursor
+        return _closing(lambda: conversation_read(conversation_id, cursor))
+
+    def read_done(self, result: ConversationRead) -> tuple[list[bytes], bool]:
+        """Apply a read, dropping what was sent meanwhile; (frames, whether to read again)."""
+        for start, thread_id in result.followed.items():
+            if start in self._unresolved:
+                self.followed[thread_id] = _Followed(start, self._unresolved.pop(start))
+        # A followed thread the database no longer has (deleted): nothing more will come.
+        self._unresolved = {}
+        frames: list[bytes] = []
+        gap = False
+        for kind, item in _merged(result.entries, result.events):
+            sent, missing = self._entry(item) if kind == "entry" else self._event(item)
+            frames.extend(sent)
+            gap = gap or missing
+        for thread_id in [t for t in self.pending if t in self.followed]:
+            frames.extend(self._resolve_pending(thread_id))
+        return frames, result.more or (gap and bool(frames))
+
+    def done(self) -> bool:
+        return False
+
+
+def _merged(
+    entries: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> Iterable[tuple[str, dict[str, Any]]]:
+    """Entries and events in time order; each kind keeps its own order (a thread's events
+    whose announcement comes later wait in ``pending`` for it)."""
+    items = [("entry", entry, _sort_time(entry["created_at"]), 0) for entry in entries]
+    items += [("thread", event, _sort_time(event["at"]), 1) for event in events]
+    items.sort(key=lambda item: (item[2], item[3]))
+    return [(kind, item) for kind, item, _, _ in items]
+
+
+def _sort_time(value: datetime.datetime | str | None) -> datetime.datetime:
+    if isinstance(value, datetime.datetime):
+        return value
+    if value:
+        return datetime.datetime.fromisoformat(value)
+    return datetime.datetime.min.replace(tzinfo=datetime.UTC)
+
+
+class ThreadStream:
+    """One client's stream of a thread: its events after a number, and its deltas; it ends
+    with the thread's final event."""
+
+    def __init__(self, thread_id: uuid.UUID, after: int):
+        self.thread_id = thread_id
+        key = str(thread_id)
+        self.topics = ((EVENTS_CHANNEL, key), (DELTAS_CHANNEL, key))
+        self.seen = after
+        self.ended = False
+
+    def notified(
+        self, channel: str, key: str, data: dict[str, Any] | None
+    ) -> tuple[list[bytes], bool]:
+        if channel == DELTAS_CHANNEL:
+            return _delta(data), False
+        if channel != EVENTS_CHANNEL:
+            return [], False
+        if data is None or data.get("partial"):
+            return [], True
+        return self._event(data)
+
+    def _event(self, data: dict[str, Any]) -> tuple[list[bytes], bool]:
+        if data["seq"] <= self.seen or self.ended:
+            return [], False
+        if data["seq"] != self.seen + 1:
+            return [], True
+        self.seen = data["seq"]
+        self.ended = data["type"] in TERMINAL_EVENT_KINDS
+        return [frame("thread", thread_event_data(data), str(self.seen))], False
+
+    def read_plan(self) -> Callable[[], tuple[list[dict[str, Any]], bool]]:
+        thread_id, after = self.thread_id, self.seen
+        return _closing(lambda: thread_read(thread_id, after))
+
+    def read_done(self, result: tuple[list[dict[str, Any]], bool]) -> tuple[list[bytes], bool]:
+        events, more = result
+        frames: list[bytes] = []
+        for event in events:
+            frames.extend(self._event(event)[0])
+        return frames, more and not self.ended
+
+    def done(self) -> bool:
+        return self.ended

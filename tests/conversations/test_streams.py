@@ -1,0 +1,241 @@
+"""The event streams' data: thread events recorded by the database, cursors, replay from any
+cursor, and live delivery from real notifications, which must agree with the replay exactly."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connection
+
+from conversations.models import Thread, ThreadEvent
+from conversations.services import message_handle, thread_stop
+from conversations.streams import (
+    DELTAS_CHANNEL,
+    EVENTS_CHANNEL,
+    ConversationCursor,
+    ConversationStream,
+    CursorInvalid,
+    ThreadStream,
+)
+from core.notify import ENTRIES_CHANNEL
+from engine.model_clients import ModelReply
+from engine.runner import Turn
+from tests.engine.test_runner import ScriptedModel
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+Frame = tuple[str | None, str, dict[str, Any]]
+
+
+def _parse(raw: bytes) -> Frame:
+    fields: dict[str, str] = {}
+    for line in raw.decode().strip("\n").split("\n"):
+        name, _, value = line.partition(": ")
+        fields[name] = value
+    return fields.get("id"), fields["event"], json.loads(fields["data"])
+
+
+def _drain(stream: ConversationStream | ThreadStream) -> list[Frame]:
+    """Everything a stream sends from its cursor by reading, as a stream behind would."""
+    frames: list[Frame] = []
+    while True:
+        sent, again = stream.read_done(stream.read_plan()())  # type: ignore[arg-type]
+        frames.extend(_parse(raw) for raw in sent)
+        if not again:
+            return frames
+
+
+def _listen() -> psycopg.Connection[Any]:
+    params = connection.get_connection_params()
+    for name in ("pool", "cursor_factory", "context", "prepare_threshold"):
+        params.pop(name, None)
+    listener = psycopg.connect(**params, autocommit=True)
+    for channel in (ENTRIES_CHANNEL, EVENTS_CHANNEL, DELTAS_CHANNEL):
+        listener.execute(f"LISTEN {channel}")
+    return listener
+
+
+def _notifications(listener: psycopg.Connection[Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    got = []
+    for notice in listener.notifies(timeout=0.5, stop_after=None):
+        keys, _, body = notice.payload.partition(" {")
+        got.append((notice.channel, keys.split(" ")[0], json.loads("{" + body)))
+    return got
+
+
+def _record_a_conversation() -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """Two turns (one of two model steps), a message injected mid-turn, and a stopped thread."""
+    first = message_handle(user_id="alice", channel="web", content="hello")
+    model = ScriptedModel(
+        replies=[
+            ModelReply(text="working step 1: thinking", final=False, output_tokens=3),
+            ModelReply(text="hello to you", output_tokens=4),
+        ]
+    )
+    Turn(Thread.objects.get(pk=first.thread_id), model=model).run()
+    second = message_handle(user_id="alice", channel="web", content="and now?")
+    Turn(Thread.objects.get(pk=second.thread_id), model=ScriptedModel()).run()
+    third = message_handle(user_id="alice", channel="web", content="stop me")
+    thread_stop(user_id="alice", thread_id=third.thread_id)
+    return first.conversation_id, [first.thread_id, second.thread_id, third.thread_id]
+
+
+def test_a_thread_records_each_change_of_state_and_each_step_numbered_without_gaps() -> None:
+    conversation_id, threads = _record_a_conversation()
+    kinds = list(
+        ThreadEvent.objects.filter(thread_id=threads[0]).order_by("seq").values_list("seq", "kind")
+    )
+    assert kinds == [
+        (1, "spawned"),
+        (2, "claimed"),
+        (3, "step"),
+        (4, "step"),
+        (5, "completed"),
+    ]
+    completed = ThreadEvent.objects.get(thread_id=threads[0], seq=5)
+    assert completed.data["state"] == "completed"
+    assert completed.data["output_tokens"] == 7
+    assert completed.data["outcome"]["kind"] == "completed"
+    assert completed.conversation_id == conversation_id
+    step = ThreadEvent.objects.get(thread_id=threads[0], seq=3)
+    assert step.data["n"] == 1 and step.data["final"] is False
+    assert list(
+        ThreadEvent.objects.filter(thread_id=threads[2])
+        .order_by("seq")
+        .values_list("kind", flat=True)
+    ) == ["spawned", "stopped"]
+    # The thread row's number is the last event's.
+    assert Thread.objects.get(pk=threads[0]).event_seq == 5
+
+
+def test_a_replay_from_any_cursor_sends_exactly_what_follows_it() -> None:
+    conversation_id, threads = _record_a_conversation()
+    everything = _drain(ConversationStream(conversation_id, ConversationCursor()))
+    entries = [data["seq"] for _, event, data in everything if event == "entry"]
+    assert entries == list(range(1, len(entries) + 1))
+    for thread_id in threads:
+        seqs = [
+            data["seq"]
+            for _, event, data in everything
+            if event == "thread" and data["thread_id"] == str(thread_id)
+        ]
+        assert seqs == list(range(1, len(seqs) + 1)) and seqs
+    # Each thread's events come after the entry that announced it.
+    position = {
+        (event, data.get("thread_id"), data["seq"]): i
+        for i, (_, event, data) in enumerate(everything)
+    }
+    for thread_id in threads:
+        start = Thread.objects.get(pk=thread_id).start_seq
+        assert position[("entry", str(thread_id), start)] < position[("thread", str(thread_id), 1)]
+
+    for i, (cursor, _, _) in enumerate(everything):
+        assert cursor is not None
+        resumed = _drain(ConversationStream(conversation_id, ConversationCursor.parse(cursor)))
+        assert [(e, d) for _, e, d in resumed] == [(e, d) for _, e, d in everything[i + 1 :]], (
+            cursor
+        )
+
+
+def test_the_live_stream_from_real_notifications_matches_the_replay_whatever_their_order() -> None:
+    listener = _listen()
+    try:
+        conversation_id, _ = _record_a_conversation()
+        notices = _notifications(listener)
+    finally:
+        listener.close()
+    replay = [
+        (e, d) for _, e, d in _drain(ConversationStream(conversation_id, ConversationCursor()))
+    ]
+    mine = [n for n in notices if n[1] == str(conversation_id)]
+    assert {channel for channel, _, _ in mine} == {ENTRIES_CHANNEL, EVENTS_CHANNEL}
+
+    in_order = _live(conversation_id, mine)
+    assert in_order.reads == 0, "notifications in commit order need no read"
+    assert in_order.frames == replay
+
+    generator = random.Random(7)
+    for _ in range(20):
+        shuffled = [*mine, *generator.sample(mine, k=len(mine) // 3)]
+        generator.shuffle(shuffled)
+        delivered = _live(conversation_id, shuffled)
+        # Out of order, some are settled by reads; nothing lost, nothing twice.
+        assert sorted(map(_key, delivered.frames)) == sorted(map(_key, replay))
+
+
+def _key(item: tuple[str, dict[str, Any]]) -> tuple[str, str, int]:
+    event, data = item
+    return event, str(data.get("thread_id")), data["seq"]
+
+
+class _Live:
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, dict[str, Any]]] = []
+        self.reads = 0
+
+
+def _live(conversation_id: uuid.UUID, notices: list[tuple[str, str, dict[str, Any]]]) -> _Live:
+    stream = ConversationStream(conversation_id, ConversationCursor())
+    live = _Live()
+
+    def take(sent: list[bytes]) -> None:
+        live.frames.extend((event, data) for _, event, data in map(_parse, sent))
+
+    for channel, key, data in notices:
+        sent, read = stream.notified(channel, key, data)
+        take(sent)
+        while read:
+            live.reads += 1
+            sent, read = stream.read_done(stream.read_plan()())
+            take(sent)
+    # Whatever is still held waits for a read, as the hub's reconnect or next gap would do.
+    if stream.pending:
+        live.reads += 1
+        take(stream.read_done(stream.read_plan()())[0])
+    return live
+
+
+def test_a_payload_too_large_for_a_notification_is_read_from_the_database() -> None:
+    listener = _listen()
+    try:
+        sent = message_handle(user_id="alice", channel="web", content="é" * 6000)
+        notices = _notifications(listener)
+    finally:
+        listener.close()
+    partial = [d for c, _, d in notices if c == ENTRIES_CHANNEL and d.get("partial")]
+    assert partial == [{"seq": 1, "partial": True}]
+    stream = ConversationStream(sent.conversation_id, ConversationCursor())
+    frames, read = stream.notified(ENTRIES_CHANNEL, str(sent.conversation_id), partial[0])
+    assert (frames, read) == ([], True)
+    frames, _ = stream.read_done(stream.read_plan()())
+    assert _parse(frames[0])[2]["content"] == "é" * 6000
+
+
+def test_a_thread_stream_ends_with_the_threads_final_event() -> None:
+    _, threads = _record_a_conversation()
+    stream = ThreadStream(threads[0], after=2)
+    frames = _drain(stream)
+    assert [(i, d["type"]) for i, _, d in frames] == [
+        ("3", "step"),
+        ("4", "step"),
+        ("5", "completed"),
+    ]
+    assert stream.done()
+    assert frames[-1][2]["usage"]["output_tokens"] == 7
+
+
+@pytest.mark.parametrize("text", ["", "x", "-1", "3.", "3.4", "1.2:3", "1" * 19, "2.1:1.1:2"])
+def test_a_cursor_the_stream_did_not_send_is_refused(text: str) -> None:
+    with pytest.raises(CursorInvalid):
+        ConversationCursor.parse(text)
+
+
+def test_cursors_read_back_as_written() -> None:
+    cursor = ConversationCursor(12, {9: 3, 11: 0})
+    assert str(cursor) == "12.9:3.11:0"
+    assert ConversationCursor.parse(str(cursor)) == cursor
