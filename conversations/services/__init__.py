@@ -37,6 +37,7 @@ from conversations.services.conversations import (
 )
 from conversations.services.lease import (
     LEASE_FENCE_SQL,
+    lease_check,
     lease_fence_params,
     thread_claim,
     thread_claim_next,
@@ -101,6 +102,7 @@ __all__ = [
     "conversation_clear",
     "conversation_get_or_create",
     "conversation_start_new",
+    "lease_check",
     "lease_fence_params",
     "lease_owner_id",
     "message_handle",
