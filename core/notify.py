@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 ENTRIES_CHANNEL = "ironclaw_entries"
 THREADS_CHANNEL = "ironclaw_threads"
 CHANNELS = (ENTRIES_CHANNEL, THREADS_CHANNEL)
+# The model's text as it is produced (engine.deltas), never stored: each payload is
+# "<conversation_id or -> <thread_id> <json>". Not among CHANNELS: no long-poll waits on it.
+DELTAS_CHANNEL = "ironclaw_deltas"
 # How often the listener looks up from its connection to see whether it should stop.
 STOP_CHECK_S = 1.0
 # Any key on a channel: a waiter for every tenant's threads.

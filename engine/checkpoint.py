@@ -12,7 +12,6 @@ from typing import Any, Protocol
 
 from django.db import transaction
 from django.utils import timezone
-
 from psycopg.types.json import Jsonb
 
 from conversations.services import (

@@ -15,7 +15,8 @@ back, and returns without an outcome, writing nothing more; the worker then give
 
 No database connection is held while the model runs: the turn closes it (returning it to the
 pool) before every model call, so turns in flight are bounded by ``ENGINE_CONCURRENCY``, not by
-the pool.
+the pool. The model's text goes out as it is produced (``engine.deltas``), each delta taking a
+pooled connection for its one statement only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import logging
 import threading
 import time
 from contextlib import nullcontext
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -57,13 +58,9 @@ from engine.checkpoint import (
     now_iso,
 )
 from engine.context import history_before, system_prompt
-from engine.model_clients import (
-    ChatMessage,
-    ModelClient,
-    ModelError,
-    ModelReply,
-    model_client_from_settings,
-)
+from engine.deltas import DeltaPublisher
+from engine.model_call import model_call
+from engine.model_clients import ChatMessage, ModelClient, ModelError, model_client_from_settings
 from engine.reads import GOAL_SQL, NEWEST_UNDELIVERED_SQL, UNDELIVERED_SQL
 from workspace.errors import WriteFenced
 
@@ -234,7 +231,9 @@ class Turn:
         self._checkpoint(state, conversation_too=True)
         return state
 
-    def _checkpoint(self, state: TurnState, conversation_too: bool = False, step: Any = None):
+    def _checkpoint(
+        self, state: TurnState, *, conversation_too: bool = False, step: Any = None
+    ) -> None:
         """Write the turn's state, fenced by the lease's epoch: once another worker has claimed
         the thread, this one's writes are refused and its turn ends (``_LeaseLost``)."""
         try:
@@ -369,12 +368,24 @@ class Turn:
         connection.close()
         started_at = now_iso()
         began = time.monotonic()
+        n = len(state.steps) + 1
         try:
-            reply = self._call_model(messages, step=state.working_steps, deadline=deadline)
+            reply = model_call(
+                self.model,
+                messages,
+                step=state.working_steps,
+                # The step's text as it is produced, to whoever listens; never stored.
+                deltas=DeltaPublisher(
+                    thread_id=self.thread.id, conversation_id=self.thread.conversation_id, step=n
+                ),
+                wake=self._wake,
+                check_interrupts=lambda: self._check_interrupts(deadline),
+                deadline=deadline,
+                name=f"model-{self.thread.id}",
+            )
         except ModelError as error:
             raise _TurnEnded(ThreadOutcome(kind="failed", error=f"model error: {error}")) from None
         model_ms = round((time.monotonic() - began) * 1000, 1)
-        n = len(state.steps) + 1
         state.steps.append(
             {
                 "n": n,
@@ -392,34 +403,6 @@ class Turn:
         )
         state.event("step", n=n, model_ms=model_ms)
         self._checkpoint(state, step=state.steps[-1])
-
-    def _call_model(self, messages: list[ChatMessage], *, step: int, deadline: float) -> ModelReply:
-        """Run the model call in its own thread, so an interrupt, the turn timeout or the worker's
-        stop ends the turn at once instead of after the call (the call's own timeout bounds the
-        thread, which writes nothing: its answer, if it comes, is dropped)."""
-        result: dict[str, Any] = {}
-        self._wake.clear()
-
-        def call() -> None:
-            try:
-                result["reply"] = self.model.complete(messages, step=step)
-            except BaseException as error:
-                result["error"] = error
-            finally:
-                result["done"] = True
-                self._wake.set()
-
-        threading.Thread(target=call, name=f"model-{self.thread.id}", daemon=True).start()
-        while not result.get("done"):
-            self._check_interrupts(deadline)
-            self._wake.wait(timeout=max(0.0, deadline - time.time()))
-            self._wake.clear()
-        if "error" in result:
-            error = result["error"]
-            if isinstance(error, ModelError):
-                raise error
-            raise ModelError(f"{type(error).__name__}: {error}") from error
-        return cast(ModelReply, result["reply"])
 
     def _model_input(self, state: TurnState) -> list[ChatMessage]:
         if self._context is None:

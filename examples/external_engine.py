@@ -3,9 +3,11 @@ the ironclaw client, so the server can run with THREAD_RUNNER set to
 ``conversations.runners.wait_for_external_engine`` (or ``manage.py serve --no-engine``).
 
 Each of ENGINE_CONCURRENCY workers long-polls ``threads/next`` with a service key; a claimed
-thread's turn heartbeats its lease in the background, calls the model, checkpoints its runtime
-state into the thread's own tenant's workspace (engine/.runtime/threads/<id>.json) after every
-step, takes messages injected meanwhile as further steps, and records the outcome with its usage.
+thread's turn heartbeats its lease in the background, calls the model, publishes the model's text
+as it is produced (token deltas, ``threads/{id}/deltas``, for the listeners of ironclaw_deltas),
+checkpoints its runtime state into the thread's own tenant's workspace
+(engine/.runtime/threads/<id>.json) after every step, takes messages injected meanwhile as
+further steps, and records the outcome with its usage.
 SIGINT or SIGTERM stops taking new threads; turns in progress finish, then the process exits.
 
 Environment:
@@ -18,6 +20,7 @@ Environment:
   ENGINE_MODEL_NAME        the model to ask (default gpt-4o-mini)
   ENGINE_CONCURRENCY       turns at once (default 4)
   ENGINE_MAX_ITERATIONS    model calls per turn at most (default 8)
+  ENGINE_DELTA_INTERVAL_MS token deltas: at most one per this many ms (default 200; 0: none)
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 from ironclaw_client import (
     ApiError,
@@ -50,79 +54,66 @@ from ironclaw_client import (
 )
 from ironclaw_client.models import Entry, ThreadNextOutput
 
+# The models are in engine_models.py beside this file, however this one is loaded.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine_models import ChatMessage, EchoModel, Model, OpenAIModel
+
 logger = logging.getLogger("external_engine")
-ChatMessage = dict[str, str]
 # The conversation history a turn shows the model: its last entries, not the whole log.
 HISTORY_ENTRIES = 40
 # A turn's outcome is asked again this many times while the server is unreachable (about a minute).
 OUTCOME_ATTEMPTS = 8
+# Text of one delta request at most: 64 KiB of UTF-8, whatever the characters.
+DELTA_TEXT_CHARS = 16 * 1024
 
 
-@dataclass(frozen=True)
-class ModelReply:
-    text: str
-    input_tokens: int = 0
-    output_tokens: int = 0
+class StepDeltas:
+    """Publishes one model step's text as the model produces it (``publish_delta``): the first
+    text at once, then at most one every ``interval`` seconds, and the last at ``close``. Offset 0
+    sends the whole text so far; a text too long for one request goes on from what was sent. A
+    delta never fails the turn: one that does not land is logged once, and a lost lease ends them
+    (the turn learns of it from its lease)."""
 
+    def __init__(self, tenant: Client, turn: Turn, lease_epoch: int, step: int, interval: float):
+        self.tenant, self.turn, self.lease_epoch = tenant, turn, lease_epoch
+        self.step, self.interval = step, interval
+        self.sent = ""
+        self.sent_at: float | None = None
+        self.pending: str | None = None
+        self.stopped = interval <= 0
 
-class Model(Protocol):
-    name: str
+    def feed(self, text: str) -> None:
+        self.pending = text
+        if self.sent_at is None or time.monotonic() - self.sent_at >= self.interval:
+            self._send()
 
-    def complete(self, messages: list[ChatMessage]) -> ModelReply: ...
+    def close(self) -> None:
+        self._send()
 
-
-def _approximate_tokens(text: str) -> int:
-    # About four characters a token; the echo model has no tokenizer.
-    return max(1, len(text) // 4) if text else 0
-
-
-class EchoModel:
-    """Repeats the user messages it has not answered yet, after ``latency_ms``."""
-
-    name = "echo"
-
-    def __init__(self, latency_ms: int):
-        self.latency_ms = latency_ms
-
-    def complete(self, messages: list[ChatMessage]) -> ModelReply:
-        if self.latency_ms:
-            time.sleep(self.latency_ms / 1000)
-        unanswered: list[str] = []
-        for message in messages:
-            if message["role"] == "assistant":
-                unanswered = []
-            elif message["role"] == "user":
-                unanswered.append(message["content"])
-        text = "echo: " + "\n".join(unanswered) if unanswered else "echo: (nothing new)"
-        return ModelReply(
-            text=text,
-            input_tokens=sum(_approximate_tokens(message["content"]) for message in messages),
-            output_tokens=_approximate_tokens(text),
-        )
-
-
-class OpenAIModel:
-    """Any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, llama.cpp)."""
-
-    name = "openai"
-
-    def __init__(self, *, base_url: str, api_key: str | None, model: str):
-        import openai
-
-        # A local server often needs no key, but the client refuses to start without one.
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed")
-        self.model = model
-
-    def complete(self, messages: list[ChatMessage]) -> ModelReply:
-        wire: list[Any] = [{"role": m["role"], "content": m["content"]} for m in messages]
-        response = self.client.chat.completions.create(model=self.model, messages=wire)
-        text = (response.choices[0].message.content or "") if response.choices else ""
-        usage = response.usage
-        return ModelReply(
-            text=text,
-            input_tokens=usage.prompt_tokens if usage else 0,
-            output_tokens=usage.completion_tokens if usage else 0,
-        )
+    def _send(self) -> None:
+        text, self.pending = self.pending, None
+        if self.stopped or text is None or text == self.sent:
+            return
+        self.sent_at = time.monotonic()
+        # A listener applies buf = buf[:offset] + text: the whole text while it fits a request,
+        # then only what the listeners lack, a request per DELTA_TEXT_CHARS.
+        grown = len(text) > DELTA_TEXT_CHARS and text.startswith(self.sent)
+        offset = len(self.sent) if grown else 0
+        try:
+            for start in range(offset, len(text), DELTA_TEXT_CHARS):
+                self.tenant.publish_delta(
+                    self.turn.thread_id,
+                    worker_id=self.turn.worker_id,
+                    lease_epoch=self.lease_epoch,
+                    step=self.step,
+                    text=text[start : start + DELTA_TEXT_CHARS],
+                    offset=start,
+                )
+            self.sent = text
+        except IronclawError as error:
+            self.stopped = True
+            logger.warning("thread %s: deltas stopped (%s)", self.turn.thread_id, error)
 
 
 @dataclass
@@ -193,14 +184,20 @@ class Engine:
         poll_seconds: float,
         heartbeat_seconds: float,
         lease_seconds: int,
+        delta_interval: float = 0.2,
+        deltas_client: Client | None = None,
     ):
         self.client = client
+        # Deltas are best effort: their client should not retry, so an outage never holds up the
+        # model's stream.
+        self.deltas_client = deltas_client or client
         self.model = model
         self.concurrency = concurrency
         self.max_iterations = max_iterations
         self.poll_seconds = poll_seconds
         self.heartbeat_seconds = heartbeat_seconds
         self.lease_seconds = lease_seconds
+        self.delta_interval = delta_interval
         self.stopping = threading.Event()
         self.prefix = f"{socket.gethostname()}-{os.getpid()}"
 
@@ -276,12 +273,21 @@ class Engine:
                     outcome = {"kind": "stopped"}
                     break
                 model_started = time.monotonic()
+                # The model's text goes to the thread's listeners while it thinks.
+                deltas = StepDeltas(
+                    self.deltas_client.for_user(turn.user_id),
+                    turn,
+                    thread["claim_count"],
+                    step + 1,
+                    self.delta_interval,
+                )
                 try:
-                    reply = self.model.complete(turn.messages)
+                    reply = self.model.complete(turn.messages, on_text=deltas.feed)
                 except Exception as error:  # any model failure fails the turn, never the engine
                     outcome = {"kind": "failed", "error": f"{type(error).__name__}: {error}"}
                     turn.event("model_failed", error=str(error))
                     break
+                deltas.close()
                 if lease.lost is not None:
                     break  # stopped or taken over while the model worked: write nothing more
                 if lease.cancel_requested:
@@ -451,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _model_from_environment(),
             concurrency=_int_setting("ENGINE_CONCURRENCY", 4, minimum=1),
             max_iterations=_int_setting("ENGINE_MAX_ITERATIONS", 8, minimum=1),
+            delta_interval=_int_setting("ENGINE_DELTA_INTERVAL_MS", 200, minimum=0) / 1000,
+            deltas_client=Client(url, key, retry=RetryPolicy(max_attempts=1), timeout=5),
             poll_seconds=options.poll_seconds,
             heartbeat_seconds=options.heartbeat_seconds,
             lease_seconds=options.lease_seconds,
@@ -470,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    with client:
+    with client, engine.deltas_client:
         engine.run()
     return 0
 

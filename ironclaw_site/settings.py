@@ -307,6 +307,9 @@ ENGINE_HISTORY_ENTRIES = env_int("ENGINE_HISTORY_ENTRIES", 20, minimum=0, maximu
 # Messages injected while the model works are answered together, once the inbox has been quiet
 # this long (at most four such waits a step); 0 answers them at once.
 ENGINE_INBOX_DEBOUNCE_MS = env_int("ENGINE_INBOX_DEBOUNCE_MS", 250, minimum=0, maximum=10_000)
+# The model's text goes out as it is produced (NOTIFY ironclaw_deltas): the first delta of a
+# step at once, then at most one per this interval, and the last; 0 publishes none.
+ENGINE_DELTA_INTERVAL_MS = env_int("ENGINE_DELTA_INTERVAL_MS", 200, minimum=0, maximum=60_000)
 ENGINE_MAX_ITERATIONS = env_int("ENGINE_MAX_ITERATIONS", 10, minimum=1, maximum=10_000)
 ENGINE_TURN_TIMEOUT_S = env_int("ENGINE_TURN_TIMEOUT_S", 300, minimum=1, maximum=86_400)
 # A turn whose worker dies resumes when the lease is given up (at the latest when it expires);

@@ -10,4 +10,5 @@ urlpatterns = [
         views.ThreadCheckpointView.as_view(),
         name="thread-checkpoint",
     ),
+    path("threads/<uuid:thread_id>/deltas", views.ThreadDeltasView.as_view(), name="thread-deltas"),
 ]

@@ -23,6 +23,7 @@ from accounts.services import CreatedApiKey
 from conversations.models import Thread
 from tests.client.conftest import TEST_RETRY
 from tests.support.chat_server import chat_server
+from tests.support.deltas import applied, deltas_listener
 from tests.support.servers import BASE_DIR
 from workspace.models import Document
 
@@ -81,19 +82,28 @@ def test_the_external_engine_answers_ten_tenants_in_parallel(
         )
         return dict(sent), dict(reply)
 
-    with external_engine(
-        live_url,
-        service_key,
-        ENGINE_MODEL="echo",
-        ENGINE_ECHO_LATENCY_MS="1000",
-        ENGINE_CONCURRENCY="10",
-    ) as engine:
+    with (
+        deltas_listener() as listener,
+        external_engine(
+            live_url,
+            service_key,
+            ENGINE_MODEL="echo",
+            ENGINE_ECHO_LATENCY_MS="1000",
+            ENGINE_CONCURRENCY="10",
+        ) as engine,
+    ):
         with ThreadPoolExecutor(len(users)) as pool:
             results = dict(zip(users, pool.map(converse, users), strict=True))
         engine.send_signal(signal.SIGTERM)
         exit_code = engine.wait(timeout=30)
+        deltas = listener.settle()
 
     assert exit_code == 0
+    # Each turn's text went out while the model thought, the last delta being the whole reply.
+    assert applied(deltas) == {
+        (sent["thread_id"], 1): reply["content"] for sent, reply in results.values()
+    }
+    assert 2 * len(users) <= len(deltas) <= 7 * len(users)
     threads = {
         user: Thread.objects.get(pk=sent["thread_id"]) for user, (sent, _) in results.items()
     }

@@ -20,7 +20,14 @@ from conversations.services import (
     message_handle,
 )
 from engine.checkpoint import conversation_checkpoint_path, thread_checkpoint_path
-from engine.model_clients import ChatMessage, EchoModel, ModelClient, ModelError, ModelReply
+from engine.model_clients import (
+    ChatMessage,
+    EchoModel,
+    ModelClient,
+    ModelError,
+    ModelReply,
+    OnText,
+)
 from engine.reads import NEWEST_UNDELIVERED_SQL, UNDELIVERED_SQL
 from engine.runner import Turn
 from workspace.models import Chunk, Document, DocumentVersion
@@ -42,7 +49,9 @@ class ScriptedModel:
     during: Callable[[int], None] | None = None
     name: str = "scripted"
 
-    def complete(self, messages: list[ChatMessage], *, step: int) -> ModelReply:
+    def complete(
+        self, messages: list[ChatMessage], *, step: int, on_text: OnText | None = None
+    ) -> ModelReply:
         self.calls.append(messages)
         self.called_at.append(time.monotonic())
         if self.during is not None:

@@ -36,6 +36,7 @@ OPERATION_IDS = {
     ("post", "/api/v1/threads/{thread_id}/inbox"): "thread_inbox_take",
     ("post", "/api/v1/threads/{thread_id}/outcome"): "thread_outcome_record",
     ("put", "/api/v1/threads/{thread_id}/checkpoint"): "thread_checkpoint_write",
+    ("post", "/api/v1/threads/{thread_id}/deltas"): "thread_delta_publish",
     ("get", "/api/v1/workspace/documents/{path}"): "workspace_document_read",
     ("put", "/api/v1/workspace/documents/{path}"): "workspace_document_write",
     ("delete", "/api/v1/workspace/documents/{path}"): "workspace_document_delete",

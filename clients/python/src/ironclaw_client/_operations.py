@@ -42,6 +42,7 @@ OPERATIONS: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/threads/{thread_id}/inbox"): "take_inbox",
     ("POST", "/api/v1/threads/{thread_id}/outcome"): "record_outcome",
     ("PUT", "/api/v1/threads/{thread_id}/checkpoint"): "write_checkpoint",
+    ("POST", "/api/v1/threads/{thread_id}/deltas"): "publish_delta",
     ("GET", "/api/v1/workspace/documents/{path}"): "read_document",
     ("PUT", "/api/v1/workspace/documents/{path}"): "write_document",
     ("DELETE", "/api/v1/workspace/documents/{path}"): "delete_document",
@@ -350,6 +351,32 @@ def write_checkpoint(
     # Repeated freely: the same content again, and once the lease is lost, lease_lost.
     body = {"worker_id": worker_id, "content": content, "lease_epoch": lease_epoch}
     return Call("PUT", f"{API}/threads/{thread_id}/checkpoint", idempotent=True, body=body)
+
+
+def publish_delta(
+    thread_id: str,
+    *,
+    worker_id: str,
+    lease_epoch: int,
+    step: int,
+    text: str,
+    offset: int = 0,
+) -> Call[int]:
+    # Repeated freely: a listener applies buf[:offset] + text, so the same delta twice is one.
+    body = {
+        "worker_id": worker_id,
+        "lease_epoch": lease_epoch,
+        "step": step,
+        "text": text,
+        "offset": offset,
+    }
+    return Call(
+        "POST",
+        f"{API}/threads/{thread_id}/deltas",
+        idempotent=True,
+        body=body,
+        answer_field="published",
+    )
 
 
 def read_document(path: str) -> Call[models.WorkspaceDocument]:

@@ -233,6 +233,31 @@ class Client(_core.ClientSettings[httpx.Client]):
             _operations.write_checkpoint(thread_id, worker_id, content, lease_epoch=lease_epoch)
         )
 
+    def publish_delta(
+        self,
+        thread_id: str,
+        *,
+        worker_id: str,
+        lease_epoch: int,
+        step: int,
+        text: str,
+        offset: int = 0,
+    ) -> int:
+        """Publish model step ``step``'s text from character ``offset`` on (0: the whole text so
+        far) to the thread's listeners, under the lease of epoch ``lease_epoch``; never stored.
+        At most 64 KiB of text a call. Returns how many notifications carried it; once anyone
+        has claimed the thread since, ``Conflict`` ``lease_lost``."""
+        return self._send(
+            _operations.publish_delta(
+                thread_id,
+                worker_id=worker_id,
+                lease_epoch=lease_epoch,
+                step=step,
+                text=text,
+                offset=offset,
+            )
+        )
+
     def read_document(self, path: str) -> models.WorkspaceDocument:
         """The workspace document at ``path``, with its content and metadata."""
         return self._send(_operations.read_document(path))

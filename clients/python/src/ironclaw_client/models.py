@@ -35,6 +35,8 @@ __all__ = [
     "StateEnum",
     "Thread",
     "ThreadCheckpointInputRequest",
+    "ThreadDeltaInputRequest",
+    "ThreadDeltaOutput",
     "ThreadInboxInputRequest",
     "ThreadInboxOutput",
     "ThreadKindEnum",
@@ -242,6 +244,18 @@ class ThreadCheckpointInputRequest(TypedDict):
     content: str
     worker_id: str
     lease_epoch: int
+
+
+class ThreadDeltaInputRequest(TypedDict):
+    worker_id: str
+    lease_epoch: int
+    step: int
+    text: str
+    offset: NotRequired[int]
+
+
+class ThreadDeltaOutput(TypedDict):
+    published: int
 
 
 class ThreadInboxInputRequest(TypedDict):

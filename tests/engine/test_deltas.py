@@ -1,0 +1,189 @@
+"""Token deltas: a model step's text as it is produced, received by a real LISTEN connection."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import logging
+import threading
+import time
+import uuid
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conversations.models import Thread
+from conversations.services import message_handle
+from engine import deltas
+from engine.checkpoint import thread_checkpoint_path
+from engine.deltas import MAX_PAYLOAD_BYTES, DeltaPublisher, delta_payloads
+from engine.model_clients import EchoModel
+from engine.runner import Turn
+from tests.support.deltas import Delta, applied, deltas_listener
+from workspace.models import Document
+
+THREAD = uuid.UUID("00000000-0000-4000-8000-000000000001")
+CONVERSATION = uuid.UUID("00000000-0000-4000-8000-000000000002")
+# Every kind of character a payload must carry: multi-byte ones (two, three and four bytes in
+# UTF-8), and what JSON escapes (quotes, backslashes, control characters).
+MIXED = 'ascii é ü 中文 😀🎉 "quoted" back\\slash\ttab\nline \x01 '
+
+
+def _text_of(deltas: list[Delta]) -> str:
+    (text,) = applied(deltas).values()
+    return text
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(ENGINE_DELTA_INTERVAL_MS=200)
+def test_an_echo_turns_text_arrives_as_it_is_produced_at_most_every_interval() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="a question worth a second")
+    final = "echo: a question worth a second"
+
+    with deltas_listener() as listener:
+        Turn(Thread.objects.get(pk=sent.thread_id), model=EchoModel(latency_ms=1000)).run()
+        received = listener.wait_for(lambda got: bool(got) and _text_of(got) == final)
+        received = listener.settle()
+
+    checkpoint = Document.objects.get(path=thread_checkpoint_path(sent.thread_id))
+    (step,) = json.loads(checkpoint.content)["steps"]
+    call_started = datetime.datetime.fromisoformat(step["started_at"]).timestamp()
+    assert 2 <= len(received) <= 7, [d.body for d in received]
+    assert received[0].received_at - call_started < 0.15
+    assert {(d.conversation_id, d.thread_id) for d in received} == {
+        (str(sent.conversation_id), str(sent.thread_id))
+    }
+    assert {d.body["step"] for d in received} == {1}
+    assert [d.body["offset"] for d in received] == [0] * len(received)
+    assert received[-1].text == final
+    texts = [d.text for d in received]
+    assert all(final.startswith(text) for text in texts)
+    assert len(set(texts)) == len(texts), "a delta identical to the last one was sent"
+    # Coalesced: apart from the last (the close), at least the interval between two.
+    sent_at = [d.body["at"] for d in received[:-1]]
+    assert all(b - a >= 0.19 for a, b in itertools.pairwise(sent_at))
+    assert Thread.objects.get(pk=sent.thread_id).state == "completed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_large_growing_text_is_split_into_payloads_that_reassemble_exactly() -> None:
+    text = (MIXED * 700)[:20_000]
+    publisher = DeltaPublisher(
+        thread_id=THREAD, conversation_id=CONVERSATION, step=3, interval_ms=1
+    )
+
+    with deltas_listener() as listener:
+        # Fed from a thread of its own, as the runner's model call does.
+        def model() -> None:
+            for end in (10, 3_000, 7_000, 12_345, 19_999):
+                publisher.feed(text[:end])
+                time.sleep(0.01)
+            publisher.feed(text)
+
+        feeder = threading.Thread(target=model)
+        feeder.start()
+        feeder.join()
+        publisher.close()
+        received = listener.wait_for(lambda got: bool(got) and _text_of(got) == text)
+
+    assert all(len(d.payload.encode()) <= MAX_PAYLOAD_BYTES for d in received)
+    assert any(d.body["offset"] > 0 for d in received)
+    assert received[0].body["offset"] == 0
+    assert all(d.body["step"] == 3 for d in received)
+    assert _text_of(received) == text
+    assert publisher.published == len(received)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_is_coalesced_and_the_last_text_goes_at_close() -> None:
+    publisher = DeltaPublisher(thread_id=THREAD, conversation_id=None, step=1, interval_ms=10_000)
+
+    with deltas_listener() as listener:
+        for end in range(1, 101):
+            publisher.feed("x" * end)
+        publisher.feed("x" * 100)
+        publisher.close()
+        publisher.feed("too late")
+        received = listener.wait_for(lambda got: len(got) == 2)
+        received = listener.settle()
+
+    assert [(d.conversation_id, d.body["offset"], d.text) for d in received] == [
+        ("-", 0, "x"),
+        ("-", 0, "x" * 100),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_nothing_is_published_with_deltas_off_or_after_an_abandoned_step() -> None:
+    off = DeltaPublisher(thread_id=THREAD, conversation_id=None, step=1, interval_ms=0)
+    abandoned = DeltaPublisher(thread_id=THREAD, conversation_id=None, step=2, interval_ms=1)
+
+    with deltas_listener() as listener:
+        off.feed("never")
+        off.close()
+        abandoned.feed("first")
+        abandoned.abandon()
+        abandoned.feed("first and more")
+        abandoned.close()
+        received = listener.wait_for(lambda got: len(got) == 1)
+        received = listener.settle()
+
+    assert [(d.body["step"], d.text) for d in received] == [(2, "first")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_publish_is_logged_once_per_step_and_never_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Past PostgreSQL's own limit: the server refuses each notification.
+    monkeypatch.setattr(deltas, "MAX_PAYLOAD_BYTES", 20_000)
+    publisher = DeltaPublisher(thread_id=THREAD, conversation_id=None, step=1, interval_ms=1)
+
+    with caplog.at_level(logging.WARNING, logger="engine.deltas"):
+        publisher.feed("y" * 9_000)
+        time.sleep(0.01)
+        publisher.feed("y" * 9_500)
+        publisher.close()
+
+    assert publisher.published == 0
+    assert len([r for r in caplog.records if "deltas not published" in r.getMessage()]) == 1
+    assert connection.connection is None  # given back to the pool, even after the failure
+
+
+@given(
+    text=st.text(
+        alphabet=st.sampled_from([*'ab"\\\n\x00\x1f', "é", "中", "😀", "\u2028"]), max_size=9_000
+    ),
+    offset=st.integers(min_value=0, max_value=10**9),
+)
+def test_payloads_stay_under_the_limit_and_carry_the_text_from_its_offset(
+    text: str, offset: int
+) -> None:
+    payloads = delta_payloads(
+        conversation_id=CONVERSATION, thread_id=THREAD, step=7, offset=offset, text=text, at=1.5
+    )
+
+    bodies = [json.loads(payload.split(" ", 2)[2]) for payload in payloads]
+    assert all(len(payload.encode()) <= MAX_PAYLOAD_BYTES for payload in payloads)
+    assert all(p.startswith(f"{CONVERSATION} {THREAD} ") for p in payloads)
+    assert "".join(body["text"] for body in bodies) == text
+    starts = [
+        offset + len("".join(body["text"] for body in bodies[:n])) for n in range(len(bodies))
+    ]
+    assert [body["offset"] for body in bodies] == starts
+    assert all(
+        (body["thread_id"], body["step"], body["at"]) == (str(THREAD), 7, 1.5) for body in bodies
+    )
+    assert all(body["text"] for body in bodies) or len(bodies) == 1
+
+
+def test_a_lone_surrogate_is_sent_as_one_replacement_character() -> None:
+    (payload,) = delta_payloads(
+        conversation_id=None, thread_id=THREAD, step=1, offset=0, text="a\ud800b", at=0.0
+    )
+
+    assert json.loads(payload.split(" ", 2)[2])["text"] == "a?b"
