@@ -60,6 +60,7 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
+from rest_framework.request import Request
 
 from core import notify
 from core.metrics import STREAM_FRAMES_SENT, STREAMS_CLOSED, STREAMS_OPEN
@@ -120,8 +121,9 @@ class Handoff:
         self.subscription = subscription
 
 
-def handoff_offered(request: HttpRequest) -> Handoff | None:
-    """The hand-off the web server offers for ``request``; None under any other server."""
+def handoff_offered(request: HttpRequest | Request) -> Handoff | None:
+    """The hand-off the web server offers for ``request`` (Django's or DRF's); None under any
+    other server."""
     offered = request.META.get(HANDOFF_ENVIRON_KEY)
     return offered if isinstance(offered, Handoff) else None
 
