@@ -1,4 +1,5 @@
-"""Prometheus metrics of the plumbing every process records: requests and database pools.
+"""Prometheus metrics of the plumbing every process records: requests, database pools and event
+streams.
 
 Every web and worker process records into ``PROMETHEUS_MULTIPROC_DIR`` (``manage.py serve`` gives
 its children one, ``METRICS_DIR``), and a scrape of any web process sums them all
@@ -48,6 +49,21 @@ DB_POOL_WAITING = Gauge(
 DB_POOL_TIMEOUTS = Counter(
     "ironclaw_db_pool_timeouts",
     "Requests answered 503 because no pooled connection came within DATABASE_POOL_TIMEOUT.",
+)
+# The event streams' hubs (core.streams).
+STREAMS_OPEN = Gauge(
+    "ironclaw_streams_open",
+    "Event streams the web processes' hubs serve, summed over processes.",
+    multiprocess_mode="livesum",
+)
+STREAMS_CLOSED = Counter(
+    "ironclaw_streams_closed",
+    "Event streams closed, by reason: client, lifetime, slow, done, error, shutdown.",
+    ["reason"],
+)
+STREAM_FRAMES_SENT = Counter(
+    "ironclaw_stream_frames_sent",
+    "Frames the event streams sent after their first bytes (keep-alive comments not counted).",
 )
 
 

@@ -6,10 +6,18 @@ wakes the request threads waiting for a key on a channel. Triggers send the noti
 (``pg_notify`` runs at commit, so a woken request always sees the committed row). Waiting is
 also bounded by a short poll interval, so a lost notification (listener reconnecting after a
 database restart) costs at most that interval, never a missed reply.
+
+A payload is ``"<key>"`` or ``"<key1> <key2> ... <json>"``: leading keys separated by spaces, then
+optionally one JSON object (keys contain neither spaces nor ``{``). Each key wakes its waiters,
+and so does the whole payload, so an older payload that is one user id with a space in it still
+wakes the waiters for that id. Subscribers (``subscribe``: the event streams' hub) are called
+with the key and the JSON object, parsed once per notification; ``on_reconnect`` callbacks learn
+that notifications may have been lost.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -26,22 +34,52 @@ logger = logging.getLogger(__name__)
 
 ENTRIES_CHANNEL = "ironclaw_entries"
 THREADS_CHANNEL = "ironclaw_threads"
-CHANNELS = (ENTRIES_CHANNEL, THREADS_CHANNEL)
+# A thread's events (conversations.event_sql): "<conversation_id or -> <thread_id> <json>".
+EVENTS_CHANNEL = "ironclaw_events"
 # The model's text as it is produced (engine.deltas), never stored: each payload is
-# "<conversation_id or -> <thread_id> <json>". Not among CHANNELS: no long-poll waits on it.
+# "<conversation_id or -> <thread_id> <json>".
 DELTAS_CHANNEL = "ironclaw_deltas"
+CHANNELS = (ENTRIES_CHANNEL, THREADS_CHANNEL, EVENTS_CHANNEL, DELTAS_CHANNEL)
 # How often the listener looks up from its connection to see whether it should stop.
 STOP_CHECK_S = 1.0
 # Any key on a channel: a waiter for every tenant's threads.
 ANY = "*"
 
 T = TypeVar("T")
+# Called on the listener thread with (channel, key, the payload's JSON object or None): it must
+# be quick (hand the work to another thread), must not block, and must not change the object
+# (every subscriber of the notification is given the same one).
+Subscriber = Callable[[str, str, "dict[str, Any] | None"], None]
+
+
+def payload_keys(payload: str) -> list[str]:
+    """The keys a payload names, each once: its leading words, and the whole payload too (an
+    older payload is one key, and a user id may hold a space or a brace)."""
+    brace = payload.find("{")
+    keys = list(dict.fromkeys((payload if brace < 0 else payload[:brace]).split()))
+    if payload not in keys:
+        keys.append(payload)
+    return keys
+
+
+def payload_data(payload: str) -> dict[str, Any] | None:
+    """The JSON object after a payload's keys; None without one (or with one that is not)."""
+    brace = payload.find("{")
+    if brace < 0:
+        return None
+    try:
+        data = json.loads(payload[brace:])
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 class _Listener:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[tuple[str, str], set[threading.Event]] = defaultdict(set)
+        self._subscribers: dict[tuple[str, str], dict[object, Subscriber]] = defaultdict(dict)
+        self._reconnect_callbacks: dict[object, Callable[[], None]] = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -75,20 +113,75 @@ class _Listener:
                 if not waiters:
                     del self._waiters[(channel, key)]
 
-    def _wake(self, channel: str, key: str) -> None:
+    def subscribe(self, channel: str, key: str, callback: Subscriber) -> Callable[[], None]:
+        token = object()
+        self._ensure_started()
+        with self._lock:
+            self._subscribers[(channel, key)][token] = callback
+
+        def unsubscribe() -> None:
+            with self._lock:
+                subscribers = self._subscribers.get((channel, key))
+                if subscribers is not None:
+                    subscribers.pop(token, None)
+                    if not subscribers:
+                        del self._subscribers[(channel, key)]
+
+        return unsubscribe
+
+    def on_reconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
+        token = object()
+        with self._lock:
+            self._reconnect_callbacks[token] = callback
+
+        def forget() -> None:
+            with self._lock:
+                self._reconnect_callbacks.pop(token, None)
+
+        return forget
+
+    def _notified(self, channel: str, payload: str) -> None:
+        keys = payload_keys(payload)
         with self._lock:
             events = [
-                *self._waiters.get((channel, key), ()),
-                *self._waiters.get((channel, ANY), ()),
+                event for key in (*keys, ANY) for event in self._waiters.get((channel, key), ())
+            ]
+            calls = [
+                (callback, key)
+                for key in keys
+                for callback in self._subscribers.get((channel, key), {}).values()
+            ]
+            # A subscriber for every key hears each notification once, with its first key.
+            calls += [
+                (callback, keys[0])
+                for callback in self._subscribers.get((channel, ANY), {}).values()
             ]
         for event in events:
             event.set()
+        # Parsed once, and only for a subscriber: a process that only waits never parses.
+        data = payload_data(payload) if calls else None
+        for callback, key in calls:
+            try:
+                callback(channel, key, data)
+            except Exception:
+                # A subscriber's bug must not pass for a lost connection (or stop the others).
+                logger.exception("a notification subscriber failed on %s", channel)
 
     def _wake_all(self) -> None:
         with self._lock:
             events = [event for waiters in self._waiters.values() for event in waiters]
         for event in events:
             event.set()
+
+    def _reconnected(self) -> None:
+        self._wake_all()
+        with self._lock:
+            callbacks = list(self._reconnect_callbacks.values())
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("a notification reconnect callback failed")
 
     def _connect(self) -> psycopg.Connection:
         params = connections["default"].get_connection_params()
@@ -106,11 +199,12 @@ class _Listener:
                     for channel in CHANNELS:
                         listen.execute(f"LISTEN {channel}")
                     backoff = 0.5
-                    # Anything committed while we were not listening: let waiters look again.
-                    self._wake_all()
+                    # Anything committed while we were not listening: let waiters look again
+                    # and subscribers read what they may have missed.
+                    self._reconnected()
                     while not self._stopping.is_set():
                         for notice in listen.notifies(timeout=STOP_CHECK_S):
-                            self._wake(notice.channel, notification_key(notice))
+                            self._notified(notice.channel, notice.payload)
             except Exception as error:
                 logger.warning(
                     "notification listener lost its connection (%s); reconnecting", error
@@ -120,14 +214,6 @@ class _Listener:
                 backoff = min(backoff * 2, 10.0)
 
 
-def notification_key(notice: psycopg.Notify) -> str:
-    """Whom a notification is for. An entry's payload is "<conversation id> <entry as JSON>";
-    a claimable thread's is the tenant's user id, whole (it may contain spaces)."""
-    if notice.channel == ENTRIES_CHANNEL:
-        return notice.payload.split(" ", 1)[0]
-    return notice.payload
-
-
 _listener = _Listener()
 
 
@@ -135,6 +221,23 @@ def listening(channel: str, key: str) -> AbstractContextManager[threading.Event]
     """An event set by every notification for ``key`` on ``channel`` (every key with ``ANY``),
     and whenever the listener (re)connects; the caller clears it before it looks again."""
     return _listener.waiting(channel, key)
+
+
+def subscribe(channel: str, key: str, callback: Subscriber) -> Callable[[], None]:
+    """Call ``callback(channel, key, data)`` on the listener thread for every notification naming
+    ``key`` on ``channel`` (every notification with ``ANY``, then with its first key); ``data`` is
+    the payload's JSON object, or None. Returns the function that unsubscribes (idempotent).
+
+    Registered when this returns: a notification committed afterwards reaches the callback,
+    unless the listener is (re)connecting, which ``on_reconnect`` callbacks then hear of."""
+    return _listener.subscribe(channel, key, callback)
+
+
+def on_reconnect(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback()`` on the listener thread each time it has (re)connected and listens
+    again: notifications sent while it was not listening are lost, so whoever relies on them
+    reads afresh. Returns the function that forgets the callback."""
+    return _listener.on_reconnect(callback)
 
 
 def listener_stop() -> None:

@@ -476,3 +476,11 @@ WEB_HANG_SECONDS = env_int("WEB_HANG_SECONDS", 90, minimum=3, maximum=3600)
 WEB_MAX_HEADER_BYTES = env_int(
     "WEB_MAX_HEADER_BYTES", 65_536, minimum=16_384, maximum=16 * 1024 * 1024
 )
+# Event streams (core.streams), per web process: its hub serves them all on one thread.
+STREAMS_PER_KEY = env_int("STREAMS_PER_KEY", 100, minimum=1, maximum=100_000)
+STREAM_READ_THREADS = env_int("STREAM_READ_THREADS", 2, minimum=1, maximum=64)
+STREAM_KEEPALIVE_SECONDS = env_int("STREAM_KEEPALIVE_SECONDS", 15, minimum=1, maximum=300)
+STREAM_MAX_SECONDS = env_int("STREAM_MAX_SECONDS", 300, minimum=10, maximum=86_400)
+STREAM_BUFFER_BYTES = env_int(
+    "STREAM_BUFFER_BYTES", 1_048_576, minimum=65_536, maximum=256 * 1024 * 1024
+)

@@ -6,12 +6,16 @@ buffer, not a request thread. Three things are added here: a deadline for receiv
 request still incomplete after ``WEB_REQUEST_TIMEOUT`` seconds is answered 408, however steadily it
 trickles), the server's own error answers (400, 408, 413, 431, 500) in the JSON shape every
 other error has, and HEAD responses without a body, whatever the application returned.
+
+An event stream's view hands its connection over instead of keeping a thread (``core.streams``):
+waitress then writes nothing of the response and forgets the connection, and the hub serves it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import resource
 import signal
 import socket
 import time
@@ -26,6 +30,7 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, Task, ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import BadRequest
 
+from core import streams
 from core.api.exceptions import error_body
 from core.metrics import REQUEST_DURATION
 
@@ -77,12 +82,78 @@ class HeadersOnlyForHead(Task):
 
 
 class ApplicationTask(HeadersOnlyForHead, WSGITask):
+    """A request for the application, which may hand its connection to the streams' hub.
+
+    The hand-off is offered in the environ (``core.streams.Handoff``). When the view took it and
+    the response that came out of the middleware is a 200, its body (the replay) is kept rather
+    than written, and the hub gets a duplicate of the socket with the head built here (no
+    Content-Length: chunked for HTTP/1.1, up to the close for 1.0; ``Connection: close``).
+    Waitress, having written nothing, then closes its own descriptor as after any response with
+    ``Connection: close``: a close, never a shutdown, so the connection lives on in the hub's.
+    Any other response is written as usual and the stream's subscription cancelled."""
+
+    def __init__(self, channel: HTTPChannel, request: Any):
+        super().__init__(channel, request)
+        self.handoff = streams.Handoff()
+        self.first_bytes: list[bytes] = []
+
     def get_environment(self) -> dict[str, Any]:
         environ: dict[str, Any] = super().get_environment()
         if self.is_head:
             # A file response would otherwise be sent by waitress straight from the file.
             environ.pop("wsgi.file_wrapper", None)
+        environ[streams.HANDOFF_ENVIRON_KEY] = self.handoff
         return environ
+
+    @property
+    def hands_off(self) -> bool:
+        return (
+            self.handoff.subscription is not None
+            and self.complete
+            and self.status.startswith("200 ")
+            and not self.is_head
+        )
+
+    def service(self) -> None:
+        try:
+            super().service()
+        finally:
+            if self.handoff.subscription is not None:
+                # Nothing once adopted; otherwise its subscriptions and key slot go.
+                self.handoff.subscription.cancel()
+
+    def write(self, data: bytes) -> None:
+        if self.hands_off:
+            self.first_bytes.append(data)
+            # Kept, not written: waitress must not count it against the Content-Length.
+            self.content_length = None
+        else:
+            super().write(data)
+
+    def finish(self) -> None:
+        if self.hands_off:
+            self.hand_off()
+        else:
+            super().finish()
+
+    def hand_off(self) -> None:
+        subscription = self.handoff.subscription
+        assert subscription is not None
+        self.remove_content_length_header()
+        self.content_length = None
+        # Before the head is built: it then says Connection: close, and waitress closes its
+        # descriptor (only that) once this task ends.
+        self.set_close_on_finish()
+        head = self.build_response_header()
+        channel = self.channel
+        # The I/O thread (which keeps reading the connection, channel_request_lookahead) closes
+        # a channel's socket only in handle_close, after marking it unconnected under this lock:
+        # a connected channel's descriptor cannot be closed, and reused, while it is duplicated.
+        with channel.outbuf_lock:
+            if not channel.connected or channel.socket is None:
+                return  # the client has gone: service() cancels the subscription
+            sock = channel.socket.dup()
+        subscription.adopt(sock, head, b"".join(self.first_bytes), chunked=self.chunked_response)
 
 
 class JsonErrorTask(HeadersOnlyForHead, ErrorTask):
@@ -224,11 +295,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return listener
 
 
-def serve(
+def server_create(
     application: Any,
+    listener: socket.socket,
     *,
-    host: str,
-    port: int,
     threads: int,
     request_timeout: float,
     max_header_bytes: int,
@@ -237,9 +307,8 @@ def serve(
     trusted_proxy_headers: Sequence[str] = (),
     trusted_proxy_count: int = 1,
     liveness_file: Path | None = None,
-) -> None:
-    """Serve ``application`` until SIGTERM or SIGINT; requests in flight get a few seconds."""
-    listener = listening_socket(host, port)
+) -> DeadlineServer:
+    """The server ``serve`` runs, on ``listener`` (tests run it in a thread of their own)."""
     adjustments = Adjustments(
         sockets=[listener],
         threads=threads,
@@ -255,6 +324,9 @@ def serve(
         # mid-long-poll is seen (environ["waitress.client_disconnected"]) and its wait ends
         # without claiming a thread for nobody.
         channel_request_lookahead=1,
+        # poll(), not select(): the event streams' sockets push this process's descriptors past
+        # 1024, which select() cannot watch.
+        asyncore_use_poll=True,
         max_request_header_size=max_header_bytes,
         max_request_body_size=max_body_bytes,
         ident="ironclaw_site",
@@ -272,7 +344,7 @@ def serve(
     )
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(threads)
-    server = DeadlineServer(
+    return DeadlineServer(
         application,
         map={},
         _sock=listener,
@@ -284,9 +356,60 @@ def serve(
         liveness=LivenessProbe(liveness_file) if liveness_file else None,
     )
 
+
+def open_files_limit_raise() -> None:
+    """Let this process open as many descriptors as its hard limit allows.
+
+    Each event stream holds a socket, and the usual soft limit (1024) would refuse connections
+    after about a thousand of them; the hard limit is what the administrator meant to allow."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as error:
+            logger.warning("could not raise the open files limit from %s: %s", soft, error)
+
+
+def serve(
+    application: Any,
+    *,
+    host: str,
+    port: int,
+    threads: int,
+    request_timeout: float,
+    max_header_bytes: int,
+    max_body_bytes: int,
+    trusted_proxy: str | None = None,
+    trusted_proxy_headers: Sequence[str] = (),
+    trusted_proxy_count: int = 1,
+    liveness_file: Path | None = None,
+) -> None:
+    """Serve ``application`` until SIGTERM or SIGINT; requests in flight get a few seconds, event
+    streams end at once (their clients reconnect to another process)."""
+    open_files_limit_raise()
+    server = server_create(
+        application,
+        listening_socket(host, port),
+        threads=threads,
+        request_timeout=request_timeout,
+        max_header_bytes=max_header_bytes,
+        max_body_bytes=max_body_bytes,
+        trusted_proxy=trusted_proxy,
+        trusted_proxy_headers=trusted_proxy_headers,
+        trusted_proxy_count=trusted_proxy_count,
+        liveness_file=liveness_file,
+    )
+
     def stop(signum: int, frame: FrameType | None) -> None:
+        # Started here, not after the requests in flight are done: the streams' last bytes go
+        # while waitress waits for its threads.
+        streams.shutdown(timeout=0)
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
     logger.info("serving on http://%s:%s with %s threads", host, port, threads)
-    server.run()
+    try:
+        server.run()
+    finally:
+        streams.shutdown()
