@@ -183,6 +183,26 @@ WHERE conversation_id = %(conversation_id)s AND start_seq = ANY(%(starts)s::bigi
 """
 
 
+_NOW_SQL = """
+SELECT c.last_seq, t.start_seq, t.event_seq
+FROM conversations_conversation c
+LEFT JOIN conversations_thread t ON t.conversation_id = c.id AND t.start_seq IS NOT NULL
+     AND t.state IN ('created', 'running', 'waiting', 'suspended')
+WHERE c.id = %(conversation_id)s
+"""
+
+
+def conversation_now(conversation_id: uuid.UUID) -> ConversationCursor:
+    """The cursor of a stream that starts now: the last entry, and the live threads' last
+    events (one snapshot, so every live thread it names was announced by then)."""
+    rows = _rows(_NOW_SQL, {"conversation_id": conversation_id})
+    cursor = ConversationCursor(entry_seq=rows[0]["last_seq"] if rows else 0)
+    for row in rows:
+        if row["start_seq"] is not None:
+            cursor.threads[row["start_seq"]] = row["event_seq"]
+    return cursor
+
+
 def _rows(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
     with server_bound_cursor() as cursor:
         cursor.execute(sql, params)
@@ -247,9 +267,15 @@ def conversation_read(conversation_id: uuid.UUID, cursor: ConversationCursor) ->
     )
 
 
-def thread_read(thread_id: uuid.UUID, after: int) -> tuple[list[dict[str, Any]], bool]:
+@dataclass
+class ThreadRead:
+    events: list[dict[str, Any]]
+    more: bool
+
+
+def thread_read(thread_id: uuid.UUID, after: int) -> ThreadRead:
     rows = _rows(_THREAD_EVENTS_SQL, {"thread_id": thread_id, "after": after, "limit": READ_LIMIT})
-    return [_event_row(row) for row in rows], len(rows) == READ_LIMIT
+    return ThreadRead([_event_row(row) for row in rows], more=len(rows) == READ_LIMIT)
 
 
 def _closing(read: Callable[[], Any]) -> Callable[[], Any]:
@@ -357,8 +383,9 @@ class ConversationStream:
         conversation_id, cursor = self.conversation_id, self.cursor
         return _closing(lambda: conversation_read(conversation_id, cursor))
 
-    def read_done(self, result: ConversationRead) -> tuple[list[bytes], bool]:
+    def read_done(self, result: object) -> tuple[list[bytes], bool]:
         """Apply a read, dropping what was sent meanwhile; (frames, whether to read again)."""
+        assert isinstance(result, ConversationRead)
         for start, thread_id in result.followed.items():
             if start in self._unresolved:
                 self.followed[thread_id] = _Followed(start, self._unresolved.pop(start))
@@ -401,12 +428,13 @@ class ThreadStream:
     """One client's stream of a thread: its events after a number, and its deltas; it ends
     with the thread's final event."""
 
-    def __init__(self, thread_id: uuid.UUID, after: int):
+    def __init__(self, thread_id: uuid.UUID, after: int, *, ended: bool = False):
         self.thread_id = thread_id
         key = str(thread_id)
         self.topics = ((EVENTS_CHANNEL, key), (DELTAS_CHANNEL, key))
         self.seen = after
-        self.ended = False
+        # Given for a thread that has ended and whose final event the client has seen.
+        self.ended = ended
 
     def notified(
         self, channel: str, key: str, data: dict[str, Any] | None
@@ -428,12 +456,13 @@ class ThreadStream:
         self.ended = data["type"] in TERMINAL_EVENT_KINDS
         return [frame("thread", thread_event_data(data), str(self.seen))], False
 
-    def read_plan(self) -> Callable[[], tuple[list[dict[str, Any]], bool]]:
+    def read_plan(self) -> Callable[[], ThreadRead]:
         thread_id, after = self.thread_id, self.seen
         return _closing(lambda: thread_read(thread_id, after))
 
-    def read_done(self, result: tuple[list[dict[str, Any]], bool]) -> tuple[list[bytes], bool]:
-        events, more = result
+    def read_done(self, result: object) -> tuple[list[bytes], bool]:
+        assert isinstance(result, ThreadRead)
+        events, more = result.events, result.more
         frames: list[bytes] = []
         for event in events:
             frames.extend(self._event(event)[0])

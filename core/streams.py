@@ -102,8 +102,9 @@ class StreamSource(Protocol):
         """A function to run on a database thread, capturing what it needs now (the cursor)."""
         ...
 
-    def read_done(self, result: object) -> list[bytes]:
-        """Frames from that read's result (less what was sent meanwhile)."""
+    def read_done(self, result: object) -> tuple[list[bytes], bool]:
+        """Frames from that read's result (less what was sent meanwhile), and whether to read
+        again at once (the read stopped at its page size)."""
         ...
 
     def done(self) -> bool:
@@ -178,6 +179,10 @@ class Subscription(asyncio.Protocol):
         self.state = ADOPTED
         self._chunked = chunked
         self.hub._adopt(self, sock, head + self._framed(first))
+
+    def read_soon(self) -> None:
+        """Read as soon as the stream is open (the replay stopped at its page size)."""
+        self._read_wanted = True
 
     def cancel(self) -> None:
         """Give the stream up before ``adopt``: its subscriptions and key slot go (idempotent)."""
@@ -268,8 +273,9 @@ class Subscription(asyncio.Protocol):
                 future.exception()  # for nobody: not worth a "never retrieved" warning
             return
         with self._guarded():
-            self._emit(self.source.read_done(future.result()))
-            if self._read_again and self.state == OPEN:
+            frames, again = self.source.read_done(future.result())
+            self._emit(frames)
+            if (self._read_again or again) and self.state == OPEN:
                 self._read_again = False
                 self._read()
 

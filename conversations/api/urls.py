@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from conversations.api import threads, views
+from conversations.api import events, threads, views
 
 urlpatterns = [
     path("messages", views.MessageCreateView.as_view(), name="message-create"),
@@ -19,6 +19,11 @@ urlpatterns = [
         name="conversation-entries",
     ),
     path(
+        "conversations/<uuid:conversation_id>/events",
+        events.ConversationEventsView.as_view(),
+        name="conversation-events",
+    ),
+    path(
         "conversations/<uuid:conversation_id>/clear",
         views.ConversationClearView.as_view(),
         name="conversation-clear",
@@ -30,6 +35,9 @@ urlpatterns = [
     ),
     path("threads/next", threads.ThreadNextView.as_view(), name="thread-next"),
     path("threads/<uuid:thread_id>", threads.ThreadDetailView.as_view(), name="thread-detail"),
+    path(
+        "threads/<uuid:thread_id>/events", events.ThreadEventsView.as_view(), name="thread-events"
+    ),
     path("threads/<uuid:thread_id>/claim", threads.ThreadClaimView.as_view(), name="thread-claim"),
     path(
         "threads/<uuid:thread_id>/heartbeat",

@@ -44,7 +44,7 @@ def _drain(stream: ConversationStream | ThreadStream) -> list[Frame]:
     """Everything a stream sends from its cursor by reading, as a stream behind would."""
     frames: list[Frame] = []
     while True:
-        sent, again = stream.read_done(stream.read_plan()())  # type: ignore[arg-type]
+        sent, again = stream.read_done(stream.read_plan()())
         frames.extend(_parse(raw) for raw in sent)
         if not again:
             return frames
@@ -103,7 +103,8 @@ def test_a_thread_records_each_change_of_state_and_each_step_numbered_without_ga
     assert completed.data["outcome"]["kind"] == "completed"
     assert completed.conversation_id == conversation_id
     step = ThreadEvent.objects.get(thread_id=threads[0], seq=3)
-    assert step.data["n"] == 1 and step.data["final"] is False
+    assert step.data["n"] == 1
+    assert step.data["final"] is False
     assert list(
         ThreadEvent.objects.filter(thread_id=threads[2])
         .order_by("seq")
@@ -124,7 +125,8 @@ def test_a_replay_from_any_cursor_sends_exactly_what_follows_it() -> None:
             for _, event, data in everything
             if event == "thread" and data["thread_id"] == str(thread_id)
         ]
-        assert seqs == list(range(1, len(seqs) + 1)) and seqs
+        assert seqs
+        assert seqs == list(range(1, len(seqs) + 1))
     # Each thread's events come after the entry that announced it.
     position = {
         (event, data.get("thread_id"), data["seq"]): i

@@ -73,10 +73,10 @@ class EchoSource:
 
         return read
 
-    def read_done(self, result: object) -> list[bytes]:
+    def read_done(self, result: object) -> tuple[list[bytes], bool]:
         assert isinstance(result, int)
         self.cursor = result
-        return [f"data: read {result}\n\n".encode()]
+        return [f"data: read {result}\n\n".encode()], False
 
     def done(self) -> bool:
         return self.done_after is not None and self.echoed >= self.done_after
