@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 from rest_framework.test import APIClient
 
 from accounts.services import CreatedApiKey, api_key_create
+from core.notify import listener_stop
 
 # The servers and workers the tests start connect through DATABASE_URL, with which the settings
 # require SECRET_KEY (several hosts must share one); they inherit this one.
@@ -52,3 +53,12 @@ def tenant_client(make_api_key: Callable[..., CreatedApiKey]) -> Callable[[str],
         return client
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _notification_listener_stopped(django_db_setup: None) -> Iterator[None]:
+    """Stop this process's notification listener before the test database is dropped: any
+    test that waits, streams or subscribes starts it, and its connection would hold the
+    database (and log its loss) at the end of the session."""
+    yield
+    listener_stop()
