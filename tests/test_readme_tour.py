@@ -57,6 +57,8 @@ def test_the_readme_tour_runs_and_gets_the_echo_reply_and_a_search_hit() -> None
     assert re.search(r"^\d+ system: Thread started$", result.stdout, re.MULTILINE), output
     assert re.search(r"^\d+ agent: echo: hello$", result.stdout, re.MULTILINE), output
     assert re.search(r"^completed 1 \d+$", result.stdout, re.MULTILINE), output
+    events = re.findall(r"^thread event: (\w+)$", result.stdout, re.MULTILINE)
+    assert events == ["spawned", "claimed", "step", "completed"], output
     assert re.search(r"^1\.00 notes/garden\.md: '# Garden", result.stdout, re.MULTILINE), output
     assert "Superuser created successfully." in result.stdout, output
     assert f"Open http://localhost:{port}/admin/" in result.stdout, output
