@@ -6,7 +6,8 @@ from foreign key columns, not joined rows), inline lists capped with a link to t
 One module per page family, each registering its models when imported (as the admin's
 autodiscovery imports this package): ``conversations`` (with the channel index), ``threads``
 (the thread page's sections in ``thread_page``, their markup in
-``templates/admin/conversations/thread/``), ``entries``.
+``templates/admin/conversations/thread/``), ``entries``; ``live`` gives the conversation and
+thread pages their live panels and serves the staff event streams those read.
 """
 
 from conversations.admin.conversations import (

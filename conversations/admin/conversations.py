@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from conversations.admin.common import NoDeleteAdmin, SystemRowsAdmin
+from conversations.admin.live import LivePanel, LivePanelAdmin
 from conversations.models import ChannelUserIndex, Conversation, ConversationEntry, Thread
 from conversations.services import conversation_busy_policy_set, conversation_clear
+from conversations.stream_requests import conversation_source
+from conversations.streams import ConversationStream, conversation_now
 from core.admin import BoundedCountPaginator, ReadOnlyInline, TenantPrefixFilter
 from core.admin_display import change_link, changelist_url, short_id
 from core.errors import ApplicationError
@@ -76,7 +81,7 @@ class ThreadInline(ReadOnlyInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(NoDeleteAdmin):
+class ConversationAdmin(LivePanelAdmin, NoDeleteAdmin):
     list_display = (
         "conversation_id",
         "user_id",
@@ -121,6 +126,31 @@ class ConversationAdmin(NoDeleteAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Conversations start with a message (or conversations/new) so the index stays right.
         return False
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        context = dict(extra_context or {})
+        try:
+            conversation_id = uuid.UUID(unquote(object_id))
+        except ValueError:
+            pass  # not a conversation: the admin says so
+        else:
+            # The live panel's cursor, read before the page's entries: one committed in between
+            # shows in both, never in neither.
+            context["live_after"] = str(conversation_now(conversation_id))
+        return super().change_view(request, object_id, form_url, context)
+
+    def live_source(self, obj: Conversation, given: tuple[str, str] | None) -> ConversationStream:
+        return conversation_source(obj.pk, given)
+
+    def live_panel(self, obj: Conversation, context: dict[str, Any]) -> LivePanel:
+        after = context.get("live_after") or str(conversation_now(obj.pk))
+        return LivePanel(url=self.live_url(obj), after=after, kind="conversation")
 
     @admin.display(description="conversation", ordering="pk")
     def conversation_id(self, conversation: Conversation) -> SafeString:

@@ -17,6 +17,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from conversations.admin.common import SystemRowsAdmin
+from conversations.admin.live import LivePanel, LivePanelAdmin
 from conversations.admin.thread_page import ThreadPageSections
 from conversations.models import Thread, ThreadState
 from conversations.services import (
@@ -25,6 +26,8 @@ from conversations.services import (
     thread_requeue,
     thread_stop,
 )
+from conversations.stream_requests import thread_source
+from conversations.streams import ThreadStream
 from core.admin import TenantPrefixFilter
 from core.admin_display import SHORT_ID_LENGTH, change_link, duration_text, short_id, truncated
 from core.errors import ApplicationError
@@ -70,7 +73,7 @@ class WaitingLongerThanFilter(admin.SimpleListFilter):
 
 
 @admin.register(Thread)
-class ThreadAdmin(ThreadPageSections, SystemRowsAdmin):
+class ThreadAdmin(ThreadPageSections, LivePanelAdmin, SystemRowsAdmin):
     list_display = (
         "thread_id",
         "user_id",
@@ -174,6 +177,20 @@ class ThreadAdmin(ThreadPageSections, SystemRowsAdmin):
             # A list row shows none of these, and model calls alone can be 100 JSON objects.
             return threads.defer("goal", "model_calls", "metadata")
         return threads
+
+    def live_source(self, obj: Thread, given: tuple[str, str] | None) -> ThreadStream:
+        return thread_source(obj, given)
+
+    def live_panel(self, obj: Thread, context: dict[str, Any]) -> LivePanel:
+        # From the row the page shows; an ended thread's panel gets its final event.
+        after = obj.event_seq - 1 if obj.is_terminal else obj.event_seq
+        return LivePanel(
+            url=self.live_url(obj),
+            after=str(after),
+            kind="thread",
+            thread_id=str(obj.pk),
+            thread_state=obj.state,
+        )
 
     @admin.display(description="thread", ordering="pk")
     def thread_id(self, thread: Thread) -> SafeString:

@@ -1,10 +1,10 @@
 """``GET .../events``: a conversation's or a thread's events as Server-Sent Events.
 
-The view checks the tenant and the cursor, replays what the client missed, and hands the
-connection to this process's stream hub (``core.streams``), which sends the rest as it happens
-without a request thread or a database connection. Under a server without the hub (the test
-client, another WSGI server) the answer is the replay alone, and the client reconnects after
-``retry`` with the last id it saw, which still loses nothing.
+The view checks the tenant; the cursor, the replay and the hand-off to this process's stream hub
+(``core.streams``), which sends the rest as it happens without a request thread or a database
+connection, are ``conversations.stream_requests``'s, shared with the admin's live panels. Under a
+server without the hub (the test client, another WSGI server) the answer is the replay alone, and
+the client reconnects after ``retry`` with the last id it saw, which still loses nothing.
 """
 
 from __future__ import annotations
@@ -21,22 +21,13 @@ from rest_framework.views import APIView
 from accounts.authentication import request_user_id
 from conversations import selectors
 from conversations.api.views import TAG, THREAD_TAG, _errors
-from conversations.streams import (
-    ConversationCursor,
-    ConversationStream,
-    CursorInvalid,
-    ThreadStream,
-    conversation_now,
-    thread_cursor_parse,
+from conversations.stream_requests import (
+    LAST_EVENT_ID,
+    conversation_source,
+    cursor_given,
+    stream_open,
+    thread_source,
 )
-from core import streams
-from core.errors import InvalidInput, RateLimited
-
-# How long a client waits before reconnecting after a stream ends (the SSE ``retry`` field).
-RECONNECT_MS = 1000
-# A client refused for too many streams may try again after this long.
-STREAM_CAP_RETRY_AFTER_S = 5
-LAST_EVENT_ID = "Last-Event-ID"
 
 
 class _EventsView(APIView):
@@ -50,16 +41,6 @@ class _EventsView(APIView):
         return JSONRenderer(), JSONRenderer.media_type
 
 
-def _cursor_text(request: Request) -> tuple[str, str] | None:
-    """The cursor to resume from and the name it came under: the header EventSource sends
-    when it reconnects wins over ``?after=``."""
-    header = request.headers.get(LAST_EVENT_ID)
-    if header is not None and header.strip():
-        return LAST_EVENT_ID, header
-    after = request.query_params.get("after")
-    return ("after", after) if after is not None else None
-
-
 def _stream_key(request: Request) -> str:
     """Whose streams the per-key cap counts: the API key, else the signed-in user."""
     auth = request.auth
@@ -67,40 +48,6 @@ def _stream_key(request: Request) -> str:
     if key_id is not None:
         return f"key:{key_id}"
     return f"user:{getattr(request.user, 'pk', None)}"
-
-
-def _open(request: Request, source: ConversationStream | ThreadStream) -> HttpResponse:
-    key = _stream_key(request)
-    hub = streams.hub()
-    if not hub.admit(key):
-        raise RateLimited(
-            "This key has as many streams open on this web process as STREAMS_PER_KEY allows; "
-            "close one, or retry after Retry-After.",
-            retry_after=STREAM_CAP_RETRY_AFTER_S,
-        )
-    try:
-        # Subscribed before the replay's read: whatever commits after it is notified to it.
-        subscription = hub.subscribe(source, key)
-    except BaseException:
-        hub.release(key)
-        raise
-    try:
-        frames, more = source.read_done(source.read_plan()())
-    except BaseException:
-        subscription.cancel()
-        raise
-    first = b"".join([b": stream open\n\n", f"retry: {RECONNECT_MS}\n\n".encode(), *frames])
-    offer = streams.handoff_offered(request)
-    if offer is None or source.done():
-        # No hub under this server, or nothing more will come: the replay alone, then the end.
-        subscription.cancel()
-        response = streams.event_stream_response(first)
-    else:
-        if more:
-            subscription.read_soon()
-        offer(subscription)
-        response = streams.event_stream_response(first)
-    return response
 
 
 _CURSOR_PARAMETERS = [
@@ -145,18 +92,8 @@ class ConversationEventsView(_EventsView):
     def get(self, request: Request, conversation_id: UUID) -> HttpResponse:
         user_id = request_user_id(request)
         selectors.conversation_check(user_id=user_id, conversation_id=conversation_id)
-        given = _cursor_text(request)
-        if given is None:
-            cursor = conversation_now(conversation_id)
-        else:
-            name, text = given
-            try:
-                cursor = ConversationCursor.parse(text)
-            except CursorInvalid as error:
-                raise InvalidInput(
-                    f"{name} is not a cursor of this stream.", details={name: [str(error)]}
-                ) from None
-        return _open(request, ConversationStream(conversation_id, cursor))
+        source = conversation_source(conversation_id, cursor_given(request))
+        return stream_open(request, source, _stream_key(request))
 
 
 class ThreadEventsView(_EventsView):
@@ -178,17 +115,5 @@ class ThreadEventsView(_EventsView):
     )
     def get(self, request: Request, thread_id: UUID) -> HttpResponse:
         thread = selectors.thread_get(user_id=request_user_id(request), thread_id=thread_id)
-        given = _cursor_text(request)
-        if given is None:
-            # An ended thread's stream still says how it ended: its final event, then the end.
-            after = thread.event_seq - 1 if thread.is_terminal else thread.event_seq
-        else:
-            name, text = given
-            try:
-                after = thread_cursor_parse(text)
-            except CursorInvalid as error:
-                raise InvalidInput(
-                    f"{name} is not a cursor of this stream.", details={name: [str(error)]}
-                ) from None
-        ended = thread.is_terminal and after >= thread.event_seq
-        return _open(request, ThreadStream(thread.id, after, ended=ended))
+        source = thread_source(thread, cursor_given(request))
+        return stream_open(request, source, _stream_key(request))

@@ -136,7 +136,8 @@ PAGES: dict[str, tuple[Callable[[int], str], int]] = {
     "version list": (_changelist("workspace_documentversion", _documents), 4),
     "chunk list": (_changelist("workspace_chunk", _documents), 4),
     "api key list": (_changelist("accounts_apikey", _api_keys), 4),
-    "conversation page": (_conversation_with, 7),
+    # One of them the live panel's cursor (conversation_now), read before the entries.
+    "conversation page": (_conversation_with, 8),
     "thread page": (_thread_with, 4),
     "entry page": (
         _row_page("conversations_conversationentry", _conversations, ConversationEntry),
