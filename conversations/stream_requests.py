@@ -24,6 +24,7 @@ from conversations.streams import (
     ConversationStream,
     CursorInvalid,
     ThreadStream,
+    conversation_cursor_check,
     conversation_now,
     thread_cursor_parse,
 )
@@ -58,6 +59,7 @@ def conversation_source(conversation_id: UUID, given: tuple[str, str] | None) ->
     name, text = given
     try:
         cursor = ConversationCursor.parse(text)
+        conversation_cursor_check(conversation_id, cursor)
     except CursorInvalid as error:
         raise _refused(name, error) from None
     return ConversationStream(conversation_id, cursor)
@@ -72,6 +74,10 @@ def thread_source(thread: Thread, given: tuple[str, str] | None) -> ThreadStream
         name, text = given
         try:
             after = thread_cursor_parse(text)
+            if after > thread.event_seq:
+                raise CursorInvalid(
+                    f"is ahead of this thread, whose last event is {thread.event_seq}"
+                )
         except CursorInvalid as error:
             raise _refused(name, error) from None
     ended = thread.is_terminal and after >= thread.event_seq
@@ -82,7 +88,12 @@ def stream_open(
     request: HttpRequest | Request, source: ConversationStream | ThreadStream, key: str
 ) -> HttpResponse:
     """Serve ``source`` on one of ``key``'s STREAMS_PER_KEY slots (``RateLimited`` when it has
-    none left): subscribed, then the replay read, then handed to the hub when it is offered."""
+    none left): subscribed, then the replay read, then handed to the hub when it is offered.
+
+    A thread stream that has nothing left to send (its thread ended, its client saw the final
+    event) is a 204: the answer that tells EventSource to stop reconnecting."""
+    if source.done():
+        return HttpResponse(status=204)
     hub = streams.hub()
     if not hub.admit(key):
         raise RateLimited(

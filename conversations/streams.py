@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection
 from rest_framework import serializers
 
 from conversations.models import TERMINAL_EVENT_KINDS
@@ -45,6 +44,8 @@ READ_LIMIT = 500
 PENDING_MAX = 200
 
 _CONVERSATION_CURSOR = re.compile(r"\A(\d{1,18})((?:\.\d{1,18}:\d{1,10}){0,64})\Z")
+# Thread event numbers are 32-bit in the database.
+EVENT_SEQ_MAX = 2**31 - 1
 _THREAD_CURSOR = re.compile(r"\A\d{1,10}\Z")
 _TIME = serializers.DateTimeField()
 
@@ -76,6 +77,8 @@ class ConversationCursor:
             start, seen = part.split(":")
             if int(start) in threads:
                 raise CursorInvalid("names a thread twice")
+            if int(seen) > EVENT_SEQ_MAX:
+                raise CursorInvalid("names an event number no thread can reach")
             threads[int(start)] = int(seen)
         entry_seq = int(match.group(1))
         if any(start > entry_seq for start in threads):
@@ -84,9 +87,37 @@ class ConversationCursor:
 
 
 def thread_cursor_parse(text: str) -> int:
-    if _THREAD_CURSOR.match(text.strip()) is None:
+    if _THREAD_CURSOR.match(text.strip()) is None or int(text) > EVENT_SEQ_MAX:
         raise CursorInvalid("must be an event number this stream sent, e.g. 3 (0 replays all)")
     return int(text)
+
+
+_CURSOR_CHECK_SQL = """
+SELECT c.last_seq, t.start_seq, t.event_seq
+FROM conversations_conversation c
+LEFT JOIN conversations_thread t ON t.conversation_id = c.id
+     AND t.start_seq = ANY(%(starts)s::bigint[])
+WHERE c.id = %(conversation_id)s
+"""
+
+
+def conversation_cursor_check(conversation_id: uuid.UUID, cursor: ConversationCursor) -> None:
+    """Refuse a cursor ahead of the conversation (an entry or a thread event it does not have
+    yet, e.g. one kept from before a database restore): resuming from it would skip whatever
+    comes to fill the difference."""
+    rows = _rows(
+        _CURSOR_CHECK_SQL, {"conversation_id": conversation_id, "starts": sorted(cursor.threads)}
+    )
+    if rows and cursor.entry_seq > rows[0]["last_seq"]:
+        raise CursorInvalid(
+            f"is ahead of this conversation, whose last entry is {rows[0]['last_seq']}"
+        )
+    found = {row["start_seq"]: row["event_seq"] for row in rows if row["start_seq"] is not None}
+    for start, seen in cursor.threads.items():
+        if start not in found:
+            raise CursorInvalid(f"names a thread at entry {start}, which announced none")
+        if seen > found[start]:
+            raise CursorInvalid(f"is ahead of the thread announced by entry {start}")
 
 
 # --- Frames ---------------------------------------------------------------------------------------
@@ -278,18 +309,6 @@ def thread_read(thread_id: uuid.UUID, after: int) -> ThreadRead:
     return ThreadRead([_event_row(row) for row in rows], more=len(rows) == READ_LIMIT)
 
 
-def _closing(read: Callable[[], Any]) -> Callable[[], Any]:
-    """``read`` on a database thread, which holds no connection once it is done."""
-
-    def run() -> Any:
-        try:
-            return read()
-        finally:
-            connection.close()
-
-    return run
-
-
 # --- Live state -----------------------------------------------------------------------------------
 
 
@@ -381,7 +400,7 @@ class ConversationStream:
 
     def read_plan(self) -> Callable[[], ConversationRead]:
         conversation_id, cursor = self.conversation_id, self.cursor
-        return _closing(lambda: conversation_read(conversation_id, cursor))
+        return lambda: conversation_read(conversation_id, cursor)
 
     def read_done(self, result: object) -> tuple[list[bytes], bool]:
         """Apply a read, dropping what was sent meanwhile; (frames, whether to read again)."""
@@ -458,7 +477,7 @@ class ThreadStream:
 
     def read_plan(self) -> Callable[[], ThreadRead]:
         thread_id, after = self.thread_id, self.seen
-        return _closing(lambda: thread_read(thread_id, after))
+        return lambda: thread_read(thread_id, after)
 
     def read_done(self, result: object) -> tuple[list[bytes], bool]:
         assert isinstance(result, ThreadRead)

@@ -116,7 +116,10 @@ def test_a_thread_stream_of_an_ended_thread_sends_how_it_ended_and_ends(
         "spawned",
         "stopped",
     ]
-    assert _frames(client.get(url, HTTP_LAST_EVENT_ID="2").content) == []
+    # Nothing more will come: 204, which tells EventSource to stop reconnecting.
+    ended = client.get(url, HTTP_LAST_EVENT_ID="2")
+    assert ended.status_code == 204
+    assert ended.content == b""
     assert client.get(url, HTTP_LAST_EVENT_ID="2.5").status_code == 400
 
 
@@ -156,3 +159,47 @@ def test_a_thread_event_records_who_stopped_nothing_but_the_state(
     )
     assert frames[0][2]["usage"]["input_tokens"] == 5
     assert frames[0][2]["claim_count"] == 0
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["99", "3.2:7", "3.3:0", "3.2:2147483648", "3.2:9999999999"],
+)
+def test_a_cursor_ahead_of_the_conversation_or_beyond_any_thread_is_a_400(
+    tenant_client: Callable[[str], APIClient], cursor: str
+) -> None:
+    """A cursor kept from before a restore would skip what comes to fill the difference."""
+    message_handle(user_id="alice", channel="web", content="one")
+    sent = message_handle(user_id="alice", channel="web", content="two")  # injected: seq 3
+    assert sent.seq == 3
+    response = tenant_client("alice").get(
+        f"/api/v1/conversations/{sent.conversation_id}/events", {"after": cursor}
+    )
+    assert response.status_code == 400, response.content
+    assert "after" in response.json()["error"]["details"]
+
+
+@pytest.mark.parametrize("cursor", ["2", "2147483648", "9999999999"])
+def test_a_thread_cursor_beyond_its_last_event_is_a_400(
+    tenant_client: Callable[[str], APIClient], cursor: str
+) -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    response = tenant_client("alice").get(
+        f"/api/v1/threads/{sent.thread_id}/events", HTTP_LAST_EVENT_ID=cursor
+    )
+    assert response.status_code == 400
+    assert "Last-Event-ID" in response.json()["error"]["details"]
+
+
+@pytest.mark.django_db(transaction=False)
+def test_a_stream_inside_a_request_transaction_keeps_its_connection(
+    tenant_client: Callable[[str], APIClient],
+) -> None:
+    """The replay reads on the request's own connection and leaves it open (ATOMIC_REQUESTS,
+    a test's transaction)."""
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    response = tenant_client("alice").get(
+        f"/api/v1/conversations/{sent.conversation_id}/events?after=0"
+    )
+    assert response.status_code == 200
+    assert len(_frames(response.content)) == 3
