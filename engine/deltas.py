@@ -125,12 +125,24 @@ def deltas_notify(payloads: Sequence[str]) -> None:
             cursor.execute(_NOTIFY_MANY_SQL, [list(payloads)])
 
 
+class DeltaPace:
+    """When a turn last published a delta: shared by the publishers of its steps, so that a turn
+    publishes at most one delta every ``ENGINE_DELTA_INTERVAL_MS`` however short its steps are
+    (each delta wakes every listening process: eight 125 ms steps published two each)."""
+
+    def __init__(self) -> None:
+        self.sent_at: float | None = None
+
+
 class DeltaPublisher:
     """The deltas of one model step of one thread, fed the text so far as it grows.
 
     The first delta goes at once; after it, at most one every ``ENGINE_DELTA_INTERVAL_MS``
     (the latest text then; what came meanwhile is coalesced into it), and ``close`` sends the
-    last text. A text the listeners already have is not sent again. ``feed`` runs on the model
+    last text. A text the listeners already have is not sent again. With a ``pace`` (the turn's)
+    the interval runs across the turn's steps: a step's first delta waits for it too, and
+    ``close`` sends the last text only once it has run out (the step's entry or its next step
+    follows at once). ``feed`` runs on the model
     call's own thread, which holds no database connection: each publish takes one from the pool
     for its one statement and gives it back at once, so a turn never holds one while its model
     works. A failure (the database is down) is logged once per step and never raised.
@@ -143,6 +155,7 @@ class DeltaPublisher:
         conversation_id: uuid.UUID | str | None,
         step: int,
         interval_ms: int | None = None,
+        pace: DeltaPace | None = None,
     ):
         self.thread_id = thread_id
         self.conversation_id = conversation_id
@@ -156,7 +169,8 @@ class DeltaPublisher:
         self._closed = False
         # What listeners have (the text last published), and when the last publish was.
         self._sent = ""
-        self._sent_at: float | None = None
+        self._pace = pace or DeltaPace()
+        self._shared = pace is not None
         self._pending: tuple[str, float] | None = None
         self._failure_logged = False
 
@@ -168,15 +182,20 @@ class DeltaPublisher:
             if self._closed:
                 return
             self._pending = (text_so_far, time.time())
-            if self._sent_at is None or time.monotonic() - self._sent_at >= self.interval:
+            if self._due():
                 self._flush()
+
+    def _due(self) -> bool:
+        sent_at = self._pace.sent_at
+        return sent_at is None or time.monotonic() - sent_at >= self.interval
 
     def close(self) -> None:
         """The step is over: publish the last text, if the listeners do not have it yet."""
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._flush()
+                if self._due() or not self._shared:
+                    self._flush()
 
     def abandon(self) -> None:
         """The step is over without a reply (interrupted, failed, timed out): nothing more is
@@ -201,7 +220,7 @@ class DeltaPublisher:
             payloads = whole if len(whole) == 1 else self._rest(text, at)
         else:
             payloads = self._rest(text, at)
-        self._sent_at = time.monotonic()
+        self._pace.sent_at = time.monotonic()
         if self._publish(payloads):
             self._sent = text
             self.published += len(payloads)

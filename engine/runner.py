@@ -58,7 +58,7 @@ from engine.checkpoint import (
     now_iso,
 )
 from engine.context import history_before, system_prompt
-from engine.deltas import DeltaPublisher
+from engine.deltas import DeltaPace, DeltaPublisher
 from engine.model_call import model_call
 from engine.model_clients import ChatMessage, ModelClient, ModelError, model_client_from_settings
 from engine.reads import GOAL_SQL, NEWEST_UNDELIVERED_SQL, UNDELIVERED_SQL
@@ -113,6 +113,8 @@ class Turn:
         self._wake = threading.Event()
         self._context: list[ChatMessage] | None = None
         self._stop_heartbeat = threading.Event()
+        # The turn's deltas, paced across its steps.
+        self._delta_pace = DeltaPace()
         self._checkpoint_save = checkpoint_save
         # The stop request of the turn worker running this turn (None outside one).
         self._turn_stop = current_turn_stop()
@@ -376,7 +378,10 @@ class Turn:
                 step=state.working_steps,
                 # The step's text as it is produced, to whoever listens; never stored.
                 deltas=DeltaPublisher(
-                    thread_id=self.thread.id, conversation_id=self.thread.conversation_id, step=n
+                    thread_id=self.thread.id,
+                    conversation_id=self.thread.conversation_id,
+                    step=n,
+                    pace=self._delta_pace,
                 ),
                 wake=self._wake,
                 check_interrupts=lambda: self._check_interrupts(deadline),
