@@ -39,9 +39,16 @@ EVENTS_CHANNEL = "ironclaw_events"
 # The model's text as it is produced (engine.deltas), never stored: each payload is
 # "<conversation_id or -> <thread_id> <json>".
 DELTAS_CHANNEL = "ironclaw_deltas"
-CHANNELS = (ENTRIES_CHANNEL, THREADS_CHANNEL, EVENTS_CHANNEL, DELTAS_CHANNEL)
-# How often the listener looks up from its connection to see whether it should stop.
-STOP_CHECK_S = 1.0
+# What every listener listens to; the others only once something in the process subscribes to
+# them. Every notification on a channel wakes every process listening to it: a worker, which
+# never streams, need not wake for each thread event and token delta of every tenant.
+ALWAYS = (ENTRIES_CHANNEL, THREADS_CHANNEL)
+# How often the listener looks up from its connection to see whether it should stop, or listen
+# to a channel it was asked to (the first subscriber to it waits for that, once per process).
+STOP_CHECK_S = 0.25
+# How long a first subscriber waits for its channel to be listened to; past it (the listener is
+# down), the reconnection's callbacks stand for whatever was missed.
+LISTEN_WAIT_S = 5.0
 # Any key on a channel: a waiter for every tenant's threads.
 ANY = "*"
 
@@ -82,6 +89,11 @@ class _Listener:
         self._reconnect_callbacks: dict[object, Callable[[], None]] = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        # The channels wanted, and those the current connection listens to (signalled when it
+        # listens to more).
+        self._wanted: set[str] = set(ALWAYS)
+        self._listening: set[str] = set()
+        self._listened = threading.Condition(self._lock)
 
     def stop(self) -> None:
         """Close the listening connection and end its thread (the next waiter starts another)."""
@@ -118,6 +130,12 @@ class _Listener:
         self._ensure_started()
         with self._lock:
             self._subscribers[(channel, key)][token] = callback
+            if channel not in self._listening:
+                self._wanted.add(channel)
+                self._listened.wait_for(
+                    lambda: channel in self._listening or self._stopping.is_set(),
+                    timeout=LISTEN_WAIT_S,
+                )
 
         def unsubscribe() -> None:
             with self._lock:
@@ -183,6 +201,18 @@ class _Listener:
             except Exception:
                 logger.exception("a notification reconnect callback failed")
 
+    def _listen(self, listen: psycopg.Connection) -> None:
+        """LISTEN to the channels wanted that ``listen`` does not listen to yet."""
+        with self._lock:
+            new = self._wanted - self._listening
+        if not new:
+            return
+        for channel in sorted(new):
+            listen.execute(f"LISTEN {channel}")
+        with self._lock:
+            self._listening |= new
+            self._listened.notify_all()
+
     def _connect(self) -> psycopg.Connection:
         params = connections["default"].get_connection_params()
         params.pop("pool", None)
@@ -196,8 +226,9 @@ class _Listener:
         while not self._stopping.is_set():
             try:
                 with self._connect() as listen:
-                    for channel in CHANNELS:
-                        listen.execute(f"LISTEN {channel}")
+                    with self._lock:
+                        self._listening = set()
+                    self._listen(listen)
                     backoff = 0.5
                     # Anything committed while we were not listening: let waiters look again
                     # and subscribers read what they may have missed.
@@ -205,7 +236,10 @@ class _Listener:
                     while not self._stopping.is_set():
                         for notice in listen.notifies(timeout=STOP_CHECK_S):
                             self._notified(notice.channel, notice.payload)
+                        self._listen(listen)
             except Exception as error:
+                with self._lock:
+                    self._listening = set()
                 logger.warning(
                     "notification listener lost its connection (%s); reconnecting", error
                 )
