@@ -1,5 +1,10 @@
 """A minimal channel bridge: each line read from stdin is a user message on one channel, and the
-agent's replies are printed to stdout as they are written (a follow of the conversation).
+agent's replies are printed to stdout as they are written.
+
+The bridge follows the conversation's event stream: a reply appears as the model writes it, its
+token deltas printed as they come, and its line is completed by the agent's entry (the reply as
+stored; a model step's text starts a line of its own). With --no-stream it long-polls the
+conversation's entries instead and prints each reply whole.
 
 A line is sent once the previous one has its reply (turn-taking, so a piped script reads each
 reply after its own line); at the end of input the bridge waits for the last reply and exits.
@@ -19,8 +24,9 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TextIO
 
-from ironclaw_client import Client, IronclawError
+from ironclaw_client import Client, DeltaText, IronclawError
 
 
 class Replies:
@@ -48,9 +54,73 @@ class Replies:
             )
 
 
+class ReplyPrinter:
+    """Prints a reply as it grows: the text of one model step on one line, what each delta
+    adds written at once; the agent's entry then completes the line (or, when the stream's
+    text was not the start of the reply, is printed whole on a line of its own)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.step: tuple[str, int] | None = None
+        # What is printed on the line not ended yet.
+        self.line = ""
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def _end_line(self) -> None:
+        if self.line:
+            self._write("\n")
+        self.line = ""
+
+    def grew(self, step: tuple[str, int], text: str) -> None:
+        """The step's text so far is ``text``."""
+        if step != self.step:
+            self._end_line()
+            self.step = step
+        if not text.startswith(self.line):
+            # Rewritten (what is printed cannot be taken back): on a line of its own.
+            self._end_line()
+        self._write(text[len(self.line) :])
+        self.line = text
+
+    def reply(self, content: str) -> None:
+        if not (self.line and content.startswith(self.line)):
+            self._end_line()
+        self._write(content[len(self.line) :] + "\n")
+        self.line, self.step = "", None
+
+
+def stream(
+    client: Client, conversation_id: str, after_seq: int, replies: Replies, stop: threading.Event
+) -> None:
+    """Follow the conversation's events after entry ``after_seq`` (a conversation stream's id
+    ``N`` means "after entry N"), printing replies as they stream."""
+    printer, texts = ReplyPrinter(sys.stdout), DeltaText()
+    try:
+        for event in client.stream_events(conversation_id, after=str(after_seq)):
+            if stop.is_set():
+                return
+            if event.event == "delta":
+                text = texts.add(event)
+                if text is not None:
+                    printer.grew((event.data["thread_id"], event.data["step"]), text)
+            elif event.event == "entry" and event.data["sender"] == "agent":
+                printer.reply(event.data["content"])
+                replies.seen(event.data["seq"])
+            elif event.event == "entry" and event.data["sender"] == "system":
+                print(f"[{event.data['content']}]", file=sys.stderr, flush=True)
+            else:
+                texts.add(event)  # a thread's final event: its steps' texts are let go
+    except IronclawError as error:
+        replies.failed(error)
+
+
 def follow(
     client: Client, conversation_id: str, after_seq: int, replies: Replies, stop: threading.Event
 ) -> None:
+    """Follow the conversation's entries by long-polls, printing each reply whole."""
     try:
         for entry in client.follow(conversation_id, after_seq=after_seq, stop=stop):
             if entry["sender"] == "agent":
@@ -71,6 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--reply-timeout", type=float, default=120, help="seconds to wait for each reply"
     )
+    parser.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="long-poll the entries and print each reply whole, instead of streaming it",
+    )
     options = parser.parse_args(argv)
     url, key = os.environ.get("IRONCLAW_URL"), os.environ.get("IRONCLAW_API_KEY")
     if not url or not key:
@@ -89,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sent = client.send_message(options.channel, text)
             if follower is None:
                 follower = threading.Thread(
-                    target=follow,
+                    target=follow if options.no_stream else stream,
                     args=(client, sent["conversation_id"], sent["seq"] - 1, replies, stop),
                     daemon=True,
                 )
@@ -106,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
-        # The follower (a daemon) ends with the process; its long-poll is not waited for.
+        # The follower (a daemon) ends with the process; its long-poll or stream is not waited
+        # for.
         stop.set()
     return 0
 

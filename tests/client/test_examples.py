@@ -155,6 +155,48 @@ def test_the_bridge_prints_the_agents_replies_to_two_piped_lines(
     assert time.monotonic() - started < 60
 
 
+def test_the_bridge_prints_a_reply_as_it_streams_or_whole_with_no_stream(
+    live_url: str, make_api_key: Callable[..., CreatedApiKey]
+) -> None:
+    service_key = make_api_key(service=True).raw_key
+    user_key = make_api_key("alice").raw_key
+    env = _env(IRONCLAW_URL=live_url, IRONCLAW_API_KEY=user_key)
+
+    with external_engine(live_url, service_key, ENGINE_MODEL="echo", ENGINE_ECHO_LATENCY_MS="1000"):
+        bridge = subprocess.Popen(
+            [sys.executable, "-u", str(EXAMPLES / "bridge.py"), "--reply-timeout", "30"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        assert bridge.stdin is not None
+        assert bridge.stdout is not None
+        bridge.stdin.write(b"hello streams\n")
+        bridge.stdin.close()
+        # What the bridge wrote, in the pieces it wrote them (it flushes after each delta).
+        pieces = []
+        while piece := os.read(bridge.stdout.fileno(), 1024):
+            pieces.append(piece.decode())
+        streamed_exit = bridge.wait(timeout=30)
+        whole = subprocess.run(
+            [sys.executable, str(EXAMPLES / "bridge.py"), "--no-stream"],
+            input="hello polls\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert streamed_exit == 0
+    assert "".join(pieces) == "echo: hello streams\n"
+    # The reply came in pieces, its beginning before its end.
+    assert len(pieces) >= 3
+    assert "\n" not in pieces[0]
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout == "echo: hello polls\n"
+
+
 def test_the_external_engine_takes_a_message_sent_mid_turn_as_a_further_step_of_an_openai_model(
     live_url: str, make_api_key: Callable[..., CreatedApiKey]
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ironclaw_client._core import NO_RETRY, RetryPolicy, usage_body
+from ironclaw_client._events import FINAL_THREAD_EVENTS, DeltaText, StreamEvent
 from ironclaw_client._operations import OPERATIONS
 from ironclaw_client.async_client import AsyncClient, AsyncLease
 from ironclaw_client.client import Client, Lease
@@ -23,6 +24,7 @@ from ironclaw_client.errors import (
 )
 
 __all__ = [
+    "FINAL_THREAD_EVENTS",
     "NO_RETRY",
     "OPERATIONS",
     "ApiError",
@@ -32,6 +34,7 @@ __all__ = [
     "Busy",
     "Client",
     "Conflict",
+    "DeltaText",
     "InvalidArgument",
     "IronclawError",
     "Lease",
@@ -40,6 +43,7 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "RetryPolicy",
+    "StreamEvent",
     "TransportError",
     "Unavailable",
     "ValidationError",

@@ -76,13 +76,18 @@ class Call(Generic[T]):
     expected_empty: frozenset[int] = field(default_factory=frozenset)
     answer_field: str | None = None
     idempotency_key: str | None = None
+    # An event stream's: its own headers (Last-Event-ID), and how long a read may wait.
+    headers: Mapping[str, str] | None = None
+    read_timeout: float | None = None
 
     @property
     def repeatable(self) -> bool:
         """Whether an attempt that may have been acted on can be sent again."""
         return self.idempotent or self.idempotency_key is not None
 
-    def http_timeout(self, timeout: float) -> float:
+    def http_timeout(self, timeout: float) -> float | httpx.Timeout:
+        if self.read_timeout is not None:
+            return httpx.Timeout(timeout, read=self.read_timeout)
         if self.wait_seconds is None:
             return timeout
         return max(timeout, self.wait_seconds + LONG_POLL_MARGIN_SECONDS)
@@ -254,6 +259,8 @@ class ClientSettings(Generic[HttpT]):
             headers[b"X-User-Id"] = user_id_header(self.user_id)
         if call.idempotency_key is not None:
             headers[b"Idempotency-Key"] = call.idempotency_key.encode("ascii")
+        for name, value in (call.headers or {}).items():
+            headers[name.encode("ascii")] = value.encode("utf-8")
         return headers
 
     def _request(self, call: Call[Any]) -> httpx.Request:

@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ironclaw_client import _core, _operations, models
+from ironclaw_client import _core, _events, _operations, models
 from ironclaw_client._core import MAX_WAIT_SECONDS, Call
+from ironclaw_client._events import STREAM_READ_TIMEOUT_SECONDS, StreamEvent
 from ironclaw_client.errors import ApiError, IronclawError, TransportError
 
 T = TypeVar("T")
@@ -58,6 +59,70 @@ class AsyncClient(_core.ClientSettings[httpx.AsyncClient]):
                 continue
             for item in stream.take(page):
                 yield item
+
+    async def _follow_events(
+        self, follow: _events.EventFollow
+    ) -> AsyncGenerator[StreamEvent, None]:
+        while not follow.over:
+            try:
+                response = await self._http.send(self._request(follow.call()), stream=True)
+            except httpx.TransportError as error:
+                follow.failed(error)
+            else:
+                try:
+                    # Closed here, as ``yield from`` would: not whenever the loop finalizes it.
+                    async with contextlib.aclosing(
+                        self._connection_events(follow, response)
+                    ) as events:
+                        async for event in events:
+                            yield event
+                finally:
+                    await response.aclose()
+            if not follow.over:
+                await asyncio.sleep(follow.delay())
+
+    async def _connection_events(
+        self, follow: _events.EventFollow, response: httpx.Response
+    ) -> AsyncGenerator[StreamEvent, None]:
+        try:
+            if not follow.opened(response):
+                await response.aread()
+                follow.refused(response)
+                return
+            async for chunk in response.aiter_bytes():
+                for event in follow.feed(chunk):
+                    yield event
+                    if follow.last(event):
+                        return
+        except httpx.TransportError as error:
+            follow.failed(error)
+            return
+        check = follow.closed()
+        if check is not None:
+            try:
+                thread = await self._send(check)
+            except IronclawError:
+                thread = None
+            follow.thread_checked(thread)
+
+    def stream_events(
+        self,
+        conversation_id: str | None = None,
+        *,
+        thread_id: str | None = None,
+        after: str | int | None = None,
+        read_timeout: float = STREAM_READ_TIMEOUT_SECONDS,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """``Client.stream_events`` as an async iterator (``aclose()`` it to stop early)."""
+        return self._follow_events(
+            _events.EventFollow(
+                conversation_id,
+                thread_id,
+                after=after,
+                policy=self.retry,
+                read_timeout=read_timeout,
+            )
+        )
 
     async def me(self) -> models.MeOutput:
         """``GET /api/v1/me``: the user the key acts for, and whether it is a service key."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any, TypeVar
 
 import httpx
 
-from ironclaw_client import _core, _operations, models
+from ironclaw_client import _core, _events, _operations, models
 from ironclaw_client._core import MAX_WAIT_SECONDS, Call
+from ironclaw_client._events import STREAM_READ_TIMEOUT_SECONDS, StreamEvent
 from ironclaw_client.errors import ApiError, IronclawError, TransportError
 
 T = TypeVar("T")
@@ -59,6 +60,70 @@ class Client(_core.ClientSettings[httpx.Client]):
                 time.sleep(wait)
                 continue
             yield from stream.take(page)
+
+    def _follow_events(self, follow: _events.EventFollow) -> Generator[StreamEvent, None, None]:
+        while not follow.over:
+            try:
+                response = self._http.send(self._request(follow.call()), stream=True)
+            except httpx.TransportError as error:
+                follow.failed(error)
+            else:
+                try:
+                    yield from self._connection_events(follow, response)
+                finally:
+                    response.close()
+            if not follow.over:
+                time.sleep(follow.delay())
+
+    def _connection_events(
+        self, follow: _events.EventFollow, response: httpx.Response
+    ) -> Iterator[StreamEvent]:
+        try:
+            if not follow.opened(response):
+                response.read()
+                follow.refused(response)
+                return
+            for chunk in response.iter_bytes():
+                for event in follow.feed(chunk):
+                    yield event
+                    if follow.last(event):
+                        return
+        except httpx.TransportError as error:
+            follow.failed(error)
+            return
+        check = follow.closed()
+        if check is not None:
+            try:
+                thread = self._send(check)
+            except IronclawError:
+                thread = None
+            follow.thread_checked(thread)
+
+    def stream_events(
+        self,
+        conversation_id: str | None = None,
+        *,
+        thread_id: str | None = None,
+        after: str | int | None = None,
+        read_timeout: float = STREAM_READ_TIMEOUT_SECONDS,
+    ) -> Generator[StreamEvent, None, None]:
+        """A conversation's (or with ``thread_id``, a thread's) events as they happen, from the
+        Server-Sent Events of ``GET .../events``: entries, thread events and token deltas.
+        ``after``: an event's ``id`` to resume after (``"0"``: from the start); without it,
+        from now. Reconnects with the last id seen after a dropped or silent connection (no
+        byte in ``read_timeout`` s), a restart, 429/502/503/504 or the server's end of the
+        stream, so nothing durable is missed or repeated; a conversation's stream goes on until
+        the caller stops iterating (``close()`` the generator), a thread's ends after its final
+        event. Other errors raise (``NotFound``, ``ValidationError`` for a foreign cursor)."""
+        return self._follow_events(
+            _events.EventFollow(
+                conversation_id,
+                thread_id,
+                after=after,
+                policy=self.retry,
+                read_timeout=read_timeout,
+            )
+        )
 
     def me(self) -> models.MeOutput:
         """``GET /api/v1/me``: the user the key acts for, and whether it is a service key."""
