@@ -286,3 +286,14 @@ def test_the_async_client_reconnects_and_ends_a_thread_stream_alike() -> None:
         ("thread", "2"),
     ]
     assert script.last_event_ids() == [None, "1", "1"]
+
+
+def test_a_204_ends_a_stream_as_the_server_says_nothing_more_will_come() -> None:
+    """The server answers 204 to a thread stream resumed at its thread's final event (the SSE
+    way to stop a client reconnecting): the client stops, without asking the thread."""
+    script = SseScript()
+    script.add(Answer(status=204))
+    with sse_server(script), Client(script.url, "key", retry=QUICK) as client:
+        events = list(client.stream_events(thread_id=THREAD, after=5))
+    assert events == []
+    assert [request.path.rsplit("/", 1)[-1] for request in script.requests] == ["events"]

@@ -223,7 +223,12 @@ class EventFollow:
         return True
 
     def refused(self, response: httpx.Response) -> None:
-        """An answer other than the stream: retried later (429, 502, 503, 504), else raised."""
+        """An answer other than the stream: the end (204: nothing more will come, as for an
+        ended thread whose final event was seen), retried later (429, 502, 503, 504), else
+        raised."""
+        if response.status_code == 204:
+            self.over = True
+            return
         if response.status_code in RETRIED_STATUSES:
             self.failures += 1
             self.retry_after = retry_after_seconds(response)
