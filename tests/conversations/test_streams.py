@@ -13,7 +13,7 @@ import pytest
 from django.db import connection
 
 from conversations.models import Thread, ThreadEvent
-from conversations.services import message_handle, thread_stop
+from conversations.services import message_handle, thread_claim, thread_stop
 from conversations.streams import (
     DELTAS_CHANNEL,
     EVENTS_CHANNEL,
@@ -23,9 +23,11 @@ from conversations.streams import (
     ThreadStream,
 )
 from core.notify import ENTRIES_CHANNEL
+from engine.checkpoint import TurnState, checkpoint_save
 from engine.model_clients import ModelReply
 from engine.runner import Turn
 from tests.engine.test_runner import ScriptedModel
+from workspace.errors import WriteFenced
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -241,3 +243,31 @@ def test_cursors_read_back_as_written() -> None:
     cursor = ConversationCursor(12, {9: 3, 11: 0})
     assert str(cursor) == "12.9:3.11:0"
     assert ConversationCursor.parse(str(cursor)) == cursor
+
+
+def test_a_step_checkpoint_after_an_operator_stop_is_refused_and_records_no_event() -> None:
+    """No event follows a thread's last: the step's fence wants the thread still running."""
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    claimed = thread_claim(user_id="alice", thread_id=sent.thread_id, worker_id="w")
+    state = TurnState(
+        thread_id=str(sent.thread_id),
+        conversation_id=str(sent.conversation_id),
+        user_id="alice",
+        started_at="now",
+    )
+    step = {"n": 1, "final": True}
+    checkpoint_save(
+        state, user_id="alice", changed_by="w", lease_epoch=claimed.claim_count, step=step
+    )
+    thread_stop(user_id="alice", thread_id=sent.thread_id)
+    with pytest.raises(WriteFenced):
+        checkpoint_save(
+            state, user_id="alice", changed_by="w", lease_epoch=claimed.claim_count, step=step
+        )
+    kinds = ThreadEvent.objects.filter(thread_id=sent.thread_id).order_by("seq")
+    assert list(kinds.values_list("seq", "kind")) == [
+        (1, "spawned"),
+        (2, "claimed"),
+        (3, "step"),
+        (4, "stopped"),
+    ]
