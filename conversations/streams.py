@@ -44,8 +44,12 @@ READ_LIMIT = 500
 # Events of threads not announced yet, held per stream until the announcement arrives.
 PENDING_MAX = 200
 
-_CONVERSATION_CURSOR = re.compile(r"\A(\d{1,18})((?:\.\d{1,18}:\d{1,10}){0,64})\Z")
-_THREAD_CURSOR = re.compile(r"\A\d{1,10}\Z")
+# ASCII digits only: ``\d`` would take any script's digits, which int() reads as numbers too.
+_CONVERSATION_CURSOR = re.compile(r"\A([0-9]{1,18})((?:\.[0-9]{1,18}:[0-9]{1,10}){0,64})\Z")
+_THREAD_CURSOR = re.compile(r"\A[0-9]{1,10}\Z")
+# A thread event's number is an integer column (ThreadEvent.seq): a larger one was never sent, and
+# the database would refuse to compare it (a 500, not a 400).
+EVENT_SEQ_MAX = 2**31 - 1
 _TIME = serializers.DateTimeField()
 
 
@@ -76,6 +80,8 @@ class ConversationCursor:
             start, seen = part.split(":")
             if int(start) in threads:
                 raise CursorInvalid("names a thread twice")
+            if int(seen) > EVENT_SEQ_MAX:
+                raise CursorInvalid("names an event number no thread reaches")
             threads[int(start)] = int(seen)
         entry_seq = int(match.group(1))
         if any(start > entry_seq for start in threads):
@@ -84,7 +90,7 @@ class ConversationCursor:
 
 
 def thread_cursor_parse(text: str) -> int:
-    if _THREAD_CURSOR.match(text.strip()) is None:
+    if _THREAD_CURSOR.match(text.strip()) is None or int(text) > EVENT_SEQ_MAX:
         raise CursorInvalid("must be an event number this stream sent, e.g. 3 (0 replays all)")
     return int(text)
 

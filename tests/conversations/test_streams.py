@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 from django.db import connection
+from rest_framework.test import APIClient
 
 from conversations.models import Thread, ThreadEvent
 from conversations.services import message_handle, thread_stop
@@ -21,6 +23,7 @@ from conversations.streams import (
     ConversationStream,
     CursorInvalid,
     ThreadStream,
+    thread_cursor_parse,
 )
 from core.notify import ENTRIES_CHANNEL
 from engine.model_clients import ModelReply
@@ -231,10 +234,50 @@ def test_a_thread_stream_ends_with_the_threads_final_event() -> None:
     assert frames[-1][2]["usage"]["output_tokens"] == 7
 
 
-@pytest.mark.parametrize("text", ["", "x", "-1", "3.", "3.4", "1.2:3", "1" * 19, "2.1:1.1:2"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "x",
+        "-1",
+        "3.",
+        "3.4",
+        "1.2:3",
+        "1" * 19,
+        "2.1:1.1:2",
+        # Past the event numbers' column, and digits of other scripts (which int() would read).
+        "1.1:2147483648",
+        "2.1:9999999999",
+        "\uff11",
+        "1.1:\u0661",
+    ],
+)
 def test_a_cursor_the_stream_did_not_send_is_refused(text: str) -> None:
     with pytest.raises(CursorInvalid):
         ConversationCursor.parse(text)
+
+
+@pytest.mark.parametrize("text", ["2147483648", "9999999999", "\uff11", "\u0663"])
+def test_a_thread_cursor_past_any_event_number_is_refused(text: str) -> None:
+    with pytest.raises(CursorInvalid):
+        thread_cursor_parse(text)
+
+
+def test_the_largest_event_number_is_a_cursor() -> None:
+    assert thread_cursor_parse("2147483647") == 2147483647
+    assert ConversationCursor.parse("1.1:2147483647").threads == {1: 2147483647}
+
+
+@pytest.mark.parametrize("after", ["1.1:2147483648", "1.1:9999999999"])
+def test_an_event_number_too_large_for_the_database_is_a_400_not_a_500(
+    tenant_client: Callable[[str], APIClient], after: str
+) -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    response = tenant_client("alice").get(
+        f"/api/v1/conversations/{sent.conversation_id}/events", {"after": after}
+    )
+    assert response.status_code == 400
+    assert "after" in response.json()["error"]["details"]
 
 
 def test_cursors_read_back_as_written() -> None:
