@@ -15,7 +15,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from conversations.models import Thread, ThreadEvent
-from conversations.services import message_handle, thread_stop
+from conversations.services import message_handle, thread_claim, thread_stop
 from conversations.streams import (
     DELTAS_CHANNEL,
     EVENTS_CHANNEL,
@@ -26,9 +26,11 @@ from conversations.streams import (
     thread_cursor_parse,
 )
 from core.notify import ENTRIES_CHANNEL
+from engine.checkpoint import TurnState, checkpoint_save, now_iso
 from engine.model_clients import ModelReply
 from engine.runner import Turn
 from tests.engine.test_runner import ScriptedModel
+from workspace.errors import WriteFenced
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -284,3 +286,41 @@ def test_cursors_read_back_as_written() -> None:
     cursor = ConversationCursor(12, {9: 3, 11: 0})
     assert str(cursor) == "12.9:3.11:0"
     assert ConversationCursor.parse(str(cursor)) == cursor
+
+
+def test_a_step_checkpointed_after_its_thread_stopped_is_refused_no_event_follows_the_end() -> None:
+    """An operator stops a thread while its model call runs (its worker keeps the lease epoch:
+    a stop is no new claim); the step that call then checkpoints must not become an event after
+    the thread's final one, which would leave a stream of the ended thread open, never saying how
+    it ended."""
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    claimed = thread_claim(user_id="alice", thread_id=sent.thread_id, worker_id="w1")
+    thread_stop(user_id="alice", thread_id=sent.thread_id)
+    state = TurnState(
+        thread_id=str(sent.thread_id),
+        conversation_id=str(sent.conversation_id),
+        user_id="alice",
+        started_at=now_iso(),
+    )
+
+    with pytest.raises(WriteFenced):
+        checkpoint_save(
+            state,
+            user_id="alice",
+            changed_by="w1",
+            lease_epoch=claimed.claim_count,
+            step={"n": 1, "final": True},
+        )
+
+    kinds = list(
+        ThreadEvent.objects.filter(thread_id=sent.thread_id)
+        .order_by("seq")
+        .values_list("kind", flat=True)
+    )
+    assert kinds == ["spawned", "claimed", "stopped"]
+    thread = Thread.objects.get(pk=sent.thread_id)
+    assert thread.event_seq == 3
+    # The stream of the ended thread says how it ended, and ends.
+    stream = ThreadStream(thread.id, after=thread.event_seq - 1)
+    assert [d["type"] for _, _, d in _drain(stream)] == ["stopped"]
+    assert stream.done()
