@@ -322,6 +322,9 @@ class ConversationStream:
         self.followed: dict[str, _Followed] = {}
         self.pending: dict[str, list[dict[str, Any]]] = {}
         self._pending_count = 0
+        # Threads whose final event this stream sent: a notification or a read that still
+        # brings one of their events (sent already) must not wait in ``pending`` for ever.
+        self._ended: set[str] = set()
 
     @property
     def cursor(self) -> ConversationCursor:
@@ -371,6 +374,8 @@ class ConversationStream:
         thread_id = str(data["thread_id"])
         followed = self.followed.get(thread_id)
         if followed is None:
+            if thread_id in self._ended:
+                return [], False
             if self._pending_count >= PENDING_MAX:
                 return [], True
             self.pending.setdefault(thread_id, []).append(data)
@@ -383,6 +388,7 @@ class ConversationStream:
         followed.seen = data["seq"]
         if data["type"] in TERMINAL_EVENT_KINDS:
             del self.followed[thread_id]
+            self._ended.add(thread_id)
         return [frame("thread", thread_event_data(data), str(self.cursor))], False
 
     def read_plan(self) -> Callable[[], ConversationRead]:

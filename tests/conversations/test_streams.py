@@ -324,3 +324,23 @@ def test_a_step_checkpointed_after_its_thread_stopped_is_refused_no_event_follow
     stream = ThreadStream(thread.id, after=thread.event_seq - 1)
     assert [d["type"] for _, _, d in _drain(stream)] == ["stopped"]
     assert stream.done()
+
+
+def test_notifications_of_threads_the_stream_saw_end_are_not_held() -> None:
+    """A stream that opens as threads end gets, after its replay, the notifications committed
+    meanwhile (the hub keeps them for it): those of a thread whose final event the replay sent
+    are old news, not events waiting for their thread's announcement."""
+    listener = _listen()
+    try:
+        conversation_id, _ = _record_a_conversation()
+        notices = _notifications(listener)
+    finally:
+        listener.close()
+    stream = ConversationStream(conversation_id, ConversationCursor())
+    _drain(stream)
+
+    for channel, key, data in notices:
+        if key == str(conversation_id):
+            assert stream.notified(channel, key, data) == ([], False)
+
+    assert stream.pending == {}
