@@ -43,10 +43,12 @@ READ_LIMIT = 500
 # Events of threads not announced yet, held per stream until the announcement arrives.
 PENDING_MAX = 200
 
-_CONVERSATION_CURSOR = re.compile(r"\A(\d{1,18})((?:\.\d{1,18}:\d{1,10}){0,64})\Z")
-# Thread event numbers are 32-bit in the database.
+# ASCII digits only: ``\d`` would take any script's digits, which int() reads as numbers too.
+_CONVERSATION_CURSOR = re.compile(r"\A([0-9]{1,18})((?:\.[0-9]{1,18}:[0-9]{1,10}){0,64})\Z")
+_THREAD_CURSOR = re.compile(r"\A[0-9]{1,10}\Z")
+# A thread event's number is an integer column (ThreadEvent.seq): a larger one was never sent, and
+# the database would refuse to compare it (a 500, not a 400).
 EVENT_SEQ_MAX = 2**31 - 1
-_THREAD_CURSOR = re.compile(r"\A\d{1,10}\Z")
 _TIME = serializers.DateTimeField()
 
 
@@ -78,7 +80,7 @@ class ConversationCursor:
             if int(start) in threads:
                 raise CursorInvalid("names a thread twice")
             if int(seen) > EVENT_SEQ_MAX:
-                raise CursorInvalid("names an event number no thread can reach")
+                raise CursorInvalid("names an event number no thread reaches")
             threads[int(start)] = int(seen)
         entry_seq = int(match.group(1))
         if any(start > entry_seq for start in threads):
@@ -335,6 +337,9 @@ class ConversationStream:
         self.followed: dict[str, _Followed] = {}
         self.pending: dict[str, list[dict[str, Any]]] = {}
         self._pending_count = 0
+        # Threads whose final event this stream sent: a notification or a read that still
+        # brings one of their events (sent already) must not wait in ``pending`` for ever.
+        self._ended: set[str] = set()
 
     @property
     def cursor(self) -> ConversationCursor:
@@ -384,6 +389,8 @@ class ConversationStream:
         thread_id = str(data["thread_id"])
         followed = self.followed.get(thread_id)
         if followed is None:
+            if thread_id in self._ended:
+                return [], False
             if self._pending_count >= PENDING_MAX:
                 return [], True
             self.pending.setdefault(thread_id, []).append(data)
@@ -396,6 +403,7 @@ class ConversationStream:
         followed.seen = data["seq"]
         if data["type"] in TERMINAL_EVENT_KINDS:
             del self.followed[thread_id]
+            self._ended.add(thread_id)
         return [frame("thread", thread_event_data(data), str(self.cursor))], False
 
     def read_plan(self) -> Callable[[], ConversationRead]:

@@ -162,7 +162,8 @@ def checkpoint_save(
     then fenced (``WriteFenced``) once anyone has claimed the thread since, in the same
     statement: a worker that was paused past its lease cannot overwrite its successor's state.
     ``step`` (with ``lease_epoch``): the model step this checkpoint records, which becomes the
-    thread's ``step`` event in the same statement.
+    thread's ``step`` event in the same statement; fenced too once the thread no longer runs (a
+    stop or a requeue takes no new claim, and the event would follow the thread's final one).
     """
     fence = None
     if lease_epoch is not None:

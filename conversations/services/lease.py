@@ -56,14 +56,14 @@ LEASE_FENCE_SQL = (
 
 
 # The same fence for a step's checkpoint, which is also the thread's "step" event: the fence
-# takes the event's number from the thread row (locking it, as FOR SHARE would; a change of
-# state in flight is waited for and its number seen) and the effect records the event
-# (ThreadEvent; its trigger notifies the streams). Still one statement. A thread no longer
-# running (stopped by an operator meanwhile) refuses it too: no event follows a thread's last.
+# takes the event's number from the thread row (locking it, as FOR SHARE would) and the effect
+# records the event (ThreadEvent; its trigger notifies the streams). Still one statement. Only
+# while the thread runs: a stop (an operator's, the sweeper's) or a requeue takes no new claim,
+# and a step its worker checkpoints afterwards would be an event after the thread's final one.
 STEP_FENCE_SQL = (
     "UPDATE conversations_thread SET event_seq = event_seq + 1"
     " WHERE id = %(fence_thread_id)s AND claim_count = %(fence_lease_epoch)s"
-    " AND state = 'running'"
+    f" AND state = '{ThreadState.RUNNING}'"
     " RETURNING id, user_id, conversation_id, event_seq"
 )
 STEP_EVENT_SQL = (

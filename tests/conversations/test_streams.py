@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 from django.db import connection
+from rest_framework.test import APIClient
 
 from conversations.models import Thread, ThreadEvent
 from conversations.services import message_handle, thread_claim, thread_stop
@@ -21,9 +23,10 @@ from conversations.streams import (
     ConversationStream,
     CursorInvalid,
     ThreadStream,
+    thread_cursor_parse,
 )
 from core.notify import ENTRIES_CHANNEL
-from engine.checkpoint import TurnState, checkpoint_save
+from engine.checkpoint import TurnState, checkpoint_save, now_iso
 from engine.model_clients import ModelReply
 from engine.runner import Turn
 from tests.engine.test_runner import ScriptedModel
@@ -233,10 +236,50 @@ def test_a_thread_stream_ends_with_the_threads_final_event() -> None:
     assert frames[-1][2]["usage"]["output_tokens"] == 7
 
 
-@pytest.mark.parametrize("text", ["", "x", "-1", "3.", "3.4", "1.2:3", "1" * 19, "2.1:1.1:2"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "x",
+        "-1",
+        "3.",
+        "3.4",
+        "1.2:3",
+        "1" * 19,
+        "2.1:1.1:2",
+        # Past the event numbers' column, and digits of other scripts (which int() would read).
+        "1.1:2147483648",
+        "2.1:9999999999",
+        "\uff11",
+        "1.1:\u0661",
+    ],
+)
 def test_a_cursor_the_stream_did_not_send_is_refused(text: str) -> None:
     with pytest.raises(CursorInvalid):
         ConversationCursor.parse(text)
+
+
+@pytest.mark.parametrize("text", ["2147483648", "9999999999", "\uff11", "\u0663"])
+def test_a_thread_cursor_past_any_event_number_is_refused(text: str) -> None:
+    with pytest.raises(CursorInvalid):
+        thread_cursor_parse(text)
+
+
+def test_the_largest_event_number_is_a_cursor() -> None:
+    assert thread_cursor_parse("2147483647") == 2147483647
+    assert ConversationCursor.parse("1.1:2147483647").threads == {1: 2147483647}
+
+
+@pytest.mark.parametrize("after", ["1.1:2147483648", "1.1:9999999999"])
+def test_an_event_number_too_large_for_the_database_is_a_400_not_a_500(
+    tenant_client: Callable[[str], APIClient], after: str
+) -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    response = tenant_client("alice").get(
+        f"/api/v1/conversations/{sent.conversation_id}/events", {"after": after}
+    )
+    assert response.status_code == 400
+    assert "after" in response.json()["error"]["details"]
 
 
 def test_cursors_read_back_as_written() -> None:
@@ -245,29 +288,59 @@ def test_cursors_read_back_as_written() -> None:
     assert ConversationCursor.parse(str(cursor)) == cursor
 
 
-def test_a_step_checkpoint_after_an_operator_stop_is_refused_and_records_no_event() -> None:
-    """No event follows a thread's last: the step's fence wants the thread still running."""
+def test_a_step_checkpointed_after_its_thread_stopped_is_refused_no_event_follows_the_end() -> None:
+    """An operator stops a thread while its model call runs (its worker keeps the lease epoch:
+    a stop is no new claim); the step that call then checkpoints must not become an event after
+    the thread's final one, which would leave a stream of the ended thread open, never saying how
+    it ended."""
     sent = message_handle(user_id="alice", channel="web", content="hello")
-    claimed = thread_claim(user_id="alice", thread_id=sent.thread_id, worker_id="w")
+    claimed = thread_claim(user_id="alice", thread_id=sent.thread_id, worker_id="w1")
+    thread_stop(user_id="alice", thread_id=sent.thread_id)
     state = TurnState(
         thread_id=str(sent.thread_id),
         conversation_id=str(sent.conversation_id),
         user_id="alice",
-        started_at="now",
+        started_at=now_iso(),
     )
-    step = {"n": 1, "final": True}
-    checkpoint_save(
-        state, user_id="alice", changed_by="w", lease_epoch=claimed.claim_count, step=step
-    )
-    thread_stop(user_id="alice", thread_id=sent.thread_id)
+
     with pytest.raises(WriteFenced):
         checkpoint_save(
-            state, user_id="alice", changed_by="w", lease_epoch=claimed.claim_count, step=step
+            state,
+            user_id="alice",
+            changed_by="w1",
+            lease_epoch=claimed.claim_count,
+            step={"n": 1, "final": True},
         )
-    kinds = ThreadEvent.objects.filter(thread_id=sent.thread_id).order_by("seq")
-    assert list(kinds.values_list("seq", "kind")) == [
-        (1, "spawned"),
-        (2, "claimed"),
-        (3, "step"),
-        (4, "stopped"),
-    ]
+
+    kinds = list(
+        ThreadEvent.objects.filter(thread_id=sent.thread_id)
+        .order_by("seq")
+        .values_list("kind", flat=True)
+    )
+    assert kinds == ["spawned", "claimed", "stopped"]
+    thread = Thread.objects.get(pk=sent.thread_id)
+    assert thread.event_seq == 3
+    # The stream of the ended thread says how it ended, and ends.
+    stream = ThreadStream(thread.id, after=thread.event_seq - 1)
+    assert [d["type"] for _, _, d in _drain(stream)] == ["stopped"]
+    assert stream.done()
+
+
+def test_notifications_of_threads_the_stream_saw_end_are_not_held() -> None:
+    """A stream that opens as threads end gets, after its replay, the notifications committed
+    meanwhile (the hub keeps them for it): those of a thread whose final event the replay sent
+    are old news, not events waiting for their thread's announcement."""
+    listener = _listen()
+    try:
+        conversation_id, _ = _record_a_conversation()
+        notices = _notifications(listener)
+    finally:
+        listener.close()
+    stream = ConversationStream(conversation_id, ConversationCursor())
+    _drain(stream)
+
+    for channel, key, data in notices:
+        if key == str(conversation_id):
+            assert stream.notified(channel, key, data) == ([], False)
+
+    assert stream.pending == {}
