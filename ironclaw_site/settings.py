@@ -480,7 +480,7 @@ WEB_MAX_HEADER_BYTES = env_int(
 STREAMS_PER_KEY = env_int("STREAMS_PER_KEY", 100, minimum=1, maximum=100_000)
 STREAM_READ_THREADS = env_int("STREAM_READ_THREADS", 2, minimum=1, maximum=64)
 STREAM_KEEPALIVE_SECONDS = env_int("STREAM_KEEPALIVE_SECONDS", 15, minimum=1, maximum=300)
-STREAM_MAX_SECONDS = env_int("STREAM_MAX_SECONDS", 300, minimum=10, maximum=86_400)
+STREAM_MAX_SECONDS = env_int("STREAM_MAX_SECONDS", 300, minimum=1, maximum=86_400)
 STREAM_BUFFER_BYTES = env_int(
     "STREAM_BUFFER_BYTES", 1_048_576, minimum=65_536, maximum=256 * 1024 * 1024
 )

@@ -55,6 +55,9 @@ def fuzz_server_env(database_url: str) -> dict[str, str]:
         "RATE_LIMIT_PER_MINUTE": "0",
         "RATE_LIMIT_TENANT_PER_MINUTE": "0",
         "DATABASE_POOL_SIZE": "8",
+        # A valid event stream goes on until its lifetime: a generated case that opens one
+        # (a conversation the run created) waits a second for its end, not five minutes.
+        "STREAM_MAX_SECONDS": "1",
     }
 
 
