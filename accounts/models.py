@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pgtrigger
 from django.db import models
 from django.db.models import Q
 
@@ -32,6 +33,25 @@ class ApiKey(models.Model):
             models.CheckConstraint(
                 name="apikey_service_key_has_no_user_id",
                 condition=Q(is_service=False) | Q(user_id=""),
+            ),
+        ]
+        triggers = [
+            # Ends the key's open event streams in every web process (they authenticated once,
+            # when they opened): payload "key:<id>", the name a stream's slot is counted under.
+            pgtrigger.Trigger(
+                name="apikey_notify_revoked",
+                when=pgtrigger.After,
+                operation=pgtrigger.Update,
+                condition=pgtrigger.Condition(
+                    "OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL"
+                ),
+                func="PERFORM pg_notify('ironclaw_keys', 'key:' || NEW.id); RETURN NULL;",
+            ),
+            pgtrigger.Trigger(
+                name="apikey_notify_deleted",
+                when=pgtrigger.After,
+                operation=pgtrigger.Delete,
+                func="PERFORM pg_notify('ironclaw_keys', 'key:' || OLD.id); RETURN NULL;",
             ),
         ]
 

@@ -223,6 +223,10 @@ class Thread(models.Model):
                 name="thread_live_state_idx",
                 condition=Q(state__in=["created", "running", "waiting", "suspended"]),
             ),
+            # Event streams: a conversation's threads announced after an entry (its cursor).
+            models.Index(
+                fields=["conversation", "start_seq"], name="thread_conversation_start_idx"
+            ),
             # threads/next: the oldest thread waiting for an engine.
             models.Index(
                 fields=["created_at"], name="thread_claimable_idx", condition=Q(state="created")

@@ -94,6 +94,8 @@ def stream_open(
     event) is a 204: the answer that tells EventSource to stop reconnecting."""
     if source.done():
         return HttpResponse(status=204)
+    if key.startswith("key:"):
+        source.watch_key(key)
     hub = streams.hub()
     if not hub.admit(key):
         raise RateLimited(

@@ -34,12 +34,15 @@ from rest_framework import serializers
 
 from conversations.models import TERMINAL_EVENT_KINDS
 from core.db import server_bound_cursor
-from core.notify import ENTRIES_CHANNEL
+from core.notify import ENTRIES_CHANNEL, KEYS_CHANNEL
 
 EVENTS_CHANNEL = "ironclaw_events"
 DELTAS_CHANNEL = "ironclaw_deltas"
-# At most this many rows per read; a stream further behind reads again at once.
+# At most this many rows per read, and entries up to about this many bytes of content (at least
+# one): a stream further behind reads again once its client has taken the page, so a replay or
+# a catch-up costs its web process a page at a time, however long the conversation.
 READ_LIMIT = 500
+READ_PAGE_BYTES = 256 * 1024
 # Events of threads not announced yet, held per stream until the announcement arrives.
 PENDING_MAX = 200
 
@@ -182,13 +185,20 @@ def thread_event_data(event: dict[str, Any]) -> dict[str, Any]:
 
 # --- Reads ----------------------------------------------------------------------------------------
 
+# The page's entries: up to READ_LIMIT, and no further than the first that takes the content
+# past READ_PAGE_BYTES (page_bytes: the content up to and including each entry).
 _ENTRIES_AFTER_SQL = """
-SELECT e.id, e.seq, e.sender, e.content, e.thread_id, e.created_at, e.delivered_at,
-       t.id IS NOT NULL AS starts_thread
-FROM conversations_conversationentry e
-LEFT JOIN conversations_thread t ON t.id = e.thread_id AND t.start_seq = e.seq
-WHERE e.conversation_id = %(conversation_id)s AND e.seq > %(after)s
-ORDER BY e.seq LIMIT %(limit)s
+SELECT * FROM (
+    SELECT e.id, e.seq, e.sender, e.content, e.thread_id, e.created_at, e.delivered_at,
+           t.id IS NOT NULL AS starts_thread,
+           sum(octet_length(e.content)) OVER (ORDER BY e.seq) AS page_bytes
+    FROM (SELECT * FROM conversations_conversationentry
+          WHERE conversation_id = %(conversation_id)s AND seq > %(after)s
+          ORDER BY seq LIMIT %(limit)s) AS e
+    LEFT JOIN conversations_thread t ON t.id = e.thread_id AND t.start_seq = e.seq
+) AS page
+WHERE page_bytes - octet_length(content) <= %(page_bytes)s
+ORDER BY seq
 """
 
 # The events after the cursor of the threads it follows, and every event of the threads announced
@@ -200,6 +210,7 @@ JOIN conversations_threadevent ev ON ev.thread_id = t.id
 LEFT JOIN unnest(%(starts)s::bigint[], %(seen)s::int[]) AS followed(start_seq, seen)
        ON followed.start_seq = t.start_seq
 WHERE t.conversation_id = %(conversation_id)s
+  AND (t.start_seq > %(after)s OR t.start_seq = ANY(%(starts)s::bigint[]))
   AND CASE WHEN followed.start_seq IS NOT NULL THEN ev.seq > followed.seen
            ELSE t.start_seq > %(after)s AND t.start_seq <= %(upto)s END
 ORDER BY ev.created_at, ev.thread_id, ev.seq LIMIT %(limit)s
@@ -267,7 +278,15 @@ def conversation_read(conversation_id: uuid.UUID, cursor: ConversationCursor) ->
     """The conversation's durable events after ``cursor`` (at most READ_LIMIT of each kind)."""
     entries = _rows(
         _ENTRIES_AFTER_SQL,
-        {"conversation_id": conversation_id, "after": cursor.entry_seq, "limit": READ_LIMIT},
+        {
+            "conversation_id": conversation_id,
+            "after": cursor.entry_seq,
+            "limit": READ_LIMIT,
+            "page_bytes": READ_PAGE_BYTES,
+        },
+    )
+    cut = len(entries) == READ_LIMIT or (
+        bool(entries) and entries[-1]["page_bytes"] > READ_PAGE_BYTES
     )
     upto = entries[-1]["seq"] if entries else cursor.entry_seq
     starts = sorted(cursor.threads)
@@ -296,7 +315,7 @@ def conversation_read(conversation_id: uuid.UUID, cursor: ConversationCursor) ->
         entries=[{**entry_data(row), "starts_thread": row["starts_thread"]} for row in entries],
         events=[_event_row(row) for row in events],
         followed=followed,
-        more=len(entries) == READ_LIMIT or len(events) == READ_LIMIT,
+        more=cut or len(events) == READ_LIMIT,
     )
 
 
@@ -318,13 +337,25 @@ def _delta(data: dict[str, Any] | None) -> list[bytes]:
     return [frame("delta", data)] if data else []
 
 
+class _KeyWatch:
+    """A stream ends once the API key it was opened with is revoked or deleted (it was
+    authenticated once, when it opened)."""
+
+    topics: tuple[tuple[str, str], ...]
+    revoked = False
+
+    def watch_key(self, stream_key: str) -> None:
+        """End the stream when ``stream_key`` ("key:<id>") is revoked."""
+        self.topics = (*self.topics, (KEYS_CHANNEL, stream_key))
+
+
 @dataclass
 class _Followed:
     start_seq: int
     seen: int
 
 
-class ConversationStream:
+class ConversationStream(_KeyWatch):
     """One client's stream of a conversation: its cursor, and what to send next."""
 
     def __init__(self, conversation_id: uuid.UUID, cursor: ConversationCursor):
@@ -350,6 +381,9 @@ class ConversationStream:
     def notified(
         self, channel: str, key: str, data: dict[str, Any] | None
     ) -> tuple[list[bytes], bool]:
+        if channel == KEYS_CHANNEL:
+            self.revoked = True
+            return [], False
         if channel == DELTAS_CHANNEL:
             return _delta(data), False
         if data is None or data.get("partial") or self._unresolved:
@@ -429,7 +463,7 @@ class ConversationStream:
         return frames, result.more or (gap and bool(frames))
 
     def done(self) -> bool:
-        return False
+        return self.revoked
 
 
 def _merged(
@@ -451,7 +485,7 @@ def _sort_time(value: datetime.datetime | str | None) -> datetime.datetime:
     return datetime.datetime.min.replace(tzinfo=datetime.UTC)
 
 
-class ThreadStream:
+class ThreadStream(_KeyWatch):
     """One client's stream of a thread: its events after a number, and its deltas; it ends
     with the thread's final event."""
 
@@ -466,6 +500,9 @@ class ThreadStream:
     def notified(
         self, channel: str, key: str, data: dict[str, Any] | None
     ) -> tuple[list[bytes], bool]:
+        if channel == KEYS_CHANNEL:
+            self.revoked = True
+            return [], False
         if channel == DELTAS_CHANNEL:
             return _delta(data), False
         if channel != EVENTS_CHANNEL:
@@ -496,4 +533,4 @@ class ThreadStream:
         return frames, more and not self.ended
 
     def done(self) -> bool:
-        return self.ended
+        return self.ended or self.revoked

@@ -39,6 +39,16 @@ EVENTS_CHANNEL = "ironclaw_events"
 # The model's text as it is produced (engine.deltas), never stored: each payload is
 # "<conversation_id or -> <thread_id> <json>".
 DELTAS_CHANNEL = "ironclaw_deltas"
+# libpq's TCP keepalives on the listening connection: a dead peer is noticed within about a
+# minute (30 s idle, then 3 probes 10 s apart), and the listener reconnects.
+LISTENER_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+# An API key revoked or deleted: "key:<id>" (its open streams end).
+KEYS_CHANNEL = "ironclaw_keys"
 # What every listener listens to; the others only once something in the process subscribes to
 # them. Every notification on a channel wakes every process listening to it: a worker, which
 # never streams, need not wake for each thread event and token delta of every tenant.
@@ -219,6 +229,11 @@ class _Listener:
         params.pop("cursor_factory", None)
         params.pop("context", None)
         params.pop("prepare_threshold", None)
+        # A listener only reads: without TCP keepalives a connection whose server vanished
+        # (a host gone, a half-open connection) would look idle for ever, and every stream and
+        # long-poll of the process would wait for notifications that never come.
+        for name, value in LISTENER_KEEPALIVES.items():
+            params.setdefault(name, value)
         return psycopg.connect(**params, autocommit=True)
 
     def _run(self) -> None:

@@ -5,23 +5,10 @@ replay read) and then hands its connection to this process's hub: from then on a
 costs a socket and a few objects, no request thread and no database connection, so thousands
 fit in one process. The hub is an asyncio loop in a daemon thread, started on first use.
 
-A view, given its stream's logic (a ``StreamSource``) and the API key it serves::
-
-    hub = streams.hub()
-    if not hub.admit(key):                      # STREAMS_PER_KEY streams per key and process
-        ...answer 429
-    subscription = hub.subscribe(source, key)   # the slot is the subscription's from now on
-    try:
-        replay = ...                            # read AFTER subscribing; source notes its cursor
-    except BaseException:
-        subscription.cancel()
-        raise
-    handoff = streams.handoff_offered(request)
-    if handoff is None:                         # the test client, another WSGI server
-        subscription.cancel()
-        return ...the replay as an ordinary response
-    handoff(subscription)
-    return streams.event_stream_response(replay)
+A view (``conversations.stream_requests.stream_open``) takes one of its key's slots
+(``hub.admit``), subscribes (``hub.subscribe``), reads the replay, and hands the subscription to
+the web server's offer (``handoff_offered``), answering ``event_stream_response(replay)``; under
+another server there is no offer, and it cancels the subscription and answers the replay alone.
 
 Subscribing first means nothing is lost: a notification committed between the replay read and
 the hand-off is kept for the source and given to it once the stream is open (the source drops
@@ -72,6 +59,8 @@ HANDOFF_ENVIRON_KEY = "ironclaw.stream_handoff"
 KEEPALIVE = b": keep-alive\n\n"
 # Notifications kept for a stream not open yet; past them one read stands for them all.
 PENDING_MAX = 64
+# What a client may send after its request before it is cut off.
+RECEIVED_MAX_BYTES = 64 * 1024
 # How long a stopping hub waits for its streams' last bytes to leave.
 SHUTDOWN_FLUSH_S = 1.0
 # Ended without the last chunk: the client is gone or would not read.
@@ -160,6 +149,11 @@ class Subscription(asyncio.Protocol):
         self._read_wanted = False
         self._reading = False
         self._read_again = False
+        # The client is behind (asyncio paused our writing): a read asked for meanwhile waits
+        # until it catches up, so a stream catching up queues one page at a time.
+        self._paused = False
+        self._read_deferred = False
+        self._received = 0
         self._transport: asyncio.Transport | None = None
         self._chunked = False
         self._allowance = 0
@@ -261,6 +255,9 @@ class Subscription(asyncio.Protocol):
         if self._reading:
             self._read_again = True
             return
+        if self._paused:
+            self._read_deferred = True
+            return
         plan = self.source.read_plan()
         self._reading = True
         future = self.hub._loop.run_in_executor(self.hub._executor, _read_run, plan)
@@ -338,7 +335,21 @@ class Subscription(asyncio.Protocol):
         self.hub._transports += 1
 
     def data_received(self, data: bytes) -> None:
-        """A client sends nothing after its request; whatever it sends is dropped."""
+        """A client sends nothing after its request: a few bytes are dropped, a client that
+        keeps sending is cut off (it would cost the loop for nothing)."""
+        self._received += len(data)
+        if self._received > RECEIVED_MAX_BYTES:
+            self._close("client")
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._read_deferred and self.state == OPEN:
+            self._read_deferred = False
+            with self._guarded():
+                self._read()
 
     def eof_received(self) -> bool:
         self._close("client")

@@ -19,7 +19,9 @@ from conversations.services import message_handle, thread_claim, thread_stop
 from conversations.streams import (
     DELTAS_CHANNEL,
     EVENTS_CHANNEL,
+    READ_PAGE_BYTES,
     ConversationCursor,
+    ConversationRead,
     ConversationStream,
     CursorInvalid,
     ThreadStream,
@@ -344,3 +346,24 @@ def test_notifications_of_threads_the_stream_saw_end_are_not_held() -> None:
             assert stream.notified(channel, key, data) == ([], False)
 
     assert stream.pending == {}
+
+
+def test_a_replay_reads_a_page_of_bounded_bytes_at_a_time() -> None:
+    """Entries of 60 KB: a page stops at the first entry past READ_PAGE_BYTES, and the stream
+    reads on from there, so a replay costs its web process a page, not the conversation."""
+    sent = message_handle(user_id="alice", channel="web", content="x" * 60_000)
+    for _ in range(9):
+        message_handle(user_id="alice", channel="web", content="x" * 60_000)
+    stream = ConversationStream(sent.conversation_id, ConversationCursor())
+    first = stream.read_plan()()
+    assert isinstance(first, ConversationRead)
+    assert first.more
+    sizes = [len(entry["content"].encode()) for entry in first.entries]
+    # Up to and including the first entry that takes the page past the budget.
+    assert sum(sizes[:-1]) <= READ_PAGE_BYTES < sum(sizes)
+    frames, again = stream.read_done(first)
+    assert again
+    rest = _drain(stream)
+    entries = [_parse(raw)[2]["seq"] for raw in frames if b"event: entry" in raw]
+    entries += [data["seq"] for _, event, data in rest if event == "entry"]
+    assert entries == list(range(1, 12))  # ten messages and one "Thread started"

@@ -3,6 +3,7 @@ the hub serves it on real sockets, woken by real NOTIFYs (tests.support.event_st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from core.notify import EVENTS_CHANNEL
 from core.streams import Hub
 from tests.support.event_streams import (
     GATES,
+    PAGE_BYTES,
     REPLAY,
     SUBSCRIPTIONS,
     URLCONF,
@@ -196,6 +198,44 @@ def test_a_client_that_does_not_read_is_cut_off_past_the_buffer_limit(
     assert closed("slow") == before + 1
     assert hub.open_count == 0
     assert hub.admitted("key") == 0
+    client.close()
+
+
+def test_a_client_catching_up_on_a_backlog_gets_it_a_page_at_a_time_and_is_not_cut_off(
+    stream_port: int, make_hub: Callable[..., Hub], listener_up: None
+) -> None:
+    """Twenty pages of 256 KiB, the hub's buffer 512 KiB: the next page is read only once the
+    client has taken the last (asyncio's pause and resume of writing), so a client reading
+    steadily, if slowly, gets them all; queued at once, they were cut off as a slow reader."""
+    hub = make_hub(buffer_bytes=512 * 1024)
+    before = closed("slow")
+    client = StreamClient(stream_port, topic="backlog", pages="20", receive_buffer=4096)
+    client.read_head()
+    received = 0
+    pages = 0
+    while pages < 20:
+        chunk = client.read_chunk(timeout=20)
+        assert chunk is not None, "the stream ended before its backlog"
+        received += len(chunk)
+        pages += chunk.count(b"data: page ")
+        time.sleep(0.002)
+    assert received >= 20 * PAGE_BYTES
+    assert closed("slow") == before
+    assert hub.open_count == 1
+    client.close()
+
+
+def test_a_client_that_keeps_sending_is_cut_off(
+    stream_port: int, make_hub: Callable[..., Hub], listener_up: None
+) -> None:
+    hub = make_hub()
+    client = StreamClient(stream_port, topic="chatty")
+    client.read_head()
+    eventually(lambda: hub.open_count == 1)
+    with contextlib.suppress(OSError):
+        for _ in range(64):
+            client.sock.sendall(b"x" * 4096)
+    eventually(lambda: hub.open_count == 0)
     client.close()
 
 

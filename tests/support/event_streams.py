@@ -34,16 +34,20 @@ HUBS: list[streams.Hub] = []
 # Per topic: the view waits for this event after its replay read, before the hand-off.
 GATES: dict[str, threading.Event] = {}
 SUBSCRIPTIONS: dict[str, streams.Subscription] = {}
+# The size of one page of a source's backlog (``pages``).
+PAGE_BYTES = 256 * 1024
 
 
 class EchoSource:
     """Echoes a notification's JSON object as a frame; reads when it has none."""
 
-    def __init__(self, topic: str, *, done_after: int | None = None):
+    def __init__(self, topic: str, *, done_after: int | None = None, pages: int = 0):
         self.topics = ((EVENTS_CHANNEL, topic),)
         self.cursor = 0
         self.echoed = 0
         self.done_after = done_after
+        # A backlog: this many reads of PAGE_BYTES each, every one asking for the next.
+        self.pages = pages
 
     def replay(self) -> bytes:
         with connection.cursor() as cursor:
@@ -76,6 +80,10 @@ class EchoSource:
     def read_done(self, result: object) -> tuple[list[bytes], bool]:
         assert isinstance(result, int)
         self.cursor = result
+        if self.pages:
+            self.pages -= 1
+            page = b"data: page " + b"x" * PAGE_BYTES + b"\n\n"
+            return [page, f"data: read {result}\n\n".encode()], self.pages > 0
         return [f"data: read {result}\n\n".encode()], False
 
     def done(self) -> bool:
@@ -89,7 +97,11 @@ def events(request: HttpRequest) -> HttpResponse:
     if not hub.admit(key):
         return HttpResponse(status=429)
     done_after = request.GET.get("done_after")
-    source = EchoSource(topic, done_after=int(done_after) if done_after else None)
+    source = EchoSource(
+        topic,
+        done_after=int(done_after) if done_after else None,
+        pages=int(request.GET.get("pages", 0)),
+    )
     subscription = hub.subscribe(source, key)
     try:
         replay = source.replay()
@@ -104,6 +116,8 @@ def events(request: HttpRequest) -> HttpResponse:
     if handoff is None:
         subscription.cancel()
         return HttpResponse(replay, content_type="text/event-stream")
+    if source.pages:
+        subscription.read_soon()
     handoff(subscription)
     return streams.event_stream_response(replay)
 
@@ -149,6 +163,8 @@ class StreamClient:
         method: str = "GET",
         version: str = "1.1",
         receive_buffer: int | None = None,
+        path: str = "/events",
+        headers: dict[str, str] | None = None,
         **query: str,
     ):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -156,8 +172,9 @@ class StreamClient:
             # Before connecting, so the window the server may fill stays this small.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         self.sock.connect(("127.0.0.1", port))
-        request_line = f"{method} /events?{urlencode(query)} HTTP/{version}"
-        self.sock.sendall(f"{request_line}\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        request_line = f"{method} {path}?{urlencode(query)} HTTP/{version}"
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        self.sock.sendall(f"{request_line}\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode())
         self.buffer = b""
         self.status = 0
         self.headers: dict[str, str] = {}
