@@ -44,6 +44,7 @@ from conversations.runners import current_turn_stop
 from conversations.services import (
     ThreadOutcome,
     lease_owner_id,
+    outcome_within_limits,
     thread_claim,
     thread_inbox_take,
     thread_lease_renew,
@@ -428,7 +429,7 @@ class Turn:
             thread_outcome_record(
                 user_id=self.user_id,
                 thread_id=self.thread.id,
-                outcome=outcome,
+                outcome=outcome_within_limits(outcome),
                 worker_id=self.worker_id,
                 usage=state.usage(),
                 lease_epoch=self.thread.claim_count,

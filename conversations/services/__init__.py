@@ -67,6 +67,7 @@ from conversations.services.validation import (
     MAX_SCOPE_LENGTH,
     MAX_WORKER_ID_LENGTH,
     channel_key,
+    outcome_within_limits,
 )
 from conversations.services.values import (
     OUTCOME_KINDS,
@@ -110,6 +111,7 @@ __all__ = [
     "lease_fence_params",
     "lease_owner_id",
     "message_handle",
+    "outcome_within_limits",
     "thread_claim",
     "thread_claim_next",
     "thread_claim_runnable",

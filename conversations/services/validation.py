@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 
@@ -107,6 +108,26 @@ def check_outcome(outcome: ThreadOutcome) -> None:
             if size > settings.CONVERSATION_MAX_MESSAGE_BYTES:
                 problem = f"is {size} bytes; the limit is {settings.CONVERSATION_MAX_MESSAGE_BYTES}"
                 raise MessageTooLarge(f"{name} {problem}.", details={name: [problem]})
+
+
+# What a shortened reply or error ends with.
+TRUNCATED_NOTE = "\n\n[cut: longer than CONVERSATION_MAX_MESSAGE_BYTES]"
+
+
+def outcome_within_limits(outcome: ThreadOutcome) -> ThreadOutcome:
+    """``outcome`` with its response and error cut to ``CONVERSATION_MAX_MESSAGE_BYTES``, as
+    the built-in engine records it: a model's reply too long for an entry would otherwise be
+    refused (``check_outcome``), and the turn retried for ever."""
+    limit = settings.CONVERSATION_MAX_MESSAGE_BYTES
+    changes = {}
+    for name in ("response", "error"):
+        text = getattr(outcome, name)
+        if text is None or len(text.encode("utf-8", errors="surrogatepass")) <= limit:
+            continue
+        room = limit - len(TRUNCATED_NOTE.encode())
+        cut = text.encode("utf-8", errors="surrogatepass")[:room]
+        changes[name] = cut.decode("utf-8", errors="ignore") + TRUNCATED_NOTE
+    return dataclasses.replace(outcome, **changes) if changes else outcome
 
 
 def check_usage(usage: ThreadUsage) -> None:

@@ -412,3 +412,16 @@ def test_a_resumed_turn_does_not_send_checkpointed_steps_again() -> None:
     assert finished.state == "completed"
     assert _agent_entries(sent.conversation_id) == ["second part"]
     assert finished.step_count == 2
+
+
+@override_settings(CONVERSATION_MAX_MESSAGE_BYTES=1_000)
+def test_a_reply_longer_than_an_entry_may_be_is_cut_and_the_turn_completes() -> None:
+    """Refused whole, the outcome failed, the lease lapsed and the thread ran again, for ever."""
+    sent = message_handle(user_id="alice", channel="web", content="talk a lot")
+    model = ScriptedModel(replies=[ModelReply(text="é" * 3_000)])
+    thread = _run(sent.thread_id, model)
+    assert thread.state == "completed"
+    (reply,) = _agent_entries(sent.conversation_id)
+    assert len(reply.encode()) <= 1_000
+    assert reply.startswith("é" * 100)
+    assert reply.endswith("[cut: longer than CONVERSATION_MAX_MESSAGE_BYTES]")
