@@ -103,12 +103,9 @@ def stream_open(
             "close one, or retry after Retry-After.",
             retry_after=STREAM_CAP_RETRY_AFTER_S,
         )
-    try:
-        # Subscribed before the replay's read: whatever commits after it is notified to it.
-        subscription = hub.subscribe(source, key)
-    except BaseException:
-        hub.release(key)
-        raise
+    # Subscribed before the replay's read: whatever commits after it is notified to it. The
+    # subscription holds the slot from now on (a subscription that fails gives it back itself).
+    subscription = hub.subscribe(source, key)
     try:
         frames, more = source.read_done(source.read_plan()())
     except BaseException:
