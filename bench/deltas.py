@@ -66,6 +66,7 @@ def main() -> None:
         from conversations.services import message_handle
         from core.notify import DELTAS_CHANNEL
         from engine import deltas
+        from engine.delta_sender import delta_sender
         from engine.model_clients import EchoModel
         from engine.runner import Turn
 
@@ -89,6 +90,9 @@ def main() -> None:
         def held() -> None:
             deltas.deltas_notify(payloads(short)())
 
+        def queued() -> None:
+            delta_sender().send(payloads(short)())
+
         print(f"deltas on {name}: per delta, {iterations} each, on a thread of its own")
         print(f"  {'case':<52}{'CPU us':>8}{'wall us':>9}")
         cases: list[tuple[str, Callable[[], object]]] = [
@@ -96,10 +100,13 @@ def main() -> None:
             ("64 KiB split into notifications (build only)", payloads("é" * 32 * 1024)),
             ("publish, connection from the pool and back (used)", give_back),
             ("publish on a connection held throughout", held),
+            ("queued for the sender thread (the engine's way)", queued),
         ]
         for label, call in cases:
             cpu, wall = per_call(call, iterations)
             print(f"  {label:<52}{cpu:8.0f}{wall:9.0f}")
+        # The queued ones still going out must not count as the turns' deltas below.
+        delta_sender().idle(timeout=60)
         split = len(payloads("é" * 32 * 1024)())
         print(f"  64 KiB of two-byte characters: {split} notifications")
 
@@ -115,6 +122,7 @@ def main() -> None:
                 Turn(
                     Thread.objects.get(pk=sent.thread_id), model=EchoModel(latency_ms=latency_ms)
                 ).run()
+                delta_sender().idle()
                 count = sum(1 for _ in listen.notifies(timeout=0.5))
                 print(f"    echo of {latency_ms} ms (10 slices): {count} deltas")
 

@@ -224,17 +224,7 @@ class _Listener:
             self._listened.notify_all()
 
     def _connect(self) -> psycopg.Connection:
-        params = connections["default"].get_connection_params()
-        params.pop("pool", None)
-        params.pop("cursor_factory", None)
-        params.pop("context", None)
-        params.pop("prepare_threshold", None)
-        # A listener only reads: without TCP keepalives a connection whose server vanished
-        # (a host gone, a half-open connection) would look idle for ever, and every stream and
-        # long-poll of the process would wait for notifications that never come.
-        for name, value in LISTENER_KEEPALIVES.items():
-            params.setdefault(name, value)
-        return psycopg.connect(**params, autocommit=True)
+        return dedicated_connection()
 
     def _run(self) -> None:
         backoff = 0.5
@@ -261,6 +251,20 @@ class _Listener:
                 self._wake_all()
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+
+def dedicated_connection() -> psycopg.Connection:
+    """A connection of its own (outside Django's pool), in autocommit, with TCP keepalives: for
+    a thread that keeps one for the life of the process (this listener, the delta sender).
+
+    Without keepalives a connection whose server vanished (a host gone, a half-open connection)
+    would look idle for ever, and a listener would wait for notifications that never come."""
+    params = connections["default"].get_connection_params()
+    for name in ("pool", "cursor_factory", "context", "prepare_threshold"):
+        params.pop(name, None)
+    for name, value in LISTENER_KEEPALIVES.items():
+        params.setdefault(name, value)
+    return psycopg.connect(**params, autocommit=True)
 
 
 _listener = _Listener()

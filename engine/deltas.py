@@ -25,13 +25,13 @@ import uuid
 from collections.abc import Sequence
 
 from django.conf import settings
-from django.db import connection
 
 from conversations.errors import ThreadNotFound
 from conversations.models import Thread
 from conversations.services import lease_check
 from core.db import server_bound_cursor
 from core.notify import DELTAS_CHANNEL
+from engine.delta_sender import delta_sender
 
 logger = logging.getLogger(__name__)
 
@@ -142,10 +142,10 @@ class DeltaPublisher:
     last text. A text the listeners already have is not sent again. With a ``pace`` (the turn's)
     the interval runs across the turn's steps: a step's first delta waits for it too, and
     ``close`` sends the last text only once it has run out (the step's entry or its next step
-    follows at once). ``feed`` runs on the model
-    call's own thread, which holds no database connection: each publish takes one from the pool
-    for its one statement and gives it back at once, so a turn never holds one while its model
-    works. A failure (the database is down) is logged once per step and never raised.
+    follows at once). ``feed`` runs on the model call's own thread, which holds no database
+    connection: a delta is queued for the process's sender (``engine.delta_sender``), which
+    sends it on a connection of its own, so a turn never holds one while its model works, and
+    a failure (the database is down) never reaches the turn.
     """
 
     def __init__(
@@ -172,7 +172,6 @@ class DeltaPublisher:
         self._pace = pace or DeltaPace()
         self._shared = pace is not None
         self._pending: tuple[str, float] | None = None
-        self._failure_logged = False
 
     def feed(self, text_so_far: str) -> None:
         """The step's text so far; published now or coalesced into the next delta."""
@@ -245,31 +244,10 @@ class DeltaPublisher:
         )
 
     def _publish(self, payloads: list[str]) -> bool:
-        try:
-            deltas_notify(payloads)
-            return True
-        except Exception:
-            if not self._failure_logged:
-                self._failure_logged = True
-                logger.warning(
-                    "thread %s step %d: deltas not published (logged once a step)",
-                    self.thread_id,
-                    self.step,
-                    exc_info=True,
-                )
-            return False
-        finally:
-            _connection_give_back()
-
-
-def _connection_give_back() -> None:
-    """Return this thread's connection to the pool (not inside a transaction: a caller's)."""
-    if connection.in_atomic_block:
-        return
-    try:
-        connection.close()
-    except Exception:
-        logger.debug("closing the connection after a delta failed", exc_info=True)
+        # Queued for this process's sender (engine.delta_sender): no statement on this thread,
+        # which only the model call's is.
+        delta_sender().send(payloads)
+        return True
 
 
 def thread_delta_publish(

@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 
 from accounts.services import CreatedApiKey, api_key_create
 from core.notify import listener_stop
+from engine.delta_sender import delta_sender
 
 # The servers and workers the tests start connect through DATABASE_URL, with which the settings
 # require SECRET_KEY (several hosts must share one); they inherit this one.
@@ -57,8 +58,9 @@ def tenant_client(make_api_key: Callable[..., CreatedApiKey]) -> Callable[[str],
 
 @pytest.fixture(scope="session", autouse=True)
 def _notification_listener_stopped(django_db_setup: None) -> Iterator[None]:
-    """Stop this process's notification listener before the test database is dropped: any
-    test that waits, streams or subscribes starts it, and its connection would hold the
-    database (and log its loss) at the end of the session."""
+    """Stop this process's notification listener and close its delta sender's connection before
+    the test database is dropped: any test that waits, streams, subscribes or runs a turn
+    starts one, and its connection would hold the database at the end of the session."""
     yield
     listener_stop()
+    delta_sender().disconnect()

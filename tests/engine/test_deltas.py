@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 
 from conversations.models import Thread
 from conversations.services import message_handle
+from engine import delta_sender as delta_sender_module
 from engine import deltas
 from engine.checkpoint import thread_checkpoint_path
+from engine.delta_sender import delta_sender
 from engine.deltas import MAX_PAYLOAD_BYTES, DeltaPublisher, delta_payloads
 from engine.model_clients import EchoModel
 from engine.runner import Turn
@@ -150,22 +152,32 @@ def test_nothing_is_published_with_deltas_off_or_after_an_abandoned_step() -> No
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_failed_publish_is_logged_once_per_step_and_never_raised(
+def test_a_failed_send_is_logged_never_raised_and_the_next_deltas_go_out(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Past PostgreSQL's own limit: the server refuses each notification.
+    """The model's thread only queues; the sender drops what the server refuses (logged at most
+    once a minute), connects again, and sends the next ones."""
+    sender = delta_sender()
+    monkeypatch.setattr(delta_sender_module, "FAILURE_LOG_INTERVAL_S", 60.0)
+    monkeypatch.setattr(sender, "_failure_logged_at", -60.0)
+    # Past PostgreSQL's own limit: the server refuses these notifications.
     monkeypatch.setattr(deltas, "MAX_PAYLOAD_BYTES", 20_000)
-    publisher = DeltaPublisher(thread_id=THREAD, conversation_id=None, step=1, interval_ms=1)
+    refused = DeltaPublisher(thread_id=THREAD, conversation_id=None, step=1, interval_ms=1)
+    with caplog.at_level(logging.WARNING, logger="engine.delta_sender"):
+        refused.feed("y" * 9_000)
+        assert sender.idle()
+        refused.feed("y" * 9_500)
+        refused.close()
+        assert sender.idle()
+    assert len([r for r in caplog.records if "not published" in r.getMessage()]) == 1
+    monkeypatch.undo()
 
-    with caplog.at_level(logging.WARNING, logger="engine.deltas"):
-        publisher.feed("y" * 9_000)
-        time.sleep(0.01)
-        publisher.feed("y" * 9_500)
-        publisher.close()
-
-    assert publisher.published == 0
-    assert len([r for r in caplog.records if "deltas not published" in r.getMessage()]) == 1
-    assert connection.connection is None  # given back to the pool, even after the failure
+    with deltas_listener() as listener:
+        later = DeltaPublisher(thread_id=THREAD, conversation_id=None, step=2, interval_ms=1)
+        later.feed("after the failure")
+        received = listener.wait_for(lambda got: len(got) == 1)
+    assert received[0].text == "after the failure"
+    assert connection.connection is None  # the model's thread took no connection
 
 
 @given(
