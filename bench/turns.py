@@ -157,10 +157,10 @@ def main() -> int:
     return 0
 
 
-def print_log_tail(lines: int = 60) -> None:
+def print_log_tail(lines: int = 60, path: Path = LOG_PATH) -> None:
     with suppress(OSError):
-        tail = LOG_PATH.read_text(errors="replace").splitlines()[-lines:]
-        print(f"--- last {len(tail)} lines of {LOG_PATH}:", file=sys.stderr)
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- last {len(tail)} lines of {path}:", file=sys.stderr)
         for line in tail:
             print(line, file=sys.stderr)
 

@@ -27,7 +27,7 @@ def _cpu(process: psutil.Process, *, reaped_children: bool = False) -> float:
     return seconds
 
 
-def _role(process: psutil.Process) -> str:
+def process_role(process: psutil.Process) -> str:
     try:
         argv = process.cmdline()
     except psutil.NoSuchProcess:
@@ -55,7 +55,7 @@ class CpuMeter:
     def sample(self) -> CpuSample:
         seconds = dict.fromkeys(ROLES, 0.0)
         for child in self.children:
-            role = _role(child)
+            role = process_role(child)
             if role in seconds:
                 seconds[role] += _cpu(child)
         seconds["serve"] = _cpu(self.serve)

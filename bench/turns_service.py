@@ -3,10 +3,11 @@ scratch database, and its tenants each posting messages and waiting for the agen
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -128,16 +129,25 @@ class Turn:
     sent_at: float  # wall clock, for the server's timestamps
     seen_at: float
     detail: dict[str, Any] = field(default_factory=dict)
+    post_seconds: float = 0.0  # the POST's own request, sent -> answered
 
 
 def one_turn(
-    services: Services, key: str, content: str, what: str, timeout: float
-) -> tuple[str, float, float, float]:
-    """Post a message and wait for the reply: thread id, seconds, and wall clock sent/seen."""
+    services: Services,
+    key: str,
+    content: str,
+    what: str,
+    timeout: float,
+    *,
+    tenant: int = -1,
+    number: int = 0,
+) -> Turn:
+    """Post a message and wait for the reply: the turn's thread, times and wall clock."""
     base_url, label = services.base_url, services.label
     sent_at = time.time()
     started = time.perf_counter()
     status, posted = post_message(base_url, key, content, timeout=30)
+    post_seconds = time.perf_counter() - started
     if status != 202:
         raise BenchFailure(f"{label}: {what}: POST messages answered {status}: {posted}")
 
@@ -179,11 +189,23 @@ def one_turn(
             f"(thread {thread_id}: HTTP {status} {state})"
         )
     seconds = time.perf_counter() - started
-    return str(reply.get("thread_id") or posted["thread_id"]), seconds, sent_at, time.time()
+    thread_id = str(reply.get("thread_id") or posted["thread_id"])
+    return Turn(tenant, number, thread_id, seconds, sent_at, time.time(), post_seconds=post_seconds)
 
 
-def drive(services: Services, keys: list[str], load: Load) -> list[Turn]:
-    """Every tenant in its own thread, released together; all turns, or the first failure."""
+def drive(
+    services: Services,
+    keys: list[str],
+    load: Load,
+    *,
+    until: float | None = None,
+    after_turn: Callable[[Turn, str], None] | None = None,
+) -> list[Turn]:
+    """Every tenant in its own thread, released together; all turns, or the first failure.
+
+    Each tenant takes ``load.turns`` turns, or with ``until`` (a ``time.monotonic()`` deadline)
+    as many as it starts before it. ``after_turn(turn, key)`` runs on the tenant's thread after
+    each of its turns, inside its loop (a benchmark's extra request)."""
     turns: list[Turn] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -194,13 +216,18 @@ def drive(services: Services, keys: list[str], load: Load) -> list[Turn]:
             barrier.wait()
             if load.spread:
                 time.sleep(load.configured_model_seconds * number / len(keys))
-            for index in range(load.turns):
+            for index in itertools.count() if until is not None else range(load.turns):
+                if until is not None and time.monotonic() >= until:
+                    return
                 what = f"tenant {number} turn {index + 1}"
-                thread_id, seconds, sent_at, seen_at = one_turn(
-                    services, key, f"turn {index + 1} of tenant {number}", what, load.turn_timeout
+                content = f"turn {index + 1} of tenant {number}"
+                turn = one_turn(
+                    services, key, content, what, load.turn_timeout, tenant=number, number=index + 1
                 )
+                if after_turn is not None:
+                    after_turn(turn, key)
                 with lock:
-                    turns.append(Turn(number, index + 1, thread_id, seconds, sent_at, seen_at))
+                    turns.append(turn)
                 if errors:
                     return
         except BaseException as error:
@@ -230,7 +257,8 @@ class Run:
     cpu_ms_per_turn: dict[str, float]  # by role (bench/turns_cpu.py)
 
 
-def _postmaster_pid() -> int:
+def database_postmaster_pid() -> int:
+    """The pid of the PostgreSQL server Django's connection talks to (for its CPU)."""
     from django.db import connection
 
     with connection.cursor() as cursor:
@@ -241,11 +269,19 @@ def _postmaster_pid() -> int:
     return parent.pid
 
 
-def run_configuration(label: str, env: dict[str, str], load: Load, log: IO[str]) -> Run:
-    """One configuration on its own scratch database: services up, warm-up turn, measured turns
-    with the CPU of every process read before and after."""
+@contextmanager
+def scratch_services(
+    label: str,
+    env: Mapping[str, str],
+    log: IO[str],
+    *,
+    tenants: int,
+    database_prefix: str = "ironclaw_bench_turns",
+) -> Iterator[tuple[Services, list[str]]]:
+    """serve with ``env`` on a scratch database of its own, and ``tenants`` API keys, one per
+    tenant (``bench-tenant-<n>``), created before it starts."""
     with (
-        scratch_database(f"ironclaw_bench_turns_{label}") as name,
+        scratch_database(f"{database_prefix}_{label}") as name,
         tempfile.TemporaryDirectory(prefix="ironclaw-bench-metrics-") as metrics_dir,
     ):
         from django.conf import settings
@@ -262,31 +298,49 @@ def run_configuration(label: str, env: dict[str, str], load: Load, log: IO[str])
         }
         keys = [
             api_key_create(name="bench", user_id=f"bench-tenant-{n}").raw_key
-            for n in range(load.tenants + 1)
+            for n in range(tenants)
         ]
         print(
             f"  {label}: database {name}; starting serve (web, turn and background workers)",
             flush=True,
         )
         with running_services(label, env, log) as services:
-            # Imports, pools and job fetching warmed up, on a tenant of its own.
-            one_turn(services, keys[-1], "warm-up", "warm-up turn", load.turn_timeout)
-            meter = CpuMeter(serve_pid=services.serve.process.pid, postmaster_pid=_postmaster_pid())
-            idle = meter.idle_rates(IDLE_SECONDS)
-            before = meter.sample()
-            started = time.perf_counter()
-            turns = drive(services, keys[:-1], load)
-            elapsed = time.perf_counter() - started
-            cpu = cpu_per_turn(before, meter.sample(), idle, len(turns))
-            for turn in turns:
-                path = f"/api/v1/threads/{turn.thread_id}"
-                status, detail = call(services.base_url, keys[turn.tenant], "GET", path, timeout=30)
-                if status == 200 and isinstance(detail, dict):
-                    turn.detail = detail
-            polls = services.polls
-        print(
-            f"  {label}: {len(turns)} turns in {elapsed:.1f} s; "
-            f"{polls / (len(turns) + 1):.1f} entries requests per turn",
-            flush=True,
+            yield services, keys
+
+
+def thread_detail(services: Services, key: str, turn: Turn) -> float:
+    """Fill ``turn.detail`` from GET threads/{id} (its timings, its model time); the request's
+    seconds."""
+    started = time.perf_counter()
+    path = f"/api/v1/threads/{turn.thread_id}"
+    status, detail = call(services.base_url, key, "GET", path, timeout=30)
+    seconds = time.perf_counter() - started
+    if status == 200 and isinstance(detail, dict):
+        turn.detail = detail
+    return seconds
+
+
+def run_configuration(label: str, env: dict[str, str], load: Load, log: IO[str]) -> Run:
+    """One configuration on its own scratch database: services up, warm-up turn, measured turns
+    with the CPU of every process read before and after."""
+    with scratch_services(label, env, log, tenants=load.tenants + 1) as (services, keys):
+        # Imports, pools and job fetching warmed up, on a tenant of its own.
+        one_turn(services, keys[-1], "warm-up", "warm-up turn", load.turn_timeout)
+        meter = CpuMeter(
+            serve_pid=services.serve.process.pid, postmaster_pid=database_postmaster_pid()
         )
-        return Run(turns, cpu)
+        idle = meter.idle_rates(IDLE_SECONDS)
+        before = meter.sample()
+        started = time.perf_counter()
+        turns = drive(services, keys[:-1], load)
+        elapsed = time.perf_counter() - started
+        cpu = cpu_per_turn(before, meter.sample(), idle, len(turns))
+        for turn in turns:
+            thread_detail(services, keys[turn.tenant], turn)
+        polls = services.polls
+    print(
+        f"  {label}: {len(turns)} turns in {elapsed:.1f} s; "
+        f"{polls / (len(turns) + 1):.1f} entries requests per turn",
+        flush=True,
+    )
+    return Run(turns, cpu)
