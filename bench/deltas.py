@@ -124,7 +124,7 @@ def main() -> None:
                 ).run()
                 delta_sender().idle()
                 count = sum(1 for _ in listen.notifies(timeout=0.5))
-                print(f"    echo of {latency_ms} ms (10 slices): {count} deltas")
+                print(f"    echo of {latency_ms} ms: {count} deltas")
 
 
 if __name__ == "__main__":

@@ -125,8 +125,8 @@ def test_echo_model_reveals_its_reply_over_its_latency_and_answers_the_same() ->
 
     assert streamed == plain
     assert 0.5 <= took < 0.6
-    assert len(seen) == 10
+    assert len(seen) == 5  # one piece every ECHO_SLICE_MS (100) at most
     assert seen[0][1] - began < 0.02
     assert seen[-1][0] == plain.text
     assert all(plain.text.startswith(text) for text, _ in seen)
-    assert all(b[1] - a[1] >= 0.05 for a, b in itertools.pairwise(seen))
+    assert all(b[1] - a[1] >= 0.09 for a, b in itertools.pairwise(seen))
