@@ -93,7 +93,7 @@ def test_a_cursor_the_stream_never_sent_is_a_400_naming_where_it_came_from(
 ) -> None:
     sent = message_handle(user_id="alice", channel="web", content="hello")
     url = f"/api/v1/conversations/{sent.conversation_id}/events"
-    extra = {"HTTP_LAST_EVENT_ID": header} if header is not None else {}
+    extra: dict[str, Any] = {"HTTP_LAST_EVENT_ID": header} if header is not None else {}
     response = tenant_client("alice").get(url, {"after": param} if param else {}, **extra)
     assert response.status_code == 400
     assert response["Content-Type"] == "application/json"
