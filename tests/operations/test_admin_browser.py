@@ -10,13 +10,10 @@ after it closes (Django refuses ORM calls while a loop runs).
 from __future__ import annotations
 
 import datetime
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from django.utils import timezone
@@ -30,30 +27,19 @@ from conversations.services import (
     thread_claim,
     thread_outcome_record,
 )
+from tests.support.browser import (
+    BROWSER_MARKS,
+    CHROMIUM,
+    SCREENSHOTS,
+    Page,
+    expect,
+    sync_playwright,
+)
 from tests.support.servers import app_server, database_url
 from workspace import services
 from workspace.models import Document
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "screenshots"
-
-try:
-    from playwright.sync_api import Page, expect, sync_playwright
-except ImportError:  # pragma: no cover - requirements-dev.txt pins it
-    sync_playwright = None  # type: ignore[assignment]
-
-pytestmark = [
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="Chromium is not installed: `apt-get install chromium` (.ci/run does this) to run "
-        "browser tests",
-    ),
-    pytest.mark.skipif(
-        sync_playwright is None,
-        reason="Playwright is not installed: pip install -r requirements-dev.txt",
-    ),
-    pytest.mark.django_db(transaction=True),
-]
+pytestmark = [*BROWSER_MARKS, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "operator-password-1"
 

@@ -10,39 +10,25 @@ before the browser starts (Django refuses them while Playwright's loop runs).
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 
 from accounts.services import CreatedApiKey
+from tests.support.browser import (
+    BROWSER_MARKS,
+    CHROMIUM,
+    SCREENSHOTS,
+    Page,
+    expect,
+    sync_playwright,
+)
 from tests.support.serve import post_message, send_and_await_reply, serve_process
 from tests.support.servers import database_url
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOTS = Path(settings.BASE_DIR) / "var" / "screenshots"
-
-try:
-    from playwright.sync_api import Page, expect, sync_playwright
-except ImportError:  # pragma: no cover - requirements-dev.txt pins it
-    sync_playwright = None  # type: ignore[assignment]
-
-pytestmark = [
-    pytest.mark.skipif(
-        CHROMIUM is None,
-        reason="Chromium is not installed: `apt-get install chromium` (.ci/run does this) to run "
-        "browser tests",
-    ),
-    pytest.mark.skipif(
-        sync_playwright is None,
-        reason="Playwright is not installed: pip install -r requirements-dev.txt",
-    ),
-    pytest.mark.django_db(transaction=True),
-]
+pytestmark = [*BROWSER_MARKS, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "operator-password-1"
 # Long enough a turn for the page to open while the model still writes, its text in deltas.
