@@ -58,13 +58,12 @@ def main() -> None:
     with scratch_database("ironclaw_bench_deltas") as name:
         import uuid
 
-        import psycopg
         from django.conf import settings
         from django.db import connection
 
         from conversations.models import Thread
         from conversations.services import message_handle
-        from core.notify import DELTAS_CHANNEL
+        from core.notify import DELTAS_CHANNEL, dedicated_connection
         from engine import deltas
         from engine.delta_sender import delta_sender
         from engine.model_clients import EchoModel
@@ -110,12 +109,9 @@ def main() -> None:
         split = len(payloads("é" * 32 * 1024)())
         print(f"  64 KiB of two-byte characters: {split} notifications")
 
-        params = connection.get_connection_params()
-        for pool_only in ("pool", "cursor_factory", "context", "prepare_threshold"):
-            params.pop(pool_only, None)
         interval = settings.ENGINE_DELTA_INTERVAL_MS
         print(f"  deltas per echo turn at ENGINE_DELTA_INTERVAL_MS={interval}")
-        with psycopg.connect(**params, autocommit=True) as listen:
+        with dedicated_connection() as listen:
             listen.execute(f"LISTEN {DELTAS_CHANNEL}")
             for latency_ms in (200, 1000, 5000):
                 sent = message_handle(user_id="alice", channel="web", content="hello " * 20)

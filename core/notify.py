@@ -259,9 +259,7 @@ def dedicated_connection() -> psycopg.Connection:
 
     Without keepalives a connection whose server vanished (a host gone, a half-open connection)
     would look idle for ever, and a listener would wait for notifications that never come."""
-    params = connections["default"].get_connection_params()
-    for name in ("pool", "cursor_factory", "context", "prepare_threshold"):
-        params.pop(name, None)
+    params = connections["default"].direct_params()  # type: ignore[attr-defined]
     for name, value in LISTENER_KEEPALIVES.items():
         params.setdefault(name, value)
     return psycopg.connect(**params, autocommit=True)

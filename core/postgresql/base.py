@@ -99,14 +99,15 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # Django's own wrapping of a new cursor (private, stable since Django 1.x).
             return self._prepare_cursor(cursor)  # type: ignore[attr-defined]
 
-    def _direct_params(self) -> dict[str, Any]:
+    def direct_params(self) -> dict[str, Any]:
+        """The parameters of a connection of its own, outside the pool (a probe, a listener)."""
         params = dict(self.get_connection_params())
         for pool_only in ("pool", "cursor_factory", "context", "prepare_threshold"):
             params.pop(pool_only, None)
         return params
 
     def _probe(self) -> None:
-        psycopg.connect(**self._direct_params(), autocommit=True).close()
+        psycopg.connect(**self.direct_params(), autocommit=True).close()
 
     def _reachable(self) -> bool:
         try:

@@ -11,7 +11,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import connection
 from rest_framework.test import APIClient
 
 from conversations.models import Thread, ThreadEvent
@@ -27,7 +26,7 @@ from conversations.streams import (
     ThreadStream,
     thread_cursor_parse,
 )
-from core.notify import ENTRIES_CHANNEL
+from core.notify import ENTRIES_CHANNEL, dedicated_connection
 from engine.checkpoint import TurnState, checkpoint_save, now_iso
 from engine.model_clients import ModelReply
 from engine.runner import Turn
@@ -58,10 +57,7 @@ def _drain(stream: ConversationStream | ThreadStream) -> list[Frame]:
 
 
 def _listen() -> psycopg.Connection[Any]:
-    params = connection.get_connection_params()
-    for name in ("pool", "cursor_factory", "context", "prepare_threshold"):
-        params.pop(name, None)
-    listener = psycopg.connect(**params, autocommit=True)
+    listener = dedicated_connection()
     for channel in (ENTRIES_CHANNEL, EVENTS_CHANNEL, DELTAS_CHANNEL):
         listener.execute(f"LISTEN {channel}")
     return listener
