@@ -227,6 +227,13 @@ class Thread(models.Model):
             models.Index(
                 fields=["conversation", "start_seq"], name="thread_conversation_start_idx"
             ),
+            # The operations console: threads that ended in the last hour or day (the failures
+            # list and the charts), however many ended before.
+            models.Index(
+                fields=["finished_at"],
+                name="thread_finished_idx",
+                condition=Q(finished_at__isnull=False),
+            ),
             # threads/next: the oldest thread waiting for an engine.
             models.Index(
                 fields=["created_at"], name="thread_claimable_idx", condition=Q(state="created")
