@@ -26,6 +26,11 @@ from conversations.services.entry_writer import EntryWriter
 from conversations.services.lease import lease_check
 from conversations.services.lifecycle import thread_follow_up_spawn, thread_lease_release
 from conversations.services.locking import locked_transaction, thread_lock_with_conversation
+from conversations.services.operator_actions import (
+    CANCEL_REQUESTED_BY,
+    OPERATOR_CANCEL_REASON,
+    operator_reason,
+)
 from conversations.services.turn_queue import thread_runnable_notify
 from conversations.services.validation import check_outcome, check_usage
 from conversations.services.values import OutcomeResult, ThreadOutcome, ThreadUsage
@@ -100,6 +105,10 @@ def thread_outcome_record(
             _usage_add(thread, usage)
         now = timezone.now()
         recorded = {**outcome.as_json(), "recorded_at": now.isoformat(), "worker_id": worker_id}
+        requested_by = thread.metadata.get(CANCEL_REQUESTED_BY) if thread.cancel_requested else None
+        if requested_by and outcome.kind == "stopped":
+            # An operator asked it to stop (thread_request_cancel): the outcome says who.
+            recorded["reason"] = operator_reason(OPERATOR_CANCEL_REASON, str(requested_by))
 
         if thread.cancel_requested and not thread.tracked:
             # Interrupted or cleared: the conversation has moved on; the run only ends here.

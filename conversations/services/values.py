@@ -95,8 +95,9 @@ class SweepResult:
 @dataclass(frozen=True)
 class OperatorActionResult:
     """What an operator's action did to one thread; ``done`` is False when it was skipped, and
-    ``message`` says what happened or why not."""
+    ``message`` says what happened or why not. ``state``: the thread's state afterwards."""
 
     thread_id: uuid.UUID
     done: bool
     message: str
+    state: str = ""

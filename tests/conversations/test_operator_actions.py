@@ -167,3 +167,68 @@ def test_requeue_leaves_a_live_lease_and_a_paused_thread_alone() -> None:
     assert (paused.done, paused.message) == (False, "waiting: nothing to requeue")
     assert (leased.done, leased.message) == (False, "running with a live lease held by w2")
     assert Thread.objects.get(pk=other.thread_id).state == "running"
+
+
+def test_an_operators_stop_names_them_in_the_outcome_not_in_the_conversation() -> None:
+    result = _running()
+    anonymous = _running_elsewhere()
+
+    thread_stop(user_id="alice", thread_id=result.thread_id, operator="ops-alice")
+    thread_stop(user_id="alice", thread_id=anonymous.thread_id)
+
+    named = Thread.objects.get(pk=result.thread_id).outcome
+    unnamed = Thread.objects.get(pk=anonymous.thread_id).outcome
+    assert named is not None
+    assert unnamed is not None
+    assert named["reason"] == "stopped by an operator (ops-alice)"
+    assert unnamed["reason"] == "stopped by an operator"
+    # The conversation's people see that an operator stopped it, not which one.
+    assert entries_of(result.conversation_id)[-1][2] == "Thread stopped by an operator"
+
+
+def test_a_cancel_an_operator_requested_is_theirs_in_the_outcome_the_engine_records() -> None:
+    result = _running()
+    nobody_runs = message_handle(user_id="alice", channel="idle", content="hi")
+
+    thread_request_cancel(user_id="alice", thread_id=result.thread_id, operator="ops-bob")
+    thread_request_cancel(user_id="alice", thread_id=nobody_runs.thread_id, operator="ops-bob")
+    thread_outcome_record(
+        user_id="alice",
+        thread_id=result.thread_id,
+        worker_id="w1",
+        outcome=ThreadOutcome(kind="stopped"),
+    )
+
+    stopped = Thread.objects.get(pk=result.thread_id)
+    at_once = Thread.objects.get(pk=nobody_runs.thread_id)
+    assert stopped.metadata["cancel_requested_by"] == "ops-bob"
+    assert stopped.outcome is not None
+    assert at_once.outcome is not None
+    assert (stopped.outcome["kind"], stopped.outcome["reason"]) == (
+        "stopped",
+        "cancelled by an operator (ops-bob)",
+    )
+    assert at_once.outcome["reason"] == "cancelled by an operator (ops-bob)"
+
+
+def test_a_cancel_requested_without_an_operator_leaves_the_engines_outcome_as_it_was() -> None:
+    result = _running()
+
+    thread_request_cancel(user_id="alice", thread_id=result.thread_id)
+    thread_outcome_record(
+        user_id="alice",
+        thread_id=result.thread_id,
+        worker_id="w1",
+        outcome=ThreadOutcome(kind="stopped"),
+    )
+
+    thread = Thread.objects.get(pk=result.thread_id)
+    assert "cancel_requested_by" not in thread.metadata
+    assert thread.outcome is not None
+    assert "reason" not in thread.outcome
+
+
+def _running_elsewhere() -> MessageResult:
+    result = message_handle(user_id="alice", channel="other", content="hello")
+    thread_claim(user_id="alice", thread_id=result.thread_id, worker_id="w2")
+    return result
