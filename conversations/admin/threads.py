@@ -1,14 +1,13 @@
 """Threads: the list operators watch (lease, age, outcome; expired leases and long waits as
-filters), the thread page (its sections are in ``thread_page``) and the operators' actions,
-which go through the services and say what they did to each thread."""
+filters), the thread page (its sections are in ``thread_page``) and the operators' actions
+(``thread_actions``: list actions and the page's buttons, through the services)."""
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
 from typing import Any
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import QuerySet
 from django.db.models.functions import Now
 from django.http import HttpRequest
@@ -18,19 +17,13 @@ from django.utils.safestring import SafeString, mark_safe
 
 from conversations.admin.common import SystemRowsAdmin
 from conversations.admin.live import LivePanel, LivePanelAdmin
+from conversations.admin.thread_actions import ThreadActionsAdmin
 from conversations.admin.thread_page import ThreadPageSections
 from conversations.models import Thread, ThreadState
-from conversations.services import (
-    OperatorActionResult,
-    thread_request_cancel,
-    thread_requeue,
-    thread_stop,
-)
 from conversations.stream_requests import thread_source
 from conversations.streams import ThreadStream
 from core.admin import TenantPrefixFilter
-from core.admin_display import SHORT_ID_LENGTH, change_link, duration_text, short_id, truncated
-from core.errors import ApplicationError
+from core.admin_display import change_link, duration_text, short_id, truncated
 
 WAITING_MINUTES = (5, 15, 60)
 
@@ -73,7 +66,9 @@ class WaitingLongerThanFilter(admin.SimpleListFilter):
 
 
 @admin.register(Thread)
-class ThreadAdmin(ThreadPageSections, LivePanelAdmin, SystemRowsAdmin):
+class ThreadAdmin(ThreadPageSections, ThreadActionsAdmin, LivePanelAdmin, SystemRowsAdmin):
+    # The live panel's page, with the actions' buttons.
+    change_form_template = "admin/conversations/thread/change_form.html"
     list_display = (
         "thread_id",
         "user_id",
@@ -114,6 +109,7 @@ class ThreadAdmin(ThreadPageSections, LivePanelAdmin, SystemRowsAdmin):
         "lease_left",
         "claim_count",
         "outcome_rendered",
+        "run_now",
         "timings",
         "model_calls_table",
         "step_count",
@@ -146,7 +142,7 @@ class ThreadAdmin(ThreadPageSections, LivePanelAdmin, SystemRowsAdmin):
         ),
         ("Outcome", {"fields": ("outcome_rendered",)}),
         ("Lease", {"fields": ("lease_owner", "lease_expires_at", "lease_left", "claim_count")}),
-        ("Timings", {"fields": ("timings", "model_calls_table")}),
+        ("Timings", {"fields": ("run_now", "timings", "model_calls_table")}),
         (
             "Usage",
             {
@@ -229,34 +225,21 @@ class ThreadAdmin(ThreadPageSections, LivePanelAdmin, SystemRowsAdmin):
             detail = str(outcome["reason"])
         return truncated(f"{kind}: {detail}" if detail else kind, 60)
 
-    def _act(
-        self,
-        request: HttpRequest,
-        queryset: QuerySet[Thread],
-        service: Callable[..., OperatorActionResult],
-        verb: str,
-    ) -> None:
-        """Run ``service`` on each selected thread and say what it did to each, skips included."""
-        for thread_id, user_id in queryset.order_by("pk").values_list("pk", "user_id"):
-            name = str(thread_id)[:SHORT_ID_LENGTH]
-            try:
-                result = service(user_id=user_id, thread_id=thread_id)
-            except ApplicationError as error:
-                self.message_user(request, f"{name}: {error.message}", messages.ERROR)
-                continue
-            if result.done:
-                self.message_user(request, f"{verb} {name}: {result.message}", messages.SUCCESS)
-            else:
-                self.message_user(request, f"Skipped {name}: {result.message}", messages.WARNING)
-
-    @admin.action(description="Request cancel (the engine stops at its next heartbeat)")
+    @admin.action(
+        description="Request cancel (the engine stops at its next heartbeat)",
+        permissions=["operate"],
+    )
     def request_cancel(self, request: HttpRequest, queryset: QuerySet[Thread]) -> None:
-        self._act(request, queryset, thread_request_cancel, "Cancel requested for")
+        self.operator_action_run_each(request, queryset, "cancel")
 
-    @admin.action(description="Stop now (untrack, write the entry, free the lease)")
+    @admin.action(
+        description="Stop now (untrack, write the entry, free the lease)", permissions=["operate"]
+    )
     def stop(self, request: HttpRequest, queryset: QuerySet[Thread]) -> None:
-        self._act(request, queryset, thread_stop, "Stopped")
+        self.operator_action_run_each(request, queryset, "stop")
 
-    @admin.action(description="Requeue (created or expired lease: defer a run job)")
+    @admin.action(
+        description="Requeue (an expired lease: back to created)", permissions=["operate"]
+    )
     def requeue(self, request: HttpRequest, queryset: QuerySet[Thread]) -> None:
-        self._act(request, queryset, thread_requeue, "Requeued")
+        self.operator_action_run_each(request, queryset, "requeue")
