@@ -1,6 +1,7 @@
-"""The sections of a thread's admin page that are more than a field: its outcome, the phases of
-its run, its model calls and its latest entries. Each is a template under
-``admin/conversations/thread/``; a row's cells are built here, its markup there."""
+"""The sections of a thread's admin page that are more than a field: its outcome (its error or
+stop reason in a box on top), the run in progress (the model call in flight, the steps so far:
+``thread_run``), the phases of its run, its model calls and its latest entries. Each is a
+template under ``admin/conversations/thread/``; a row's cells are built here, its markup there."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import datetime
 
 from django.contrib import admin
 from django.template.loader import render_to_string
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.safestring import SafeString, mark_safe
 
 from conversations.admin.common import when
-from conversations.models import ConversationEntry, Thread
+from conversations.admin.thread_run import run_steps
+from conversations.models import ConversationEntry, Thread, ThreadState
 from core.admin_display import changelist_url, duration_text, truncated
 
 # A thread page shows this many of its latest entries.
@@ -27,7 +30,11 @@ class ThreadPageSections:
         outcome = thread.outcome or {}
         if not outcome:
             return mark_safe("none yet")
-        rows: list[tuple[str, str]] = [("kind", str(outcome.get("kind", "")))]
+        kind = str(outcome.get("kind", ""))
+        # What went wrong, in a box on top: a failure's error, a stop's reason.
+        alert_key = "error" if outcome.get("error") else "reason" if kind == "stopped" else ""
+        alert = str(outcome.get(alert_key) or "") if alert_key else ""
+        rows: list[tuple[str, str]] = [("kind", kind)]
         if outcome.get("reported_kind"):
             rows.append(("reported by the engine", str(outcome["reported_kind"])))
         gate = outcome.get("gate")
@@ -35,14 +42,46 @@ class ThreadPageSections:
             rows.append(("gate", str(gate.get("name") or "")))
             rows.append(("gated action", str(gate.get("action") or "")))
         for key in ("error", "reason", "worker_id"):
-            if outcome.get(key):
+            if outcome.get(key) and not (alert and key == alert_key):
                 rows.append((key.replace("_", " "), str(outcome[key])))
         recorded = parse_datetime(str(outcome.get("recorded_at") or ""))
         if recorded is not None:
             rows.append(("recorded", when(recorded)))
         return render_to_string(
             "admin/conversations/thread/outcome.html",
-            {"rows": rows, "response": outcome.get("response")},
+            {
+                "rows": rows,
+                "response": outcome.get("response"),
+                "alert": alert,
+                "alert_label": alert_key,
+            },
+        )
+
+    @admin.display(description="now")
+    def run_now(self, thread: Thread) -> SafeString:
+        if thread.state != ThreadState.RUNNING:
+            return mark_safe("not running")
+        steps = run_steps(thread)
+        since = thread.claimed_at
+        if steps is not None and steps.latest_at is not None:
+            since = max(since, steps.latest_at) if since else steps.latest_at
+        return render_to_string(
+            "admin/conversations/thread/run_now.html",
+            {
+                # The latest step was the answer: the engine is recording the outcome.
+                "doing": "between steps"
+                if steps and steps.latest_final
+                else "model call in flight",
+                "since": timezone.localtime(since).strftime("%H:%M:%S") if since else "-",
+                "for": duration_text(timezone.now() - since) if since else "-",
+                "after": "its latest step" if steps and steps.count else "its claim",
+                "steps": steps.count if steps else 0,
+                "model_time": duration_text(
+                    datetime.timedelta(milliseconds=steps.model_ms if steps else 0)
+                ),
+                "claim": thread.claim_count,
+                "worker": thread.lease_owner,
+            },
         )
 
     @admin.display(description="phases")
@@ -67,6 +106,7 @@ class ThreadPageSections:
             {
                 "rows": rows,
                 "model_time": duration_text(model),
+                "running": thread.state == ThreadState.RUNNING,
                 "overhead": duration_text(overhead),
                 "queue_wait": duration_text(thread.claimed_at - start)
                 if thread.claimed_at and thread.claimed_at >= start
@@ -76,7 +116,20 @@ class ThreadPageSections:
 
     @admin.display(description="model calls")
     def model_calls_table(self, thread: Thread) -> SafeString:
-        calls = thread.model_calls or []
+        calls = list(thread.model_calls or [])
+        # This run's steps (not reported until its outcome), or an unreported run's.
+        steps = run_steps(thread)
+        note = ""
+        if steps is not None and steps.calls:
+            calls.extend(steps.calls)
+            latest = f"the latest {len(steps.calls)} of " if steps.count > len(steps.calls) else ""
+            note = (
+                f"{latest}{steps.count} step(s) of this run, from its step events "
+                "(model calls are reported with the outcome)"
+                if thread.state == ThreadState.RUNNING
+                else f"{latest}{steps.count} step(s), from the thread's step events "
+                "(its runs reported no model calls)"
+            )
         if not calls:
             return mark_safe("none")
         rows = []
@@ -90,7 +143,9 @@ class ThreadPageSections:
                 (call.get("step", ""), when(started), duration_text(took), duration_text(gap))
             )
             previous_end = ended
-        return render_to_string("admin/conversations/thread/model_calls.html", {"rows": rows})
+        return render_to_string(
+            "admin/conversations/thread/model_calls.html", {"rows": rows, "note": note}
+        )
 
     @admin.display(description=f"latest {THREAD_PAGE_ENTRIES} entries")
     def thread_entries(self, thread: Thread) -> SafeString:
