@@ -24,7 +24,8 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from accounts.models import ApiKey, IdempotencyKey
 from accounts.services import api_key_create
 from conversations.models import ChannelUserIndex, ConversationEntry, Thread
-from conversations.services import message_handle
+from conversations.services import message_handle, thread_claim
+from engine.checkpoint import TurnState, checkpoint_save, now_iso
 from tests.conversations.factories import ConversationFactory, ThreadFactory
 from workspace import services
 from workspace.models import Chunk, Document, DocumentVersion
@@ -108,6 +109,28 @@ def _thread_with(rows: int) -> str:
     return reverse("admin:conversations_thread_change", args=[sent.thread_id])
 
 
+def _running_thread_with(rows: int) -> str:
+    """A running thread whose engine checkpointed ``rows`` model steps (its step events)."""
+    sent = message_handle(user_id="alice", channel="web", content="first")
+    claimed = thread_claim(user_id="alice", thread_id=sent.thread_id, worker_id="w1")
+    state = TurnState(
+        thread_id=str(sent.thread_id), conversation_id=None, user_id="alice", started_at=now_iso()
+    )
+    for n in range(1, rows + 1):
+        step = {"n": n, "started_at": now_iso(), "ended_at": now_iso(), "model_ms": 5.0}
+        checkpoint_save(
+            state, user_id="alice", changed_by="w1", lease_epoch=claimed.claim_count, step=step
+        )
+    return reverse("admin:conversations_thread_change", args=[sent.thread_id])
+
+
+def _stop_confirmation(rows: int) -> str:
+    """The page that asks before a running thread is stopped."""
+    sent = message_handle(user_id="alice", channel="web", content="first")
+    thread_claim(user_id="alice", thread_id=sent.thread_id, worker_id="w1")
+    return reverse("admin:conversations_thread_stop", args=[sent.thread_id])
+
+
 def _document_with(rows: int) -> str:
     for number in range(rows + 1):
         services.document_write(
@@ -139,6 +162,9 @@ PAGES: dict[str, tuple[Callable[[int], str], int]] = {
     # One of them the live panel's cursor (conversation_now), read before the entries.
     "conversation page": (_conversation_with, 8),
     "thread page": (_thread_with, 4),
+    # One of them the steps of its run so far (its step events), read once for two sections.
+    "thread page of a running thread": (_running_thread_with, 5),
+    "thread stop confirmation page": (_stop_confirmation, 3),
     "entry page": (
         _row_page("conversations_conversationentry", _conversations, ConversationEntry),
         5,
