@@ -17,6 +17,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from conversations.admin.common import SystemRowsAdmin
+from conversations.admin.filters import FinishedWithinFilter
 from conversations.admin.live import LivePanel, LivePanelAdmin
 from conversations.admin.thread_page import ThreadPageSections
 from conversations.models import Thread, ThreadState
@@ -89,6 +90,7 @@ class ThreadAdmin(ThreadPageSections, LivePanelAdmin, SystemRowsAdmin):
         "state",
         ExpiredLeaseFilter,
         WaitingLongerThanFilter,
+        FinishedWithinFilter,
         "kind",
         "tracked",
         "cancel_requested",
