@@ -66,7 +66,7 @@ class HealthThresholds:
     queue_wait_red_seconds: float = 120.0
     failed_turns_amber: int = 1
     failed_turns_red: int = 10
-    background_wait_amber_seconds: float = 300.0
+    backlog_amber_seconds: float = 300.0
     embedding_errors_amber: int = 1
     db_pool_waiting_amber: int = 5
     worker_stalled_seconds: float = 30.0
@@ -80,7 +80,7 @@ class HealthThresholds:
             queue_wait_red_seconds=settings.HEALTH_QUEUE_WAIT_RED_SECONDS,
             failed_turns_amber=settings.HEALTH_FAILED_TURNS_AMBER,
             failed_turns_red=settings.HEALTH_FAILED_TURNS_RED,
-            background_wait_amber_seconds=settings.HEALTH_BACKGROUND_WAIT_AMBER_SECONDS,
+            backlog_amber_seconds=settings.HEALTH_BACKLOG_AMBER_SECONDS,
             embedding_errors_amber=settings.HEALTH_EMBEDDING_ERRORS_AMBER,
             db_pool_waiting_amber=settings.HEALTH_DB_POOL_WAITING_AMBER,
             worker_stalled_seconds=settings.WORKER_STALLED_SECONDS,
@@ -168,7 +168,7 @@ def _workers(status: SystemStatus, limits: HealthThresholds) -> list[Reason]:
                 Reason(
                     "workers_stale",
                     DEGRADED,
-                    f"{_plural(len(workers), (kind or 'unnamed') + ' worker')} sent no heartbeat"
+                    f"{_plural(len(workers), 'worker')} ({kind or 'unnamed'}) sent no heartbeat"
                     f" for over {_duration(limits.worker_stalled_seconds)} (dead, still "
                     "registered); the live ones carry on.",
                     WORKERS_TABLE,
@@ -189,7 +189,7 @@ def _workers(status: SystemStatus, limits: HealthThresholds) -> list[Reason]:
 
 
 def _background(status: SystemStatus, limits: HealthThresholds) -> list[Reason]:
-    amber = limits.background_wait_amber_seconds
+    amber = limits.backlog_amber_seconds
     reasons = []
     oldest = status.indexing_backlog_oldest_seconds
     if oldest is not None and oldest > amber:
