@@ -24,7 +24,15 @@ from conversations.models import ThreadState
 from conversations.services import THREADS_QUEUE
 from core.admin_display import changelist_url, duration_text
 from operations.health import Readiness, readiness
-from operations.health_verdict import HEALTHY, HealthThresholds, Verdict, verdict
+from operations.health_verdict import (
+    DOCUMENTS,
+    HEALTHY,
+    JOBS,
+    THREADS,
+    HealthThresholds,
+    Verdict,
+    verdict,
+)
 from operations.pool_status import pool_status
 from operations.system_status import (
     EMBEDDING_ERROR_WINDOW,
@@ -41,10 +49,6 @@ logger = logging.getLogger(__name__)
 
 # The dashboard gives up on a slow database rather than holding the page (and a connection).
 DASHBOARD_STATEMENT_TIMEOUT_MS = 2000
-
-THREADS = "admin:conversations_thread_changelist"
-JOBS = "admin:procrastinate_procrastinatejob_changelist"
-DOCUMENTS = "admin:workspace_document_changelist"
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ DEGRADED = "degraded"
 DOWN = "down"
 _RANK = {HEALTHY: 0, DEGRADED: 1, DOWN: 2}
 
+# The changelists the dashboard's figures and reasons link to.
 THREADS = "admin:conversations_thread_changelist"
 JOBS = "admin:procrastinate_procrastinatejob_changelist"
 DOCUMENTS = "admin:workspace_document_changelist"
