@@ -360,6 +360,16 @@ ensure_stall_outlasts_heartbeats(
 READYZ_WORKERS = env_list("READYZ_WORKERS", [])
 READYZ_REQUIRE_WORKER = env_bool("READYZ_REQUIRE_WORKER", False)
 
+# The admin dashboard's health verdict (operations.health_verdict): degraded past each amber
+# figure, down past a red one (the oldest turn's wait; failed turns when none completed).
+HEALTH_QUEUE_WAIT_AMBER_SECONDS = env_float("HEALTH_QUEUE_WAIT_AMBER_SECONDS", 30.0, minimum=1.0)
+HEALTH_QUEUE_WAIT_RED_SECONDS = env_float("HEALTH_QUEUE_WAIT_RED_SECONDS", 120.0, minimum=1.0)
+HEALTH_FAILED_TURNS_AMBER = env_int("HEALTH_FAILED_TURNS_AMBER", 1, minimum=1)
+HEALTH_FAILED_TURNS_RED = env_int("HEALTH_FAILED_TURNS_RED", 10, minimum=1)
+HEALTH_BACKLOG_AMBER_SECONDS = env_float("HEALTH_BACKLOG_AMBER_SECONDS", 300.0, minimum=1.0)
+HEALTH_EMBEDDING_ERRORS_AMBER = env_int("HEALTH_EMBEDDING_ERRORS_AMBER", 1, minimum=1)
+HEALTH_DB_POOL_WAITING_AMBER = env_int("HEALTH_DB_POOL_WAITING_AMBER", 5, minimum=1)
+
 # --- Workspace --------------------------------------------------------------------------------
 
 # Engine runtime state: one upsert per write, never versioned, chunked or embedded.

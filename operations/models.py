@@ -14,6 +14,10 @@ class WorkerName(models.Model):
     worker_id = models.BigIntegerField(primary_key=True)
     name = models.CharField(max_length=100)
     registered_at = models.DateTimeField(auto_now_add=True)
+    # Where the worker runs, for the dashboard's workers table. Database defaults: rows written
+    # before these columns existed, or by a worker of the previous release, still insert.
+    host = models.CharField(max_length=255, blank=True, db_default="")
+    pid = models.IntegerField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.name} (worker {self.worker_id})"

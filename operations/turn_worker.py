@@ -58,7 +58,11 @@ from conversations.services import (
 )
 from core.log_context import log_context
 from core.notify import ANY, THREADS_CHANNEL, listening
-from operations.workers import WORKER_NAME_INSERT_SQL, WORKER_NAME_PRUNE_SQL
+from operations.workers import (
+    WORKER_NAME_INSERT_SQL,
+    WORKER_NAME_PRUNE_SQL,
+    worker_name_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +299,8 @@ class TurnWorker:
                 (self.worker_id,) = cursor.fetchone()
                 cursor.execute(WORKER_NAME_PRUNE_SQL)
                 cursor.execute(
-                    WORKER_NAME_INSERT_SQL, {"worker_id": self.worker_id, "name": self.name}
+                    WORKER_NAME_INSERT_SQL,
+                    worker_name_params(worker_id=self.worker_id, name=self.name),
                 )
         self._next_heartbeat = now + settings.WORKER_HEARTBEAT_SECONDS
 

@@ -7,7 +7,10 @@ worker with the other queues, so a burst of indexing never delays a turn.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import CommandError
@@ -34,9 +37,17 @@ WORKER_NAME_PRUNE_SQL = (
     "(SELECT 1 FROM procrastinate_workers worker WHERE worker.id = name.worker_id)"
 )
 WORKER_NAME_INSERT_SQL = (
-    "INSERT INTO ironclaw_site_workername (worker_id, name, registered_at) "
-    "VALUES (%(worker_id)s, %(name)s, now()) ON CONFLICT (worker_id) DO NOTHING"
+    "INSERT INTO ironclaw_site_workername (worker_id, name, registered_at, host, pid) "
+    "VALUES (%(worker_id)s, %(name)s, now(), %(host)s, %(pid)s) "
+    "ON CONFLICT (worker_id) DO NOTHING"
 )
+
+
+def worker_name_params(*, worker_id: int, name: str) -> dict[str, Any]:
+    """WORKER_NAME_INSERT_SQL's parameters for this process: the admin's workers table shows
+    where each worker runs."""
+    return {"worker_id": worker_id, "name": name, "host": socket.gethostname(), "pid": os.getpid()}
+
 
 # The turns worker serves the threads queue, which is the thread rows (operations.turn_worker);
 # the others are Procrastinate queues.

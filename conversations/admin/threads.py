@@ -16,6 +16,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from conversations.admin.common import SystemRowsAdmin
+from conversations.admin.filters import FinishedWithinFilter
 from conversations.admin.live import LivePanel, LivePanelAdmin
 from conversations.admin.thread_actions import ThreadActionsAdmin
 from conversations.admin.thread_page import ThreadPageSections
@@ -84,6 +85,7 @@ class ThreadAdmin(ThreadPageSections, ThreadActionsAdmin, LivePanelAdmin, System
         "state",
         ExpiredLeaseFilter,
         WaitingLongerThanFilter,
+        FinishedWithinFilter,
         "kind",
         "tracked",
         "cancel_requested",

@@ -132,6 +132,9 @@ def test_dashboard_says_so_when_the_database_is_too_slow(
     assert response.status_code == 200
     assert "The figures are unavailable" in response.content.decode()
     assert "within 200 ms" in response.content.decode()
+    # The verdict says so too: the figures it would judge are missing.
+    assert 'id="health" class="health-degraded" data-level="degraded"' in response.content.decode()
+    assert 'data-reason="status_unavailable"' in response.content.decode()
 
 
 def test_dashboard_query_count_does_not_grow_with_threads_or_jobs(
@@ -156,7 +159,7 @@ def test_view_site_link_is_gone(admin_client: Client) -> None:
     assert "View site" not in response.content.decode()
 
 
-DASHBOARD_QUERIES = 16
+DASHBOARD_QUERIES = 19
 
 
 def test_job_list_has_no_filter_growing_with_threads_and_lists_a_threads_jobs(

@@ -24,8 +24,14 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from accounts.models import ApiKey, IdempotencyKey
 from accounts.services import api_key_create
 from conversations.models import ChannelUserIndex, ConversationEntry, Thread
-from conversations.services import message_handle, thread_claim
+from conversations.services import (
+    lease_owner_id,
+    message_handle,
+    thread_claim,
+    thread_claim_runnable,
+)
 from engine.checkpoint import TurnState, checkpoint_save, now_iso
+from operations.workers import WORKER_NAME_INSERT_SQL, worker_name_params
 from tests.conversations.factories import ConversationFactory, ThreadFactory
 from workspace import services
 from workspace.models import Chunk, Document, DocumentVersion
@@ -80,6 +86,26 @@ def _idempotency_keys(rows: int) -> None:
         )
         for number in range(rows)
     )
+
+
+def _dashboard_with(rows: int) -> str:
+    """``rows`` failed turns, and ``rows`` turn workers each running a turn."""
+    for _ in range(rows):
+        ThreadFactory.create(
+            state="failed",
+            tracked=False,
+            finished_at=timezone.now(),
+            outcome={"kind": "failed", "error": "boom"},
+        )
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT worker_id FROM procrastinate_register_worker_v1()")
+            (worker_id,) = cursor.fetchone()
+            cursor.execute(
+                WORKER_NAME_INSERT_SQL, worker_name_params(worker_id=worker_id, name="turns")
+            )
+        message_handle(user_id="alice", channel=f"web-{worker_id}", content="hello")
+        thread_claim_runnable(worker_id=lease_owner_id(worker_row=worker_id), lease_seconds=60)
+    return reverse("admin:index")
 
 
 def _changelist(name: str, build: Callable[[int], None]) -> Callable[[int], str]:
@@ -150,6 +176,9 @@ def _row_page(name: str, build: Callable[[int], None], model: type[Model]) -> Ca
 
 # Queries a page runs, whatever the number of rows: session, user, then the page's own.
 PAGES: dict[str, tuple[Callable[[int], str], int]] = {
+    # Session, user, readiness (2), the bounded status transaction (begin, timeout, 10 figures,
+    # the failures, end) and the recent actions box.
+    "dashboard": (_dashboard_with, 19),
     "conversation list": (_changelist("conversations_conversation", _conversations), 4),
     "thread list": (_changelist("conversations_thread", _conversations), 4),
     "entry list": (_changelist("conversations_conversationentry", _conversations), 4),

@@ -6,7 +6,9 @@ from __future__ import annotations
 import collections
 import datetime
 import json
+import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -235,6 +237,11 @@ def test_a_running_worker_answers_new_messages_and_heartbeats_under_its_kind() -
     serving = _serve(worker)
     try:
         _wait_until(lambda: WorkerName.objects.filter(name="turns").exists())
+        # Where it runs, for the admin's workers table.
+        assert WorkerName.objects.filter(name="turns").values_list("host", "pid").get() == (
+            socket.gethostname(),
+            os.getpid(),
+        )
         sent = [
             message_handle(user_id="alice", channel=f"c{n}", content=f"hello {n}") for n in range(6)
         ]

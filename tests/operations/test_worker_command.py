@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from django.db import connection
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from operations.health import ALIVE, worker_kinds_alive
+from operations.models import WorkerName
 from operations.workers import WorkerPlan, worker_plan
 from tests.support.servers import BASE_DIR, database_url
 
@@ -89,9 +91,12 @@ def test_the_background_worker_runs_under_its_kind_name_until_stopped() -> None:
             assert process.poll() is None, process.communicate()[0]
             assert time.monotonic() < deadline, "the worker never registered"
             time.sleep(0.1)
+        where = WorkerName.objects.filter(name="background").values_list("host", "pid").get()
     finally:
         process.terminate()
         output = process.communicate(timeout=20)[0]
 
     assert process.returncode == 0, output
+    # The admin's workers table says where it runs.
+    assert where == (socket.gethostname(), process.pid)
     assert "Worker background on indexing, default with 2 jobs at once." in output

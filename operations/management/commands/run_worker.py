@@ -22,7 +22,11 @@ from conversations.services import THREADS_QUEUE
 from core.parent_death import stop_with_supervisor
 from operations.jobs import stalled_jobs_retry
 from operations.turn_worker import TurnWorker
-from operations.workers import WORKER_NAME_INSERT_SQL, WORKER_NAME_PRUNE_SQL
+from operations.workers import (
+    WORKER_NAME_INSERT_SQL,
+    WORKER_NAME_PRUNE_SQL,
+    worker_name_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -227,5 +231,5 @@ async def _record_worker_name(
         return
     await connector.execute_query_async(WORKER_NAME_PRUNE_SQL)
     await connector.execute_query_async(
-        WORKER_NAME_INSERT_SQL, worker_id=worker.worker_id, name=name
+        WORKER_NAME_INSERT_SQL, **worker_name_params(worker_id=worker.worker_id, name=name)
     )
