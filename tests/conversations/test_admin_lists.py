@@ -6,14 +6,19 @@ from __future__ import annotations
 import re
 
 import pytest
+from django.contrib import admin
 from django.db import connection
 from django.test import Client, RequestFactory
 from django.utils import timezone
 
 from conversations.admin import ConversationAdmin
-from conversations.models import Conversation, Thread
-from conversations.services import ThreadOutcome, message_handle, thread_claim, thread_outcome_record
-from ironclaw_site.urls import admin
+from conversations.models import Conversation, ConversationEntry
+from conversations.services import (
+    ThreadOutcome,
+    message_handle,
+    thread_claim,
+    thread_outcome_record,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -121,6 +126,6 @@ def test_conversation_page_rows_have_no_captions_and_say_tracked_in_words(
     assert '<td class="field-tracking"><p>not tracked</p></td>' in threads
     assert '<td class="field-tracking"><p>tracked</p></td>' in threads
     assert str(live.thread_id) in threads
-    first_entry = Thread.objects.get(pk=live.thread_id).conversation.entries.get(seq=1)  # type: ignore[union-attr]
+    first_entry = ConversationEntry.objects.get(conversation=finished, seq=1)
     entry_url = f"/admin/conversations/conversationentry/{first_entry.pk}/change/"
     assert f'<td class="field-entry_link"><p><a href="{entry_url}">1</a></p></td>' in entries
