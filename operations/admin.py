@@ -8,7 +8,6 @@ periodic jobs are hidden unless asked for, and no filter reads the whole table f
 
 from __future__ import annotations
 
-import datetime
 import json
 import uuid
 from typing import Any
@@ -18,8 +17,9 @@ from django.contrib.admin.views.main import ChangeList
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponseRedirect
+from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 from procrastinate.contrib.django import app
 from procrastinate.contrib.django.admin import ProcrastinateJobAdmin
 from procrastinate.contrib.django.models import ProcrastinateEvent, ProcrastinateJob
@@ -150,11 +150,10 @@ class OperatorsJobAdmin(ProcrastinateJobAdmin):
     list_display = [
         "pk",
         "short_task_name",
-        "queue_name",
+        "queue",
         "pretty_status",
-        "attempts",
-        "runnable",
-        "started",
+        "tries",
+        "moment",
         "compact_args",
     ]
     # Lock and queueing lock are not filters (one line per value, so one per job ever run): a
@@ -188,21 +187,41 @@ class OperatorsJobAdmin(ProcrastinateJobAdmin):
                 return HttpResponseRedirect(f"{request.path}?e=1")
         return super().changelist_view(request, extra_context)
 
+    # Short headers, so the arguments keep room on a laptop's screen.
+    @admin.display(description="task", ordering="task_name")
+    def short_task_name(self, job: ProcrastinateJob) -> str:
+        return super().short_task_name(job)
+
+    @admin.display(description="queue", ordering="queue_name")
+    def queue(self, job: ProcrastinateJob) -> str:
+        return job.queue_name
+
+    @admin.display(description="tries", ordering="attempts")
+    def tries(self, job: ProcrastinateJob) -> int:
+        return job.attempts
+
     @admin.display(description="status", ordering="status")
     def pretty_status(self, job: ProcrastinateJob) -> str:
         # Words with a colour (operations/job_list.css), not emoji: without an emoji font those
         # were empty boxes.
         return format_html('<span class="job-status job-{}">{}</span>', job.status, job.status)
 
-    @admin.display(description="scheduled")
-    def runnable(self, job: ProcrastinateJob) -> datetime.datetime | None:
-        """When the job was due: its schedule, else when it was deferred."""
-        return getattr(job, "runnable_at", None)
-
-    @admin.display(description="started")
-    def started(self, job: ProcrastinateJob) -> datetime.datetime | None:
-        """Its latest start (a retried job starts again)."""
-        return getattr(job, "started_at", None)
+    @admin.display(description="due / started")
+    def moment(self, job: ProcrastinateJob) -> SafeString:
+        """A waiting job's due time (its schedule, else when it was deferred); any other job's
+        latest start (a retried job starts again). The status says which. To the minute, the
+        seconds in the tooltip."""
+        started = getattr(job, "started_at", None)
+        if job.status == "todo" or started is None:
+            started = getattr(job, "runnable_at", None)
+        if started is None:
+            return mark_safe("-")
+        local = timezone.localtime(started)
+        return format_html(
+            '<span title="{}">{}</span>',
+            formats.localize(local),
+            formats.date_format(local, "SHORT_DATETIME_FORMAT"),
+        )
 
     @admin.display(description="args")
     def compact_args(self, job: ProcrastinateJob) -> SafeString:

@@ -8,8 +8,11 @@ import uuid
 import pytest
 from django.db import connection
 from django.test import Client
+from django.utils import timezone
 from procrastinate.contrib.django import app
 from procrastinate.contrib.django.admin import JOB_STATUS_EMOJI_MAPPING
+from procrastinate.contrib.django.models import ProcrastinateEvent
+from procrastinate.types import JSONValue
 
 from operations.admin import periodic_task_names
 from workspace.services import INDEX_DOCUMENT_TASK
@@ -27,7 +30,7 @@ def _no_earlier_jobs() -> None:
         cursor.execute("DELETE FROM procrastinate_jobs")
 
 
-def _job(task: str, queue: str = "default", status: str = "todo", **args: object) -> int:
+def _job(task: str, queue: str = "default", status: str = "todo", **args: JSONValue) -> int:
     job_id = app.configure_task(name=task, queue=queue).defer(**args)
     # Procrastinate's models are read-only: the status is set as a worker would.
     with connection.cursor() as cursor:
@@ -91,18 +94,19 @@ def test_each_job_is_one_line_of_summary_columns(admin_client: Client) -> None:
     assert columns == [
         "pk",
         "short_task_name",
-        "queue_name",
+        "queue",
         "pretty_status",
-        "attempts",
-        "runnable",
-        "started",
+        "tries",
+        "moment",
         "compact_args",
     ]
     row = _rows(html)[job_id]
     assert "\n" not in row.strip()
     assert not re.search(r"<(pre|ul|li|br|p)\b", row)
-    assert '<td class="field-queue_name">threads</td>' in row
-    assert '<td class="field-runnable nowrap">' in row
+    assert '<td class="field-queue">threads</td>' in row
+    deferred = timezone.localtime(ProcrastinateEvent.objects.get(job_id=job_id).at)
+    moment = f'<span title="{deferred:%Y-%m-%d %H:%M:%S}">{deferred:%Y-%m-%d %H:%M}</span>'
+    assert f'<td class="field-moment">{moment}</td>' in row
     assert f'<a href="/admin/conversations/thread/{thread_id}/change/">' in row
     # The argument is cut in the cell, whole in the tooltip.
     assert f"&quot;note&quot;: &quot;{'n' * 300}&quot;" in row
@@ -132,3 +136,14 @@ def test_queue_and_task_filters_keep_the_dashboards_parameters(admin_client: Cli
     html = by_queue.content.decode()
     assert '<a href="?queue_name__exact=default&amp;status__exact=failed">default</a>' in html
     assert "builtin" not in html
+
+
+def test_a_started_job_shows_its_latest_start(admin_client: Client) -> None:
+    job_id = _job(INDEX_DOCUMENT_TASK, "indexing", "doing", document_id=str(uuid.uuid4()))
+    started = ProcrastinateEvent.objects.get(job_id=job_id, type="started").at
+    assert started is not None
+    shown = timezone.localtime(started)
+
+    row = _rows(admin_client.get(JOBS).content.decode())[job_id]
+
+    assert f'<span title="{shown:%Y-%m-%d %H:%M:%S}">{shown:%Y-%m-%d %H:%M}</span>' in row
