@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from django.contrib import admin, messages
@@ -13,14 +14,34 @@ from core.admin import TenantPrefixFilter
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "user_id", "is_service", "prefix", "created_at", "revoked_at")
+    list_display = (
+        "name",
+        "user_id",
+        "is_service",
+        "prefix",
+        "created_at",
+        "last_used",
+        "revoked_at",
+    )
     list_filter = ("is_service", ("revoked_at", admin.EmptyFieldListFilter), TenantPrefixFilter)
     search_fields = ("name", "prefix")
     show_full_result_count = False
-    readonly_fields = ("prefix", "user_id", "is_service", "created_at", "revoked_at")
-    fields = ("name", "user_id", "is_service", "prefix", "created_at", "revoked_at")
+    # last_used_at is written by authentication, to the minute (api_key_mark_used).
+    readonly_fields = (
+        "prefix",
+        "user_id",
+        "is_service",
+        "created_at",
+        "last_used",
+        "revoked_at",
+    )
+    fields = ("name", "user_id", "is_service", "prefix", "created_at", "last_used", "revoked_at")
     ordering = ("-created_at",)
     actions = ("revoke_keys",)
+
+    @admin.display(description="last used", ordering="last_used_at")
+    def last_used(self, api_key: ApiKey) -> datetime.datetime | str:
+        return api_key.last_used_at or "never"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # A key's plain text is shown exactly once, by `manage.py create_api_key`.

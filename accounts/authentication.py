@@ -10,7 +10,7 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.request import Request
 
 from accounts.models import ApiKey
-from accounts.services import hash_api_key
+from accounts.services import api_key_mark_used, hash_api_key
 from accounts.tenancy import user_id_problem
 from core.db import FixedSelect
 from core.log_context import tenant_set
@@ -92,6 +92,7 @@ class BearerKeyAuthentication(BaseAuthentication):
         )
         # The request's log lines (its access line included) name the tenant from here on.
         tenant_set(principal.user_id)
+        api_key_mark_used(api_key=api_key)
         return principal, api_key
 
     def _tenant_for(self, request: Request, api_key: ApiKey) -> str:

@@ -22,6 +22,9 @@ class ApiKey(models.Model):
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # When the key last authenticated a request, to the minute: authentication writes it at most
+    # once a minute (``api_key_mark_used``). Not indexed, so that write stays a HOT update.
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name = "API key"

@@ -3,10 +3,12 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import DateTimeField, ExpressionWrapper
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -65,6 +67,41 @@ def api_key_revoke(*, api_key_id: int) -> ApiKey:
         return ApiKey.objects.get(pk=api_key_id)
     except ApiKey.DoesNotExist:
         raise NotFound(f"No API key with id {api_key_id}.") from None
+
+
+# A key's last use is kept to the minute: authentication runs on every API request, and a write
+# per request would turn a read of the key into a row update (and WAL) each time.
+API_KEY_USE_PRECISION_SECONDS = 60
+# Key id -> time.monotonic() when this process last wrote the key's last_used_at. Monotonic, so
+# neither a clock step nor a skew between this host and the database's makes it write more often.
+_api_key_use_written: dict[int, float] = {}
+# Conditional, so processes writing the same minute's use leave the first one's time in place.
+_API_KEY_MARK_USED_SQL = f"""
+    UPDATE accounts_apikey SET last_used_at = now()
+    WHERE id = %s AND (
+        last_used_at IS NULL
+        OR last_used_at < now() - interval '{API_KEY_USE_PRECISION_SECONDS} seconds'
+    )
+"""
+
+
+def api_key_mark_used(*, api_key: ApiKey) -> bool:
+    """Record that ``api_key`` authenticated a request: one conditional UPDATE (autocommit),
+    skipped when the row read by authentication or this process's own write is less than a
+    minute old. Returns whether the statement was issued."""
+    written = _api_key_use_written.get(api_key.pk)
+    if written is not None and time.monotonic() - written < API_KEY_USE_PRECISION_SECONDS:
+        return False
+    last_used_at = api_key.last_used_at
+    if last_used_at is not None and (
+        timezone.now() - last_used_at < timedelta(seconds=API_KEY_USE_PRECISION_SECONDS)
+    ):
+        # Another process wrote it this minute (the row was read just now).
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute(_API_KEY_MARK_USED_SQL, [api_key.pk])
+    _api_key_use_written[api_key.pk] = time.monotonic()
+    return True
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from django.contrib import admin
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils.functional import cached_property
 
@@ -96,6 +96,10 @@ class TenantPrefixFilter(admin.SimpleListFilter):
         prefix = (self.value() or "").replace("\x00", "").strip()
         if not prefix:
             return queryset
-        return queryset.filter(
-            user_id__gte=prefix, user_id__lt=prefix + _PREFIX_END, user_id__startswith=prefix
-        )
+        return queryset.filter(tenant_prefix_q(prefix))
+
+
+def tenant_prefix_q(prefix: str) -> Q:
+    """Rows whose tenant id starts with ``prefix``, as a range the tenant indexes serve (see
+    ``TenantPrefixFilter``)."""
+    return Q(user_id__gte=prefix, user_id__lt=prefix + _PREFIX_END, user_id__startswith=prefix)

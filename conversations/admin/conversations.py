@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import uuid
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
-from django.db.models import QuerySet
+from django.contrib.admin.views.main import ChangeList
+from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from conversations.admin.common import NoDeleteAdmin, SystemRowsAdmin
 from conversations.admin.live import LivePanel, LivePanelAdmin
@@ -19,7 +22,7 @@ from conversations.models import ChannelUserIndex, Conversation, ConversationEnt
 from conversations.services import conversation_busy_policy_set, conversation_clear
 from conversations.stream_requests import conversation_source
 from conversations.streams import ConversationStream, conversation_now
-from core.admin import BoundedCountPaginator, ReadOnlyInline, TenantPrefixFilter
+from core.admin import BoundedCountPaginator, ReadOnlyInline, TenantPrefixFilter, tenant_prefix_q
 from core.admin_display import change_link, changelist_url, short_id
 from core.errors import ApplicationError
 
@@ -51,13 +54,24 @@ class _LatestThreadsFormSet(_LatestRowsFormSet):
     latest_first, shown_order, limit = "-created_at", "-created_at", ADMIN_INLINE_THREADS
 
 
-class EntryInline(ReadOnlyInline):
+class _CompactInline(ReadOnlyInline):
+    # One line per row: Django's tabular inline captions every row with its __str__ (and a View
+    # link) on a line of its own; here the first column links to the row instead.
+    template = "admin/conversations/compact_tabular.html"
+    show_change_link = False
+
+
+class EntryInline(_CompactInline):
     model = ConversationEntry
     formset = _LatestEntriesFormSet
     verbose_name_plural = f"latest {ADMIN_INLINE_ENTRIES} conversation entries"
-    fields = ("seq", "sender", "content", "thread_link", "created_at", "delivered_at")
+    fields = ("entry_link", "sender", "content", "thread_link", "created_at", "delivered_at")
     readonly_fields = fields
     ordering = ("seq",)
+
+    @admin.display(description="seq")
+    def entry_link(self, entry: ConversationEntry) -> SafeString:
+        return change_link("admin:conversations_conversationentry_change", entry.pk, entry.seq)
 
     @admin.display(description="thread")
     def thread_link(self, entry: ConversationEntry) -> SafeString:
@@ -65,19 +79,39 @@ class EntryInline(ReadOnlyInline):
         return change_link("admin:conversations_thread_change", entry.thread_id)
 
 
-class ThreadInline(ReadOnlyInline):
+class ThreadInline(_CompactInline):
     model = Thread
     fk_name = "conversation"
     formset = _LatestThreadsFormSet
     verbose_name_plural = f"latest {ADMIN_INLINE_THREADS} threads"
-    fields = ("thread_link", "kind", "state", "tracked", "lease_owner", "lease_expires_at")
+    fields = ("thread_link", "kind", "state", "tracking", "lease_owner", "lease_expires_at")
     readonly_fields = fields
     ordering = ("-created_at",)
-    show_change_link = False
 
     @admin.display(description="thread")
     def thread_link(self, thread: Thread) -> SafeString:
         return change_link("admin:conversations_thread_change", thread.pk)
+
+    @admin.display(description="tracked")
+    def tracking(self, thread: Thread) -> str:
+        # Words, not the admin's red cross: a finished thread is untracked by design.
+        return "tracked" if thread.tracked else "not tracked"
+
+
+class ConversationChangeList(ChangeList):
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
+        # The live thread of each listed conversation, through the unique index on its tracked
+        # foreground thread; PostgreSQL evaluates these after the page's sort and LIMIT, so only
+        # for the rows shown.
+        live = Thread.objects.tracked_foreground().filter(conversation=OuterRef("pk"))
+        return (
+            super()
+            .get_queryset(request, exclude_parameters)
+            .annotate(
+                live_thread_id=Subquery(live.values("pk")[:1]),
+                live_thread_state=Subquery(live.values("state")[:1]),
+            )
+        )
 
 
 @admin.register(Conversation)
@@ -87,13 +121,15 @@ class ConversationAdmin(LivePanelAdmin, NoDeleteAdmin):
         "user_id",
         "channel",
         "busy_policy",
-        "last_seq",
+        "entry_count",
+        "last_activity",
+        "live_thread",
         "created_at",
-        "updated_at",
     )
     list_filter = ("busy_policy", TenantPrefixFilter)
-    search_fields = ("=id", "channel")
-    search_help_text = "A whole conversation id, or part of a channel (tenants: the filter)."
+    # Declared for the search box; get_search_results does the matching, on indexes only.
+    search_fields = ("=id", "user_id")
+    search_help_text = "A whole conversation id, or a tenant's user id or its beginning."
     readonly_fields = (
         "id",
         "user_id",
@@ -122,6 +158,42 @@ class ConversationAdmin(LivePanelAdmin, NoDeleteAdmin):
     paginator = BoundedCountPaginator
     inlines = (ThreadInline, EntryInline)
     actions = ("clear_conversations",)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return ConversationChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Conversation], search_term: str
+    ) -> tuple[QuerySet[Conversation], bool]:
+        # A tenant by its user id's beginning (a range on the tenant index), or a conversation by
+        # its id (the primary key): no part-of-a-field match, which would read the whole table.
+        term = search_term.replace("\x00", "").strip()
+        if not term:
+            return queryset, False
+        matches = tenant_prefix_q(term)
+        with contextlib.suppress(ValueError):  # not a conversation id
+            matches |= Q(pk=uuid.UUID(term))
+        return queryset.filter(matches), False
+
+    @admin.display(description="entries", ordering="last_seq")
+    def entry_count(self, conversation: Conversation) -> int:
+        # The seq allocator: entries are numbered 1, 2, ... without gaps, so it counts them (and
+        # still counts those a clear deleted) without a count(*).
+        return conversation.last_seq
+
+    @admin.display(description="last activity", ordering="updated_at")
+    def last_activity(self, conversation: Conversation) -> datetime.datetime:
+        # Written with every entry (in the statement that takes its seq), a clear or a policy
+        # change.
+        return conversation.updated_at
+
+    @admin.display(description="live thread")
+    def live_thread(self, conversation: Conversation) -> SafeString:
+        thread_id = getattr(conversation, "live_thread_id", None)
+        if thread_id is None:
+            return mark_safe("-")
+        link = change_link("admin:conversations_thread_change", thread_id)
+        return format_html("{} {}", link, getattr(conversation, "live_thread_state", ""))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Conversations start with a message (or conversations/new) so the index stays right.

@@ -72,9 +72,9 @@ def test_conversation_page_shows_only_the_latest_entries(
 
     html = page.content.decode()
     assert page.status_code == 200
-    assert html.count('class="field-seq"') == ADMIN_INLINE_ENTRIES
-    assert f"<p>{ADMIN_INLINE_ENTRIES + 50}</p>" in html
-    assert "<p>50</p>" not in html
+    assert html.count('class="field-entry_link"') == ADMIN_INLINE_ENTRIES
+    assert f">{ADMIN_INLINE_ENTRIES + 50}</a></p>" in html
+    assert ">50</a></p>" not in html
 
 
 def test_thread_page_shows_state_lease_and_outcome(admin_client: Client) -> None:

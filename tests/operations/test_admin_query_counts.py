@@ -108,10 +108,23 @@ def _dashboard_with(rows: int) -> str:
     return reverse("admin:index")
 
 
-def _changelist(name: str, build: Callable[[int], None]) -> Callable[[int], str]:
+def _periodic_jobs(rows: int) -> None:
+    for number in range(rows):
+        app.configure_task(
+            name="conversations.tasks.sweep_expired_leases", queueing_lock=f"sweep-{uuid.uuid4()}"
+        ).defer(timestamp=1_700_000_000 + 60 * number)
+
+
+def _runtime_documents(rows: int) -> None:
+    _documents(rows)
+    for number in range(rows):
+        services.document_write(user_id="alice", path=f"engine/t{number}.json", content="{}")
+
+
+def _changelist(name: str, build: Callable[[int], None], query: str = "") -> Callable[[int], str]:
     def page(rows: int) -> str:
         build(rows)
-        return reverse(f"admin:{name}_changelist")
+        return reverse(f"admin:{name}_changelist") + query
 
     return page
 
@@ -180,11 +193,23 @@ PAGES: dict[str, tuple[Callable[[int], str], int]] = {
     # the failures, end) and the recent actions box.
     "dashboard": (_dashboard_with, 19),
     "conversation list": (_changelist("conversations_conversation", _conversations), 4),
+    "conversation list searched by tenant": (
+        _changelist("conversations_conversation", _conversations, "?q=user-"),
+        4,
+    ),
     "thread list": (_changelist("conversations_thread", _conversations), 4),
     "entry list": (_changelist("conversations_conversationentry", _conversations), 4),
     "channel index list": (_changelist("conversations_channeluserindex", _conversations), 4),
-    "job list": (_changelist("procrastinate_procrastinatejob", _jobs), 8),
+    "job list": (_changelist("procrastinate_procrastinatejob", _jobs), 4),
+    "job list of periodic jobs": (
+        _changelist("procrastinate_procrastinatejob", _periodic_jobs, "?periodic=only"),
+        4,
+    ),
     "document list": (_changelist("workspace_document", _documents), 4),
+    "document list with runtime documents": (
+        _changelist("workspace_document", _runtime_documents, "?is_runtime__exact=all"),
+        4,
+    ),
     "version list": (_changelist("workspace_documentversion", _documents), 4),
     "chunk list": (_changelist("workspace_chunk", _documents), 4),
     "api key list": (_changelist("accounts_apikey", _api_keys), 4),
@@ -202,7 +227,7 @@ PAGES: dict[str, tuple[Callable[[int], str], int]] = {
         _row_page("conversations_channeluserindex", _conversations, ChannelUserIndex),
         4,
     ),
-    "job page": (_row_page("procrastinate_procrastinatejob", _jobs, ProcrastinateJob), 5),
+    "job page": (_row_page("procrastinate_procrastinatejob", _jobs, ProcrastinateJob), 4),
     "document page": (_document_with, 6),
     "version page": (_row_page("workspace_documentversion", _documents, DocumentVersion), 5),
     "chunk page": (_row_page("workspace_chunk", _documents, Chunk), 3),

@@ -5,6 +5,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from workspace import services
@@ -13,17 +14,46 @@ from workspace.models import Chunk, Document, DocumentVersion, IndexState
 pytestmark = pytest.mark.django_db
 
 
-def test_document_list_shows_runtime_flag_size_and_index_state(admin_client: Client) -> None:
+def test_document_list_hides_runtime_documents_unless_asked(admin_client: Client) -> None:
     services.document_write(user_id="alice", path="notes/a.md", content="héllo")
     services.document_write(user_id="alice", path="engine/.runtime/t.json", content="{}")
+    url = reverse("admin:workspace_document_changelist")
 
-    response = admin_client.get(reverse("admin:workspace_document_changelist"))
+    default = admin_client.get(url).content.decode()
+    hidden = admin_client.get(url, {"is_runtime__exact": "0"}).content.decode()
+    only = admin_client.get(url, {"is_runtime__exact": "1"}).content.decode()
+    every = admin_client.get(url, {"is_runtime__exact": "all"}).content.decode()
 
-    html = response.content.decode()
-    assert response.status_code == 200
-    assert "notes/a.md" in html
-    assert "engine/.runtime/t.json" in html
-    assert "indexed" in html
+    assert "notes/a.md" in default
+    assert "engine/.runtime/t.json" not in default
+    assert '<li class="selected">\n    <a href="?">hidden (default)</a></li>' in default
+    assert ("notes/a.md" in hidden, "engine/.runtime/t.json" in hidden) == (True, False)
+    assert ("notes/a.md" in only, "engine/.runtime/t.json" in only) == (False, True)
+    assert '<td class="field-runtime">runtime</td>' in only
+    assert ("notes/a.md" in every, "engine/.runtime/t.json" in every) == (True, True)
+    assert "icon-no.svg" not in every
+
+
+def test_document_list_shows_size_versions_index_state_and_unwrapped_dates(
+    admin_client: Client,
+) -> None:
+    for content in ("one", "two", "three"):
+        services.document_write(user_id="alice", path="notes/a.md", content=content)
+    services.document_write(user_id="alice", path="notes/b.md", content="héllo")
+    updated = Document.objects.get(path="notes/b.md").updated_at
+    shown = timezone.localtime(updated).strftime("%Y-%m-%d %H:%M:%S")
+
+    html = admin_client.get(reverse("admin:workspace_document_changelist")).content.decode()
+
+    rows = html.split("<tr>")[2:]
+    first, second = (row for row in rows if "field-path" in row)
+    assert "notes/a.md" in first
+    assert '<td class="field-version_count">2</td>' in first
+    assert "notes/b.md" in second
+    assert '<td class="field-version_count">0</td>' in second
+    assert '<td class="field-size_display">6</td>' in second
+    assert '<td class="field-index_state">Indexed</td>' in second
+    assert f'<td class="field-updated_at nowrap">{shown}</td>' in second
 
 
 def test_document_page_diffs_consecutive_versions(admin_client: Client) -> None:

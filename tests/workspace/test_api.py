@@ -531,6 +531,7 @@ def test_workspace_lists_take_the_same_queries_for_many_rows(
         services.document_write(user_id="alice", path=f"f{number}/d.md", content="x")
         services.document_write(user_id="alice", path=f"d{number}.md", content="x")
         services.document_write(user_id="alice", path="a.md", content=f"v{number}")
+    alice.get(url)  # the key's first use is recorded; the next minute's are not
 
     with django_assert_max_num_queries(budget):
         response = alice.get(url, {"limit": 1000})
