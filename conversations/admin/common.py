@@ -10,6 +10,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from django.utils import formats, timezone
 
+from conversations.models import Thread
 from core.admin import ReadOnlyAdmin
 
 
@@ -26,3 +27,16 @@ class SystemRowsAdmin(NoDeleteAdmin, ReadOnlyAdmin):
 
 def when(moment: datetime.datetime | None) -> str:
     return formats.localize(timezone.localtime(moment)) if moment else "-"
+
+
+class ThreadFlagsAdmin:
+    """A thread's flags in words, not the admin's red cross: a finished thread is untracked by
+    design, and "no cancel requested" is no fault either."""
+
+    @admin.display(description="tracked")
+    def tracking(self, thread: Thread) -> str:
+        return "tracked" if thread.tracked else "not tracked"
+
+    @admin.display(description="cancel requested")
+    def cancel_requested_text(self, thread: Thread) -> str:
+        return "yes" if thread.cancel_requested else "no"

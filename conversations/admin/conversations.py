@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from conversations.admin.common import NoDeleteAdmin, SystemRowsAdmin
+from conversations.admin.common import NoDeleteAdmin, SystemRowsAdmin, ThreadFlagsAdmin
 from conversations.admin.live import LivePanel, LivePanelAdmin
 from conversations.models import ChannelUserIndex, Conversation, ConversationEntry, Thread
 from conversations.services import conversation_busy_policy_set, conversation_clear
@@ -79,7 +79,7 @@ class EntryInline(_CompactInline):
         return change_link("admin:conversations_thread_change", entry.thread_id)
 
 
-class ThreadInline(_CompactInline):
+class ThreadInline(ThreadFlagsAdmin, _CompactInline):
     model = Thread
     fk_name = "conversation"
     formset = _LatestThreadsFormSet
@@ -91,11 +91,6 @@ class ThreadInline(_CompactInline):
     @admin.display(description="thread")
     def thread_link(self, thread: Thread) -> SafeString:
         return change_link("admin:conversations_thread_change", thread.pk)
-
-    @admin.display(description="tracked")
-    def tracking(self, thread: Thread) -> str:
-        # Words, not the admin's red cross: a finished thread is untracked by design.
-        return "tracked" if thread.tracked else "not tracked"
 
 
 class ConversationChangeList(ChangeList):

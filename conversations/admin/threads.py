@@ -15,7 +15,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from conversations.admin.common import SystemRowsAdmin
+from conversations.admin.common import SystemRowsAdmin, ThreadFlagsAdmin
 from conversations.admin.filters import FinishedWithinFilter
 from conversations.admin.live import LivePanel, LivePanelAdmin
 from conversations.admin.thread_actions import ThreadActionsAdmin
@@ -67,7 +67,9 @@ class WaitingLongerThanFilter(admin.SimpleListFilter):
 
 
 @admin.register(Thread)
-class ThreadAdmin(ThreadPageSections, ThreadActionsAdmin, LivePanelAdmin, SystemRowsAdmin):
+class ThreadAdmin(
+    ThreadPageSections, ThreadFlagsAdmin, ThreadActionsAdmin, LivePanelAdmin, SystemRowsAdmin
+):
     # The live panel's page, with the actions' buttons.
     change_form_template = "admin/conversations/thread/change_form.html"
     list_display = (
@@ -103,8 +105,8 @@ class ThreadAdmin(ThreadPageSections, ThreadActionsAdmin, LivePanelAdmin, System
         "conversation_link",
         "kind",
         "state",
-        "tracked",
-        "cancel_requested",
+        "tracking",
+        "cancel_requested_text",
         "goal",
         "lease_owner",
         "lease_expires_at",
@@ -136,8 +138,8 @@ class ThreadAdmin(ThreadPageSections, ThreadActionsAdmin, LivePanelAdmin, System
                     "conversation_link",
                     "kind",
                     "state",
-                    "tracked",
-                    "cancel_requested",
+                    "tracking",
+                    "cancel_requested_text",
                     "goal",
                 )
             },
