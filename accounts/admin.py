@@ -9,11 +9,11 @@ from django.http import HttpRequest
 
 from accounts.models import ApiKey, IdempotencyKey
 from accounts.services import api_key_revoke
-from core.admin import TenantPrefixFilter
+from core.admin import OperateAdmin, TenantPrefixFilter
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(OperateAdmin):
     list_display = (
         "name",
         "user_id",
@@ -51,11 +51,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
         # Deleting a key would erase who used it; revoking (the action) keeps the row.
         return False
 
-    @admin.action(description="Revoke selected API keys")
+    @admin.action(description="Revoke selected API keys", permissions=["operate"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         revoked = 0
         for api_key in queryset.filter(revoked_at__isnull=True).order_by("pk"):
             api_key_revoke(api_key_id=api_key.pk)
+            self.log_change(request, api_key, "Revoke: revoked")
             revoked += 1
         self.message_user(request, f"Revoked {revoked} API keys.", messages.SUCCESS)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from django.contrib import admin
+from django.contrib.auth import get_permission_codename
 from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
@@ -40,6 +41,16 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # A delete here would bypass the services (versions, indexing, runtime rules).
         return False
+
+
+class OperateAdmin(admin.ModelAdmin):
+    """Actions that change what the services own (stop a thread, clear a conversation, revoke a
+    key, reindex a document) take ``permissions=["operate"]``: the model's change permission,
+    which read-only pages never use for a form. Staff who may only view see no such action."""
+
+    def has_operate_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        codename = get_permission_codename("change", self.opts)
+        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
 
 
 class ReadOnlyInline(admin.TabularInline):

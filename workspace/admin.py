@@ -10,6 +10,7 @@ import difflib
 from typing import Any, cast
 
 from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.postgres.search import SearchQuery
 from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
@@ -22,7 +23,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString, mark_safe
 
-from core.admin import ReadOnlyAdmin, TenantPrefixFilter
+from core.admin import OperateAdmin, ReadOnlyAdmin, TenantPrefixFilter
 from core.admin_display import change_link
 from workspace import services
 from workspace.models import Chunk, Document, DocumentQuerySet, DocumentVersion
@@ -142,7 +143,7 @@ class DocumentChangeList(ChangeList):
 
 
 @admin.register(Document)
-class DocumentAdmin(ReadOnlyAdmin):
+class DocumentAdmin(OperateAdmin, ReadOnlyAdmin):
     # Read-only: a write must go through the services (paths, versions, indexing), as the API's do.
     list_display = (
         "path",
@@ -273,23 +274,39 @@ class DocumentAdmin(ReadOnlyAdmin):
             newer_content, newer_label = version.content, f"v{version.version}"
         return mark_safe(render_to_string("admin/workspace/document_versions.html", {"rows": rows}))
 
-    @admin.action(description="Reindex the selected documents")
+    @admin.action(description="Reindex the selected documents", permissions=["operate"])
     def reindex(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
         ids = list(queryset.filter(is_runtime=False).values_list("pk", flat=True))
         outcomes = services.documents_reindex(document_ids=ids)
         summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+        self._log_each(request, Document.objects.filter(pk__in=ids), f"Reindex: {summary}")
         self.message_user(request, f"Reindexed {len(ids)} document(s): {summary or 'nothing'}.")
 
-    @admin.action(description="Purge chunks of runtime documents (recompute runtime flags)")
+    @admin.action(
+        description="Purge chunks of runtime documents (recompute runtime flags)",
+        permissions=["operate"],
+    )
     def purge_runtime_chunks(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
-        result = services.runtime_chunks_cleanup(
-            document_ids=list(queryset.values_list("pk", flat=True))
-        )
-        self.message_user(
-            request,
+        ids = list(queryset.values_list("pk", flat=True))
+        result = services.runtime_chunks_cleanup(document_ids=ids)
+        done = (
             f"{result.flagged_runtime} document(s) flagged runtime, {result.unflagged} unflagged, "
-            f"{result.chunks_deleted} chunk(s) deleted.",
-            messages.SUCCESS,
+            f"{result.chunks_deleted} chunk(s) deleted"
+        )
+        self._log_each(
+            request, Document.objects.filter(pk__in=ids), f"Purge runtime chunks: {done}"
+        )
+        self.message_user(request, f"{done}.", messages.SUCCESS)
+
+    def _log_each(self, request: HttpRequest, documents: QuerySet[Document], message: str) -> None:
+        """One admin log row per document (one INSERT for them all), so each document's
+        History and the index's Recent actions say what an operator did."""
+        LogEntry.objects.log_actions(
+            user_id=cast(int, request.user.pk),
+            queryset=documents.defer("content"),
+            action_flag=CHANGE,
+            change_message=message,
+            single_object=False,
         )
 
 

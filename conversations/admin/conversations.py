@@ -22,7 +22,13 @@ from conversations.models import ChannelUserIndex, Conversation, ConversationEnt
 from conversations.services import conversation_busy_policy_set, conversation_clear
 from conversations.stream_requests import conversation_source
 from conversations.streams import ConversationStream, conversation_now
-from core.admin import BoundedCountPaginator, ReadOnlyInline, TenantPrefixFilter, tenant_prefix_q
+from core.admin import (
+    BoundedCountPaginator,
+    OperateAdmin,
+    ReadOnlyInline,
+    TenantPrefixFilter,
+    tenant_prefix_q,
+)
 from core.admin_display import change_link, changelist_url, short_id
 from core.errors import ApplicationError
 
@@ -110,7 +116,7 @@ class ConversationChangeList(ChangeList):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(LivePanelAdmin, NoDeleteAdmin):
+class ConversationAdmin(LivePanelAdmin, OperateAdmin, NoDeleteAdmin):
     list_display = (
         "conversation_id",
         "user_id",
@@ -242,7 +248,9 @@ class ConversationAdmin(LivePanelAdmin, NoDeleteAdmin):
             user_id=obj.user_id, conversation_id=obj.id, busy_policy=obj.busy_policy or None
         )
 
-    @admin.action(description="Clear conversation (delete entries, cancel threads)")
+    @admin.action(
+        description="Clear conversation (delete entries, cancel threads)", permissions=["operate"]
+    )
     def clear_conversations(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
         cleared = entries = cancelled = 0
         for conversation in queryset.order_by("pk"):
@@ -253,6 +261,12 @@ class ConversationAdmin(LivePanelAdmin, NoDeleteAdmin):
             except ApplicationError as error:
                 self.message_user(request, f"{conversation.id}: {error.message}", messages.ERROR)
                 continue
+            self.log_change(
+                request,
+                conversation,
+                f"Clear: {result.deleted_entries} entries deleted, "
+                f"{len(result.untracked_thread_ids)} threads cancelled",
+            )
             cleared += 1
             entries += result.deleted_entries
             cancelled += len(result.untracked_thread_ids)

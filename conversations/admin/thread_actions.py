@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib import admin, messages
+from django.contrib import messages
 from django.contrib.admin.utils import unquote
-from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
@@ -32,6 +31,7 @@ from conversations.services import (
     thread_requeue,
     thread_stop,
 )
+from core.admin import OperateAdmin
 from core.admin_display import SHORT_ID_LENGTH
 from core.errors import ApplicationError
 
@@ -103,14 +103,9 @@ OPERATOR_ACTIONS: dict[str, OperatorAction] = {
 }
 
 
-class ThreadActionsAdmin(admin.ModelAdmin):
-    """The actions' permission, their buttons on the thread page and the pages behind them."""
-
-    def has_operate_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """Acting on threads takes their change permission (which the read-only page never
-        uses for its form): a view-only staff user sees neither the actions nor the buttons."""
-        codename = get_permission_codename("change", self.opts)
-        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+class ThreadActionsAdmin(OperateAdmin):
+    """The actions' buttons on the thread page and the pages behind them; acting takes the
+    operate permission (a view-only staff user sees neither the actions nor the buttons)."""
 
     def get_urls(self) -> list[URLPattern]:
         opts = self.opts
