@@ -252,7 +252,8 @@ def summary(data: ChartData, span: Span) -> str:
         )
     sentences = [f"{span.label.capitalize()}, per {span.step_label}."]
     for s in data.series:
-        label = s.label[0].upper() + s.label[1:]
+        # "Most waiting", but "p95" stays as it is written.
+        label = s.label if s.label[1:2].isdigit() else s.label[:1].upper() + s.label[1:]
         measured = [i for i, v in enumerate(s.values) if v is not None]
         if not measured:
             sentences.append(f"{label}: none.")

@@ -307,6 +307,11 @@ def test_the_section_draws_each_chart_with_titles_a_legend_and_a_summary(
         "Last hour: 2 turns (1 completed, 1 failed, 0 stopped, 0 other). Latest 5 minutes "
         f"({now}): 1 turn. Most: 1 turn ({now})." in section
     )
+    assert (
+        f"Last hour, per 5 minutes. p50 (median): 40 ms in the latest ({now}), highest 300 ms "
+        f"({bucket}). p95: 40 ms in the latest ({now}), highest 300 ms ({bucket})." in section
+    )
+    assert f"Most waiting: 1 document in the latest ({now})" in section
     assert "Finished jobs and their events are kept 7 days" in section
 
 
