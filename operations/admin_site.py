@@ -17,12 +17,13 @@ from django.conf import settings
 from django.contrib import admin
 from django.db import DatabaseError
 from django.http import HttpRequest
-from django.urls import reverse
+from django.urls import URLPattern, URLResolver, reverse
 from django.utils import timezone
 
 from conversations.models import ThreadState
 from conversations.services import THREADS_QUEUE
 from core.admin_display import changelist_url, duration_text
+from operations.charts import charts, charts_urls
 from operations.health import Readiness, readiness
 from operations.health_verdict import (
     DOCUMENTS,
@@ -238,4 +239,15 @@ class OperatorsAdminSite(admin.AdminSite):
     site_url = None
 
     def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
-        return super().index(request, {"dashboard": dashboard(), **(extra_context or {})})
+        return super().index(
+            request,
+            {
+                "dashboard": dashboard(),
+                "charts": charts(request.GET.get("span", "hour")),
+                **(extra_context or {}),
+            },
+        )
+
+    def get_urls(self) -> list[URLPattern | URLResolver]:
+        # The charts also have a page of their own (/admin/charts/), before the models' URLs.
+        return [*charts_urls(self), *super().get_urls()]

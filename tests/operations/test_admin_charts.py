@@ -20,7 +20,7 @@ from operations.chart_data import SPANS, ChartData, Series
 from operations.charts import Chart, ChartsBoard, charts
 from tests.support.locks import table_locked
 
-pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.operations.charts_urls")]
+pytestmark = pytest.mark.django_db
 
 FIVE_MINUTES = datetime.timedelta(minutes=5)
 HOUR = datetime.timedelta(hours=1)

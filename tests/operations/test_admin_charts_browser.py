@@ -24,7 +24,6 @@ from tests.support.browser import BROWSER_MARKS, CHROMIUM, SCREENSHOTS, Page, sy
 pytestmark = [
     *BROWSER_MARKS,
     pytest.mark.django_db,
-    pytest.mark.urls("tests.operations.charts_urls"),
 ]
 
 ADMIN_STATIC = Path(django.__file__).parent / "contrib" / "admin" / "static"

@@ -159,7 +159,7 @@ def test_view_site_link_is_gone(admin_client: Client) -> None:
     assert "View site" not in response.content.decode()
 
 
-DASHBOARD_QUERIES = 19
+DASHBOARD_QUERIES = 26
 
 
 def test_job_list_has_no_filter_growing_with_threads_and_lists_a_threads_jobs(

@@ -190,8 +190,12 @@ def _row_page(name: str, build: Callable[[int], None], model: type[Model]) -> Ca
 # Queries a page runs, whatever the number of rows: session, user, then the page's own.
 PAGES: dict[str, tuple[Callable[[int], str], int]] = {
     # Session, user, readiness (2), the bounded status transaction (begin, timeout, 10 figures,
-    # the failures, end) and the recent actions box.
-    "dashboard": (_dashboard_with, 19),
+    # the failures, end), the charts' bounded transaction (savepoint, timeout, 4 charts,
+    # release) and the recent actions box.
+    "dashboard": (_dashboard_with, 26),
+    "dashboard, the day's charts": (lambda rows: _dashboard_with(rows) + "?span=day", 26),
+    # Session, user, then the charts' bounded transaction.
+    "charts page": (lambda rows: (_dashboard_with(rows), reverse("admin:charts"))[1], 9),
     "conversation list": (_changelist("conversations_conversation", _conversations), 4),
     "conversation list searched by tenant": (
         _changelist("conversations_conversation", _conversations, "?q=user-"),
