@@ -15,7 +15,7 @@ The databases (``ironclaw_bench_dashboard_<threads>``, next to the dev one on th
 are seeded in SQL once, in about a minute, and kept: a later run reuses them (``--reseed`` seeds
 again, ``--drop`` drops them).
 
-    .venv/bin/python bench/dashboard.py [--quick] [--requests 30] [--reseed] [--drop]
+    .venv/bin/python bench/dashboard.py [--quick] [--requests 30] [--rounds 3] [--reseed] [--drop]
 
 ``--quick``: 10,000 threads and 100,000 entries instead, 10 requests a page.
 """
@@ -102,12 +102,13 @@ def logged_in_client() -> Any:
     return client
 
 
-def measure_pages(label: str, requests: int) -> Measured:
+def measure_round(measured: Measured, requests: int) -> None:
+    """``requests`` timed GETs of each page, after WARM_UP untimed; the first round also counts
+    each page's queries."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     client = logged_in_client()
-    measured = Measured(label)
     for name, url in pages().items():
         for _ in range(WARM_UP):
             client.get(url)
@@ -117,24 +118,12 @@ def measure_pages(label: str, requests: int) -> Measured:
         queries = len(captured)
         if response.status_code != 200:
             raise SystemExit(f"{name}: GET {url} answered {response.status_code}")
-        times = []
+        timing = measured.timings.setdefault(name, Timing(queries=queries, times_ms=[]))
+        timing.error_note |= b'class="errornote"' in response.content
         for _ in range(requests):
             started = time.perf_counter()
             client.get(url)
-            times.append((time.perf_counter() - started) * 1000)
-        measured.timings[name] = Timing(
-            queries=queries,
-            times_ms=times,
-            error_note=b'class="errornote"' in response.content,
-        )
-        timing = measured.timings[name]
-        print(
-            f"    {name:<28}{timing.queries:>4} queries  min {timing.minimum:7.1f}  median "
-            f"{timing.median:7.1f}  p95 {timing.p95:7.1f} ms"
-            + ("  (error note on the page)" if timing.error_note else ""),
-            flush=True,
-        )
-    return measured
+            timing.times_ms.append((time.perf_counter() - started) * 1000)
 
 
 # --- EXPLAIN ------------------------------------------------------------------------------------
@@ -230,11 +219,16 @@ def captured_statements(url: str) -> list[str]:
     return [str(query["sql"]) for query in captured.captured_queries]  # before the next request
 
 
+def every_page_reads(item: Explained) -> bool:
+    """The session and the user, which every admin page reads."""
+    return "django_session" in item.sql or 'FROM "auth_user"' in item.sql
+
+
 def print_explained(title: str, explained: list[Explained]) -> None:
     print(f"  {title}:")
     for item in explained:
-        if "django_session" in item.sql or 'FROM "auth_user"' in item.sql:
-            continue  # the session and user of every admin page
+        if every_page_reads(item):
+            continue
         if item.error:
             print(f"    could not EXPLAIN ({item.error}): {short_sql(item.sql)}")
             continue
@@ -252,9 +246,9 @@ def explain_pages() -> list[Explained]:
     for name in ("dashboard", "dashboard ?span=day"):
         statements = [sql for sql in captured_statements(urls[name]) if sql not in seen]
         seen.update(statements)
-        explained = explain(statements)
+        explained = [item for item in explain(statements) if not every_page_reads(item)]
         dashboard.extend(explained)
-        print_explained(f"{name} ({len(explained)} statements not seen above)", explained)
+        print_explained(f"{name} ({len(explained)} SELECTs not seen above)", explained)
     for name, url in urls.items():
         if name.startswith("dashboard") or name.startswith("password"):
             continue
@@ -312,6 +306,7 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="10,000 threads, 100,000 entries")
     parser.add_argument("--requests", type=int, help="timed requests a page (30; 10 with --quick)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating databases")
     parser.add_argument("--reseed", action="store_true", help="seed the databases again")
     parser.add_argument("--drop", action="store_true", help="drop the bench databases and exit")
     options = parser.parse_args()
@@ -320,15 +315,28 @@ def main() -> None:
         return
     size = seed.QUICK if options.quick else seed.FULL
     requests = options.requests or (10 if options.quick else 30)
-    print(f"{os.cpu_count()} CPUs, {requests} timed requests a page after {WARM_UP} warm-ups")
+    print(f"{os.cpu_count()} CPUs; each page {requests} times in {options.rounds} rounds")
     print(f"baseline database: {seed.SMALL.describe()}")
-    with seed.bench_database(seed.SMALL, reseed=options.reseed):
-        small = measure_pages(f"{seed.SMALL.threads:,} threads", requests)
+    small_name = seed.bench_database(seed.SMALL, reseed=options.reseed)
     print(f"large database: {size.describe()}")
-    with seed.bench_database(size, reseed=options.reseed):
-        large = measure_pages(f"{size.threads:,} threads / {size.entries:,} entries", requests)
-        dashboard = explain_pages()
-    report(small, large, dashboard, requests)
+    large_name = seed.bench_database(size, reseed=options.reseed)
+    small = Measured(f"{seed.SMALL.threads:,} threads")
+    large = Measured(f"{size.threads:,} threads / {size.entries:,} entries")
+    # Rounds alternate between the two databases, so a burst of load elsewhere on the machine
+    # lands on both sides of the ratio.
+    per_round = max(1, -(-requests // options.rounds))
+    for number in range(options.rounds):
+        for name, measured in ((small_name, small), (large_name, large)):
+            seed.use(name)
+            measure_round(measured, per_round)
+        board = large.timings["dashboard"].times_ms[-per_round:]
+        print(
+            f"  round {number + 1}: dashboard median {statistics.median(board):.1f} ms "
+            "on the large database",
+            flush=True,
+        )
+    dashboard = explain_pages()
+    report(small, large, dashboard, per_round * options.rounds)
 
 
 if __name__ == "__main__":

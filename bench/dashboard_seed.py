@@ -16,8 +16,6 @@ from __future__ import annotations
 import datetime
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,7 +59,7 @@ def database_name(size: Size) -> str:
     return f"ironclaw_bench_dashboard_{size.threads}"
 
 
-def _use(name: str) -> None:
+def use(name: str) -> None:
     """Point Django at ``name``, closing the connections (and pools) to the one before."""
     from django.db import connections
 
@@ -420,10 +418,9 @@ def _superuser() -> None:
         users.objects.create_superuser("bench-admin", "bench@example.invalid", "bench-password")
 
 
-@contextmanager
-def bench_database(size: Size, *, reseed: bool) -> Iterator[str]:
+def bench_database(size: Size, *, reseed: bool) -> str:
     """Point Django at the database of ``size``: made and seeded unless a seed of the same size
-    and version is there already (``reseed`` makes it again); yields its name."""
+    and version is there already (``reseed`` makes it again); returns its name."""
     from django.utils import timezone
 
     name = database_name(size)
@@ -435,13 +432,13 @@ def bench_database(size: Size, *, reseed: bool) -> Iterator[str]:
         or found.get("size") != asdict(size)
     )
     if fresh:
-        _use("postgres")
+        use("postgres")
         with admin_connection() as admin:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    _use(name)
+    use(name)
     django.setup()
     from django.core.management import call_command
 
@@ -473,11 +470,11 @@ def bench_database(size: Size, *, reseed: bool) -> Iterator[str]:
         )
         now = as_of
     _set_comment(name, size, now)
-    yield name
+    return name
 
 
 def drop_databases() -> None:
-    _use("postgres")
+    use("postgres")
     with admin_connection() as admin:
         for size in (FULL, QUICK, SMALL):
             name = database_name(size)
