@@ -12,7 +12,8 @@ idempotent:
 - ``index_document``: hash-checked; it replaces the chunks only if the document still has the
   content it read, and skips a document already indexed at that hash.
 - ``sweep_expired_leases`` and ``retry_stalled_jobs``: compare-and-set updates of rows still in
-  the state they select (an expired lease, a job still ``doing``).
+  the state they select (an expired lease, a job still ``doing``); the latter then deletes the
+  rows of workers dead for minutes, which a second run finds gone.
 - ``requeue_pending_indexing``: defers a job only for a document with none waiting or running,
   under the document's row lock; a second run finds the job the first deferred.
 - ``prune_finished_jobs``, ``prune_versions``, ``workspace_hygiene`` and ``prune_checkpoints``:
@@ -32,6 +33,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 from procrastinate import exceptions
 from procrastinate.contrib.django import app
+
+from operations.workers import WORKER_NAME_PRUNE_SQL
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,28 @@ def stalled_jobs_retry() -> list[int]:
     if retried:
         logger.warning("retried %d stalled jobs of dead workers: %s", len(retried), retried)
     return retried
+
+
+# A dead worker's row stays this long past its last heartbeat (the admin lists it in red, so an
+# operator sees that a worker died), then ``stalled_workers_prune`` removes it.
+DEAD_WORKER_KEPT = timedelta(minutes=5)
+
+
+def stalled_workers_prune() -> int:
+    """Remove the rows of workers silent for ``WORKER_STALLED_SECONDS`` plus ``DEAD_WORKER_KEPT``
+    and their kind names; return how many. Without this, only a starting background worker
+    prunes them, and a worker that crashed once would be listed (and the dashboard degraded)
+    until the next restart. Run after ``stalled_jobs_retry``: a job whose worker row is gone is
+    stalled by definition (Procrastinate sets its ``worker_id`` to NULL), and a turn whose
+    worker row is gone loses its lease to the lease sweep, so nothing depends on the row."""
+    silent = settings.WORKER_STALLED_SECONDS + DEAD_WORKER_KEPT.total_seconds()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM procrastinate_prune_stalled_workers_v1(%s)", [silent])
+        (pruned,) = cursor.fetchone()
+        cursor.execute(WORKER_NAME_PRUNE_SQL)
+    if pruned:
+        logger.warning("removed %d dead workers (silent for over %.0f s)", pruned, silent)
+    return int(pruned)
 
 
 # Statuses a job never leaves by itself ("aborting" is legacy, unused since Procrastinate 3.0).

@@ -11,7 +11,7 @@ import logging
 from django.conf import settings
 from procrastinate.contrib.django import app
 
-from operations.jobs import finished_jobs_prune, stalled_jobs_retry
+from operations.jobs import finished_jobs_prune, stalled_jobs_retry, stalled_workers_prune
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 )
 def stalled_jobs_retry_job(timestamp: int) -> None:
     stalled_jobs_retry()
+    stalled_workers_prune()
 
 
 @app.periodic(cron="23 * * * *", periodic_id="ironclaw_site.prune_finished_jobs")

@@ -11,7 +11,9 @@ from django.db import connection
 from procrastinate.contrib.django import app
 from pytest_django.fixtures import Settings as SettingsWrapper
 
-from operations.tasks import finished_jobs_prune_job
+from operations.jobs import DEAD_WORKER_KEPT, stalled_workers_prune
+from operations.tasks import finished_jobs_prune_job, stalled_jobs_retry_job
+from operations.workers import WORKER_NAME_INSERT_SQL, worker_name_params
 
 pytestmark = pytest.mark.django_db
 
@@ -184,3 +186,49 @@ def test_maintenance_is_periodic_on_the_default_queue() -> None:
     assert periodic["workspace.tasks.workspace_hygiene"] == ("47 3 * * *", "default")
     assert periodic["workspace.tasks.requeue_pending_indexing"] == ("* * * * *", "default")
     assert periodic["engine.tasks.prune_checkpoints"] == ("41 * * * *", "default")
+
+
+def _worker(silent_seconds: float) -> int:
+    """A registered worker (with its kind's name) whose last heartbeat was that long ago."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT worker_id FROM procrastinate_register_worker_v1()")
+        (worker_id,) = cursor.fetchone()
+        cursor.execute(
+            "UPDATE procrastinate_workers SET last_heartbeat = now() - make_interval(secs => %s)"
+            " WHERE id = %s",
+            [silent_seconds, worker_id],
+        )
+        cursor.execute(
+            WORKER_NAME_INSERT_SQL, worker_name_params(worker_id=worker_id, name="turns")
+        )
+    return int(worker_id)
+
+
+def test_the_minute_maintenance_removes_workers_dead_for_minutes_and_retries_their_jobs(
+    settings: SettingsWrapper,
+) -> None:
+    settings.WORKER_STALLED_SECONDS = 30
+    kept = DEAD_WORKER_KEPT.total_seconds()
+    live, just_dead, long_dead = _worker(0), _worker(30 + kept - 60), _worker(30 + kept + 60)
+    job_id = app.configure_task("ironclaw_site.tasks.prune_finished_jobs").defer(timestamp=0)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE id = %s",
+            [long_dead, job_id],
+        )
+
+    stalled_jobs_retry_job(timestamp=0)
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM procrastinate_workers ORDER BY id")
+        workers = [row[0] for row in cursor.fetchall()]
+        cursor.execute("SELECT worker_id FROM ironclaw_site_workername ORDER BY worker_id")
+        named = [row[0] for row in cursor.fetchall()]
+        cursor.execute("SELECT status, worker_id FROM procrastinate_jobs WHERE id = %s", [job_id])
+        job = cursor.fetchone()
+    # The one dead for minutes goes (a dead worker stays listed, in red, for DEAD_WORKER_KEPT).
+    assert workers == named == [live, just_dead]
+    # Its running job was retried first.
+    assert job == ("todo", None)
+    # A second run finds nothing more to remove.
+    assert stalled_workers_prune() == 0
