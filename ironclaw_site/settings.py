@@ -366,6 +366,11 @@ HEALTH_QUEUE_WAIT_AMBER_SECONDS = env_float("HEALTH_QUEUE_WAIT_AMBER_SECONDS", 3
 HEALTH_QUEUE_WAIT_RED_SECONDS = env_float("HEALTH_QUEUE_WAIT_RED_SECONDS", 120.0, minimum=1.0)
 HEALTH_FAILED_TURNS_AMBER = env_int("HEALTH_FAILED_TURNS_AMBER", 1, minimum=1)
 HEALTH_FAILED_TURNS_RED = env_int("HEALTH_FAILED_TURNS_RED", 10, minimum=1)
+for _amber, _red in [
+    ("HEALTH_QUEUE_WAIT_AMBER_SECONDS", "HEALTH_QUEUE_WAIT_RED_SECONDS"),
+    ("HEALTH_FAILED_TURNS_AMBER", "HEALTH_FAILED_TURNS_RED"),
+]:
+    ensure_not_above(_amber, globals()[_amber], _red, globals()[_red])
 HEALTH_BACKLOG_AMBER_SECONDS = env_float("HEALTH_BACKLOG_AMBER_SECONDS", 300.0, minimum=1.0)
 HEALTH_EMBEDDING_ERRORS_AMBER = env_int("HEALTH_EMBEDDING_ERRORS_AMBER", 1, minimum=1)
 HEALTH_DB_POOL_WAITING_AMBER = env_int("HEALTH_DB_POOL_WAITING_AMBER", 5, minimum=1)
@@ -483,9 +488,7 @@ WEB_REQUEST_TIMEOUT = env_int("WEB_REQUEST_TIMEOUT", 30, minimum=1, maximum=3600
 # Longer than a long-poll (30 s) holds a thread, so only a stuck process is killed.
 WEB_HANG_SECONDS = env_int("WEB_HANG_SECONDS", 90, minimum=3, maximum=3600)
 # Room for the longest workspace path percent-encoded.
-WEB_MAX_HEADER_BYTES = env_int(
-    "WEB_MAX_HEADER_BYTES", 65_536, minimum=16_384, maximum=16 * 1024 * 1024
-)
+WEB_MAX_HEADER_BYTES = env_int("WEB_MAX_HEADER_BYTES", 65_536, minimum=16_384, maximum=16_777_216)
 # Event streams (core.streams), per web process: its hub serves them all on one thread.
 STREAMS_PER_KEY = env_int("STREAMS_PER_KEY", 100, minimum=1, maximum=100_000)
 STREAM_READ_THREADS = env_int("STREAM_READ_THREADS", 2, minimum=1, maximum=64)

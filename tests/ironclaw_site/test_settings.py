@@ -41,6 +41,16 @@ def _start_up(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ("RUNTIME_RETENTION_DAYS", "-1", "RUNTIME_RETENTION_DAYS must be at least 0"),
         ("RUNTIME_RETENTION_DAYS", "36501", "RUNTIME_RETENTION_DAYS must be at most 36500"),
         (
+            "HEALTH_QUEUE_WAIT_AMBER_SECONDS",
+            "600",
+            "HEALTH_QUEUE_WAIT_AMBER_SECONDS (600.0) must not exceed HEALTH_QUEUE_WAIT_RED_SECONDS",
+        ),
+        (
+            "HEALTH_FAILED_TURNS_AMBER",
+            "11",
+            "HEALTH_FAILED_TURNS_AMBER (11) must not exceed HEALTH_FAILED_TURNS_RED (10)",
+        ),
+        (
             "TURN_WORKER_DEAD_SECONDS",
             "3",
             "TURN_WORKER_DEAD_SECONDS (3.0) must be more than twice WORKER_HEARTBEAT_SECONDS",
