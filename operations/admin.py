@@ -209,18 +209,22 @@ class OperatorsJobAdmin(ProcrastinateJobAdmin):
     @admin.display(description="due / started")
     def moment(self, job: ProcrastinateJob) -> SafeString:
         """A waiting job's due time (its schedule, else when it was deferred); any other job's
-        latest start (a retried job starts again). The status says which. To the minute, the
-        seconds in the tooltip."""
+        latest start (a retried job starts again). The status says which. To the minute (today's
+        without their date), the whole moment in the tooltip."""
         started = getattr(job, "started_at", None)
         if job.status == "todo" or started is None:
             started = getattr(job, "runnable_at", None)
         if started is None:
             return mark_safe("-")
         local = timezone.localtime(started)
+        # Today's times without the date, which leaves the arguments room on a laptop's screen.
+        today = local.date() == timezone.localdate()
         return format_html(
             '<span title="{}">{}</span>',
             formats.localize(local),
-            formats.date_format(local, "SHORT_DATETIME_FORMAT"),
+            formats.time_format(local, "H:i")
+            if today
+            else formats.date_format(local, "SHORT_DATETIME_FORMAT"),
         )
 
     @admin.display(description="args")
