@@ -45,7 +45,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
+from django.db import connection, transaction
 from django.utils.module_loading import import_string
 
 from conversations.models import Thread
@@ -294,14 +294,19 @@ class TurnWorker:
                 )
                 beat = cursor.rowcount
             if not beat:
-                # First beat, or the row was pruned as stalled (a long outage): register again.
-                cursor.execute("SELECT worker_id FROM procrastinate_register_worker_v1()")
-                (self.worker_id,) = cursor.fetchone()
-                cursor.execute(WORKER_NAME_PRUNE_SQL)
-                cursor.execute(
-                    WORKER_NAME_INSERT_SQL,
-                    worker_name_params(worker_id=self.worker_id, name=self.name),
-                )
+                # First beat, or the row was pruned as stalled (a long outage): register again,
+                # with the name in the same transaction, so a failure of either registers
+                # nothing and the next beat tries both again (a worker registered without its
+                # name would beat for ever unseen by /readyz).
+                with transaction.atomic():
+                    cursor.execute("SELECT worker_id FROM procrastinate_register_worker_v1()")
+                    (worker_id,) = cursor.fetchone()
+                    cursor.execute(WORKER_NAME_PRUNE_SQL)
+                    cursor.execute(
+                        WORKER_NAME_INSERT_SQL,
+                        worker_name_params(worker_id=worker_id, name=self.name),
+                    )
+                self.worker_id = worker_id
         self._next_heartbeat = now + settings.WORKER_HEARTBEAT_SECONDS
 
     def _unregister(self) -> None:

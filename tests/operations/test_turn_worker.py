@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import OperationalError, connection, transaction
+from django.db import DataError, OperationalError, connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
@@ -267,6 +267,24 @@ def test_a_running_worker_answers_new_messages_and_heartbeats_under_its_kind() -
     assert [_agent_entries(message.conversation_id) for message in sent] == [
         [f"echo: hello {n}"] for n in range(6)
     ]
+
+
+def test_a_worker_whose_name_cannot_be_written_registers_nothing_and_tries_again() -> None:
+    """Registration and name are one transaction: a worker registered without its name would beat
+    for ever unseen by /readyz (as when new code started before its migration)."""
+    worker = TurnWorker(name="t" * 101, concurrency=1)  # longer than the name column
+
+    with pytest.raises(DataError):
+        worker._heartbeat()
+
+    assert worker.worker_id is None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM procrastinate_workers")
+        assert cursor.fetchone() == (0,)
+    # Fixed (here: the name; in life, the migration applied): the next beat registers both.
+    worker.name = "turns"
+    worker._heartbeat()
+    assert WorkerName.objects.values_list("worker_id", "name").get() == (worker.worker_id, "turns")
 
 
 @override_settings(THREAD_RUNNER="conversations.runners.wait_for_external_engine")
