@@ -23,7 +23,8 @@ older than ``TURN_WORKER_DEAD_SECONDS``. Its turns' lease owners name its heartb
 to beat again.
 
 A turn whose runner raises keeps its lease until it expires; the sweep then puts the thread back
-in the queue and the next turn resumes from its checkpoint.
+in the queue and the next turn resumes from its checkpoint. One that crashed on its last three
+claims in a row fails with the error instead (``operations.turn_crashes``).
 
 A worker asked to stop (SIGTERM, Ctrl-C) claims nothing more and asks its turns to end now
 (``TurnStop``): the reference runner abandons its model call, checkpoints and returns, and the
@@ -58,6 +59,7 @@ from conversations.services import (
 )
 from core.log_context import log_context
 from core.notify import ANY, THREADS_CHANNEL, listening
+from operations.turn_crashes import turn_crash_record
 from operations.workers import (
     WORKER_NAME_INSERT_SQL,
     WORKER_NAME_PRUNE_SQL,
@@ -212,17 +214,26 @@ class TurnWorker:
                     runner(thread=thread, worker_id=worker_id)
                 if self._turn_stop.requested:
                     self._give_back(thread, worker_id)
-        except Exception:
+        except Exception as error:
             logger.exception(
                 "turn of thread %s failed; its lease lapses and the sweeper requeues it",
                 thread.pk,
                 extra={"thread_id": str(thread.pk), "tenant": thread.user_id},
             )
+            self._crashed(thread, worker_id, error)
         finally:
             connection.close()
             with self._lock:
                 self._in_flight = max(0, self._in_flight - 1)
             self._wake.set()
+
+    def _crashed(self, thread: Thread, worker_id: str, error: Exception) -> None:
+        """Note the crash; a turn that crashed on its last claims in a row fails instead of
+        being retried for ever (``operations.turn_crashes``)."""
+        try:
+            turn_crash_record(thread, worker_id, error)
+        except Exception as noting:
+            logger.warning("thread %s: could not note its crash: %s", thread.pk, noting)
 
     def _give_back(self, thread: Thread, worker_id: str) -> None:
         """Hand a turn back to the queue after its runner returned while this worker stops.

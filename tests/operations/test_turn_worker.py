@@ -199,6 +199,72 @@ def test_a_turn_that_raises_is_not_lost_its_lease_lapses_and_the_sweeper_requeue
     assert waiting_for_a_worker(sent.thread_id)
 
 
+CRASHING_CLAIMS: set[int] = set()
+
+
+def crash_on_some_claims(*, thread: Thread, worker_id: str) -> None:
+    """A runner that raises on the claims named in CRASHING_CLAIMS and answers on the others."""
+    if thread.claim_count in CRASHING_CLAIMS:
+        raise ValueError(f"Invalid isoformat string: 'x' (claim {thread.claim_count})")
+    thread_outcome_record(
+        user_id=thread.user_id,
+        thread_id=thread.pk,
+        worker_id=worker_id,
+        lease_epoch=thread.claim_count,
+        outcome=ThreadOutcome(kind="completed", response="done"),
+    )
+
+
+def _run_claims(thread_id: Any, claims: int) -> Thread:
+    """Run the thread's next ``claims`` claims, sweeping each lapsed lease as the sweep would."""
+    for _ in range(claims):
+        assert TurnWorker(name="turns", concurrency=1).drain() == 1
+        Thread.objects.filter(pk=thread_id, state="running").update(
+            lease_expires_at=timezone.now() - datetime.timedelta(seconds=1)
+        )
+        thread_leases_sweep()
+    return Thread.objects.get(pk=thread_id)
+
+
+@override_settings(THREAD_RUNNER="tests.operations.test_turn_worker.crash_on_some_claims")
+def test_a_turn_that_crashes_on_three_claims_in_a_row_fails_with_the_error() -> None:
+    CRASHING_CLAIMS.clear()
+    CRASHING_CLAIMS.update({1, 2, 3})
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+
+    after_two = _run_claims(sent.thread_id, 2)
+    assert (after_two.state, after_two.metadata["crashed_claims"]) == ("created", [1, 2])
+    thread = _run_claims(sent.thread_id, 1)
+
+    assert (thread.state, thread.claim_count, thread.lease_owner) == ("failed", 3, "")
+    assert thread.outcome is not None
+    assert thread.outcome["error"] == (
+        "the engine crashed on 3 claims in a row; the last: "
+        "ValueError: Invalid isoformat string: 'x' (claim 3)"
+    )
+    # Its conversation is told, as of any failure.
+    assert ConversationEntry.objects.filter(
+        conversation_id=sent.conversation_id, sender="system", content__contains="failed"
+    ).exists()
+
+
+@override_settings(THREAD_RUNNER="tests.operations.test_turn_worker.crash_on_some_claims")
+def test_crashes_that_are_not_in_a_row_or_are_database_errors_are_retried() -> None:
+    CRASHING_CLAIMS.clear()
+    CRASHING_CLAIMS.update({1, 2})
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    # Claim 3 answers: the thread completes, and its crashes before never add up to three.
+    assert _run_claims(sent.thread_id, 3).state == "completed"
+
+    failing = message_handle(user_id="bob", channel="web", content="hello")
+    with override_settings(
+        THREAD_RUNNER="tests.operations.test_turn_worker.fail_with_a_database_error"
+    ):
+        thread = _run_claims(failing.thread_id, 4)
+    assert (thread.state, thread.claim_count) == ("created", 4)
+    assert "crashed_claims" not in thread.metadata
+
+
 def test_the_claim_is_served_by_the_index_of_created_threads() -> None:
     from conversations.services.lease import _CLAIM_RUNNABLE_SQL
 
