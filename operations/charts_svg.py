@@ -98,14 +98,21 @@ def value_text(value: float, unit: str) -> str:
     return f"{count} {unit[:-1] if count == 1 else unit}"
 
 
-def tick_text(value: float, unit: str) -> str:
+# A time axis counts in the largest of these its top spans twice, so its ticks are round numbers
+# of one unit (0, 1, 2, 3 h; never 83.333 min).
+TIME_UNITS = ((3_600_000.0, "h"), (60_000.0, "min"), (1000.0, "s"))
+
+
+def time_unit(top_ms: float) -> tuple[float, str]:
+    """The unit a time axis reaching ``top_ms`` counts in: its length in ms and its name."""
+    return next(((ms, name) for ms, name in TIME_UNITS if top_ms >= 2 * ms), (1.0, "ms"))
+
+
+def tick_text(value: float, unit: str, top: float) -> str:
     if unit != "ms":
         return f"{value:g}"
-    if value >= 60_000:
-        return f"{value / 60_000:g} min"
-    if value >= 1000:
-        return f"{value / 1000:g} s"
-    return f"{value:g} ms"
+    length, name = time_unit(top)
+    return f"{value / length:g} {name}"
 
 
 def bucket_text(start: datetime, step: timedelta, last: bool) -> str:
@@ -122,10 +129,12 @@ def _axis_top(data: ChartData) -> tuple[float, float]:
         highest = max(_stacked_totals(data), default=0)
     else:
         highest = max((v for s in data.series for v in s.values if v is not None), default=0)
-    # An empty chart still has an axis: 0 to 4 (turns, documents) or to 100 ms.
-    step = nice_step(highest or (100 if data.unit == "ms" else Y_TICKS))
-    if data.unit != "ms":
-        step = max(step, 1)
+    # An empty chart still has an axis: 0 to 1 (turns, documents) or to 50 ms.
+    if data.unit == "ms":
+        length, _ = time_unit(highest or 100)
+        step = nice_step((highest or 100) / length) * length
+    else:
+        step = max(nice_step(highest or Y_TICKS), 1)
     return step, step * max(1, math.ceil(highest / step - 1e-9))
 
 
@@ -163,7 +172,7 @@ def drawing(data: ChartData, span: Span) -> Drawing:
         return board.bottom - height * value / top
 
     board.y_ticks = [
-        Tick(_number(y(i * step)), tick_text(i * step, data.unit))
+        Tick(_number(y(i * step)), tick_text(i * step, data.unit, top))
         for i in range(round(top / step) + 1)
     ]
     board.x_ticks = [

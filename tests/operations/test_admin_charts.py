@@ -365,6 +365,39 @@ def test_text_in_the_charts_is_escaped() -> None:
     assert "a &lt;i&gt;note&lt;/i&gt;" in html
 
 
+@pytest.mark.parametrize(
+    ("highest_ms", "ticks"),
+    [
+        # 2 h 49 min: whole hours, not 83.333 min.
+        (10_140_000.0, ["0 h", "1 h", "2 h", "3 h"]),
+        (150_000.0, ["0 min", "1 min", "2 min", "3 min"]),
+        (1_100.0, ["0 ms", "500 ms", "1000 ms", "1500 ms"]),
+        (None, ["0 ms", "50 ms"]),  # nothing measured: an axis all the same
+    ],
+)
+def test_a_time_axis_counts_round_numbers_of_one_unit(
+    highest_ms: float | None, ticks: list[str]
+) -> None:
+    span = SPANS["hour"]
+    starts = tuple(
+        datetime.datetime(2030, 1, 1, 12, tzinfo=datetime.UTC) + FIVE_MINUTES * i
+        for i in range(span.buckets)
+    )
+    values = (highest_ms,) + (None,) * (span.buckets - 1)
+    data = ChartData(
+        key="overhead",
+        title="overhead",
+        unit="ms",
+        stacked=False,
+        starts=starts,
+        step=span.step,
+        series=(Series("p50", "p50", values),),
+        note="",
+    )
+
+    assert [tick.label for tick in charts_svg.drawing(data, span).y_ticks] == ticks
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_database_too_slow_leaves_a_note_instead_of_the_charts(
     admin_client: Client, monkeypatch: pytest.MonkeyPatch
