@@ -53,6 +53,45 @@ class OperateAdmin(admin.ModelAdmin):
         return request.user.has_perm(f"{self.opts.app_label}.{codename}")
 
 
+class HiddenByDefaultFilter(admin.SimpleListFilter):
+    """Rows a list leaves out unless asked for (runtime documents, periodic jobs): "hidden
+    (default)", "only <them>" or "all". A subclass names them (``only_label``) and says which
+    rows they are (``only`` and ``without``)."""
+
+    ONLY = "only"
+    ALL = "all"
+    only_label = "only"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(self.ONLY, self.only_label), (self.ALL, "all")]
+
+    def choices(self, changelist: Any) -> Any:
+        value = self.value()
+        yield {
+            "selected": value not in (self.ONLY, self.ALL),
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+            "display": "hidden (default)",
+        }
+        for lookup, title in self.lookup_choices:
+            yield {
+                "selected": value == lookup,
+                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                "display": title,
+            }
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value == self.ALL:
+            return queryset
+        return self.only(queryset) if value == self.ONLY else self.without(queryset)
+
+    def only(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        raise NotImplementedError
+
+    def without(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        raise NotImplementedError
+
+
 class ReadOnlyInline(admin.TabularInline):
     """Related rows listed under their parent, linking to their own page."""
 

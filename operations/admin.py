@@ -24,7 +24,7 @@ from procrastinate.contrib.django import app
 from procrastinate.contrib.django.admin import ProcrastinateJobAdmin
 from procrastinate.contrib.django.models import ProcrastinateEvent, ProcrastinateJob
 
-from core.admin import BoundedCountPaginator
+from core.admin import BoundedCountPaginator, HiddenByDefaultFilter
 from core.admin_display import change_link, truncated
 
 # Arguments that name a row the admin shows: their value links to its page.
@@ -44,37 +44,17 @@ def periodic_task_names() -> list[str]:
     )
 
 
-class PeriodicJobsFilter(admin.SimpleListFilter):
+class PeriodicJobsFilter(HiddenByDefaultFilter):
     """Periodic jobs (every minute, some of them) hidden unless asked for."""
 
     title = "periodic jobs"
     parameter_name = "periodic"
-    ONLY = "only"
-    ALL = "all"
+    only_label = "only periodic"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(self.ONLY, "only periodic"), (self.ALL, "all")]
+    def only(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(task_name__in=periodic_task_names())
 
-    def choices(self, changelist: Any) -> Any:
-        value = self.value()
-        yield {
-            "selected": value not in (self.ONLY, self.ALL),
-            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
-            "display": "hidden (default)",
-        }
-        for lookup, title in self.lookup_choices:
-            yield {
-                "selected": value == lookup,
-                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
-                "display": title,
-            }
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        if value == self.ALL:
-            return queryset
-        if value == self.ONLY:
-            return queryset.filter(task_name__in=periodic_task_names())
+    def without(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.exclude(task_name__in=periodic_task_names())
 
 

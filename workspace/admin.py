@@ -23,7 +23,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString, mark_safe
 
-from core.admin import OperateAdmin, ReadOnlyAdmin, TenantPrefixFilter
+from core.admin import HiddenByDefaultFilter, OperateAdmin, ReadOnlyAdmin, TenantPrefixFilter
 from core.admin_display import change_link
 from workspace import services
 from workspace.models import Chunk, Document, DocumentQuerySet, DocumentVersion
@@ -86,7 +86,7 @@ class HasVersionsFilter(_RowsExistFilter):
     related = DocumentVersion
 
 
-class RuntimeDocumentsFilter(admin.SimpleListFilter):
+class RuntimeDocumentsFilter(HiddenByDefaultFilter):
     """Runtime documents (the engine's checkpoints under ``engine/``, most rows of a busy
     workspace) are hidden from the list unless asked for.
 
@@ -97,30 +97,13 @@ class RuntimeDocumentsFilter(admin.SimpleListFilter):
     title = "runtime documents"
     parameter_name = "is_runtime__exact"
     ONLY = "1"
-    ALL = "all"
+    only_label = "only runtime"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(self.ONLY, "only runtime"), (self.ALL, "all")]
+    def only(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(is_runtime=True)
 
-    def choices(self, changelist: Any) -> Any:
-        value = self.value()
-        yield {
-            "selected": value not in (self.ONLY, self.ALL),
-            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
-            "display": "hidden (default)",
-        }
-        for lookup, title in self.lookup_choices:
-            yield {
-                "selected": value == lookup,
-                "query_string": changelist.get_query_string({self.parameter_name: lookup}),
-                "display": title,
-            }
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        if value == self.ALL:
-            return queryset
-        return queryset.filter(is_runtime=value == self.ONLY)
+    def without(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(is_runtime=False)
 
 
 class DocumentChangeList(ChangeList):
