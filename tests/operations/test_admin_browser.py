@@ -27,14 +27,7 @@ from conversations.services import (
     thread_claim,
     thread_outcome_record,
 )
-from tests.support.browser import (
-    BROWSER_MARKS,
-    CHROMIUM,
-    SCREENSHOTS,
-    Page,
-    expect,
-    sync_playwright,
-)
+from tests.support.browser import BROWSER_MARKS, SCREENSHOTS, Page, admin_sign_in, chromium, expect
 from tests.support.servers import app_server, database_url
 from workspace import services
 from workspace.models import Document
@@ -105,82 +98,68 @@ def _shot(page: Page, name: str) -> None:
 
 
 def test_operator_reads_the_admin_and_stops_a_stuck_thread(scene: Scene) -> None:
-    assert sync_playwright is not None
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     env = {"DATABASE_URL": database_url(connection.settings_dict)}
-    with app_server(env) as base_url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            # No sandbox: containers lack the user namespaces it needs. Nothing leaves loopback.
-            args=["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"],
+    with app_server(env) as base_url, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        admin_sign_in(page, base_url, PASSWORD)
+
+        # Live threads: bob's (created, no worker runs here) and the stuck one (running).
+        expect(page.locator("#readiness")).to_be_visible()
+        expect(page.locator("[data-figure=threads-created]")).to_have_text("1")
+        expect(page.locator("[data-figure=threads-running]")).to_have_text("1")
+        expired = page.locator("[data-figure=threads-running-with-an-expired-lease]")
+        expect(expired).to_have_text("1")
+        # The threads queue is the thread rows: bob's waits, the stuck one is doing.
+        expect(page.locator("[data-figure=queue-threads-waiting]")).to_have_text("1")
+        expect(page.locator("[data-figure=queue-threads-doing]")).to_have_text("1")
+        expect(
+            page.locator("[data-figure=documents-runtime-documents-with-chunks-should-be-0]")
+        ).to_have_text("0")
+        _shot(page, "01-dashboard")
+
+        expired.click()
+        expect(page.locator("#result_list")).to_contain_text(scene.stuck_thread_id[:8])
+        expect(page.locator("#result_list")).to_contain_text("expired 4 min")
+        _shot(page, "02-threads-expired-leases")
+
+        page.goto(f"{base_url}/admin/conversations/conversation/{scene.conversation_id}/change/")
+        timeline = page.locator("#entries-group")
+        expect(timeline).to_contain_text("Summarise my notes")
+        expect(timeline).to_contain_text("Your notes say: water the ferns.")
+        expect(timeline).to_contain_text("And the cacti?")
+        expect(page.get_by_text("all 2 threads →")).to_be_visible()
+        _shot(page, "03-conversation-timeline")
+
+        page.goto(f"{base_url}/admin/conversations/thread/{scene.finished_thread_id}/change/")
+        expect(page.locator("table.timings")).to_contain_text("claimed (latest)")
+        expect(page.locator("dl.outcome")).to_contain_text("completed")
+        expect(page.locator(".response")).to_have_text("Your notes say: water the ferns.")
+        expect(page.get_by_text("model time 850 ms")).to_be_visible()
+        _shot(page, "04-thread-timings")
+
+        page.goto(f"{base_url}/admin/workspace/document/{scene.document_id}/change/")
+        versions = page.locator("table.versions")
+        expect(versions).to_contain_text("v2")
+        added = versions.locator("span", has_text="+cacti: sun")
+        expect(added).to_have_css("background-color", "rgb(230, 255, 236)")
+        expect(page.locator("details", has_text="Content and metadata")).not_to_have_attribute(
+            "open", ""
         )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{base_url}/admin/login/?next=/admin/")
-            page.fill("#id_username", "operator")
-            page.fill("#id_password", PASSWORD)
-            page.click("input[type=submit]")
+        _shot(page, "05-document-versions")
 
-            # Live threads: bob's (created, no worker runs here) and the stuck one (running).
-            expect(page.locator("#readiness")).to_be_visible()
-            expect(page.locator("[data-figure=threads-created]")).to_have_text("1")
-            expect(page.locator("[data-figure=threads-running]")).to_have_text("1")
-            expired = page.locator("[data-figure=threads-running-with-an-expired-lease]")
-            expect(expired).to_have_text("1")
-            # The threads queue is the thread rows: bob's waits, the stuck one is doing.
-            expect(page.locator("[data-figure=queue-threads-waiting]")).to_have_text("1")
-            expect(page.locator("[data-figure=queue-threads-doing]")).to_have_text("1")
-            expect(
-                page.locator("[data-figure=documents-runtime-documents-with-chunks-should-be-0]")
-            ).to_have_text("0")
-            _shot(page, "01-dashboard")
+        page.get_by_role("link", name="1 chunk(s)").click()
+        expect(page.locator("#result_list")).to_contain_text("water weekly")
+        _shot(page, "06-document-chunks")
 
-            expired.click()
-            expect(page.locator("#result_list")).to_contain_text(scene.stuck_thread_id[:8])
-            expect(page.locator("#result_list")).to_contain_text("expired 4 min")
-            _shot(page, "02-threads-expired-leases")
-
-            page.goto(
-                f"{base_url}/admin/conversations/conversation/{scene.conversation_id}/change/"
-            )
-            timeline = page.locator("#entries-group")
-            expect(timeline).to_contain_text("Summarise my notes")
-            expect(timeline).to_contain_text("Your notes say: water the ferns.")
-            expect(timeline).to_contain_text("And the cacti?")
-            expect(page.get_by_text("all 2 threads →")).to_be_visible()
-            _shot(page, "03-conversation-timeline")
-
-            page.goto(f"{base_url}/admin/conversations/thread/{scene.finished_thread_id}/change/")
-            expect(page.locator("table.timings")).to_contain_text("claimed (latest)")
-            expect(page.locator("dl.outcome")).to_contain_text("completed")
-            expect(page.locator(".response")).to_have_text("Your notes say: water the ferns.")
-            expect(page.get_by_text("model time 850 ms")).to_be_visible()
-            _shot(page, "04-thread-timings")
-
-            page.goto(f"{base_url}/admin/workspace/document/{scene.document_id}/change/")
-            versions = page.locator("table.versions")
-            expect(versions).to_contain_text("v2")
-            added = versions.locator("span", has_text="+cacti: sun")
-            expect(added).to_have_css("background-color", "rgb(230, 255, 236)")
-            expect(page.locator("details", has_text="Content and metadata")).not_to_have_attribute(
-                "open", ""
-            )
-            _shot(page, "05-document-versions")
-
-            page.get_by_role("link", name="1 chunk(s)").click()
-            expect(page.locator("#result_list")).to_contain_text("water weekly")
-            _shot(page, "06-document-chunks")
-
-            page.goto(f"{base_url}/admin/conversations/thread/?lease=expired")
-            page.locator(f"input[name=_selected_action][value='{scene.stuck_thread_id}']").check()
-            page.select_option("select[name=action]", "stop")
-            page.click("button[name=index]")
-            expect(page.locator("ul.messagelist")).to_contain_text(
-                f"Stopped {scene.stuck_thread_id[:8]}: stopped (was running, leased by worker-dead"
-            )
-            _shot(page, "07-stop-action")
-        finally:
-            browser.close()
+        page.goto(f"{base_url}/admin/conversations/thread/?lease=expired")
+        page.locator(f"input[name=_selected_action][value='{scene.stuck_thread_id}']").check()
+        page.select_option("select[name=action]", "stop")
+        page.click("button[name=index]")
+        expect(page.locator("ul.messagelist")).to_contain_text(
+            f"Stopped {scene.stuck_thread_id[:8]}: stopped (was running, leased by worker-dead"
+        )
+        _shot(page, "07-stop-action")
 
     stopped = Thread.objects.get(pk=scene.stuck_thread_id)
     assert (stopped.state, stopped.lease_owner, stopped.tracked) == ("stopped", "", False)

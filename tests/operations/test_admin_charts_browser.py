@@ -19,7 +19,7 @@ import pytest
 from django.test import Client
 
 from tests.operations.test_admin_charts import FIVE_MINUTES, _bucket_starts, _finished, _job
-from tests.support.browser import BROWSER_MARKS, CHROMIUM, SCREENSHOTS, Page, sync_playwright
+from tests.support.browser import BROWSER_MARKS, SCREENSHOTS, Page, chromium
 
 pytestmark = [
     *BROWSER_MARKS,
@@ -85,7 +85,6 @@ def _colours(page: Page) -> dict[str, Any]:
 
 
 def test_every_series_stands_out_in_the_light_and_the_dark_theme(admin_client: Client) -> None:
-    assert sync_playwright is not None
     starts = _bucket_starts(FIVE_MINUTES, 12)
     for number, state in enumerate(("completed", "failed", "stopped", "completed")):
         _finished(starts[8 + number] + datetime.timedelta(seconds=1), overhead_ms=100, state=state)
@@ -94,26 +93,18 @@ def test_every_series_stands_out_in_the_light_and_the_dark_theme(admin_client: C
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     seen: dict[str, dict[str, Any]] = {}
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            # No sandbox: containers lack the user namespaces it needs. Nothing leaves loopback.
-            args=["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND"],
-        )
-        try:
-            for theme, scheme in (("light", "light"), ("dark", "light"), ("auto", "dark")):
-                page = browser.new_page(viewport={"width": 1300, "height": 1000})
-                page.emulate_media(color_scheme=scheme)  # type: ignore[arg-type]
-                page.add_init_script(f"localStorage.setItem('theme', '{theme}')")
-                _serve(page, html)
-                page.goto(f"{ORIGIN}/admin/charts/")
-                seen[f"{theme}/{scheme}"] = _colours(page)
-                page.locator("#dashboard-charts").screenshot(
-                    path=str(SCREENSHOTS / f"charts-{theme}-{scheme}.png")
-                )
-                page.close()
-        finally:
-            browser.close()
+    with chromium() as browser:
+        for theme, scheme in (("light", "light"), ("dark", "light"), ("auto", "dark")):
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page.emulate_media(color_scheme=scheme)  # type: ignore[arg-type]
+            page.add_init_script(f"localStorage.setItem('theme', '{theme}')")
+            _serve(page, html)
+            page.goto(f"{ORIGIN}/admin/charts/")
+            seen[f"{theme}/{scheme}"] = _colours(page)
+            page.locator("#dashboard-charts").screenshot(
+                path=str(SCREENSHOTS / f"charts-{theme}-{scheme}.png")
+            )
+            page.close()
 
     light, dark, system_dark = seen["light/light"], seen["dark/light"], seen["auto/dark"]
     assert light["background"] != dark["background"]

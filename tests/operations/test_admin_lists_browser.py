@@ -17,7 +17,7 @@ from django.db import connection
 from procrastinate.contrib.django import app
 
 from conversations.services import message_handle
-from tests.support.browser import BROWSER_MARKS, CHROMIUM, SCREENSHOTS, Page, sync_playwright
+from tests.support.browser import BROWSER_MARKS, SCREENSHOTS, Page, admin_sign_in, chromium
 from tests.support.servers import app_server, database_url
 from workspace.services import INDEX_DOCUMENT_TASK
 
@@ -62,35 +62,23 @@ def _row_heights(page: Page, rows: str) -> list[float]:
 
 
 def test_jobs_and_conversation_rows_are_one_line_each(conversation_id: str) -> None:
-    assert sync_playwright is not None
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     env = {"DATABASE_URL": database_url(connection.settings_dict)}
-    with app_server(env) as base_url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            # No sandbox: containers lack the user namespaces it needs. Nothing leaves loopback.
-            args=["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"],
-        )
-        try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.goto(f"{base_url}/admin/login/?next=/admin/")
-            page.fill("#id_username", "operator")
-            page.fill("#id_password", PASSWORD)
-            page.click("input[type=submit]")
+    with app_server(env) as base_url, chromium() as browser:
+        page = browser.new_page(viewport=VIEWPORT)
+        admin_sign_in(page, base_url, PASSWORD)
 
-            page.goto(f"{base_url}/admin/procrastinate/procrastinatejob/")
-            job_rows = _row_heights(page, "#result_list tbody tr")
-            last_column = page.locator("#result_list thead th.column-compact_args").bounding_box()
-            status = page.locator(".job-status.job-todo").first
-            status_colour = status.evaluate("cell => getComputedStyle(cell).color")
-            page.screenshot(path=str(SCREENSHOTS / "lists-jobs.png"), full_page=True)
+        page.goto(f"{base_url}/admin/procrastinate/procrastinatejob/")
+        job_rows = _row_heights(page, "#result_list tbody tr")
+        last_column = page.locator("#result_list thead th.column-compact_args").bounding_box()
+        status = page.locator(".job-status.job-todo").first
+        status_colour = status.evaluate("cell => getComputedStyle(cell).color")
+        page.screenshot(path=str(SCREENSHOTS / "lists-jobs.png"), full_page=True)
 
-            page.goto(f"{base_url}/admin/conversations/conversation/{conversation_id}/change/")
-            entry_rows = _row_heights(page, "#entries-group tbody tr")
-            thread_rows = _row_heights(page, "#threads-group tbody tr")
-            page.screenshot(path=str(SCREENSHOTS / "lists-conversation.png"), full_page=True)
-        finally:
-            browser.close()
+        page.goto(f"{base_url}/admin/conversations/conversation/{conversation_id}/change/")
+        entry_rows = _row_heights(page, "#entries-group tbody tr")
+        thread_rows = _row_heights(page, "#threads-group tbody tr")
+        page.screenshot(path=str(SCREENSHOTS / "lists-conversation.png"), full_page=True)
 
     assert len(job_rows) == 60
     assert max(job_rows) <= ONE_LINE_PX, job_rows

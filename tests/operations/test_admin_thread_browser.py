@@ -18,14 +18,7 @@ from django.db import connection
 from conversations.models import Thread
 from conversations.services import message_handle, thread_claim
 from engine.checkpoint import TurnState, checkpoint_save, now_iso
-from tests.support.browser import (
-    BROWSER_MARKS,
-    CHROMIUM,
-    SCREENSHOTS,
-    Page,
-    expect,
-    sync_playwright,
-)
+from tests.support.browser import BROWSER_MARKS, SCREENSHOTS, Page, admin_sign_in, chromium, expect
 from tests.support.servers import app_server, database_url
 
 pytestmark = [*BROWSER_MARKS, pytest.mark.django_db(transaction=True)]
@@ -61,44 +54,33 @@ def _shot(page: Page, name: str) -> None:
 
 
 def test_operator_stops_a_running_thread_from_its_page(scene: Scene) -> None:
-    assert sync_playwright is not None
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     env = {"DATABASE_URL": database_url(connection.settings_dict)}
-    with app_server(env) as base_url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"],
+    with app_server(env) as base_url, chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900}, color_scheme="dark")
+        admin_sign_in(page, base_url, PASSWORD)
+
+        page.goto(f"{base_url}/admin/conversations/thread/{scene.thread_id}/change/")
+        expect(page.locator(".run-now")).to_contain_text("model call in flight since")
+        expect(page.locator(".run-now")).to_contain_text("1 step recorded in this run")
+        tools = page.locator("ul.object-tools")
+        expect(tools.get_by_role("link", name="Request cancel")).to_be_visible()
+        expect(tools.get_by_role("link", name="Requeue")).to_have_count(0)
+        _shot(page, "11-running-thread-actions")
+
+        tools.get_by_role("link", name="Stop", exact=True).click()
+        expect(page.locator("#content")).to_contain_text(f"Stop thread {scene.thread_id}?")
+        _shot(page, "12-stop-confirmation")
+        page.click("input[type=submit][value=Stop]")
+
+        expect(page.locator("ul.messagelist")).to_contain_text(
+            f"Stopped {scene.thread_id[:8]}: stopped (was running, leased by w1"
         )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900}, color_scheme="dark")
-            page.goto(f"{base_url}/admin/login/?next=/admin/")
-            page.fill("#id_username", "operator")
-            page.fill("#id_password", PASSWORD)
-            page.click("input[type=submit]")
-
-            page.goto(f"{base_url}/admin/conversations/thread/{scene.thread_id}/change/")
-            expect(page.locator(".run-now")).to_contain_text("model call in flight since")
-            expect(page.locator(".run-now")).to_contain_text("1 step recorded in this run")
-            tools = page.locator("ul.object-tools")
-            expect(tools.get_by_role("link", name="Request cancel")).to_be_visible()
-            expect(tools.get_by_role("link", name="Requeue")).to_have_count(0)
-            _shot(page, "11-running-thread-actions")
-
-            tools.get_by_role("link", name="Stop", exact=True).click()
-            expect(page.locator("#content")).to_contain_text(f"Stop thread {scene.thread_id}?")
-            _shot(page, "12-stop-confirmation")
-            page.click("input[type=submit][value=Stop]")
-
-            expect(page.locator("ul.messagelist")).to_contain_text(
-                f"Stopped {scene.thread_id[:8]}: stopped (was running, leased by w1"
-            )
-            alert = page.locator(".outcome-alert")
-            expect(alert).to_have_text("reason: stopped by an operator (operator)")
-            expect(alert).to_have_css("background-color", DARK_ERROR_BG)
-            expect(tools.locator("a.thread-action")).to_have_count(0)
-            _shot(page, "13-stopped-by-an-operator")
-        finally:
-            browser.close()
+        alert = page.locator(".outcome-alert")
+        expect(alert).to_have_text("reason: stopped by an operator (operator)")
+        expect(alert).to_have_css("background-color", DARK_ERROR_BG)
+        expect(tools.locator("a.thread-action")).to_have_count(0)
+        _shot(page, "13-stopped-by-an-operator")
 
     assert Thread.objects.get(pk=scene.thread_id).state == "stopped"
     assert LogEntry.objects.get(object_id=scene.thread_id).change_message.startswith(

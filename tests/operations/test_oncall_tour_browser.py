@@ -31,14 +31,7 @@ from django.db import connection
 from accounts.services import CreatedApiKey
 from conversations.models import Thread
 from operations.models import WorkerName
-from tests.support.browser import (
-    BROWSER_MARKS,
-    CHROMIUM,
-    SCREENSHOTS,
-    Page,
-    expect,
-    sync_playwright,
-)
+from tests.support.browser import BROWSER_MARKS, SCREENSHOTS, Page, admin_sign_in, chromium, expect
 from tests.support.chat_server import ChatServer, chat_server
 from tests.support.serve import call
 from tests.support.servers import app_server, database_url, worker_process
@@ -128,74 +121,59 @@ def _shot(page: Page, name: str) -> None:
 
 
 def test_the_on_call_tour(night: Night) -> None:
-    assert sync_playwright is not None
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     base_url = night.base_url
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            # No sandbox: containers lack the user namespaces it needs. Nothing leaves loopback.
-            args=["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"],
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        admin_sign_in(page, base_url, PASSWORD)
+
+        # 1. The verdict, and why.
+        health = page.locator("#health")
+        expect(health).to_have_attribute("data-level", "degraded")
+        expect(health).to_contain_text("Health: degraded")
+        for reason in ("failed_turns", "queue_wait", "workers_stale"):
+            expect(health.locator(f"[data-reason={reason}]")).to_be_visible()
+        expect(health.locator("[data-reason=failed_turns]")).to_contain_text("1")
+        expect(page.locator("[data-figure=queue-threads-waiting]")).to_have_text("1")
+        expect(page.locator("[data-figure=queue-threads-doing]")).to_have_text("1")
+        _shot(page, "1-dashboard")
+
+        # 2. What failed: the failure list leads to the thread and its error.
+        failure = page.locator(f"#failures tr[data-thread='{night.failed_thread}']")
+        expect(failure).to_contain_text("carol")
+        expect(failure).to_contain_text("model error")
+        expect(page.locator(f"#failures tr[data-thread='{night.stuck_thread}']")).to_have_count(0)
+        failure.get_by_role("link").first.click()
+        expect(page).to_have_url(
+            f"{base_url}/admin/conversations/thread/{night.failed_thread}/change/"
         )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{base_url}/admin/login/?next=/admin/")
-            page.fill("#id_username", "operator")
-            page.fill("#id_password", PASSWORD)
-            page.click("input[type=submit]")
+        expect(page.locator(".outcome-alert")).to_contain_text("500")
+        _shot(page, "2-failed-thread")
 
-            # 1. The verdict, and why.
-            health = page.locator("#health")
-            expect(health).to_have_attribute("data-level", "degraded")
-            expect(health).to_contain_text("Health: degraded")
-            for reason in ("failed_turns", "queue_wait", "workers_stale"):
-                expect(health.locator(f"[data-reason={reason}]")).to_be_visible()
-            expect(health.locator("[data-reason=failed_turns]")).to_contain_text("1")
-            expect(page.locator("[data-figure=queue-threads-waiting]")).to_have_text("1")
-            expect(page.locator("[data-figure=queue-threads-doing]")).to_have_text("1")
-            _shot(page, "1-dashboard")
+        # 3. What is stuck: alice's turn, its model call in flight; stop it from its page.
+        page.goto(f"{base_url}/admin/conversations/thread/{night.stuck_thread}/change/")
+        expect(page.locator(".run-now")).to_contain_text("model call in flight since")
+        tools = page.locator("ul.object-tools")
+        tools.get_by_role("link", name="Stop", exact=True).click()
+        expect(page.locator("#content")).to_contain_text(f"Stop thread {night.stuck_thread}?")
+        _shot(page, "3-stop-confirmation")
+        page.click("input[type=submit][value=Stop]")
+        expect(page.locator("ul.messagelist")).to_contain_text(
+            f"Stopped {night.stuck_thread[:8]}: stopped (was running"
+        )
+        expect(page.locator(".outcome-alert")).to_contain_text("stopped by an operator (operator)")
+        _shot(page, "4-stopped")
 
-            # 2. What failed: the failure list leads to the thread and its error.
-            failure = page.locator(f"#failures tr[data-thread='{night.failed_thread}']")
-            expect(failure).to_contain_text("carol")
-            expect(failure).to_contain_text("model error")
-            expect(page.locator(f"#failures tr[data-thread='{night.stuck_thread}']")).to_have_count(
-                0
-            )
-            failure.get_by_role("link").first.click()
-            expect(page).to_have_url(
-                f"{base_url}/admin/conversations/thread/{night.failed_thread}/change/"
-            )
-            expect(page.locator(".outcome-alert")).to_contain_text("500")
-            _shot(page, "2-failed-thread")
-
-            # 3. What is stuck: alice's turn, its model call in flight; stop it from its page.
-            page.goto(f"{base_url}/admin/conversations/thread/{night.stuck_thread}/change/")
-            expect(page.locator(".run-now")).to_contain_text("model call in flight since")
-            tools = page.locator("ul.object-tools")
-            tools.get_by_role("link", name="Stop", exact=True).click()
-            expect(page.locator("#content")).to_contain_text(f"Stop thread {night.stuck_thread}?")
-            _shot(page, "3-stop-confirmation")
-            page.click("input[type=submit][value=Stop]")
-            expect(page.locator("ul.messagelist")).to_contain_text(
-                f"Stopped {night.stuck_thread[:8]}: stopped (was running"
-            )
-            expect(page.locator(".outcome-alert")).to_contain_text(
-                "stopped by an operator (operator)"
-            )
-            _shot(page, "4-stopped")
-
-            # 4. Who did it: the thread's history.
-            tools.get_by_role("link", name="History").click()
-            history = page.locator("#change-history")
-            expect(history).to_contain_text("operator")
-            expect(history).to_contain_text("Stop: stopped (was running")
-            _shot(page, "5-history")
-        finally:
-            browser.close()
+        # 4. Who did it: the thread's history.
+        tools.get_by_role("link", name="History").click()
+        history = page.locator("#change-history")
+        expect(history).to_contain_text("operator")
+        expect(history).to_contain_text("Stop: stopped (was running")
+        _shot(page, "5-history")
 
     stopped = Thread.objects.get(pk=night.stuck_thread)
     assert stopped.state == "stopped"
+    assert stopped.outcome is not None
     assert stopped.outcome["reason"] == "stopped by an operator (operator)"
     entry = LogEntry.objects.get(object_id=night.stuck_thread)
     assert entry.user.get_username() == "operator"
