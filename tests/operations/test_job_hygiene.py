@@ -227,7 +227,9 @@ def test_the_minute_maintenance_removes_workers_dead_for_minutes_and_retries_the
         cursor.execute("SELECT status, worker_id FROM procrastinate_jobs WHERE id = %s", [job_id])
         job = cursor.fetchone()
     # The one dead for minutes goes (a dead worker stays listed, in red, for DEAD_WORKER_KEPT).
-    assert workers == named == [live, just_dead]
+    # Other tests' workers may be left in Procrastinate's tables: only these three are looked at.
+    assert [n for n in workers if n in (live, just_dead, long_dead)] == [live, just_dead]
+    assert [n for n in named if n in (live, just_dead, long_dead)] == [live, just_dead]
     # Its running job was retried first.
     assert job == ("todo", None)
     # A second run finds nothing more to remove.

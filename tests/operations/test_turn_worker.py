@@ -335,22 +335,30 @@ def test_a_running_worker_answers_new_messages_and_heartbeats_under_its_kind() -
     ]
 
 
+def _registered_workers() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM procrastinate_workers")
+        (count,) = cursor.fetchone()
+    return int(count)
+
+
 def test_a_worker_whose_name_cannot_be_written_registers_nothing_and_tries_again() -> None:
     """Registration and name are one transaction: a worker registered without its name would beat
     for ever unseen by /readyz (as when new code started before its migration)."""
     worker = TurnWorker(name="t" * 101, concurrency=1)  # longer than the name column
+    # Procrastinate's tables are not flushed between tests: count what others left.
+    registered_before = _registered_workers()
 
     with pytest.raises(DataError):
         worker._heartbeat()
 
     assert worker.worker_id is None
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM procrastinate_workers")
-        assert cursor.fetchone() == (0,)
+    assert _registered_workers() == registered_before
     # Fixed (here: the name; in life, the migration applied): the next beat registers both.
     worker.name = "turns"
     worker._heartbeat()
-    assert WorkerName.objects.values_list("worker_id", "name").get() == (worker.worker_id, "turns")
+    assert _registered_workers() == registered_before + 1
+    assert WorkerName.objects.get(worker_id=worker.worker_id).name == "turns"
 
 
 @override_settings(THREAD_RUNNER="conversations.runners.wait_for_external_engine")
