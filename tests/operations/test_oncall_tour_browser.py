@@ -93,7 +93,10 @@ def night(make_api_key: Callable[..., CreatedApiKey]) -> Iterator[Night]:
 
         # A worker that dies without a word: its heartbeat row stays behind.
         with worker_process(env, name="turns") as doomed:
-            _wait_for(lambda: WorkerName.objects.count() == 1, "the doomed worker's registration")
+            _wait_for(
+                lambda: WorkerName.objects.filter(pid=doomed.pid).exists(),
+                "the doomed worker's registration",
+            )
             doomed.send_signal(signal.SIGKILL)
             doomed.wait(timeout=10)
 
