@@ -30,6 +30,7 @@ from tests.support.serve import (
     manage,
     post_message,
     postgres_stop,
+    postmaster_pid,
     send_and_await_reply,
     serve_process,
     wait_until_ready,
@@ -242,6 +243,13 @@ def test_serve_restarts_a_sigkilled_embedded_postgres_without_losing_commits(
             )
             killed_at = time.monotonic()
             postmaster.send_signal(signal.SIGKILL)
+            # Ready may still be answered before serve notices the death (a pooled connection's
+            # backend outlives its postmaster for a moment), and postmaster.pid names the dead
+            # postmaster until a new one writes it: wait for the new one.
+            _wait_for(
+                lambda: postmaster_pid(var_dir / "pgdata") not in (None, postmaster.pid),
+                seconds=60,
+            )
             ready_after = wait_until_ready(serve.base_url, timeout=60)
             recovered_in = time.monotonic() - killed_at
             status, entries = call(
