@@ -11,6 +11,7 @@ import hmac
 import logging
 import os
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -116,6 +117,37 @@ class SystemStatusCollector:
             "Documents written but not yet chunked and embedded.",
             value=status.indexing_backlog,
         )
+        yield GaugeMetricFamily(
+            "ironclaw_indexing_backlog_oldest_seconds",
+            "Age of the oldest document waiting for indexing (0 when none waits).",
+            value=status.indexing_backlog_oldest_seconds or 0.0,
+        )
+        # The admin's health verdict reads these too: exported, an alert can use the same.
+        recent = GaugeMetricFamily(
+            "ironclaw_turns_failed_recently",
+            "Turns that failed in the last 15 minutes (timed_out: those that ran out of time).",
+            labels=["kind"],
+        )
+        recent.add_metric(["all"], status.recent_turns.failed)
+        recent.add_metric(["timed_out"], status.recent_turns.timed_out)
+        yield recent
+        workers = GaugeMetricFamily(
+            "ironclaw_workers",
+            "Registered workers by kind, live or stale (silent for WORKER_STALLED_SECONDS).",
+            labels=["kind", "state"],
+        )
+        counted: Counter[tuple[str, str]] = Counter(
+            (
+                worker.kind,
+                "stale"
+                if worker.heartbeat_age_seconds > settings.WORKER_STALLED_SECONDS
+                else "live",
+            )
+            for worker in status.workers
+        )
+        for (kind, state), count in sorted(counted.items()):
+            workers.add_metric([kind, state], count)
+        yield workers
         yield GaugeMetricFamily(
             "ironclaw_embedding_errors_last_hour",
             "Documents whose indexing ended without embeddings in the last hour.",

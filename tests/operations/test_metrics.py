@@ -8,13 +8,17 @@ import time
 from collections.abc import Callable
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.utils import timezone
 from procrastinate.contrib.django.models import ProcrastinateJob
 from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings as SettingsWrapper
 from rest_framework.test import APIClient
 
 from operations.metrics_endpoint import STATUS_DEADLINE_S
+from operations.workers import WORKER_NAME_INSERT_SQL, worker_name_params
+from tests.conversations.factories import ThreadFactory
 from tests.support.locks import table_locked
 from tests.support.metrics import metric_sample
 from tests.support.servers import free_port
@@ -35,6 +39,44 @@ def test_metrics_answer_a_loopback_client_with_the_database_state(client: Client
     assert metric_sample(text, "ironclaw_threads", state="running") == 0
     assert metric_sample(text, "ironclaw_jobs", queue="indexing", status="waiting") == 0
     assert metric_sample(text, "ironclaw_indexing_backlog_documents") == 0
+    assert metric_sample(text, "ironclaw_indexing_backlog_oldest_seconds") == 0
+    assert metric_sample(text, "ironclaw_turns_failed_recently", kind="all") == 0
+    assert metric_sample(text, "ironclaw_turns_failed_recently", kind="timed_out") == 0
+
+
+# The figures are read on a thread of their own (its own connection): the rows must be committed.
+@pytest.mark.django_db(transaction=True)
+def test_metrics_count_recent_failures_and_workers_live_or_stale(
+    client: Client, settings: SettingsWrapper
+) -> None:
+    settings.WORKER_STALLED_SECONDS = 30
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM procrastinate_workers")
+        for silent in (0, 0, 120):
+            cursor.execute("SELECT worker_id FROM procrastinate_register_worker_v1()")
+            (worker_id,) = cursor.fetchone()
+            cursor.execute(
+                "UPDATE procrastinate_workers"
+                " SET last_heartbeat = now() - make_interval(secs => %s) WHERE id = %s",
+                [silent, worker_id],
+            )
+            cursor.execute(
+                WORKER_NAME_INSERT_SQL, worker_name_params(worker_id=worker_id, name="turns")
+            )
+    for error in ("model error: 500", "the turn timed out after 600 s"):
+        ThreadFactory.create(
+            state="failed",
+            tracked=False,
+            finished_at=timezone.now(),
+            outcome={"kind": "failed", "error": error},
+        )
+
+    text = client.get("/metrics", REMOTE_ADDR="127.0.0.1").content.decode()
+
+    assert metric_sample(text, "ironclaw_turns_failed_recently", kind="all") == 2
+    assert metric_sample(text, "ironclaw_turns_failed_recently", kind="timed_out") == 1
+    assert metric_sample(text, "ironclaw_workers", kind="turns", state="live") == 2
+    assert metric_sample(text, "ironclaw_workers", kind="turns", state="stale") == 1
 
 
 def test_metrics_answer_an_ipv6_loopback_client(client: Client) -> None:
