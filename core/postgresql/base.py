@@ -99,15 +99,23 @@ class DatabaseWrapper(base.DatabaseWrapper):
             # Django's own wrapping of a new cursor (private, stable since Django 1.x).
             return self._prepare_cursor(cursor)  # type: ignore[attr-defined]
 
-    def direct_params(self) -> dict[str, Any]:
-        """The parameters of a connection of its own, outside the pool (a probe, a listener)."""
+    def own_params(self) -> dict[str, Any]:
+        """The parameters of a connection of its own, outside the pool, where the pool's go."""
         params = dict(self.get_connection_params())
         for pool_only in ("pool", "cursor_factory", "context", "prepare_threshold"):
             params.pop(pool_only, None)
         return params
 
+    def direct_params(self) -> dict[str, Any]:
+        """The parameters of a connection of its own that keeps a session (a listener's LISTEN):
+        PostgreSQL itself (``DATABASE_DIRECT_URL``) when the pool's go through a pooler."""
+        return {**self.own_params(), **self.settings_dict.get("DIRECT", {})}
+
     def _probe(self) -> None:
-        psycopg.connect(**self.direct_params(), autocommit=True).close()
+        with psycopg.connect(**self.own_params(), autocommit=True) as probe:
+            if "DIRECT" in self.settings_dict:
+                # A pooler accepts connections while PostgreSQL is down: ask through it.
+                probe.execute("SELECT 1")
 
     def _reachable(self) -> bool:
         try:
