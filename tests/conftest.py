@@ -11,6 +11,8 @@ from rest_framework.test import APIClient
 from accounts.services import CreatedApiKey, api_key_create
 from core.notify import listener_stop
 from engine.delta_sender import delta_sender
+from tests.support import pooled_sessions
+from tests.support.servers import database_url
 
 # The servers and workers the tests start connect through DATABASE_URL, with which the settings
 # require SECRET_KEY (several hosts must share one); they inherit this one.
@@ -18,6 +20,9 @@ os.environ.setdefault("SECRET_KEY", f"tests-{secrets.token_urlsafe(50)}")
 
 # Property tests: modest in the suite (a run stays quick), thorough with HYPOTHESIS_PROFILE=long.
 # No example database: nothing is written into the checkout, and a failure prints the example.
+# The location keys of the direct connection's parameters (psycopg's names, Django's upper-cased).
+DIRECT_KEYS = ("host", "port", "user", "password")
+
 settings.register_profile(
     "suite",
     max_examples=60,
@@ -27,6 +32,10 @@ settings.register_profile(
 )
 settings.register_profile("long", parent=settings.get_profile("suite"), max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
+
+if os.environ.get(pooled_sessions.ENV):
+    # A run through a transaction pooler (tests/core/test_pgbouncer.py): no session state.
+    pooled_sessions.install()
 
 
 @pytest.fixture
@@ -54,6 +63,19 @@ def tenant_client(make_api_key: Callable[..., CreatedApiKey]) -> Callable[[str],
         return client
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _direct_url_for_the_test_database(django_db_setup: None) -> None:
+    """Through a pooler (DATABASE_DIRECT_URL set), the processes tests start with DATABASE_URL
+    set to the test database must be told PostgreSQL's own address for that database too."""
+    from django.db import connection
+
+    direct = connection.settings_dict.get("DIRECT")
+    if direct is not None:
+        os.environ["DATABASE_DIRECT_URL"] = database_url(
+            {**connection.settings_dict, **{key.upper(): direct.get(key) for key in DIRECT_KEYS}}
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

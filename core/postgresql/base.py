@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from core.database_breaker import DatabaseKnownDown, breaker, request_fails_fast
 from core.embedded import embedded_database_settings_resolve
+from core.postgresql.creation import DatabaseCreation
 from core.postgresql.healing_pool import HealingConnectionPool
 from core.postgresql.pool_check import pool_connection_check
 
@@ -27,6 +28,8 @@ _TIMESTAMPTZ_OID = adapters.types["timestamptz"].oid
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    creation_class = DatabaseCreation
+
     def get_connection_params(self) -> dict[str, Any]:
         # Every connection, the pool's included, is made from these parameters. Starting or
         # joining the embedded server connects to it: a failure there is Django's error, as any

@@ -256,7 +256,10 @@ def _in_thread(work: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
 
 def _wait_for_lock_waiters(count: int) -> None:
     params = connection.get_connection_params()
-    with psycopg.connect(**{k: v for k, v in params.items() if k != "context"}) as watcher:
+    # Autocommit: inside a transaction pg_stat_activity is a snapshot taken by its first read,
+    # and a waiter arriving after it would never be seen.
+    params = {k: v for k, v in params.items() if k != "context"}
+    with psycopg.connect(**params, autocommit=True) as watcher:
         for _ in range(200):
             (waiting,) = watcher.execute(
                 "SELECT count(*) FROM pg_stat_activity"
