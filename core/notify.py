@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -61,6 +62,16 @@ STOP_CHECK_S = 0.25
 LISTEN_WAIT_S = 5.0
 # Any key on a channel: a waiter for every tenant's threads.
 ANY = "*"
+# Each time it connects, the listener checks that it hears a notification sent from another
+# connection (where the pool's go) within this long. Through a transaction pooler it does not:
+# its LISTEN ran on a server session the pooler has since handed to others.
+HEARING_CHECK_S = 5.0
+NOT_HEARING = (
+    "the notification listener did not hear a notification sent %.0f s ago: its LISTEN does "
+    "not reach a PostgreSQL session of its own. Is DATABASE_URL a transaction pooler "
+    "(PgBouncer)? Then set DATABASE_DIRECT_URL to PostgreSQL itself. Until then every wait "
+    "falls back to polling (NOTIFY_FALLBACK_POLL_SECONDS)."
+)
 
 T = TypeVar("T")
 # Called on the listener thread with (channel, key, the payload's JSON object or None): it must
@@ -226,6 +237,19 @@ class _Listener:
     def _connect(self) -> psycopg.Connection:
         return dedicated_connection()
 
+    def _hearing_check_send(self, listen: psycopg.Connection) -> str | None:
+        """LISTEN on a channel of this connection's own and notify it from another connection;
+        the channel, or None if the notification could not be sent (checked next time)."""
+        channel = f"ironclaw_hearing_{os.getpid()}"
+        listen.execute(f"LISTEN {channel}")
+        try:
+            params = connections["default"].own_params()  # type: ignore[attr-defined]
+            with psycopg.connect(**params, autocommit=True) as sender:
+                sender.execute("SELECT pg_notify(%s, '')", [channel])
+        except psycopg.Error:
+            return None
+        return channel
+
     def _run(self) -> None:
         backoff = 0.5
         while not self._stopping.is_set():
@@ -238,9 +262,17 @@ class _Listener:
                     # Anything committed while we were not listening: let waiters look again
                     # and subscribers read what they may have missed.
                     self._reconnected()
+                    hearing = self._hearing_check_send(listen)
+                    sent_at = time.monotonic()
                     while not self._stopping.is_set():
                         for notice in listen.notifies(timeout=STOP_CHECK_S):
-                            self._notified(notice.channel, notice.payload)
+                            if notice.channel == hearing:
+                                hearing = None
+                            else:
+                                self._notified(notice.channel, notice.payload)
+                        if hearing and time.monotonic() - sent_at > HEARING_CHECK_S:
+                            logger.warning(NOT_HEARING, HEARING_CHECK_S)
+                            hearing = None
                         self._listen(listen)
             except Exception as error:
                 with self._lock:

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,7 @@ import pytest
 from django.db import connection
 
 from accounts.services import api_key_create
+from core.notify import HEARING_CHECK_S
 from tests.support.pgbouncer import INSTALL_HINT, PgBouncer, pgbouncer, pgbouncer_missing
 from tests.support.pooled_sessions import session_state
 from tests.support.serve import send_and_await_reply, serve_process
@@ -152,6 +154,7 @@ def test_serve_with_both_urls_answers_turns_through_pgbouncer_and_listens_direct
     before = bouncer.transactions(server["NAME"])
 
     with serve_process(env) as serve:
+        started = time.monotonic()
         for number in range(3):
             _, reply = send_and_await_reply(serve.base_url, key, f"hello {number}")
             assert reply["content"] == f"echo: hello {number}"
@@ -168,3 +171,30 @@ def test_serve_with_both_urls_answers_turns_through_pgbouncer_and_listens_direct
         assert not listening & bouncer.server_pids()
         # The web process's requests (authentication, the message, the long-polls) went through.
         assert bouncer.transactions(server["NAME"]) - before >= 6
+        # Every listener heard its own check (it says so when not, after HEARING_CHECK_S).
+        time.sleep(max(0.0, HEARING_CHECK_S + 1 - (time.monotonic() - started)))
+        assert "did not hear a notification" not in serve.output()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_listener_behind_the_pooler_says_it_hears_nothing_and_what_to_set(
+    server: dict[str, Any], bouncer: PgBouncer
+) -> None:
+    """DATABASE_URL at PgBouncer and no DATABASE_DIRECT_URL: turns are still answered (by
+    polling), and every process's log says why they are slow and what to set."""
+    key = api_key_create(name="pooled", user_id="alice").raw_key
+    env = {
+        "DATABASE_URL": bouncer.url(server["NAME"]),
+        "DATABASE_PREPARED_STATEMENTS": "false",
+        "ENGINE_MODEL": "echo",
+        "ENGINE_ECHO_LATENCY_MS": "50",
+    }
+
+    with serve_process(env) as serve:
+        _, reply = send_and_await_reply(serve.base_url, key, "hello")
+        assert reply["content"] == "echo: hello"
+        deadline = time.monotonic() + HEARING_CHECK_S + 30
+        while "did not hear a notification" not in serve.output():
+            assert time.monotonic() < deadline, serve.output()
+            time.sleep(0.2)
+        assert "set DATABASE_DIRECT_URL to PostgreSQL itself" in serve.output()
