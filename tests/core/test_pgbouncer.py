@@ -26,10 +26,16 @@ from django.db import connection
 
 from accounts.services import api_key_create
 from core.notify import HEARING_CHECK_S
-from tests.support.pgbouncer import INSTALL_HINT, PgBouncer, pgbouncer, pgbouncer_missing
+from tests.support.pgbouncer import (
+    INSTALL_HINT,
+    QUERY_WAIT_TIMEOUT_SECONDS,
+    PgBouncer,
+    pgbouncer,
+    pgbouncer_missing,
+)
 from tests.support.pooled_sessions import session_state
 from tests.support.serve import send_and_await_reply, serve_process
-from tests.support.servers import BASE_DIR, database_url
+from tests.support.servers import BASE_DIR, TcpProxy, app_server, database_url, http_request
 
 pytestmark = pytest.mark.skipif(pgbouncer_missing() is not None, reason=INSTALL_HINT)
 
@@ -198,3 +204,49 @@ def test_a_listener_behind_the_pooler_says_it_hears_nothing_and_what_to_set(
             assert time.monotonic() < deadline, serve.output()
             time.sleep(0.2)
         assert "set DATABASE_DIRECT_URL to PostgreSQL itself" in serve.output()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_outage_behind_pgbouncer_answers_503_and_heals_by_itself(
+    server: dict[str, Any],
+) -> None:
+    """PostgreSQL unreachable behind PgBouncer (which still accepts connections): requests and
+    /readyz answer a JSON 503, not a 500 or a hang, and the service serves again once it is back."""
+    key = api_key_create(name="pooled", user_id="alice").raw_key
+    auth = {"Authorization": f"Bearer {key}"}
+    socket_path = f"{server['HOST']}/.s.PGSQL.{server['PORT']}"
+    proxy = TcpProxy(
+        socket_path if server["HOST"].startswith("/") else (server["HOST"], int(server["PORT"]))
+    )
+    proxy.start()
+    try:
+        with pgbouncer(server_host="127.0.0.1", server_port=proxy.port) as behind_proxy:
+            env = {
+                "DATABASE_URL": behind_proxy.url(server["NAME"]),
+                "DATABASE_DIRECT_URL": database_url(server, host="127.0.0.1", port=proxy.port),
+                "DATABASE_POOL_TIMEOUT": "2",
+                "DATABASE_CONNECT_TIMEOUT": "2",
+            }
+            with app_server(env) as base_url:
+                assert http_request(f"{base_url}/api/v1/me", headers=auth).status == 200
+
+                proxy.stop()
+                api_down = http_request(f"{base_url}/api/v1/me", headers=auth, timeout=60)
+                ready_down = http_request(f"{base_url}/readyz", timeout=60)
+
+                proxy.start()
+                deadline = time.monotonic() + 30
+                while (ready := http_request(f"{base_url}/readyz")).status != 200:
+                    assert time.monotonic() < deadline, ready.body
+                    time.sleep(0.2)
+                api_again = http_request(f"{base_url}/api/v1/me", headers=auth)
+    finally:
+        proxy.stop()
+
+    assert api_down.status == 503, api_down.body
+    assert api_down.body["error"]["code"] == "database_unavailable"
+    # PgBouncer holds a query while it cannot reach PostgreSQL, up to its query_wait_timeout.
+    assert api_down.elapsed < QUERY_WAIT_TIMEOUT_SECONDS + 5
+    assert ready_down.status == 503, ready_down.body
+    assert api_again.status == 200
+    assert api_again.body["user_id"] == "alice"

@@ -26,6 +26,10 @@ from tests.support.servers import free_port
 
 INSTALL_HINT = "PgBouncer is not installed: `apt-get install pgbouncer` (Debian) runs these tests"
 START_TIMEOUT_SECONDS = 15
+# How long a client's query waits for a server connection before PgBouncer fails it: while
+# PostgreSQL is unreachable, every request waits this long (PgBouncer keeps accepting clients),
+# so keep it short, as docs/deployment.md advises (PgBouncer's default is 120 s).
+QUERY_WAIT_TIMEOUT_SECONDS = 5
 
 
 def pgbouncer_missing() -> str | None:
@@ -92,7 +96,7 @@ default_pool_size = {pool_size}
 max_client_conn = 2000
 max_db_connections = {pool_size * 4}
 server_login_retry = 1
-query_wait_timeout = 30
+query_wait_timeout = {QUERY_WAIT_TIMEOUT_SECONDS}
 """
     )
     folder.chmod(0o755)
