@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from accounts.services import CreatedApiKey, api_key_create
 from core.notify import listener_stop
 from engine.delta_sender import delta_sender
+from tests.support.postgres_cluster import PostgresCluster, postgres_cluster_running
 
 # The servers and workers the tests start connect through DATABASE_URL, with which the settings
 # require SECRET_KEY (several hosts must share one); they inherit this one.
@@ -27,6 +28,14 @@ settings.register_profile(
 )
 settings.register_profile("long", parent=settings.get_profile("suite"), max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
+
+
+@pytest.fixture(scope="module")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL 18 of the module's own on 127.0.0.1 (``.url``, ``.restart()``, ``.kill()``
+    then ``.start()``; see tests/support/postgres_cluster.py), stopped and deleted after it."""
+    with postgres_cluster_running() as cluster:
+        yield cluster
 
 
 @pytest.fixture
