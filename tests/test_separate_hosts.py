@@ -157,20 +157,26 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str, deployment: 
         time.sleep(0.2)
 
 
-def _progress(traffic: Traffic, deployment: Deployment, fault: str) -> None:
-    """Wait until the tenants got as many more replies as there are tenants since now; print
-    how long that took (``pytest -s`` shows it)."""
-    started = time.monotonic()
+def _mark(traffic: Traffic) -> tuple[float, int]:
+    """When a fault begins, and the replies so far."""
     with traffic.lock:
-        target = traffic.replies + TENANTS
+        return time.monotonic(), traffic.replies
+
+
+def _progress(
+    traffic: Traffic, deployment: Deployment, fault: str, mark: tuple[float, int]
+) -> None:
+    """Wait until the tenants got as many more replies as there are tenants since ``mark``;
+    print how long after it that was (``pytest -s`` shows it)."""
+    started, replies = mark
     _wait(
-        lambda: traffic.replies >= target or bool(traffic.errors),
+        lambda: traffic.replies >= replies + TENANTS or bool(traffic.errors),
         PROGRESS_TIMEOUT,
         f"replies after the fault ({fault})",
         deployment,
     )
     assert not traffic.errors, f"after {fault}: {traffic.errors}\n{deployment.diagnostics()}"
-    print(f"{fault}: {TENANTS} more replies within {time.monotonic() - started:.1f} s")
+    print(f"{fault}: {TENANTS} more replies {time.monotonic() - started:.1f} s after it began")
 
 
 def _drained(url: str) -> bool:
@@ -236,29 +242,61 @@ def test_separate_hosts_sharing_only_the_database_lose_nothing_through_kills_and
     for tenant in tenants:
         tenant.start()
     try:
-        _progress(traffic, deployment, "start")
+        _progress(traffic, deployment, "start", _mark(traffic))
 
         # Web host A loses power: all its processes at once. It boots again on its address.
+        mark = _mark(traffic)
         deployment.hosts["web-a"].kill()
         assert readyz_status(deployment.urls["web-a"]) == 0
         deployment.hosts["web-a"].start()
         deployment.wait_ready("web-a", "web-b")
-        _progress(traffic, deployment, "web host A killed and rebooted")
+        _progress(traffic, deployment, "web host A killed and rebooted", mark)
 
         # The turn worker host dies mid-turn; another takes its place (and its turns, once the
         # dead one's heartbeat is TURN_WORKER_DEAD_SECONDS old).
-        deployment.hosts["turns-1"].kill()
+        turns_1 = deployment.hosts["turns-1"]
+        assert turns_1.process is not None
+        # Killed mid-turn: once it holds a lease (its owner names the worker's pid).
+        in_flight: list[tuple[Any, ...]] = []
+
+        def turns_in_flight() -> bool:
+            in_flight[:] = _query(
+                cluster.url,
+                "SELECT id FROM conversations_thread WHERE state = 'running' AND lease_owner ~ %s",
+                f"^turn-worker:[0-9]+:[^:]+:{turns_1.process.pid}:",
+            )
+            return bool(in_flight)
+
+        _wait(turns_in_flight, PROGRESS_TIMEOUT, "a turn running on turns-1", deployment)
+        mark = _mark(traffic)
+        turns_1.kill()
         deployment.add("turns-2", ["worker", "--kind", "turns"], {"ENGINE_CONCURRENCY": "4"})
-        _progress(traffic, deployment, "turn worker host killed and replaced")
+        _progress(traffic, deployment, "turn worker host killed and replaced", mark)
+        interrupted = [str(row[0]) for row in in_flight]
+
+        def interrupted_answered() -> bool:
+            [(answered,)] = _query(
+                cluster.url,
+                "SELECT count(*) FROM conversations_thread "
+                "WHERE id::text = ANY(%s) AND state = 'completed'",
+                interrupted,
+            )
+            return bool(answered == len(interrupted))
+
+        _wait(interrupted_answered, PROGRESS_TIMEOUT, "the killed worker's turns", deployment)
+        took = time.monotonic() - mark[0]
+        print(f"{len(interrupted)} turns interrupted, all answered {took:.1f} s after the kill")
 
         # PostgreSQL restarts: every connection of every host is cut.
+        mark = _mark(traffic)
         cluster.restart()
-        _progress(traffic, deployment, "PostgreSQL restarted (fast)")
+        _progress(traffic, deployment, "PostgreSQL restarted (fast)", mark)
 
         # PostgreSQL crashes: its postmaster SIGKILLed, then started again (crash recovery).
+        mark = _mark(traffic)
         cluster.kill()
         cluster.start()
-        _progress(traffic, deployment, "PostgreSQL postmaster killed and started")
+        _progress(traffic, deployment, "PostgreSQL postmaster killed and started", mark)
     finally:
         stop.set()
         for tenant in tenants:
@@ -289,6 +327,7 @@ def test_separate_hosts_sharing_only_the_database_lose_nothing_through_kills_and
         "GROUP BY t.id",
     )
     assert len(threads) >= len(traffic.accepted) // 2
+    # Among them the turns the turn worker host was running when it was killed.
     assert [row for row in threads if row[1:] != ("completed", True, 1)] == []
 
     # Each tenant's last note is the one stored, indexed, and found through the other web host.
