@@ -18,7 +18,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,9 +207,11 @@ def deployment(postgres_cluster: PostgresCluster, tmp_path: Path) -> Iterator[De
     deployment = Deployment(postgres_cluster, tmp_path, settings)
     # The release step, once, from a machine of its own.
     manage(host_env(tmp_path / "deploy", settings), "migrate", "--noinput")
-    with ExitStack() as hosts:
-        hosts.callback(lambda: [host.stop() for host in deployment.hosts.values()])
+    try:
         yield deployment
+    finally:
+        for host in deployment.hosts.values():
+            host.stop()
 
 
 def test_separate_hosts_sharing_only_the_database_lose_nothing_through_kills_and_restarts(
@@ -256,6 +257,7 @@ def test_separate_hosts_sharing_only_the_database_lose_nothing_through_kills_and
         # dead one's heartbeat is TURN_WORKER_DEAD_SECONDS old).
         turns_1 = deployment.hosts["turns-1"]
         assert turns_1.process is not None
+        turns_1_pid = turns_1.process.pid
         # Killed mid-turn: once it holds a lease (its owner names the worker's pid).
         in_flight: list[tuple[Any, ...]] = []
 
@@ -263,7 +265,7 @@ def test_separate_hosts_sharing_only_the_database_lose_nothing_through_kills_and
             in_flight[:] = _query(
                 cluster.url,
                 "SELECT id FROM conversations_thread WHERE state = 'running' AND lease_owner ~ %s",
-                f"^turn-worker:[0-9]+:[^:]+:{turns_1.process.pid}:",
+                f"^turn-worker:[0-9]+:[^:]+:{turns_1_pid}:",
             )
             return bool(in_flight)
 
