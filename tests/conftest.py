@@ -12,6 +12,7 @@ from accounts.services import CreatedApiKey, api_key_create
 from core.notify import listener_stop
 from engine.delta_sender import delta_sender
 from tests.support import pooled_sessions
+from tests.support.postgres_cluster import PostgresCluster, postgres_cluster_running
 from tests.support.servers import database_url
 
 # The servers and workers the tests start connect through DATABASE_URL, with which the settings
@@ -36,6 +37,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 if os.environ.get(pooled_sessions.ENV):
     # A run through a transaction pooler (tests/core/test_pgbouncer.py): no session state.
     pooled_sessions.install()
+
+
+@pytest.fixture(scope="module")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A PostgreSQL 18 of the module's own on 127.0.0.1 (``.url``, ``.restart()``, ``.kill()``
+    then ``.start()``; see tests/support/postgres_cluster.py), stopped and deleted after it."""
+    with postgres_cluster_running() as cluster:
+        yield cluster
 
 
 @pytest.fixture
