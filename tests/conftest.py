@@ -39,10 +39,11 @@ if os.environ.get(pooled_sessions.ENV):
     pooled_sessions.install()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def postgres_cluster() -> Iterator[PostgresCluster]:
-    """A PostgreSQL 18 of the module's own on 127.0.0.1 (``.url``, ``.restart()``, ``.kill()``
-    then ``.start()``; see tests/support/postgres_cluster.py), stopped and deleted after it."""
+    """A PostgreSQL 18 of the test's own on 127.0.0.1 (``.url``, ``.restart()``, ``.kill()``
+    then ``.start()``; see tests/support/postgres_cluster.py), stopped and deleted after it:
+    a test that counts rows finds only its own."""
     with postgres_cluster_running() as cluster:
         yield cluster
 

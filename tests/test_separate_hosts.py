@@ -9,7 +9,9 @@ restarts PostgreSQL (``pg_ctl restart -m fast``) and SIGKILLs its postmaster. Th
 database: every accepted message stored exactly once, every turn ended with exactly one reply,
 no job or thread stuck, every note indexed by the background host (and found by a search through
 the other web host), and both web hosts ready again. Nothing in the test heals the service: the
-hosts do it themselves.
+hosts do it themselves. It runs twice: on PostgreSQL directly, and with the web hosts behind
+PgBouncer in transaction mode (``DATABASE_DIRECT_URL`` the cluster), which rides out the same
+restarts.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ import pytest
 from ironclaw_client import Client, RetryPolicy
 
 from tests.support.hosts import Host, host_env
+from tests.support.pgbouncer import pgbouncer, pgbouncer_missing
 from tests.support.postgres_cluster import PostgresCluster
 from tests.support.serve import manage, readyz_status, wait_until_ready
 from tests.support.servers import free_port
@@ -197,21 +201,35 @@ def _drained(url: str) -> bool:
     return live == jobs == pending == 0
 
 
-@pytest.fixture
-def deployment(postgres_cluster: PostgresCluster, tmp_path: Path) -> Iterator[Deployment]:
-    settings = {
-        **SETTINGS,
-        "DATABASE_URL": postgres_cluster.url,
-        "SECRET_KEY": f"hosts-{secrets.token_urlsafe(50)}",
-    }
-    deployment = Deployment(postgres_cluster, tmp_path, settings)
-    # The release step, once, from a machine of its own.
-    manage(host_env(tmp_path / "deploy", settings), "migrate", "--noinput")
-    try:
-        yield deployment
-    finally:
-        for host in deployment.hosts.values():
-            host.stop()
+@pytest.fixture(params=["direct", "pgbouncer"])
+def deployment(
+    request: pytest.FixtureRequest, postgres_cluster: PostgresCluster, tmp_path: Path
+) -> Iterator[Deployment]:
+    """The hosts on the cluster, directly or (``pgbouncer``) with PgBouncer in transaction mode in
+    front of it as DATABASE_URL and the cluster as DATABASE_DIRECT_URL: web hosts then go
+    through PgBouncer, workers and migrations straight to PostgreSQL."""
+    with ExitStack() as stack:
+        settings = {
+            **SETTINGS,
+            "DATABASE_URL": postgres_cluster.url,
+            "SECRET_KEY": f"hosts-{secrets.token_urlsafe(50)}",
+        }
+        if request.param == "pgbouncer":
+            if (missing := pgbouncer_missing()) is not None:
+                pytest.skip(missing)
+            bouncer = stack.enter_context(
+                pgbouncer(server_host=postgres_cluster.host, server_port=postgres_cluster.port)
+            )
+            settings["DATABASE_URL"] = bouncer.url(postgres_cluster.database)
+            settings["DATABASE_DIRECT_URL"] = postgres_cluster.url
+        deployment = Deployment(postgres_cluster, tmp_path, settings)
+        # The release step, once, from a machine of its own.
+        manage(host_env(tmp_path / "deploy", settings), "migrate", "--noinput")
+        try:
+            yield deployment
+        finally:
+            for host in deployment.hosts.values():
+                host.stop()
 
 
 def test_separate_hosts_sharing_only_the_database_lose_nothing_through_kills_and_restarts(
