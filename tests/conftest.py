@@ -12,6 +12,10 @@ from accounts.services import CreatedApiKey, api_key_create
 from core.notify import listener_stop
 from engine.delta_sender import delta_sender
 
+# The Citus statement check (docs/citus.md): records what the API and the engine run, and fails
+# the run on a statement that touches a tenant table without pinning it to one tenant.
+pytest_plugins = ["tests.support.citus_check"]
+
 # The servers and workers the tests start connect through DATABASE_URL, with which the settings
 # require SECRET_KEY (several hosts must share one); they inherit this one.
 os.environ.setdefault("SECRET_KEY", f"tests-{secrets.token_urlsafe(50)}")
