@@ -28,7 +28,7 @@ _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
 
 
 def with_numbered_parameters(sql: str) -> str:
-    """Django's ``%s`` / ``%(name)s`` placeholders as PostgreSQL's ``$n``, which the parser reads."""
+    """Django's ``%s`` / ``%(name)s`` placeholders as PostgreSQL's ``$n``, for the parser."""
     numbers: dict[str, int] = {}
     count = 0
 
@@ -69,9 +69,9 @@ def _is_value(node: Any) -> bool:
     return isinstance(node, ast.ParamRef | ast.A_Const)
 
 
-def _tenant_column_alias(node: Any, scopes: Sequence[_Scope], tenant_tables: frozenset[str]) -> (
-    tuple[int, str] | None
-):
+def _tenant_column_alias(
+    node: Any, scopes: Sequence[_Scope], tenant_tables: frozenset[str]
+) -> tuple[int, str] | None:
     """``(scope depth, alias)`` of the relation whose ``user_id`` this column reference is."""
     if isinstance(node, ast.TypeCast):
         return _tenant_column_alias(node.arg, scopes, tenant_tables)
@@ -243,11 +243,7 @@ class _Checker:
             self.statement(node.query, outer, ctes)
         else:
             touched = sorted(
-                {
-                    ref.relname
-                    for ref in _range_vars(node)
-                    if ref.relname in self.tenant_tables
-                }
+                {ref.relname for ref in _range_vars(node) if ref.relname in self.tenant_tables}
             )
             if touched:
                 kind = type(node).__name__
