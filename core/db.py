@@ -211,7 +211,7 @@ class TenantRow(models.Model):
         abstract = True
 
     def _do_update(self, base_qs: Any, *args: Any) -> Any:
-        return super()._do_update(base_qs.filter(user_id=self.user_id), *args)  # type: ignore[misc]
+        return super()._do_update(base_qs.filter(user_id=self.user_id), *args)
 
     def refresh_from_db(
         self,
@@ -220,5 +220,5 @@ class TenantRow(models.Model):
         from_queryset: models.QuerySet[Any] | None = None,
     ) -> None:
         if from_queryset is None:
-            from_queryset = type(self)._base_manager.filter(user_id=self.user_id)
+            from_queryset = type(self)._base_manager.filter(models.Q(user_id=self.user_id))
         super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -105,7 +106,7 @@ class Violation:
 def _call_site() -> tuple[str, ...]:
     """The innermost frames of project code (not Django, not the tests' support) that led here."""
     frames: list[str] = []
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None and len(frames) < _SITE_FRAMES:
         path = frame.f_code.co_filename
         if path.startswith(str(ROOT)) and "/.venv/" not in path and "/tests/support/" not in path:

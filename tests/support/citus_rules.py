@@ -57,7 +57,7 @@ class _Scope:
 
 def _conjuncts(node: Any) -> Iterator[Any]:
     if isinstance(node, ast.BoolExpr) and node.boolop == BoolExprType.AND_EXPR:
-        for argument in node.args:
+        for argument in node.args or ():
             yield from _conjuncts(argument)
     elif node is not None:
         yield node
@@ -77,7 +77,7 @@ def _tenant_column_alias(
         return _tenant_column_alias(node.arg, scopes, tenant_tables)
     if not isinstance(node, ast.ColumnRef):
         return None
-    names = [getattr(part, "sval", None) for part in node.fields]
+    names = [getattr(part, "sval", None) for part in node.fields or ()]
     if not names or names[-1] != TENANT_COLUMN:
         return None
     for depth in range(len(scopes) - 1, -1, -1):
@@ -102,9 +102,11 @@ def _equalities(node: Any) -> Iterator[tuple[Any, Any]]:
         return
     if node.kind == A_Expr_Kind.AEXPR_OP:
         yield node.lexpr, node.rexpr
-    elif node.kind == A_Expr_Kind.AEXPR_IN and len(node.rexpr) == 1:
+    elif node.kind == A_Expr_Kind.AEXPR_IN:
         # Django writes user_id__in=[one] as IN (%s): one value is an equality.
-        yield node.lexpr, node.rexpr[0]
+        values: Any = node.rexpr
+        if len(values) == 1:
+            yield node.lexpr, values[0]
 
 
 def _pin(scopes: list[_Scope], conditions: list[Any], tenant_tables: frozenset[str]) -> None:
@@ -158,14 +160,14 @@ class _Checker:
         self, node: Any, scope: _Scope, conditions: list[Any], ctes: frozenset[str]
     ) -> None:
         if isinstance(node, ast.RangeVar):
-            alias = node.alias.aliasname if node.alias else node.relname
+            alias = str(node.alias.aliasname if node.alias else node.relname)
             scope.relations[alias] = None if node.relname in ctes else node.relname
         elif isinstance(node, ast.JoinExpr):
             self._from_item(node.larg, scope, conditions, ctes)
             self._from_item(node.rarg, scope, conditions, ctes)
             conditions.extend(_conjuncts(node.quals))
         elif isinstance(node, ast.RangeSubselect) and node.alias:
-            scope.relations[node.alias.aliasname] = None
+            scope.relations[str(node.alias.aliasname)] = None
 
     def _level(
         self,
@@ -222,7 +224,8 @@ class _Checker:
             self.select(node, outer, ctes)
         elif isinstance(node, ast.InsertStmt):
             ctes = self._with(node.withClause, outer, ctes)
-            table = node.relation.relname
+            relation: Any = node.relation
+            table = relation.relname
             columns = {target.name for target in node.cols or ()}
             if table in self.tenant_tables and TENANT_COLUMN not in columns:
                 self.problems.append(f"INSERT INTO {table} does not name {TENANT_COLUMN}")
