@@ -124,8 +124,10 @@ _STORED_SQL = (
     f"SELECT fingerprint, response_status, response_body FROM {_TABLE}"
     " WHERE api_key_id = %s AND user_id = %s AND key = %s"
 )
-_RECORD_SQL = f"UPDATE {_TABLE} SET response_status = %s, response_body = %s WHERE id = %s"
-_FORGET_SQL = f"DELETE FROM {_TABLE} WHERE id = %s"
+_RECORD_SQL = (
+    f"UPDATE {_TABLE} SET response_status = %s, response_body = %s WHERE id = %s AND user_id = %s"
+)
+_FORGET_SQL = f"DELETE FROM {_TABLE} WHERE id = %s AND user_id = %s"
 
 
 def idempotent_run(call: IdempotentCall, work: Callable[[], Response | None]) -> Response | None:
@@ -161,9 +163,9 @@ def idempotent_run(call: IdempotentCall, work: Callable[[], Response | None]) ->
                 transaction.set_rollback(True)
             elif 200 <= response.status_code < 300 and response.status_code != 204:
                 body = json.dumps(response.data, cls=JSONEncoder, ensure_ascii=False)
-                cursor.execute(_RECORD_SQL, [response.status_code, body, row_id])
+                cursor.execute(_RECORD_SQL, [response.status_code, body, row_id, call.user_id])
             else:
-                cursor.execute(_FORGET_SQL, [row_id])
+                cursor.execute(_FORGET_SQL, [row_id, call.user_id])
         return response
 
 

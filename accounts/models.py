@@ -4,6 +4,8 @@ import pgtrigger
 from django.db import models
 from django.db.models import Q
 
+from core.db import TenantRow
+
 
 class ApiKey(models.Model):
     """A bearer key for the REST API. Only the SHA-256 of the key is stored.
@@ -90,7 +92,7 @@ class RateLimitBucket(models.Model):
         return f"{self.bucket}: {self.tokens:.1f}/{self.capacity}"
 
 
-class IdempotencyKey(models.Model):
+class IdempotencyKey(TenantRow):
     """A client's ``Idempotency-Key`` and the response of the request that first sent it.
 
     Scoped to the API key and the tenant it acted for (``""`` for a service key acting for no

@@ -17,7 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from conversations import event_sql
-from core.db import RowLockQuerySet
+from core.db import RowLockQuerySet, TenantRow
 
 
 class BusyPolicy(models.TextChoices):
@@ -33,7 +33,7 @@ class ConversationQuerySet(RowLockQuerySet["Conversation"]):
     """Conversations; ``for_update()`` is the conversation lock of the locking policy."""
 
 
-class Conversation(models.Model):
+class Conversation(TenantRow):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user_id = models.CharField(max_length=255)
     # The channel key: the bare channel ("web") or "<channel>:<scope>" for a scoped conversation.
@@ -80,7 +80,7 @@ class Conversation(models.Model):
         return str(self.busy_policy or settings.CONVERSATION_DEFAULT_BUSY_POLICY)
 
 
-class ChannelUserIndex(models.Model):
+class ChannelUserIndex(TenantRow):
     """The *current* conversation of a (channel, user) pair; its unique key makes get-or-create
     race-free across processes."""
 
@@ -159,7 +159,7 @@ class ThreadQuerySet(RowLockQuerySet["Thread"]):
         return self.filter(tracked=True, kind=ThreadKind.FOREGROUND)
 
 
-class Thread(models.Model):
+class Thread(TenantRow):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user_id = models.CharField(max_length=255)  # indexed by thread_user_newest_idx
     # A thread may outlive its conversation.
@@ -324,7 +324,7 @@ class ThreadEventKind(models.TextChoices):
 TERMINAL_EVENT_KINDS = frozenset({"completed", "failed", "stopped"})
 
 
-class ThreadEvent(models.Model):
+class ThreadEvent(TenantRow):
     """What happened to a thread, in order: its durable events, which streams replay.
 
     Written by the thread's triggers (state changes and claims) and by the engine's step
@@ -369,7 +369,12 @@ class ConversationEntryQuerySet(RowLockQuerySet["ConversationEntry"]):
     def undelivered_for(self, thread: Thread) -> Self:
         """User messages sent to ``thread`` that it has not taken yet (entry_undelivered_by_thread
         serves exactly this filter: keep the two in step)."""
-        return self.filter(thread=thread, sender=EntrySender.USER, delivered_at__isnull=True)
+        return self.filter(
+            user_id=thread.user_id,
+            thread=thread,
+            sender=EntrySender.USER,
+            delivered_at__isnull=True,
+        )
 
     def queued(self) -> Self:
         """User messages waiting for the next thread (busy policy "queue"; served by
@@ -377,7 +382,7 @@ class ConversationEntryQuerySet(RowLockQuerySet["ConversationEntry"]):
         return self.filter(sender=EntrySender.USER, thread__isnull=True, delivered_at__isnull=True)
 
 
-class ConversationEntry(models.Model):
+class ConversationEntry(TenantRow):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="entries")
     user_id = models.CharField(max_length=255)

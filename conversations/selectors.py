@@ -24,7 +24,7 @@ def conversation_get(*, user_id: str, conversation_id: uuid.UUID) -> Conversatio
     """One conversation with its active (tracked) threads prefetched."""
     active = Prefetch(
         "threads",
-        queryset=Thread.objects.filter(tracked=True).order_by("created_at"),
+        queryset=Thread.objects.filter(user_id=user_id, tracked=True).order_by("created_at"),
         to_attr="active_threads",
     )
     return _tenant_conversation(

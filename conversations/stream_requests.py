@@ -52,17 +52,20 @@ def _refused(name: str, error: CursorInvalid) -> InvalidInput:
     return InvalidInput(f"{name} is not a cursor of this stream.", details={name: [str(error)]})
 
 
-def conversation_source(conversation_id: UUID, given: tuple[str, str] | None) -> ConversationStream:
+def conversation_source(
+    conversation_id: UUID, given: tuple[str, str] | None, *, user_id: str
+) -> ConversationStream:
     """A conversation's stream from ``given`` (``cursor_given``), or from now without one."""
     if given is None:
-        return ConversationStream(conversation_id, conversation_now(conversation_id))
+        now = conversation_now(conversation_id, user_id=user_id)
+        return ConversationStream(conversation_id, now, user_id=user_id)
     name, text = given
     try:
         cursor = ConversationCursor.parse(text)
-        conversation_cursor_check(conversation_id, cursor)
+        conversation_cursor_check(conversation_id, cursor, user_id=user_id)
     except CursorInvalid as error:
         raise _refused(name, error) from None
-    return ConversationStream(conversation_id, cursor)
+    return ConversationStream(conversation_id, cursor, user_id=user_id)
 
 
 def thread_source(thread: Thread, given: tuple[str, str] | None) -> ThreadStream:
@@ -81,7 +84,7 @@ def thread_source(thread: Thread, given: tuple[str, str] | None) -> ThreadStream
         except CursorInvalid as error:
             raise _refused(name, error) from None
     ended = thread.is_terminal and after >= thread.event_seq
-    return ThreadStream(thread.id, after, ended=ended)
+    return ThreadStream(thread.id, after, user_id=thread.user_id, ended=ended)
 
 
 def stream_open(

@@ -98,18 +98,21 @@ def thread_cursor_parse(text: str) -> int:
 _CURSOR_CHECK_SQL = """
 SELECT c.last_seq, t.start_seq, t.event_seq
 FROM conversations_conversation c
-LEFT JOIN conversations_thread t ON t.conversation_id = c.id
+LEFT JOIN conversations_thread t ON t.conversation_id = c.id AND t.user_id = c.user_id
      AND t.start_seq = ANY(%(starts)s::bigint[])
-WHERE c.id = %(conversation_id)s
+WHERE c.id = %(conversation_id)s AND c.user_id = %(user_id)s
 """
 
 
-def conversation_cursor_check(conversation_id: uuid.UUID, cursor: ConversationCursor) -> None:
+def conversation_cursor_check(
+    conversation_id: uuid.UUID, cursor: ConversationCursor, *, user_id: str
+) -> None:
     """Refuse a cursor ahead of the conversation (an entry or a thread event it does not have
     yet, e.g. one kept from before a database restore): resuming from it would skip whatever
     comes to fill the difference."""
     rows = _rows(
-        _CURSOR_CHECK_SQL, {"conversation_id": conversation_id, "starts": sorted(cursor.threads)}
+        _CURSOR_CHECK_SQL,
+        {"conversation_id": conversation_id, "user_id": user_id, "starts": sorted(cursor.threads)},
     )
     if rows and cursor.entry_seq > rows[0]["last_seq"]:
         raise CursorInvalid(
@@ -133,9 +136,11 @@ SELECT * FROM (
            t.id IS NOT NULL AS starts_thread,
            sum(octet_length(e.content)) OVER (ORDER BY e.seq) AS page_bytes
     FROM (SELECT * FROM conversations_conversationentry
-          WHERE conversation_id = %(conversation_id)s AND seq > %(after)s
+          WHERE conversation_id = %(conversation_id)s AND user_id = %(user_id)s
+            AND seq > %(after)s
           ORDER BY seq LIMIT %(limit)s) AS e
-    LEFT JOIN conversations_thread t ON t.id = e.thread_id AND t.start_seq = e.seq
+    LEFT JOIN conversations_thread t ON t.id = e.thread_id AND t.user_id = %(user_id)s
+         AND t.start_seq = e.seq
 ) AS page
 WHERE page_bytes - octet_length(content) <= %(page_bytes)s
 ORDER BY seq
@@ -146,10 +151,10 @@ ORDER BY seq
 _CONVERSATION_EVENTS_SQL = """
 SELECT ev.thread_id, ev.seq, ev.kind, ev.data, ev.created_at, t.start_seq
 FROM conversations_thread t
-JOIN conversations_threadevent ev ON ev.thread_id = t.id
+JOIN conversations_threadevent ev ON ev.thread_id = t.id AND ev.user_id = t.user_id
 LEFT JOIN unnest(%(starts)s::bigint[], %(seen)s::int[]) AS followed(start_seq, seen)
        ON followed.start_seq = t.start_seq
-WHERE t.conversation_id = %(conversation_id)s
+WHERE t.conversation_id = %(conversation_id)s AND t.user_id = %(user_id)s
   AND (t.start_seq > %(after)s OR t.start_seq = ANY(%(starts)s::bigint[]))
   AND CASE WHEN followed.start_seq IS NOT NULL THEN ev.seq > followed.seen
            ELSE t.start_seq > %(after)s AND t.start_seq <= %(upto)s END
@@ -158,28 +163,36 @@ ORDER BY ev.created_at, ev.thread_id, ev.seq LIMIT %(limit)s
 
 _THREAD_EVENTS_SQL = """
 SELECT thread_id, seq, kind, data, created_at FROM conversations_threadevent
-WHERE thread_id = %(thread_id)s AND seq > %(after)s ORDER BY seq LIMIT %(limit)s
+WHERE thread_id = %(thread_id)s AND user_id = %(user_id)s AND seq > %(after)s
+ORDER BY seq LIMIT %(limit)s
 """
 
 _THREAD_STARTS_SQL = """
 SELECT start_seq, id FROM conversations_thread
-WHERE conversation_id = %(conversation_id)s AND start_seq = ANY(%(starts)s::bigint[])
+WHERE conversation_id = %(conversation_id)s AND user_id = %(user_id)s
+  AND start_seq = ANY(%(starts)s::bigint[])
 """
 
 
 _NOW_SQL = """
 SELECT c.last_seq, t.start_seq, t.event_seq
 FROM conversations_conversation c
-LEFT JOIN conversations_thread t ON t.conversation_id = c.id AND t.start_seq IS NOT NULL
-     AND t.state IN ('created', 'running', 'waiting', 'suspended')
-WHERE c.id = %(conversation_id)s
+LEFT JOIN conversations_thread t ON t.conversation_id = c.id AND t.user_id = c.user_id
+     AND t.start_seq IS NOT NULL AND t.state IN ('created', 'running', 'waiting', 'suspended')
+WHERE c.id = %(conversation_id)s{tenant}
 """
+# The API's, pinned to the tenant; the admin's (an operator's page, which names a conversation by
+# its id alone) is a multi-shard query on Citus (docs/citus.md).
+_NOW_OF_TENANT_SQL = _NOW_SQL.format(tenant=" AND c.user_id = %(user_id)s")
+_NOW_ANY_TENANT_SQL = _NOW_SQL.format(tenant="")
 
 
-def conversation_now(conversation_id: uuid.UUID) -> ConversationCursor:
+def conversation_now(conversation_id: uuid.UUID, *, user_id: str | None) -> ConversationCursor:
     """The cursor of a stream that starts now: the last entry, and the live threads' last
-    events (one snapshot, so every live thread it names was announced by then)."""
-    rows = _rows(_NOW_SQL, {"conversation_id": conversation_id})
+    events (one snapshot, so every live thread it names was announced by then). ``user_id``
+    None: of whichever tenant has the conversation (the admin)."""
+    sql = _NOW_ANY_TENANT_SQL if user_id is None else _NOW_OF_TENANT_SQL
+    rows = _rows(sql, {"conversation_id": conversation_id, "user_id": user_id})
     cursor = ConversationCursor(entry_seq=rows[0]["last_seq"] if rows else 0)
     for row in rows:
         if row["start_seq"] is not None:
@@ -214,12 +227,15 @@ class ConversationRead:
     more: bool
 
 
-def conversation_read(conversation_id: uuid.UUID, cursor: ConversationCursor) -> ConversationRead:
+def conversation_read(
+    conversation_id: uuid.UUID, cursor: ConversationCursor, *, user_id: str
+) -> ConversationRead:
     """The conversation's durable events after ``cursor`` (at most READ_LIMIT of each kind)."""
     entries = _rows(
         _ENTRIES_AFTER_SQL,
         {
             "conversation_id": conversation_id,
+            "user_id": user_id,
             "after": cursor.entry_seq,
             "limit": READ_LIMIT,
             "page_bytes": READ_PAGE_BYTES,
@@ -234,6 +250,7 @@ def conversation_read(conversation_id: uuid.UUID, cursor: ConversationCursor) ->
         _CONVERSATION_EVENTS_SQL,
         {
             "conversation_id": conversation_id,
+            "user_id": user_id,
             "starts": starts,
             "seen": [cursor.threads[start] for start in starts],
             "after": cursor.entry_seq,
@@ -245,7 +262,8 @@ def conversation_read(conversation_id: uuid.UUID, cursor: ConversationCursor) ->
         {
             row["start_seq"]: str(row["id"])
             for row in _rows(
-                _THREAD_STARTS_SQL, {"conversation_id": conversation_id, "starts": starts}
+                _THREAD_STARTS_SQL,
+                {"conversation_id": conversation_id, "user_id": user_id, "starts": starts},
             )
         }
         if starts
@@ -265,8 +283,11 @@ class ThreadRead:
     more: bool
 
 
-def thread_read(thread_id: uuid.UUID, after: int) -> ThreadRead:
-    rows = _rows(_THREAD_EVENTS_SQL, {"thread_id": thread_id, "after": after, "limit": READ_LIMIT})
+def thread_read(thread_id: uuid.UUID, after: int, *, user_id: str) -> ThreadRead:
+    rows = _rows(
+        _THREAD_EVENTS_SQL,
+        {"thread_id": thread_id, "user_id": user_id, "after": after, "limit": READ_LIMIT},
+    )
     return ThreadRead([_event_row(row) for row in rows], more=len(rows) == READ_LIMIT)
 
 
@@ -298,8 +319,9 @@ class _Followed:
 class ConversationStream(_KeyWatch):
     """One client's stream of a conversation: its cursor, and what to send next."""
 
-    def __init__(self, conversation_id: uuid.UUID, cursor: ConversationCursor):
+    def __init__(self, conversation_id: uuid.UUID, cursor: ConversationCursor, *, user_id: str):
         self.conversation_id = conversation_id
+        self.user_id = user_id
         key = str(conversation_id)
         self.topics = ((ENTRIES_CHANNEL, key), (EVENTS_CHANNEL, key), (DELTAS_CHANNEL, key))
         self.entry_seq = cursor.entry_seq
@@ -381,8 +403,8 @@ class ConversationStream(_KeyWatch):
         return [frame("thread", thread_event_data(data), str(self.cursor))], False
 
     def read_plan(self) -> Callable[[], ConversationRead]:
-        conversation_id, cursor = self.conversation_id, self.cursor
-        return lambda: conversation_read(conversation_id, cursor)
+        conversation_id, cursor, user_id = self.conversation_id, self.cursor, self.user_id
+        return lambda: conversation_read(conversation_id, cursor, user_id=user_id)
 
     def read_done(self, result: object) -> tuple[list[bytes], bool]:
         """Apply a read, dropping what was sent meanwhile; (frames, whether to read again)."""
@@ -429,8 +451,9 @@ class ThreadStream(_KeyWatch):
     """One client's stream of a thread: its events after a number, and its deltas; it ends
     with the thread's final event."""
 
-    def __init__(self, thread_id: uuid.UUID, after: int, *, ended: bool = False):
+    def __init__(self, thread_id: uuid.UUID, after: int, *, user_id: str, ended: bool = False):
         self.thread_id = thread_id
+        self.user_id = user_id
         key = str(thread_id)
         self.topics = ((EVENTS_CHANNEL, key), (DELTAS_CHANNEL, key))
         self.seen = after
@@ -461,8 +484,8 @@ class ThreadStream(_KeyWatch):
         return [frame("thread", thread_event_data(data), str(self.seen))], False
 
     def read_plan(self) -> Callable[[], ThreadRead]:
-        thread_id, after = self.thread_id, self.seen
-        return lambda: thread_read(thread_id, after)
+        thread_id, after, user_id = self.thread_id, self.seen, self.user_id
+        return lambda: thread_read(thread_id, after, user_id=user_id)
 
     def read_done(self, result: object) -> tuple[list[bytes], bool]:
         assert isinstance(result, ThreadRead)

@@ -198,3 +198,27 @@ def server_bound_cursor() -> Any:
     large, such as runtime writes of engine checkpoints, and for the hot statements written once,
     which a connection then prepares."""
     return cast(Any, connection).server_bound_cursor()
+
+
+class TenantRow(models.Model):
+    """A row of a tenant table (``user_id``, the tenant key and future Citus distribution
+    column): ``save()`` of an existing row and ``refresh_from_db()`` name the tenant along with
+    the primary key, so each is one statement on one shard (docs/citus.md)."""
+
+    user_id: Any
+
+    class Meta:
+        abstract = True
+
+    def _do_update(self, base_qs: Any, *args: Any) -> Any:
+        return super()._do_update(base_qs.filter(user_id=self.user_id), *args)
+
+    def refresh_from_db(
+        self,
+        using: str | None = None,
+        fields: Any = None,
+        from_queryset: models.QuerySet[Any] | None = None,
+    ) -> None:
+        if from_queryset is None:
+            from_queryset = type(self)._base_manager.filter(models.Q(user_id=self.user_id))
+        super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)

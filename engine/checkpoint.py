@@ -167,7 +167,7 @@ def checkpoint_save(
     """
     fence = None
     if lease_epoch is not None:
-        params = lease_fence_params(state.thread_id, lease_epoch)
+        params = lease_fence_params(state.thread_id, lease_epoch, user_id=user_id)
         fence = (
             WriteFence(LEASE_FENCE_SQL, params)
             if step is None

@@ -32,11 +32,12 @@ _HISTORY_SQL = f"""
 WITH bound AS (
     SELECT COALESCE(
         (SELECT min(started.seq) FROM conversations_conversationentry started
-         WHERE started.thread_id = %(thread)s AND started.sender = '{EntrySender.SYSTEM}'),
+         WHERE started.user_id = %(user_id)s AND started.thread_id = %(thread)s
+           AND started.sender = '{EntrySender.SYSTEM}'),
         %(before)s::integer) AS seq
 )
 SELECT e.sender, e.content FROM conversations_conversationentry e, bound
-WHERE e.conversation_id = %(conversation)s
+WHERE e.user_id = %(user_id)s AND e.conversation_id = %(conversation)s
   AND e.sender IN ('{EntrySender.USER}', '{EntrySender.AGENT}')
   AND NOT (e.seq = ANY(%(own)s::integer[]))
   AND (bound.seq IS NULL OR e.seq < bound.seq)
@@ -66,6 +67,7 @@ def history_before(state: TurnState) -> list[ChatMessage]:
         cursor.execute(
             _HISTORY_SQL,
             {
+                "user_id": state.user_id,
                 "conversation": state.conversation_id,
                 "thread": state.thread_id,
                 "own": seqs,

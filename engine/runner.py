@@ -224,7 +224,7 @@ class Turn:
         goal: list[tuple[int, str]] = []
         if self.thread.conversation_id is not None and seqs:
             with server_bound_cursor() as cursor:
-                cursor.execute(GOAL_SQL, [self.thread.conversation_id, seqs])
+                cursor.execute(GOAL_SQL, [self.user_id, self.thread.conversation_id, seqs])
                 goal = cursor.fetchall()
         if goal:
             state.messages = [{"role": "user", "content": c, "seq": s} for s, c in goal]
@@ -276,7 +276,7 @@ class Turn:
         return entries
 
     def _inbox_waiting(self) -> bool:
-        return fixed_exists(UNDELIVERED_SQL, [self.thread.id])
+        return fixed_exists(UNDELIVERED_SQL, [self.user_id, self.thread.id])
 
     def _debounce(self, state: TurnState, taken: list[ConversationEntry], deadline: float) -> None:
         """Messages came in while the model worked: before the next step, wait until the inbox
@@ -301,7 +301,7 @@ class Turn:
             self._wake.wait(min(wait, max(0.0, deadline - time.time())))
             self._check_interrupts(deadline)
             with server_bound_cursor() as cursor:
-                cursor.execute(NEWEST_UNDELIVERED_SQL, [self.thread.id])
+                cursor.execute(NEWEST_UNDELIVERED_SQL, [self.user_id, self.thread.id])
                 (latest,) = cursor.fetchone()
             if latest is None:
                 break

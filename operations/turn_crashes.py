@@ -41,7 +41,11 @@ def turn_crash_record(thread: Thread, worker_id: str, error: BaseException) -> b
         metadata = (
             Thread.objects.select_for_update()
             .filter(
-                pk=thread.pk, state=ThreadState.RUNNING, claim_count=epoch, lease_owner=worker_id
+                pk=thread.pk,
+                user_id=thread.user_id,
+                state=ThreadState.RUNNING,
+                claim_count=epoch,
+                lease_owner=worker_id,
             )
             .values_list("metadata", flat=True)
             .first()
@@ -52,7 +56,9 @@ def turn_crash_record(thread: Thread, worker_id: str, error: BaseException) -> b
         metadata = metadata if isinstance(metadata, dict) else {}
         noted = [n for n in metadata.get("crashed_claims", []) if isinstance(n, int)]
         crashed = [*noted[-(CRASHES_BEFORE_FAILING - 1) :], epoch]
-        Thread.objects.filter(pk=thread.pk).update(metadata={**metadata, "crashed_claims": crashed})
+        Thread.objects.filter(pk=thread.pk, user_id=thread.user_id).update(
+            metadata={**metadata, "crashed_claims": crashed}
+        )
     in_a_row = crashed[-CRASHES_BEFORE_FAILING:] == list(
         range(epoch - CRASHES_BEFORE_FAILING + 1, epoch + 1)
     )

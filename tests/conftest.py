@@ -15,6 +15,10 @@ from tests.support import pooled_sessions
 from tests.support.postgres_cluster import PostgresCluster, postgres_cluster_running
 from tests.support.servers import database_url
 
+# The Citus statement check (docs/citus.md): records what the API and the engine run, and fails
+# the run on a statement that touches a tenant table without pinning it to one tenant.
+pytest_plugins = ["tests.support.citus_check"]
+
 # The servers and workers the tests start connect through DATABASE_URL, with which the settings
 # require SECRET_KEY (several hosts must share one); they inherit this one.
 os.environ.setdefault("SECRET_KEY", f"tests-{secrets.token_urlsafe(50)}")

@@ -15,7 +15,7 @@ from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from pgvector.django import VectorField
 
-from core.db import RowLockQuerySet
+from core.db import RowLockQuerySet, TenantRow
 from workspace.paths import CONFIG_NAME
 
 # Raised by the triggers below; SQLSTATE 23000 reaches Django as an IntegrityError.
@@ -63,7 +63,7 @@ class DocumentQuerySet(RowLockQuerySet["Document"]):
 _IS_FOLDER_CONFIG = models.Q(path=CONFIG_NAME) | models.Q(path__endswith=f"/{CONFIG_NAME}")
 
 
-class Document(models.Model):
+class Document(TenantRow):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # Tenant and future sharding key. Lookups by tenant use the (user_id, path) unique index.
     user_id = models.CharField(max_length=255)
@@ -122,7 +122,7 @@ class DocumentVersionQuerySet(models.QuerySet["DocumentVersion"]):
         return self.filter(user_id=user_id, document__user_id=user_id, document__path=path)
 
 
-class DocumentVersion(models.Model):
+class DocumentVersion(TenantRow):
     # Deleting a document deletes its versions and chunks through ON DELETE CASCADE foreign keys
     # (set in migration 0002), so even a raw one-statement delete cannot leave orphans.
     document = models.ForeignKey(Document, on_delete=models.DO_NOTHING, related_name="versions")
@@ -155,7 +155,7 @@ class DocumentVersion(models.Model):
         return f"{self.document_id} v{self.version}"
 
 
-class Chunk(models.Model):
+class Chunk(TenantRow):
     document = models.ForeignKey(Document, on_delete=models.DO_NOTHING, related_name="chunks")
     # Denormalised from the document so each search leg filters by tenant before anything else.
     user_id = models.CharField(max_length=255)

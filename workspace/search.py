@@ -162,7 +162,7 @@ def _fuse(
 _FTS_SQL = """
 SELECT c.id
 FROM workspace_chunk c
-JOIN workspace_document d ON d.id = c.document_id
+JOIN workspace_document d ON d.id = c.document_id AND d.user_id = c.user_id
 WHERE c.user_id = %(user_id)s
   AND c.content_tsv @@ websearch_to_tsquery('english', %(query)s)
   AND NOT d.is_runtime
@@ -174,7 +174,7 @@ LIMIT %(candidates)s
 _VECTOR_EXACT_SQL = """
 SELECT c.id
 FROM workspace_chunk c
-JOIN workspace_document d ON d.id = c.document_id
+JOIN workspace_document d ON d.id = c.document_id AND d.user_id = c.user_id
 WHERE c.user_id = %(user_id)s
   AND c.embedding IS NOT NULL
   AND c.embedding_model = %(model)s
@@ -218,14 +218,14 @@ WITH nearest AS MATERIALIZED (
 SELECT n.id
 FROM nearest n
 JOIN workspace_document d ON d.id = n.document_id
-WHERE NOT d.is_runtime
+WHERE d.user_id = %(user_id)s AND NOT d.is_runtime
 ORDER BY n.distance, n.id
 """
 
 _DETAILS_SQL = """
 SELECT c.id, d.path, c.content
 FROM workspace_chunk c
-JOIN workspace_document d ON d.id = c.document_id
+JOIN workspace_document d ON d.id = c.document_id AND d.user_id = c.user_id
 WHERE c.user_id = %(user_id)s AND c.id = ANY(%(ids)s)
 """
 

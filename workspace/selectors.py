@@ -54,7 +54,7 @@ def document_versions(*, user_id: str, path: str) -> QuerySet[DocumentVersion]:
     if document_id is None:
         raise DocumentNotFound.for_path(normalised)
     return (
-        DocumentVersion.objects.filter(document_id=document_id)
+        DocumentVersion.objects.filter(user_id=user_id, document_id=document_id)
         .defer("content")
         .order_by("-version")
     )

@@ -215,14 +215,14 @@ class ConversationAdmin(LivePanelAdmin, OperateAdmin, NoDeleteAdmin):
         else:
             # The live panel's cursor, read before the page's entries: one committed in between
             # shows in both, never in neither.
-            context["live_after"] = str(conversation_now(conversation_id))
+            context["live_after"] = str(conversation_now(conversation_id, user_id=None))
         return super().change_view(request, object_id, form_url, context)
 
     def live_source(self, obj: Conversation, given: tuple[str, str] | None) -> ConversationStream:
-        return conversation_source(obj.pk, given)
+        return conversation_source(obj.pk, given, user_id=obj.user_id)
 
     def live_panel(self, obj: Conversation, context: dict[str, Any]) -> LivePanel:
-        after = context.get("live_after") or str(conversation_now(obj.pk))
+        after = context.get("live_after") or str(conversation_now(obj.pk, user_id=obj.user_id))
         return LivePanel(url=self.live_url(obj), after=after, kind="conversation")
 
     @admin.display(description="conversation", ordering="pk")

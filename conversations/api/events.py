@@ -92,7 +92,7 @@ class ConversationEventsView(_EventsView):
     def get(self, request: Request, conversation_id: UUID) -> HttpResponse:
         user_id = request_user_id(request)
         selectors.conversation_check(user_id=user_id, conversation_id=conversation_id)
-        source = conversation_source(conversation_id, cursor_given(request))
+        source = conversation_source(conversation_id, cursor_given(request), user_id=user_id)
         return stream_open(request, source, _stream_key(request))
 
 

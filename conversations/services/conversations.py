@@ -84,7 +84,7 @@ def conversation_get_or_create(
     key = channel_key(channel, scope)
     with locked_transaction():
         conversation_id = conversation_resolve(user_id, key)
-    return Conversation.objects.get(pk=conversation_id)
+    return Conversation.objects.get(pk=conversation_id, user_id=user_id)
 
 
 def conversation_start_new(*, user_id: str, channel: str, scope: str | None = None) -> Conversation:
@@ -117,7 +117,7 @@ def conversation_busy_policy_set(
         )
     if not updated:
         raise ConversationNotFound()
-    return Conversation.objects.get(pk=conversation_id)
+    return Conversation.objects.get(pk=conversation_id, user_id=user_id)
 
 
 def conversation_clear(*, user_id: str, conversation_id: uuid.UUID) -> ClearResult:
@@ -133,13 +133,17 @@ def conversation_clear(*, user_id: str, conversation_id: uuid.UUID) -> ClearResu
         untracked = []
         # Threads before entries: thread_inbox_take locks a thread and then its entries.
         for thread_id in (
-            conversation.threads.filter(tracked=True).order_by("pk").values_list("pk", flat=True)
+            conversation.threads.filter(user_id=user_id, tracked=True)
+            .order_by("pk")
+            .values_list("pk", flat=True)
         ):
-            thread = thread_lock(thread_id)
+            thread = thread_lock(user_id, thread_id)
             thread_cancel(thread, reason="conversation cleared")
             untracked.append(thread.id)
-        deleted, _ = conversation.entries.all().delete()
-        Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+        deleted, _ = conversation.entries.filter(user_id=user_id).delete()
+        Conversation.objects.filter(pk=conversation.pk, user_id=user_id).update(
+            updated_at=timezone.now()
+        )
     conversation.refresh_from_db()
     return ClearResult(
         conversation=conversation, deleted_entries=deleted, untracked_thread_ids=untracked

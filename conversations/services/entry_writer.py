@@ -21,9 +21,10 @@ _CONVERSATION_TABLE = Conversation._meta.db_table
 _FLUSH_SQL = f"""
 WITH allocated AS (
     UPDATE {_CONVERSATION_TABLE} SET last_seq = last_seq + %(count)s, updated_at = %(now)s
-    WHERE id = %(conversation_id)s
+    WHERE id = %(conversation_id)s AND user_id = %(user_id)s
 ), delivered AS (
-    UPDATE {_ENTRY_TABLE} SET delivered_at = %(now)s WHERE id = ANY(%(delivered_ids)s::uuid[])
+    UPDATE {_ENTRY_TABLE} SET delivered_at = %(now)s
+    WHERE id = ANY(%(delivered_ids)s::uuid[]) AND user_id = %(user_id)s
 )
 INSERT INTO {_ENTRY_TABLE}
     (id, conversation_id, user_id, seq, sender, content, thread_id, delivered_at, created_at,
@@ -78,7 +79,8 @@ class EntryWriter:
         if not self.entries:
             if self.delivered:
                 ConversationEntry.objects.filter(
-                    pk__in=[entry.pk for entry in self.delivered]
+                    pk__in=[entry.pk for entry in self.delivered],
+                    user_id=self.conversation.user_id,
                 ).update(delivered_at=self.now)
                 self.delivered = []
             return []

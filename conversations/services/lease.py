@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 # claim wait for a write in flight, and a write after the takeover find no row.
 LEASE_FENCE_SQL = (
     "SELECT 1 FROM conversations_thread"
-    " WHERE id = %(fence_thread_id)s AND claim_count = %(fence_lease_epoch)s FOR SHARE"
+    " WHERE id = %(fence_thread_id)s AND user_id = %(fence_user_id)s"
+    " AND claim_count = %(fence_lease_epoch)s FOR SHARE"
 )
 
 
@@ -62,7 +63,8 @@ LEASE_FENCE_SQL = (
 # and a step its worker checkpoints afterwards would be an event after the thread's final one.
 STEP_FENCE_SQL = (
     "UPDATE conversations_thread SET event_seq = event_seq + 1"
-    " WHERE id = %(fence_thread_id)s AND claim_count = %(fence_lease_epoch)s"
+    " WHERE id = %(fence_thread_id)s AND user_id = %(fence_user_id)s"
+    " AND claim_count = %(fence_lease_epoch)s"
     f" AND state = '{ThreadState.RUNNING}'"
     " RETURNING id, user_id, conversation_id, event_seq"
 )
@@ -74,8 +76,14 @@ STEP_EVENT_SQL = (
 )
 
 
-def lease_fence_params(thread_id: uuid.UUID | str, lease_epoch: int) -> dict[str, Any]:
-    return {"fence_thread_id": thread_id, "fence_lease_epoch": lease_epoch}
+def lease_fence_params(
+    thread_id: uuid.UUID | str, lease_epoch: int, *, user_id: str
+) -> dict[str, Any]:
+    return {
+        "fence_thread_id": thread_id,
+        "fence_user_id": user_id,
+        "fence_lease_epoch": lease_epoch,
+    }
 
 
 def lease_check(thread: Thread, worker_id: str | None, lease_epoch: int | None) -> None:
@@ -128,8 +136,8 @@ _CLAIM_SQL = f"""
     OR (t.state IN ('{ThreadState.WAITING}', '{ThreadState.SUSPENDED}')
         AND (NOT %s OR EXISTS (
             SELECT 1 FROM conversations_conversationentry e
-            WHERE e.thread_id = t.id AND e.sender = '{EntrySender.USER}'
-              AND e.delivered_at IS NULL)))
+            WHERE e.thread_id = t.id AND e.user_id = t.user_id
+              AND e.sender = '{EntrySender.USER}' AND e.delivered_at IS NULL)))
     OR (t.state = '{ThreadState.RUNNING}'
         AND (t.lease_expires_at < STATEMENT_TIMESTAMP() OR t.lease_owner = %s))
   )
@@ -149,21 +157,20 @@ RETURNING {_THREAD_ROWS.columns("t")}
 _CLAIM_RUNNABLE_SQL = f"""
 WITH created AS (
     SELECT c.id, COALESCE(c.enqueued_at, c.created_at) AS since FROM conversations_thread c
-    WHERE c.state = '{ThreadState.CREATED}' AND NOT c.cancel_requested
-      AND (%s::text IS NULL OR c.user_id = %s)
+    WHERE c.state = '{ThreadState.CREATED}' AND NOT c.cancel_requested{{tenant_c}}
     ORDER BY c.created_at LIMIT 1 FOR UPDATE SKIP LOCKED
 ), paused AS (
     SELECT c.id, (
         SELECT min(e.created_at) FROM conversations_conversationentry e
-        WHERE e.thread_id = c.id AND e.sender = '{EntrySender.USER}' AND e.delivered_at IS NULL
+        WHERE e.thread_id = c.id AND e.user_id = c.user_id
+          AND e.sender = '{EntrySender.USER}' AND e.delivered_at IS NULL
     ) AS since
     FROM conversations_thread c
     WHERE c.state IN ('{ThreadState.WAITING}', '{ThreadState.SUSPENDED}')
-      AND NOT c.cancel_requested
-      AND (%s::text IS NULL OR c.user_id = %s)
+      AND NOT c.cancel_requested{{tenant_c}}
       AND EXISTS (
           SELECT 1 FROM conversations_conversationentry e
-          WHERE e.thread_id = c.id AND e.sender = '{EntrySender.USER}'
+          WHERE e.thread_id = c.id AND e.user_id = c.user_id AND e.sender = '{EntrySender.USER}'
             AND e.delivered_at IS NULL)
     ORDER BY since LIMIT 1 FOR UPDATE OF c SKIP LOCKED
 )
@@ -173,9 +180,16 @@ WITH created AS (
 ) AS pick
 WHERE t.id = pick.id AND {LOCK_TIMEOUT_BOUND_SQL}
   AND t.state IN ('{ThreadState.CREATED}', '{ThreadState.WAITING}', '{ThreadState.SUSPENDED}')
-  AND NOT t.cancel_requested
+  AND NOT t.cancel_requested{{tenant_t}}
 RETURNING {_THREAD_ROWS.columns("t")}
 """
+# An engine's claim for one tenant: each pick and the update name it (one shard on Citus).
+_CLAIM_RUNNABLE_OF_TENANT_SQL = _CLAIM_RUNNABLE_SQL.format(
+    tenant_c=" AND c.user_id = %s", tenant_t=" AND t.user_id = %s"
+)
+# The turn workers' claim, and an engine's across tenants (threads/next without X-User-Id): the
+# queue of every tenant, a multi-shard statement on Citus (docs/citus.md).
+CLAIM_RUNNABLE_ANY_TENANT_SQL = _CLAIM_RUNNABLE_SQL.format(tenant_c="", tenant_t="")
 
 
 def thread_claim_runnable(
@@ -192,8 +206,11 @@ def thread_claim_runnable(
     duration = lease_duration(lease_seconds)
     with transaction.mark_for_rollback_on_error(), server_bound_cursor() as cursor:
         # The bound lasts for the statement's transaction: the caller's, or its own.
-        params: list[Any] = [user_id] * 4 + [worker_id, duration, lock_bound_value()]
-        cursor.execute(_CLAIM_RUNNABLE_SQL, params)
+        params: list[Any] = [worker_id, duration, lock_bound_value()]
+        if user_id is None:
+            cursor.execute(CLAIM_RUNNABLE_ANY_TENANT_SQL, params)
+        else:
+            cursor.execute(_CLAIM_RUNNABLE_OF_TENANT_SQL, [user_id, user_id, *params, user_id])
         claimed = [_THREAD_ROWS.instance(row) for row in cursor.fetchall()]
     if not claimed:
         return None

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 # entry_queued_by_conversation): read by every spawn, so SQL written once.
 _QUEUED = FixedSelect(
     ConversationEntry,
-    f"conversation_id = %s AND sender = '{EntrySender.USER}' AND thread_id IS NULL"
+    f"user_id = %s AND conversation_id = %s AND sender = '{EntrySender.USER}'"
+    " AND thread_id IS NULL"
     " AND delivered_at IS NULL",
     tail="ORDER BY seq",
 )
@@ -50,7 +51,9 @@ def thread_spawn(
     now = writer.now
     # Messages queued behind a thread that is gone (policy changed, thread interrupted) join the
     # next goal rather than waiting forever.
-    earlier = carried if carried is not None else _QUEUED.all([conversation.id])
+    earlier = (
+        carried if carried is not None else _QUEUED.all([conversation.user_id, conversation.id])
+    )
     writer.deliver(earlier)
     thread = Thread(
         user_id=conversation.user_id,
@@ -95,10 +98,11 @@ _ENTRY_ROWS = ModelRows(ConversationEntry)
 # asks it and the ORM spent more CPU building the union than PostgreSQL spends running it.
 _CARRIED_SQL = f"""
 (SELECT {_ENTRY_ROWS.columns()} FROM {_ENTRY_ROWS.table}
- WHERE thread_id = %s AND sender = '{EntrySender.USER}' AND delivered_at IS NULL)
+ WHERE user_id = %s AND thread_id = %s AND sender = '{EntrySender.USER}'
+   AND delivered_at IS NULL)
 UNION ALL
 (SELECT {_ENTRY_ROWS.columns()} FROM {_ENTRY_ROWS.table}
- WHERE conversation_id = %s AND sender = '{EntrySender.USER}' AND thread_id IS NULL
+ WHERE user_id = %s AND conversation_id = %s AND sender = '{EntrySender.USER}' AND thread_id IS NULL
    AND delivered_at IS NULL)
 ORDER BY seq
 """
@@ -118,7 +122,9 @@ def thread_follow_up_spawn(
     Caller holds the conversation lock, then ``ended``'s, and flushes ``writer``.
     """
     with server_bound_cursor() as cursor:
-        cursor.execute(_CARRIED_SQL, [ended.pk, conversation.pk])
+        cursor.execute(
+            _CARRIED_SQL, [ended.user_id, ended.pk, conversation.user_id, conversation.pk]
+        )
         carried = [_ENTRY_ROWS.instance(row) for row in cursor.fetchall()]
     if not carried and new_message is None:
         return None

@@ -50,7 +50,7 @@ def lock_bound_value() -> str:
 # Every message takes it: SQL written once (see _CONVERSATION_OF_THREAD_LOCK below).
 _CONVERSATION_BY_CHANNEL_LOCK = FixedSelect(
     Conversation,
-    f"{LOCK_TIMEOUT_BOUND_SQL} AND id = (SELECT conversation_id"
+    f"{LOCK_TIMEOUT_BOUND_SQL} AND user_id = %s AND id = (SELECT conversation_id"
     f" FROM {ChannelUserIndex._meta.db_table} WHERE user_id = %s AND channel = %s LIMIT 1)",
     tail='LIMIT 1 FOR NO KEY UPDATE OF "conversations_conversation"',
 )
@@ -61,19 +61,19 @@ def conversation_lock_by_channel(user_id: str, key: str) -> Conversation | None:
     None when the pair has no conversation yet."""
     # NO KEY UPDATE: serialises writers of this conversation but lets other transactions insert
     # rows that reference it (their FK check takes KEY SHARE, which FOR UPDATE would block).
-    return _CONVERSATION_BY_CHANNEL_LOCK.first([lock_bound_value(), user_id, key])
+    return _CONVERSATION_BY_CHANNEL_LOCK.first([lock_bound_value(), user_id, user_id, key])
 
 
-def thread_lock(thread_id: uuid.UUID) -> Thread:
-    return Thread.objects.for_update().filter(lock_bound()).get(pk=thread_id)
+def thread_lock(user_id: str, thread_id: uuid.UUID) -> Thread:
+    return Thread.objects.for_update().filter(lock_bound()).get(pk=thread_id, user_id=user_id)
 
 
 # Both locks of every engine write (inbox, outcome...): SQL written once, since the ORM spends more
 # CPU building these two statements than PostgreSQL spends running them (bench/lookups.py).
 _CONVERSATION_OF_THREAD_LOCK = FixedSelect(
     Conversation,
-    f"{LOCK_TIMEOUT_BOUND_SQL} AND id = (SELECT conversation_id FROM conversations_thread"
-    " WHERE id = %s AND user_id = %s)",
+    f"{LOCK_TIMEOUT_BOUND_SQL} AND user_id = %s AND id = (SELECT conversation_id"
+    " FROM conversations_thread WHERE id = %s AND user_id = %s)",
     tail='LIMIT 1 FOR NO KEY UPDATE OF "conversations_conversation"',
 )
 _THREAD_LOCK = FixedSelect(
@@ -90,7 +90,9 @@ def thread_lock_with_conversation(
     # No row: the thread is unknown (found out below) or has no conversation. If the
     # conversation was deleted meanwhile, the thread outlives it (its foreign key is now null)
     # rather than the call failing. The first statement sets the transaction's lock bound.
-    conversation = _CONVERSATION_OF_THREAD_LOCK.first([lock_bound_value(), thread_id, user_id])
+    conversation = _CONVERSATION_OF_THREAD_LOCK.first(
+        [lock_bound_value(), user_id, thread_id, user_id]
+    )
     thread = _THREAD_LOCK.first([thread_id, user_id])
     if thread is None:
         raise ThreadNotFound()

@@ -71,7 +71,7 @@ def message_handle(
 # served by the index of thread_one_tracked_foreground_per_conversation.
 _LIVE_THREAD = FixedSelect(
     Thread,
-    f"conversation_id = %s AND tracked AND kind = '{ThreadKind.FOREGROUND}'"
+    f"user_id = %s AND conversation_id = %s AND tracked AND kind = '{ThreadKind.FOREGROUND}'"
     f" AND state IN ({', '.join(repr(str(state)) for state in LIVE_STATES)})",
     tail="LIMIT 1",
 )
@@ -79,7 +79,7 @@ _LIVE_THREAD = FixedSelect(
 
 def _message_apply(conversation: Conversation, content: str) -> MessageResult:
     writer = EntryWriter(conversation)
-    live = _LIVE_THREAD.first([conversation.id])
+    live = _LIVE_THREAD.first([conversation.user_id, conversation.id])
     policy = conversation.effective_busy_policy
 
     if live is None:
@@ -97,7 +97,7 @@ def _message_apply(conversation: Conversation, content: str) -> MessageResult:
         return MessageResult(conversation.id, live.id, "queued", entry.seq)
 
     if policy == BusyPolicy.INTERRUPT:
-        interrupted = thread_lock(live.id)
+        interrupted = thread_lock(live.user_id, live.id)
         thread_cancel(interrupted, reason="interrupted by a new message")
         writer.add(EntrySender.SYSTEM, "Thread interrupted", thread=interrupted)
         # Messages injected into the interrupted thread that it never took (sent while the

@@ -71,7 +71,9 @@ class ThreadCheckpointView(APIView):
         values = data.validated_data
         user_id = request_user_id(request)
         thread = selectors.thread_get(user_id=user_id, thread_id=thread_id)
-        fence = WriteFence(LEASE_FENCE_SQL, lease_fence_params(thread.id, values["lease_epoch"]))
+        fence = WriteFence(
+            LEASE_FENCE_SQL, lease_fence_params(thread.id, values["lease_epoch"], user_id=user_id)
+        )
         try:
             document = document_write(
                 user_id=user_id,

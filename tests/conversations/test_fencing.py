@@ -43,7 +43,7 @@ def _taken_over(thread_id: Any, worker_id: str = "w1") -> int:
 
 
 def _fence(thread_id: Any, epoch: int) -> WriteFence:
-    return WriteFence(LEASE_FENCE_SQL, lease_fence_params(thread_id, epoch))
+    return WriteFence(LEASE_FENCE_SQL, lease_fence_params(thread_id, epoch, user_id="alice"))
 
 
 @pytest.mark.django_db
@@ -102,7 +102,7 @@ def test_a_takeover_waits_for_a_fenced_write_in_flight() -> None:
     claimed: list[int] = []
     with psycopg.connect(**params) as writer:
         writer.execute(
-            LEASE_FENCE_SQL, lease_fence_params(sent.thread_id, epoch)
+            LEASE_FENCE_SQL, lease_fence_params(sent.thread_id, epoch, user_id="alice")
         )  # a write's fence, its transaction still open
 
         def take_over() -> None:

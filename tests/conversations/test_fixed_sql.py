@@ -46,7 +46,7 @@ def test_the_live_thread_read_matches_the_orm(state: str, tracked: bool, kind: s
         Thread.objects.tracked_foreground().filter(conversation=thread.conversation).live().first()
     )
 
-    fixed = _LIVE_THREAD.first([thread.conversation_id])
+    fixed = _LIVE_THREAD.first([thread.user_id, thread.conversation_id])
 
     assert (fixed and fixed.pk) == (orm and orm.pk)
 
@@ -64,8 +64,8 @@ def test_the_queued_and_undelivered_reads_match_the_orm() -> None:
             delivered_at=timezone.now() if delivered else None,
         )
 
-    queued = _QUEUED.all([conversation.id])
-    undelivered = fixed_exists(UNDELIVERED_SQL, [thread.id])
+    queued = _QUEUED.all([conversation.user_id, conversation.id])
+    undelivered = fixed_exists(UNDELIVERED_SQL, [thread.user_id, thread.id])
 
     assert [entry.pk for entry in queued] == list(
         ConversationEntry.objects.filter(conversation=conversation)
@@ -76,7 +76,7 @@ def test_the_queued_and_undelivered_reads_match_the_orm() -> None:
     assert len(queued) == 1
     assert undelivered is ConversationEntry.objects.undelivered_for(thread).exists() is True
     ConversationEntry.objects.undelivered_for(thread).update(delivered_at=timezone.now())
-    assert fixed_exists(UNDELIVERED_SQL, [thread.id]) is False
+    assert fixed_exists(UNDELIVERED_SQL, [thread.user_id, thread.id]) is False
 
 
 def test_the_newest_undelivered_read_matches_the_orm() -> None:
@@ -98,7 +98,7 @@ def test_the_newest_undelivered_read_matches_the_orm() -> None:
         )
 
     with connection.cursor() as cursor:
-        cursor.execute(NEWEST_UNDELIVERED_SQL, [thread.id])
+        cursor.execute(NEWEST_UNDELIVERED_SQL, [thread.user_id, thread.id])
         (newest,) = cursor.fetchone()
 
     orm = ConversationEntry.objects.undelivered_for(thread).aggregate(newest=Max("created_at"))

@@ -119,7 +119,7 @@ def test_a_thread_records_each_change_of_state_and_each_step_numbered_without_ga
 
 def test_a_replay_from_any_cursor_sends_exactly_what_follows_it() -> None:
     conversation_id, threads = _record_a_conversation()
-    everything = _drain(ConversationStream(conversation_id, ConversationCursor()))
+    everything = _drain(ConversationStream(conversation_id, ConversationCursor(), user_id="alice"))
     entries = [data["seq"] for _, event, data in everything if event == "entry"]
     assert entries == list(range(1, len(entries) + 1))
     for thread_id in threads:
@@ -141,7 +141,9 @@ def test_a_replay_from_any_cursor_sends_exactly_what_follows_it() -> None:
 
     for i, (cursor, _, _) in enumerate(everything):
         assert cursor is not None
-        resumed = _drain(ConversationStream(conversation_id, ConversationCursor.parse(cursor)))
+        resumed = _drain(
+            ConversationStream(conversation_id, ConversationCursor.parse(cursor), user_id="alice")
+        )
         assert [(e, d) for _, e, d in resumed] == [(e, d) for _, e, d in everything[i + 1 :]], (
             cursor
         )
@@ -155,7 +157,10 @@ def test_the_live_stream_from_real_notifications_matches_the_replay_whatever_the
     finally:
         listener.close()
     replay = [
-        (e, d) for _, e, d in _drain(ConversationStream(conversation_id, ConversationCursor()))
+        (e, d)
+        for _, e, d in _drain(
+            ConversationStream(conversation_id, ConversationCursor(), user_id="alice")
+        )
     ]
     mine = [n for n in notices if n[1] == str(conversation_id)]
     assert {channel for channel, _, _ in mine} == {ENTRIES_CHANNEL, EVENTS_CHANNEL}
@@ -185,7 +190,7 @@ class _Live:
 
 
 def _live(conversation_id: uuid.UUID, notices: list[tuple[str, str, dict[str, Any]]]) -> _Live:
-    stream = ConversationStream(conversation_id, ConversationCursor())
+    stream = ConversationStream(conversation_id, ConversationCursor(), user_id="alice")
     live = _Live()
 
     def take(sent: list[bytes]) -> None:
@@ -214,7 +219,7 @@ def test_a_payload_too_large_for_a_notification_is_read_from_the_database() -> N
         listener.close()
     partial = [d for c, _, d in notices if c == ENTRIES_CHANNEL and d.get("partial")]
     assert partial == [{"seq": 1, "partial": True}]
-    stream = ConversationStream(sent.conversation_id, ConversationCursor())
+    stream = ConversationStream(sent.conversation_id, ConversationCursor(), user_id="alice")
     frames, read = stream.notified(ENTRIES_CHANNEL, str(sent.conversation_id), partial[0])
     assert (frames, read) == ([], True)
     frames, _ = stream.read_done(stream.read_plan()())
@@ -223,7 +228,7 @@ def test_a_payload_too_large_for_a_notification_is_read_from_the_database() -> N
 
 def test_a_thread_stream_ends_with_the_threads_final_event() -> None:
     _, threads = _record_a_conversation()
-    stream = ThreadStream(threads[0], after=2)
+    stream = ThreadStream(threads[0], after=2, user_id="alice")
     frames = _drain(stream)
     assert [(i, d["type"]) for i, _, d in frames] == [
         ("3", "step"),
@@ -319,7 +324,7 @@ def test_a_step_checkpointed_after_its_thread_stopped_is_refused_no_event_follow
     thread = Thread.objects.get(pk=sent.thread_id)
     assert thread.event_seq == 3
     # The stream of the ended thread says how it ended, and ends.
-    stream = ThreadStream(thread.id, after=thread.event_seq - 1)
+    stream = ThreadStream(thread.id, after=thread.event_seq - 1, user_id="alice")
     assert [d["type"] for _, _, d in _drain(stream)] == ["stopped"]
     assert stream.done()
 
@@ -334,7 +339,7 @@ def test_notifications_of_threads_the_stream_saw_end_are_not_held() -> None:
         notices = _notifications(listener)
     finally:
         listener.close()
-    stream = ConversationStream(conversation_id, ConversationCursor())
+    stream = ConversationStream(conversation_id, ConversationCursor(), user_id="alice")
     _drain(stream)
 
     for channel, key, data in notices:
@@ -350,7 +355,7 @@ def test_a_replay_reads_a_page_of_bounded_bytes_at_a_time() -> None:
     sent = message_handle(user_id="alice", channel="web", content="x" * 60_000)
     for _ in range(9):
         message_handle(user_id="alice", channel="web", content="x" * 60_000)
-    stream = ConversationStream(sent.conversation_id, ConversationCursor())
+    stream = ConversationStream(sent.conversation_id, ConversationCursor(), user_id="alice")
     first = stream.read_plan()()
     assert isinstance(first, ConversationRead)
     assert first.more

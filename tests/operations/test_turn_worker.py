@@ -266,13 +266,13 @@ def test_crashes_that_are_not_in_a_row_or_are_database_errors_are_retried() -> N
 
 
 def test_the_claim_is_served_by_the_index_of_created_threads() -> None:
-    from conversations.services.lease import _CLAIM_RUNNABLE_SQL
+    from conversations.services.lease import CLAIM_RUNNABLE_ANY_TENANT_SQL
 
     with transaction.atomic(), connection.cursor() as cursor:
         # An empty test table is scanned whatever the indexes: ask whether an index can serve it.
         cursor.execute("SET LOCAL enable_seqscan = off")
-        params: list[Any] = [None] * 4 + ["probe", datetime.timedelta(seconds=30), "1s"]
-        cursor.execute("EXPLAIN " + _CLAIM_RUNNABLE_SQL, params)
+        params: list[Any] = ["probe", datetime.timedelta(seconds=30), "1s"]
+        cursor.execute("EXPLAIN " + CLAIM_RUNNABLE_ANY_TENANT_SQL, params)
         plan = "\n".join(row[0] for row in cursor.fetchall())
 
     assert "thread_claimable_idx" in plan

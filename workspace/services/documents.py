@@ -73,7 +73,7 @@ def _lock_or_create_document(*, user_id: str, path: str) -> Document:
 def _save_version_of_current(document: Document, *, changed_by: str) -> None:
     """Snapshot the document's current content as version max+1 (caller holds the row lock)."""
     latest = (
-        DocumentVersion.objects.filter(document=document)
+        DocumentVersion.objects.filter(user_id=document.user_id, document=document)
         .order_by("-version")
         .values_list("version", "content_hash")
         .first()
@@ -144,7 +144,7 @@ def _apply_change(
 
 def _index_inline(document: Document, index_due: bool) -> None:
     if index_due and settings.WORKSPACE_INDEXING == "inline":
-        document_index(document_id=document.id)
+        document_index(document_id=document.id, user_id=document.user_id)
         document.refresh_from_db(fields=["index_state", "indexed_hash"])
 
 
@@ -283,7 +283,7 @@ def document_restore(
         if document is None:
             raise DocumentNotFound.for_path(normalised)
         restored = (
-            DocumentVersion.objects.filter(document=document, version=version)
+            DocumentVersion.objects.filter(user_id=user_id, document=document, version=version)
             .values_list("content", flat=True)
             .first()
         )

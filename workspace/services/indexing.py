@@ -116,38 +116,45 @@ def pending_documents_requeue(*, pending_for: timedelta, batch_size: int = 500) 
             return summary
 
 
-def _skip_indexing(document_id: uuid.UUID, source_hash: str) -> IndexOutcome:
+def _skip_indexing(document_id: uuid.UUID, user_id: str, source_hash: str) -> IndexOutcome:
     with transaction.atomic():
         locked = (
-            Document.objects.for_update().filter(pk=document_id, content_hash=source_hash).first()
+            Document.objects.for_update()
+            .filter(pk=document_id, user_id=user_id, content_hash=source_hash)
+            .first()
         )
         if locked is None:
             return IndexOutcome.STALE
-        Chunk.objects.filter(document_id=document_id).delete()
-        Document.objects.filter(pk=document_id).update(
+        Chunk.objects.filter(document_id=document_id, user_id=user_id).delete()
+        Document.objects.filter(pk=document_id, user_id=user_id).update(
             index_state=IndexState.SKIPPED, indexed_hash=""
         )
     return IndexOutcome.SKIPPED
 
 
-def document_index(*, document_id: uuid.UUID | str, force: bool = False) -> IndexOutcome:
+def document_index(
+    *, document_id: uuid.UUID | str, user_id: str | None = None, force: bool = False
+) -> IndexOutcome:
     """Chunk and embed a document, then replace its chunks in one transaction under the row lock,
     only if the document still has the content that was chunked (a newer write wins).
 
     Embedding runs before that transaction. If it fails, chunks are stored without vectors and the
     state is ``failed`` (full-text search still works; a retry or ``reindex_workspace`` fixes it).
     """
-    snapshot = Document.objects.filter(pk=document_id).first()
+    # Without ``user_id`` (the indexing job names only the document) this read finds the tenant,
+    # which every later statement names.
+    documents = Document.objects.filter(pk=document_id)
+    snapshot = (documents if user_id is None else documents.filter(user_id=user_id)).first()
     if snapshot is None:
         return IndexOutcome.MISSING
     source_hash = snapshot.content_hash
     if snapshot.is_runtime or is_runtime_path(snapshot.path):
-        return _skip_indexing(snapshot.pk, source_hash)
+        return _skip_indexing(snapshot.pk, snapshot.user_id, source_hash)
     effective = effective_metadata(
         user_id=snapshot.user_id, path=snapshot.path, own=snapshot.metadata
     )
     if flag_is_set(effective, "skip_indexing"):
-        return _skip_indexing(snapshot.pk, source_hash)
+        return _skip_indexing(snapshot.pk, snapshot.user_id, source_hash)
     if (
         not force
         and snapshot.index_state == IndexState.INDEXED
@@ -174,7 +181,9 @@ def document_index(*, document_id: uuid.UUID | str, force: bool = False) -> Inde
     with transaction.atomic():
         locked = (
             Document.objects.for_update()
-            .filter(pk=snapshot.pk, content_hash=source_hash, is_runtime=False)
+            .filter(
+                pk=snapshot.pk, user_id=snapshot.user_id, content_hash=source_hash, is_runtime=False
+            )
             .first()
         )
         # A metadata-only write (same hash) may have set skip_indexing and dropped the chunks
@@ -182,7 +191,7 @@ def document_index(*, document_id: uuid.UUID | str, force: bool = False) -> Inde
         # index marked the document pending and queued (or ran) a job of its own.
         if locked is None or locked.metadata != snapshot.metadata:
             return IndexOutcome.STALE
-        Chunk.objects.filter(document_id=locked.pk).delete()
+        Chunk.objects.filter(document_id=locked.pk, user_id=locked.user_id).delete()
         Chunk.objects.bulk_create(
             [
                 Chunk(
@@ -197,7 +206,7 @@ def document_index(*, document_id: uuid.UUID | str, force: bool = False) -> Inde
                 for position, (piece, vector) in enumerate(zip(pieces, vectors, strict=True))
             ]
         )
-        Document.objects.filter(pk=locked.pk).update(
+        Document.objects.filter(pk=locked.pk, user_id=locked.user_id).update(
             index_state=IndexState.FAILED if failed else IndexState.INDEXED,
             indexed_hash=source_hash,
         )

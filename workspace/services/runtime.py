@@ -150,7 +150,7 @@ UPDATE workspace_document AS d SET
     indexed_hash = '',
     updated_at = now()
 FROM patched p
-WHERE d.id = p.id AND octet_length(p.new_content) <= %(limit)s
+WHERE d.id = p.id AND d.user_id = %(user_id)s AND octet_length(p.new_content) <= %(limit)s
 RETURNING {_DOCUMENT_COLUMNS},
     CASE WHEN %(replace_all)s
          THEN (char_length(p.old_content) - char_length(replace(p.old_content, %(old)s, '')))
