@@ -49,11 +49,14 @@ from workspace.services.maintenance import (
 )
 from workspace.services.runtime import WriteFence
 from workspace.services.vector_index import (
+    TenantIndexBuilt,
     VectorIndexEnsured,
     VectorIndexUnavailable,
+    recall_measure,
     stored_dimensions,
     vector_index_ensure,
     vector_index_state,
+    vector_indexes_ensure_configured,
 )
 
 __all__ = [
@@ -66,6 +69,7 @@ __all__ = [
     "PendingRequeue",
     "PruneResult",
     "RuntimeCleanup",
+    "TenantIndexBuilt",
     "VectorIndexEnsured",
     "VectorIndexUnavailable",
     "WriteFence",
@@ -79,10 +83,12 @@ __all__ = [
     "document_write",
     "documents_reindex",
     "pending_documents_requeue",
+    "recall_measure",
     "runtime_chunks_cleanup",
     "stored_dimensions",
     "vector_index_ensure",
     "vector_index_state",
+    "vector_indexes_ensure_configured",
     "versions_prune",
     "workspace_hygiene",
 ]
