@@ -164,7 +164,8 @@ def run_size(*, chunks: int, options: argparse.Namespace, uniform: bool) -> list
         print(
             f"vector_index_ensure in {build_seconds:.0f}s: "
             + ", ".join(f"{b.user_id} {b.action} {b.seconds:.0f}s" for b in ensured.built)
-            + f"; recall@10 {index.recall:.3f} at ef_search {index.ef_search}, {index_mb:.0f} MB",
+            + f"; recall@10 {index.recall:.3f} at ef_search {index.ef_search}, {index_mb:.0f} MB"
+            + f", {index.index_ms:.1f} ms a query against {index.exact_ms:.1f} ms exact",
             flush=True,
         )
         settings.SEARCH_VECTOR_INDEX = "auto"

@@ -215,10 +215,14 @@ class TenantVectorIndex(models.Model):
     name = models.CharField(max_length=63)
     # The tenant's chunks of the model when the index was built.
     chunks = models.PositiveIntegerField()
-    # recall@10 against the exact scan on sample queries, at the ef_search below (the smallest
-    # tried that reached SEARCH_RECALL_FLOOR, or the largest tried).
+    # recall@10 against the exact scan on sample queries less one standard error, at the
+    # ef_search below (the smallest tried that reached SEARCH_RECALL_FLOOR, or the last tried).
     recall = models.FloatField()
     ef_search = models.PositiveIntegerField()
+    # Median milliseconds per sample query through the index and with the exact scan: reported
+    # (a tenant whose index is no faster may want a higher SEARCH_HNSW_MIN_CHUNKS), not acted on.
+    index_ms = models.FloatField()
+    exact_ms = models.FloatField()
     built_at = models.DateTimeField(auto_now=True)
 
     class Meta:

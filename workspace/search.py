@@ -213,7 +213,7 @@ def vector_plan_choose(*, user_id: str, model: str, dimensions: int) -> VectorPl
         return VectorPlan(
             "exact", "tenant has no HNSW index of the model (at most SEARCH_HNSW_MIN_CHUNKS chunks)"
         )
-    recall, ef_search, index_valid = float(row[0]), int(row[1]), bool(row[2])
+    recall, ef_search, index_valid = row
     if not index_valid:
         return VectorPlan("exact", "the tenant's HNSW index is not valid (vector_index_ensure)")
     floor = settings.SEARCH_RECALL_FLOOR

@@ -117,14 +117,18 @@ def vector_index_ensure_job(timestamp: int) -> None:
     if result is None:
         return
     for built in result.built:
-        logger.info(
-            "vector index of %s %s (%d chunks) in %.1f s: recall@10 %.3f at ef_search %d",
-            built.user_id,
-            built.action,
-            built.chunks,
-            built.seconds,
-            built.recall,
-            built.ef_search,
-        )
+        if built.measured is not None:
+            logger.info(
+                "vector index of %s %s (%d chunks) in %.1f s: recall@10 %.3f at ef_search %d, "
+                "%.1f ms a query against %.1f ms exact",
+                built.user_id,
+                built.action,
+                built.chunks,
+                built.seconds,
+                built.measured.recall,
+                built.measured.ef_search,
+                built.measured.index_ms,
+                built.measured.exact_ms,
+            )
     if result.dropped:
         logger.info("vector indexes dropped: %s", ", ".join(result.dropped))

@@ -419,6 +419,8 @@ def test_the_build_raises_ef_search_until_the_measured_recall_reaches_the_floor(
     assert [built.action for built in result.built] == ["created", "created"]
     assert big.ef_search > 1
     assert big.recall == 1.0 or big.ef_search == 1000
+    assert big.index_ms > 0
+    assert big.exact_ms > 0
     assert plan.kind == ("hnsw" if big.recall == 1.0 else "exact")
     assert plan.ef_search == (big.ef_search if plan.kind == "hnsw" else 0)
 

@@ -49,6 +49,7 @@ from workspace.services.maintenance import (
 )
 from workspace.services.runtime import WriteFence
 from workspace.services.vector_index import (
+    RecallMeasured,
     TenantIndexBuilt,
     VectorIndexEnsured,
     VectorIndexUnavailable,
@@ -68,6 +69,7 @@ __all__ = [
     "PatchResult",
     "PendingRequeue",
     "PruneResult",
+    "RecallMeasured",
     "RuntimeCleanup",
     "TenantIndexBuilt",
     "VectorIndexEnsured",

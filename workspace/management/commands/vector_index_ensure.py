@@ -70,17 +70,20 @@ class Command(BaseCommand):
                     )
                 )
                 continue
+            measured = built.measured
+            assert measured is not None
+            if measured.recall < settings.SEARCH_RECALL_FLOOR:
+                verdict = ", below SEARCH_RECALL_FLOOR: search scans this tenant exactly"
+            elif measured.index_ms >= measured.exact_ms:
+                verdict = ", no faster than the exact scan (raise SEARCH_HNSW_MIN_CHUNKS?)"
+            else:
+                verdict = ""
             self.stdout.write(
                 self.style.SUCCESS(
                     f"Index of {built.user_id!r} {built.action} ({built.chunks} chunks) in "
-                    f"{built.seconds:.1f}s: recall@10 {built.recall:.3f} at ef_search "
-                    f"{built.ef_search}"
-                    + (
-                        ""
-                        if built.recall >= settings.SEARCH_RECALL_FLOOR
-                        else ", below SEARCH_RECALL_FLOOR: search scans this tenant exactly"
-                    )
-                    + "."
+                    f"{built.seconds:.1f}s: recall@10 {measured.recall:.3f} at ef_search "
+                    f"{measured.ef_search}, {measured.index_ms:.1f} ms a query against "
+                    f"{measured.exact_ms:.1f} ms exact{verdict}."
                 )
             )
         if not result.built and not result.dropped:
