@@ -238,7 +238,10 @@ def recall_measure(*, user_id: str, model: str, dimensions: int) -> RecallMeasur
         times: list[float] = []
         for query, ids in zip(params, exact, strict=True):
             started = time.perf_counter()
-            found = vector_index_scan({**query, "candidates": 10}, ef_search=ef_search)
+            # As search does: SEARCH_CANDIDATES from the index, re-sorted, of which the top 10.
+            found = vector_index_scan(
+                {**query, "candidates": settings.SEARCH_CANDIDATES}, ef_search=ef_search
+            )[:10]
             times.append(time.perf_counter() - started)
             if ids:
                 recalls.append(len(set(found) & ids) / len(ids))
