@@ -145,7 +145,7 @@ def vector_index_ensure(
             result.dropped.append(row.name)
             if not dry_run:
                 _drop(row.name)
-                row.delete()
+                TenantVectorIndex.objects.filter(user_id=user_id, pk=row.pk).delete()
     legacy = model_vector_index_name(model=model, dimensions=dimensions)
     if vector_index_state(name=legacy) != "missing":
         result.dropped.append(legacy)
@@ -174,18 +174,13 @@ def vector_index_ensure(
         if action != "measured":
             _build(name=name, user_id=user_id, model=model, dimensions=dimensions, drop_first=True)
         measured = recall_measure(user_id=user_id, model=model, dimensions=dimensions)
-        TenantVectorIndex.objects.update_or_create(
+        _record(
             user_id=user_id,
             model=model,
             dimensions=dimensions,
-            defaults={
-                "name": name,
-                "chunks": chunks,
-                "recall": measured.recall,
-                "ef_search": measured.ef_search,
-                "index_ms": measured.index_ms,
-                "exact_ms": measured.exact_ms,
-            },
+            name=name,
+            chunks=chunks,
+            measured=measured,
         )
         seconds = time.perf_counter() - started
         result.built.append(TenantIndexBuilt(user_id, name, chunks, action, measured, seconds))
@@ -252,6 +247,34 @@ def recall_measure(*, user_id: str, model: str, dimensions: int) -> RecallMeasur
         if recall >= settings.SEARCH_RECALL_FLOOR or ef_search >= EF_SEARCH_MAX:
             return RecallMeasured(recall, ef_search, index_ms, exact_ms)
         ef_search = min(EF_SEARCH_MAX, ef_search * 2)
+
+
+def _record(
+    *, user_id: str, model: str, dimensions: int, name: str, chunks: int, measured: RecallMeasured
+) -> None:
+    """One upsert keyed by tenant, model and size (a statement that names its tenant)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO workspace_tenantvectorindex (user_id, model, dimensions, name, chunks,
+              recall, ef_search, index_ms, exact_ms, built_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+            ON CONFLICT (user_id, model, dimensions) DO UPDATE SET name = EXCLUDED.name,
+              chunks = EXCLUDED.chunks, recall = EXCLUDED.recall, ef_search = EXCLUDED.ef_search,
+              index_ms = EXCLUDED.index_ms, exact_ms = EXCLUDED.exact_ms, built_at = now()
+            """,
+            [
+                user_id,
+                model,
+                dimensions,
+                name,
+                chunks,
+                measured.recall,
+                measured.ef_search,
+                measured.index_ms,
+                measured.exact_ms,
+            ],
+        )
 
 
 def _drop(name: str) -> None:
