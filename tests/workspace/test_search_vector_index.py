@@ -401,7 +401,7 @@ def test_below_the_recall_floor_the_tenant_is_scanned_exactly(
     ids, kind = leg_ids(BIG_TENANT[0], query)
 
     assert plan.kind == "exact"
-    assert "recall@10 0.50 is below 0.90" in plan.reason
+    assert "recall@10 0.50 is below 0.95" in plan.reason
     assert kind == "exact"
     assert ids == exact_ids(BIG_TENANT[0], query, settings)
 
