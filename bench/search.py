@@ -1,13 +1,16 @@
-"""Search benchmark: the vector leg (and whole hybrid search) with the HNSW index vs the exact scan.
+"""Search benchmark: the vector leg and hybrid search per tenant class, as the data grows.
 
-Seeds a scratch database in SQL (random unit vectors, no Python round trips): ``--chunks`` chunks
-in ``--tenants`` tenants, one of which holds ``--big``. Measures, in one run, p50/p95 for the big
-tenant and for small ones with the exact scan (``SEARCH_VECTOR_INDEX=off``, today's plan), then
-builds the index and measures the per-tenant plan (``auto``), with recall@10 against the exact
-scan's answers to the same queries.
+For each size, seeds a scratch database in SQL (random unit vectors, no Python round trips) with
+``--tenants`` tenants, the biggest holding a fifth of the chunks (``--big-share``), the others
+sharing the rest. Measures, in one run, p50/p95 of the vector leg and of the whole hybrid search
+for the big tenant and for small ones with the exact scan (``SEARCH_VECTOR_INDEX=off``, the
+baseline), then runs ``vector_index_ensure`` (the big tenant's own HNSW index, its recall measured
+and its ef_search calibrated) and measures the chosen plans (``auto``) with recall@10 against the
+exact scan's answers to the same queries, and the plan choice alone. Prints one scaling curve:
+build time, index size, p50/p95 and recall for each size, vector distribution and tenant class.
 
-    .venv/bin/python bench/search.py                                  # quick: 200k chunks, 50k big
-    .venv/bin/python bench/search.py --chunks 1000000 --big 200000    # the target size
+    .venv/bin/python bench/search.py                          # quick: 200k chunks, clustered
+    .venv/bin/python bench/search.py --sizes 100000,1000000,3000000 --uniform-too   # the curve
 """
 
 from __future__ import annotations
@@ -25,100 +28,9 @@ os.environ.setdefault("WORKSPACE_INDEXING", "inline")
 
 from django.conf import settings
 from scratch_database import scratch_database
+from search_seed import CLUSTERS, DIMENSIONS, query_vectors, seed
 
-DIMENSIONS = 256
-SEED_BATCH = 50_000
 SMALL_TENANTS_SAMPLED = 50
-CLUSTERS = 1000
-
-
-def seed(*, chunks: int, tenants: int, big: int, model: str, uniform: bool) -> None:
-    """Tenant 0 holds ``big`` chunks, the others share the rest evenly; one document each.
-
-    Vectors are clustered (a random centre out of CLUSTERS plus noise), as real embeddings are;
-    ``uniform`` spreads them uniformly on the sphere instead, the adversarial case for HNSW, where
-    every point is almost equally far from every other.
-    """
-    from django.db import connection
-
-    small_each = max(1, (chunks - big) // max(1, tenants - 1))
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT setseed(0.42)")
-        cursor.execute(
-            """
-            CREATE TEMPORARY TABLE bench_centre AS
-            SELECT k, (SELECT array_agg((random() - 0.5) * %s)
-                       FROM generate_series(1, %s + 0 * k))::vector AS v
-            FROM generate_series(0, %s - 1) AS k
-            """,
-            # Centres of norm about 6 against noise of norm about 4.6 (256 x U(-0.5, 0.5)).
-            [0.0 if uniform else 1.3, DIMENSIONS, CLUSTERS],
-        )
-        cursor.execute(
-            """
-            INSERT INTO workspace_document (id, user_id, path, content, content_hash, metadata,
-              is_runtime, index_state, indexed_hash, created_at, updated_at)
-            SELECT gen_random_uuid(), 'tenant-' || lpad(t::text, 4, '0'), 'seed.md', '',
-              'sha256:seed', '{}', false, 'indexed', 'sha256:seed', now(), now()
-            FROM generate_series(0, %s - 1) AS t
-            """,
-            [tenants],
-        )
-        # Rows are laid out tenant after tenant: chunk n of the big tenant for n < big, then the
-        # small tenants' in turn. Words from a small vocabulary give the full-text leg real work.
-        total = big + small_each * (tenants - 1)
-        started = time.perf_counter()
-        for start in range(0, total, SEED_BATCH):
-            stop = min(total, start + SEED_BATCH)
-            cursor.execute(
-                """
-                INSERT INTO workspace_chunk (document_id, user_id, chunk_index, content,
-                  source_hash, embedding, embedding_model, created_at)
-                SELECT d.id, d.user_id, n, 'alpha' || (n %% 500) || ' beta' || (n %% 333),
-                  'sha256:seed',
-                  l2_normalize((SELECT v FROM bench_centre
-                                 WHERE k = (n::bigint * 7919) %% %(clusters)s)
-                               + (SELECT array_agg(random() - 0.5)
-                                  FROM generate_series(1, %(dimensions)s + 0 * n))::vector),
-                  %(model)s, now()
-                FROM generate_series(%(start)s, %(stop)s - 1) AS n
-                JOIN workspace_document d ON d.user_id = 'tenant-' || lpad((CASE
-                    WHEN n < %(big)s THEN 0 ELSE 1 + (n - %(big)s) / %(small_each)s END)::text,
-                  4, '0')
-                """,
-                {
-                    "dimensions": DIMENSIONS,
-                    "model": model,
-                    "start": start,
-                    "stop": stop,
-                    "big": big,
-                    "small_each": small_each,
-                    "clusters": CLUSTERS,
-                },
-            )
-            print(
-                f"  seeded {stop:>9,} / {total:,} chunks ({time.perf_counter() - started:.0f}s)",
-                flush=True,
-            )
-        cursor.execute("VACUUM ANALYZE workspace_chunk")
-        cursor.execute("VACUUM ANALYZE workspace_document")
-
-
-def query_vectors(count: int) -> list[list[float]]:
-    """Stored vectors with a little noise: a query near the data, as a real query is."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT setseed(0.7)")
-        cursor.execute(
-            """
-            SELECT l2_normalize(embedding + (SELECT array_agg((random() - 0.5) * 0.05)
-                                             FROM generate_series(1, %s + 0 * id))::vector)::text
-            FROM workspace_chunk ORDER BY random() LIMIT %s
-            """,
-            [DIMENSIONS, count],
-        )
-        return [[float(value) for value in row[0].strip("[]").split(",")] for row in cursor]
 
 
 def percentiles(times: list[float]) -> tuple[float, float]:
@@ -130,6 +42,7 @@ def percentiles(times: list[float]) -> tuple[float, float]:
 class Measurement:
     leg: tuple[float, float]
     hybrid: tuple[float, float]
+    plan: tuple[float, float]
     answers: list[list[int]]
     plans: str
 
@@ -137,7 +50,7 @@ class Measurement:
 def measure(
     *, tenants: list[str], vectors: list[list[float]], texts: list[str], model: str
 ) -> Measurement:
-    from workspace.search import vector_leg, workspace_search
+    from workspace.search import vector_leg, vector_plan_choose, workspace_search
 
     kinds: set[str] = set()
 
@@ -154,23 +67,29 @@ def measure(
     def hybrid(index: int) -> None:
         workspace_search(user_id=tenants[index % len(tenants)], query=texts[index])
 
+    def plan(index: int) -> None:
+        vector_plan_choose(
+            user_id=tenants[index % len(tenants)], model=model, dimensions=DIMENSIONS
+        )
+
     for index in range(min(5, len(vectors))):
         leg(index)
         hybrid(index)
     answers: list[list[int]] = []
-    leg_times: list[float] = []
-    hybrid_times: list[float] = []
+    times: dict[str, list[float]] = {"leg": [], "hybrid": [], "plan": []}
     for index in range(len(vectors)):
         started = time.perf_counter()
         answers.append(leg(index))
-        leg_times.append((time.perf_counter() - started) * 1000)
-    for index in range(len(vectors)):
-        started = time.perf_counter()
-        hybrid(index)
-        hybrid_times.append((time.perf_counter() - started) * 1000)
+        times["leg"].append((time.perf_counter() - started) * 1000)
+    for name, run in (("hybrid", hybrid), ("plan", plan)):
+        for index in range(len(vectors)):
+            started = time.perf_counter()
+            run(index)
+            times[name].append((time.perf_counter() - started) * 1000)
     return Measurement(
-        leg=percentiles(leg_times),
-        hybrid=percentiles(hybrid_times),
+        leg=percentiles(times["leg"]),
+        hybrid=percentiles(times["hybrid"]),
+        plan=percentiles(times["plan"]),
         answers=answers,
         plans="/".join(sorted(kinds)),
     )
@@ -182,40 +101,37 @@ def recall_at_10(chosen: list[list[int]], exact: list[list[int]]) -> float:
     return found / possible if possible else 1.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chunks", type=int, default=200_000, help="chunks in all")
-    parser.add_argument("--tenants", type=int, default=1000, help="tenants, the big one included")
-    parser.add_argument("--big", type=int, default=50_000, help="chunks of the big tenant")
-    parser.add_argument("--queries", type=int, default=200, help="queries per measurement")
-    parser.add_argument(
-        "--uniform", action="store_true", help="vectors uniform on the sphere, not clustered"
-    )
-    options = parser.parse_args()
-    if not 0 < options.big < options.chunks or options.tenants < 2:
-        parser.error("need 0 < --big < --chunks and at least 2 tenants")
+@dataclass(frozen=True)
+class Row:
+    size: int
+    vectors: str
+    group: str
+    build_seconds: float
+    index_mb: float
+    index_recall: float
+    ef_search: int
+    exact: Measurement
+    chosen: Measurement
 
+
+def run_size(*, chunks: int, options: argparse.Namespace, uniform: bool) -> list[Row]:
+    big = int(chunks * options.big_share)
     with scratch_database("bench_search") as name:
         from django.db import connection
 
         from workspace.embeddings import embedding_provider
+        from workspace.models import TenantVectorIndex
         from workspace.services import vector_index_ensure
 
         model = embedding_provider().name
+        vectors_kind = "uniform" if uniform else "clustered"
         print(
-            f"database {name}, {os.cpu_count()} CPUs: {options.chunks:,} chunks, "
-            f"{options.tenants} tenants, big tenant {options.big:,}, {DIMENSIONS} dims, "
-            f"{'uniform' if options.uniform else f'{CLUSTERS} clusters'}",
+            f"database {name}, {os.cpu_count()} CPUs: {chunks:,} chunks, {options.tenants} "
+            f"tenants, big tenant {big:,}, {DIMENSIONS} dims, {vectors_kind}",
             flush=True,
         )
         started = time.perf_counter()
-        seed(
-            chunks=options.chunks,
-            tenants=options.tenants,
-            big=options.big,
-            model=model,
-            uniform=options.uniform,
-        )
+        seed(chunks=chunks, tenants=options.tenants, big=big, model=model, uniform=uniform)
         print(f"seeded in {time.perf_counter() - started:.0f}s", flush=True)
 
         rng = random.Random(7)
@@ -230,49 +146,105 @@ def main() -> None:
                 )
             ],
         }
-
         settings.SEARCH_VECTOR_INDEX = "off"
         exact = {
             group: measure(tenants=tenants, vectors=vectors, texts=texts, model=model)
             for group, tenants in groups.items()
         }
         with connection.cursor() as cursor:
-            # A bigger budget than the default 64 MB keeps the graph in memory while it is built.
-            cursor.execute("SET maintenance_work_mem = '2GB'")
+            # More than the default 64 MB keeps the graph in memory while it is built.
+            cursor.execute(f"SET maintenance_work_mem = '{options.maintenance_work_mem}'")
         started = time.perf_counter()
         ensured = vector_index_ensure(model=model, dimensions=DIMENSIONS)
         build_seconds = time.perf_counter() - started
-        print(f"index {ensured.name} {ensured.action} in {build_seconds:.0f}s", flush=True)
+        index = TenantVectorIndex.objects.get(user_id="tenant-0000")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_relation_size(%s::regclass)", [index.name])
+            index_mb = cursor.fetchone()[0] / 2**20
+        print(
+            f"vector_index_ensure in {build_seconds:.0f}s: "
+            + ", ".join(f"{b.user_id} {b.action} {b.seconds:.0f}s" for b in ensured.built)
+            + f"; recall@10 {index.recall:.3f} at ef_search {index.ef_search}, {index_mb:.0f} MB"
+            + f", {index.index_ms:.1f} ms a query against {index.exact_ms:.1f} ms exact",
+            flush=True,
+        )
         settings.SEARCH_VECTOR_INDEX = "auto"
         chosen = {
             group: measure(tenants=tenants, vectors=vectors, texts=texts, model=model)
             for group, tenants in groups.items()
         }
+    return [
+        Row(
+            size=chunks,
+            vectors=vectors_kind,
+            group=group,
+            build_seconds=build_seconds if group == "big" else 0.0,
+            index_mb=index_mb if group == "big" else 0.0,
+            index_recall=index.recall if group == "big" else 1.0,
+            ef_search=index.ef_search if group == "big" else 0,
+            exact=exact[group],
+            chosen=chosen[group],
+        )
+        for group in groups
+    ]
 
+
+def print_curve(rows: list[Row], options: argparse.Namespace) -> None:
     print()
     print(
-        f"== search, {options.queries} queries each, SEARCH_HNSW_MIN_CHUNKS="
-        f"{settings.SEARCH_HNSW_MIN_CHUNKS}, ef_search={settings.SEARCH_HNSW_EF_SEARCH} "
-        f"(ratio = exact p95 / chosen p95; >1 is faster)"
+        f"== search scaling, {options.queries} queries per cell, {DIMENSIONS} dims, big tenant "
+        f"{options.big_share:.0%} of the chunks, {options.tenants} tenants, SEARCH_HNSW_MIN_CHUNKS="
+        f"{settings.SEARCH_HNSW_MIN_CHUNKS}, SEARCH_RECALL_FLOOR={settings.SEARCH_RECALL_FLOOR}; "
+        f"ms except build (s) and index (MB); exact = the exact scan's p50/p95 (baseline)"
     )
     header = (
-        f"{'tenant':<6} {'what':<11} {'exact p50':>9} {'p95':>7}  {'chosen':<6} "
-        f"{'p50':>7} {'p95':>7}  {'ratio p95':>9}  {'recall@10':>9}"
+        f"{'chunks':>9} {'vectors':<9} {'tenant':<6} {'build':>6} {'index':>6} {'ef':>4}  "
+        f"{'plan':<5} {'recall':>6}  {'leg p50':>7} {'p95':>6} {'exact':>13}  "
+        f"{'hybrid p50':>10} {'p95':>6} {'exact':>13}  {'choice p50':>10} {'p95':>5}"
     )
     print(header)
     print("-" * len(header))
-    for group in groups:
-        recall = recall_at_10(chosen[group].answers, exact[group].answers)
-        for what, (exact_p50, exact_p95), (p50, p95) in (
-            ("vector leg", exact[group].leg, chosen[group].leg),
-            ("hybrid", exact[group].hybrid, chosen[group].hybrid),
-        ):
-            print(
-                f"{group:<6} {what:<11} {exact_p50:9.2f} {exact_p95:7.2f}  "
-                f"{chosen[group].plans:<6} {p50:7.2f} {p95:7.2f}  "
-                f"{exact_p95 / p95:8.1f}x  {recall:9.3f}"
-            )
-    print(f"index build: {build_seconds:.0f}s (ms everywhere else)")
+    for row in rows:
+        recall = recall_at_10(row.chosen.answers, row.exact.answers)
+        build = f"{row.build_seconds:6.0f} {row.index_mb:6.0f} {row.ef_search:4d}"
+        if row.group != "big":
+            build = f"{'':>6} {'':>6} {'':>4}"
+        print(
+            f"{row.size:>9,} {row.vectors:<9} {row.group:<6} {build}  {row.chosen.plans:<5} "
+            f"{recall:6.3f}  {row.chosen.leg[0]:7.2f} {row.chosen.leg[1]:6.2f} "
+            f"{row.exact.leg[0]:6.1f}/{row.exact.leg[1]:6.1f}  "
+            f"{row.chosen.hybrid[0]:10.2f} {row.chosen.hybrid[1]:6.2f} "
+            f"{row.exact.hybrid[0]:6.1f}/{row.exact.hybrid[1]:6.1f}  "
+            f"{row.chosen.plan[0]:10.3f} {row.chosen.plan[1]:5.3f}"
+        )
+    print(
+        "recall: the chosen plan's recall@10 against the exact scan on the bench's queries "
+        "(vector_index_ensure measured its own at build on the tenant's sample); choice: "
+        f"vector_plan_choose alone. {CLUSTERS} clusters when clustered."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sizes", default="200000", help="comma-separated chunk counts (default 200000)"
+    )
+    parser.add_argument("--tenants", type=int, default=1000, help="tenants, the big one included")
+    parser.add_argument("--big-share", type=float, default=0.2, help="the big tenant's share")
+    parser.add_argument("--queries", type=int, default=200, help="queries per measurement")
+    parser.add_argument("--uniform", action="store_true", help="only vectors uniform on the sphere")
+    parser.add_argument("--uniform-too", action="store_true", help="clustered, then uniform")
+    parser.add_argument("--maintenance-work-mem", default="4GB", help="for the index build")
+    options = parser.parse_args()
+    sizes = [int(size) for size in options.sizes.split(",")]
+    if not 0 < options.big_share < 1 or options.tenants < 2 or min(sizes) < options.tenants:
+        parser.error("need 0 < --big-share < 1, at least 2 tenants, more chunks than tenants")
+    kinds = [True] if options.uniform else [False, True] if options.uniform_too else [False]
+    rows: list[Row] = []
+    for uniform in kinds:
+        for chunks in sizes:
+            rows += run_size(chunks=chunks, options=options, uniform=uniform)
+            print_curve(rows, options)
 
 
 if __name__ == "__main__":

@@ -437,7 +437,7 @@ SEARCH_RRF_K = env_int("SEARCH_RRF_K", 60, minimum=1, maximum=10_000)
 SEARCH_CANDIDATES = env_int("SEARCH_CANDIDATES", 50, minimum=1, maximum=1000)
 SEARCH_MAX_LIMIT = env_int("SEARCH_MAX_LIMIT", 100, minimum=1, maximum=1000)
 SEARCH_FUSION = env_choice("SEARCH_FUSION", "rrf", ("rrf", "weighted"))
-# auto: the HNSW index for big tenants when it exists (pgvector 0.8+); off: always the exact scan.
+SEARCH_RECALL_FLOOR = env_float("SEARCH_RECALL_FLOOR", 0.95, minimum=0.0, maximum=1.0)
 SEARCH_VECTOR_INDEX = env_choice("SEARCH_VECTOR_INDEX", "auto", ("auto", "off"))
 SEARCH_HNSW_MIN_CHUNKS = env_int("SEARCH_HNSW_MIN_CHUNKS", 10_000, minimum=1)
 SEARCH_HNSW_EF_SEARCH = env_int("SEARCH_HNSW_EF_SEARCH", 100, minimum=1, maximum=1000)

@@ -197,3 +197,36 @@ class Chunk(TenantRow):
 
     def __str__(self) -> str:
         return f"{self.document_id}#{self.chunk_index}"
+
+
+class TenantVectorIndex(models.Model):
+    """A big tenant's own HNSW index of one model and size, and the recall measured at its build.
+
+    ``vector_index_ensure`` builds a partial index (this tenant's rows of the model only) for every
+    tenant over ``SEARCH_HNSW_MIN_CHUNKS`` chunks and records it here; the vector leg reads this
+    row to choose its plan, so a tenant's size is never counted at query time.
+    """
+
+    # One row per tenant, model and size; the key leads with the tenant, as Citus requires of a
+    # table distributed by it (docs/citus.md).
+    pk = models.CompositePrimaryKey("user_id", "model", "dimensions")
+    user_id = models.CharField(max_length=255)
+    model = models.CharField(max_length=200)
+    dimensions = models.PositiveIntegerField()
+    # Unique by construction (vector_index_name hashes tenant, model and size), not by a
+    # constraint: every unique index of a tenant table includes user_id.
+    name = models.CharField(max_length=63)
+    # The tenant's chunks of the model when the index was built.
+    chunks = models.PositiveIntegerField()
+    # recall@10 against the exact scan on sample queries less one standard error, at the
+    # ef_search below (the smallest tried that reached SEARCH_RECALL_FLOOR, or the last tried).
+    recall = models.FloatField()
+    ef_search = models.PositiveIntegerField()
+    # Median milliseconds per sample query through the index and with the exact scan: reported
+    # (a tenant whose index is no faster may want a higher SEARCH_HNSW_MIN_CHUNKS), not acted on.
+    index_ms = models.FloatField()
+    exact_ms = models.FloatField()
+    built_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.user_id}:{self.model}:{self.dimensions}"

@@ -4,13 +4,13 @@ Each leg filters by tenant first and takes its own top ``SEARCH_CANDIDATES`` fro
 chunks only, so a tenant never gets fewer results because another tenant has more data. Chunks of
 runtime documents cannot exist (a trigger refuses them) and are filtered out anyway.
 
-The vector leg picks its plan per query (``vector_plan_choose``). A small tenant's chunks are
-scanned exactly: a fraction of a millisecond, and always its full top-k. A big tenant (more than
-``SEARCH_HNSW_MIN_CHUNKS`` chunks of the current model) is served by the model's HNSW index with a
-pgvector 0.8 iterative scan, which keeps walking the graph until the tenant's filter has yielded
-its top-k; a small tenant must not take that path, as the scan gives up (max_scan_tuples) before
-it finds all of a rare tenant's rows. Search statements are never prepared: a generic plan would
-ignore the tenant and its size.
+The vector leg picks its plan per query (``vector_plan_choose``) from one indexed row: a tenant
+with more than ``SEARCH_HNSW_MIN_CHUNKS`` chunks of the current model has an HNSW index of its own
+(a partial index of its rows, built and measured by ``vector_index_ensure``), which serves it
+unless its recall@10, measured at build, is below ``SEARCH_RECALL_FLOOR``. Every other tenant's
+chunks are scanned exactly: a fraction of a millisecond for a small tenant, and always its full
+top-k. Search statements are never prepared: a generic plan would ignore the tenant, its size and
+its index.
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.backends.utils import CursorWrapper
+from django.db import connection
 from pgvector import Vector
 
 from workspace.embeddings import EmbeddingError, embedding_provider
 from workspace.errors import InvalidContent
 from workspace.hnsw import (
     HNSW_MAX_DIMENSIONS,
-    vector_index_name,
+    VECTOR_EXACT_SQL,
+    execute_unprepared,
+    vector_index_scan,
     vector_index_supported,
 )
 from workspace.paths import is_runtime_path
@@ -59,9 +60,12 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class VectorPlan:
-    # "hnsw" (the model's HNSW index, iterative scan) or "exact" (scan of the tenant's chunks).
+    # "hnsw" (the tenant's own HNSW index) or "exact" (scan of the tenant's chunks).
     kind: str
     reason: str
+    # hnsw.ef_search of the index scan: the one calibrated at build, or SEARCH_HNSW_EF_SEARCH if
+    # that is larger; 0 for the exact scan.
+    ef_search: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,56 +174,16 @@ ORDER BY ts_rank_cd(c.content_tsv, websearch_to_tsquery('english', %(query)s)) D
 LIMIT %(candidates)s
 """
 
-# Only vectors of the current model (and size) are comparable; an exact scan of the tenant's rows.
-_VECTOR_EXACT_SQL = """
-SELECT c.id
-FROM workspace_chunk c
-JOIN workspace_document d ON d.id = c.document_id AND d.user_id = c.user_id
-WHERE c.user_id = %(user_id)s
-  AND c.embedding IS NOT NULL
-  AND c.embedding_model = %(model)s
-  AND vector_dims(c.embedding) = %(dimensions)s
-  AND NOT d.is_runtime
-ORDER BY c.embedding <=> %(vector)s::vector, c.id
-LIMIT %(candidates)s
-"""
-
-# The plan's two facts in one round trip. The count stops at threshold + 1 rows: a big tenant costs
-# no more to classify than one just over the line.
+# The plan's facts in one round trip, an index lookup in a table of one row per big tenant: the
+# tenant's size is never counted at query time (vector_index_ensure records its index there).
 _PLAN_FACTS_SQL = """
-SELECT
-  (SELECT count(*) FROM (
-     SELECT 1 FROM workspace_chunk c
-     WHERE c.user_id = %(user_id)s AND c.embedding_model = %(model)s AND c.embedding IS NOT NULL
-     LIMIT %(cap)s
-   ) AS tenant_chunks),
-  EXISTS (
+SELECT t.recall, t.ef_search, EXISTS (
     SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-    WHERE ic.relname = %(index_name)s AND i.indisvalid
+    WHERE ic.relname = t.name AND i.indisvalid
       AND ic.relnamespace = current_schema()::regnamespace
   )
-"""
-
-# The partial index's expression and predicate, so the planner can use it; {dimensions} is an int
-# (a type modifier cannot be a parameter). relaxed_order may return candidates slightly out of
-# order: the outer query re-sorts them by exact distance.
-_VECTOR_HNSW_SQL = """
-WITH nearest AS MATERIALIZED (
-  SELECT c.id, c.document_id,
-         c.embedding::vector({dimensions}) <=> %(vector)s::vector({dimensions}) AS distance
-  FROM workspace_chunk c
-  WHERE c.user_id = %(user_id)s
-    AND c.embedding_model = %(model)s
-    AND vector_dims(c.embedding) = {dimensions}
-    AND c.embedding IS NOT NULL
-  ORDER BY c.embedding::vector({dimensions}) <=> %(vector)s::vector({dimensions})
-  LIMIT %(candidates)s
-)
-SELECT n.id
-FROM nearest n
-JOIN workspace_document d ON d.id = n.document_id
-WHERE d.user_id = %(user_id)s AND NOT d.is_runtime
-ORDER BY n.distance, n.id
+FROM workspace_tenantvectorindex t
+WHERE t.user_id = %(user_id)s AND t.model = %(model)s AND t.dimensions = %(dimensions)s
 """
 
 _DETAILS_SQL = """
@@ -238,42 +202,30 @@ def vector_plan_choose(*, user_id: str, model: str, dimensions: int) -> VectorPl
         return VectorPlan("exact", f"{dimensions} dimensions is more than HNSW indexes")
     if not vector_index_supported():
         return VectorPlan("exact", "pgvector has no iterative index scans (0.8+)")
-    threshold = settings.SEARCH_HNSW_MIN_CHUNKS
     with connection.cursor() as cursor:
-        _execute_unprepared(
+        execute_unprepared(
             cursor,
             _PLAN_FACTS_SQL,
-            {
-                "user_id": user_id,
-                "model": model,
-                "cap": threshold + 1,
-                "index_name": vector_index_name(model=model, dimensions=dimensions),
-            },
+            {"user_id": user_id, "model": model, "dimensions": dimensions},
         )
         row = cursor.fetchone()
-    tenant_chunks, index_valid = int(row[0]), bool(row[1])
-    if tenant_chunks <= threshold:
-        return VectorPlan("exact", f"tenant has at most {threshold} chunks of the model")
+    if row is None:
+        return VectorPlan(
+            "exact", "tenant has no HNSW index of the model (at most SEARCH_HNSW_MIN_CHUNKS chunks)"
+        )
+    recall, ef_search, index_valid = row
     if not index_valid:
-        return VectorPlan("exact", "no valid HNSW index for the model (vector_index_ensure)")
-    return VectorPlan("hnsw", f"tenant has more than {threshold} chunks of the model")
-
-
-def _execute_unprepared(cursor: CursorWrapper, sql: str, params: dict[str, Any]) -> None:
-    """Execute without ever preparing, whatever the connection's prepare_threshold.
-
-    A prepared statement may get a generic plan, made once for any tenant: it ran a big tenant's
-    query as a slow scan again. Django's default client-side binding never prepares; this keeps
-    that true with ``server_side_binding`` and a ``prepare_threshold`` in the database OPTIONS. It
-    goes through Django's execute wrappers, so query logging and counting still see it.
-    """
-
-    def unprepared(execute: object, sql: str, params: object, many: bool, context: dict) -> None:
-        with connection.wrap_database_errors:
-            context["cursor"].cursor.execute(sql, params, prepare=False)
-
-    with connection.execute_wrapper(unprepared):
-        cursor.execute(sql, params)
+        return VectorPlan("exact", "the tenant's HNSW index is not valid (vector_index_ensure)")
+    floor = settings.SEARCH_RECALL_FLOOR
+    if recall < floor:
+        return VectorPlan(
+            "exact", f"the tenant's HNSW index recall@10 {recall:.2f} is below {floor:.2f}"
+        )
+    return VectorPlan(
+        "hnsw",
+        f"the tenant's HNSW index, recall@10 {recall:.2f}",
+        ef_search=max(ef_search, settings.SEARCH_HNSW_EF_SEARCH),
+    )
 
 
 def vector_leg(
@@ -290,15 +242,9 @@ def vector_leg(
         "candidates": candidates,
     }
     if plan.kind == "hnsw":
-        # SET LOCAL: the scan settings end with this transaction, never leak into a pooled
-        # connection's next request.
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            cursor.execute(f"SET LOCAL hnsw.ef_search = {int(settings.SEARCH_HNSW_EF_SEARCH)}")
-            _execute_unprepared(cursor, _VECTOR_HNSW_SQL.format(dimensions=int(dimensions)), params)
-            return [row[0] for row in cursor.fetchall()], plan
+        return vector_index_scan(params, ef_search=plan.ef_search), plan
     with connection.cursor() as cursor:
-        _execute_unprepared(cursor, _VECTOR_EXACT_SQL, params)
+        execute_unprepared(cursor, VECTOR_EXACT_SQL, params)
         return [row[0] for row in cursor.fetchall()], plan
 
 
@@ -344,7 +290,7 @@ def workspace_search(
         )
     with connection.cursor() as cursor:
         if mode in ("hybrid", "fts") or degraded:
-            _execute_unprepared(
+            execute_unprepared(
                 cursor, _FTS_SQL, {"user_id": user_id, "query": query, "candidates": candidates}
             )
             fts_ids = [row[0] for row in cursor.fetchall()]
@@ -363,7 +309,7 @@ def workspace_search(
             )
         details: dict[int, tuple[str, str]] = {}
         if hits:
-            _execute_unprepared(
+            execute_unprepared(
                 cursor, _DETAILS_SQL, {"user_id": user_id, "ids": [hit.chunk_id for hit in hits]}
             )
             details = {row[0]: (row[1], row[2]) for row in cursor.fetchall()}

@@ -1,7 +1,7 @@
 """Background indexing (Procrastinate, queue ``indexing``), the sweep that queues it again for
 documents left pending, and the daily workspace maintenance (queue ``default``): version pruning
 and folder hygiene, through the services the ``prune_versions`` and ``workspace_hygiene``
-commands call.
+commands call, and the big tenants' vector indexes every 10 minutes (``vector_index_ensure``).
 
 ``services.document_index_enqueue`` defers one job per document with a queueing lock, so a burst
 of writes to one document leaves at most one waiting job; the job reads the latest content when it
@@ -102,3 +102,33 @@ def workspace_hygiene_job(timestamp: int) -> None:
             result.documents_deleted,
             result.folders,
         )
+
+
+# A tenant that grows past SEARCH_HNSW_MIN_CHUNKS is scanned exactly until this job gives it an
+# index of its own (a count of every tenant's chunks, then a concurrent build per new big tenant).
+@app.periodic(cron="*/10 * * * *", periodic_id="workspace.vector_index_ensure")
+@app.task(
+    name="workspace.tasks.vector_index_ensure",
+    queue="default",
+    queueing_lock="workspace.vector_index_ensure",
+)
+def vector_index_ensure_job(timestamp: int) -> None:
+    result = services.vector_indexes_ensure_configured()
+    if result is None:
+        return
+    for built in result.built:
+        if built.measured is not None:
+            logger.info(
+                "vector index of %s %s (%d chunks) in %.1f s: recall@10 %.3f at ef_search %d, "
+                "%.1f ms a query against %.1f ms exact",
+                built.user_id,
+                built.action,
+                built.chunks,
+                built.seconds,
+                built.measured.recall,
+                built.measured.ef_search,
+                built.measured.index_ms,
+                built.measured.exact_ms,
+            )
+    if result.dropped:
+        logger.info("vector indexes dropped: %s", ", ".join(result.dropped))

@@ -1,4 +1,4 @@
-"""The vector leg's two plans on a seeded data set: HNSW for a big tenant, exact for the rest.
+"""The vector leg's plans on a seeded data set: a big tenant's own HNSW index, exact for the rest.
 
 Transactional tests: CREATE INDEX CONCURRENTLY cannot run inside the test's transaction.
 """
@@ -13,14 +13,16 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
+from pytest_django import DjangoAssertNumQueries
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from workspace import hnsw
-from workspace import search as search_module
 from workspace.embeddings import HashingEmbeddings
-from workspace.hnsw import vector_index_cache_clear, vector_index_name
+from workspace.hnsw import model_vector_index_name, vector_index_cache_clear, vector_index_name
+from workspace.models import TenantVectorIndex
 from workspace.search import vector_leg, vector_plan_choose, workspace_search
 from workspace.services import vector_index_ensure, vector_index_state
+from workspace.tasks import vector_index_ensure_job
 
 DIMENSIONS = 64
 MODEL = HashingEmbeddings(DIMENSIONS).name
@@ -33,7 +35,9 @@ CANDIDATES = 50
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def seed_tenant(user_id: str, chunks: int, *, model: str = MODEL, seed: float = 0.5) -> None:
+def seed_tenant(
+    user_id: str, chunks: int, *, model: str = MODEL, seed: float = 0.5, path: str = "seed.md"
+) -> None:
     """One document and ``chunks`` random unit vectors, generated in SQL (one statement each)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT setseed(%s)", [seed])
@@ -41,10 +45,10 @@ def seed_tenant(user_id: str, chunks: int, *, model: str = MODEL, seed: float = 
             """
             INSERT INTO workspace_document (id, user_id, path, content, content_hash, metadata,
               is_runtime, index_state, indexed_hash, created_at, updated_at)
-            VALUES (gen_random_uuid(), %(user_id)s, 'seed.md', '', 'sha256:seed', '{}', false,
+            VALUES (gen_random_uuid(), %(user_id)s, %(path)s, '', 'sha256:seed', '{}', false,
               'indexed', 'sha256:seed', now(), now())
             """,
-            {"user_id": user_id},
+            {"user_id": user_id, "path": path},
         )
         cursor.execute(
             """
@@ -55,9 +59,15 @@ def seed_tenant(user_id: str, chunks: int, *, model: str = MODEL, seed: float = 
                             FROM generate_series(1, %(dimensions)s + 0 * n))::vector),
               %(model)s, now()
             FROM workspace_document d, generate_series(1, %(chunks)s) AS n
-            WHERE d.user_id = %(user_id)s
+            WHERE d.user_id = %(user_id)s AND d.path = %(path)s
             """,
-            {"user_id": user_id, "chunks": chunks, "dimensions": DIMENSIONS, "model": model},
+            {
+                "user_id": user_id,
+                "path": path,
+                "chunks": chunks,
+                "dimensions": DIMENSIONS,
+                "model": model,
+            },
         )
         cursor.execute("ANALYZE workspace_chunk")
 
@@ -68,11 +78,18 @@ def random_unit_vector(rng: random.Random) -> list[float]:
     return [value / norm for value in vector]
 
 
-def drop_index() -> None:
+def index_name(user_id: str) -> str:
+    return vector_index_name(user_id=user_id, model=MODEL, dimensions=DIMENSIONS)
+
+
+def drop_indexes() -> None:
+    """The indexes are not rolled back between transactional tests: drop them all."""
+    names = [index_name(user_id) for user_id, _ in (BIG_TENANT, MIDDLE_TENANT, SMALL_TENANT)]
+    names.append(model_vector_index_name(model=MODEL, dimensions=DIMENSIONS))
     with connection.cursor() as cursor:
-        cursor.execute(
-            f'DROP INDEX IF EXISTS "{vector_index_name(model=MODEL, dimensions=DIMENSIONS)}"'
-        )
+        for name in names:
+            cursor.execute(f'DROP INDEX IF EXISTS "{name}"')
+    TenantVectorIndex.objects.all().delete()
 
 
 @pytest.fixture
@@ -82,9 +99,9 @@ def seeded(settings: SettingsWrapper) -> Iterator[None]:
     vector_index_cache_clear()
     for number, (user_id, chunks) in enumerate((BIG_TENANT, MIDDLE_TENANT, SMALL_TENANT)):
         seed_tenant(user_id, chunks, seed=number / 10)
-    drop_index()
+    drop_indexes()
     yield
-    drop_index()
+    drop_indexes()
     vector_index_cache_clear()
 
 
@@ -137,24 +154,26 @@ def test_small_tenant_recall_is_exact(indexed: None, settings: SettingsWrapper) 
     assert recall == 1.0
 
 
-def test_hnsw_plan_is_an_index_scan_of_the_model_index(indexed: None) -> None:
+def explain_hnsw(user_id: str) -> str:
     query = random_unit_vector(random.Random(3)).__repr__().replace(" ", "")
-    sql = search_module._VECTOR_HNSW_SQL.format(dimensions=DIMENSIONS)
-
+    sql = hnsw.VECTOR_HNSW_SQL.format(dimensions=DIMENSIONS)
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         cursor.execute(
             "EXPLAIN " + sql,
-            {
-                "user_id": BIG_TENANT[0],
-                "model": MODEL,
-                "vector": query,
-                "candidates": CANDIDATES,
-            },
+            {"user_id": user_id, "model": MODEL, "vector": query, "candidates": CANDIDATES},
         )
-        plan = "\n".join(row[0] for row in cursor.fetchall())
+        return "\n".join(row[0] for row in cursor.fetchall())
 
-    assert vector_index_name(model=MODEL, dimensions=DIMENSIONS) in plan
+
+def test_each_big_tenant_is_an_index_scan_of_its_own_index(indexed: None) -> None:
+    big_plan = explain_hnsw(BIG_TENANT[0])
+    middle_plan = explain_hnsw(MIDDLE_TENANT[0])
+
+    # Its own index only holds its rows: the scan never wades through another tenant's points.
+    assert f"Index Scan using {index_name(BIG_TENANT[0])}" in big_plan
+    assert f"Index Scan using {index_name(MIDDLE_TENANT[0])}" in middle_plan
+    assert vector_index_state(name=index_name(SMALL_TENANT[0])) == "missing"
 
 
 def test_small_tenant_keeps_the_exact_scan_and_gets_all_its_chunks(indexed: None) -> None:
@@ -200,7 +219,7 @@ def test_without_the_index_a_big_tenant_is_scanned_exactly(seeded: None) -> None
     plan = vector_plan_choose(user_id=BIG_TENANT[0], model=MODEL, dimensions=DIMENSIONS)
 
     assert plan.kind == "exact"
-    assert "no valid HNSW index" in plan.reason
+    assert "no HNSW index" in plan.reason
 
 
 def test_search_vector_index_off_keeps_the_exact_scan(
@@ -280,7 +299,6 @@ def test_vector_index_ensure_command_is_idempotent_and_dry_run_changes_nothing(
     seeded: None, settings: SettingsWrapper
 ) -> None:
     settings.EMBEDDING_DIMENSIONS = DIMENSIONS
-    name = vector_index_name(model=MODEL, dimensions=DIMENSIONS)
 
     def run(*args: str) -> str:
         out = StringIO()
@@ -288,24 +306,34 @@ def test_vector_index_ensure_command_is_idempotent_and_dry_run_changes_nothing(
         return out.getvalue()
 
     dry = run("--dry-run")
-    state_after_dry_run = vector_index_state(name=name)
+    state_after_dry_run = vector_index_state(name=index_name(BIG_TENANT[0]))
     created = run()
     again = run()
 
-    assert "would create" in dry
+    assert "would create the index of 'big'" in dry
+    assert "would create the index of 'middle'" in dry
     assert state_after_dry_run == "missing"
-    assert "created" in created
-    assert vector_index_state(name=name) == "valid"
-    assert "nothing to do" in again
+    assert "Index of 'big' created (3000 chunks)" in created
+    assert "recall@10" in created
+    assert [
+        vector_index_state(name=index_name(user)) for user, _ in (BIG_TENANT, MIDDLE_TENANT)
+    ] == [
+        "valid",
+        "valid",
+    ]
+    assert vector_index_state(name=index_name(SMALL_TENANT[0])) == "missing"
+    assert "Nothing to do" in again
 
 
 def test_index_name_is_deterministic_and_fits_an_identifier() -> None:
     long_model = "some-org/a-very-long-embedding-model-name-v3-large-" * 3
+    user = "tenant-" * 30
 
-    name = vector_index_name(model=long_model, dimensions=1536)
+    name = vector_index_name(user_id=user, model=long_model, dimensions=1536)
 
-    assert name == vector_index_name(model=long_model, dimensions=1536)
-    assert name != vector_index_name(model=long_model, dimensions=1024)
+    assert name == vector_index_name(user_id=user, model=long_model, dimensions=1536)
+    assert name != vector_index_name(user_id=user, model=long_model, dimensions=1024)
+    assert name != vector_index_name(user_id=user + "x", model=long_model, dimensions=1536)
     assert len(name) <= 63
 
 
@@ -326,3 +354,103 @@ def test_a_chunk_of_the_same_model_name_but_another_size_is_still_stored(indexed
         inserted = cursor.rowcount
 
     assert inserted == 1
+
+
+def test_a_tenant_grown_past_the_threshold_gets_its_index_from_the_periodic_job(
+    indexed: None,
+) -> None:
+    query = random_unit_vector(random.Random(4))
+    seed_tenant(SMALL_TENANT[0], THRESHOLD, path="grown.md")
+
+    before = leg_ids(SMALL_TENANT[0], query)
+    vector_index_ensure_job(0)
+    ids, kind = leg_ids(SMALL_TENANT[0], query)
+
+    # Until the job runs, the grown tenant is scanned exactly: slower, never incomplete.
+    assert (len(before[0]), before[1]) == (CANDIDATES, "exact")
+    assert kind == "hnsw"
+    assert len(ids) == CANDIDATES
+    assert vector_index_state(name=index_name(SMALL_TENANT[0])) == "valid"
+
+
+def test_a_tenant_shrunk_to_half_the_threshold_loses_its_index(indexed: None) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM workspace_chunk WHERE user_id = %s AND chunk_index > %s",
+            [MIDDLE_TENANT[0], THRESHOLD // 2],
+        )
+
+    result = vector_index_ensure(model=MODEL, dimensions=DIMENSIONS)
+    plan = vector_plan_choose(user_id=MIDDLE_TENANT[0], model=MODEL, dimensions=DIMENSIONS)
+
+    assert result.dropped == [index_name(MIDDLE_TENANT[0])]
+    assert result.present == [BIG_TENANT[0]]
+    assert vector_index_state(name=index_name(MIDDLE_TENANT[0])) == "missing"
+    assert not TenantVectorIndex.objects.filter(user_id=MIDDLE_TENANT[0]).exists()
+    assert plan.kind == "exact"
+
+
+def test_below_the_recall_floor_the_tenant_is_scanned_exactly(
+    indexed: None, settings: SettingsWrapper
+) -> None:
+    # What a build over vectors HNSW serves badly records (uniform ones, say).
+    TenantVectorIndex.objects.filter(user_id=BIG_TENANT[0]).update(recall=0.5)
+    query = random_unit_vector(random.Random(6))
+
+    plan = vector_plan_choose(user_id=BIG_TENANT[0], model=MODEL, dimensions=DIMENSIONS)
+    ids, kind = leg_ids(BIG_TENANT[0], query)
+
+    assert plan.kind == "exact"
+    assert "recall@10 0.50 is below 0.95" in plan.reason
+    assert kind == "exact"
+    assert ids == exact_ids(BIG_TENANT[0], query, settings)
+
+
+def test_the_build_raises_ef_search_until_the_measured_recall_reaches_the_floor(
+    seeded: None, settings: SettingsWrapper
+) -> None:
+    settings.SEARCH_HNSW_EF_SEARCH = 1
+    settings.SEARCH_RECALL_FLOOR = 1.0
+
+    result = vector_index_ensure(model=MODEL, dimensions=DIMENSIONS)
+    big = TenantVectorIndex.objects.get(user_id=BIG_TENANT[0])
+    plan = vector_plan_choose(user_id=BIG_TENANT[0], model=MODEL, dimensions=DIMENSIONS)
+
+    assert [built.action for built in result.built] == ["created", "created"]
+    assert big.ef_search > 1
+    assert big.recall == 1.0 or big.ef_search == 1000
+    assert big.index_ms > 0
+    assert big.exact_ms > 0
+    assert plan.kind == ("hnsw" if big.recall == 1.0 else "exact")
+    assert plan.ef_search == (big.ef_search if plan.kind == "hnsw" else 0)
+
+
+def test_the_plan_choice_is_one_statement_whatever_the_tenant(
+    indexed: None, django_assert_num_queries: DjangoAssertNumQueries
+) -> None:
+    vector_plan_choose(user_id=SMALL_TENANT[0], model=MODEL, dimensions=DIMENSIONS)
+    kinds = []
+
+    for user_id in (BIG_TENANT[0], SMALL_TENANT[0]):
+        with django_assert_num_queries(1):
+            kinds.append(
+                vector_plan_choose(user_id=user_id, model=MODEL, dimensions=DIMENSIONS).kind
+            )
+
+    assert kinds == ["hnsw", "exact"]
+
+
+def test_ensure_drops_the_model_wide_index_of_earlier_releases(seeded: None) -> None:
+    legacy = model_vector_index_name(model=MODEL, dimensions=DIMENSIONS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'CREATE INDEX "{legacy}" ON workspace_chunk USING hnsw '
+            f"((embedding::vector({DIMENSIONS})) vector_cosine_ops) "
+            f"WHERE embedding_model = %s AND vector_dims(embedding) = {DIMENSIONS}",
+            [MODEL],
+        )
+
+    result = vector_index_ensure(model=MODEL, dimensions=DIMENSIONS)
+
+    assert result.dropped == [legacy]
+    assert vector_index_state(name=legacy) == "missing"

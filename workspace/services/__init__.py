@@ -49,11 +49,15 @@ from workspace.services.maintenance import (
 )
 from workspace.services.runtime import WriteFence
 from workspace.services.vector_index import (
+    RecallMeasured,
+    TenantIndexBuilt,
     VectorIndexEnsured,
     VectorIndexUnavailable,
+    recall_measure,
     stored_dimensions,
     vector_index_ensure,
     vector_index_state,
+    vector_indexes_ensure_configured,
 )
 
 __all__ = [
@@ -65,7 +69,9 @@ __all__ = [
     "PatchResult",
     "PendingRequeue",
     "PruneResult",
+    "RecallMeasured",
     "RuntimeCleanup",
+    "TenantIndexBuilt",
     "VectorIndexEnsured",
     "VectorIndexUnavailable",
     "WriteFence",
@@ -79,10 +85,12 @@ __all__ = [
     "document_write",
     "documents_reindex",
     "pending_documents_requeue",
+    "recall_measure",
     "runtime_chunks_cleanup",
     "stored_dimensions",
     "vector_index_ensure",
     "vector_index_state",
+    "vector_indexes_ensure_configured",
     "versions_prune",
     "workspace_hygiene",
 ]
