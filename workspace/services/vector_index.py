@@ -145,7 +145,8 @@ def vector_index_ensure(
             result.dropped.append(row.name)
             if not dry_run:
                 _drop(row.name)
-                TenantVectorIndex.objects.filter(user_id=user_id, pk=row.pk).delete()
+                # Its key (user_id, model, dimensions) names the tenant.
+                row.delete()
     legacy = model_vector_index_name(model=model, dimensions=dimensions)
     if vector_index_state(name=legacy) != "missing":
         result.dropped.append(legacy)
