@@ -82,6 +82,8 @@ INSTALLED_APPS = [
     "conversations",
     "workspace",
     "engine",
+    "webhooks",
+    "routines",
 ]
 
 MIDDLEWARE = [
@@ -488,3 +490,6 @@ STREAM_MAX_SECONDS = env_int("STREAM_MAX_SECONDS", 300, minimum=1, maximum=86_40
 STREAM_BUFFER_BYTES = env_int(
     "STREAM_BUFFER_BYTES", 1_048_576, minimum=65_536, maximum=256 * 1024 * 1024
 )
+
+# Routines and webhooks: their own module, imported after .env is read (at the top).
+from ironclaw_site.automation_settings import *  # noqa: E402, F403

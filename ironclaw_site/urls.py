@@ -12,6 +12,8 @@ api_v1 = [
     path("", include("conversations.api.urls")),
     path("", include("engine.api.urls")),
     path("workspace/", include("workspace.api.urls")),
+    path("", include("routines.api.urls")),
+    path("", include("webhooks.api.urls")),
 ]
 
 urlpatterns = [

@@ -52,9 +52,10 @@ def worker_name_params(*, worker_id: int, name: str) -> dict[str, Any]:
 # The turns worker serves the threads queue, which is the thread rows (operations.turn_worker);
 # the others are Procrastinate queues.
 TURNS = WorkerKind("turns", (THREADS_QUEUE,), "ENGINE_CONCURRENCY")
-# Every queue but the turns': indexing, and "default" where periodic maintenance (the lease
-# sweeper, the stalled-job retry) runs. A new queue must be added here or no worker serves it.
-BACKGROUND = WorkerKind("background", ("indexing", "default"), "BACKGROUND_CONCURRENCY")
+# Every queue but the turns': indexing, webhook deliveries, and "default" where periodic
+# maintenance (the lease sweeper, the stalled-job retry) runs. A new queue must be added here or
+# no worker serves it. The background workers also run the routines scheduler.
+BACKGROUND = WorkerKind("background", ("indexing", "webhooks", "default"), "BACKGROUND_CONCURRENCY")
 WORKER_KINDS = {kind.name: kind for kind in (TURNS, BACKGROUND)}
 ALL_QUEUES = tuple(queue for kind in WORKER_KINDS.values() for queue in kind.queues)
 

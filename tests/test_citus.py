@@ -100,7 +100,7 @@ def test_the_tenant_tables_are_every_table_with_a_user_id_but_the_reference_ones
         with_user_id = {name for (name,) in cursor.fetchall()}
 
     assert tenant_tables() == with_user_id - set(REFERENCE_TABLES)
-    assert len(tenant_tables()) == 10
+    assert len(tenant_tables()) == 15
 
 
 @pytest.mark.django_db

@@ -1,10 +1,11 @@
 """The dependency direction of the project's packages, read from their imports.
 
-core <- accounts <- conversations, workspace <- engine <- operations <- ironclaw_site: a package
-imports only the ones on its left. The plumbing (core) imports no app, no app imports the
-operations app, conversations and workspace never import the engine (its runner is found through
-the THREAD_RUNNER setting), and nothing imports the wiring. Every import counts: module level,
-inside functions and under TYPE_CHECKING alike.
+core <- accounts <- conversations, workspace <- webhooks <- routines <- engine <- operations <-
+ironclaw_site: a package imports only the ones on its left (webhooks and routines only need
+conversations, and routines emits its event through webhooks). The plumbing (core) imports no
+app, no app imports the operations app, conversations and workspace never import the engine (its
+runner is found through the THREAD_RUNNER setting), and nothing imports the wiring. Every import
+counts: module level, inside functions and under TYPE_CHECKING alike.
 """
 
 from __future__ import annotations
@@ -20,10 +21,23 @@ ALLOWED: dict[str, frozenset[str]] = {
     "accounts": frozenset({"core"}),
     "conversations": frozenset({"core", "accounts"}),
     "workspace": frozenset({"core", "accounts"}),
+    "webhooks": frozenset({"core", "accounts", "conversations"}),
+    "routines": frozenset({"core", "accounts", "conversations", "webhooks"}),
     "engine": frozenset({"core", "accounts", "conversations", "workspace"}),
-    "operations": frozenset({"core", "accounts", "conversations", "workspace", "engine"}),
+    "operations": frozenset(
+        {"core", "accounts", "conversations", "workspace", "webhooks", "routines", "engine"}
+    ),
     "ironclaw_site": frozenset(
-        {"core", "accounts", "conversations", "workspace", "engine", "operations"}
+        {
+            "core",
+            "accounts",
+            "conversations",
+            "workspace",
+            "webhooks",
+            "routines",
+            "engine",
+            "operations",
+        }
     ),
 }
 # The SDK and the examples speak HTTP only: none of the server's packages.

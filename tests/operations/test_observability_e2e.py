@@ -164,7 +164,7 @@ def test_one_scrape_counts_the_traffic_of_every_web_and_worker_process(
     assert metric_sample(text, "ironclaw_db_pool_timeouts_total") == 0
     assert metric_sample(text, "ironclaw_threads", state="running") == 0
     assert metric_sample(text, "ironclaw_thread_leases_expired") == 0
-    for queue in ("threads", "indexing", "default"):
+    for queue in ("threads", "indexing", "webhooks", "default"):
         assert metric_sample(text, "ironclaw_jobs", queue=queue, status="failed") == 0
         assert metric_sample(text, "ironclaw_jobs_oldest_waiting_seconds", queue=queue) >= 0
     assert metric_sample(text, "ironclaw_indexing_backlog_documents") in (0, 1)

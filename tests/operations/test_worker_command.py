@@ -29,7 +29,7 @@ def _concurrency(settings: SettingsWrapper) -> None:
     ("options", "plan"),
     [
         ({"kind": "turns"}, WorkerPlan("turns", ("threads",), 24)),
-        ({"kind": "background"}, WorkerPlan("background", ("indexing", "default"), 3)),
+        ({"kind": "background"}, WorkerPlan("background", ("indexing", "webhooks", "default"), 3)),
         ({"queues": "threads"}, WorkerPlan("turns", ("threads",), 24)),
         ({"queues": " indexing, default "}, WorkerPlan("background", ("indexing", "default"), 3)),
         ({"queues": "default"}, WorkerPlan("background", ("default",), 3)),
@@ -99,4 +99,4 @@ def test_the_background_worker_runs_under_its_kind_name_until_stopped() -> None:
     assert process.returncode == 0, output
     # The admin's workers table says where it runs.
     assert where == (socket.gethostname(), process.pid)
-    assert "Worker background on indexing, default with 2 jobs at once." in output
+    assert "Worker background on indexing, webhooks, default with 2 jobs at once." in output

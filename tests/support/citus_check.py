@@ -35,7 +35,15 @@ from django.db.backends.signals import connection_created
 from tests.support.citus_rules import TENANT_COLUMN, statement_problems
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT_APPS = ("accounts", "conversations", "workspace", "engine", "operations")
+PROJECT_APPS = (
+    "accounts",
+    "conversations",
+    "workspace",
+    "webhooks",
+    "routines",
+    "engine",
+    "operations",
+)
 # Tables with a user_id column that Citus would hold as reference tables, and why.
 REFERENCE_TABLES = {
     # Authentication finds a key by its hash before any tenant is known, and a service key has

@@ -24,7 +24,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--queue",
             default=None,
-            help="comma-separated queues instead of a kind: threads, or some of indexing,default",
+            help="comma-separated queues instead of a kind: threads, or some of "
+            "indexing,webhooks,default",
         )
         parser.add_argument(
             "--concurrency",
