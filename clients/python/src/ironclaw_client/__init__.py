@@ -22,6 +22,7 @@ from ironclaw_client.errors import (
     Unavailable,
     ValidationError,
 )
+from ironclaw_client.webhooks import WebhookVerificationError, sign_webhook, verify_webhook
 
 __all__ = [
     "FINAL_THREAD_EVENTS",
@@ -47,5 +48,8 @@ __all__ = [
     "TransportError",
     "Unavailable",
     "ValidationError",
+    "WebhookVerificationError",
+    "sign_webhook",
     "usage_body",
+    "verify_webhook",
 ]
