@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from ironclaw_client import _automation, _operations
 from ironclaw_client._core import NO_RETRY, RetryPolicy, usage_body
 from ironclaw_client._events import FINAL_THREAD_EVENTS, DeltaText, StreamEvent
-from ironclaw_client._operations import OPERATIONS
 from ironclaw_client.async_client import AsyncClient, AsyncLease
 from ironclaw_client.client import Client, Lease
 from ironclaw_client.errors import (
@@ -23,6 +23,10 @@ from ironclaw_client.errors import (
     ValidationError,
 )
 from ironclaw_client.webhooks import WebhookVerificationError, sign_webhook, verify_webhook
+
+# Every operation of the API and the client method serving it; a test checks this table against
+# the server's OpenAPI schema both ways.
+OPERATIONS = {**_operations.OPERATIONS, **_automation.OPERATIONS}
 
 __all__ = [
     "FINAL_THREAD_EVENTS",

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ironclaw_client import _core, _events, _operations, models
+from ironclaw_client._automation import AsyncAutomationMethods
 from ironclaw_client._core import MAX_WAIT_SECONDS, Call
 from ironclaw_client._events import STREAM_READ_TIMEOUT_SECONDS, StreamEvent
 from ironclaw_client.errors import ApiError, IronclawError, TransportError
@@ -19,7 +20,7 @@ from ironclaw_client.errors import ApiError, IronclawError, TransportError
 T = TypeVar("T")
 
 
-class AsyncClient(_core.ClientSettings[httpx.AsyncClient]):
+class AsyncClient(_core.ClientSettings[httpx.AsyncClient], AsyncAutomationMethods):
     """``Client``'s twin for asyncio: the same methods, constructor and retries, over one
     ``httpx.AsyncClient``; calls are awaited, iterators are async iterators, ``keep_alive`` is
     an ``async with`` and ``close`` is awaited (or use ``async with AsyncClient(...)``)."""

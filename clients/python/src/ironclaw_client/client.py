@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ironclaw_client import _core, _events, _operations, models
+from ironclaw_client._automation import AutomationMethods
 from ironclaw_client._core import MAX_WAIT_SECONDS, Call
 from ironclaw_client._events import STREAM_READ_TIMEOUT_SECONDS, StreamEvent
 from ironclaw_client.errors import ApiError, IronclawError, TransportError
@@ -18,7 +19,7 @@ from ironclaw_client.errors import ApiError, IronclawError, TransportError
 T = TypeVar("T")
 
 
-class Client(_core.ClientSettings[httpx.Client]):
+class Client(_core.ClientSettings[httpx.Client], AutomationMethods):
     """The ironclaw REST API over one connection pool.
 
     ``Client(base_url, api_key)``; with a service key, ``client.for_user("alice")`` is alice's
