@@ -62,7 +62,8 @@ def test_a_receiver_failing_twice_gets_one_accepted_delivery_signed_the_same_way
     assert json.loads(receiver.requests[0].body)["type"] == "thread.completed"
     delivery.refresh_from_db()
     assert (delivery.state, delivery.attempts, delivery.last_status_code) == ("delivered", 3, 200)
-    assert delivery.delivered_at is not None and delivery.next_attempt_at is None
+    assert delivery.delivered_at is not None
+    assert delivery.next_attempt_at is None
     assert _attempts(delivery) == [
         (1, "http_error", 500),
         (2, "http_error", 500),
@@ -95,9 +96,9 @@ def test_an_event_rolled_back_creates_no_delivery_and_no_job() -> None:
     WebhookFactory.create()
     jobs_before = deliver_jobs_count()
 
-    with pytest.raises(RuntimeError), transaction.atomic():
+    with transaction.atomic():
         webhook_event_emit(user_id="alice", event_type="thread.completed", data={})
-        raise RuntimeError("the change is undone")
+        transaction.set_rollback(True)
 
     assert not WebhookDelivery.objects.filter(user_id="alice").exists()
     assert deliver_jobs_count() == jobs_before
@@ -115,7 +116,8 @@ def test_a_private_address_is_refused_without_connecting(settings: SettingsWrapp
     assert receiver.requests == []
     delivery.refresh_from_db()
     assert delivery.state == "failed"
-    assert "127.0.0.1" in delivery.last_error and "non-public" in delivery.last_error
+    assert "127.0.0.1" in delivery.last_error
+    assert "non-public" in delivery.last_error
     assert _attempts(delivery) == [(1, "refused", None)]
 
 
@@ -253,7 +255,8 @@ def test_a_pending_delivery_of_a_disabled_webhook_fails_unsent() -> None:
     assert outcome == DeliveryOutcome.FAILED
     assert receiver.requests == []
     delivery.refresh_from_db()
-    assert delivery.state == "failed" and "disabled" in delivery.last_error
+    assert delivery.state == "failed"
+    assert "disabled" in delivery.last_error
 
 
 def test_a_success_resets_the_failure_count() -> None:
