@@ -3,7 +3,10 @@ their attempts, and the actions that go through the services (enable, disable, r
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -12,6 +15,18 @@ from core.admin_display import change_link
 from webhooks import services
 from webhooks.errors import DeliveryNotFound, DeliveryPending
 from webhooks.models import Webhook, WebhookAttempt, WebhookDelivery
+
+
+def _log_each(request: HttpRequest, rows: QuerySet[Any], message: str) -> None:
+    """One admin log row per row acted on (one INSERT for them all): its History and the index's
+    Recent actions say what an operator did."""
+    LogEntry.objects.log_actions(
+        user_id=cast(int, request.user.pk),
+        queryset=rows,
+        action_flag=CHANGE,
+        change_message=message,
+        single_object=False,
+    )
 
 
 @admin.register(Webhook)
@@ -63,6 +78,7 @@ class WebhookAdmin(OperateAdmin, ReadOnlyAdmin):
         for user_id, webhook_id in rows:
             services.webhook_update(user_id=user_id, webhook_id=webhook_id, enabled=enabled)
         verb = "Enabled" if enabled else "Disabled"
+        _log_each(request, Webhook.objects.filter(pk__in=[pk for _, pk in rows]), verb)
         self.message_user(request, f"{verb} {len(rows)} webhook(s).", messages.SUCCESS)
 
 
@@ -136,7 +152,8 @@ class WebhookDeliveryAdmin(OperateAdmin, ReadOnlyAdmin):
 
     @admin.action(description="Redeliver the selected deliveries", permissions=["operate"])
     def redeliver(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
-        queued = pending = 0
+        pending = 0
+        queued: list[Any] = []
         for user_id, delivery_id in queryset.values_list("user_id", "pk"):
             try:
                 services.webhook_delivery_redeliver(user_id=user_id, delivery_id=delivery_id)
@@ -145,8 +162,11 @@ class WebhookDeliveryAdmin(OperateAdmin, ReadOnlyAdmin):
             except DeliveryNotFound:
                 continue
             else:
-                queued += 1
-        self.message_user(request, f"Redelivering {queued} delivery(ies) now.", messages.SUCCESS)
+                queued.append(delivery_id)
+        _log_each(request, WebhookDelivery.objects.filter(pk__in=queued), "Redeliver")
+        self.message_user(
+            request, f"Redelivering {len(queued)} delivery(ies) now.", messages.SUCCESS
+        )
         if pending:
             self.message_user(
                 request,
