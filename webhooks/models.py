@@ -85,6 +85,9 @@ class WebhookDelivery(TenantRow):
     last_error = models.TextField(blank=True, default="")
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
+    # Where the retry window (WEBHOOK_RETRY_HOURS) starts: the last redelivery, or the event
+    # (created_at) when null.
+    retries_from = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

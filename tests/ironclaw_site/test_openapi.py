@@ -54,6 +54,16 @@ OPERATION_IDS = {
     ("get", "/api/v1/workspace/list"): "workspace_list",
     ("get", "/api/v1/workspace/tree"): "workspace_tree",
     ("post", "/api/v1/workspace/search"): "workspace_search",
+    ("get", "/api/v1/webhooks"): "webhook_list",
+    ("post", "/api/v1/webhooks"): "webhook_create",
+    ("get", "/api/v1/webhooks/{webhook_id}"): "webhook_get",
+    ("patch", "/api/v1/webhooks/{webhook_id}"): "webhook_update",
+    ("delete", "/api/v1/webhooks/{webhook_id}"): "webhook_delete",
+    ("get", "/api/v1/webhooks/{webhook_id}/deliveries"): "webhook_delivery_list",
+    ("get", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}"): "webhook_delivery_get",
+    ("post", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): (
+        "webhook_delivery_redeliver"
+    ),
 }
 
 

@@ -1,5 +1,25 @@
 from __future__ import annotations
 
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from webhooks.api import views
+
+urlpatterns = [
+    path("webhooks", views.WebhookCollectionView.as_view(), name="webhook-list"),
+    path("webhooks/<uuid:webhook_id>", views.WebhookDetailView.as_view(), name="webhook-detail"),
+    path(
+        "webhooks/<uuid:webhook_id>/deliveries",
+        views.DeliveryListView.as_view(),
+        name="webhook-delivery-list",
+    ),
+    path(
+        "webhooks/<uuid:webhook_id>/deliveries/<uuid:delivery_id>",
+        views.DeliveryDetailView.as_view(),
+        name="webhook-delivery-detail",
+    ),
+    path(
+        "webhooks/<uuid:webhook_id>/deliveries/<uuid:delivery_id>/redeliver",
+        views.DeliveryRedeliverView.as_view(),
+        name="webhook-delivery-redeliver",
+    ),
+]

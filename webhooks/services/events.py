@@ -1,4 +1,4 @@
-"""Every write of the webhooks app."""
+"""Events: the Python door to the SQL function that creates deliveries."""
 
 from __future__ import annotations
 
