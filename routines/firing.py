@@ -168,9 +168,7 @@ def _firing_insert(
 ) -> int | None:
     """The new firing row's id, or None when the slot already has one (it fired before)."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            _FIRING_INSERT_SQL, [routine.user_id, routine.pk, slot, state, now, detail]
-        )
+        cursor.execute(_FIRING_INSERT_SQL, [routine.user_id, routine.pk, slot, state, now, detail])
         row = cursor.fetchone()
     return None if row is None else int(row[0])
 

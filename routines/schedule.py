@@ -91,8 +91,10 @@ def _slot_search(
     schedule = croniter(cron, start.astimezone(zone))
     skip_repeated = not _hour_is_wildcard(cron)
     for _ in range(_MAX_CANDIDATES):
-        found = schedule.get_next(datetime.datetime) if forward else schedule.get_prev(
-            datetime.datetime
+        found = (
+            schedule.get_next(datetime.datetime)
+            if forward
+            else schedule.get_prev(datetime.datetime)
         )
         candidate = found.astimezone(datetime.UTC)
         if not (skip_repeated and _is_repeated_wall_time(candidate, zone)):

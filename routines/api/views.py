@@ -263,4 +263,3 @@ class RoutineFiringListView(APIView):
         paginator = NewestSlotFirstPagination()
         page = paginator.paginate_queryset(firings, request, view=self)
         return paginator.get_paginated_response(FiringSerializer(page, many=True).data)
-
