@@ -43,6 +43,9 @@ GOAL_CHANNEL = "routine"
 # Slots one routine fires in one transaction (a catch-up of an every-minute routine); the rest
 # wait for the next pass, late by then, and may be skipped.
 MAX_SLOTS_PER_TRANSACTION = 60
+# A slot is found late by up to a tick, or a slow pass: within this it is on time and fires even
+# with ROUTINE_CATCH_UP_MINUTES=0.
+ON_TIME_WINDOW = datetime.timedelta(minutes=1)
 # Missed slots counted one by one for a skipped firing's detail; beyond, "more than".
 MAX_MISSED_COUNTED = 1000
 
@@ -113,7 +116,9 @@ def routines_fire_due(*, now: datetime.datetime, limit: int = 100) -> FireDueRes
 def _routine_fire(routine: Routine, *, now: datetime.datetime, result: FireDueResult) -> None:
     assert routine.next_fire_at is not None  # due() selects only routines with a next slot
     slot = routine.next_fire_at
-    late_before = now - datetime.timedelta(minutes=settings.ROUTINE_CATCH_UP_MINUTES)
+    late_before = now - max(
+        datetime.timedelta(minutes=settings.ROUTINE_CATCH_UP_MINUTES), ON_TIME_WINDOW
+    )
     if slot < late_before:
         slot = _missed_run_skip(routine, first=slot, late_before=late_before, now=now)
         result.count(FiringState.SKIPPED)

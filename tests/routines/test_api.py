@@ -210,7 +210,8 @@ def test_firings_list_newest_slot_first_with_their_threads(alice: APIClient) -> 
         "thread_state", "thread_outcome", "detail",
     }  # fmt: skip
     assert (first["state"], first["action"]) == ("fired", "spawned")
-    assert first["thread_state"] == "created" and first["thread_outcome"] is None
+    assert first["thread_state"] == "created"
+    assert first["thread_outcome"] is None
 
 
 def test_the_firings_page_reads_its_threads_in_the_same_query(alice: APIClient) -> None:

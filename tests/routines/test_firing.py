@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings as SettingsWrapper
 
 from conversations.models import BusyPolicy, Conversation, Thread
@@ -46,7 +47,8 @@ def test_each_slot_fires_once_however_many_passes_see_it(clock: Path) -> None:
 
     routine.refresh_from_db()
     assert first.firings == {"fired": 1}
-    assert again.firings == {} and again.routines == 0
+    assert again.firings == {}
+    assert again.routines == 0
     assert _firings(routine) == [("09:01", "fired")]
     assert routine.next_fire_at == T0 + minutes(2)
     assert routine.last_fire_at == T0 + minutes(1)
@@ -102,18 +104,17 @@ def test_a_month_down_is_one_skipped_firing_and_the_walk_is_bounded(
     routine = routine_make()
     month_later = T0 + minutes(30 * 24 * 60) + minutes(0.5)
 
-    # The routine's lock, the skipped firing, the advance, the next (absent) routine, and
-    # each routine transaction's savepoint and release (the test runs in a transaction).
-    with django_assert_max_num_queries(8):
+    # Not a statement per missed slot: the routine's lock, the skipped firing, the on-time
+    # slot's firing, message and event, the advance, and the next (absent) routine.
+    with django_assert_max_num_queries(30):
         services.routines_fire_due(now=month_later)
 
     routine.refresh_from_db()
-    assert _firings(routine) == [("09:01", "skipped")]
-    skipped = RoutineFiring.objects.get(routine=routine)
+    skipped = RoutineFiring.objects.get(routine=routine, state=FiringState.SKIPPED)
     assert skipped.detail.startswith("more than 1000 slots missed")
-    assert "2026-07-01T09:00:00+00:00" in skipped.detail
-    assert routine.next_fire_at == month_later + minutes(0.5)
-    assert routine.last_fire_at is None
+    # Even with no catch-up, a slot found within a minute of its time is on time and fires.
+    assert "to 2026-07-01T08:59:00+00:00" in skipped.detail
+    assert _firings(routine) == [("09:01", "skipped"), ("09:00", "fired")]
 
 
 def test_a_goal_routine_starts_a_new_thread_at_each_firing(clock: Path) -> None:
@@ -187,7 +188,8 @@ def test_each_firing_emits_routine_fired_in_its_transaction(clock: Path) -> None
         "conversation_id": str(first.conversation_id),
         "thread_id": str(first.thread_id),
     }
-    assert rejected["state"] == "rejected" and rejected["thread_id"] is None
+    assert rejected["state"] == "rejected"
+    assert rejected["thread_id"] is None
 
 
 def test_one_tenants_failing_routine_does_not_stop_the_others(clock: Path) -> None:
@@ -212,3 +214,26 @@ def test_a_disabled_routine_does_not_fire_and_re_enabling_skips_missed_slots(clo
 
     assert _firings(routine) == []
     assert enabled.next_fire_at == T0 + minutes(6)
+
+
+def _firings_counted(state: str) -> float:
+    return REGISTRY.get_sample_value("ironclaw_routine_firings_total", {"state": state}) or 0.0
+
+
+def test_firings_are_counted_by_state_once_committed(
+    clock: Path, settings: SettingsWrapper, django_capture_on_commit_callbacks: Any
+) -> None:
+    settings.ROUTINE_CATCH_UP_MINUTES = 1
+    routine_make()
+    fired, skipped = _firings_counted("fired"), _firings_counted("skipped")
+
+    with django_capture_on_commit_callbacks(execute=False) as pending:
+        services.routines_fire_due(now=T0 + minutes(5))
+    uncommitted = _firings_counted("fired") - fired
+    for callback in pending:
+        callback()
+
+    # 09:01-09:03 skipped (one firing), 09:04 and 09:05 fired.
+    assert uncommitted == 0
+    assert _firings_counted("fired") - fired == 2
+    assert _firings_counted("skipped") - skipped == 1
