@@ -27,6 +27,14 @@ def _firings(routine: Routine) -> list[tuple[str, str]]:
     ]
 
 
+def _thread(firing: RoutineFiring) -> Thread:
+    return Thread.objects.get(user_id=firing.user_id, pk=str(firing.thread_id))
+
+
+def _conversation(firing: RoutineFiring) -> Conversation:
+    return Conversation.objects.get(user_id=firing.user_id, pk=str(firing.conversation_id))
+
+
 def test_a_created_routine_is_due_at_its_first_slot_after_the_clock(clock: Path) -> None:
     routine = routine_make(cron="*/5 * * * *")
 
@@ -124,13 +132,13 @@ def test_a_goal_routine_starts_a_new_thread_at_each_firing(clock: Path) -> None:
     services.routines_fire_due(now=T0 + minutes(2))
 
     firings = list(RoutineFiring.objects.filter(routine=routine).order_by("slot"))
-    threads = [Thread.objects.get(pk=firing.thread_id) for firing in firings]
+    threads = [_thread(firing) for firing in firings]
     assert [firing.action for firing in firings] == ["spawned", "spawned"]
     assert threads[0].conversation_id != threads[1].conversation_id
     assert [thread.goal for thread in threads] == ["write the daily summary"] * 2
     assert threads[0].metadata["routine_id"] == str(routine.pk)
     assert threads[0].metadata["routine_slot"] == "2026-06-01T09:01:00+00:00"
-    conversation = Conversation.objects.get(pk=firings[1].conversation_id)
+    conversation = _conversation(firings[1])
     assert conversation.channel == f"routine:{routine.pk}"
 
 
@@ -143,9 +151,9 @@ def test_a_channel_routine_spawns_then_injects_under_the_inject_policy(clock: Pa
     first, second = RoutineFiring.objects.filter(routine=routine).order_by("slot")
     assert (first.action, second.action) == ("spawned", "injected")
     assert first.thread_id == second.thread_id
-    conversation = Conversation.objects.get(pk=first.conversation_id)
+    conversation = _conversation(first)
     assert conversation.channel == "web:daily"
-    assert Thread.objects.get(pk=first.thread_id).metadata["routine_id"] == str(routine.pk)
+    assert _thread(first).metadata["routine_id"] == str(routine.pk)
 
 
 def test_a_channel_routine_refused_by_the_reject_policy_is_a_rejected_firing(clock: Path) -> None:
