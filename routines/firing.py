@@ -1,7 +1,7 @@
 """The scheduler's pass: fire the due slots of every tenant's routines, each exactly once.
 
 Each routine is fired in a transaction of its own, which holds its row lock (``FOR NO KEY
-UPDATE SKIP LOCKED``: racing workers each take a different routine, never wait for one) and
+UPDATE SKIP LOCKED``: racing workers never wait for each other's routines) and
 commits together the firing rows, the message's thread and entries, the ``routine.fired``
 webhook deliveries and the advanced ``next_fire_at``. A worker killed mid-pass leaves all of
 them or none. Whatever the row lock misses (a clock that went back, a bug), the unique index
@@ -76,37 +76,36 @@ class FireDueResult:
 
 def routines_fire_due(*, now: datetime.datetime, limit: int = 100) -> FireDueResult:
     """Fire the slots due at ``now`` (the scheduler's clock) of up to ``limit`` routines, each
-    in its own transaction under its row lock (skipping routines another worker holds). A
+    in its own transaction under its row lock, skipping routines another worker holds. A
     routine whose firing fails unexpectedly is logged, rolled back and left for the next pass.
     Metrics and log lines are written after each routine's commit."""
     result = FireDueResult()
-    failed: list[uuid.UUID] = []
-    for _ in range(limit):
+    # Read without locks, across tenants; then each is locked by its tenant and id, a statement
+    # on one shard (Citus runs FOR UPDATE only on one), and only if it is still due: a worker
+    # that fired it meanwhile has moved next_fire_at past now.
+    due = Routine.objects.due(now).order_by("next_fire_at", "pk").values_list("user_id", "pk")
+    for user_id, routine_id in list(due[:limit]):
         routine: Routine | None = None
         try:
             with transaction.atomic():
                 routine = (
                     Routine.objects.due(now)
-                    .exclude(pk__in=failed)
-                    .order_by("next_fire_at", "pk")
+                    .filter(user_id=user_id, pk=routine_id)
                     .for_update(skip_locked=True)
                     .first()
                 )
                 if routine is None:
-                    break
+                    continue
                 _routine_fire(routine, now=now, result=result)
         except (OperationalError, InterfaceError):
             raise  # the database is away: the scheduler's loop logs it and tries next tick
         except Exception:
-            if routine is None:
-                raise
             logger.exception(
                 "routine %s of %s not fired",
-                routine.pk,
-                routine.user_id,
-                extra={"tenant": routine.user_id, "routine_id": str(routine.pk)},
+                routine_id,
+                user_id,
+                extra={"tenant": user_id, "routine_id": str(routine_id)},
             )
-            failed.append(routine.pk)
             result.failed += 1
             continue
         result.routines += 1
