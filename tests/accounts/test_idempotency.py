@@ -214,6 +214,7 @@ def test_the_openapi_schema_documents_the_header_and_its_answers(api_client: API
         "workspace_document_append",
         "workspace_document_patch",
         "workspace_document_restore",
+        "routine_create",
     }
     for name in idempotent:
         responses = operations[name]["responses"]

@@ -21,6 +21,7 @@ from procrastinate.worker import Worker
 from conversations.services import THREADS_QUEUE
 from core.parent_death import stop_with_supervisor
 from operations.jobs import stalled_jobs_retry
+from operations.routine_scheduler import SCHEDULER_QUEUE, routines_fired_until
 from operations.turn_worker import TurnWorker
 from operations.workers import (
     WORKER_NAME_INSERT_SQL,
@@ -183,6 +184,10 @@ async def _run_one_worker(
         worker = Worker(app=worker_app, **worker_options)
         running = asyncio.ensure_future(worker.run())
         sweeping = asyncio.ensure_future(_stalled_jobs_retried_until(running))
+        # The routines scheduler runs beside the worker of the queue where maintenance runs.
+        scheduling = asyncio.ensure_future(
+            routines_fired_until(running) if SCHEDULER_QUEUE in queues else asyncio.sleep(0)
+        )
         try:
             await _record_worker_name(connector, worker, running, name)
         except Exception:
@@ -195,6 +200,7 @@ async def _run_one_worker(
             worker.stop()
         await running
         await sweeping
+        await scheduling
     finally:
         stopping.cancel()
         with suppress(Exception):
