@@ -119,7 +119,7 @@ def test_each_firing_of_a_routine_reaches_the_tenant_once_signed_through_worker_
         # Slot 3: the turn worker is killed mid-turn (the echo model takes 1.5 s).
         clock.write_text((START + timedelta(seconds=150)).isoformat())
         deadline = time.monotonic() + 30
-        while not RoutineFiring.objects.filter(user_id="alice").count() == 3:
+        while RoutineFiring.objects.filter(user_id="alice").count() != 3:
             assert time.monotonic() < deadline, "the third slot never fired"
             time.sleep(0.05)
         time.sleep(0.5)

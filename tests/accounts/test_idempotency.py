@@ -215,6 +215,8 @@ def test_the_openapi_schema_documents_the_header_and_its_answers(api_client: API
         "workspace_document_patch",
         "workspace_document_restore",
         "routine_create",
+        "webhook_create",
+        "webhook_delivery_redeliver",
     }
     for name in idempotent:
         responses = operations[name]["responses"]

@@ -9,6 +9,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
     "ActionEnum",
+    "Attempt",
     "BusyPolicyEnum",
     "Conversation",
     "ConversationClearOutput",
@@ -16,10 +17,15 @@ __all__ = [
     "ConversationNewInputRequest",
     "ConversationPage",
     "ConversationPolicySetInputRequest",
+    "Delivery",
+    "DeliveryDetail",
     "Entry",
     "EntryPage",
     "Error",
     "ErrorBody",
+    "EventsEnum",
+    "Firing",
+    "FiringStateEnum",
     "GateRequest",
     "HeartbeatInputRequest",
     "LeaseInputRequest",
@@ -31,8 +37,15 @@ __all__ = [
     "PaginatedWorkspaceListEntryList",
     "PaginatedWorkspaceTreeEntryList",
     "PaginatedWorkspaceVersionList",
+    "PatchedRoutineUpdateInputRequest",
+    "PatchedWebhookUpdateInputRequest",
+    "ResultEnum",
+    "Routine",
+    "RoutineCreateInputRequest",
+    "RoutineFiringPage",
+    "RoutinePage",
     "SenderEnum",
-    "StateEnum",
+    "TargetEnum",
     "Thread",
     "ThreadCheckpointInputRequest",
     "ThreadDeltaInputRequest",
@@ -45,8 +58,14 @@ __all__ = [
     "ThreadOutcomeInputKindEnum",
     "ThreadOutcomeInputRequest",
     "ThreadOutcomeOutput",
+    "ThreadStateEnum",
     "ThreadSuspendInputRequest",
     "UsageRequest",
+    "Webhook",
+    "WebhookCreateInputRequest",
+    "WebhookCreateOutput",
+    "WebhookDeliveryPage",
+    "WebhookPage",
     "WorkspaceAppendRequest",
     "WorkspaceDocument",
     "WorkspaceDocumentWriteRequest",
@@ -65,13 +84,25 @@ ActionEnum = Literal["spawned", "injected", "resumed", "queued"]
 
 BusyPolicyEnum = Literal["inject", "queue", "reject", "interrupt"]
 
+EventsEnum = Literal[
+    "thread.completed",
+    "thread.failed",
+    "thread.stopped",
+    "entry.created",
+    "routine.fired",
+]
+
+FiringStateEnum = Literal["fired", "skipped", "rejected"]
+
 ModeEnum = Literal["hybrid", "fts", "vector"]
 
 NullEnum = Literal[None]
 
+ResultEnum = Literal["success", "http_error", "timeout", "connection_error", "refused"]
+
 SenderEnum = Literal["user", "agent", "system"]
 
-StateEnum = Literal["created", "running", "waiting", "suspended", "completed", "failed", "stopped"]
+TargetEnum = Literal["channel", "goal"]
 
 ThreadKindEnum = Literal["foreground", "research", "mission"]
 
@@ -82,6 +113,25 @@ ThreadOutcomeInputKindEnum = Literal[
     "failed",
     "gate_paused",
 ]
+
+ThreadStateEnum = Literal[
+    "created",
+    "running",
+    "waiting",
+    "suspended",
+    "completed",
+    "failed",
+    "stopped",
+]
+
+
+class Attempt(TypedDict):
+    number: int
+    started_at: str
+    duration_ms: int
+    result: ResultEnum
+    status_code: int | None
+    error: str
 
 
 class Conversation(TypedDict):
@@ -128,6 +178,35 @@ class ConversationPolicySetInputRequest(TypedDict):
     busy_policy: BusyPolicyEnum | None
 
 
+class Delivery(TypedDict):
+    id: str
+    event_type: str
+    state: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str
+    next_attempt_at: str | None
+    created_at: str
+    delivered_at: str | None
+    finished_at: str | None
+    payload: Any
+
+
+class DeliveryDetail(TypedDict):
+    id: str
+    event_type: str
+    state: str
+    attempts: list[Attempt]
+    last_status_code: int | None
+    last_error: str
+    next_attempt_at: str | None
+    created_at: str
+    delivered_at: str | None
+    finished_at: str | None
+    payload: Any
+    attempt_count: int
+
+
 class Entry(TypedDict):
     id: str
     seq: int
@@ -152,6 +231,19 @@ class ErrorBody(TypedDict):
     code: str
     message: str
     details: dict[str, Any]
+
+
+class Firing(TypedDict):
+    id: int
+    slot: str
+    state: FiringStateEnum
+    fired_at: str
+    action: str
+    conversation_id: str | None
+    thread_id: str | None
+    thread_state: str | None
+    thread_outcome: Any
+    detail: str
 
 
 class GateRequest(TypedDict):
@@ -212,11 +304,66 @@ class PaginatedWorkspaceVersionList(TypedDict):
     results: list[WorkspaceVersion]
 
 
+class PatchedRoutineUpdateInputRequest(TypedDict):
+    name: NotRequired[str]
+    cron: NotRequired[str]
+    timezone: NotRequired[str]
+    channel: NotRequired[str | None]
+    scope: NotRequired[str | None]
+    message: NotRequired[str]
+    enabled: NotRequired[bool]
+
+
+class PatchedWebhookUpdateInputRequest(TypedDict):
+    url: NotRequired[str]
+    events: NotRequired[list[str]]
+    description: NotRequired[str]
+    enabled: NotRequired[bool]
+
+
+class Routine(TypedDict):
+    id: str
+    name: str
+    cron: str
+    timezone: str
+    target: TargetEnum
+    channel: str
+    scope: str
+    message: str
+    enabled: bool
+    next_fire_at: str | None
+    last_fire_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class RoutineCreateInputRequest(TypedDict):
+    name: str
+    cron: str
+    timezone: NotRequired[str]
+    channel: NotRequired[str | None]
+    scope: NotRequired[str | None]
+    message: str
+    enabled: NotRequired[bool]
+
+
+class RoutineFiringPage(TypedDict):
+    results: list[Firing]
+    next: str | None
+    previous: str | None
+
+
+class RoutinePage(TypedDict):
+    results: list[Routine]
+    next: str | None
+    previous: str | None
+
+
 class Thread(TypedDict):
     id: str
     conversation_id: str | None
     kind: ThreadKindEnum
-    state: StateEnum
+    state: ThreadStateEnum
     goal: str
     tracked: bool
     lease_owner: str
@@ -306,6 +453,49 @@ class UsageRequest(TypedDict):
     output_tokens: NotRequired[int]
     cost_usd: NotRequired[str]
     model_ms: NotRequired[float]
+
+
+class Webhook(TypedDict):
+    id: str
+    url: str
+    events: list[EventsEnum]
+    description: str
+    enabled: bool
+    disabled_reason: str
+    consecutive_failures: int
+    created_at: str
+    updated_at: str
+
+
+class WebhookCreateInputRequest(TypedDict):
+    url: str
+    events: list[str]
+    description: NotRequired[str]
+
+
+class WebhookCreateOutput(TypedDict):
+    id: str
+    url: str
+    events: list[EventsEnum]
+    description: str
+    enabled: bool
+    disabled_reason: str
+    consecutive_failures: int
+    created_at: str
+    updated_at: str
+    secret: str
+
+
+class WebhookDeliveryPage(TypedDict):
+    results: list[Delivery]
+    next: str | None
+    previous: str | None
+
+
+class WebhookPage(TypedDict):
+    results: list[Webhook]
+    next: str | None
+    previous: str | None
 
 
 class WorkspaceAppendRequest(TypedDict):
