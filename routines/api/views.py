@@ -4,11 +4,9 @@ serialises. Every query is scoped to the request's tenant, so another tenant's r
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 from uuid import UUID
 
-from django.http import HttpRequest, HttpResponseBase
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -20,6 +18,7 @@ from accounts.idempotency import idempotent
 from core.api.cursor_pagination import NewestFirstPagination, page_serializer
 from core.api.fields import StrictBooleanField, TextField
 from core.api.schema import ErrorSerializer
+from core.api.views import MethodRoutedView
 from routines import selectors, services
 from routines.models import FiringState
 
@@ -197,48 +196,24 @@ class RoutineDeleteView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class RoutineView(APIView):
-    # ``routines/<id>`` is three operations, but Django resolves a URL to one view whatever the
-    # method: this one hands Django's request to the operation's view, which then authenticates,
-    # parses and answers as if the URL had routed to it (as workspace's DocumentView does).
+class RoutineView(MethodRoutedView):
     operations: ClassVar[dict[str, type[APIView]]] = {
         "get": RoutineDetailView,
         "patch": RoutineUpdateView,
         "delete": RoutineDeleteView,
     }
-    # The OpenAPI generator and the Allow header read a URL's methods from its view's handlers.
     get = RoutineDetailView.get
     patch = RoutineUpdateView.patch
     delete = RoutineDeleteView.delete
 
-    _operation_views: ClassVar[dict[str, Callable[..., HttpResponseBase]]] = {
-        method: view.as_view() for method, view in operations.items()
+
+class RoutinesView(MethodRoutedView):
+    operations: ClassVar[dict[str, type[APIView]]] = {
+        "get": RoutineListView,
+        "post": RoutineCreateView,
     }
-
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        method = (request.method or "").lower()
-        operation = self._operation_views.get("get" if method == "head" else method)
-        if operation is None:
-            return super().dispatch(request, *args, **kwargs)
-        return operation(request, *args, **kwargs)
-
-
-class RoutinesView(APIView):
-    # ``routines``: the list (GET) and create (POST), handed over as RoutineView does.
     get = RoutineListView.get
     post = RoutineCreateView.post
-
-    _operation_views: ClassVar[dict[str, Callable[..., HttpResponseBase]]] = {
-        "get": RoutineListView.as_view(),
-        "head": RoutineListView.as_view(),
-        "post": RoutineCreateView.as_view(),
-    }
-
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        operation = self._operation_views.get((request.method or "").lower())
-        if operation is None:
-            return super().dispatch(request, *args, **kwargs)
-        return operation(request, *args, **kwargs)
 
 
 class NewestSlotFirstPagination(NewestFirstPagination):

@@ -4,7 +4,6 @@ and serialises. Every query is scoped to the request's tenant, so another tenant
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -27,6 +26,7 @@ from accounts.idempotency import idempotent
 from core.api.fields import StrictBooleanField, TextField
 from core.api.pagination import StrictLimitOffsetPagination
 from core.api.schema import ErrorSerializer
+from core.api.views import MethodRoutedView
 from workspace import selectors, services
 from workspace.api import examples
 from workspace.api.serializers import DocumentSerializer, VersionSerializer
@@ -137,34 +137,15 @@ class DocumentDeleteView(WorkspaceView):
         return Response(status=204)
 
 
-class DocumentView(WorkspaceView):
-    # ``documents/<path>`` is three operations, but Django resolves a URL to one view whatever
-    # the method. This view only hands the request, still Django's own (DRF has not wrapped it
-    # yet), to the operation's view, which then authenticates, parses and answers as if the URL
-    # had routed to it. (No docstring: the schema would show it as the operations' description.)
+class DocumentView(MethodRoutedView, WorkspaceView):
     operations: ClassVar[dict[str, type[APIView]]] = {
         "get": DocumentDetailView,
         "put": DocumentWriteView,
         "delete": DocumentDeleteView,
     }
-    # The OpenAPI generator and the Allow header read a URL's methods from its view's handlers:
-    # lend them the operations' own (dispatch hands every such request over before they run).
     get = DocumentDetailView.get
     put = DocumentWriteView.put
     delete = DocumentDeleteView.delete
-
-    _operation_views: ClassVar[dict[str, Callable[..., HttpResponseBase]]] = {
-        method: view.as_view() for method, view in operations.items()
-    }
-
-    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        method = (request.method or "").lower()
-        # HEAD is the detail view's too: Django serves it with the view's GET handler.
-        operation = self._operation_views.get("get" if method == "head" else method)
-        if operation is None:
-            # OPTIONS, and the 405 for any other method, in the API's error shape.
-            return super().dispatch(request, *args, **kwargs)
-        return operation(request, *args, **kwargs)
 
 
 class DocumentActionView(WorkspaceView):
