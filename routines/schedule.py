@@ -13,7 +13,8 @@ time). Across daylight-saving changes:
 from __future__ import annotations
 
 import datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+import functools
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
@@ -63,14 +64,20 @@ def cron_check(cron: str) -> str:
     return expression
 
 
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def timezone_check(name: str) -> ZoneInfo:
     """The zone named ``name`` (IANA, such as Europe/Berlin), or InvalidInput naming
     ``timezone``."""
     try:
-        if not name or name != name.strip() or name.startswith(("/", ".")):
+        # The IANA names only: not "localtime" (whatever the machine's zone is) nor a path.
+        if name not in _zone_names() or name == "localtime":
             raise ValueError(name)
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         problem = "must be an IANA time zone name such as UTC or Europe/Berlin"
         raise InvalidInput(f"timezone {problem}.", details={"timezone": [problem]}) from None
 

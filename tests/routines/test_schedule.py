@@ -146,7 +146,17 @@ def test_invalid_expressions_are_refused_with_the_reason(expression: str, reason
 
 
 @pytest.mark.parametrize(
-    "name", ["Mars/Olympus", "", "utc", " UTC", "../etc/passwd", "/etc/localtime"]
+    "name",
+    [
+        "Mars/Olympus",
+        "",
+        "utc",
+        " UTC",
+        "../etc/passwd",
+        "/etc/localtime",
+        "localtime",
+        "posix/Europe/Paris",
+    ],
 )
 def test_unknown_time_zones_are_refused(name: str) -> None:
     with pytest.raises(InvalidInput) as refused:
