@@ -55,7 +55,7 @@ $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	@for script in bench/workspace.py bench/search.py bench/conversations.py bench/lookups.py bench/deltas.py bench/turns.py bench/streams.py bench/retention.py bench/dashboard.py bench/pgbouncer.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in bench/workspace.py bench/search.py bench/conversations.py bench/lookups.py bench/deltas.py bench/turns.py bench/streams.py bench/retention.py bench/dashboard.py bench/pgbouncer.py bench/automation.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
