@@ -65,7 +65,7 @@ def _attempts_of(*deliveries: WebhookDelivery) -> int:
 
 
 def test_prune_deletes_old_ended_deliveries_with_their_attempts() -> None:
-    webhook = WebhookFactory()
+    webhook = WebhookFactory.create()
     old_delivered = _delivery(webhook, state=DeliveryState.DELIVERED, ended_days_ago=31)
     old_failed = _delivery(webhook, state=DeliveryState.FAILED, ended_days_ago=40)
     recent = _delivery(webhook, state=DeliveryState.DELIVERED, ended_days_ago=29)
@@ -83,7 +83,7 @@ def test_prune_deletes_old_ended_deliveries_with_their_attempts() -> None:
 
 
 def test_prune_with_zero_days_keeps_every_delivery() -> None:
-    webhook = WebhookFactory()
+    webhook = WebhookFactory.create()
     kept = {_delivery(webhook, state=DeliveryState.FAILED, ended_days_ago=3650).pk}
 
     deleted = webhook_deliveries_prune(older_than_days=0)
@@ -93,8 +93,8 @@ def test_prune_with_zero_days_keeps_every_delivery() -> None:
 
 
 def test_prune_works_through_every_batch() -> None:
-    webhook = WebhookFactory()
-    other = WebhookFactory(user_id="bob")
+    webhook = WebhookFactory.create()
+    other = WebhookFactory.create(user_id="bob")
     for hook in (webhook, webhook, other):
         _delivery(hook, state=DeliveryState.DELIVERED, ended_days_ago=60)
     recent = _delivery(other, state=DeliveryState.DELIVERED, ended_days_ago=1)
@@ -121,7 +121,7 @@ def _stranded(user_id: str = "alice") -> WebhookDelivery:
 
 
 def test_a_stranded_delivery_gets_one_new_job_and_a_second_sweep_adds_none() -> None:
-    WebhookFactory()
+    WebhookFactory.create()
     delivery = _stranded()
 
     first = webhook_deliveries_requeue_stranded(older_than=STRANDED_AFTER)
@@ -136,7 +136,7 @@ def test_a_stranded_delivery_gets_one_new_job_and_a_second_sweep_adds_none() -> 
 
 
 def test_a_retry_due_recently_is_not_stranded_however_old_the_delivery() -> None:
-    WebhookFactory()
+    WebhookFactory.create()
     delivery = _stranded()
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
         attempts=2, next_attempt_at=timezone.now() - timedelta(minutes=1)
@@ -150,7 +150,7 @@ def test_a_retry_due_recently_is_not_stranded_however_old_the_delivery() -> None
 
 @pytest.mark.parametrize("status", ["todo", "doing"])
 def test_a_delivery_with_a_live_job_gets_no_other(status: str) -> None:
-    WebhookFactory()
+    WebhookFactory.create()
     delivery = delivery_emitted()
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
         created_at=timezone.now() - timedelta(hours=2)
@@ -168,7 +168,7 @@ def test_a_delivery_with_a_live_job_gets_no_other(status: str) -> None:
 
 
 def test_recent_and_ended_deliveries_without_a_job_are_not_stranded() -> None:
-    webhook = WebhookFactory()
+    webhook = WebhookFactory.create()
     recent = delivery_emitted()
     with connection.cursor() as cursor:
         cursor.execute(
@@ -183,7 +183,7 @@ def test_recent_and_ended_deliveries_without_a_job_are_not_stranded() -> None:
 
 
 def test_the_jobs_follow_the_retention_setting_and_requeue(settings: SettingsWrapper) -> None:
-    webhook = WebhookFactory()
+    webhook = WebhookFactory.create()
     old = _delivery(webhook, state=DeliveryState.DELIVERED, ended_days_ago=8)
     stranded = _stranded()
 
