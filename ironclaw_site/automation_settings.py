@@ -10,9 +10,11 @@ from ironclaw_site.env import env_bool, env_float, env_int, env_optional_str
 __all__ = [
     "ROUTINE_CATCH_UP_MINUTES",
     "ROUTINE_CLOCK_FILE",
+    "ROUTINE_FIRING_RETENTION_DAYS",
     "ROUTINE_MAX_PER_TENANT",
     "ROUTINE_TICK_SECONDS",
     "WEBHOOK_ALLOW_PRIVATE",
+    "WEBHOOK_DELIVERY_RETENTION_DAYS",
     "WEBHOOK_DISABLE_AFTER_FAILURES",
     "WEBHOOK_MAX_PER_TENANT",
     "WEBHOOK_RETRY_BASE_SECONDS",
@@ -28,6 +30,10 @@ ROUTINE_MAX_PER_TENANT = env_int("ROUTINE_MAX_PER_TENANT", 100, minimum=1, maxim
 # For tests and rehearsals only: a file holding the time (ISO 8601) the scheduler takes as now.
 _clock_file = env_optional_str("ROUTINE_CLOCK_FILE")
 ROUTINE_CLOCK_FILE = Path(_clock_file) if _clock_file else None
+# Firings older than this are deleted, hourly (0 keeps them).
+ROUTINE_FIRING_RETENTION_DAYS = env_int(
+    "ROUTINE_FIRING_RETENTION_DAYS", 90, minimum=0, maximum=36_500
+)
 
 # Deliveries to private, loopback and link-local addresses are refused unless this is set.
 WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
@@ -44,3 +50,8 @@ WEBHOOK_DISABLE_AFTER_FAILURES = env_int(
     "WEBHOOK_DISABLE_AFTER_FAILURES", 10, minimum=1, maximum=100_000
 )
 WEBHOOK_MAX_PER_TENANT = env_int("WEBHOOK_MAX_PER_TENANT", 10, minimum=1, maximum=1000)
+# Ended deliveries (delivered or failed) and their attempts are deleted this long after they
+# ended, hourly (0 keeps them); pending ones are never.
+WEBHOOK_DELIVERY_RETENTION_DAYS = env_int(
+    "WEBHOOK_DELIVERY_RETENTION_DAYS", 30, minimum=0, maximum=36_500
+)

@@ -18,6 +18,10 @@ idempotent:
   under the document's row lock; a second run finds the job the first deferred.
 - ``prune_finished_jobs``, ``prune_versions``, ``workspace_hygiene`` and ``prune_checkpoints``:
   deletes of rows that still match when the batch runs; a second run finds nothing left to delete.
+  So are ``webhooks.prune_deliveries`` and ``routines.prune_firings``.
+- ``webhooks.requeue_stranded_deliveries``: defers a job only for a pending delivery with none
+  waiting or running, under the delivery's queueing lock; a second run finds the job the first
+  deferred, and a duplicate job finds the delivery ended and does nothing.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Every write of the routines app: a tenant's routines (create, update, delete) and the
-scheduler's pass that fires their due slots (``routines.firing``, re-exported here).
+"""Every write of the routines app: a tenant's routines (create, update, delete), the
+scheduler's pass that fires their due slots (``routines.firing``, re-exported here) and the
+prune of old firings.
 
 Locking policy: a routine's row is locked ``FOR NO KEY UPDATE`` by whoever changes it, the
 tenant's edits (waits bounded by ``CONVERSATION_LOCK_TIMEOUT_MS``: ``RoutineBusy``) and the
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import uuid
 from contextlib import AbstractContextManager
+from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
 from conversations.services import channel_key
 from core.db import bounded_transaction, violated_constraint
@@ -23,13 +26,14 @@ from core.text import has_control_characters
 from routines.clock import scheduler_now
 from routines.errors import RoutineBusy, RoutineNotFound
 from routines.firing import FireDueResult, routines_fire_due
-from routines.models import Routine
+from routines.models import Routine, RoutineFiring
 from routines.schedule import DEFAULT_TIMEZONE, cron_check, next_slot, timezone_check
 
 __all__ = [
     "FireDueResult",
     "routine_create",
     "routine_delete",
+    "routine_firings_prune",
     "routine_update",
     "routines_fire_due",
 ]
@@ -38,6 +42,17 @@ MAX_NAME_LENGTH = 100
 # Serialises one tenant's creates, so two racing ones cannot both pass ROUTINE_MAX_PER_TENANT
 # (transaction-scoped: safe behind a transaction pooler).
 _TENANT_CREATE_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+# Firings deleted per transaction.
+FIRING_PRUNE_BATCH = 1000
+_FIRING_TABLE = RoutineFiring._meta.db_table
+# Served by routine_firing_recent_idx (fired_at), across tenants. Plain FOR UPDATE: these rows
+# are deleted; SKIP LOCKED leaves a firing a routine's delete is cascading to for that delete.
+_FIRING_PRUNE_SQL = f"""
+DELETE FROM {_FIRING_TABLE} WHERE (user_id, id) IN (
+    SELECT user_id, id FROM {_FIRING_TABLE}
+    WHERE fired_at < %s ORDER BY fired_at LIMIT %s FOR UPDATE SKIP LOCKED
+)
+"""
 
 
 def _invalid(field: str, problem: str) -> InvalidInput:
@@ -199,3 +214,20 @@ def routine_delete(*, user_id: str, routine_id: uuid.UUID) -> None:
         deleted, _ = Routine.objects.filter(user_id=user_id, pk=routine_id).delete()
     if not deleted:
         raise RoutineNotFound()
+
+
+def routine_firings_prune(*, older_than_days: int, batch: int = FIRING_PRUNE_BATCH) -> int:
+    """Delete firings fired more than ``older_than_days`` ago, ``batch`` per transaction until
+    none is left; ``0`` deletes nothing. The number deleted. A pruned slot never fires again:
+    the scheduler only fires slots after the routine's ``next_fire_at``, which has passed it."""
+    if older_than_days == 0:
+        return 0
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    deleted = 0
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_FIRING_PRUNE_SQL, [cutoff, batch])
+            count = cursor.rowcount
+        deleted += count
+        if count < batch:
+            return deleted

@@ -18,6 +18,7 @@ import uuid
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 
 from core.db import TenantRow
 
@@ -100,6 +101,19 @@ class WebhookDelivery(TenantRow):
             ),
             # The admin's list and the operations console: the latest deliveries.
             models.Index(fields=["-created_at"], name="delivery_newest_idx"),
+            # The hourly prune, across tenants: ended deliveries, oldest first.
+            models.Index(
+                fields=["finished_at"],
+                name="delivery_ended_idx",
+                condition=~Q(state=DeliveryState.PENDING),
+            ),
+            # The stranded-delivery sweep, across tenants: pending deliveries by when their
+            # next attempt is due (the first one's, created_at, when null).
+            models.Index(
+                Coalesce("next_attempt_at", "created_at"),
+                name="delivery_pending_due_idx",
+                condition=Q(state=DeliveryState.PENDING),
+            ),
         ]
         constraints = [
             models.CheckConstraint(

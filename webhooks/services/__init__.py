@@ -15,6 +15,11 @@ from webhooks.services.delivery import (
     webhook_delivery_redeliver,
 )
 from webhooks.services.events import webhook_event_emit
+from webhooks.services.hygiene import (
+    STRANDED_AFTER,
+    webhook_deliveries_prune,
+    webhook_deliveries_requeue_stranded,
+)
 from webhooks.services.webhooks import (
     UNSET,
     CreatedWebhook,
@@ -25,12 +30,15 @@ from webhooks.services.webhooks import (
 
 __all__ = [
     "DELIVER_TASK",
+    "STRANDED_AFTER",
     "UNSET",
     "CreatedWebhook",
     "DeliveryOutcome",
     "retry_delay",
     "webhook_create",
     "webhook_delete",
+    "webhook_deliveries_prune",
+    "webhook_deliveries_requeue_stranded",
     "webhook_delivery_attempt",
     "webhook_delivery_redeliver",
     "webhook_event_emit",
