@@ -62,12 +62,12 @@ def test_one_matching_signature_among_several_is_enough() -> None:
         ({"body": BODY.replace(b"t-1", b"t-2")}, "no signature matches"),
         ({"webhook_id": "d-2"}, "no signature matches"),
         ({"secret": "whsec_" + base64.b64encode(b"x" * 32).decode()}, "no signature matches"),
-        ({"timestamp": int(time.time()) - 600}, "more than 300 s"),
-        ({"timestamp": int(time.time()) + 600}, "more than 300 s"),
+        ({"age": 600}, "more than 300 s"),
+        ({"age": -600}, "more than 300 s"),
     ],
 )
 def test_a_forged_changed_or_stale_delivery_is_refused(change: dict, message: str) -> None:
-    timestamp = change.get("timestamp", int(time.time()))
+    timestamp = int(time.time()) - change.get("age", 0)
     signature = sign_webhook(SECRET, "d-1", timestamp, BODY)
     headers = _headers(signature, webhook_id=change.get("webhook_id", "d-1"), timestamp=timestamp)
 

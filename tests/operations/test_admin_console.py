@@ -199,6 +199,7 @@ def test_the_queues_table_lists_every_queue_even_when_empty(admin_client: Client
         "extra",
         "indexing",
         "threads",
+        "webhooks",
     ]
     indexing = re.search(r'<tr data-queue="indexing">(.*?)</tr>', queues, re.S)
     assert indexing is not None
