@@ -37,6 +37,7 @@ class WebhookAdmin(OperateAdmin, ReadOnlyAdmin):
         "events",
         "enabled",
         "consecutive_failures",
+        "paused_until",
         "disabled_reason",
         "created_at",
     )
@@ -55,6 +56,8 @@ class WebhookAdmin(OperateAdmin, ReadOnlyAdmin):
         "enabled",
         "disabled_reason",
         "consecutive_failures",
+        "failing_attempts",
+        "paused_until",
         "created_at",
         "updated_at",
     )

@@ -44,6 +44,12 @@ class Webhook(TenantRow):
     disabled_reason = models.TextField(blank=True, default="")
     # Deliveries failed in a row; WEBHOOK_DISABLE_AFTER_FAILURES of them disable the webhook.
     consecutive_failures = models.PositiveIntegerField(default=0)
+    # The receiver itself is failing (timeouts, connection errors, 408, 429, 5xx): attempts in a
+    # row that failed so, whatever their delivery, and until when every delivery of it waits.
+    # One probe per wait instead of one attempt per event: a dead receiver holds a background
+    # worker for one timeout per backoff step, not for one per event its tenant produces.
+    failing_attempts = models.PositiveIntegerField(default=0)
+    paused_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -174,6 +174,8 @@ def test_deliveries_are_listed_newest_first_and_read_with_their_attempts(
     alice: APIClient, settings: SettingsWrapper
 ) -> None:
     settings.WEBHOOK_ALLOW_PRIVATE = True
+    # The retry after the 502 is due at once, and the receiver's pause over.
+    settings.WEBHOOK_RETRY_BASE_SECONDS = 0.0001
     with receiver_running([Answer(502)]) as receiver:
         webhook = WebhookFactory.create(url=receiver.url())
         older, newer = delivery_emitted(), delivery_emitted()

@@ -19,6 +19,11 @@ class WebhookSerializer(serializers.Serializer):
         help_text="Why the service disabled it (failures in a row, a 410); empty otherwise."
     )
     consecutive_failures = serializers.IntegerField()
+    paused_until = serializers.DateTimeField(
+        allow_null=True,
+        help_text="The receiver's last attempts failed (timeouts, connection errors, 408, 429, "
+        "5xx): its deliveries wait until then, and the first one after tries it again.",
+    )
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 

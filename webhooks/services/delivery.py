@@ -101,8 +101,10 @@ def webhook_delivery_attempt(*, delivery_id: uuid.UUID | str) -> DeliveryOutcome
         return DeliveryOutcome.SKIPPED
     if not webhook.enabled:
         return _fail_unsent(delivery, webhook)
-    number = delivery.attempts + 1
     started_at = timezone.now()
+    if webhook.paused_until is not None and webhook.paused_until > started_at:
+        return _postpone(delivery, until=webhook.paused_until, now=started_at)
+    number = delivery.attempts + 1
     body = payload_body(delivery.payload)
     sent = post_signed(
         url=webhook.url,
@@ -153,6 +155,40 @@ def _fail_unsent(delivery: WebhookDelivery, webhook: Webhook) -> DeliveryOutcome
         locked.save(update_fields=["state", "last_error", "finished_at", "next_attempt_at"])
         transaction.on_commit(delivery_failed_observe)
     return DeliveryOutcome.FAILED
+
+
+def _postpone(delivery: WebhookDelivery, *, until: datetime, now: datetime) -> DeliveryOutcome:
+    """The receiver is paused (its last attempts failed): move this delivery's next attempt to
+    the end of the pause, unsent, or fail it when that is past its retry window. A little
+    jitter spreads a backlog's attempts; whichever comes first probes the receiver, and the
+    others find the pause extended if it failed again."""
+    with transaction.atomic():
+        found = _locked(delivery)
+        if found is None:
+            return DeliveryOutcome.SKIPPED
+        webhook, locked = found
+        window_start = locked.retries_from or locked.created_at
+        next_attempt_at = until + timedelta(
+            seconds=random.uniform(0, 0.1) * (until - now).total_seconds()
+        )
+        if next_attempt_at > window_start + timedelta(hours=settings.WEBHOOK_RETRY_HOURS):
+            gave_up = (
+                f"gave up after {locked.attempts} attempts: the receiver has failed since before "
+                f"the {settings.WEBHOOK_RETRY_HOURS:g} h retry window ended"
+            )
+            outcome = _failed(
+                locked, webhook, now, SendResult(result=AttemptResult.REFUSED), error=gave_up
+            )
+            update_fields = ["state", "finished_at", "next_attempt_at", "last_error"]
+        else:
+            locked.next_attempt_at = next_attempt_at
+            _delivery_defer(locked.pk, schedule_at=next_attempt_at)
+            outcome = DeliveryOutcome.RETRYING
+            update_fields = ["next_attempt_at"]
+        locked.save(update_fields=update_fields)
+        if outcome == DeliveryOutcome.FAILED:
+            transaction.on_commit(delivery_failed_observe)
+    return outcome
 
 
 def _attempt_record(
@@ -213,11 +249,11 @@ def _delivered(locked: WebhookDelivery, webhook: Webhook, now: datetime) -> Deli
     locked.state = DeliveryState.DELIVERED
     locked.delivered_at = locked.finished_at = now
     locked.next_attempt_at = None
-    if webhook.consecutive_failures:
+    if webhook.consecutive_failures or webhook.failing_attempts or webhook.paused_until:
         # Under the webhook's row lock (_locked): a failure counted by another delivery of it
         # commits before or after this, never in between.
         Webhook.objects.filter(user_id=webhook.user_id, pk=webhook.pk).update(
-            consecutive_failures=0
+            consecutive_failures=0, failing_attempts=0, paused_until=None
         )
     return DeliveryOutcome.DELIVERED
 
@@ -226,7 +262,14 @@ def _retry_or_give_up(
     locked: WebhookDelivery, webhook: Webhook, now: datetime, sent: SendResult
 ) -> DeliveryOutcome:
     window_start = locked.retries_from or locked.created_at
-    next_attempt_at = now + timedelta(seconds=retry_delay(locked.attempts))
+    # The receiver is paused for as long as a delivery failing this many times in a row would
+    # wait (under the webhook's row lock, taken by _locked).
+    failing = webhook.failing_attempts + 1
+    paused_until = now + timedelta(seconds=retry_delay(failing))
+    Webhook.objects.filter(user_id=webhook.user_id, pk=webhook.pk).update(
+        failing_attempts=failing, paused_until=paused_until
+    )
+    next_attempt_at = max(now + timedelta(seconds=retry_delay(locked.attempts)), paused_until)
     if next_attempt_at > window_start + timedelta(hours=settings.WEBHOOK_RETRY_HOURS):
         hours = settings.WEBHOOK_RETRY_HOURS
         gave_up = f"gave up after {locked.attempts} attempts over {hours:g} h; last: {sent.error}"

@@ -115,11 +115,14 @@ def webhook_update(
     description: str | Literal[_Unset.UNSET] = UNSET,
     enabled: bool | Literal[_Unset.UNSET] = UNSET,
 ) -> Webhook:
-    """Change what is given, under the webhook's row lock. Enabling it clears the failure count
-    and the reason it was disabled, so the next failures are counted from zero."""
+    """Change what is given, under the webhook's row lock. Enabling it clears the failure counts,
+    the receiver's pause and the reason it was disabled, so failures are counted from zero; a
+    new URL ends the pause too."""
     changes: dict[str, Any] = {}
     if url is not UNSET:
         changes["url"] = checked_url(url)
+        # Another receiver: the old one's failures say nothing about it.
+        changes |= {"failing_attempts": 0, "paused_until": None}
     if events is not UNSET:
         changes["events"] = checked_events(events)
     if description is not UNSET:
@@ -129,7 +132,7 @@ def webhook_update(
         # Enabled again: counted from zero. Disabled by the tenant: no service reason applies.
         changes["disabled_reason"] = ""
         if enabled:
-            changes["consecutive_failures"] = 0
+            changes |= {"consecutive_failures": 0, "failing_attempts": 0, "paused_until": None}
     with transaction.atomic():
         # The row lock orders this change with a delivery recording its outcome (which counts a
         # failure or disables the webhook under the same lock): neither overwrites the other.

@@ -463,6 +463,7 @@ class Webhook(TypedDict):
     enabled: bool
     disabled_reason: str
     consecutive_failures: int
+    paused_until: str | None
     created_at: str
     updated_at: str
 
@@ -481,6 +482,7 @@ class WebhookCreateOutput(TypedDict):
     enabled: bool
     disabled_reason: str
     consecutive_failures: int
+    paused_until: str | None
     created_at: str
     updated_at: str
     secret: str
