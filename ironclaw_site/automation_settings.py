@@ -14,6 +14,7 @@ __all__ = [
     "ROUTINE_MAX_PER_TENANT",
     "ROUTINE_TICK_SECONDS",
     "WEBHOOK_ALLOW_PRIVATE",
+    "WEBHOOK_CONCURRENCY",
     "WEBHOOK_DELIVERY_RETENTION_DAYS",
     "WEBHOOK_DISABLE_AFTER_FAILURES",
     "WEBHOOK_MAX_PER_TENANT",
@@ -37,6 +38,8 @@ ROUTINE_FIRING_RETENTION_DAYS = env_int(
 
 # Deliveries to private, loopback and link-local addresses are refused unless this is set.
 WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+# Deliveries each background worker attempts at once, in a pool of their own beside indexing's.
+WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 8, minimum=1, maximum=256)
 # One attempt's bound, from connecting to the last byte of the receiver's answer.
 WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=120.0)
 # Retries: the first after about WEBHOOK_RETRY_BASE_SECONDS, doubling (with jitter, at most an

@@ -55,7 +55,11 @@ TURNS = WorkerKind("turns", (THREADS_QUEUE,), "ENGINE_CONCURRENCY")
 # Every queue but the turns': indexing, webhook deliveries, and "default" where periodic
 # maintenance (the lease sweeper, the stalled-job retry) runs. A new queue must be added here or
 # no worker serves it. The background workers also run the routines scheduler.
-BACKGROUND = WorkerKind("background", ("indexing", "webhooks", "default"), "BACKGROUND_CONCURRENCY")
+# Webhook deliveries run there in a pool of their own (job_pools).
+WEBHOOKS_QUEUE = "webhooks"
+BACKGROUND = WorkerKind(
+    "background", ("indexing", WEBHOOKS_QUEUE, "default"), "BACKGROUND_CONCURRENCY"
+)
 WORKER_KINDS = {kind.name: kind for kind in (TURNS, BACKGROUND)}
 ALL_QUEUES = tuple(queue for kind in WORKER_KINDS.values() for queue in kind.queues)
 
@@ -95,7 +99,21 @@ def worker_plan(*, kind: str | None, queues: str | None, concurrency: int | None
         assert kind is not None
         asked = WORKER_KINDS[kind].queues
     if concurrency is None:
-        concurrency = WORKER_KINDS[kind].concurrency
+        only_webhooks = asked == (WEBHOOKS_QUEUE,)
+        concurrency = (
+            settings.WEBHOOK_CONCURRENCY if only_webhooks else WORKER_KINDS[kind].concurrency
+        )
     if not 1 <= concurrency <= 1024:
         raise CommandError(f"--concurrency must be between 1 and 1024, got {concurrency}.")
     return WorkerPlan(kind=kind, queues=asked, concurrency=concurrency)
+
+
+def job_pools(queues: list[str], concurrency: int) -> list[tuple[list[str], int]]:
+    """The Procrastinate workers one worker process runs, each with its queues and how many jobs
+    it runs at once. Webhook deliveries get a pool of their own (``WEBHOOK_CONCURRENCY``) beside
+    the other queues: an attempt may wait seconds on a receiver, and receivers slow to answer
+    must never hold the slots of indexing and maintenance (nor these theirs)."""
+    if WEBHOOKS_QUEUE not in queues or len(queues) == 1:
+        return [(queues, concurrency)]
+    others = [queue for queue in queues if queue != WEBHOOKS_QUEUE]
+    return [(others, concurrency), ([WEBHOOKS_QUEUE], settings.WEBHOOK_CONCURRENCY)]

@@ -15,7 +15,7 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 
 from operations.health import ALIVE, worker_kinds_alive
 from operations.models import WorkerName
-from operations.workers import WorkerPlan, worker_plan
+from operations.workers import WorkerPlan, job_pools, worker_plan
 from tests.support.servers import BASE_DIR, database_url
 
 
@@ -87,16 +87,49 @@ def test_the_background_worker_runs_under_its_kind_name_until_stopped() -> None:
     )
     try:
         deadline = time.monotonic() + 30
-        while worker_kinds_alive().get("background") != ALIVE:
+        named = WorkerName.objects.filter(name="background")
+        while worker_kinds_alive().get("background") != ALIVE or named.count() < 2:
             assert process.poll() is None, process.communicate()[0]
             assert time.monotonic() < deadline, "the worker never registered"
             time.sleep(0.1)
-        where = WorkerName.objects.filter(name="background").values_list("host", "pid").get()
+        # Two Procrastinate workers, both of this kind: the jobs' and the webhook deliveries'.
+        where = list(named.values_list("host", "pid"))
     finally:
         process.terminate()
         output = process.communicate(timeout=20)[0]
 
     assert process.returncode == 0, output
     # The admin's workers table says where it runs.
-    assert where == (socket.gethostname(), process.pid)
-    assert "Worker background on indexing, webhooks, default with 2 jobs at once." in output
+    assert where == [(socket.gethostname(), process.pid)] * 2
+    assert (
+        "Worker background on indexing, default with 2 jobs at once, "
+        "and webhooks with 8 jobs at once." in output
+    )
+
+
+@pytest.mark.parametrize(
+    ("queues", "pools"),
+    [
+        (["indexing", "webhooks", "default"], [(["indexing", "default"], 2), (["webhooks"], 8)]),
+        (["webhooks"], [(["webhooks"], 2)]),
+        (["indexing", "default"], [(["indexing", "default"], 2)]),
+        (["threads"], [(["threads"], 2)]),
+    ],
+)
+def test_webhook_deliveries_get_a_pool_of_their_own_beside_other_queues(
+    queues: list[str], pools: list[tuple[list[str], int]], settings: SettingsWrapper
+) -> None:
+    settings.WEBHOOK_CONCURRENCY = 8
+
+    assert job_pools(queues, 2) == pools
+
+
+def test_a_worker_of_webhooks_alone_runs_webhook_concurrency_deliveries(
+    settings: SettingsWrapper,
+) -> None:
+    settings.WEBHOOK_CONCURRENCY = 16
+    settings.BACKGROUND_CONCURRENCY = 3
+
+    plan = worker_plan(kind=None, queues="webhooks", concurrency=None)
+
+    assert plan == WorkerPlan("background", ("webhooks",), 16)

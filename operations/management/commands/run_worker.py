@@ -26,6 +26,7 @@ from operations.turn_worker import TurnWorker
 from operations.workers import (
     WORKER_NAME_INSERT_SQL,
     WORKER_NAME_PRUNE_SQL,
+    job_pools,
     worker_name_params,
 )
 
@@ -100,7 +101,11 @@ class Command(BaseCommand):
                 f"--replaces names a dead turn worker; this worker serves {options['queues']!r}, "
                 f"not the {THREADS_QUEUE} queue."
             )
-        self.stdout.write(f"Worker {name} on {', '.join(queues)} with {concurrency} jobs at once.")
+        pools = ", and ".join(
+            f"{', '.join(pool_queues)} with {pool_concurrency} jobs at once"
+            for pool_queues, pool_concurrency in job_pools(queues, concurrency)
+        )
+        self.stdout.write(f"Worker {name} on {pools}.")
         asyncio.run(_work_until_stopped(queues=queues, concurrency=concurrency, name=name))
 
 
@@ -115,7 +120,8 @@ async def _work_until_stopped(*, queues: list[str], concurrency: int, name: str)
     loop = asyncio.get_running_loop()
     # Sync tasks run on the loop's default executor, which Python sizes from the CPU count (6
     # threads on 2 cores); size it to the concurrency asked for.
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="job"))
+    threads = sum(pool_concurrency for _queues, pool_concurrency in job_pools(queues, concurrency))
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="job"))
     stop_requested = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop_requested.set)
@@ -143,7 +149,8 @@ async def _work_until_stopped(*, queues: list[str], concurrency: int, name: str)
 async def _run_one_worker(
     *, queues: list[str], concurrency: int, name: str, stop_requested: asyncio.Event
 ) -> None:
-    """Run one Procrastinate worker until it stops (a database error) or a stop is requested."""
+    """Run the Procrastinate workers of the process's pools until one stops (a database error) or
+    a stop is requested."""
     connector = PsycopgConnector(
         kwargs=connector_params("default"), min_size=1, max_size=WORKER_POOL_SIZE
     )
@@ -173,31 +180,41 @@ async def _run_one_worker(
             # The Django app's defaults hold its middleware that closes each job thread's
             # connection around every job, so a connection broken by an outage is not reused.
             **worker_app.worker_defaults,
-            "queues": queues,
             "name": name,
-            "concurrency": concurrency,
             # Signals stop this command's loop, which then stops the worker gracefully.
             "install_signal_handlers": False,
             "update_heartbeat_interval": settings.WORKER_HEARTBEAT_SECONDS,
             "stalled_worker_timeout": settings.WORKER_STALLED_SECONDS,
         }
-        worker = Worker(app=worker_app, **worker_options)
-        running = asyncio.ensure_future(worker.run())
+        # One Procrastinate worker per pool (webhook deliveries apart), all registered under
+        # this kind's name; when any of them ends (a database error), all are started again.
+        workers = [
+            Worker(
+                app=worker_app, queues=pool_queues, concurrency=pool_concurrency, **worker_options
+            )
+            for pool_queues, pool_concurrency in job_pools(queues, concurrency)
+        ]
+        runs = [asyncio.ensure_future(worker.run()) for worker in workers]
+        running = asyncio.ensure_future(asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED))
         sweeping = asyncio.ensure_future(_stalled_jobs_retried_until(running))
         # The routines scheduler runs beside the worker of the queue where maintenance runs.
         scheduling = asyncio.ensure_future(
             routines_fired_until(running) if SCHEDULER_QUEUE in queues else asyncio.sleep(0)
         )
         try:
-            await _record_worker_name(connector, worker, running, name)
+            for worker in workers:
+                await _record_worker_name(connector, worker, running, name)
         except Exception:
             # Unnamed, /readyz would call this kind missing: start over instead.
-            worker.stop()
-            await asyncio.gather(running, return_exceptions=True)
+            for worker in workers:
+                worker.stop()
+            await asyncio.gather(*runs, return_exceptions=True)
             raise
         await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not running.done():
+        for worker in workers:
             worker.stop()
+        # The first failure of any (the database went away) is this run's.
+        await asyncio.gather(*runs)
         await running
         await sweeping
         await scheduling
