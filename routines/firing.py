@@ -99,7 +99,7 @@ def routines_fire_due(*, now: datetime.datetime, limit: int = 100) -> FireDueRes
                 _routine_fire(routine, now=now, result=result)
         except (OperationalError, InterfaceError):
             raise  # the database is away: the scheduler's loop logs it and tries next tick
-        except Exception:
+        except Exception as error:
             logger.exception(
                 "routine %s of %s not fired",
                 routine_id,
@@ -107,9 +107,47 @@ def routines_fire_due(*, now: datetime.datetime, limit: int = 100) -> FireDueRes
                 extra={"tenant": user_id, "routine_id": str(routine_id)},
             )
             result.failed += 1
+            _slot_give_up(user_id, routine_id, now=now, error=error)
             continue
         result.routines += 1
     return result
+
+
+def _slot_give_up(
+    user_id: str, routine_id: uuid.UUID, *, now: datetime.datetime, error: Exception
+) -> None:
+    """Record the routine's due slot as ``failed`` and move on to its next one, so a routine
+    whose firing raises does not come back at every tick, first in the due list, for ever."""
+    try:
+        with transaction.atomic():
+            routine = (
+                Routine.objects.due(now)
+                .filter(user_id=user_id, pk=routine_id)
+                .for_update(skip_locked=True)
+                .first()
+            )
+            if routine is None or routine.next_fire_at is None:
+                return
+            slot = routine.next_fire_at
+            detail = f"not fired: {type(error).__name__}: {error}"
+            try:
+                changes: dict[str, Any] = {
+                    "next_fire_at": next_slot(routine.cron, routine.timezone, slot)
+                }
+            except Exception as unreadable:
+                # Its schedule itself cannot be read (a row written by hand): it stops here,
+                # disabled, until the tenant fixes it.
+                changes = {"enabled": False, "next_fire_at": None}
+                detail += f"; disabled, its schedule cannot be read ({unreadable})"
+            if _firing_insert(
+                routine, slot=slot, state=FiringState.FAILED, now=now, detail=detail[:2000]
+            ):
+                _after_commit_observe(routine, FiringState.FAILED, slot, detail[:2000])
+            Routine.objects.filter(user_id=user_id, pk=routine_id).update(**changes)
+    except (OperationalError, InterfaceError):
+        raise
+    except Exception:
+        logger.exception("routine %s of %s: its failed slot not recorded", routine_id, user_id)
 
 
 def _routine_fire(routine: Routine, *, now: datetime.datetime, result: FireDueResult) -> None:

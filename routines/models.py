@@ -75,6 +75,9 @@ class FiringState(models.TextChoices):
     SKIPPED = "skipped"
     # The conversation refused the message (busy policy "reject", or busy past its lock bound).
     REJECTED = "rejected"
+    # Firing it raised an unexpected error: the slot is given up (its detail says why) rather
+    # than tried again at every tick ahead of every other routine.
+    FAILED = "failed"
 
 
 class RoutineFiring(TenantRow):

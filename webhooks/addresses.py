@@ -15,9 +15,18 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def address_is_public(address: IPAddress) -> bool:
     """False for private, loopback, link-local, multicast, reserved, unspecified and every other
-    non-global address, including IPv4 ones written as IPv4-mapped IPv6."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    non-global address, including IPv4 ones carried in IPv6 (mapped, 6to4, Teredo)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        # An IPv4 address carried inside IPv6 (mapped, 6to4, Teredo's client) is judged as
+        # itself, and the site-local range (deprecated, still routed inward by some) is refused.
+        if address.is_site_local:
+            return False
+        teredo = address.teredo
+        carried = [address.ipv4_mapped, address.sixtofour, teredo[1] if teredo else None]
+        if any(inner is not None and not address_is_public(inner) for inner in carried):
+            return False
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
     return address.is_global and not (
         address.is_private
         or address.is_loopback

@@ -198,6 +198,16 @@ def _post_following(
     raise _Refused(f"more than {MAX_REDIRECTS} redirects, the last to {current}", status)
 
 
+def _unsendable(error: Exception, duration_ms: int) -> SendResult:
+    """A URL http.client cannot put in a request (not ASCII, control characters), the
+    webhook's or a redirect's: sending again would fail again."""
+    return SendResult(
+        AttemptResult.REFUSED,
+        error=f"the URL cannot be sent: {type(error).__name__}: {error}"[:500],
+        duration_ms=duration_ms,
+    )
+
+
 def post_signed(
     *, url: str, body: bytes, headers: dict[str, str], timeout: float, allow_private: bool
 ) -> SendResult:
@@ -228,6 +238,8 @@ def post_signed(
             duration_ms=elapsed_ms(),
             retryable=True,
         )
+    except http.client.InvalidURL as error:
+        return _unsendable(error, elapsed_ms())
     except (OSError, http.client.HTTPException) as error:
         # A shut-down socket surfaces as a reset or an incomplete answer: the deadline did it.
         timed_out = time.monotonic() >= deadline
@@ -238,6 +250,9 @@ def post_signed(
             duration_ms=elapsed_ms(),
             retryable=True,
         )
+    except ValueError as error:
+        # After OSError: a certificate that does not verify is both, and a connection error.
+        return _unsendable(error, elapsed_ms())
     excerpt = content[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")[:EXCERPT_CHARS]
     if 200 <= status < 300:
         return SendResult(

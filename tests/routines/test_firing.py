@@ -210,7 +210,14 @@ def test_one_tenants_failing_routine_does_not_stop_the_others(clock: Path) -> No
 
     assert result.failed == 1
     assert _firings(healthy) == [("09:01", "fired")]
-    assert _firings(broken) == []
+    # Its slot is given up, and so is the routine until its schedule is fixed: it is not tried
+    # again at every tick, ahead of every other routine.
+    assert _firings(broken) == [("09:01", "failed")]
+    broken.refresh_from_db()
+    assert (broken.enabled, broken.next_fire_at) == (False, None)
+    firing = broken.firings.get()
+    assert "disabled, its schedule cannot be read" in firing.detail
+    assert services.routines_fire_due(now=T0 + minutes(2)).failed == 0
 
 
 def test_a_disabled_routine_does_not_fire_and_re_enabling_skips_missed_slots(clock: Path) -> None:

@@ -26,6 +26,10 @@ from webhooks.addresses import address_is_public, host_is_private_literal, parse
         "ff02::1",
         "::ffff:127.0.0.1",
         "::ffff:169.254.169.254",
+        # 6to4 of 10.0.0.1, Teredo with client 192.168.1.1 (stored inverted), site-local.
+        "2002:a00:1::1",
+        "2001:0:4136:e378:8000:63bf:3f57:fefe",
+        "fec0::1",
     ],
 )
 def test_non_public_addresses_are_refused(text: str) -> None:

@@ -152,6 +152,20 @@ def test_a_redirect_to_another_host_is_not_followed() -> None:
     assert _attempts(delivery) == [(1, "refused", 307)]
 
 
+def test_a_redirect_to_a_url_that_cannot_be_sent_fails_the_delivery_with_the_reason() -> None:
+    with receiver_running([Answer(307, headers={"location": "/caf\xe9"})]) as receiver:
+        WebhookFactory.create(url=receiver.url())
+        delivery = delivery_emitted()
+
+        outcome = webhook_delivery_attempt(delivery_id=delivery.pk)
+
+    assert outcome == DeliveryOutcome.FAILED
+    assert len(receiver.requests) == 1
+    delivery.refresh_from_db()
+    assert delivery.last_error.startswith("the URL cannot be sent: ")
+    assert _attempts(delivery) == [(1, "refused", None)]
+
+
 def test_a_307_to_the_same_host_is_followed_with_the_same_signed_body() -> None:
     with receiver_running([Answer(307, headers={"location": "/moved"})]) as receiver:
         webhook = WebhookFactory.create(url=receiver.url())

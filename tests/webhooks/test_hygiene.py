@@ -135,6 +135,23 @@ def test_a_stranded_delivery_gets_one_new_job_and_a_second_sweep_adds_none() -> 
     assert jobs[0]["lock"] == jobs[0]["queueing_lock"] == f"webhook-delivery-{delivery.pk}"
 
 
+def test_a_stranded_delivery_past_its_retry_window_fails_instead_of_coming_back(
+    settings: SettingsWrapper,
+) -> None:
+    settings.WEBHOOK_RETRY_HOURS = 0.1  # 6 minutes: shorter than STRANDED_AFTER
+    WebhookFactory.create()
+    delivery = _stranded()
+
+    requeued = webhook_deliveries_requeue_stranded(older_than=STRANDED_AFTER)
+
+    assert requeued == 0
+    assert delivery_jobs(delivery.pk) == []
+    delivery.refresh_from_db()
+    assert delivery.state == "failed"
+    assert delivery.finished_at is not None
+    assert "no attempt ran before its retry window ended" in delivery.last_error
+
+
 def test_a_retry_due_recently_is_not_stranded_however_old_the_delivery() -> None:
     WebhookFactory.create()
     delivery = _stranded()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from webhooks.metrics import delivery_failed_observe
 from webhooks.models import WebhookDelivery
 from webhooks.services.delivery import _delivery_defer
 
@@ -54,6 +56,22 @@ LIMIT %s
 """
 
 
+# Stranded deliveries whose retry window has ended fail instead of getting a job: a job lost
+# again and again (or one that crashes on its delivery) must not come back every sweep for ever.
+_STRANDED_EXPIRED_SQL = f"""
+UPDATE {_TABLE} delivery
+SET state = 'failed', finished_at = %(now)s, next_attempt_at = NULL,
+    last_error = 'gave up: no attempt ran before its retry window ended (its job was lost)'
+WHERE delivery.state = 'pending'
+  AND COALESCE(delivery.next_attempt_at, delivery.created_at) < %(stranded_before)s
+  AND COALESCE(delivery.retries_from, delivery.created_at) < %(window_started_before)s
+  AND NOT EXISTS (
+      SELECT 1 FROM procrastinate_jobs job
+      WHERE job.status IN ('todo', 'doing') AND job.lock = 'webhook-delivery-' || delivery.id
+  )
+"""
+
+
 def webhook_deliveries_prune(*, older_than_days: int, batch: int = PRUNE_BATCH) -> int:
     """Delete delivered and failed deliveries that ended more than ``older_than_days`` ago, with
     their attempts, ``batch`` per transaction until none is left; pending ones stay. ``0``
@@ -76,15 +94,27 @@ def webhook_deliveries_requeue_stranded(
 ) -> int:
     """Defer a new job for up to ``limit`` pending deliveries due more than ``older_than`` ago
     with no job waiting or running: theirs failed for good (the database down past its retries)
-    or was deleted. The number of deliveries requeued.
+    or was deleted. Those whose retry window has ended fail instead. The number of deliveries
+    requeued.
 
     One statement reads both sides, so a job that records a retry (and defers the next job)
     shows either still running or its successor waiting. A job deferred meanwhile by another
     path hits the same queueing lock and this deferral is dropped; a duplicate that slips past it
     finds the delivery ended, under the delivery lock, and does nothing."""
+    now = timezone.now()
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute(_STRANDED_SQL, [timezone.now() - older_than, limit])
+            cursor.execute(
+                _STRANDED_EXPIRED_SQL,
+                {
+                    "now": now,
+                    "stranded_before": now - older_than,
+                    "window_started_before": now - timedelta(hours=settings.WEBHOOK_RETRY_HOURS),
+                },
+            )
+            for _ in range(cursor.rowcount):
+                transaction.on_commit(delivery_failed_observe)
+            cursor.execute(_STRANDED_SQL, [now - older_than, limit])
             stranded: list[uuid.UUID] = [row[0] for row in cursor.fetchall()]
         for delivery_id in stranded:
             _delivery_defer(delivery_id)

@@ -58,6 +58,13 @@ def checked_url(url: str) -> str:
         raise _invalid("url", "A webhook URL may not carry a user name or password.")
     if any(character.isspace() for character in url):
         raise _invalid("url", "Enter a valid URL.")
+    # HTTP's request line and Host header are ASCII: a URL that is not could never be sent.
+    if not url.isascii() or not url.isprintable():
+        raise _invalid(
+            "url",
+            "Enter the URL in ASCII: a host name in its IDNA form (xn--...), other characters "
+            "percent-encoded.",
+        )
     if not settings.WEBHOOK_ALLOW_PRIVATE and host_is_private_literal(parts.hostname):
         raise _invalid(
             "url",

@@ -92,7 +92,7 @@ EventsEnum = Literal[
     "routine.fired",
 ]
 
-FiringStateEnum = Literal["fired", "skipped", "rejected"]
+FiringStateEnum = Literal["fired", "skipped", "rejected", "failed"]
 
 ModeEnum = Literal["hybrid", "fts", "vector"]
 
