@@ -730,7 +730,11 @@ def test_a_steady_stream_into_one_conversation_gets_every_message_answered() -> 
     # Every thread that ended wrote the agent's reply after the last message it was sent.
     for thread in threads:
         own = [entry for entry in entries if entry.thread_id == thread.pk]
-        last_user = max(entry.seq for entry in own if entry.sender == "user")
+        # Its messages: those sent to it, and its goal's. A follow-up thread's goal may be only
+        # messages carried over from the thread before it (sent to that one, or queued), which
+        # keep their entry's thread; its metadata names them.
+        sent_to_it = [entry.seq for entry in own if entry.sender == "user"]
+        last_user = max([*sent_to_it, *thread.metadata.get("goal_entry_seqs", [])])
         replies = [entry.seq for entry in own if entry.sender == "agent"]
         assert replies, f"thread {thread.pk} ({thread.outcome}) ended without a reply"
         assert max(replies) > last_user
