@@ -44,6 +44,18 @@ def _drf_message_and_details(exc: drf_exceptions.APIException) -> tuple[str, Any
     return str(detail), {}
 
 
+def _answered_out_of_step(error: BaseException | None) -> bool:
+    """psycopg's InternalError for a command that got more results than it sent: the server (or
+    PgBouncer in front of it) died mid-command and its error arrived with the answer, seen when
+    the postmaster was killed behind PgBouncer. The connection is lost, not the statement wrong;
+    every other InternalError (an aborted transaction, a server bug) stays a 500."""
+    return (
+        isinstance(error, psycopg.InternalError)
+        and str(error).startswith("received ")
+        and (" results from command " in str(error))
+    )
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """A connection failure (pool timeout, server down or restarting), however it surfaces.
 
@@ -52,6 +64,8 @@ def is_database_unavailable(exc: BaseException) -> bool:
     (seen when PostgreSQL was killed during a message's defer: it was a 500).
     """
     if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if _answered_out_of_step(exc.__cause__):
         return True
     if isinstance(exc, ConnectorException) and not isinstance(exc, UniqueViolation):
         cause = exc.__cause__

@@ -6,6 +6,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import django.db.utils
+import psycopg
+import psycopg.errors
 import pytest
 from django.db import OperationalError, connection
 from django.test import Client
@@ -13,7 +16,7 @@ from procrastinate.contrib.django import app
 from procrastinate.exceptions import ConnectorException
 from rest_framework.test import APIClient
 
-from core.api.exceptions import api_exception_handler
+from core.api.exceptions import api_exception_handler, is_database_unavailable
 
 pytestmark = pytest.mark.django_db
 
@@ -168,3 +171,30 @@ def test_a_refused_csrf_check_outside_the_admin_is_json(rf: Any) -> None:
     assert json.loads(response.content)["error"]["code"] == "csrf_failed"
     assert admin_page.status_code == 403
     assert admin_page["Content-Type"].startswith("text/html")
+
+
+def _raised_by_django(cause: Exception) -> Exception:
+    """``cause`` as Django's database layer re-raises it (its own class, the original chained)."""
+    for name in ("OperationalError", "InternalError", "DatabaseError"):
+        if isinstance(cause, getattr(psycopg, name)):
+            wrapped: Exception = getattr(django.db.utils, name)(*cause.args)
+            wrapped.__cause__ = cause
+            return wrapped
+    raise AssertionError(f"not a database error: {cause!r}")
+
+
+@pytest.mark.parametrize(
+    ("cause", "unavailable"),
+    [
+        # The postmaster killed behind PgBouncer mid-BEGIN: the error came with the answer.
+        (psycopg.InternalError("received 2 results from command 'BEGIN'"), True),
+        (psycopg.OperationalError("terminating connection due to administrator command"), True),
+        # A statement in a transaction that failed before, a server bug: the code's, a 500.
+        (psycopg.errors.InFailedSqlTransaction("current transaction is aborted"), False),
+        (psycopg.InternalError("cache lookup failed for relation 1234"), False),
+    ],
+)
+def test_a_command_answered_out_of_step_is_unavailable_and_other_internal_errors_are_not(
+    cause: Exception, unavailable: bool
+) -> None:
+    assert is_database_unavailable(_raised_by_django(cause)) is unavailable
