@@ -5,8 +5,8 @@ from django.urls import path
 from webhooks.api import views
 
 urlpatterns = [
-    path("webhooks", views.WebhookCollectionView.as_view(), name="webhook-list"),
-    path("webhooks/<uuid:webhook_id>", views.WebhookDetailView.as_view(), name="webhook-detail"),
+    path("webhooks", views.WebhooksView.as_view(), name="webhook-list"),
+    path("webhooks/<uuid:webhook_id>", views.WebhookView.as_view(), name="webhook-detail"),
     path(
         "webhooks/<uuid:webhook_id>/deliveries",
         views.DeliveryListView.as_view(),

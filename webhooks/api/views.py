@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -16,6 +16,7 @@ from accounts.idempotency import idempotent
 from core.api.cursor_pagination import NewestFirstPagination, page_serializer
 from core.api.fields import StrictBooleanField, TextField
 from core.api.schema import ErrorSerializer
+from core.api.views import MethodRoutedView
 from webhooks import selectors, services
 from webhooks.api.serializers import (
     DeliveryDetailSerializer,
@@ -103,25 +104,20 @@ class WebhookListView(APIView):
         return paginator.get_paginated_response(WebhookSerializer(page, many=True).data)
 
 
-class WebhookCollectionView(WebhookCreateView, WebhookListView):
-    """``/webhooks``: POST creates one (WebhookCreateView), GET lists them (WebhookListView)."""
+class _WebhookUpdateInput(serializers.Serializer):
+    class Meta:
+        ref_name = "WebhookUpdateInput"
+
+    url = TextField(required=False)
+    events = _EventsField(required=False)
+    description = TextField(required=False, allow_blank=True, max_length=255)
+    enabled = StrictBooleanField(
+        required=False,
+        help_text="true enables it again and resets consecutive_failures and the reason.",
+    )
 
 
 class WebhookDetailView(APIView):
-    """Read, change or delete one webhook."""
-
-    class UpdateSerializer(serializers.Serializer):
-        class Meta:
-            ref_name = "WebhookUpdateInput"
-
-        url = TextField(required=False)
-        events = _EventsField(required=False)
-        description = TextField(required=False, allow_blank=True, max_length=255)
-        enabled = StrictBooleanField(
-            required=False,
-            help_text="true enables it again and resets consecutive_failures and the reason.",
-        )
-
     @extend_schema(
         tags=TAG,
         operation_id="webhook_get",
@@ -132,11 +128,13 @@ class WebhookDetailView(APIView):
         webhook = selectors.webhook_get(user_id=request_user_id(request), webhook_id=webhook_id)
         return Response(WebhookSerializer(webhook).data)
 
+
+class WebhookUpdateView(APIView):
     @extend_schema(
         tags=TAG,
         operation_id="webhook_update",
         summary="Change a webhook's url, events, description or enabled",
-        request=UpdateSerializer,
+        request=_WebhookUpdateInput,
         responses={
             200: WebhookSerializer,
             **_errors(
@@ -146,13 +144,15 @@ class WebhookDetailView(APIView):
         },
     )
     def patch(self, request: Request, webhook_id: UUID) -> Response:
-        data = self.UpdateSerializer(data=request.data)
+        data = _WebhookUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
         webhook = services.webhook_update(
             user_id=request_user_id(request), webhook_id=webhook_id, **data.validated_data
         )
         return Response(WebhookSerializer(webhook).data)
 
+
+class WebhookDeleteView(APIView):
     @extend_schema(
         tags=TAG,
         operation_id="webhook_delete",
@@ -162,6 +162,26 @@ class WebhookDetailView(APIView):
     def delete(self, request: Request, webhook_id: UUID) -> Response:
         services.webhook_delete(user_id=request_user_id(request), webhook_id=webhook_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WebhooksView(MethodRoutedView):
+    operations: ClassVar[dict[str, type[APIView]]] = {
+        "get": WebhookListView,
+        "post": WebhookCreateView,
+    }
+    get = WebhookListView.get
+    post = WebhookCreateView.post
+
+
+class WebhookView(MethodRoutedView):
+    operations: ClassVar[dict[str, type[APIView]]] = {
+        "get": WebhookDetailView,
+        "patch": WebhookUpdateView,
+        "delete": WebhookDeleteView,
+    }
+    get = WebhookDetailView.get
+    patch = WebhookUpdateView.patch
+    delete = WebhookDeleteView.delete
 
 
 class DeliveryListView(APIView):
