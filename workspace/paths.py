@@ -30,6 +30,7 @@ IDENTITY_NAMES = ("AGENTS.md", "SOUL.md", "USER.md", "MEMORY.md")
 
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:([/\\]|$)")
 _SLASHES = re.compile(r"/{2,}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _problem(raw: str) -> str | None:
@@ -39,7 +40,7 @@ def _problem(raw: str) -> str | None:
     # stay allowed in document names.
     if has_control_characters(raw, include_format=False):
         return "must not contain control characters"
-    if any(0xD800 <= ord(char) <= 0xDFFF for char in raw):
+    if _SURROGATE.search(raw):
         return "must be valid Unicode"
     return None
 
