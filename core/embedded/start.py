@@ -43,6 +43,8 @@ class EmbeddedDatabase:
 
 
 _started: dict[tuple[Path, str], EmbeddedDatabase] = {}
+# The same servers by the folder as the settings give it (unresolved), for the fast lookup.
+_by_setting: dict[tuple[Path, str], EmbeddedDatabase] = {}
 # The data folders whose server this process uses (it is on their lists of users).
 _joined: set[Path] = set()
 # Reentrant: embedded_database holds it while start_embedded_database records the join.
@@ -113,11 +115,17 @@ def _join(pgserver: Any, folder: Path) -> Any:
 
 def embedded_database(folder: Path, database: str) -> EmbeddedDatabase:
     """The embedded server of ``folder``, started or joined on this process's first call."""
+    # Every pooled connection's checkout asks: the folder as given is looked up first, since
+    # resolving it touches the file system (four lstat calls, about 60 us of CPU each time).
+    known = _by_setting.get((folder, database))
+    if known is not None:
+        return known
     key = (folder.expanduser().resolve(), database)
     # Many request threads can need their first connection at once: one starts, the rest wait.
     with _start_lock:
         if key not in _started:
             _started[key] = start_embedded_database(key[0], database)
+        _by_setting[(folder, database)] = _started[key]
         return _started[key]
 
 
@@ -161,7 +169,9 @@ def embedded_database_leave(folder: Path) -> bool:
             return False
         _joined.discard(folder)
         for key in [key for key in _started if key[0] == folder]:
-            del _started[key]
+            server_left = _started.pop(key)
+            for alias in [alias for alias, known in _by_setting.items() if known is server_left]:
+                del _by_setting[alias]
     pgserver = pgserver_package()
     server = pgserver.get_server(
         folder, cleanup_mode="stop", start=False, postgres_version=POSTGRES_VERSION
