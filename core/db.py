@@ -185,6 +185,38 @@ class FixedSelect(Generic[_Row]):
             return [self.rows.instance(row) for row in cursor.fetchall()]
 
 
+class ModelInsert(Generic[_Row]):
+    """An INSERT of one model's row whose SQL is written once, for the hottest inserts.
+
+    ``save(force_insert=True)`` compiles its INSERT anew on every call: for a model of twenty
+    columns, most of the CPU the insert costs this process. This one prepares each value as
+    the ORM does (``pre_save``: defaults and ``auto_now``; ``get_db_prep_save``: JSON, decimals),
+    sends them bound server-side, and marks the instance saved. No ``RETURNING``: the model's
+    primary key must be set before (a default such as ``uuid4``), and no column may have a
+    database default the ORM would read back. Sends no ``pre_save``/``post_save`` signal.
+    """
+
+    def __init__(self, model: type[_Row]) -> None:
+        meta = model._meta
+        if any(getattr(field, "db_returning", False) for field in meta.concrete_fields):
+            raise TypeError(f"{model.__name__} has columns the database fills in")
+        self.fields = list(meta.concrete_fields)
+        columns = ", ".join(connection.ops.quote_name(field.column) for field in self.fields)
+        placeholders = ", ".join(["%s"] * len(self.fields))
+        table = connection.ops.quote_name(meta.db_table)
+        self.sql = f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"
+
+    def insert(self, instance: _Row) -> None:
+        values = [
+            field.get_db_prep_save(field.pre_save(instance, True), connection)
+            for field in self.fields
+        ]
+        with transaction.mark_for_rollback_on_error(), server_bound_cursor() as cursor:
+            cursor.execute(self.sql, values)
+        instance._state.adding = False
+        instance._state.db = connection.alias
+
+
 def fixed_exists(sql: str, params: Sequence[Any]) -> bool:
     """Whether ``SELECT 1 ... LIMIT 1`` SQL written once finds a row (see ``FixedSelect``)."""
     with server_bound_cursor() as cursor:
