@@ -13,7 +13,14 @@ from contextlib import contextmanager
 from typing import Any, Generic, Self, TypeVar, cast
 
 import psycopg.errors
-from django.db import IntegrityError, OperationalError, connection, models, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    OperationalError,
+    connection,
+    models,
+    transaction,
+)
 from django.db.models.expressions import RawSQL
 from django.db.models.sql import UpdateQuery
 
@@ -254,3 +261,37 @@ class TenantRow(models.Model):
         if from_queryset is None:
             from_queryset = type(self)._base_manager.filter(models.Q(user_id=self.user_id))
         super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)
+
+
+_Tenant = TypeVar("_Tenant", bound=TenantRow)
+
+
+class ModelUpdate(Generic[_Tenant]):
+    """``save()`` of an existing row of a tenant table, with its UPDATE written once.
+
+    Every column but the primary key is written, as ``save()`` writes them (``pre_save`` for
+    ``auto_now``, ``get_db_prep_save``), in one statement that names the tenant with the key
+    (see ``TenantRow``). For the hottest saves: compiling the ORM's UPDATE of a wide row cost
+    four times what the statement costs this process. No signals are sent.
+    """
+
+    def __init__(self, model: type[_Tenant]) -> None:
+        meta = model._meta
+        self.fields = [field for field in meta.concrete_fields if not field.primary_key]
+        assignments = ", ".join(
+            f"{connection.ops.quote_name(field.column)} = %s" for field in self.fields
+        )
+        table = connection.ops.quote_name(meta.db_table)
+        pk = connection.ops.quote_name(meta.pk.column)
+        self.sql = f"UPDATE {table} SET {assignments} WHERE {pk} = %s AND user_id = %s"
+
+    def update(self, instance: _Tenant) -> None:
+        """Write ``instance``; ``DatabaseError`` when its row is gone."""
+        values = [
+            field.get_db_prep_save(field.pre_save(instance, False), connection)
+            for field in self.fields
+        ]
+        with transaction.mark_for_rollback_on_error(), server_bound_cursor() as cursor:
+            cursor.execute(self.sql, [*values, instance.pk, instance.user_id])
+            if cursor.rowcount != 1:
+                raise DatabaseError(f"{type(instance).__name__} {instance.pk} was not updated")

@@ -34,8 +34,12 @@ from conversations.services.operator_actions import (
 from conversations.services.turn_queue import thread_runnable_notify
 from conversations.services.validation import check_outcome, check_usage
 from conversations.services.values import OutcomeResult, ThreadOutcome, ThreadUsage
+from core.db import ModelUpdate
 
 logger = logging.getLogger(__name__)
+
+# Every outcome saves its thread; the ORM's UPDATE of 26 columns cost 0.7 ms to build and send.
+_THREAD_UPDATE = ModelUpdate(Thread)
 
 _OUTCOME_STATE = {
     "completed": ThreadState.COMPLETED,
@@ -115,7 +119,7 @@ def thread_outcome_record(
             thread_lease_release(thread, state=ThreadState.STOPPED)
             thread.outcome = {**recorded, "kind": "stopped", "reported_kind": outcome.kind}
             thread.finished_at = now
-            thread.save()
+            _THREAD_UPDATE.update(thread)
             return OutcomeResult(thread=thread, entries=[])
 
         was_tracked = thread.tracked
@@ -125,7 +129,7 @@ def thread_outcome_record(
             thread.tracked = False
             thread.finished_at = now
         # Saved before any follow-up is inserted: the one-tracked-thread index checks each row.
-        thread.save()
+        _THREAD_UPDATE.update(thread)
         if conversation is None:
             return OutcomeResult(thread=thread, entries=[])
 

@@ -1,4 +1,4 @@
-"""ModelInsert writes the row the ORM's save(force_insert=True) writes, every column alike."""
+"""ModelInsert and ModelUpdate write the rows the ORM's save() writes, every column alike."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.db import DatabaseError
 
 from conversations.models import Conversation, Thread
-from core.db import ModelInsert
+from core.db import ModelInsert, ModelUpdate
 
 pytestmark = pytest.mark.django_db
 
@@ -56,3 +57,27 @@ def test_the_row_is_the_one_the_orm_writes() -> None:
     written_once.goal = "changed"
     written_once.save(update_fields=["goal"])
     assert Thread.objects.get(user_id="alice", pk=written_once.pk).goal == "changed"
+
+
+def test_an_update_writes_what_save_writes_and_names_the_tenant() -> None:
+    first = Conversation.objects.create(user_id="alice", channel="web")
+    second = Conversation.objects.create(user_id="alice", channel="api")
+    by_orm, written_once = _thread(first), _thread(second)
+    by_orm.save(force_insert=True)
+    ModelInsert(Thread).insert(written_once)
+    for thread in (by_orm, written_once):
+        thread.state = "running"
+        thread.metadata = {**thread.metadata, "more": [1, 2.5, None]}
+        thread.cost_usd += Decimal("1.5")
+        thread.outcome = {"kind": "completed", "response": "done"}
+    before = Thread.objects.get(user_id="alice", pk=written_once.pk).updated_at
+
+    by_orm.save()
+    ModelUpdate(Thread).update(written_once)
+
+    assert _stored(written_once.pk) == _stored(by_orm.pk)
+    assert Thread.objects.get(user_id="alice", pk=written_once.pk).updated_at > before
+    # Another tenant's id, or a row gone, updates nothing and says so.
+    written_once.user_id = "mallory"
+    with pytest.raises(DatabaseError):
+        ModelUpdate(Thread).update(written_once)
