@@ -198,7 +198,7 @@ def test_the_sender_statements_walk_the_index_the_unfiltered_ones_do() -> None:
         )
         cursor.execute("ANALYZE conversations_conversationentry")
         plans = {}
-        for name, (sql, params) in {
+        statements: dict[str, tuple[str, list[Any]]] = {
             "after": (selectors._ENTRY_AFTER, [conversation_id, "alice", 2990]),
             "after_from": (selectors._ENTRY_AFTER_FROM, [conversation_id, "alice", 2990, "agent"]),
             "page": (selectors._ENTRY_FIRST_PAGE, [conversation_id, "alice", 2990, 51]),
@@ -206,7 +206,8 @@ def test_the_sender_statements_walk_the_index_the_unfiltered_ones_do() -> None:
                 selectors._ENTRY_FIRST_PAGE_FROM,
                 [conversation_id, "alice", 2990, "agent", 51],
             ),
-        }.items():
+        }
+        for name, (sql, params) in statements.items():
             cursor.execute("EXPLAIN " + sql, params)
             plans[name] = "\n".join(row[0] for row in cursor.fetchall())
 
@@ -232,7 +233,7 @@ def test_a_long_poll_for_the_agent_is_not_answered_by_the_thread_started_line(
 
     def long_poll() -> None:
         try:
-            query = {"after_seq": 3, "sender": "agent", "wait_seconds": 20}
+            query = {"after_seq": "3", "sender": "agent", "wait_seconds": "20"}
             answered["body"] = alice.get(url, query).json()
         finally:
             connection.close()
