@@ -55,6 +55,13 @@ _ENTRY_AFTER = (
     "SELECT 1 FROM conversations_conversationentry"
     " WHERE conversation_id = %s AND user_id = %s AND seq > %s LIMIT 1"
 )
+# One sender's entries (a client waiting for the agent's reply): a statement of its own rather
+# than a built one, so each stays one prepared statement. Both walk the (conversation, seq) unique
+# index as the unfiltered ones do and check the sender on the rows after after_seq.
+_ENTRY_AFTER_FROM = (
+    "SELECT 1 FROM conversations_conversationentry"
+    " WHERE conversation_id = %s AND user_id = %s AND seq > %s AND sender = %s LIMIT 1"
+)
 
 
 # The first page of entry_list, which every long-poll answers with.
@@ -62,6 +69,12 @@ _ENTRY_FIRST_PAGE = (
     "SELECT id, seq, sender, content, thread_id, created_at, delivered_at"
     " FROM conversations_conversationentry"
     " WHERE conversation_id = %s AND user_id = %s AND seq > %s ORDER BY seq LIMIT %s"
+)
+_ENTRY_FIRST_PAGE_FROM = (
+    "SELECT id, seq, sender, content, thread_id, created_at, delivered_at"
+    " FROM conversations_conversationentry"
+    " WHERE conversation_id = %s AND user_id = %s AND seq > %s AND sender = %s"
+    " ORDER BY seq LIMIT %s"
 )
 
 
@@ -72,34 +85,51 @@ def conversation_check(*, user_id: str, conversation_id: uuid.UUID) -> None:
 
 
 def entry_list(
-    *, user_id: str, conversation_id: uuid.UUID, after_seq: int | None = None
+    *,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    after_seq: int | None = None,
+    sender: str | None = None,
 ) -> QuerySet[ConversationEntry]:
-    """A conversation's entries in seq order, optionally only those after ``after_seq``."""
+    """A conversation's entries in seq order, optionally only those after ``after_seq`` and only
+    ``sender``'s (an EntrySender value)."""
     conversation_check(user_id=user_id, conversation_id=conversation_id)
     entries = ConversationEntry.objects.filter(conversation_id=conversation_id, user_id=user_id)
     if after_seq is not None:
         entries = entries.filter(seq__gt=after_seq)
+    if sender is not None:
+        entries = entries.filter(sender=sender)
     return entries.order_by("seq")
 
 
 def entry_first_rows(
-    *, user_id: str, conversation_id: uuid.UUID, after_seq: int | None, limit: int
+    *,
+    user_id: str,
+    conversation_id: uuid.UUID,
+    after_seq: int | None,
+    limit: int,
+    sender: str | None = None,
 ) -> list[tuple[Any, ...]]:
     """The first ``limit`` rows of ``entry_list`` (the caller has checked the conversation):
     id, seq, sender, content, thread_id, created_at, delivered_at."""
+    after = -1 if after_seq is None else after_seq
     with server_bound_cursor() as cursor:
-        cursor.execute(
-            _ENTRY_FIRST_PAGE,
-            [conversation_id, user_id, -1 if after_seq is None else after_seq, limit],
-        )
+        if sender is None:
+            cursor.execute(_ENTRY_FIRST_PAGE, [conversation_id, user_id, after, limit])
+        else:
+            cursor.execute(_ENTRY_FIRST_PAGE_FROM, [conversation_id, user_id, after, sender, limit])
         return list(cursor.fetchall())
 
 
-def entry_after_exists(*, user_id: str, conversation_id: uuid.UUID, after_seq: int | None) -> bool:
-    """Whether the conversation has an entry after ``after_seq`` (any entry, for None)."""
-    return fixed_exists(
-        _ENTRY_AFTER, [conversation_id, user_id, -1 if after_seq is None else after_seq]
-    )
+def entry_after_exists(
+    *, user_id: str, conversation_id: uuid.UUID, after_seq: int | None, sender: str | None = None
+) -> bool:
+    """Whether the conversation has an entry after ``after_seq`` (any entry, for None), of
+    ``sender`` when given."""
+    after = -1 if after_seq is None else after_seq
+    if sender is None:
+        return fixed_exists(_ENTRY_AFTER, [conversation_id, user_id, after])
+    return fixed_exists(_ENTRY_AFTER_FROM, [conversation_id, user_id, after, sender])
 
 
 def thread_get(*, user_id: str, thread_id: uuid.UUID) -> Thread:

@@ -53,7 +53,7 @@ def test_the_readme_tour_runs_and_gets_the_echo_reply_and_a_search_hit() -> None
     assert result.returncode == 0, output
     assert "{'user_id': 'alice', 'key_name': 'tour', 'service': False}" in result.stdout, output
     assert "reply: echo: hello\n" in result.stdout, output
-    # The entries the long-poll saw: the thread's start, then the agent's answer.
+    # The entries listed after the reply: the thread's start, then the agent's answer.
     assert re.search(r"^\d+ system: Thread started$", result.stdout, re.MULTILINE), output
     assert re.search(r"^\d+ agent: echo: hello$", result.stdout, re.MULTILINE), output
     assert re.search(r"^completed 1 \d+$", result.stdout, re.MULTILINE), output

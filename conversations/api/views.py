@@ -17,7 +17,7 @@ from accounts.idempotency import idempotent
 from conversations import selectors, services
 from conversations.api import examples
 from conversations.api.serializers import ConversationSerializer, EntrySerializer, ThreadSerializer
-from conversations.models import BusyPolicy
+from conversations.models import BusyPolicy, EntrySender
 from core.api.cursor_pagination import (
     NewestFirstPagination,
     SeqPagination,
@@ -202,10 +202,13 @@ class ConversationPolicySetView(APIView):
 class ConversationEntriesView(APIView):
     """A conversation's entries in seq order; with ``wait_seconds``, a long-poll that answers as
     soon as an entry after ``after_seq`` exists (no database connection is held while it waits).
+    With ``sender``, only that sender's entries, and the long-poll waits for one of them: a client
+    waiting for the agent's reply is not answered by the "Thread started" line before it.
     """
 
     class FilterSerializer(serializers.Serializer):
         after_seq = serializers.IntegerField(required=False, min_value=0)
+        sender = serializers.ChoiceField(choices=EntrySender.choices, required=False)
         wait_seconds = serializers.FloatField(
             required=False, min_value=0, max_value=MAX_WAIT_SECONDS, default=0
         )
@@ -218,10 +221,17 @@ class ConversationEntriesView(APIView):
         parameters=[
             OpenApiParameter("after_seq", int, description="Only entries with a larger seq."),
             OpenApiParameter(
+                "sender",
+                str,
+                enum=EntrySender.values,
+                description="Only this sender's entries; a long-poll waits for one of them "
+                "(sender=agent: the agent's reply, whatever system entries come first).",
+            ),
+            OpenApiParameter(
                 "wait_seconds",
                 float,
                 description=f"Wait up to this long (0-{MAX_WAIT_SECONDS}) for an entry after "
-                "after_seq when there is none yet.",
+                "after_seq (of sender, when given) when there is none yet.",
             ),
             OpenApiParameter("limit", int, description="Page size."),
             OpenApiParameter("cursor", str, description="Opaque cursor from next/previous."),
@@ -229,7 +239,7 @@ class ConversationEntriesView(APIView):
         responses={
             200: page_serializer("EntryPage", EntrySerializer(many=True)),
             **_errors(
-                bad_request="after_seq or cursor is invalid (details name it).",
+                bad_request="after_seq, sender or cursor is invalid (details name it).",
                 not_found="Unknown conversation.",
             ),
         },
@@ -238,10 +248,11 @@ class ConversationEntriesView(APIView):
         filters = _query_params(self.FilterSerializer, request)
         user_id = request_user_id(request)
         after_seq = filters.get("after_seq")
+        sender = filters.get("sender")
         paging = "cursor" in request.query_params
         if paging:
             entries = selectors.entry_list(
-                user_id=user_id, conversation_id=conversation_id, after_seq=after_seq
+                user_id=user_id, conversation_id=conversation_id, after_seq=after_seq, sender=sender
             )
         else:
             selectors.conversation_check(user_id=user_id, conversation_id=conversation_id)
@@ -251,7 +262,8 @@ class ConversationEntriesView(APIView):
                 found = selectors.entry_after_exists(
                     user_id=user_id,
                     conversation_id=conversation_id,
-                    after_seq=filters.get("after_seq"),
+                    after_seq=after_seq,
+                    sender=sender,
                 )
                 return True if found else None
 
@@ -271,7 +283,11 @@ class ConversationEntriesView(APIView):
         # same response, checked against them by the tests.
         limit = paginator.get_page_size(request)
         rows = selectors.entry_first_rows(
-            user_id=user_id, conversation_id=conversation_id, after_seq=after_seq, limit=limit + 1
+            user_id=user_id,
+            conversation_id=conversation_id,
+            after_seq=after_seq,
+            limit=limit + 1,
+            sender=sender,
         )
         return Response(first_page(paginator, request, rows[:limit], more=len(rows) > limit))
 

@@ -170,6 +170,55 @@ def test_follow_yields_entries_as_they_are_written(make_client: MakeClient) -> N
     assert seen == ["one", "Thread started", "two"]
 
 
+def test_wait_for_reply_is_one_long_poll_past_the_thread_started_line(
+    make_client: MakeClient,
+) -> None:
+    user = make_client("alice")
+    engine = make_client("alice")
+    sent = user.send_message("web", "hello")
+    asked: list[httpx.URL] = []
+    user._http.event_hooks["request"].append(lambda request: asked.append(request.url))
+    replies: list[str] = []
+    waiter = threading.Thread(
+        target=lambda: replies.append(
+            user.wait_for_reply(sent["conversation_id"], after_seq=sent["seq"], timeout=30)[
+                "content"
+            ]
+        )
+    )
+
+    waiter.start()
+    time.sleep(0.5)
+    engine.claim_thread(sent["thread_id"], "engine-1")
+    engine.record_outcome(sent["thread_id"], "engine-1", "completed", response="hi")
+    waiter.join(30)
+
+    assert replies == ["hi"]
+    # "Thread started" (seq 2) was there all along; the one long-poll waited for the reply.
+    assert len(asked) == 1
+    assert asked[0].params["sender"] == "agent"
+    assert asked[0].params["after_seq"] == str(sent["seq"])
+
+
+def test_entries_and_follow_keep_only_the_sender_asked_for(make_client: MakeClient) -> None:
+    client = make_client("alice")
+    sent = client.send_message("web", "one")
+    client.send_message("web", "two")
+    stop = threading.Event()
+
+    systems = list(client.entries(sent["conversation_id"], page_size=1, sender="system"))
+    users = list(client.entries(sent["conversation_id"], page_size=1, sender="user"))
+    followed = []
+    for entry in client.follow(sent["conversation_id"], wait_seconds=1, stop=stop, sender="user"):
+        followed.append(entry["content"])
+        if entry["content"] == "two":
+            stop.set()
+
+    assert [entry["content"] for entry in systems] == ["Thread started"]
+    assert [entry["content"] for entry in users] == ["one", "two"]
+    assert followed == ["one", "two"]
+
+
 def test_a_service_view_of_one_tenant_cannot_reach_another_tenants_rows(
     make_client: MakeClient,
 ) -> None:

@@ -233,18 +233,21 @@ def await_reply(
     timeout: float,
     wait_seconds: int | None = 5,
     poll_interval: float = 0.0,
-    on_entry: Callable[[Page], None] | None = None,
 ) -> dict[str, Any] | None:
-    """Long-poll the entries after the message ``sent`` until the agent's reply; return it, or
-    None when ``timeout`` passes or ``fetch`` gives up.
+    """Long-poll for the agent's entries after the message ``sent`` until the first one; return
+    it, or None when ``timeout`` passes or ``fetch`` gives up.
 
     ``fetch(path, wait)`` GETs a page of entries (long-polling ``wait`` seconds) or returns None;
-    how it retries or fails is the caller's. ``wait_seconds`` None asks for the time left, up to
-    LONG_POLL_MAX_SECONDS. A page answered in under half its wait without the reply is followed
-    by a ``poll_interval`` sleep, for a server that does not honour the long-poll. ``on_entry``
-    sees every other entry (and may raise to end the wait).
+    how it retries or fails is the caller's. The path asks for ``sender=agent``: the server waits
+    past the system entries ("Thread started"), so a reply costs one request. ``wait_seconds``
+    None asks for the time left, up to LONG_POLL_MAX_SECONDS. A page answered in under half its
+    wait without the reply is followed by a ``poll_interval`` sleep, for a server that does not
+    honour the long-poll.
     """
-    after = int(sent["seq"])
+    path = (
+        f"/api/v1/conversations/{sent['conversation_id']}/entries"
+        f"?after_seq={int(sent['seq'])}&sender=agent"
+    )
     deadline = time.monotonic() + timeout
     while (remaining := deadline - time.monotonic()) > 0:
         wait = (
@@ -253,19 +256,11 @@ def await_reply(
             else max(1, min(LONG_POLL_MAX_SECONDS, int(remaining)))
         )
         asked = time.monotonic()
-        page = fetch(
-            f"/api/v1/conversations/{sent['conversation_id']}/entries"
-            f"?after_seq={after}&wait_seconds={wait}",
-            wait,
-        )
+        page = fetch(f"{path}&wait_seconds={wait}", wait)
         if page is None:
             return None
-        for entry in page["results"]:
-            if entry["sender"] == "agent":
-                return dict(entry)
-            if on_entry is not None:
-                on_entry(entry)
-            after = max(after, int(entry["seq"]))
+        if page["results"]:
+            return dict(page["results"][0])
         if poll_interval and time.monotonic() - asked < wait / 2:
             time.sleep(poll_interval)
     return None

@@ -120,9 +120,9 @@ class StopSignal(Protocol):
 
 
 class NewEntries(Stream[models.Entry]):
-    """A conversation's entries after ``after_seq`` as they are written: long-polls of
-    ``wait_seconds``, each asking for the entries after the last one seen, until ``stop`` is
-    set."""
+    """A conversation's entries after ``after_seq`` as they are written (only ``sender``'s, when
+    given): long-polls of ``wait_seconds``, each asking for the entries after the last one seen,
+    until ``stop`` is set."""
 
     def __init__(
         self,
@@ -131,11 +131,13 @@ class NewEntries(Stream[models.Entry]):
         after_seq: int,
         wait_seconds: float,
         stop: StopSignal | None,
+        sender: models.SenderEnum | None = None,
     ):
         self.conversation_id = conversation_id
         self.after_seq = after_seq
         self.wait_seconds = wait_seconds
         self.stop = stop
+        self.sender = sender
         self.outage_wait = OUTAGE_WAIT_INITIAL_S
 
     def after_failure(self, error: IronclawError) -> float | None:
@@ -157,7 +159,9 @@ class NewEntries(Stream[models.Entry]):
             "GET",
             f"{API}/conversations/{self.conversation_id}/entries",
             idempotent=True,
-            params={"after_seq": self.after_seq, "wait_seconds": wait_seconds},
+            params=compact(
+                {"after_seq": self.after_seq, "wait_seconds": wait_seconds, "sender": self.sender}
+            ),
             wait_seconds=wait_seconds,
         )
 
@@ -171,11 +175,16 @@ class NewEntries(Stream[models.Entry]):
 
 class AgentReplies(NewEntries):
     """The agent's entries after ``after_seq``, long-polling until ``timeout`` seconds from now
-    have passed; then the next call raises ``TimeoutError``."""
+    have passed; then the next call raises ``TimeoutError``. The server waits for an agent entry
+    (``sender=agent``), so a reply costs one long-poll however many system entries precede it."""
 
     def __init__(self, conversation_id: str, *, after_seq: int, timeout: float):
         super().__init__(
-            conversation_id, after_seq=after_seq, wait_seconds=MAX_WAIT_SECONDS, stop=None
+            conversation_id,
+            after_seq=after_seq,
+            wait_seconds=MAX_WAIT_SECONDS,
+            stop=None,
+            sender="agent",
         )
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
@@ -187,6 +196,7 @@ class AgentReplies(NewEntries):
         return self._long_poll(min(remaining, MAX_WAIT_SECONDS))
 
     def take(self, page: Page) -> list[models.Entry]:
+        # A server older than the sender filter answers with every entry.
         return [entry for entry in super().take(page) if entry["sender"] == "agent"]
 
 
@@ -235,8 +245,15 @@ def set_busy_policy(
     return Call("POST", f"{API}/conversations/{conversation_id}/policy", idempotent=True, body=body)
 
 
-def entries(conversation_id: str, *, after_seq: int, page_size: int | None) -> Pages[models.Entry]:
-    params = compact({"after_seq": after_seq, "limit": page_size})
+def entries(
+    conversation_id: str,
+    *,
+    after_seq: int,
+    page_size: int | None,
+    sender: models.SenderEnum | None = None,
+) -> Pages[models.Entry]:
+    # The next links carry the sender on: the server keeps a page's query in them.
+    params = compact({"after_seq": after_seq, "limit": page_size, "sender": sender})
     url = f"{API}/conversations/{conversation_id}/entries"
     return Pages(Call("GET", url, idempotent=True, params=params))
 

@@ -161,10 +161,18 @@ class Client(_core.ClientSettings[httpx.Client], AutomationMethods):
         return self._send(_operations.set_busy_policy(conversation_id, busy_policy))
 
     def entries(
-        self, conversation_id: str, *, after_seq: int = 0, page_size: int | None = None
+        self,
+        conversation_id: str,
+        *,
+        after_seq: int = 0,
+        page_size: int | None = None,
+        sender: models.SenderEnum | None = None,
     ) -> Iterator[models.Entry]:
-        """The conversation's entries after ``after_seq`` in seq order, across pages."""
-        stream = _operations.entries(conversation_id, after_seq=after_seq, page_size=page_size)
+        """The conversation's entries after ``after_seq`` in seq order, across pages; only
+        ``sender``'s ("user", "agent" or "system") when given."""
+        stream = _operations.entries(
+            conversation_id, after_seq=after_seq, page_size=page_size, sender=sender
+        )
         return self._items(stream)
 
     def follow(
@@ -174,11 +182,17 @@ class Client(_core.ClientSettings[httpx.Client], AutomationMethods):
         after_seq: int = 0,
         wait_seconds: float = MAX_WAIT_SECONDS,
         stop: threading.Event | None = None,
+        sender: models.SenderEnum | None = None,
     ) -> Iterator[models.Entry]:
-        """Each entry after ``after_seq`` as it is written, by long-polls, until ``stop`` is set."""
+        """Each entry after ``after_seq`` as it is written, by long-polls, until ``stop`` is set;
+        only ``sender``'s when given (each long-poll then waits for one of them)."""
         return self._items(
             _operations.NewEntries(
-                conversation_id, after_seq=after_seq, wait_seconds=wait_seconds, stop=stop
+                conversation_id,
+                after_seq=after_seq,
+                wait_seconds=wait_seconds,
+                stop=stop,
+                sender=sender,
             )
         )
 
