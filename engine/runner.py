@@ -210,7 +210,7 @@ class Turn:
             state.steps_from = len(state.steps)
             state.started_at = now_iso()
             state.event("continued", worker_id=self.worker_id)
-            self._checkpoint(state, conversation_too=True)
+            # Not written yet: see below.
             return state
         state = TurnState(
             thread_id=str(self.thread.id),
@@ -231,7 +231,10 @@ class Turn:
         else:
             state.messages = [{"role": "user", "content": self.thread.goal}]
         state.event("claimed", worker_id=self.worker_id)
-        self._checkpoint(state, conversation_too=True)
+        # Not written yet: a run that dies before its first step's checkpoint is started again
+        # from the thread (its goal, or its last checkpoint) exactly as this one was, so the first
+        # write is that step's (or the inbox take's), and the claim costs no transaction of its
+        # own (four statements and a commit's flush a turn).
         return state
 
     def _checkpoint(

@@ -281,6 +281,12 @@ def test_a_turn_no_message_reaches_reads_its_inbox_twice_and_a_step_is_one_state
     assert NEWEST_UNDELIVERED_SQL not in three_steps
     # Each further step is its checkpoint, one statement.
     assert len(three_steps) == len(one_step) + 2
+    # The whole of a one-step turn: the claim; its checkpoint, goal, inbox, identity files and
+    # history read; the step's checkpoint; the inbox again; the outcome (conversation and thread
+    # locks, the thread's update, the carried messages, the entries); the final checkpoint's two
+    # documents; and this test's own read of the thread before and after. Nothing is written
+    # at the claim: a run that dies before its first step starts again as it did.
+    assert len(one_step) == 17
 
 
 @override_settings(ENGINE_INBOX_DEBOUNCE_MS=300)

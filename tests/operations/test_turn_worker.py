@@ -392,11 +392,11 @@ def test_a_turn_worker_killed_mid_model_call_loses_nothing() -> None:
     }
     sent = message_handle(user_id="alice", channel="web", content="still there?")
     with worker_process(env, queues="threads", concurrency=1) as worker:
-        # Its first checkpoint is written just before the (minute-long) model call.
-        _wait_until(
-            lambda: Document.objects.filter(path=thread_checkpoint_path(sent.thread_id)).exists()
-        )
+        # Claimed, the turn goes straight to its (minute-long) model call: nothing is written
+        # before the first step's checkpoint.
+        _wait_until(lambda: Thread.objects.filter(pk=sent.thread_id, state="running").exists())
         time.sleep(0.3)
+        assert not Document.objects.filter(path=thread_checkpoint_path(sent.thread_id)).exists()
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     time.sleep(1.5)  # the killed worker's lease lapses
@@ -598,10 +598,8 @@ def test_a_stopping_worker_hands_its_turn_back_without_waiting_for_the_model() -
     worker = TurnWorker(name="turns", concurrency=1)
     serving = _serve(worker)
     try:
-        # Its first checkpoint is written just before the (two-second) model call.
-        _wait_until(
-            lambda: Document.objects.filter(path=thread_checkpoint_path(sent.thread_id)).exists()
-        )
+        # Claimed, the turn goes straight to its (two-second) model call.
+        _wait_until(lambda: Thread.objects.filter(pk=sent.thread_id, state="running").exists())
         call_ends = time.monotonic() + 2.0
         time.sleep(0.2)
         stopping_at = time.monotonic()
