@@ -15,11 +15,14 @@ from typing import Any
 from django.db import connection
 
 from conversations.models import Thread
+from conversations.services import ThreadOutcome
 from engine import runner
 from engine.checkpoint import TurnState, checkpoint_save
 
 # Every turn of the turn worker runs in a thread of one process: one mutex for them all.
-_GLOBAL_MUTEX = threading.Lock()
+# Reentrant: a turn's end holds it around the outcome, whose transaction writes the final
+# checkpoint (which takes it again).
+_GLOBAL_MUTEX = threading.RLock()
 
 
 def checkpoint_save_globally_locked(
@@ -46,8 +49,17 @@ def checkpoint_save_globally_locked(
         )
 
 
+class _BaselineTurn(runner.Turn):
+    def _finish(self, state: TurnState, outcome: ThreadOutcome) -> None:
+        # The final checkpoint is written in the outcome's transaction: the mutex is taken before
+        # it begins, so a turn waiting for it holds no connection and no row lock.
+        connection.close()
+        with _GLOBAL_MUTEX:
+            super()._finish(state, outcome)
+
+
 def run_thread(*, thread: Thread, worker_id: str) -> None:
     """``THREAD_RUNNER`` for the baseline: the reference turn, its checkpoints globally locked."""
-    runner.run_thread(
-        thread=thread, worker_id=worker_id, checkpoint_save=checkpoint_save_globally_locked
-    )
+    _BaselineTurn(
+        thread, worker_id=worker_id, checkpoint_save=checkpoint_save_globally_locked
+    ).run()

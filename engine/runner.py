@@ -428,7 +428,14 @@ class Turn:
     # --- Outcome -------------------------------------------------------------------------------
 
     def _finish(self, state: TurnState, outcome: ThreadOutcome) -> None:
+        def final_checkpoint() -> None:
+            state.status = outcome.kind
+            state.event("outcome", outcome=outcome.kind)
+            self._checkpoint(state, conversation_too=True)
+
         try:
+            # The final checkpoint commits with the outcome: one transaction, and never a thread
+            # ended whose checkpoint still says it runs.
             thread_outcome_record(
                 user_id=self.user_id,
                 thread_id=self.thread.id,
@@ -436,14 +443,11 @@ class Turn:
                 worker_id=self.worker_id,
                 usage=state.usage(),
                 lease_epoch=self.thread.claim_count,
+                then=final_checkpoint,
             )
         except (LeaseNotHeld, OutcomeAlreadyRecorded) as error:
             # The lease lapsed and another worker took the thread over; it records the outcome.
             logger.warning("thread %s: outcome not recorded: %s", self.thread.id, error.message)
-            return
-        state.status = outcome.kind
-        state.event("outcome", outcome=outcome.kind)
-        self._checkpoint(state, conversation_too=True)
 
     def _hand_back(self, state: TurnState) -> None:
         """The worker is stopping: checkpoint what the turn has done (every finished step is in

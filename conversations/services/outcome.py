@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from functools import partial
 
@@ -90,61 +91,78 @@ def thread_outcome_record(
     worker_id: str | None = None,
     usage: ThreadUsage | None = None,
     lease_epoch: int | None = None,
+    then: Callable[[], None] | None = None,
 ) -> OutcomeResult:
     """Record how a thread's run ended (and what the run cost) and write the conversation
     entries that say so.
 
     Locks the conversation, then the thread. Undelivered messages for the thread (sent after its
     last inbox read) and queued messages become a follow-up thread in the same transaction.
+    ``then`` runs last in that transaction (the built-in engine writes its final checkpoint
+    there): both commit, or neither.
     """
     check_outcome(outcome)
     if usage is not None:
         check_usage(usage)
     with locked_transaction(bound_by_first_statement=True):
-        conversation, thread = thread_lock_with_conversation(user_id, thread_id)
-        _check_outcome_allowed(thread, outcome, worker_id, lease_epoch)
-        # Counted and logged once the outcome is durable, whichever return below ends it.
-        transaction.on_commit(partial(_outcome_observe, thread))
-        if usage is not None:
-            _usage_add(thread, usage)
-        now = timezone.now()
-        recorded = {**outcome.as_json(), "recorded_at": now.isoformat(), "worker_id": worker_id}
-        requested_by = thread.metadata.get(CANCEL_REQUESTED_BY) if thread.cancel_requested else None
-        if requested_by and outcome.kind == "stopped":
-            # An operator asked it to stop (thread_request_cancel): the outcome says who.
-            recorded["reason"] = operator_reason(OPERATOR_CANCEL_REASON, str(requested_by))
+        result = _outcome_apply(user_id, thread_id, outcome, worker_id, usage, lease_epoch)
+        if then is not None:
+            then()
+    return result
 
-        if thread.cancel_requested and not thread.tracked:
-            # Interrupted or cleared: the conversation has moved on; the run only ends here.
-            thread_lease_release(thread, state=ThreadState.STOPPED)
-            thread.outcome = {**recorded, "kind": "stopped", "reported_kind": outcome.kind}
-            thread.finished_at = now
-            _THREAD_UPDATE.update(thread)
-            return OutcomeResult(thread=thread, entries=[])
 
-        was_tracked = thread.tracked
-        thread_lease_release(thread, state=_OUTCOME_STATE[outcome.kind])
-        thread.outcome = recorded
-        if outcome.kind != "gate_paused":
-            thread.tracked = False
-            thread.finished_at = now
-        # Saved before any follow-up is inserted: the one-tracked-thread index checks each row.
+def _outcome_apply(
+    user_id: str,
+    thread_id: uuid.UUID,
+    outcome: ThreadOutcome,
+    worker_id: str | None,
+    usage: ThreadUsage | None,
+    lease_epoch: int | None,
+) -> OutcomeResult:
+    conversation, thread = thread_lock_with_conversation(user_id, thread_id)
+    _check_outcome_allowed(thread, outcome, worker_id, lease_epoch)
+    # Counted and logged once the outcome is durable, whichever return below ends it.
+    transaction.on_commit(partial(_outcome_observe, thread))
+    if usage is not None:
+        _usage_add(thread, usage)
+    now = timezone.now()
+    recorded = {**outcome.as_json(), "recorded_at": now.isoformat(), "worker_id": worker_id}
+    requested_by = thread.metadata.get(CANCEL_REQUESTED_BY) if thread.cancel_requested else None
+    if requested_by and outcome.kind == "stopped":
+        # An operator asked it to stop (thread_request_cancel): the outcome says who.
+        recorded["reason"] = operator_reason(OPERATOR_CANCEL_REASON, str(requested_by))
+
+    if thread.cancel_requested and not thread.tracked:
+        # Interrupted or cleared: the conversation has moved on; the run only ends here.
+        thread_lease_release(thread, state=ThreadState.STOPPED)
+        thread.outcome = {**recorded, "kind": "stopped", "reported_kind": outcome.kind}
+        thread.finished_at = now
         _THREAD_UPDATE.update(thread)
-        if conversation is None:
-            return OutcomeResult(thread=thread, entries=[])
+        return OutcomeResult(thread=thread, entries=[])
 
-        writer = EntryWriter(conversation)
-        for sender, text in _outcome_entries(outcome):
-            writer.add(sender, text, thread=thread)
+    was_tracked = thread.tracked
+    thread_lease_release(thread, state=_OUTCOME_STATE[outcome.kind])
+    thread.outcome = recorded
+    if outcome.kind != "gate_paused":
+        thread.tracked = False
+        thread.finished_at = now
+    # Saved before any follow-up is inserted: the one-tracked-thread index checks each row.
+    _THREAD_UPDATE.update(thread)
+    if conversation is None:
+        return OutcomeResult(thread=thread, entries=[])
 
-        follow_up = None
-        if outcome.kind == "gate_paused":
-            if ConversationEntry.objects.undelivered_for(thread).exists():
-                # Messages wait in the paused thread's inbox: it is runnable again.
-                thread_runnable_notify(thread)
-        elif was_tracked and thread.kind == ThreadKind.FOREGROUND:
-            follow_up = thread_follow_up_spawn(conversation, writer, thread)
-        entries = writer.flush()
+    writer = EntryWriter(conversation)
+    for sender, text in _outcome_entries(outcome):
+        writer.add(sender, text, thread=thread)
+
+    follow_up = None
+    if outcome.kind == "gate_paused":
+        if ConversationEntry.objects.undelivered_for(thread).exists():
+            # Messages wait in the paused thread's inbox: it is runnable again.
+            thread_runnable_notify(thread)
+    elif was_tracked and thread.kind == ThreadKind.FOREGROUND:
+        follow_up = thread_follow_up_spawn(conversation, writer, thread)
+    entries = writer.flush()
     return OutcomeResult(
         thread=thread, entries=entries, follow_up=follow_up.thread if follow_up else None
     )
