@@ -268,7 +268,14 @@ class Thread(TenantRow):
             ),
         ]
         triggers = [
-            pgtrigger.FSM(name="thread_state_fsm", field="state", transitions=THREAD_TRANSITIONS),
+            # Only when the state changes: without the condition its function (a query of its
+            # own) ran on every update of the row, a step's checkpoint and a lease renewal too.
+            pgtrigger.FSM(
+                name="thread_state_fsm",
+                field="state",
+                transitions=THREAD_TRANSITIONS,
+                condition=pgtrigger.Condition('OLD."state" IS DISTINCT FROM NEW."state"'),
+            ),
             # Wakes engines long-polling threads/next (sent at commit; payload: the tenant).
             pgtrigger.Trigger(
                 name="thread_notify_claimable",
