@@ -31,21 +31,18 @@ from conversations.models import Thread
 from conversations.services import lease_check
 from core.db import server_bound_cursor
 from core.notify import DELTAS_CHANNEL
-from engine.delta_sender import delta_sender
+from engine.delta_sender import ASYNC_COMMIT_SQL, NOTIFY_MANY_SQL, delta_sender
 
 logger = logging.getLogger(__name__)
 
 # PostgreSQL's limit is 8,000 bytes; the rest is headroom.
 MAX_PAYLOAD_BYTES = 7_900
-_NOTIFY_SQL = f"SELECT pg_notify('{DELTAS_CHANNEL}', %s)"
+_NOTIFY_SQL = f"SELECT pg_notify('{DELTAS_CHANNEL}', %s) WHERE {ASYNC_COMMIT_SQL}"
 # An external engine's delta: the thread's lease, read in one indexed statement.
 _LEASE_SQL = (
     "SELECT conversation_id, state, lease_owner, claim_count FROM conversations_thread"
     " WHERE id = %s AND user_id = %s"
 )
-# Several notifications in one statement, in the array's order (one transaction: PostgreSQL
-# delivers them in the order they were sent, and they differ by offset, so none is folded).
-_NOTIFY_MANY_SQL = f"SELECT pg_notify('{DELTAS_CHANNEL}', payload) FROM unnest(%s::text[]) payload"
 
 
 def _json_text(text: str) -> int:
@@ -122,7 +119,7 @@ def deltas_notify(payloads: Sequence[str]) -> None:
         if len(payloads) == 1:
             cursor.execute(_NOTIFY_SQL, [payloads[0]])
         elif payloads:
-            cursor.execute(_NOTIFY_MANY_SQL, [list(payloads)])
+            cursor.execute(NOTIFY_MANY_SQL, [list(payloads)])
 
 
 class DeltaPace:

@@ -11,7 +11,7 @@ import time
 import uuid
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
 from hypothesis import given
 from hypothesis import strategies as st
@@ -213,3 +213,25 @@ def test_a_lone_surrogate_is_sent_as_one_replacement_character() -> None:
     )
 
     assert json.loads(payload.split(" ", 2)[2])["text"] == "a?b"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deltas_commit_skips_the_disk_and_the_setting_ends_with_its_transaction() -> None:
+    def synchronous_commit() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('synchronous_commit')")
+            return str(cursor.fetchone()[0])
+
+    with deltas_listener() as received:
+        with transaction.atomic():
+            deltas.deltas_notify(['- t {"n": 1}', '- t {"n": 2}'])
+            # Asynchronous for the deltas' own transaction...
+            assert synchronous_commit() == "off"
+        # ...and never for the next one on the same (pooled) connection, which may write.
+        assert synchronous_commit() == "on"
+        with connection.cursor() as cursor:
+            cursor.execute(deltas.NOTIFY_MANY_SQL, [['- t {"n": 3}']])
+        assert synchronous_commit() == "on"
+        # Delivered all the same, in order.
+        got = received.wait_for(lambda delivered: len(delivered) >= 3)
+    assert [delta.body["n"] for delta in got] == [1, 2, 3]
