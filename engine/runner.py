@@ -63,7 +63,7 @@ from engine.deltas import DeltaPace, DeltaPublisher
 from engine.model_call import model_call
 from engine.model_clients import ChatMessage, ModelClient, ModelError, model_client_from_settings
 from engine.reads import GOAL_SQL, NEWEST_UNDELIVERED_SQL, UNDELIVERED_SQL
-from workspace.errors import WriteFenced
+from workspace.errors import DocumentTooLarge, WriteFenced
 
 logger = logging.getLogger(__name__)
 
@@ -431,7 +431,12 @@ class Turn:
         def final_checkpoint() -> None:
             state.status = outcome.kind
             state.event("outcome", outcome=outcome.kind)
-            self._checkpoint(state, conversation_too=True)
+            try:
+                self._checkpoint(state, conversation_too=True)
+            except DocumentTooLarge:
+                # Refused before any statement: the reply still commits, and the checkpoint
+                # keeps its last step's state, as when it was written after the outcome.
+                logger.warning("thread %s: final checkpoint too large", state.thread_id)
 
         try:
             # The final checkpoint commits with the outcome: one transaction, and never a thread

@@ -19,7 +19,12 @@ from conversations.services import (
     conversation_busy_policy_set,
     message_handle,
 )
-from engine.checkpoint import conversation_checkpoint_path, thread_checkpoint_path
+from engine.checkpoint import (
+    TurnState,
+    checkpoint_save,
+    conversation_checkpoint_path,
+    thread_checkpoint_path,
+)
 from engine.model_clients import (
     ChatMessage,
     EchoModel,
@@ -30,6 +35,7 @@ from engine.model_clients import (
 )
 from engine.reads import NEWEST_UNDELIVERED_SQL, UNDELIVERED_SQL
 from engine.runner import Turn
+from workspace.errors import DocumentTooLarge
 from workspace.models import Chunk, Document, DocumentVersion
 from workspace.services import document_write
 
@@ -431,3 +437,35 @@ def test_a_reply_longer_than_an_entry_may_be_is_cut_and_the_turn_completes() -> 
     assert len(reply.encode()) <= 1_000
     assert reply.startswith("é" * 100)
     assert reply.endswith("[cut: longer than CONVERSATION_MAX_MESSAGE_BYTES]")
+
+
+def test_the_final_checkpoint_commits_with_the_outcome_and_one_too_large_keeps_the_reply() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    written: list[str] = []
+
+    def save_refusing_the_final(state: TurnState, **kwargs: Any) -> None:
+        if state.status != "running":
+            # As WORKSPACE_MAX_DOCUMENT_BYTES refuses a state grown past it, before any write.
+            raise DocumentTooLarge("too large", details={"limit": 1})
+        written.append(state.status)
+        checkpoint_save(state, **kwargs)
+
+    turn = Turn(
+        Thread.objects.get(pk=sent.thread_id),
+        model=EchoModel(latency_ms=0),
+        checkpoint_save=save_refusing_the_final,
+    )
+    turn.run()
+
+    # The outcome and the reply commit; the checkpoint keeps the step's state.
+    thread = Thread.objects.get(pk=sent.thread_id)
+    assert (thread.state, _agent_entries(sent.conversation_id)) == ("completed", ["echo: hello"])
+    assert written == ["running"]
+    checkpoint = Document.objects.get(user_id="alice", path=thread_checkpoint_path(sent.thread_id))
+    assert json.loads(checkpoint.content)["status"] == "running"
+
+    # Without the refusal, the final state is written in the outcome's transaction.
+    second = message_handle(user_id="alice", channel="web", content="again")
+    _run(second.thread_id, EchoModel(latency_ms=0))
+    final = Document.objects.get(user_id="alice", path=thread_checkpoint_path(second.thread_id))
+    assert json.loads(final.content)["status"] == "completed"
