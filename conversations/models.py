@@ -422,6 +422,9 @@ class ConversationEntry(TenantRow):
                 name="entry_undelivered_by_thread",
                 condition=Q(sender="user", delivered_at__isnull=True, thread__isnull=False),
             ),
+            # One sender's entries after a seq (GET entries?sender=, a client waiting for the
+            # agent's reply): one probe, however many entries of other senders follow the seq.
+            models.Index(fields=["conversation", "sender", "seq"], name="entry_by_sender_seq"),
             # ConversationEntryQuerySet.queued: messages queued behind a live thread (busy
             # policy "queue").
             models.Index(

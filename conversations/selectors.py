@@ -56,8 +56,9 @@ _ENTRY_AFTER = (
     " WHERE conversation_id = %s AND user_id = %s AND seq > %s LIMIT 1"
 )
 # One sender's entries (a client waiting for the agent's reply): a statement of its own rather
-# than a built one, so each stays one prepared statement. Both walk the (conversation, seq) unique
-# index as the unfiltered ones do and check the sender on the rows after after_seq.
+# than a built one, so each stays one prepared statement. Both probe entry_by_sender_seq
+# (conversation, sender, seq): however many entries of other senders follow after_seq, a waiter
+# reads none of them.
 _ENTRY_AFTER_FROM = (
     "SELECT 1 FROM conversations_conversationentry"
     " WHERE conversation_id = %s AND user_id = %s AND seq > %s AND sender = %s LIMIT 1"
