@@ -64,6 +64,7 @@ from engine.model_call import model_call
 from engine.model_clients import ChatMessage, ModelClient, ModelError, model_client_from_settings
 from engine.reads import GOAL_SQL, NEWEST_UNDELIVERED_SQL, UNDELIVERED_SQL
 from workspace.errors import DocumentTooLarge, WriteFenced
+from workspace.services.content import check_size
 
 logger = logging.getLogger(__name__)
 
@@ -431,12 +432,14 @@ class Turn:
         def final_checkpoint() -> None:
             state.status = outcome.kind
             state.event("outcome", outcome=outcome.kind)
+            # Checked here, before the write's own atomic block: refused in there, it would roll
+            # the outcome back with it. The reply commits; the checkpoint keeps its last step's.
             try:
-                self._checkpoint(state, conversation_too=True)
+                check_size(state.to_json())
             except DocumentTooLarge:
-                # Refused before any statement: the reply still commits, and the checkpoint
-                # keeps its last step's state, as when it was written after the outcome.
                 logger.warning("thread %s: final checkpoint too large", state.thread_id)
+                return
+            self._checkpoint(state, conversation_too=True)
 
         try:
             # The final checkpoint commits with the outcome: one transaction, and never a thread
