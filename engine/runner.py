@@ -211,7 +211,8 @@ class Turn:
             state.steps_from = len(state.steps)
             state.started_at = now_iso()
             state.event("continued", worker_id=self.worker_id)
-            # Not written yet: see below.
+            # Written now: the run's start is its own, and only this checkpoint keeps it.
+            self._checkpoint(state, conversation_too=True)
             return state
         state = TurnState(
             thread_id=str(self.thread.id),
@@ -219,7 +220,9 @@ class Turn:
             if self.thread.conversation_id
             else None,
             user_id=self.user_id,
-            started_at=now_iso(),
+            # The thread's first claim: a run started again after its worker died keeps the
+            # first run's time limit (ENGINE_TURN_TIMEOUT_S).
+            started_at=(self.thread.started_at or timezone.now()).isoformat(),
         )
         seqs = self.thread.metadata.get("goal_entry_seqs") or []
         goal: list[tuple[int, str]] = []
@@ -232,10 +235,10 @@ class Turn:
         else:
             state.messages = [{"role": "user", "content": self.thread.goal}]
         state.event("claimed", worker_id=self.worker_id)
-        # Not written yet: a run that dies before its first step's checkpoint is started again
-        # from the thread (its goal, or its last checkpoint) exactly as this one was, so the first
-        # write is that step's (or the inbox take's), and the claim costs no transaction of its
-        # own (four statements and a commit's flush a turn).
+        # Not written yet: a first run that dies before its first step's checkpoint is started
+        # again from the thread (its goal and its first claim's time) exactly as this one was, so
+        # the first write is that step's (or the inbox take's), and the claim costs no
+        # transaction of its own (four statements and a commit's flush a turn).
         return state
 
     def _checkpoint(
@@ -442,8 +445,8 @@ class Turn:
             self._checkpoint(state, conversation_too=True)
 
         try:
-            # The final checkpoint commits with the outcome: one transaction, and never a thread
-            # ended whose checkpoint still says it runs.
+            # The final checkpoint commits with the outcome: one transaction. If it fails, the
+            # outcome rolls back with it and the next run finishes from the last step's.
             thread_outcome_record(
                 user_id=self.user_id,
                 thread_id=self.thread.id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.test import override_settings
+from django.utils import timezone
 
 from conversations.models import ConversationEntry, Thread
 from conversations.services import (
@@ -475,3 +477,20 @@ def test_the_final_checkpoint_commits_with_the_outcome_and_one_too_large_keeps_t
     _run(second.thread_id, EchoModel(latency_ms=0))
     final = Document.objects.get(user_id="alice", path=thread_checkpoint_path(second.thread_id))
     assert json.loads(final.content)["status"] == "completed"
+
+
+@override_settings(ENGINE_TURN_TIMEOUT_S=60)
+def test_a_first_run_started_again_keeps_the_time_limit_of_its_first_claim() -> None:
+    sent = message_handle(user_id="alice", channel="web", content="hello")
+    # Its first claim was two minutes ago, and that run's worker died before any checkpoint:
+    # nothing but the thread row says when the turn began.
+    Thread.objects.filter(pk=sent.thread_id).update(
+        started_at=timezone.now() - datetime.timedelta(minutes=2)
+    )
+    model = ScriptedModel()
+
+    thread = _run(sent.thread_id, model)
+
+    assert model.calls == []
+    assert thread.state == "failed"
+    assert "timed out" in (thread.outcome or {})["error"]
