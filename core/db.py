@@ -277,6 +277,8 @@ class ModelUpdate(Generic[_Tenant]):
 
     def __init__(self, model: type[_Tenant]) -> None:
         meta = model._meta
+        if any(getattr(field, "generated", False) for field in meta.concrete_fields):
+            raise TypeError(f"{model.__name__} has columns the database computes")
         self.fields = [field for field in meta.concrete_fields if not field.primary_key]
         assignments = ", ".join(
             f"{connection.ops.quote_name(field.column)} = %s" for field in self.fields

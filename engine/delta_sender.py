@@ -33,10 +33,10 @@ logger = logging.getLogger(__name__)
 ASYNC_COMMIT_SQL = "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"
 # Several notifications in one statement, in the array's order (one transaction: PostgreSQL
 # delivers them in the order they were sent, and they differ by offset, so none is folded).
-NOTIFY_MANY_SQL = (
+NOTIFY_MANY_IN_TRANSACTION_SQL = (
     f"SELECT pg_notify('{DELTAS_CHANNEL}', payload) FROM unnest(%s::text[]) AS payload"
-    f" WHERE {ASYNC_COMMIT_SQL}"
 )
+NOTIFY_MANY_SQL = f"{NOTIFY_MANY_IN_TRANSACTION_SQL} WHERE {ASYNC_COMMIT_SQL}"
 
 # Payloads waiting at most (a database that does not answer must not grow the process).
 QUEUE_MAX = 10_000

@@ -117,7 +117,9 @@ def embedded_database(folder: Path, database: str) -> EmbeddedDatabase:
     """The embedded server of ``folder``, started or joined on this process's first call."""
     # Every pooled connection's checkout asks: the folder as given is looked up first, since
     # resolving it touches the file system (four lstat calls, about 60 us of CPU each time).
-    known = _by_setting.get((folder, database))
+    with _start_lock:
+        # Under the lock, as embedded_database_leave forgets a server under it.
+        known = _by_setting.get((folder, database))
     if known is not None:
         return known
     key = (folder.expanduser().resolve(), database)

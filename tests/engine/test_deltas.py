@@ -223,15 +223,18 @@ def test_a_deltas_commit_skips_the_disk_and_the_setting_ends_with_its_transactio
             return str(cursor.fetchone()[0])
 
     with deltas_listener() as received:
-        with transaction.atomic():
-            deltas.deltas_notify(['- t {"n": 1}', '- t {"n": 2}'])
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(deltas.NOTIFY_MANY_SQL, [['- t {"n": 1}', '- t {"n": 2}']])
             # Asynchronous for the deltas' own transaction...
             assert synchronous_commit() == "off"
         # ...and never for the next one on the same (pooled) connection, which may write.
         assert synchronous_commit() == "on"
-        with connection.cursor() as cursor:
-            cursor.execute(deltas.NOTIFY_MANY_SQL, [['- t {"n": 3}']])
+        deltas.deltas_notify(['- t {"n": 3}'])
         assert synchronous_commit() == "on"
+        # Sent inside a caller's transaction, they leave its commit as it was.
+        with transaction.atomic():
+            deltas.deltas_notify(['- t {"n": 4}', '- t {"n": 5}'])
+            assert synchronous_commit() == "on"
         # Delivered all the same, in order.
-        got = received.wait_for(lambda delivered: len(delivered) >= 3)
-    assert [delta.body["n"] for delta in got] == [1, 2, 3]
+        got = received.wait_for(lambda delivered: len(delivered) >= 5)
+    assert [delta.body["n"] for delta in got] == [1, 2, 3, 4, 5]
