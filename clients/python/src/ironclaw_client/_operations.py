@@ -170,6 +170,9 @@ class NewEntries(Stream[models.Entry]):
         entries = cast(list[models.Entry], page["results"])
         for entry in entries:
             self.after_seq = max(self.after_seq, entry["seq"])
+        if self.sender is not None:
+            # A server older than the sender filter answers with every entry.
+            return [entry for entry in entries if entry["sender"] == self.sender]
         return entries
 
 
@@ -194,10 +197,6 @@ class AgentReplies(NewEntries):
         if remaining <= 0:
             raise TimeoutError(f"no agent reply in {self.conversation_id} within {self.timeout} s")
         return self._long_poll(min(remaining, MAX_WAIT_SECONDS))
-
-    def take(self, page: Page) -> list[models.Entry]:
-        # A server older than the sender filter answers with every entry.
-        return [entry for entry in super().take(page) if entry["sender"] == "agent"]
 
 
 def new_key() -> str:
