@@ -22,7 +22,9 @@ from conversations.services import (
     lease_fence_params,
 )
 from core.db import server_bound_cursor
+from workspace.errors import DocumentTooLarge
 from workspace.services import WriteFence, document_write
+from workspace.services.content import check_size
 
 CHECKPOINT_VERSION = 1
 # The folders of the checkpoints, one document per thread and per conversation, named by its id.
@@ -133,6 +135,17 @@ class TurnState:
                 for s in steps
             ],
         )
+
+
+def checkpoint_fits(state: TurnState) -> bool:
+    """Whether ``state`` is within ``WORKSPACE_MAX_DOCUMENT_BYTES``. Asked before a write inside
+    a caller's transaction: refused within the write's own atomic block, the error would mark
+    the caller's transaction for rollback too."""
+    try:
+        check_size(state.to_json())
+    except DocumentTooLarge:
+        return False
+    return True
 
 
 def checkpoint_load(*, user_id: str, thread_id: uuid.UUID | str) -> TurnState | None:

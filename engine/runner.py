@@ -54,6 +54,7 @@ from core.db import fixed_exists, server_bound_cursor
 from engine.checkpoint import (
     CheckpointSave,
     TurnState,
+    checkpoint_fits,
     checkpoint_load,
     checkpoint_save,
     now_iso,
@@ -63,8 +64,7 @@ from engine.deltas import DeltaPace, DeltaPublisher
 from engine.model_call import model_call
 from engine.model_clients import ChatMessage, ModelClient, ModelError, model_client_from_settings
 from engine.reads import GOAL_SQL, NEWEST_UNDELIVERED_SQL, UNDELIVERED_SQL
-from workspace.errors import DocumentTooLarge, WriteFenced
-from workspace.services.content import check_size
+from workspace.errors import WriteFenced
 
 logger = logging.getLogger(__name__)
 
@@ -235,10 +235,8 @@ class Turn:
         else:
             state.messages = [{"role": "user", "content": self.thread.goal}]
         state.event("claimed", worker_id=self.worker_id)
-        # Not written yet: a first run that dies before its first step's checkpoint is started
-        # again from the thread (its goal and its first claim's time) exactly as this one was, so
-        # the first write is that step's (or the inbox take's), and the claim costs no
-        # transaction of its own (four statements and a commit's flush a turn).
+        # Not written: a first run that dies before its first checkpoint starts again from the
+        # thread (its goal, its first claim's time) as this one did; a claim costs no transaction.
         return state
 
     def _checkpoint(
@@ -435,18 +433,14 @@ class Turn:
         def final_checkpoint() -> None:
             state.status = outcome.kind
             state.event("outcome", outcome=outcome.kind)
-            # Checked here, before the write's own atomic block: refused in there, it would roll
-            # the outcome back with it. The reply commits; the checkpoint keeps its last step's.
-            try:
-                check_size(state.to_json())
-            except DocumentTooLarge:
+            # Too large, the reply still commits; the checkpoint keeps its last step's state.
+            if not checkpoint_fits(state):
                 logger.warning("thread %s: final checkpoint too large", state.thread_id)
                 return
             self._checkpoint(state, conversation_too=True)
 
         try:
-            # The final checkpoint commits with the outcome: one transaction. If it fails, the
-            # outcome rolls back with it and the next run finishes from the last step's.
+            # One transaction with the final checkpoint (failing, the next run finishes the turn).
             thread_outcome_record(
                 user_id=self.user_id,
                 thread_id=self.thread.id,

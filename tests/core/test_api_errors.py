@@ -86,7 +86,7 @@ def test_openapi_schema_documents_the_errors_every_operation_can_answer(client: 
         if "requestBody" in operation:
             assert "413" in operation["responses"], name
     entries = schema["paths"]["/api/v1/conversations/{conversation_id}/entries"]["get"]
-    assert entries["responses"]["400"]["description"].startswith("after_seq or cursor")
+    assert entries["responses"]["400"]["description"].startswith("after_seq, sender or cursor")
 
 
 def test_api_without_a_key_is_a_401_in_the_documented_error_shape(
