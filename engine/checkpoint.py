@@ -22,7 +22,6 @@ from conversations.services import (
     lease_fence_params,
 )
 from core.db import server_bound_cursor
-from workspace.errors import DocumentTooLarge
 from workspace.services import WriteFence, document_write
 from workspace.services.content import check_size
 
@@ -137,17 +136,6 @@ class TurnState:
         )
 
 
-def checkpoint_fits(state: TurnState) -> bool:
-    """Whether ``state`` is within ``WORKSPACE_MAX_DOCUMENT_BYTES``. Asked before a write inside
-    a caller's transaction: refused within the write's own atomic block, the error would mark
-    the caller's transaction for rollback too."""
-    try:
-        check_size(state.to_json())
-    except DocumentTooLarge:
-        return False
-    return True
-
-
 def checkpoint_load(*, user_id: str, thread_id: uuid.UUID | str) -> TurnState | None:
     """The thread's last checkpoint (None when it has none, or one this version cannot read)."""
     with server_bound_cursor() as cursor:
@@ -192,11 +180,15 @@ def checkpoint_save(
     # a workspace document, and must not choose whose workspace the next write lands in.
     # savepoint=False: inside a caller's transaction (the inbox take, a wrapper's lock) the
     # writes commit or roll back with it, and a savepoint would only add round trips.
+    content = state.to_json()
+    # Refused before the atomic block: raised inside it, the error would mark a caller's
+    # transaction (the outcome's, for the final checkpoint) for rollback too.
+    check_size(content)
     with transaction.atomic(savepoint=False) if conversation_too else nullcontext():
         document_write(
             user_id=user_id,
             path=thread_checkpoint_path(state.thread_id),
-            content=state.to_json(),
+            content=content,
             changed_by=changed_by,
             fence=fence,
         )

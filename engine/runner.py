@@ -54,7 +54,6 @@ from core.db import fixed_exists, server_bound_cursor
 from engine.checkpoint import (
     CheckpointSave,
     TurnState,
-    checkpoint_fits,
     checkpoint_load,
     checkpoint_save,
     now_iso,
@@ -64,7 +63,7 @@ from engine.deltas import DeltaPace, DeltaPublisher
 from engine.model_call import model_call
 from engine.model_clients import ChatMessage, ModelClient, ModelError, model_client_from_settings
 from engine.reads import GOAL_SQL, NEWEST_UNDELIVERED_SQL, UNDELIVERED_SQL
-from workspace.errors import WriteFenced
+from workspace.errors import DocumentTooLarge, WriteFenced
 
 logger = logging.getLogger(__name__)
 
@@ -433,11 +432,11 @@ class Turn:
         def final_checkpoint() -> None:
             state.status = outcome.kind
             state.event("outcome", outcome=outcome.kind)
-            # Too large, the reply still commits; the checkpoint keeps its last step's state.
-            if not checkpoint_fits(state):
+            try:
+                self._checkpoint(state, conversation_too=True)
+            except DocumentTooLarge:
+                # Refused before any write: the reply commits, the checkpoint keeps the last step.
                 logger.warning("thread %s: final checkpoint too large", state.thread_id)
-                return
-            self._checkpoint(state, conversation_too=True)
 
         try:
             # One transaction with the final checkpoint (failing, the next run finishes the turn).
