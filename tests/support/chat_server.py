@@ -29,7 +29,8 @@ from tests.support.servers import free_port
 class ChatServer:
     delay: float = 0.0
     fail_status: int | None = None
-    # Requests wait until this many are in flight at once (or hold_timeout passes).
+    # Requests wait until this many have been in flight at once (or hold_timeout passes). Once
+    # reached, every waiter goes on, even if a released request has already finished.
     hold_until_in_flight: int = 0
     hold_timeout: float = 20.0
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -80,7 +81,7 @@ class ChatServer:
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
             self._changed.notify_all()
             deadline = time.monotonic() + self.hold_timeout
-            while self._in_flight < self.hold_until_in_flight and time.monotonic() < deadline:
+            while self.max_in_flight < self.hold_until_in_flight and time.monotonic() < deadline:
                 self._changed.wait(deadline - time.monotonic())
         try:
             self.gate.wait(60)

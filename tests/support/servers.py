@@ -278,6 +278,9 @@ def worker_process(
         stderr=subprocess.STDOUT,
         text=True,
     )
+    # Read as it comes: a worker that logs more than the pipe holds would block (_OutputTail).
+    if process.stdout:
+        _OutputTail(process.stdout)
     try:
         yield process
     finally:
