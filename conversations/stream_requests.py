@@ -28,7 +28,7 @@ from conversations.streams import (
     conversation_now,
     thread_cursor_parse,
 )
-from core import streams
+from core import delta_watch, streams
 from core.errors import InvalidInput, RateLimited
 
 # How long a client waits before reconnecting after a stream ends (the SSE ``retry`` field).
@@ -87,6 +87,15 @@ def thread_source(thread: Thread, given: tuple[str, str] | None) -> ThreadStream
     return ThreadStream(thread.id, after, user_id=thread.user_id, ended=ended)
 
 
+def _followed() -> list[str]:
+    """The tenants of this process's open streams (all of them follow token deltas)."""
+    return [
+        source.user_id
+        for source in streams.hub().sources()
+        if isinstance(source, ConversationStream | ThreadStream)
+    ]
+
+
 def stream_open(
     request: HttpRequest | Request, source: ConversationStream | ThreadStream, key: str
 ) -> HttpResponse:
@@ -110,6 +119,10 @@ def stream_open(
     # subscription holds the slot from now on (a subscription that fails gives it back itself).
     subscription = hub.subscribe(source, key)
     try:
+        # The turn workers publish this tenant's token deltas from now on (core.delta_watch),
+        # and hear of it again every ANNOUNCE_S while the process has streams of it open.
+        delta_watch.announce([source.user_id])
+        delta_watch.announcer_start(_followed)
         frames, more = source.read_done(source.read_plan()())
     except BaseException:
         subscription.cancel()

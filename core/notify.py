@@ -50,6 +50,9 @@ LISTENER_KEEPALIVES = {
 }
 # An API key revoked or deleted: "key:<id>" (its open streams end).
 KEYS_CHANNEL = "ironclaw_keys"
+# The tenants whose token deltas an open stream follows, announced by the web processes that
+# serve the streams (core.delta_watch): 'watch {"user_id": "<tenant>"}'.
+WATCH_CHANNEL = "ironclaw_watch"
 # What every listener listens to; the others only once something in the process subscribes to
 # them. Every notification on a channel wakes every process listening to it: a worker, which
 # never streams, need not wake for each thread event and token delta of every tenant.
@@ -114,6 +117,8 @@ class _Listener:
         # listens to more).
         self._wanted: set[str] = set(ALWAYS)
         self._listening: set[str] = set()
+        # When the current connection began listening to each of them (time.monotonic()).
+        self._since: dict[str, float] = {}
         self._listened = threading.Condition(self._lock)
 
     def stop(self) -> None:
@@ -230,9 +235,15 @@ class _Listener:
             return
         for channel in sorted(new):
             listen.execute(f"LISTEN {channel}")
+        now = time.monotonic()
         with self._lock:
             self._listening |= new
+            self._since.update(dict.fromkeys(new, now))
             self._listened.notify_all()
+
+    def listening_since(self, channel: str) -> float | None:
+        with self._lock:
+            return self._since.get(channel) if channel in self._listening else None
 
     def _connect(self) -> psycopg.Connection:
         return dedicated_connection()
@@ -256,7 +267,7 @@ class _Listener:
             try:
                 with self._connect() as listen:
                     with self._lock:
-                        self._listening = set()
+                        self._listening, self._since = set(), {}
                     self._listen(listen)
                     backoff = 0.5
                     # Anything committed while we were not listening: let waiters look again
@@ -276,7 +287,7 @@ class _Listener:
                         self._listen(listen)
             except Exception as error:
                 with self._lock:
-                    self._listening = set()
+                    self._listening, self._since = set(), {}
                 logger.warning(
                     "notification listener lost its connection (%s); reconnecting", error
                 )
@@ -314,6 +325,13 @@ def subscribe(channel: str, key: str, callback: Subscriber) -> Callable[[], None
     Registered when this returns: a notification committed afterwards reaches the callback,
     unless the listener is (re)connecting, which ``on_reconnect`` callbacks then hear of."""
     return _listener.subscribe(channel, key, callback)
+
+
+def listening_since(channel: str) -> float | None:
+    """When (``time.monotonic()``) this process's listener began hearing ``channel`` on its
+    current connection; None while it does not (not asked to, or reconnecting): whatever was
+    sent on it before that time was not heard."""
+    return _listener.listening_since(channel)
 
 
 def on_reconnect(callback: Callable[[], None]) -> Callable[[], None]:

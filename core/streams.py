@@ -430,6 +430,11 @@ class Hub:
             raise
         return subscription
 
+    def sources(self) -> list[StreamSource]:
+        """The sources of the streams subscribed and not ended yet."""
+        with self._lock:
+            return [subscription.source for subscription in self._subscriptions]
+
     @property
     def open_count(self) -> int:
         """Streams being served (handed off, not ended yet)."""

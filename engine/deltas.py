@@ -31,6 +31,7 @@ from conversations.errors import ThreadNotFound
 from conversations.models import Thread
 from conversations.services import lease_check
 from core.db import server_bound_cursor
+from core.delta_watch import deltas_followed
 from core.notify import DELTAS_CHANNEL
 from engine.delta_sender import (
     ASYNC_COMMIT_SQL,
@@ -164,8 +165,11 @@ class DeltaPublisher:
         step: int,
         interval_ms: int | None = None,
         pace: DeltaPace | None = None,
+        user_id: str | None = None,
     ):
         self.thread_id = thread_id
+        # Given, the deltas go out only while someone follows the tenant (core.delta_watch).
+        self.user_id = user_id
         self.conversation_id = conversation_id
         self.step = step
         interval_ms = settings.ENGINE_DELTA_INTERVAL_MS if interval_ms is None else interval_ms
@@ -214,6 +218,8 @@ class DeltaPublisher:
             return
         (text, at), self._pending = self._pending, None
         if text == self._sent:
+            return
+        if self.user_id is not None and not deltas_followed(self.user_id):
             return
         if len(text) <= MAX_PAYLOAD_BYTES:
             whole = delta_payloads(

@@ -387,6 +387,7 @@ class Turn:
                     conversation_id=self.thread.conversation_id,
                     step=n,
                     pace=self._delta_pace,
+                    user_id=self.thread.user_id,
                 ),
                 wake=self._wake,
                 check_interrupts=lambda: self._check_interrupts(deadline),

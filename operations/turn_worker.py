@@ -57,6 +57,7 @@ from conversations.services import (
     thread_lease_give_up,
     thread_leases_sweep,
 )
+from core import delta_watch
 from core.log_context import log_context
 from core.notify import ANY, THREADS_CHANNEL, listening
 from operations.turn_crashes import turn_crash_record
@@ -128,6 +129,8 @@ class TurnWorker:
         # (the sweep skips locked rows): their pids are swept for as long as their heartbeats
         # would take to go stale.
         self._replaced_until = time.monotonic() + settings.TURN_WORKER_DEAD_SECONDS
+        # Token deltas go out only for the tenants whose streams are open somewhere.
+        delta_watch.watch_start()
         try:
             with listening(THREADS_CHANNEL, ANY) as notified:
                 self._wake = notified

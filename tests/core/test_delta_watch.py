@@ -1,0 +1,152 @@
+"""Token deltas only for the tenants someone follows (core.delta_watch): announcements go through
+the real database to this process's real notification listener."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+
+from accounts.services import CreatedApiKey
+from conversations.services import message_handle
+from core import delta_watch, notify
+from engine.deltas import DeltaPublisher
+from tests.support.deltas import deltas_listener
+from tests.support.locks import psycopg_params
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+THREAD = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def watch(monkeypatch: pytest.MonkeyPatch) -> Iterator[delta_watch._Watch]:
+    """This process's watch, fresh and started, settled after 0.3 s, a tenant followed for 1 s
+    after its announcement."""
+    monkeypatch.setattr(delta_watch, "SETTLED_S", 0.3)
+    monkeypatch.setattr(delta_watch, "EXPIRES_S", 1.0)
+    fresh = delta_watch._Watch()
+    monkeypatch.setattr(delta_watch, "_watch", fresh)
+    fresh.start()
+    yield fresh
+    notify.listener_stop()
+
+
+@contextmanager
+def _announcements() -> Iterator[list[dict[str, str]]]:
+    """What arrives on ironclaw_watch, heard on a LISTEN connection of the test's own."""
+    heard: list[dict[str, str]] = []
+    stop = threading.Event()
+    with psycopg.connect(**psycopg_params(), autocommit=True) as listen:
+        listen.execute(f"LISTEN {notify.WATCH_CHANNEL}")
+
+        def run() -> None:
+            while not stop.is_set():
+                for notice in listen.notifies(timeout=0.05):
+                    assert notice.payload.startswith("watch {")
+                    heard.append(json.loads(notice.payload.removeprefix("watch ")))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            yield heard
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+
+def test_a_tenant_is_followed_from_its_announcement_until_it_expires(
+    watch: delta_watch._Watch,
+) -> None:
+    # Just started: announcements of streams opened earlier may not have come round yet.
+    assert watch.followed("alice")
+    assert _eventually(lambda: not watch.followed("alice"))
+
+    delta_watch.announce(["alice", "a tenant with spaces {and braces}"])
+
+    assert _eventually(lambda: watch.followed("alice"))
+    assert watch.followed("a tenant with spaces {and braces}")
+    assert not watch.followed("bob")
+    assert _eventually(lambda: not watch.followed("alice"), timeout=3)
+
+
+def test_a_watch_that_cannot_tell_says_followed(watch: delta_watch._Watch) -> None:
+    assert _eventually(lambda: not watch.followed("alice"))
+
+    notify.listener_stop()  # as when its connection is lost: announcements may be missed
+
+    assert watch.followed("alice")
+    assert delta_watch._Watch().followed("alice")  # never started (a test, a one-off drain)
+
+
+def test_a_turns_deltas_go_out_only_while_its_tenant_is_followed(
+    watch: delta_watch._Watch,
+) -> None:
+    assert _eventually(lambda: not watch.followed("carol"))
+
+    def publish(step: int) -> int:
+        publisher = DeltaPublisher(
+            thread_id=THREAD, conversation_id=None, step=step, interval_ms=1, user_id="carol"
+        )
+        with CaptureQueriesContext(connection) as statements:
+            publisher.feed(f"text of step {step}")
+            publisher.close()
+        return len(statements)
+
+    with deltas_listener() as listener:
+        # Nobody follows carol: no statement, no notification.
+        assert publish(1) == 0
+        delta_watch.announce(["carol"])
+        assert _eventually(lambda: watch.followed("carol"))
+        publish(2)
+        received = listener.wait_for(lambda got: len(got) >= 1)
+        time.sleep(0.2)
+
+    assert [(d.body["step"], d.text) for d in listener.received] == [(2, "text of step 2")]
+    assert received[0].thread_id == str(THREAD)
+
+
+def test_opening_a_stream_announces_its_tenant_then_its_process_repeats_it(
+    make_api_key: Callable[..., CreatedApiKey],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    monkeypatch.setattr(delta_watch, "ANNOUNCE_S", 0.2)
+    monkeypatch.setattr(delta_watch, "_announcer", delta_watch._Announcer())
+    request.addfinalizer(delta_watch.announcer_stop)
+    key = make_api_key("dave").raw_key
+    sent = message_handle(user_id="dave", channel="web", content="hello")
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    with _announcements() as heard:
+        response = api.get(f"/api/v1/conversations/{sent.conversation_id}/events")
+        assert response.status_code == 200
+        assert _eventually(lambda: {"user_id": "dave"} in heard)
+        # The test client has no hand-off: the stream ended with its replay, so the process has
+        # none of dave's streams open and its announcer names nobody.
+        count = len(heard)
+        time.sleep(0.5)
+        assert len(heard) == count
+
+        followed = ["erin", "frank"]
+        delta_watch.announcer_start(lambda: followed)
+        assert _eventually(lambda: heard.count({"user_id": "erin"}) >= 2)
+    assert {"user_id": "frank"} in heard
