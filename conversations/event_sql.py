@@ -54,8 +54,16 @@ RETURN NULL;
 # The variables the notifying functions declare (pgtrigger's ``declare``).
 NOTIFY_DECLARE = [("body", "text")]
 
+# Set (to 'on', for its own transaction) by a turn worker's step checkpoint when nobody follows
+# the tenant live (core.delta_watch): the event is recorded, and wakes nobody. A stream that
+# opens meanwhile reads it (its replay), or sees the gap at the thread's next event.
+UNFOLLOWED_SETTING = "ironclaw.unfollowed"
+
 # Payload: "<conversation id or -> <thread id> <json>".
 THREAD_EVENT_NOTIFY = f"""
+IF current_setting('{UNFOLLOWED_SETTING}', true) = 'on' THEN
+    RETURN NULL;
+END IF;
 body := jsonb_build_object(
     'thread_id', NEW.thread_id, 'seq', NEW.seq, 'type', NEW.kind, 'data', NEW.data,
     'at', NEW.created_at)::text;

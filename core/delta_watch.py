@@ -1,8 +1,10 @@
-"""Token deltas only for the tenants someone follows.
+"""Token deltas and step events' notifications only for the tenants someone follows.
 
-A token delta is a ``NOTIFY``, and PostgreSQL wakes every listening session of the database for
-every notification, whoever listens to its channel. Most turns have nobody watching them live,
-so a turn worker publishes a tenant's deltas only while one of its streams is open somewhere.
+A token delta is a ``NOTIFY``, and so is each event a turn records; PostgreSQL wakes every
+listening session of the database for every notification, whoever listens to its channel. Most
+turns have nobody watching them live, so a turn worker publishes a tenant's deltas, and notifies
+its step events (``engine.checkpoint``; the events are recorded all the same), only while one of
+its streams is open somewhere.
 
 The web processes that serve streams say so: a stream that follows deltas announces its tenant
 on ``ironclaw_watch`` when it opens, and its process announces the tenants of all its open
@@ -152,7 +154,7 @@ def watch_start() -> None:
     _watch.start()
 
 
-def deltas_followed(user_id: str) -> bool:
-    """Whether ``user_id``'s deltas should be published: someone follows them, or this process
-    cannot tell that nobody does."""
+def tenant_followed(user_id: str) -> bool:
+    """Whether ``user_id``'s deltas and step events should be notified: someone follows the
+    tenant live, or this process cannot tell that nobody does."""
     return _watch.followed(user_id)

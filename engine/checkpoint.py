@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
@@ -22,6 +22,7 @@ from conversations.services import (
     lease_fence_params,
 )
 from core.db import server_bound_cursor
+from core.delta_watch import tenant_followed
 from workspace.services import WriteFence, document_write
 from workspace.services.content import check_size
 
@@ -173,7 +174,9 @@ def checkpoint_save(
             WriteFence(LEASE_FENCE_SQL, params)
             if step is None
             else WriteFence(
-                STEP_FENCE_SQL, {**params, "fence_step": Jsonb(step)}, effect=STEP_EVENT_SQL
+                STEP_FENCE_SQL,
+                {**params, "fence_step": Jsonb(step), "fence_unfollowed": _unfollowed(user_id)},
+                effect=STEP_EVENT_SQL,
             )
         )
     # user_id is the thread's owner, never state.user_id: a checkpoint's content is only JSON in
@@ -208,6 +211,14 @@ def checkpoint_save(
                 changed_by=changed_by,
                 fence=fence,
             )
+
+
+def _unfollowed(user_id: str) -> str:
+    """'on' when nobody follows ``user_id`` live (core.delta_watch): the step's event is then
+    recorded without a notification. Never inside a caller's transaction, whose own events
+    must still notify (the setting lasts until its commit)."""
+    quiet = not connection.in_atomic_block and not tenant_followed(user_id)
+    return "on" if quiet else "off"
 
 
 class CheckpointSave(Protocol):

@@ -31,7 +31,7 @@ from conversations.errors import ThreadNotFound
 from conversations.models import Thread
 from conversations.services import lease_check
 from core.db import server_bound_cursor
-from core.delta_watch import deltas_followed
+from core.delta_watch import tenant_followed
 from core.notify import DELTAS_CHANNEL
 from engine.delta_sender import (
     ASYNC_COMMIT_SQL,
@@ -219,7 +219,7 @@ class DeltaPublisher:
         (text, at), self._pending = self._pending, None
         if text == self._sent:
             return
-        if self.user_id is not None and not deltas_followed(self.user_id):
+        if self.user_id is not None and not tenant_followed(self.user_id):
             return
         if len(text) <= MAX_PAYLOAD_BYTES:
             whole = delta_payloads(

@@ -16,7 +16,7 @@ from django.db.models import F
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from conversations import selectors
+from conversations import event_sql, selectors
 from conversations.errors import LeaseLost, LeaseNotHeld, ThreadBusy, ThreadNotClaimable
 from conversations.models import ConversationEntry, EntrySender, Thread, ThreadState
 from conversations.services.lifecycle import lease_released_fields, thread_lease_release
@@ -61,11 +61,14 @@ LEASE_FENCE_SQL = (
 # records the event (ThreadEvent; its trigger notifies the streams). Still one statement. Only
 # while the thread runs: a stop (an operator's, the sweeper's) or a requeue takes no new claim,
 # and a step its worker checkpoints afterwards would be an event after the thread's final one.
+# fence_unfollowed ('on' or 'off') sets event_sql.UNFOLLOWED_SETTING for the statement's own
+# transaction: 'on' records the event without notifying (nobody follows the tenant live).
 STEP_FENCE_SQL = (
     "UPDATE conversations_thread SET event_seq = event_seq + 1"
     " WHERE id = %(fence_thread_id)s AND user_id = %(fence_user_id)s"
     " AND claim_count = %(fence_lease_epoch)s"
     f" AND state = '{ThreadState.RUNNING}'"
+    f" AND set_config('{event_sql.UNFOLLOWED_SETTING}', %(fence_unfollowed)s, true) IS NOT NULL"
     " RETURNING id, user_id, conversation_id, event_seq"
 )
 STEP_EVENT_SQL = (

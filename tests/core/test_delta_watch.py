@@ -9,17 +9,22 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from accounts.services import CreatedApiKey
-from conversations.services import message_handle
+from conversations.models import Thread, ThreadEvent
+from conversations.services import message_handle, thread_claim
 from core import delta_watch, notify
+from engine.checkpoint import TurnState, checkpoint_save
 from engine.deltas import DeltaPublisher
+from engine.model_clients import EchoModel
+from engine.runner import Turn
 from tests.support.deltas import deltas_listener
 from tests.support.locks import psycopg_params
 
@@ -150,3 +155,84 @@ def test_opening_a_stream_announces_its_tenant_then_its_process_repeats_it(
         delta_watch.announcer_start(lambda: followed)
         assert _eventually(lambda: heard.count({"user_id": "erin"}) >= 2)
     assert {"user_id": "frank"} in heard
+
+
+@contextmanager
+def _events_heard() -> Iterator[list[dict[str, Any]]]:
+    """The thread events notified on ironclaw_events, heard on a connection of the test's own."""
+    heard: list[dict[str, Any]] = []
+    stop = threading.Event()
+    with psycopg.connect(**psycopg_params(), autocommit=True) as listen:
+        listen.execute(f"LISTEN {notify.EVENTS_CHANNEL}")
+
+        def run() -> None:
+            while not stop.is_set():
+                for notice in listen.notifies(timeout=0.05):
+                    heard.append(json.loads(notice.payload.split(" ", 2)[2]))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            yield heard
+        finally:
+            time.sleep(0.2)
+            stop.set()
+            thread.join(timeout=5)
+
+
+def _turn(user_id: str, steps: int) -> Thread:
+    sent = message_handle(user_id=user_id, channel="web", content="hello")
+    thread = Thread.objects.get(pk=sent.thread_id)
+    Turn(thread, model=EchoModel(latency_ms=1, steps=steps)).run()
+    thread.refresh_from_db()
+    return thread
+
+
+def test_a_turns_step_events_are_recorded_and_notified_only_while_followed(
+    watch: delta_watch._Watch,
+) -> None:
+    assert _eventually(lambda: not watch.followed("gina"))
+
+    with _events_heard() as quiet:
+        unfollowed = _turn("gina", steps=3)
+    delta_watch.announce(["gina"])
+    assert _eventually(lambda: watch.followed("gina"))
+    with _events_heard() as loud:
+        followed = _turn("gina", steps=3)
+
+    def kinds(thread: Thread) -> list[str]:
+        return list(thread.events.order_by("seq").values_list("kind", flat=True))
+
+    # Recorded either way: a stream that opens later replays them.
+    assert kinds(unfollowed).count("step") == kinds(followed).count("step") == 3
+    # Notified only while followed; the claim's and the outcome's events always are.
+    assert [e["type"] for e in quiet if e["thread_id"] == str(unfollowed.id)] == [
+        kind for kind in kinds(unfollowed) if kind != "step"
+    ]
+    assert [e["type"] for e in loud if e["thread_id"] == str(followed.id)] == kinds(followed)
+
+
+def test_a_step_checkpoint_inside_a_callers_transaction_still_notifies(
+    watch: delta_watch._Watch,
+) -> None:
+    assert _eventually(lambda: not watch.followed("hank"))
+    sent = message_handle(user_id="hank", channel="web", content="hello")
+    claimed = thread_claim(user_id="hank", thread_id=sent.thread_id, worker_id="w")
+    state = TurnState(
+        thread_id=str(sent.thread_id), conversation_id=None, user_id="hank", started_at=""
+    )
+
+    with _events_heard() as heard, transaction.atomic():
+        checkpoint_save(
+            state, user_id="hank", changed_by="w", lease_epoch=claimed.claim_count, step={}
+        )
+        # The setting would outlive the statement in here, and silence this one too.
+        ThreadEvent.objects.create(
+            user_id="hank", thread_id=sent.thread_id, seq=999, kind="step", data={}
+        )
+
+    step_seq = Thread.objects.get(pk=sent.thread_id).event_seq
+    assert sorted(e["seq"] for e in heard if e["thread_id"] == str(sent.thread_id)) == [
+        step_seq,
+        999,
+    ]
