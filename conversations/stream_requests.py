@@ -13,8 +13,10 @@ after ``retry`` with the last id it saw, which still loses nothing).
 
 from __future__ import annotations
 
+import logging
 from uuid import UUID
 
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from rest_framework.request import Request
 
@@ -30,6 +32,8 @@ from conversations.streams import (
 )
 from core import delta_watch, streams
 from core.errors import InvalidInput, RateLimited
+
+logger = logging.getLogger(__name__)
 
 # How long a client waits before reconnecting after a stream ends (the SSE ``retry`` field).
 RECONNECT_MS = 1000
@@ -96,6 +100,17 @@ def _followed() -> list[str]:
     ]
 
 
+def _announce(user_id: str) -> None:
+    """The turn workers publish this tenant's token deltas from now on (core.delta_watch), and
+    hear of it again every ANNOUNCE_S while this process has streams of it open. A courtesy:
+    failing, it fails no stream (the replay read right after says whether the database is up)."""
+    delta_watch.announcer_start(_followed)
+    try:
+        delta_watch.announce([user_id])
+    except DatabaseError as error:
+        logger.warning("could not announce that %s is followed live: %s", user_id, error)
+
+
 def stream_open(
     request: HttpRequest | Request, source: ConversationStream | ThreadStream, key: str
 ) -> HttpResponse:
@@ -119,10 +134,7 @@ def stream_open(
     # subscription holds the slot from now on (a subscription that fails gives it back itself).
     subscription = hub.subscribe(source, key)
     try:
-        # The turn workers publish this tenant's token deltas from now on (core.delta_watch),
-        # and hear of it again every ANNOUNCE_S while the process has streams of it open.
-        delta_watch.announce([source.user_id])
-        delta_watch.announcer_start(_followed)
+        _announce(source.user_id)
         frames, more = source.read_done(source.read_plan()())
     except BaseException:
         subscription.cancel()

@@ -6,29 +6,38 @@ turns have nobody watching them live, so a turn worker publishes a tenant's delt
 its step events (``engine.checkpoint``; the events are recorded all the same), only while one of
 its streams is open somewhere.
 
-The web processes that serve streams say so: a stream that follows deltas announces its tenant
-on ``ironclaw_watch`` when it opens, and its process announces the tenants of all its open
-streams every ``ANNOUNCE_S`` while they stay open (one statement for all of them). A turn worker
-(``watch_start``) hears the announcements on its process's listening connection and keeps, for
-each tenant, when it last heard of it: a tenant is followed for ``EXPIRES_S`` after that (one lost
-announcement is forgiven). Whenever it cannot know, it publishes: the watch is not started (a
-test, a one-off ``drain``), its listener is reconnecting, or it has listened for less than
-``SETTLED_S`` (an announcement of a stream opened earlier may not have come round yet).
+The web processes that serve streams say so: a stream announces its tenant on
+``ironclaw_watch`` when it opens, and its process announces the tenants of all its open streams
+every ``ANNOUNCE_S`` while they stay open (one statement, one notification a tenant, on a
+connection of the announcer's own). A turn worker (``watch_start``) hears the announcements on
+its process's listening connection and keeps, for each tenant, when it last heard of it: a
+tenant is followed for ``EXPIRES_S`` after that (late or lost announcements are forgiven).
 
-Deltas are a courtesy, never the record: a stream that opens mid-step gets the step's text from
-the worker's next delta on (offset 0, the whole text so far), and every reply is in the
-conversation's entries anyway. Deltas that external engines send through the API
-(``POST threads/{id}/deltas``) always go out: the engine asked for them.
+Whenever the worker cannot know, it publishes: the watch is not started (a test, a one-off
+``drain``), its listener has listened for less than ``SETTLED_S`` (an announcement of a stream
+opened earlier may not have come round yet) or is reconnecting, or it has not heard its own
+``ping`` lately. The turn worker pings on every heartbeat (``ping``, from another connection):
+a listener that does not hear it (a half-open connection, a LISTEN through a transaction pooler)
+cannot be trusted to hear announcements either.
+
+Deltas are a courtesy, never the record: a stream that opens mid-step gets the step's text so far
+with the worker's next delta, and every reply is in the conversation's entries anyway. Deltas
+that external engines send through the API (``POST threads/{id}/deltas``) always go out: the
+engine asked for them.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import psycopg
+from django.conf import settings
 from django.db import connection
 
 from core import notify
@@ -36,32 +45,39 @@ from core.db import server_bound_cursor
 
 logger = logging.getLogger(__name__)
 
-# How often a web process announces the tenants of its open streams (one statement, one
-# notification, however many they are).
+# How often a web process announces the tenants of its open streams.
 ANNOUNCE_S = 4.0
 # A listener this long on the channel has heard an announcement of every stream open meanwhile.
-SETTLED_S = ANNOUNCE_S + 1.0
-# How long a tenant counts as followed after its last announcement (one may be lost or late).
-EXPIRES_S = 2 * ANNOUNCE_S + 2.0
+SETTLED_S = ANNOUNCE_S + 2.0
+# How long a tenant counts as followed after its last announcement (two may be late or lost).
+EXPIRES_S = 3 * ANNOUNCE_S
 
 _ANNOUNCE_SQL = (
     "SELECT pg_notify(%s, 'watch ' || json_build_object('user_id', tenant)::text)"
     " FROM unnest(%s::text[]) AS tenant"
 )
+_ANNOUNCE_ASYNC_SQL = f"{_ANNOUNCE_SQL} WHERE {notify.ASYNC_COMMIT_SQL}"
+_PING_SQL = (
+    "SELECT pg_notify(%s, 'ping ' || json_build_object('ping', %s::text)::text)"
+    f" WHERE {notify.ASYNC_COMMIT_SQL}"
+)
 
 
 def announce(user_ids: Iterable[str]) -> None:
-    """Tell the turn workers that ``user_ids``' deltas are followed (one statement, on this
-    thread's connection; sent when it commits)."""
+    """Tell the turn workers that ``user_ids``' deltas are followed: one statement on this
+    thread's connection, delivered when it commits (at once in autocommit)."""
     tenants = sorted(set(user_ids))
-    if tenants:
-        with server_bound_cursor() as cursor:
-            cursor.execute(_ANNOUNCE_SQL, [notify.WATCH_CHANNEL, tenants])
+    if not tenants:
+        return
+    sql = _ANNOUNCE_SQL if connection.in_atomic_block else _ANNOUNCE_ASYNC_SQL
+    with server_bound_cursor() as cursor:
+        cursor.execute(sql, [notify.WATCH_CHANNEL, tenants])
 
 
 class _Announcer:
-    """A web process's daemon thread announcing, every ``ANNOUNCE_S``, the tenants that
-    ``followed()`` names (its open streams'), started by the first stream."""
+    """A web process's daemon thread announcing, every ``ANNOUNCE_S`` on the clock (not after
+    each round), the tenants that ``followed()`` names (its open streams'), on a connection of
+    its own: a busy pool must not make the announcements late. Started by the first stream."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -73,28 +89,50 @@ class _Announcer:
         with self._lock:
             self._followed = followed
             if self._thread is None or not self._thread.is_alive():
-                self._stopping.clear()
-                self._thread = threading.Thread(target=self._run, name="delta-watch", daemon=True)
+                self._stopping = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._run, args=(self._stopping,), name="delta-watch", daemon=True
+                )
                 self._thread.start()
 
     def stop(self) -> None:
         with self._lock:
             thread, self._thread = self._thread, None
-        self._stopping.set()
+            self._stopping.set()
         if thread is not None:
             thread.join(timeout=5)
 
-    def _run(self) -> None:
-        while not self._stopping.wait(ANNOUNCE_S):
-            followed = self._followed
-            try:
-                if followed is not None:
-                    announce(followed())
-            except Exception as error:
-                # The database is down: the next round tries again (deltas are a courtesy).
-                logger.warning("could not announce the tenants followed live: %s", error)
-            finally:
-                connection.close()
+    def _run(self, stopping: threading.Event) -> None:
+        own: psycopg.Connection | None = None
+        due = time.monotonic() + ANNOUNCE_S
+        try:
+            while not stopping.wait(max(0.0, due - time.monotonic())):
+                due = max(due + ANNOUNCE_S, time.monotonic())
+                try:
+                    followed = self._followed
+                    tenants = sorted(set(followed())) if followed is not None else []
+                    if tenants:
+                        own = own if own is not None and not own.closed else _connect()
+                        own.execute(_ANNOUNCE_ASYNC_SQL, [notify.WATCH_CHANNEL, tenants])
+                except Exception as error:
+                    # The database is down: the next round connects again (deltas are a courtesy).
+                    logger.warning("could not announce the tenants followed live: %s", error)
+                    _close(own)
+                    own = None
+        finally:
+            _close(own)
+
+
+def _connect() -> psycopg.Connection:
+    return notify.dedicated_connection()
+
+
+def _close(own: psycopg.Connection | None) -> None:
+    if own is not None:
+        try:
+            own.close()
+        except Exception:
+            logger.debug("closing the announcer's connection failed", exc_info=True)
 
 
 class _Watch:
@@ -103,35 +141,67 @@ class _Watch:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._heard: dict[str, float] = {}
-        self._started = False
+        self._next_prune = 0.0
+        self._token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._pinged: float | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._unsubscribe is not None
 
     def start(self) -> None:
         with self._lock:
-            if self._started:
+            if self._unsubscribe is not None:
                 return
-            self._started = True
-        notify.subscribe(notify.WATCH_CHANNEL, notify.ANY, self._announced)
+            self._pinged = None
+            self._unsubscribe = notify.subscribe(notify.WATCH_CHANNEL, notify.ANY, self._heard_of)
 
-    def _announced(self, channel: str, key: str, data: dict[str, Any] | None) -> None:
-        user_id = data.get("user_id") if data else None
-        if not isinstance(user_id, str):
+    def stop(self) -> None:
+        with self._lock:
+            unsubscribe, self._unsubscribe = self._unsubscribe, None
+            self._heard.clear()
+        if unsubscribe is not None:
+            unsubscribe()
+
+    def ping(self) -> None:
+        """Notify this watch's own token from this thread's connection (autocommit): hearing it
+        shows that the listener hears what other connections send."""
+        if self.started:
+            with server_bound_cursor() as cursor:
+                cursor.execute(_PING_SQL, [notify.WATCH_CHANNEL, self._token])
+
+    def _heard_of(self, channel: str, key: str, data: dict[str, Any] | None) -> None:
+        if not data:
             return
         now = time.monotonic()
+        user_id = data.get("user_id")
         with self._lock:
-            self._heard[user_id] = now
-            if len(self._heard) > 1000:
-                self._heard = {u: t for u, t in self._heard.items() if now - t < EXPIRES_S}
+            if data.get("ping") == self._token:
+                self._pinged = now
+            elif isinstance(user_id, str):
+                self._heard[user_id] = now
+                if now >= self._next_prune:
+                    self._heard = {u: t for u, t in self._heard.items() if now - t < EXPIRES_S}
+                    self._next_prune = now + EXPIRES_S
 
     def followed(self, user_id: str) -> bool:
-        if not self._started:
+        if not self.started:
             return True
         since = notify.listening_since(notify.WATCH_CHANNEL)
         now = time.monotonic()
         if since is None or now - since < SETTLED_S:
             return True
         with self._lock:
-            heard = self._heard.get(user_id)
+            pinged, heard = self._pinged, self._heard.get(user_id)
+        if pinged is None or now - pinged > _ping_fresh_s():
+            return True
         return heard is not None and now - heard < EXPIRES_S
+
+
+def _ping_fresh_s() -> float:
+    """How recent the worker's last ping heard must be: three heartbeats, and a settling."""
+    return 3 * settings.WORKER_HEARTBEAT_SECONDS + SETTLED_S
 
 
 _announcer = _Announcer()
@@ -150,8 +220,18 @@ def announcer_stop() -> None:
 
 
 def watch_start() -> None:
-    """Hear the announcements in this process from now on (a turn worker calls it once)."""
+    """Hear the announcements in this process from now on (a turn worker, as it starts)."""
     _watch.start()
+
+
+def watch_stop() -> None:
+    """Stop hearing them (the turn worker has stopped): deltas go out again unconditionally."""
+    _watch.stop()
+
+
+def watch_ping() -> None:
+    """The started watch's ping (the turn worker's heartbeat sends it); nothing otherwise."""
+    _watch.ping()
 
 
 def tenant_followed(user_id: str) -> bool:

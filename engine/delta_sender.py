@@ -22,15 +22,10 @@ from collections.abc import Sequence
 
 import psycopg
 
-from core.notify import DELTAS_CHANNEL, dedicated_connection
+from core.notify import ASYNC_COMMIT_SQL, DELTAS_CHANNEL, dedicated_connection
 
 logger = logging.getLogger(__name__)
 
-# A delta's transaction writes nothing that lasts, so its commit need not wait for the log to
-# reach the disk, as every other commit does (3x the statement's own cost: a notification-only
-# commit still flushes). The setting is the transaction's own (set_config's is_local), taken once
-# before the first row; the notifications are delivered at commit all the same.
-ASYNC_COMMIT_SQL = "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"
 # Several notifications in one statement, in the array's order (one transaction: PostgreSQL
 # delivers them in the order they were sent, and they differ by offset, so none is folded).
 NOTIFY_MANY_IN_TRANSACTION_SQL = (

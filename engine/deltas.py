@@ -32,9 +32,8 @@ from conversations.models import Thread
 from conversations.services import lease_check
 from core.db import server_bound_cursor
 from core.delta_watch import tenant_followed
-from core.notify import DELTAS_CHANNEL
+from core.notify import ASYNC_COMMIT_SQL, DELTAS_CHANNEL
 from engine.delta_sender import (
-    ASYNC_COMMIT_SQL,
     NOTIFY_MANY_IN_TRANSACTION_SQL,
     NOTIFY_MANY_SQL,
     delta_sender,
@@ -220,6 +219,8 @@ class DeltaPublisher:
         if text == self._sent:
             return
         if self.user_id is not None and not tenant_followed(self.user_id):
+            # Nobody follows: once someone does, the text goes out whole again (offset 0).
+            self._sent = ""
             return
         if len(text) <= MAX_PAYLOAD_BYTES:
             whole = delta_payloads(

@@ -160,6 +160,7 @@ class TurnWorker:
             # Turns in flight end, with their outcome or handed back (see _run_turn).
             pool.shutdown(wait=True)
             self._unregister()
+            delta_watch.watch_stop()
 
     def drain(self) -> int:
         """Run runnable threads one after another in this thread until none is left; returns
@@ -307,6 +308,8 @@ class TurnWorker:
                     [self.worker_id],
                 )
                 beat = cursor.rowcount
+                # Shows that this process's listener hears others (core.delta_watch).
+                delta_watch.watch_ping()
             if not beat:
                 # First beat, or the row was pruned as stalled (a long outage): register again,
                 # with the name in the same transaction, so a failure of either registers

@@ -8,19 +8,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import psycopg
 import pytest
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.test import Client
-from django.test.utils import CaptureQueriesContext
 
 from accounts.services import CreatedApiKey
 from conversations.models import Thread, ThreadEvent
 from conversations.services import message_handle, thread_claim
-from core import delta_watch, notify
+from conversations.stream_requests import conversation_source
+from core import delta_watch, notify, streams
 from engine.checkpoint import TurnState, checkpoint_save
 from engine.deltas import DeltaPublisher
 from engine.model_clients import EchoModel
@@ -45,13 +45,28 @@ def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
 @pytest.fixture
 def watch(monkeypatch: pytest.MonkeyPatch) -> Iterator[delta_watch._Watch]:
     """This process's watch, fresh and started, settled after 0.3 s, a tenant followed for 1 s
-    after its announcement."""
+    after its announcement, pinged every 0.1 s from another connection (as the turn worker's
+    heartbeat does) and trusted while a ping was heard in the last 0.5 s."""
     monkeypatch.setattr(delta_watch, "SETTLED_S", 0.3)
     monkeypatch.setattr(delta_watch, "EXPIRES_S", 1.0)
+    monkeypatch.setattr(delta_watch, "_ping_fresh_s", lambda: 0.5)
     fresh = delta_watch._Watch()
     monkeypatch.setattr(delta_watch, "_watch", fresh)
     fresh.start()
+    stop = threading.Event()
+
+    def pings() -> None:
+        while not stop.wait(0.1):
+            with suppress(DatabaseError):
+                delta_watch.watch_ping()
+            connection.close()
+
+    pinger = threading.Thread(target=pings, daemon=True)
+    pinger.start()
     yield fresh
+    stop.set()
+    pinger.join(timeout=5)
+    fresh.stop()
     notify.listener_stop()
 
 
@@ -93,13 +108,26 @@ def test_a_tenant_is_followed_from_its_announcement_until_it_expires(
     assert _eventually(lambda: not watch.followed("alice"), timeout=3)
 
 
-def test_a_watch_that_cannot_tell_says_followed(watch: delta_watch._Watch) -> None:
+def test_a_watch_that_cannot_tell_says_followed(
+    watch: delta_watch._Watch, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert _eventually(lambda: not watch.followed("alice"))
 
     notify.listener_stop()  # as when its connection is lost: announcements may be missed
-
     assert watch.followed("alice")
+
+    # Listening again: unsettled at first, then trusted once more.
+    notify.subscribe(notify.WATCH_CHANNEL, "nobody", lambda *args: None)()
+    assert watch.followed("alice")
+    assert _eventually(lambda: not watch.followed("alice"))
+
+    # Its own pings no longer heard (a half-open connection hears nothing): it cannot tell.
+    monkeypatch.setattr(watch, "ping", lambda: None)
+    assert _eventually(lambda: watch.followed("alice"))
+
     assert delta_watch._Watch().followed("alice")  # never started (a test, a one-off drain)
+    watch.stop()
+    assert watch.followed("alice")  # stopped with its worker
 
 
 def test_a_turns_deltas_go_out_only_while_its_tenant_is_followed(
@@ -111,22 +139,43 @@ def test_a_turns_deltas_go_out_only_while_its_tenant_is_followed(
         publisher = DeltaPublisher(
             thread_id=THREAD, conversation_id=None, step=step, interval_ms=1, user_id="carol"
         )
-        with CaptureQueriesContext(connection) as statements:
-            publisher.feed(f"text of step {step}")
-            publisher.close()
-        return len(statements)
+        publisher.feed(f"text of step {step}")
+        publisher.close()
+        return publisher.published
 
     with deltas_listener() as listener:
-        # Nobody follows carol: no statement, no notification.
+        # Nobody follows carol: nothing queued, nothing notified.
         assert publish(1) == 0
         delta_watch.announce(["carol"])
         assert _eventually(lambda: watch.followed("carol"))
-        publish(2)
+        assert publish(2) == 1
         received = listener.wait_for(lambda got: len(got) >= 1)
         time.sleep(0.2)
 
     assert [(d.body["step"], d.text) for d in listener.received] == [(2, "text of step 2")]
     assert received[0].thread_id == str(THREAD)
+
+
+def test_a_step_followed_again_sends_its_whole_text(watch: delta_watch._Watch) -> None:
+    delta_watch.announce(["ivan"])
+    assert _eventually(lambda: watch.followed("ivan"))
+    publisher = DeltaPublisher(
+        thread_id=THREAD, conversation_id=None, step=1, interval_ms=1, user_id="ivan"
+    )
+    with deltas_listener() as listener:
+        publisher.feed("first part")
+        assert _eventually(lambda: not watch.followed("ivan"))
+        publisher.feed("first part, second")  # nobody follows: not sent
+        delta_watch.announce(["ivan"])
+        assert _eventually(lambda: watch.followed("ivan"))
+        publisher.feed("first part, second, third")
+        listener.wait_for(lambda got: len(got) >= 2)
+
+    # A stream that opened meanwhile has no earlier text: the delta starts at offset 0.
+    assert [(d.body["offset"], d.text) for d in listener.received] == [
+        (0, "first part"),
+        (0, "first part, second, third"),
+    ]
 
 
 def test_opening_a_stream_announces_its_tenant_then_its_process_repeats_it(
@@ -147,14 +196,20 @@ def test_opening_a_stream_announces_its_tenant_then_its_process_repeats_it(
         assert _eventually(lambda: {"user_id": "dave"} in heard)
         # The test client has no hand-off: the stream ended with its replay, so the process has
         # none of dave's streams open and its announcer names nobody.
+        time.sleep(0.5)
+        assert heard == [{"user_id": "dave"}]
+
+        # A stream held open (as the hub holds a handed-off one) is announced every round.
+        source = conversation_source(sent.conversation_id, None, user_id="dave")
+        subscription = streams.hub().subscribe(source, "test-key")
+        try:
+            assert _eventually(lambda: heard.count({"user_id": "dave"}) >= 3)
+        finally:
+            subscription.cancel()
+        time.sleep(0.3)  # a round in flight
         count = len(heard)
         time.sleep(0.5)
-        assert len(heard) == count
-
-        followed = ["erin", "frank"]
-        delta_watch.announcer_start(lambda: followed)
-        assert _eventually(lambda: heard.count({"user_id": "erin"}) >= 2)
-    assert {"user_id": "frank"} in heard
+        assert len(heard) == count  # closed: no more
 
 
 @contextmanager
