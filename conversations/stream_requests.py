@@ -40,6 +40,10 @@ RECONNECT_MS = 1000
 # A client refused for too many streams may try again after this long.
 STREAM_CAP_RETRY_AFTER_S = 5
 LAST_EVENT_ID = "Last-Event-ID"
+# A stream reads once more this long after it opens: a step event that a turn worker recorded
+# without notifying, just before it heard of this stream (core.delta_watch), arrives then rather
+# than with the thread's next event.
+LATE_READ_S = 2.0
 
 
 def cursor_given(request: HttpRequest | Request) -> tuple[str, str] | None:
@@ -147,5 +151,6 @@ def stream_open(
     else:
         if more:
             subscription.read_soon()
+        subscription.read_after(LATE_READ_S)
         offer(subscription)
     return streams.event_stream_response(first)

@@ -57,10 +57,8 @@ _ANNOUNCE_SQL = (
     " FROM unnest(%s::text[]) AS tenant"
 )
 _ANNOUNCE_ASYNC_SQL = f"{_ANNOUNCE_SQL} WHERE {notify.ASYNC_COMMIT_SQL}"
-_PING_SQL = (
-    "SELECT pg_notify(%s, 'ping ' || json_build_object('ping', %s::text)::text)"
-    f" WHERE {notify.ASYNC_COMMIT_SQL}"
-)
+_PING_SQL = "SELECT pg_notify(%s, 'ping ' || json_build_object('ping', %s::text)::text)"
+_PING_ASYNC_SQL = f"{_PING_SQL} WHERE {notify.ASYNC_COMMIT_SQL}"
 
 
 def announce(user_ids: Iterable[str]) -> None:
@@ -168,8 +166,9 @@ class _Watch:
         """Notify this watch's own token from this thread's connection (autocommit): hearing it
         shows that the listener hears what other connections send."""
         if self.started:
+            sql = _PING_SQL if connection.in_atomic_block else _PING_ASYNC_SQL
             with server_bound_cursor() as cursor:
-                cursor.execute(_PING_SQL, [notify.WATCH_CHANNEL, self._token])
+                cursor.execute(sql, [notify.WATCH_CHANNEL, self._token])
 
     def _heard_of(self, channel: str, key: str, data: dict[str, Any] | None) -> None:
         if not data:
@@ -200,8 +199,9 @@ class _Watch:
 
 
 def _ping_fresh_s() -> float:
-    """How recent the worker's last ping heard must be: three heartbeats, and a settling."""
-    return 3 * settings.WORKER_HEARTBEAT_SECONDS + SETTLED_S
+    """How recent the worker's last ping heard must be: three heartbeats and a settling, but
+    never more than a minute (with slower heartbeats the worker simply always publishes)."""
+    return min(3 * settings.WORKER_HEARTBEAT_SECONDS + SETTLED_S, 60.0)
 
 
 _announcer = _Announcer()

@@ -159,6 +159,7 @@ class Subscription(asyncio.Protocol):
         self._allowance = 0
         self._timers: list[asyncio.TimerHandle] = []
         self._unsubscribes: list[Callable[[], None]] = []
+        self._read_after: float | None = None
 
     def _subscribe(self) -> None:
         for channel, key in self.source.topics:
@@ -177,6 +178,10 @@ class Subscription(asyncio.Protocol):
     def read_soon(self) -> None:
         """Read as soon as the stream is open (the replay stopped at its page size)."""
         self._read_wanted = True
+
+    def read_after(self, seconds: float) -> None:
+        """Read once more this long after the stream opens, notified or not."""
+        self._read_after = seconds
 
     def cancel(self) -> None:
         """Give the stream up before ``adopt``: its subscriptions and key slot go (idempotent)."""
@@ -238,6 +243,8 @@ class Subscription(asyncio.Protocol):
             loop.call_later(self.hub.keepalive, self._keepalive),
             loop.call_later(lifetime, self._close, "lifetime"),
         ]
+        if self._read_after is not None:
+            self._timers.append(loop.call_later(self._read_after, self._read_late))
         pending, self._pending = self._pending, []
         for notification in pending:
             self._notified(*notification)
@@ -245,6 +252,11 @@ class Subscription(asyncio.Protocol):
             if self._read_wanted:
                 self._read()
             self._emit([])
+
+    def _read_late(self) -> None:
+        if self.state == OPEN:
+            with self._guarded():
+                self._read()
 
     def _keepalive(self) -> None:
         if self.state == OPEN:

@@ -175,7 +175,11 @@ def checkpoint_save(
             if step is None
             else WriteFence(
                 STEP_FENCE_SQL,
-                {**params, "fence_step": Jsonb(step), "fence_unfollowed": _unfollowed(user_id)},
+                {
+                    **params,
+                    "fence_step": Jsonb(step),
+                    "fence_unfollowed": _unfollowed(user_id, conversation_too=conversation_too),
+                },
                 effect=STEP_EVENT_SQL,
             )
         )
@@ -213,11 +217,12 @@ def checkpoint_save(
             )
 
 
-def _unfollowed(user_id: str) -> str:
+def _unfollowed(user_id: str, *, conversation_too: bool) -> str:
     """'on' when nobody follows ``user_id`` live (core.delta_watch): the step's event is then
-    recorded without a notification. Never inside a caller's transaction, whose own events
-    must still notify (the setting lasts until its commit)."""
-    quiet = not connection.in_atomic_block and not tenant_followed(user_id)
+    recorded without a notification. Never inside a transaction (a caller's, or the one
+    ``conversation_too`` opens), whose other events must still notify: the setting lasts until
+    its commit."""
+    quiet = not conversation_too and not connection.in_atomic_block and not tenant_followed(user_id)
     return "on" if quiet else "off"
 
 

@@ -46,7 +46,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils.module_loading import import_string
 
 from conversations.models import Thread
@@ -308,8 +308,7 @@ class TurnWorker:
                     [self.worker_id],
                 )
                 beat = cursor.rowcount
-                # Shows that this process's listener hears others (core.delta_watch).
-                delta_watch.watch_ping()
+                self._ping()
             if not beat:
                 # First beat, or the row was pruned as stalled (a long outage): register again,
                 # with the name in the same transaction, so a failure of either registers
@@ -325,6 +324,14 @@ class TurnWorker:
                     )
                 self.worker_id = worker_id
         self._next_heartbeat = now + settings.WORKER_HEARTBEAT_SECONDS
+
+    def _ping(self) -> None:
+        """Show that this process's listener hears other connections (core.delta_watch): a
+        courtesy, so its failure is no database failure of the worker's."""
+        try:
+            delta_watch.watch_ping()
+        except DatabaseError as error:
+            logger.info("turn worker %s: the delta watch's ping failed: %s", self.name, error)
 
     def _unregister(self) -> None:
         if self.worker_id is None:

@@ -261,6 +261,23 @@ def test_every_stream_reads_again_when_the_listener_reconnects(
         client.close()
 
 
+def test_a_stream_asked_to_reads_once_more_after_it_opens_without_a_notification(
+    stream_port: int, make_hub: Callable[..., Hub], listener_up: None
+) -> None:
+    make_hub()
+    late = StreamClient(stream_port, topic="late", read_after="0.3")
+    plain = StreamClient(stream_port, topic="plain")
+    for client in (late, plain):
+        client.read_head()
+        client.read_chunk()
+
+    late.read_until(b"data: read 1\n\n", timeout=5)
+    with pytest.raises(AssertionError, match="nothing arrived"):
+        plain.read_chunk(timeout=1)  # not asked to: no read without a notification
+    late.close()
+    plain.close()
+
+
 def test_a_notification_between_the_replay_and_the_hand_off_is_kept(
     stream_port: int, make_hub: Callable[..., Hub], listener_up: None
 ) -> None:

@@ -118,6 +118,8 @@ def events(request: HttpRequest) -> HttpResponse:
         return HttpResponse(replay, content_type="text/event-stream")
     if source.pages:
         subscription.read_soon()
+    if request.GET.get("read_after"):
+        subscription.read_after(float(request.GET["read_after"]))
     handoff(subscription)
     return streams.event_stream_response(replay)
 
