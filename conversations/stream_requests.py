@@ -30,7 +30,7 @@ from conversations.streams import (
     conversation_now,
     thread_cursor_parse,
 )
-from core import delta_watch, streams
+from core import delta_watch, stream_handoff, streams
 from core.errors import InvalidInput, RateLimited
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def stream_open(
         subscription.cancel()
         raise
     first = b"".join([b": stream open\n\n", f"retry: {RECONNECT_MS}\n\n".encode(), *frames])
-    offer = streams.handoff_offered(request)
+    offer = stream_handoff.handoff_offered(request)
     if offer is None or source.done():
         # No hub under this server, or nothing more will come: the replay alone, then the end.
         subscription.cancel()
@@ -153,4 +153,4 @@ def stream_open(
             subscription.read_soon()
         subscription.read_after(LATE_READ_S)
         offer(subscription)
-    return streams.event_stream_response(first)
+    return stream_handoff.event_stream_response(first)

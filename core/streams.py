@@ -7,8 +7,9 @@ fit in one process. The hub is an asyncio loop in a daemon thread, started on fi
 
 A view (``conversations.stream_requests.stream_open``) takes one of its key's slots
 (``hub.admit``), subscribes (``hub.subscribe``), reads the replay, and hands the subscription to
-the web server's offer (``handoff_offered``), answering ``event_stream_response(replay)``; under
-another server there is no offer, and it cancels the subscription and answers the replay alone.
+the web server's offer (``core.stream_handoff``), answering ``event_stream_response(replay)``;
+under another server there is no offer, and it cancels the subscription and answers the replay
+alone.
 
 Subscribing first means nothing is lost: a notification committed between the replay read and
 the hand-off is kept for the source and given to it once the stream is open (the source drops
@@ -46,16 +47,12 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, HttpResponse
-from rest_framework.request import Request
 
 from core import notify
 from core.metrics import STREAM_FRAMES_SENT, STREAMS_CLOSED, STREAMS_OPEN
 
 logger = logging.getLogger(__name__)
 
-# Where the web server offers the hand-off in the WSGI environ (a ``Handoff``).
-HANDOFF_ENVIRON_KEY = "ironclaw.stream_handoff"
 KEEPALIVE = b": keep-alive\n\n"
 # Notifications kept for a stream not open yet; past them one read stands for them all.
 PENDING_MAX = 64
@@ -99,32 +96,6 @@ class StreamSource(Protocol):
     def done(self) -> bool:
         """True once the stream has sent all it ever will (the hub then ends it cleanly)."""
         ...
-
-
-class Handoff:
-    """The web server's offer, in the WSGI environ, to take a response's connection over: the
-    view calls it with its subscription, then returns the replay as a 200."""
-
-    subscription: Subscription | None = None
-
-    def __call__(self, subscription: Subscription) -> None:
-        self.subscription = subscription
-
-
-def handoff_offered(request: HttpRequest | Request) -> Handoff | None:
-    """The hand-off the web server offers for ``request`` (Django's or DRF's); None under any
-    other server."""
-    offered = request.META.get(HANDOFF_ENVIRON_KEY)
-    return offered if isinstance(offered, Handoff) else None
-
-
-def event_stream_response(first: bytes) -> HttpResponse:
-    """A stream's response: ``first`` (the replay) now, then whatever the hub sends."""
-    response = HttpResponse(first, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    # nginx and its kind would otherwise hold the frames back to fill their buffers.
-    response["X-Accel-Buffering"] = "no"
-    return response
 
 
 def _read_run(plan: Callable[[], object]) -> object:

@@ -30,7 +30,7 @@ from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, Task, ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import BadRequest
 
-from core import streams
+from core import stream_handoff, streams
 from core.api.exceptions import error_body
 from core.metrics import REQUEST_DURATION
 
@@ -84,17 +84,18 @@ class HeadersOnlyForHead(Task):
 class ApplicationTask(HeadersOnlyForHead, WSGITask):
     """A request for the application, which may hand its connection to the streams' hub.
 
-    The hand-off is offered in the environ (``core.streams.Handoff``). When the view took it and
-    the response that came out of the middleware is a 200, its body (the replay) is kept rather
-    than written, and the hub gets a duplicate of the socket with the head built here (no
-    Content-Length: chunked for HTTP/1.1, up to the close for 1.0; ``Connection: close``).
+    The hand-off is offered in the environ (``core.stream_handoff.Handoff``). When the view
+    took it and the response that came out of the middleware is a 200, its body (the replay) is
+    kept rather than written, and the hub gets a duplicate of the socket with the head built
+    here (no Content-Length: chunked for HTTP/1.1, up to the close for 1.0;
+    ``Connection: close``).
     Waitress, having written nothing, then closes its own descriptor as after any response with
     ``Connection: close``: a close, never a shutdown, so the connection lives on in the hub's.
     Any other response is written as usual and the stream's subscription cancelled."""
 
     def __init__(self, channel: HTTPChannel, request: Any):
         super().__init__(channel, request)
-        self.handoff = streams.Handoff()
+        self.handoff = stream_handoff.Handoff()
         self.first_bytes: list[bytes] = []
 
     def get_environment(self) -> dict[str, Any]:
@@ -102,7 +103,7 @@ class ApplicationTask(HeadersOnlyForHead, WSGITask):
         if self.is_head:
             # A file response would otherwise be sent by waitress straight from the file.
             environ.pop("wsgi.file_wrapper", None)
-        environ[streams.HANDOFF_ENVIRON_KEY] = self.handoff
+        environ[stream_handoff.HANDOFF_ENVIRON_KEY] = self.handoff
         return environ
 
     @property

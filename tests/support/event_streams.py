@@ -23,7 +23,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
-from core import streams
+from core import stream_handoff, streams
 from core.notify import EVENTS_CHANNEL
 from operations import web_server
 
@@ -112,7 +112,7 @@ def events(request: HttpRequest) -> HttpResponse:
     except BaseException:
         subscription.cancel()
         raise
-    handoff = streams.handoff_offered(request)
+    handoff = stream_handoff.handoff_offered(request)
     if handoff is None:
         subscription.cancel()
         return HttpResponse(replay, content_type="text/event-stream")
@@ -121,7 +121,7 @@ def events(request: HttpRequest) -> HttpResponse:
     if request.GET.get("read_after"):
         subscription.read_after(float(request.GET["read_after"]))
     handoff(subscription)
-    return streams.event_stream_response(replay)
+    return stream_handoff.event_stream_response(replay)
 
 
 urlpatterns = [path("events", events)]
