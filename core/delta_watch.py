@@ -8,10 +8,11 @@ its streams is open somewhere.
 
 The web processes that serve streams say so: a stream announces its tenant on
 ``ironclaw_watch`` when it opens, and its process announces the tenants of all its open streams
-every ``ANNOUNCE_S`` while they stay open (one statement, one notification a tenant, on a
-connection of the announcer's own). A turn worker (``watch_start``) hears the announcements on
-its process's listening connection and keeps, for each tenant, when it last heard of it: a
-tenant is followed for ``EXPIRES_S`` after that (late or lost announcements are forgiven).
+every ``ANNOUNCE_S`` while they stay open (one statement, as few notifications as the tenant
+ids fit in, on a connection of the announcer's own). A turn worker (``watch_start``) hears the
+announcements on its process's listening connection and keeps, for each tenant, when it last
+heard of it: a tenant is followed for ``EXPIRES_S`` after that (late or lost announcements are
+forgiven).
 
 Whenever the worker cannot know, it publishes: the watch is not started (a test, a one-off
 ``drain``), its listener has listened for less than ``SETTLED_S`` (an announcement of a stream
@@ -28,6 +29,7 @@ engine asked for them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -52,24 +54,44 @@ SETTLED_S = ANNOUNCE_S + 2.0
 # How long a tenant counts as followed after its last announcement (two may be late or lost).
 EXPIRES_S = 3 * ANNOUNCE_S
 
-_ANNOUNCE_SQL = (
-    "SELECT pg_notify(%s, 'watch ' || json_build_object('user_id', tenant)::text)"
-    " FROM unnest(%s::text[]) AS tenant"
-)
+# Tenants announced together, in as few notifications as fit: each 'watch {"user_ids": [...]}'
+# stays under PostgreSQL's 8,000-byte payload limit (a tenant id takes at most about 1,000).
+PAYLOAD_MAX_BYTES = 7800
+_ANNOUNCE_SQL = "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload"
 _ANNOUNCE_ASYNC_SQL = f"{_ANNOUNCE_SQL} WHERE {notify.ASYNC_COMMIT_SQL}"
 _PING_SQL = "SELECT pg_notify(%s, 'ping ' || json_build_object('ping', %s::text)::text)"
 _PING_ASYNC_SQL = f"{_PING_SQL} WHERE {notify.ASYNC_COMMIT_SQL}"
 
 
+def announcements(user_ids: Iterable[str]) -> list[str]:
+    """The payloads that announce ``user_ids``, as few as fit (none for none)."""
+    payloads: list[str] = []
+    batch: list[str] = []
+    size = 0
+    for user_id in sorted(set(user_ids)):
+        encoded = len(json.dumps(user_id, ensure_ascii=False).encode()) + 2  # and ", "
+        if batch and size + encoded > PAYLOAD_MAX_BYTES:
+            payloads.append(_payload(batch))
+            batch, size = [], 0
+        batch.append(user_id)
+        size += encoded
+    if batch:
+        payloads.append(_payload(batch))
+    return payloads
+
+
+def _payload(user_ids: list[str]) -> str:
+    return "watch " + json.dumps({"user_ids": user_ids}, ensure_ascii=False)
+
+
 def announce(user_ids: Iterable[str]) -> None:
     """Tell the turn workers that ``user_ids``' deltas are followed: one statement on this
     thread's connection, delivered when it commits (at once in autocommit)."""
-    tenants = sorted(set(user_ids))
-    if not tenants:
-        return
-    sql = _ANNOUNCE_SQL if connection.in_atomic_block else _ANNOUNCE_ASYNC_SQL
-    with server_bound_cursor() as cursor:
-        cursor.execute(sql, [notify.WATCH_CHANNEL, tenants])
+    payloads = announcements(user_ids)
+    if payloads:
+        sql = _ANNOUNCE_SQL if connection.in_atomic_block else _ANNOUNCE_ASYNC_SQL
+        with server_bound_cursor() as cursor:
+            cursor.execute(sql, [notify.WATCH_CHANNEL, payloads])
 
 
 class _Announcer:
@@ -108,10 +130,10 @@ class _Announcer:
                 due = max(due + ANNOUNCE_S, time.monotonic())
                 try:
                     followed = self._followed
-                    tenants = sorted(set(followed())) if followed is not None else []
-                    if tenants:
+                    payloads = announcements(followed()) if followed is not None else []
+                    if payloads:
                         own = own if own is not None and not own.closed else _connect()
-                        own.execute(_ANNOUNCE_ASYNC_SQL, [notify.WATCH_CHANNEL, tenants])
+                        own.execute(_ANNOUNCE_ASYNC_SQL, [notify.WATCH_CHANNEL, payloads])
                 except Exception as error:
                     # The database is down: the next round connects again (deltas are a courtesy).
                     logger.warning("could not announce the tenants followed live: %s", error)
@@ -174,12 +196,12 @@ class _Watch:
         if not data:
             return
         now = time.monotonic()
-        user_id = data.get("user_id")
+        user_ids = data.get("user_ids")
         with self._lock:
             if data.get("ping") == self._token:
                 self._pinged = now
-            elif isinstance(user_id, str):
-                self._heard[user_id] = now
+            elif isinstance(user_ids, list):
+                self._heard.update((u, now) for u in user_ids if isinstance(u, str))
                 if now >= self._next_prune:
                     self._heard = {u: t for u, t in self._heard.items() if now - t < EXPIRES_S}
                     self._next_prune = now + EXPIRES_S

@@ -73,9 +73,9 @@ def watch(monkeypatch: pytest.MonkeyPatch) -> Iterator[delta_watch._Watch]:
 
 
 @contextmanager
-def _announcements() -> Iterator[list[dict[str, str]]]:
+def _announcements() -> Iterator[list[dict[str, list[str]]]]:
     """What arrives on ironclaw_watch, heard on a LISTEN connection of the test's own."""
-    heard: list[dict[str, str]] = []
+    heard: list[dict[str, list[str]]] = []
     stop = threading.Event()
     with psycopg.connect(**psycopg_params(), autocommit=True) as listen:
         listen.execute(f"LISTEN {notify.WATCH_CHANNEL}")
@@ -95,6 +95,27 @@ def _announcements() -> Iterator[list[dict[str, str]]]:
             thread.join(timeout=5)
 
 
+def _count(heard: list[dict[str, list[str]]], user_id: str) -> int:
+    """How many of the announcements heard name ``user_id``."""
+    return sum(user_id in announced["user_ids"] for announced in heard)
+
+
+def test_tenants_are_announced_in_as_few_notifications_as_fit() -> None:
+    tenants = [f"tenant-{n:04d}-" + "é" * 200 for n in range(300)]  # 200 two-byte characters
+
+    payloads = delta_watch.announcements([*tenants, *tenants])
+
+    announced = [json.loads(payload.removeprefix("watch "))["user_ids"] for payload in payloads]
+    assert sorted(u for batch in announced for u in batch) == sorted(tenants)
+    sizes = [len(payload.encode()) for payload in payloads]
+    assert all(size < 8000 for size in sizes)
+    # As few as fit: none but the last could have taken the next one's first tenant.
+    for size, following in zip(sizes, announced[1:], strict=False):
+        assert size + len(json.dumps(following[0], ensure_ascii=False).encode()) + 2 > 7800
+    assert len(payloads) == 17  # about 420 bytes a tenant, 18 to a notification
+    assert delta_watch.announcements([]) == []
+
+
 def test_a_tenant_is_followed_from_its_announcement_until_it_expires(
     watch: delta_watch._Watch,
 ) -> None:
@@ -102,10 +123,11 @@ def test_a_tenant_is_followed_from_its_announcement_until_it_expires(
     assert watch.followed("alice")
     assert _eventually(lambda: not watch.followed("alice"))
 
-    delta_watch.announce(["alice", "a tenant with spaces {and braces}"])
+    many = [f"tenant {n} with spaces {{and braces}}" for n in range(500)]
+    delta_watch.announce(["alice", *many])
 
     assert _eventually(lambda: watch.followed("alice"))
-    assert watch.followed("a tenant with spaces {and braces}")
+    assert _eventually(lambda: all(watch.followed(tenant) for tenant in many))
     assert not watch.followed("bob")
     assert _eventually(lambda: not watch.followed("alice"), timeout=6)
 
@@ -195,23 +217,23 @@ def test_opening_a_stream_announces_its_tenant_then_its_process_repeats_it(
     with _announcements() as heard:
         response = api.get(f"/api/v1/conversations/{sent.conversation_id}/events")
         assert response.status_code == 200
-        assert _eventually(lambda: {"user_id": "dave"} in heard)
+        assert _eventually(lambda: _count(heard, "dave") == 1)
         # The test client has no hand-off: the stream ended with its replay, so the process has
         # none of dave's streams open and its announcer names nobody.
         time.sleep(0.5)
-        assert heard.count({"user_id": "dave"}) == 1
+        assert _count(heard, "dave") == 1
 
         # A stream held open (as the hub holds a handed-off one) is announced every round.
         source = conversation_source(sent.conversation_id, None, user_id="dave")
         subscription = streams.hub().subscribe(source, "test-key")
         try:
-            assert _eventually(lambda: heard.count({"user_id": "dave"}) >= 3)
+            assert _eventually(lambda: _count(heard, "dave") >= 3)
         finally:
             subscription.cancel()
         time.sleep(0.3)  # a round in flight
-        count = heard.count({"user_id": "dave"})
+        count = _count(heard, "dave")
         time.sleep(0.5)
-        assert heard.count({"user_id": "dave"}) == count  # closed: no more
+        assert _count(heard, "dave") == count  # closed: no more
 
 
 @contextmanager
