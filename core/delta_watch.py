@@ -9,7 +9,7 @@ its streams is open somewhere.
 The web processes that serve streams say so: a stream announces its tenant on
 ``ironclaw_watch`` when it opens, and its process announces the tenants of all its open streams
 every ``ANNOUNCE_S`` while they stay open (one statement, as few notifications as the tenant
-ids fit in, on a connection of the announcer's own). A turn worker (``watch_start``) hears the
+ids fit in, on a connection made for the round). A turn worker (``watch_start``) hears the
 announcements on its process's listening connection and keeps, for each tenant, when it last
 heard of it: a tenant is followed for ``EXPIRES_S`` after that (late or lost announcements are
 forgiven).
@@ -38,7 +38,6 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import psycopg
 from django.conf import settings
 from django.db import connection
 
@@ -96,8 +95,9 @@ def announce(user_ids: Iterable[str]) -> None:
 
 class _Announcer:
     """A web process's daemon thread announcing, every ``ANNOUNCE_S`` on the clock (not after
-    each round), the tenants that ``followed()`` names (its open streams'), on a connection of
-    its own: a busy pool must not make the announcements late. Started by the first stream."""
+    each round), the tenants that ``followed()`` names (its open streams'), on a connection
+    made for the round: no wait for a busy pool, and no connection held between rounds.
+    Started by the first stream."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -123,36 +123,19 @@ class _Announcer:
             thread.join(timeout=5)
 
     def _run(self, stopping: threading.Event) -> None:
-        own: psycopg.Connection | None = None
         due = time.monotonic() + ANNOUNCE_S
-        try:
-            while not stopping.wait(max(0.0, due - time.monotonic())):
-                due = max(due + ANNOUNCE_S, time.monotonic())
-                try:
-                    followed = self._followed
-                    payloads = announcements(followed()) if followed is not None else []
-                    if payloads:
-                        own = own if own is not None and not own.closed else _connect()
+        while not stopping.wait(max(0.0, due - time.monotonic())):
+            due = max(due + ANNOUNCE_S, time.monotonic())
+            try:
+                followed = self._followed
+                payloads = announcements(followed()) if followed is not None else []
+                if payloads:
+                    # Connected for the round only: an open stream holds no connection.
+                    with notify.dedicated_connection() as own:
                         own.execute(_ANNOUNCE_ASYNC_SQL, [notify.WATCH_CHANNEL, payloads])
-                except Exception as error:
-                    # The database is down: the next round connects again (deltas are a courtesy).
-                    logger.warning("could not announce the tenants followed live: %s", error)
-                    _close(own)
-                    own = None
-        finally:
-            _close(own)
-
-
-def _connect() -> psycopg.Connection:
-    return notify.dedicated_connection()
-
-
-def _close(own: psycopg.Connection | None) -> None:
-    if own is not None:
-        try:
-            own.close()
-        except Exception:
-            logger.debug("closing the announcer's connection failed", exc_info=True)
+            except Exception as error:
+                # The database is down: the next round tries again (deltas are a courtesy).
+                logger.warning("could not announce the tenants followed live: %s", error)
 
 
 class _Watch:
