@@ -56,7 +56,8 @@ NOTIFY_DECLARE = [("body", "text")]
 
 # Set (to 'on', for its own transaction) by a turn worker's step checkpoint when nobody follows
 # the tenant live (core.delta_watch): the event is recorded, and wakes nobody. A stream that
-# opens meanwhile reads it (its replay), or sees the gap at the thread's next event.
+# opens meanwhile reads it: in its replay, in its read 2 s after it opens
+# (conversations.stream_requests.LATE_READ_S), or on the gap at the thread's next event.
 UNFOLLOWED_SETTING = "ironclaw.unfollowed"
 
 # Payload: "<conversation id or -> <thread id> <json>".
