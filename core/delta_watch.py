@@ -39,10 +39,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
 
 from core import notify
-from core.db import server_bound_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +54,6 @@ EXPIRES_S = 3 * ANNOUNCE_S
 # Tenants announced together, in as few notifications as fit: each 'watch {"user_ids": [...]}'
 # stays under PostgreSQL's 8,000-byte payload limit (a tenant id takes at most about 1,000).
 PAYLOAD_MAX_BYTES = 7800
-_ANNOUNCE_SQL = "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload"
-_ANNOUNCE_ASYNC_SQL = f"{_ANNOUNCE_SQL} WHERE {notify.ASYNC_COMMIT_SQL}"
-_PING_SQL = "SELECT pg_notify(%s, 'ping ' || json_build_object('ping', %s::text)::text)"
-_PING_ASYNC_SQL = f"{_PING_SQL} WHERE {notify.ASYNC_COMMIT_SQL}"
 
 
 def announcements(user_ids: Iterable[str]) -> list[str]:
@@ -86,11 +80,7 @@ def _payload(user_ids: list[str]) -> str:
 def announce(user_ids: Iterable[str]) -> None:
     """Tell the turn workers that ``user_ids``' deltas are followed: one statement on this
     thread's connection, delivered when it commits (at once in autocommit)."""
-    payloads = announcements(user_ids)
-    if payloads:
-        sql = _ANNOUNCE_SQL if connection.in_atomic_block else _ANNOUNCE_ASYNC_SQL
-        with server_bound_cursor() as cursor:
-            cursor.execute(sql, [notify.WATCH_CHANNEL, payloads])
+    notify.notify_many(notify.WATCH_CHANNEL, announcements(user_ids))
 
 
 class _Announcer:
@@ -132,7 +122,7 @@ class _Announcer:
                 if payloads:
                     # Connected for the round only: an open stream holds no connection.
                     with notify.dedicated_connection() as own:
-                        own.execute(_ANNOUNCE_ASYNC_SQL, [notify.WATCH_CHANNEL, payloads])
+                        own.execute(notify.NOTIFY_MANY_ASYNC_SQL, [notify.WATCH_CHANNEL, payloads])
             except Exception as error:
                 # The database is down: the next round tries again (deltas are a courtesy).
                 logger.warning("could not announce the tenants followed live: %s", error)
@@ -171,9 +161,8 @@ class _Watch:
         """Notify this watch's own token from this thread's connection (autocommit): hearing it
         shows that the listener hears what other connections send."""
         if self.started:
-            sql = _PING_SQL if connection.in_atomic_block else _PING_ASYNC_SQL
-            with server_bound_cursor() as cursor:
-                cursor.execute(sql, [notify.WATCH_CHANNEL, self._token])
+            ping = "ping " + json.dumps({"ping": self._token})
+            notify.notify_many(notify.WATCH_CHANNEL, [ping])
 
     def _heard_of(self, channel: str, key: str, data: dict[str, Any] | None) -> None:
         if not data:

@@ -54,6 +54,9 @@ LISTENER_KEEPALIVES = {
 # is_local), taken once before the first row; the notifications are delivered at commit all the
 # same. A WHERE clause for a statement in autocommit, never inside a caller's transaction.
 ASYNC_COMMIT_SQL = "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"
+# Several notifications on one channel in one statement, in the array's order.
+NOTIFY_MANY_SQL = "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload"
+NOTIFY_MANY_ASYNC_SQL = f"{NOTIFY_MANY_SQL} WHERE {ASYNC_COMMIT_SQL}"
 # An API key revoked or deleted: "key:<id>" (its open streams end).
 KEYS_CHANNEL = "ironclaw_keys"
 # The tenants whose token deltas an open stream follows, announced by the web processes that
@@ -310,6 +313,16 @@ class _Listener:
                 self._wake_all()
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+
+def notify_many(channel: str, payloads: list[str]) -> None:
+    """Send ``payloads`` on ``channel`` in one statement on this thread's connection, delivered
+    when it commits: at once, without waiting for the disk, in autocommit; with the caller's
+    transaction (whose commit stays synchronous) inside one. Nothing for no payloads."""
+    if payloads:
+        sql = NOTIFY_MANY_SQL if connection.in_atomic_block else NOTIFY_MANY_ASYNC_SQL
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [channel, payloads])
 
 
 def dedicated_connection() -> psycopg.Connection:
