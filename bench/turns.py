@@ -9,7 +9,10 @@ echo model stands in for the model: a turn is ``--checkpoints`` model calls addi
 every call.
 
 Per turn: end-to-end time (message posted -> agent entry seen by the client) and overhead (that
-minus the model's time). Two configurations, each on a fresh database, in the same run:
+minus the model's time). The measured turns come after a first burst of one turn per tenant, all
+at once, whose figures print apart: it grows the database pools to their peak, and every
+connection it adds is a new PostgreSQL session paying its first statements' costs once. Two
+configurations, each on a fresh database, in the same run:
 
 - ours: the defaults (engine state in runtime paths: one upsert, never indexed; indexing queued;
   a database pool of DATABASE_POOL_SIZE's default), with the same embeddings API as the baseline,

@@ -50,6 +50,8 @@ class Summary:
     model_from_server: int
     phases: dict[str, float]  # mean ms of each gap the server's timings allow
     cpu_ms_per_turn: dict[str, float]  # by role
+    # The first burst, one turn per tenant on pools and sessions not yet grown (turns_service).
+    cold: Summary | None = None
 
     def row(self, values: list[float]) -> list[float]:
         return [percentile(values, p) * 1000 for p in (0.5, 0.95, 0.99)] + [
@@ -110,7 +112,10 @@ def summarise(run: Run, load: Load) -> Summary:
             gap("last model call->finished", spans[-1][1], finished)
         gap("finished->reply seen", finished, turn.seen_at)
     phases = {phase: statistics.fmean(values) for phase, values in gaps.items() if values}
-    return Summary(e2e, overhead, from_server, phases, run.cpu_ms_per_turn)
+    cold = None
+    if run.cold_turns:
+        cold = summarise(Run(run.cold_turns, run.cold_cpu_ms_per_turn), load)
+    return Summary(e2e, overhead, from_server, phases, run.cpu_ms_per_turn, cold)
 
 
 def print_table(label: str, summary: Summary, load: Load) -> None:
@@ -132,6 +137,14 @@ def print_table(label: str, summary: Summary, load: Load) -> None:
     else:
         print("mean gaps: the server reports no thread timings yet (claimed_at, model_calls...)")
     print(f"CPU per turn: {format_cpu(summary.cpu_ms_per_turn)}")
+    if summary.cold is not None:
+        p50, p95 = (percentile(summary.cold.overhead, p) * 1000 for p in (0.5, 0.95))
+        count = len(summary.cold.e2e)
+        print(
+            f"first burst, before the measured turns ({count} turn{'s' * (count != 1)}, one per "
+            f"tenant, while the pools grow): overhead p50 {p50:.1f} / p95 {p95:.1f} ms; "
+            f"CPU per turn {format_cpu(summary.cold.cpu_ms_per_turn)}"
+        )
 
 
 def print_ratios(ours: Summary, baseline: Summary) -> None:

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 import psutil
@@ -191,12 +191,14 @@ def drive(
     *,
     until: float | None = None,
     after_turn: Callable[[Turn, str], None] | None = None,
+    prefix: str = "",
 ) -> list[Turn]:
     """Every tenant in its own thread, released together; all turns, or the first failure.
 
     Each tenant takes ``load.turns`` turns, or with ``until`` (a ``time.monotonic()`` deadline)
     as many as it starts before it. ``after_turn(turn, key)`` runs on the tenant's thread after
-    each of its turns, inside its loop (a benchmark's extra request)."""
+    each of its turns, inside its loop (a benchmark's extra request). ``prefix`` starts each
+    message and label (the turns of another round)."""
     turns: list[Turn] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -210,8 +212,8 @@ def drive(
             for index in itertools.count() if until is not None else range(load.turns):
                 if until is not None and time.monotonic() >= until:
                     return
-                what = f"tenant {number} turn {index + 1}"
-                content = f"turn {index + 1} of tenant {number}"
+                what = f"{prefix} tenant {number} turn {index + 1}".lstrip()
+                content = f"{prefix} turn {index + 1} of tenant {number}".lstrip()
                 turn = one_turn(
                     services, key, content, what, load.turn_timeout, tenant=number, number=index + 1
                 )
@@ -246,6 +248,10 @@ def drive(
 class Run:
     turns: list[Turn]
     cpu_ms_per_turn: dict[str, float]  # by role (bench/turns_cpu.py)
+    # The first burst (one turn per tenant, all at once, on pools and database sessions that
+    # have only served the warm-up turn): its turns and CPU, reported apart from the measured ones.
+    cold_turns: list[Turn] = field(default_factory=list)
+    cold_cpu_ms_per_turn: dict[str, float] = field(default_factory=dict)
 
 
 def database_postmaster_pid() -> int:
@@ -312,8 +318,9 @@ def thread_detail(services: Services, key: str, turn: Turn) -> float:
 
 
 def run_configuration(label: str, env: dict[str, str], load: Load, log: IO[str]) -> Run:
-    """One configuration on its own scratch database: services up, warm-up turn, measured turns
-    with the CPU of every process read before and after."""
+    """One configuration on its own scratch database: services up, warm-up turn, a first burst of
+    one turn per tenant (measured apart), then the measured turns, with the CPU of every process
+    read before and after each."""
     with scratch_services(label, env, log, tenants=load.tenants + 1) as (services, keys):
         # Imports, pools and job fetching warmed up, on a tenant of its own.
         one_turn(services, keys[-1], "warm-up", "warm-up turn", load.turn_timeout)
@@ -321,17 +328,23 @@ def run_configuration(label: str, env: dict[str, str], load: Load, log: IO[str])
             serve_pid=services.serve.process.pid, postmaster_pid=database_postmaster_pid()
         )
         idle = meter.idle_rates(IDLE_SECONDS)
+        # The first burst grows every pool to its peak: each new connection is a new PostgreSQL
+        # session, whose first statements load its caches and compile the trigger functions.
+        # A service that has run a while has them; the measured turns come after it.
         before = meter.sample()
+        cold = drive(services, keys[:-1], replace(load, turns=1), prefix="cold")
+        after_cold = meter.sample()
+        cold_cpu = cpu_per_turn(before, after_cold, idle, len(cold))
         started = time.perf_counter()
         turns = drive(services, keys[:-1], load)
         elapsed = time.perf_counter() - started
-        cpu = cpu_per_turn(before, meter.sample(), idle, len(turns))
-        for turn in turns:
+        cpu = cpu_per_turn(after_cold, meter.sample(), idle, len(turns))
+        for turn in [*cold, *turns]:
             thread_detail(services, keys[turn.tenant], turn)
         polls = services.polls
     print(
         f"  {label}: {len(turns)} turns in {elapsed:.1f} s; "
-        f"{polls / (len(turns) + 1):.1f} entries requests per turn",
+        f"{polls / (len(cold) + len(turns) + 1):.1f} entries requests per turn",
         flush=True,
     )
-    return Run(turns, cpu)
+    return Run(turns, cpu, cold, cold_cpu)
