@@ -197,9 +197,9 @@ _RAW_ENTRY_SQL = (
 _RAW_THREAD_SQL = (
     "INSERT INTO conversations_thread (id, user_id, conversation_id, kind, state, goal, tracked,"
     " lease_owner, cancel_requested, claim_count, step_count, tokens_used, input_tokens,"
-    " output_tokens, cost_usd, model_time_ms, enqueued_at, model_calls, metadata, created_at,"
-    " updated_at) VALUES (%s, %s, %s, 'foreground', 'created', %s, true, '', false, 0, 0, 0, 0, 0,"
-    " 0, 0, now(), '[]', %s, now(), now())"
+    " output_tokens, cost_usd, model_time_ms, enqueued_at, model_calls, metadata, start_seq,"
+    " event_seq, created_at, updated_at) VALUES (%s, %s, %s, 'foreground', 'created', %s, true,"
+    " '', false, 0, 0, 0, 0, 0, 0, 0, now(), '[]', %s, %s, 1, now(), now())"
 )
 _RAW_UPSERT_SQL = (
     "INSERT INTO workspace_document AS d (id, user_id, path, content, content_hash, metadata,"
@@ -273,6 +273,8 @@ def raw_case(case: str, iterations: int) -> Callable[[int], list[float]]:
                                 conversation_id,
                                 content,
                                 Jsonb({"goal_entry_seqs": [seq - 1]}),
+                                # Its "Thread started" entry, below, as the service's spawn.
+                                seq,
                             ],
                         )
                         raw.execute(
