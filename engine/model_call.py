@@ -43,6 +43,8 @@ class _CallThreads:
             call()  # never raises: model_call's call catches everything
             # A connection the call took goes back to the pool, as when its thread ended.
             connection.close()
+            # Idle, the thread keeps nothing of the call (its messages, its reply) alive.
+            del name, call
             with self._lock:
                 if len(self._idle) >= IDLE_CALL_THREADS:
                     return

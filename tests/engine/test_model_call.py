@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -101,3 +103,17 @@ def test_an_abandoned_call_keeps_its_thread_and_the_next_call_gets_another() -> 
     (held_thread, held_name), (next_thread, next_name) = model.calls
     assert next_thread is not held_thread
     assert (held_name, next_name) == ("model-held", "model-next")
+
+
+def test_an_idle_call_thread_keeps_nothing_of_its_last_call() -> None:
+    model = _ThreadModel()
+    _call(model, "hi", name="model-once")
+    held = weakref.ref(model)
+    del model
+    # The call's thread puts itself back in the idle list just after the call has answered.
+    deadline = time.monotonic() + 5
+    while held() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.01)
+
+    assert held() is None
