@@ -31,6 +31,8 @@ import psycopg
 from django.conf import settings
 from django.db import connection, connections
 
+from core.db import server_bound_cursor
+
 logger = logging.getLogger(__name__)
 
 ENTRIES_CHANNEL = "ironclaw_entries"
@@ -60,7 +62,8 @@ NOTIFY_MANY_ASYNC_SQL = f"{NOTIFY_MANY_SQL} WHERE {ASYNC_COMMIT_SQL}"
 # An API key revoked or deleted: "key:<id>" (its open streams end).
 KEYS_CHANNEL = "ironclaw_keys"
 # The tenants whose token deltas an open stream follows, announced by the web processes that
-# serve the streams (core.delta_watch): 'watch {"user_id": "<tenant>"}'.
+# serve the streams (core.delta_watch): 'watch {"user_ids": ["<tenant>", ...]}', and the turn
+# workers' own pings, 'ping {"ping": "<token>"}'.
 WATCH_CHANNEL = "ironclaw_watch"
 # What every listener listens to; the others only once something in the process subscribes to
 # them. Every notification on a channel wakes every process listening to it: a worker, which
@@ -321,7 +324,8 @@ def notify_many(channel: str, payloads: list[str]) -> None:
     transaction (whose commit stays synchronous) inside one. Nothing for no payloads."""
     if payloads:
         sql = NOTIFY_MANY_SQL if connection.in_atomic_block else NOTIFY_MANY_ASYNC_SQL
-        with connection.cursor() as cursor:
+        # Bound server-side: a delta's payloads are up to 8 KB each, and the statement is hot.
+        with server_bound_cursor() as cursor:
             cursor.execute(sql, [channel, payloads])
 
 

@@ -22,16 +22,9 @@ from collections.abc import Sequence
 
 import psycopg
 
-from core.notify import ASYNC_COMMIT_SQL, DELTAS_CHANNEL, dedicated_connection
+from core.notify import DELTAS_CHANNEL, NOTIFY_MANY_ASYNC_SQL, dedicated_connection
 
 logger = logging.getLogger(__name__)
-
-# Several notifications in one statement, in the array's order (one transaction: PostgreSQL
-# delivers them in the order they were sent, and they differ by offset, so none is folded).
-NOTIFY_MANY_IN_TRANSACTION_SQL = (
-    f"SELECT pg_notify('{DELTAS_CHANNEL}', payload) FROM unnest(%s::text[]) AS payload"
-)
-NOTIFY_MANY_SQL = f"{NOTIFY_MANY_IN_TRANSACTION_SQL} WHERE {ASYNC_COMMIT_SQL}"
 
 # Payloads waiting at most (a database that does not answer must not grow the process).
 QUEUE_MAX = 10_000
@@ -101,7 +94,8 @@ class DeltaSender:
                 if self._connection is None or self._connection.closed:
                     self._connection = dedicated_connection()
                 connection = self._connection
-            connection.execute(NOTIFY_MANY_SQL, [batch])
+            # One statement, in the array's order: they arrive in the order they were sent.
+            connection.execute(NOTIFY_MANY_ASYNC_SQL, [DELTAS_CHANNEL, batch])
             self.sent += len(batch)
         except Exception:
             self.dropped += len(batch)

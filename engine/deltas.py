@@ -25,26 +25,19 @@ import uuid
 from collections.abc import Sequence
 
 from django.conf import settings
-from django.db import connection
 
 from conversations.errors import ThreadNotFound
 from conversations.models import Thread
 from conversations.services import lease_check
 from core.db import server_bound_cursor
 from core.delta_watch import tenant_followed
-from core.notify import ASYNC_COMMIT_SQL, DELTAS_CHANNEL
-from engine.delta_sender import (
-    NOTIFY_MANY_IN_TRANSACTION_SQL,
-    NOTIFY_MANY_SQL,
-    delta_sender,
-)
+from core.notify import DELTAS_CHANNEL, notify_many
+from engine.delta_sender import delta_sender
 
 logger = logging.getLogger(__name__)
 
 # PostgreSQL's limit is 8,000 bytes; the rest is headroom.
 MAX_PAYLOAD_BYTES = 7_900
-_NOTIFY_SQL_IN_TRANSACTION = f"SELECT pg_notify('{DELTAS_CHANNEL}', %s)"
-_NOTIFY_SQL = f"{_NOTIFY_SQL_IN_TRANSACTION} WHERE {ASYNC_COMMIT_SQL}"
 # An external engine's delta: the thread's lease, read in one indexed statement.
 _LEASE_SQL = (
     "SELECT conversation_id, state, lease_owner, claim_count FROM conversations_thread"
@@ -122,15 +115,7 @@ def _fitting(text: str, start: int, budget: int) -> int:
 def deltas_notify(payloads: Sequence[str]) -> None:
     """Send ``payloads`` on ``ironclaw_deltas``: one statement on this thread's connection,
     delivered when it commits (at once in autocommit, without waiting for the disk)."""
-    one, many = _NOTIFY_SQL, NOTIFY_MANY_SQL
-    if connection.in_atomic_block:
-        # A caller's transaction may write what must last: its commit stays synchronous.
-        one, many = _NOTIFY_SQL_IN_TRANSACTION, NOTIFY_MANY_IN_TRANSACTION_SQL
-    with server_bound_cursor() as cursor:
-        if len(payloads) == 1:
-            cursor.execute(one, [payloads[0]])
-        elif payloads:
-            cursor.execute(many, [list(payloads)])
+    notify_many(DELTAS_CHANNEL, list(payloads))
 
 
 class DeltaPace:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from conversations.models import Thread
 from conversations.services import message_handle
+from core import notify
 from engine import delta_sender as delta_sender_module
 from engine import deltas
 from engine.checkpoint import thread_checkpoint_path
@@ -224,7 +225,11 @@ def test_a_deltas_commit_skips_the_disk_and_the_setting_ends_with_its_transactio
 
     with deltas_listener() as received:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(deltas.NOTIFY_MANY_SQL, [['- t {"n": 1}', '- t {"n": 2}']])
+            # The delta sender's statement.
+            cursor.execute(
+                notify.NOTIFY_MANY_ASYNC_SQL,
+                [notify.DELTAS_CHANNEL, ['- t {"n": 1}', '- t {"n": 2}']],
+            )
             # Asynchronous for the deltas' own transaction...
             assert synchronous_commit() == "off"
         # ...and never for the next one on the same (pooled) connection, which may write.
